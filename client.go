@@ -1,0 +1,752 @@
+package machq
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/wire"
+)
+
+// DefaultInlineThreshold is the largest payload, in bytes, that travels
+// inside a frame by default; larger ones travel as sealed memfds.
+// docs/PERFORMANCE.md gives the measurements behind it.
+const DefaultInlineThreshold = 16 << 10
+
+// Option configures a Client.
+type Option func(*options) error
+
+type options struct {
+	inline int
+	digest Digest
+}
+
+// WithInlineThreshold sets the largest payload sent inline; larger
+// payloads travel as sealed memfds. 0 sends every non-empty payload as a
+// memfd; the server's own inline limit (at most 1 MiB) caps n.
+func WithInlineThreshold(n int) Option {
+	return func(o *options) error {
+		if n < 0 || n > wire.MaxInline {
+			return fmt.Errorf("machq: inline threshold %d is outside [0, %d]", n, wire.MaxInline)
+		}
+		o.inline = n
+		return nil
+	}
+}
+
+// WithDigest sets the digest computed over every payload sent; the default
+// is DigestSHA256. Received payloads are verified with whatever algorithm
+// their sender chose.
+func WithDigest(d Digest) Option {
+	return func(o *options) error {
+		if _, err := d.sum(nil); err != nil {
+			return err
+		}
+		o.digest = d
+		return nil
+	}
+}
+
+// Client is a connection to a machq server. It is safe for concurrent use
+// by many goroutines: requests are pipelined on the one connection and
+// their responses matched by id.
+//
+// The connection's private queue lives exactly as long as the Client: when
+// it is closed, or its process dies, the server frees what it stored there.
+type Client struct {
+	uc      *net.UnixConn
+	path    string
+	opts    options
+	welcome wire.Welcome
+
+	wmu      sync.Mutex // guards the write side below
+	wbuf     []byte
+	wfds     []int // owned: closed once written
+	wfdAt    []int // offset in wbuf of the frame carrying wfds[i]
+	spare    []byte
+	flushing bool
+	werr     error
+
+	mu      sync.Mutex // guards the fields below
+	nextID  uint64
+	pending map[uint64]*call
+	private []sentDigest           // digests of private stores, oldest first
+	orphans map[string][]result   // retrieved after their caller gave up
+	err     error                 // why the connection ended
+
+	done chan struct{} // closed when the reader goroutine exits
+}
+
+// sentDigest is the client-side record of one message stored in the
+// private queue, the original's per-client digest FIFO.
+type sentDigest struct {
+	seq    uint64
+	alg    uint8
+	digest []byte
+}
+
+type call struct {
+	op     wire.Op
+	queue  string
+	ch     chan result // capacity 1
+	gaveUp bool        // the caller stopped waiting
+	// For a private store: the digest to remember once stored.
+	private *sentDigest
+}
+
+type result struct {
+	seq    uint64
+	msg    *Message
+	expect *sentDigest // for a private retrieve: the digest recorded at store
+	stats  []byte
+	err    error
+}
+
+// Dial connects to the server registered under target: a service name
+// (resolved in the runtime directory, see SocketPath) or, if target holds
+// a slash, a socket path. The empty target means the default service,
+// "machq". ctx bounds the connection and the handshake.
+func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
+	o := options{inline: DefaultInlineThreshold, digest: DigestSHA256}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	path, err := naming.Resolve(target)
+	if err != nil {
+		return nil, fmt.Errorf("machq: %w", err)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w at %s (is machqd running? start it with: machqd --socket %s)", ErrNoServer, path, path)
+		}
+		return nil, fmt.Errorf("machq: connect to %s: %w", path, err)
+	}
+	c := &Client{
+		uc:      nc.(*net.UnixConn),
+		path:    path,
+		opts:    o,
+		pending: make(map[uint64]*call),
+		orphans: make(map[string][]result),
+		done:    make(chan struct{}),
+	}
+	rd := wire.NewReader(c.uc)
+	if err := c.handshake(ctx, rd); err != nil {
+		rd.Close()
+		c.uc.Close()
+		return nil, err
+	}
+	go c.readLoop(rd)
+	return c, nil
+}
+
+// SocketPath returns the socket path of the service called name: the file
+// NAME.sock in $MACHQ_RUNTIME_DIR, else $XDG_RUNTIME_DIR/machq, else
+// /run/machq for root, else machq-UID under the temporary directory.
+func SocketPath(name string) (string, error) {
+	p, err := naming.SocketPath(name)
+	if err != nil {
+		return "", fmt.Errorf("machq: %w", err)
+	}
+	return p, nil
+}
+
+func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
+	if dl, ok := ctx.Deadline(); ok {
+		c.uc.SetDeadline(dl)
+		defer c.uc.SetDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { c.uc.SetDeadline(time.Now()) })
+	defer stop()
+	if _, err := c.uc.Write(wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version})); err != nil {
+		return fmt.Errorf("machq: handshake with %s: %w", c.path, err)
+	}
+	f, err := rd.ReadFrame()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("machq: handshake with %s: %w", c.path, ctx.Err())
+		}
+		return fmt.Errorf("%w: handshake with %s: %v", ErrProtocol, c.path, err)
+	}
+	wire.CloseFDs(f.FDs)
+	switch f.Op {
+	case wire.OpWelcome:
+		w, err := wire.ParseWelcome(f.Body)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrProtocol, err)
+		}
+		c.welcome = w
+		c.opts.inline = min(c.opts.inline, int(w.MaxInline))
+		return nil
+	case wire.OpError:
+		code, msg, _ := wire.ParseError(f.Body)
+		return &ServerError{Code: ErrorCode(code), Message: msg}
+	}
+	return fmt.Errorf("%w: server answered HELLO with %s", ErrProtocol, f.Op)
+}
+
+// Path returns the socket path the client is connected to.
+func (c *Client) Path() string { return c.path }
+
+// ServerPID returns the process id the server reported at the handshake.
+func (c *Client) ServerPID() int { return int(c.welcome.ServerPID) }
+
+// MaxMessageSize returns the largest payload the server accepts.
+func (c *Client) MaxMessageSize() int64 {
+	if c.welcome.MaxMessage > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(c.welcome.MaxMessage)
+}
+
+// Close closes the connection. The server frees the private queue; calls
+// in progress fail with ErrClosed. Messages already retrieved stay valid
+// until their own Close.
+func (c *Client) Close() error {
+	c.fail(ErrClosed)
+	err := c.uc.Close()
+	<-c.done
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// fail records why the connection ended, if it is the first reason.
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+}
+
+// register allocates a request id for cl.
+func (c *Client) register(cl *call) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	c.nextID++
+	c.pending[c.nextID] = cl
+	return c.nextID, nil
+}
+
+// enqueue appends a frame, and the descriptor it carries (fd, or -1), to
+// the write buffer and flushes it unless another goroutine is already
+// flushing, in which case that goroutine sends it in the same batch. The
+// client takes ownership of fd.
+func (c *Client) enqueue(frame []byte, fd int) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+		return c.werr
+	}
+	if fd >= 0 {
+		c.wfdAt = append(c.wfdAt, len(c.wbuf))
+		c.wfds = append(c.wfds, fd)
+	}
+	c.wbuf = append(c.wbuf, frame...)
+	if c.flushing {
+		return nil
+	}
+	c.flushing = true
+	defer func() { c.flushing = false }()
+	for len(c.wbuf) > 0 && c.werr == nil {
+		buf, fds, fdAt := c.wbuf, c.wfds, c.wfdAt
+		if len(fds) > wire.MaxFDsPerWrite {
+			cut := fdAt[wire.MaxFDsPerWrite]
+			buf, fds = buf[:cut], fds[:wire.MaxFDsPerWrite]
+			c.wbuf = append(c.spare[:0], c.wbuf[cut:]...)
+			c.wfds = append([]int(nil), c.wfds[wire.MaxFDsPerWrite:]...)
+			c.wfdAt = c.wfdAt[wire.MaxFDsPerWrite:]
+			for i := range c.wfdAt {
+				c.wfdAt[i] -= cut
+			}
+		} else {
+			c.wbuf, c.wfds, c.wfdAt = c.spare[:0], nil, nil
+		}
+		c.wmu.Unlock()
+		err := wire.Write(c.uc, buf, fds)
+		wire.CloseFDs(fds)
+		c.wmu.Lock()
+		c.spare = buf[:0]
+		if err != nil {
+			c.werr = c.connErr(err)
+			c.uc.Close() // the reader fails every pending call
+			wire.CloseFDs(c.wfds)
+			c.wbuf, c.wfds, c.wfdAt = nil, nil, nil
+		}
+	}
+	return c.werr
+}
+
+// connErr turns a transport error into the error callers see.
+func (c *Client) connErr(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	return fmt.Errorf("%w: connection to %s lost: %v; Dial again", ErrClosed, c.path, err)
+}
+
+// readLoop receives responses and hands each to its call until the
+// connection ends.
+func (c *Client) readLoop(rd *wire.Reader) {
+	defer close(c.done)
+	var err error
+	for {
+		var f wire.Frame
+		f, err = rd.ReadFrame()
+		if err != nil {
+			break
+		}
+		if f.Op == wire.OpError && f.ID == 0 {
+			code, msg, _ := wire.ParseError(f.Body)
+			err = &ServerError{Code: ErrorCode(code), Message: msg}
+			break
+		}
+		c.dispatch(f)
+	}
+	rd.Close()
+	c.uc.Close()
+	c.fail(c.describe(err))
+
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = nil
+	cause := c.err
+	orphans := c.orphans
+	c.orphans = nil
+	c.mu.Unlock()
+	for _, cl := range pending {
+		cl.ch <- result{err: cause}
+	}
+	for _, rs := range orphans {
+		for _, r := range rs {
+			r.msg.Close()
+		}
+	}
+}
+
+func (c *Client) describe(err error) error {
+	var se *ServerError
+	switch {
+	case errors.As(err, &se) && se.Code == CodeShuttingDown:
+		return fmt.Errorf("%w: %w", ErrClosed, se)
+	case errors.As(err, &se):
+		return fmt.Errorf("%w: server closed the connection: %w", ErrClosed, se)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+		return fmt.Errorf("%w: server at %s closed the connection (stopped or restarted?); Dial again", ErrClosed, c.path)
+	case errors.Is(err, net.ErrClosed):
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: %w: %v", ErrClosed, ErrProtocol, err)
+}
+
+// dispatch routes one response to its call. It owns f.FDs.
+func (c *Client) dispatch(f wire.Frame) {
+	c.mu.Lock()
+	cl := c.pending[f.ID]
+	delete(c.pending, f.ID)
+	c.mu.Unlock()
+	if cl == nil {
+		wire.CloseFDs(f.FDs)
+		return // a response to a request that is no longer pending
+	}
+	var r result
+	switch f.Op {
+	case wire.OpStored:
+		r.seq, r.err = wire.ParseStored(f.Body)
+		if r.err == nil && cl.private != nil {
+			cl.private.seq = r.seq
+			c.mu.Lock()
+			c.private = append(c.private, *cl.private)
+			c.mu.Unlock()
+		}
+	case wire.OpMessage:
+		r = c.message(cl, f)
+	case wire.OpStats:
+		r.stats = bytes.Clone(f.Body)
+	case wire.OpError:
+		wire.CloseFDs(f.FDs)
+		code, msg, err := wire.ParseError(f.Body)
+		if err != nil {
+			r.err = fmt.Errorf("%w: %v", ErrProtocol, err)
+		} else {
+			r.err = &ServerError{Code: ErrorCode(code), Message: msg}
+		}
+	default:
+		wire.CloseFDs(f.FDs)
+		r.err = fmt.Errorf("%w: unexpected %s response to %s", ErrProtocol, f.Op, cl.op)
+	}
+
+	// Under c.mu, so that wait sees either the result or gaveUp set.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cl.gaveUp {
+		if r.msg != nil {
+			// Keep it for the next retrieve from the same queue rather
+			// than lose a message the server has already handed over.
+			c.orphans[cl.queue] = append(c.orphans[cl.queue], r)
+		}
+		return
+	}
+	cl.ch <- r // never blocks: capacity 1, one send
+}
+
+// message builds the result of a MESSAGE response. It owns f.FDs.
+func (c *Client) message(cl *call, f wire.Frame) result {
+	wm, inline, err := wire.ParseMessage(f.Header, f.Body)
+	if err == nil && cl.op != wire.OpRetrieve {
+		err = fmt.Errorf("unexpected MESSAGE response to %s", cl.op)
+	}
+	if err == nil && f.Flags&wire.FlagInline == 0 && len(f.FDs) != 1 {
+		err = fmt.Errorf("out-of-line MESSAGE carried %d descriptors", len(f.FDs))
+	}
+	if err != nil {
+		wire.CloseFDs(f.FDs)
+		return result{err: fmt.Errorf("%w: %v", ErrProtocol, err)}
+	}
+	m := &Message{
+		Seq:       wm.Seq,
+		Queue:     cl.queue,
+		size:      int64(wm.Size),
+		fd:        -1,
+		digestAlg: Digest(wm.DigestAlg),
+		digest:    bytes.Clone(wm.Digest),
+	}
+	if f.Flags&wire.FlagInline != 0 {
+		m.data = bytes.Clone(inline)
+	} else {
+		m.fd = f.FDs[0]
+	}
+	r := result{msg: m}
+	if cl.queue == "" {
+		// The private queue is this connection's alone: the oldest
+		// digest recorded at store time must describe this message.
+		c.mu.Lock()
+		if len(c.private) > 0 {
+			e := c.private[0]
+			c.private = c.private[1:]
+			r.expect = &e
+		}
+		c.mu.Unlock()
+	}
+	return r
+}
+
+// wait waits for cl's result or for ctx to end.
+func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) {
+	select {
+	case r := <-cl.ch:
+		return r, r.err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	select {
+	case r := <-cl.ch:
+		c.mu.Unlock()
+		return r, r.err
+	default:
+	}
+	cl.gaveUp = true
+	c.mu.Unlock()
+	if cl.op == wire.OpRetrieve {
+		c.enqueue(wire.AppendCancel(nil, 0, id), -1)
+	}
+	return result{}, ctx.Err()
+}
+
+// Send stores a copy of data at the tail of queue ("" for the private
+// queue). Small payloads travel inline; larger ones are written into a new
+// sealed memfd with pwrite(2), the kernel's copy, and passed to the server
+// as a descriptor. Send returns once the server has stored the message.
+//
+// If ctx ends first, Send returns ctx's error; the message may still have
+// been stored.
+func (c *Client) Send(ctx context.Context, queue string, data []byte) error {
+	if err := checkQueue(queue); err != nil {
+		return err
+	}
+	if len(data) <= c.opts.inline {
+		return c.store(ctx, queue, data, -1, int64(len(data)), data)
+	}
+	if int64(len(data)) > c.MaxMessageSize() {
+		return c.tooLarge(int64(len(data)))
+	}
+	fd, err := page.Create("machq")
+	if err != nil {
+		return fmt.Errorf("machq: %w", err)
+	}
+	if err := page.Write(fd, data); err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("machq: %w", err)
+	}
+	if err := page.Seal(fd); err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("machq: %w", err)
+	}
+	return c.store(ctx, queue, nil, fd, int64(len(data)), data)
+}
+
+func (c *Client) tooLarge(n int64) error {
+	return fmt.Errorf("%w: %d bytes exceeds the server's maximum of %d", ErrTooLarge, n, c.MaxMessageSize())
+}
+
+// store sends a STORE of size bytes, inline or as the page fd (owned), with
+// the digest of content, and waits for it to be stored.
+func (c *Client) store(ctx context.Context, queue string, inline []byte, fd int, size int64, content []byte) error {
+	sum, err := c.opts.digest.sum(content)
+	if err != nil {
+		closeFD(fd)
+		return err
+	}
+	return c.storeDigest(ctx, queue, inline, fd, size, sum)
+}
+
+// storeDigest is store with the digest already computed.
+func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, fd int, size int64, sum []byte) error {
+	cl := &call{op: wire.OpStore, queue: queue, ch: make(chan result, 1)}
+	if queue == "" {
+		cl.private = &sentDigest{alg: uint8(c.opts.digest), digest: sum}
+	}
+	id, err := c.register(cl)
+	if err != nil {
+		closeFD(fd)
+		return err
+	}
+	frame := wire.AppendStore(nil, id, wire.Store{
+		Size:      uint64(size),
+		DigestAlg: uint8(c.opts.digest),
+		Digest:    sum,
+		Queue:     []byte(queue),
+	}, inline, fd >= 0)
+	if err := c.enqueue(frame, fd); err != nil {
+		return err
+	}
+	_, err = c.wait(ctx, id, cl)
+	return err
+}
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		syscall.Close(fd)
+	}
+}
+
+// SendFile stores the rest of f's content at the tail of queue ("" for the
+// private queue) and returns the number of bytes stored. The bytes are
+// copied into a new sealed memfd inside the kernel (copy_file_range(2) or
+// sendfile(2)); only pipes and other streams go through a buffer. A file
+// that is already a memfd sealed against write, grow and shrink is sent
+// as it is, with no copy at all. SendFile does not close f.
+func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, error) {
+	if err := checkQueue(queue); err != nil {
+		return 0, err
+	}
+	var fd int
+	if seals, err := page.Seals(int(f.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
+		fd, err = syscall.Dup(int(f.Fd()))
+		if err != nil {
+			return 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
+		}
+		syscall.CloseOnExec(fd)
+	} else {
+		fd, err = page.Create("machq-file")
+		if err != nil {
+			return 0, fmt.Errorf("machq: %w", err)
+		}
+		if _, err := page.CopyFrom(fd, f); err != nil {
+			syscall.Close(fd)
+			return 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
+		}
+		if err := page.Seal(fd); err != nil {
+			syscall.Close(fd)
+			return 0, fmt.Errorf("machq: %w", err)
+		}
+	}
+	return c.sendSealed(ctx, queue, fd)
+}
+
+// sendSealed stores the sealed memfd fd (owned), computing its digest
+// from a read-only mapping.
+func (c *Client) sendSealed(ctx context.Context, queue string, fd int) (int64, error) {
+	size, err := page.Size(fd)
+	if err != nil {
+		syscall.Close(fd)
+		return 0, fmt.Errorf("machq: %w", err)
+	}
+	if size > c.MaxMessageSize() {
+		syscall.Close(fd)
+		return 0, c.tooLarge(size)
+	}
+	var content []byte
+	if c.opts.digest != DigestNone {
+		content, err = page.MapReadOnly(fd, size, true)
+		if err != nil {
+			syscall.Close(fd)
+			return 0, fmt.Errorf("machq: %w", err)
+		}
+		defer page.Unmap(content)
+	}
+	if size == 0 {
+		syscall.Close(fd)
+		return 0, c.store(ctx, queue, nil, -1, 0, nil)
+	}
+	return size, c.store(ctx, queue, nil, fd, size, content)
+}
+
+// Retrieve takes the oldest message from queue ("" for the private queue)
+// without waiting: an empty queue is an error wrapping ErrEmpty.
+//
+// The message is verified against the digest its sender computed and,
+// for the private queue, against the digest this client recorded when it
+// stored the message, as the original client did. On a mismatch Retrieve
+// returns the message together with an error wrapping ErrTampered, so the
+// caller can still inspect it; Close it either way.
+func (c *Client) Retrieve(ctx context.Context, queue string) (*Message, error) {
+	return c.retrieve(ctx, queue, 0)
+}
+
+// RetrieveWait is Retrieve that waits for a message to arrive, until ctx
+// ends. If none arrives by ctx's deadline it returns an error wrapping
+// both ErrEmpty and context.DeadlineExceeded. A message the server handed
+// over after the caller gave up is not lost: the next retrieve from the
+// same queue on this Client returns it first.
+func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, error) {
+	wait := wire.WaitForever
+	if dl, ok := ctx.Deadline(); ok {
+		ms := time.Until(dl).Milliseconds()
+		switch {
+		case ms <= 0:
+			ms = 1
+		case ms >= int64(wire.WaitForever):
+			ms = int64(wire.WaitForever - 1)
+		}
+		wait = uint32(ms)
+	}
+	m, err := c.retrieve(ctx, queue, wait)
+	if err != nil && ctx.Err() != nil && (errors.Is(err, ErrEmpty) || errors.Is(err, ctx.Err())) {
+		return nil, fmt.Errorf("%w: nothing arrived in queue %s before the wait ended (%w)", ErrEmpty, queueLabel(queue), ctx.Err())
+	}
+	return m, err
+}
+
+func queueLabel(q string) string {
+	if q == "" {
+		return "(private)"
+	}
+	return q
+}
+
+func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Message, error) {
+	if err := checkQueue(queue); err != nil {
+		return nil, err
+	}
+	var r result
+	c.mu.Lock()
+	if rs := c.orphans[queue]; len(rs) > 0 {
+		r = rs[0]
+		c.orphans[queue] = rs[1:]
+	}
+	c.mu.Unlock()
+
+	if r.msg == nil {
+		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1)}
+		id, err := c.register(cl)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.enqueue(wire.AppendRetrieve(nil, id, wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}), -1); err != nil {
+			return nil, err
+		}
+		if r, err = c.wait(ctx, id, cl); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.msg.load(); err != nil {
+		r.msg.Close()
+		return nil, err
+	}
+	return r.msg, r.msg.verify(r.expect)
+}
+
+// Stats describes a server at one instant.
+type Stats struct {
+	Clients  int          `json:"clients"`  // connected clients
+	Messages int64        `json:"messages"` // messages stored, private and named queues
+	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
+	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+}
+
+// QueueStats describes one named queue.
+type QueueStats struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"`
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"` // consumers blocked on the queue
+}
+
+// Stat returns the server's statistics.
+func (c *Client) Stat(ctx context.Context) (*Stats, error) {
+	raw, err := c.StatJSON(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var s Stats
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("%w: STATS is not valid JSON: %v", ErrProtocol, err)
+	}
+	return &s, nil
+}
+
+// StatJSON returns the server's statistics as the JSON document it sent.
+func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
+	cl := &call{op: wire.OpStat, ch: make(chan result, 1)}
+	id, err := c.register(cl)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.enqueue(wire.AppendStat(nil, id), -1); err != nil {
+		return nil, err
+	}
+	r, err := c.wait(ctx, id, cl)
+	return r.stats, err
+}
+
+// ValidQueueName reports whether name is a valid named-queue name: 1 to
+// 255 characters from [A-Za-z0-9._-]. The error wraps ErrBadQueueName.
+func ValidQueueName(name string) error {
+	if err := naming.ValidQueueName([]byte(name)); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadQueueName, strings.TrimPrefix(err.Error(), naming.ErrBadName.Error()+": "))
+	}
+	return nil
+}
+
+func checkQueue(queue string) error {
+	if queue == "" {
+		return nil
+	}
+	return ValidQueueName(queue)
+}

@@ -1,0 +1,145 @@
+// Command machqd is the machq server: a local message store that keeps
+// FIFO queues of payloads passed as sealed memfds.
+//
+//	machqd [--name NAME | --socket PATH] [--log-level LEVEL] [--max-message BYTES]
+//
+// It checks in under a service name (a socket in the runtime directory),
+// or serves the listening socket a service manager passes it (systemd
+// socket activation), and stops gracefully on SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/machq/machq/internal/activation"
+	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("machqd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: machqd [flags]
+
+machqd is the machq server. It listens on the socket of its service name
+(or the socket a service manager passes it) and keeps per-client and named
+FIFO queues of messages.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	name := fs.String("name", naming.DefaultService, "service `name` to check in under; the socket is NAME.sock in the runtime directory")
+	socket := fs.String("socket", "", "listen on this socket `path` instead of the service name's")
+	level := fs.String("log-level", "info", "least severe log `level` shown: debug, info, warn or error")
+	format := fs.String("log-format", "text", "log `format`: text or json")
+	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
+	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576)")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "machqd: unexpected argument %q; see machqd --help\n", fs.Arg(0))
+		return 2
+	}
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "machqd: --log-level %q: use debug, info, warn or error\n", *level)
+		return 2
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler
+	switch *format {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		fmt.Fprintf(os.Stderr, "machqd: --log-format %q: use text or json\n", *format)
+		return 2
+	}
+	log := slog.New(h)
+
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
+		return 2
+	}
+
+	serve, err := listen(*name, *socket, srv, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
+		return 1
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	errc := make(chan error, 1)
+	go func() { errc <- serve() }()
+
+	select {
+	case err := <-errc:
+		log.Error("server stopped", "err", err)
+		return 1
+	case sig := <-sigs:
+		log.Info("signal received; shutting down", "signal", sig.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown cut short; connections closed", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, server.ErrServerClosed) {
+		log.Error("server stopped", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// listen picks the socket: one passed by the service manager, else the
+// --socket path, else the service name's. It returns the function that
+// serves it.
+func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() error, error) {
+	l, err := activation.UnixListener()
+	if err != nil {
+		return nil, err
+	}
+	if l != nil {
+		log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
+		return func() error { return srv.Serve(l) }, nil
+	}
+	path := socket
+	if path == "" {
+		if path, err = naming.SocketPath(name); err != nil {
+			return nil, fmt.Errorf("--name: %w", err)
+		}
+	}
+	// Check in now, so that a name in use is reported before we run.
+	reg, err := naming.CheckIn(path)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("checked in", "name", name, "socket", path, "pid", os.Getpid())
+	return func() error {
+		defer reg.Release()
+		return srv.Serve(reg.Listener)
+	}, nil
+}

@@ -1,0 +1,113 @@
+package machq
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/machq/machq/internal/wire"
+)
+
+// Sentinel errors. Test for them with errors.Is; the errors returned carry
+// more detail.
+var (
+	// ErrNoServer: nothing answers at the service name or socket path.
+	ErrNoServer = errors.New("machq: no server")
+	// ErrEmpty: the queue holds no message (or none arrived in time).
+	ErrEmpty = errors.New("machq: queue is empty")
+	// ErrTooLarge: the payload exceeds the server's maximum message size.
+	ErrTooLarge = errors.New("machq: message too large")
+	// ErrBadQueueName: the queue name breaks the rules: 1 to 255
+	// characters from [A-Za-z0-9._-].
+	ErrBadQueueName = errors.New("machq: bad queue name")
+	// ErrTampered: a retrieved payload does not match its digest.
+	ErrTampered = errors.New("machq: integrity check failed: data was tampered with")
+	// ErrClosed: the connection is closed, by Close or because it failed
+	// (the server stopped or restarted); Dial again.
+	ErrClosed = errors.New("machq: connection closed")
+	// ErrBadPage: the server refused a page that is not a memfd sealed
+	// against write, grow and shrink, or whose size differs from the
+	// declared one.
+	ErrBadPage = errors.New("machq: server refused the page")
+	// ErrProtocol: the peer broke the protocol; the connection is closed.
+	ErrProtocol = errors.New("machq: protocol error")
+	// ErrShuttingDown: the server is stopping; reconnect to a new instance.
+	ErrShuttingDown = errors.New("machq: server shutting down")
+	// ErrCancelled: the server cancelled the request.
+	ErrCancelled = errors.New("machq: request cancelled")
+	// ErrLimit: a server limit or quota was reached.
+	ErrLimit = errors.New("machq: server limit reached")
+)
+
+// ErrorCode is the machine-readable reason the server gives for a failed
+// request. docs/PROTOCOL.md lists the codes.
+type ErrorCode uint16
+
+// Error codes sent by the server.
+const (
+	CodeMalformed     = ErrorCode(wire.CodeMalformed)
+	CodeVersion       = ErrorCode(wire.CodeVersion)
+	CodeUnknownOp     = ErrorCode(wire.CodeUnknownOp)
+	CodeBadQueueName  = ErrorCode(wire.CodeBadQueueName)
+	CodeTooLarge      = ErrorCode(wire.CodeTooLarge)
+	CodeEmpty         = ErrorCode(wire.CodeEmpty)
+	CodeBadPage       = ErrorCode(wire.CodeBadPage)
+	CodeCancelled     = ErrorCode(wire.CodeCancelled)
+	CodeShuttingDown  = ErrorCode(wire.CodeShuttingDown)
+	CodeLimit         = ErrorCode(wire.CodeLimit)
+	CodeInternal      = ErrorCode(wire.CodeInternal)
+	CodeBadDescriptor = ErrorCode(wire.CodeBadDescriptor)
+)
+
+// String returns the code's protocol name, such as "EMPTY".
+func (c ErrorCode) String() string { return wire.Code(c).String() }
+
+// ServerError is a request the server refused.
+type ServerError struct {
+	Code    ErrorCode
+	Message string // the server's explanation
+}
+
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("machq: server: %s: %s", e.Code, e.Message)
+}
+
+// Is makes errors.Is(err, ErrEmpty) and the like work for server errors.
+func (e *ServerError) Is(target error) bool {
+	switch e.Code {
+	case CodeEmpty:
+		return target == ErrEmpty
+	case CodeTooLarge:
+		return target == ErrTooLarge
+	case CodeBadQueueName:
+		return target == ErrBadQueueName
+	case CodeBadPage, CodeBadDescriptor:
+		return target == ErrBadPage
+	case CodeMalformed, CodeVersion, CodeUnknownOp:
+		return target == ErrProtocol
+	case CodeShuttingDown:
+		return target == ErrShuttingDown
+	case CodeCancelled:
+		return target == ErrCancelled
+	case CodeLimit:
+		return target == ErrLimit
+	}
+	return false
+}
+
+// TamperedError describes a payload whose digest did not match.
+type TamperedError struct {
+	Queue  string // "" for the private queue
+	Seq    uint64
+	Reason string
+}
+
+func (e *TamperedError) Error() string {
+	q := e.Queue
+	if q == "" {
+		q = "(private)"
+	}
+	return fmt.Sprintf("machq: WARNING: integrity check failed for message %d of queue %s: %s", e.Seq, q, e.Reason)
+}
+
+// Unwrap returns ErrTampered.
+func (e *TamperedError) Unwrap() error { return ErrTampered }

@@ -1,0 +1,323 @@
+// Package page creates, fills, seals, checks and maps the sealed memfds
+// that carry machq payloads out of line.
+//
+// A page is an anonymous shared-memory file (memfd_create(2)) sealed
+// against writing, growing and shrinking, so that once it is sealed its
+// contents are an immutable snapshot every holder can trust. Pages are
+// passed between processes as descriptors; nobody copies their bytes.
+//
+// Functions here take and return raw descriptors (int) because the server
+// stores hundreds of thousands of them and an *os.File per page would cost
+// memory and a finalizer each. Ownership is stated on every function.
+package page
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// RequiredSeals are the seals a page must carry: no writes, no growth,
+// no shrinking. F_SEAL_SEAL is recommended but not required.
+const RequiredSeals = unix.F_SEAL_WRITE | unix.F_SEAL_GROW | unix.F_SEAL_SHRINK
+
+// Errors returned by Check, so callers can tell the reasons apart.
+var (
+	ErrNotMemfd     = errors.New("page: descriptor is not a memfd")
+	ErrNotSealed    = errors.New("page: memfd is not sealed against write, grow and shrink")
+	ErrSizeMismatch = errors.New("page: memfd size differs from the declared size")
+)
+
+// Create returns a new, empty, sealable memfd with close-on-exec set. The
+// caller owns the descriptor. name appears in /proc/PID/fd links only.
+func Create(name string) (int, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, os.NewSyscallError("memfd_create", err)
+	}
+	return fd, nil
+}
+
+// Truncate sets the size of the memfd fd, which must not be sealed yet.
+func Truncate(fd int, size int64) error {
+	if err := unix.Ftruncate(fd, size); err != nil {
+		return os.NewSyscallError("ftruncate", err)
+	}
+	return nil
+}
+
+// Write writes all of data to fd at offset 0 with pwrite(2), which fills
+// the page cache in the kernel without faulting pages into this process.
+func Write(fd int, data []byte) error {
+	var off int64
+	for len(data) > 0 {
+		n, err := unix.Pwrite(fd, data, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("pwrite", err)
+		}
+		data = data[n:]
+		off += int64(n)
+	}
+	return nil
+}
+
+// Seal applies the write, grow, shrink and seal seals to fd. Every
+// writable shared mapping of fd must have been unmapped first, or the
+// kernel refuses with EBUSY.
+func Seal(fd int) error {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, RequiredSeals|unix.F_SEAL_SEAL)
+	if err != nil {
+		return os.NewSyscallError("fcntl(F_ADD_SEALS)", err)
+	}
+	return nil
+}
+
+// Check reports whether fd is a memfd carrying RequiredSeals whose size is
+// exactly size. It neither reads nor maps the page. The returned error
+// wraps ErrNotMemfd, ErrNotSealed or ErrSizeMismatch and says what the
+// descriptor really is. Check does not take ownership of fd.
+func Check(fd int, size int64) error {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("%w: fcntl(F_GETFL): %v", ErrNotMemfd, err)
+	}
+	if fl&unix.O_PATH != 0 {
+		return fmt.Errorf("%w: it is an O_PATH descriptor, which cannot carry data", ErrNotMemfd)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("%w: fstat: %v", ErrNotMemfd, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: it is a %s", ErrNotMemfd, kind(st.Mode))
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("%w: it is a regular file on a filesystem without seals (create pages with memfd_create(MFD_ALLOW_SEALING))", ErrNotMemfd)
+	}
+	if seals&RequiredSeals != RequiredSeals {
+		return fmt.Errorf("%w: it carries seals %s; add F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK with fcntl(F_ADD_SEALS) after the last write", ErrNotSealed, SealString(seals))
+	}
+	if st.Size != size {
+		return fmt.Errorf("%w: memfd holds %d bytes, request declared %d", ErrSizeMismatch, st.Size, size)
+	}
+	return nil
+}
+
+// Size returns the size of the file fd refers to.
+func Size(fd int) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, os.NewSyscallError("fstat", err)
+	}
+	return st.Size, nil
+}
+
+// Seals returns the seals set on fd; an error means fd cannot carry seals.
+func Seals(fd int) (int, error) {
+	s, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return 0, os.NewSyscallError("fcntl(F_GET_SEALS)", err)
+	}
+	return s, nil
+}
+
+// SealString names the seals in s, such as "WRITE|GROW".
+func SealString(s int) string {
+	names := []struct {
+		bit  int
+		name string
+	}{
+		{unix.F_SEAL_SEAL, "SEAL"},
+		{unix.F_SEAL_SHRINK, "SHRINK"},
+		{unix.F_SEAL_GROW, "GROW"},
+		{unix.F_SEAL_WRITE, "WRITE"},
+		{unix.F_SEAL_FUTURE_WRITE, "FUTURE_WRITE"},
+	}
+	out := ""
+	for _, n := range names {
+		if s&n.bit != 0 {
+			if out != "" {
+				out += "|"
+			}
+			out += n.name
+		}
+	}
+	if out == "" {
+		return "none"
+	}
+	return out
+}
+
+func kind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "pipe"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFLNK:
+		return "symbolic link"
+	}
+	return "file of unknown type"
+}
+
+// MapReadOnly maps size bytes of fd read-only and shared. A size of 0
+// returns a nil slice and no error. populate asks the kernel to fault the
+// pages in up front (MAP_POPULATE), which is far cheaper than taking one
+// fault per page on first touch. The mapping stays valid after fd is
+// closed; release it with Unmap.
+func MapReadOnly(fd int, size int64, populate bool) ([]byte, error) {
+	return mmap(fd, size, unix.PROT_READ, populate)
+}
+
+// MapWritable maps size bytes of fd for reading and writing. The memfd
+// cannot be sealed against writing until the mapping is unmapped.
+func MapWritable(fd int, size int64, populate bool) ([]byte, error) {
+	return mmap(fd, size, unix.PROT_READ|unix.PROT_WRITE, populate)
+}
+
+func mmap(fd int, size int64, prot int, populate bool) ([]byte, error) {
+	if size == 0 {
+		return nil, nil
+	}
+	if size < 0 || size != int64(int(size)) {
+		return nil, fmt.Errorf("page: cannot map %d bytes", size)
+	}
+	flags := unix.MAP_SHARED
+	if populate {
+		flags |= unix.MAP_POPULATE
+	}
+	b, err := unix.Mmap(fd, 0, int(size), prot, flags)
+	if err != nil {
+		return nil, os.NewSyscallError("mmap", err)
+	}
+	return b, nil
+}
+
+// Unmap releases a mapping returned by MapReadOnly or MapWritable.
+func Unmap(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if err := unix.Munmap(b); err != nil {
+		return os.NewSyscallError("munmap", err)
+	}
+	return nil
+}
+
+// CopyFrom fills the empty memfd dst with the rest of src, copying inside
+// the kernel where it can: copy_file_range(2), then sendfile(2), and only
+// for pipes and the like a read/write loop. It returns the bytes copied.
+func CopyFrom(dst int, src *os.File) (int64, error) {
+	st, err := src.Stat()
+	if err == nil && st.Mode().IsRegular() {
+		if n, ok, err := kernelCopy(dst, src); ok || err != nil {
+			return n, err
+		}
+	}
+	return streamCopy(dst, src)
+}
+
+// kernelCopy copies src into dst with copy_file_range, falling back to
+// sendfile. ok is false when neither applies and nothing was copied.
+func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, false, nil
+	}
+	var opErr error
+	cerr := rc.Read(func(sfd uintptr) bool {
+		useSendfile := false
+		for {
+			var c int
+			var e error
+			if useSendfile {
+				c, e = unix.Sendfile(dst, int(sfd), nil, 1<<30)
+			} else {
+				c, e = unix.CopyFileRange(int(sfd), nil, dst, nil, 1<<30, 0)
+			}
+			switch {
+			case e == unix.EINTR || e == unix.EAGAIN:
+				continue
+			case e != nil && n == 0 && !useSendfile && (e == unix.EXDEV || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP):
+				useSendfile = true
+				continue
+			case e != nil && n == 0 && useSendfile && (e == unix.EINVAL || e == unix.ENOSYS):
+				return true // neither works: ok stays false
+			case e != nil:
+				opErr = os.NewSyscallError("copy_file_range", e)
+				ok = true
+				return true
+			case c == 0:
+				ok = true
+				return true
+			}
+			n += int64(c)
+		}
+	})
+	if cerr != nil && opErr == nil {
+		opErr = cerr
+	}
+	return n, ok || opErr != nil, opErr
+}
+
+func streamCopy(dst int, src io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			for len(chunk) > 0 {
+				w, werr := unix.Pwrite(dst, chunk, off)
+				if werr == unix.EINTR {
+					continue
+				}
+				if werr != nil {
+					return off, os.NewSyscallError("pwrite", werr)
+				}
+				chunk = chunk[w:]
+				off += int64(w)
+			}
+		}
+		if err == io.EOF {
+			return off, nil
+		}
+		if err != nil {
+			return off, err
+		}
+	}
+}
+
+// ReadAt reads len(b) bytes of fd at off with pread(2).
+func ReadAt(fd int, b []byte, off int64) (int, error) {
+	total := 0
+	for len(b) > 0 {
+		n, err := unix.Pread(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return total, os.NewSyscallError("pread", err)
+		}
+		if n == 0 {
+			return total, io.ErrUnexpectedEOF
+		}
+		total += n
+		b = b[n:]
+		off += int64(n)
+	}
+	return total, nil
+}

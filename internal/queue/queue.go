@@ -1,0 +1,195 @@
+// Package queue holds stored messages in FIFO order and hands them to
+// waiting consumers. It knows nothing of sockets: a message is a payload
+// (inline bytes or a page descriptor) plus its digest, and a consumer is
+// anything that implements Waiter.
+package queue
+
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Message is one stored payload. A Message is owned by exactly one place
+// at a time: the sender's request, a Queue, or the response that delivers
+// it. Whoever owns it last calls Release.
+type Message struct {
+	Seq       uint64 // position in its queue, assigned by Push
+	Size      int64  // payload bytes
+	FD        int    // sealed memfd holding the payload, or -1 when Inline
+	Inline    []byte // payload carried inline, when FD is -1
+	DigestAlg uint8
+	Digest    string
+}
+
+// Release closes the message's page, if it has one. It is safe to call
+// more than once.
+func (m *Message) Release() {
+	if m.FD >= 0 {
+		unix.Close(m.FD)
+		m.FD = -1
+	}
+	m.Inline = nil
+}
+
+// Waiter is a consumer blocked on an empty queue.
+type Waiter interface {
+	// Deliver hands m to the waiter, which takes ownership of it. It is
+	// called with the queue's lock held and must not block or call back
+	// into the queue. It returns false if the waiter can no longer accept
+	// a message (its connection is gone); the queue then keeps m.
+	Deliver(q *Queue, m *Message) bool
+}
+
+// Counter is told of every change to the number of messages and bytes held
+// by any queue, so that an owner can keep totals across many queues. It is
+// called with the queue's lock held.
+type Counter interface {
+	Add(messages, bytes int64)
+}
+
+// Queue is a FIFO of messages with a FIFO of waiters. It is safe for
+// concurrent use.
+type Queue struct {
+	name    string
+	counter Counter
+
+	mu      sync.Mutex
+	items   []*Message // ring buffer
+	head    int
+	n       int
+	bytes   int64
+	nextSeq uint64
+	waiters []Waiter
+}
+
+// New returns an empty queue. counter may be nil.
+func New(name string, counter Counter) *Queue {
+	return &Queue{name: name, counter: counter, nextSeq: 1}
+}
+
+// Name returns the queue's name; the empty string for a private queue.
+func (q *Queue) Name() string { return q.name }
+
+// Push appends m, assigning its sequence number, or hands it straight to
+// the oldest waiter. It takes ownership of m and returns the sequence
+// number.
+func (q *Queue) Push(m *Message) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	m.Seq = q.nextSeq
+	q.nextSeq++
+	for len(q.waiters) > 0 {
+		w := q.waiters[0]
+		q.waiters[0] = nil
+		q.waiters = q.waiters[1:]
+		if w.Deliver(q, m) {
+			return m.Seq
+		}
+	}
+	q.append(m)
+	return m.Seq
+}
+
+// append adds m at the tail. q.mu is held on entry.
+func (q *Queue) append(m *Message) {
+	if q.n == len(q.items) {
+		grown := make([]*Message, max(8, 2*len(q.items)))
+		for i := 0; i < q.n; i++ {
+			grown[i] = q.items[(q.head+i)%len(q.items)]
+		}
+		q.items, q.head = grown, 0
+	}
+	q.items[(q.head+q.n)%len(q.items)] = m
+	q.n++
+	q.bytes += m.Size
+	if q.counter != nil {
+		q.counter.Add(1, m.Size)
+	}
+}
+
+// Pop removes and returns the oldest message, or nil when the queue is
+// empty. The caller owns the message.
+func (q *Queue) Pop() *Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pop()
+}
+
+// pop removes the oldest message. q.mu is held on entry.
+func (q *Queue) pop() *Message {
+	if q.n == 0 {
+		return nil
+	}
+	m := q.items[q.head]
+	q.items[q.head] = nil
+	q.head = (q.head + 1) % len(q.items)
+	q.n--
+	q.bytes -= m.Size
+	if q.counter != nil {
+		q.counter.Add(-1, -m.Size)
+	}
+	if q.n == 0 {
+		q.head = 0
+		if len(q.items) > 1024 {
+			q.items = nil // let a drained burst's ring go
+		}
+	}
+	return m
+}
+
+// PopOrWait removes and returns the oldest message; when the queue is
+// empty it registers w to receive the next message pushed and returns nil.
+func (q *Queue) PopOrWait(w Waiter) *Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if m := q.pop(); m != nil {
+		return m
+	}
+	q.waiters = append(q.waiters, w)
+	return nil
+}
+
+// CancelWait removes w from the waiters. It reports whether w was still
+// waiting; false means a message has already been delivered to it.
+func (q *Queue) CancelWait(w Waiter) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, x := range q.waiters {
+		if x == w {
+			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// Len returns the number of stored messages and their payload bytes.
+func (q *Queue) Len() (messages int, bytes int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n, q.bytes
+}
+
+// Waiting returns the number of registered waiters.
+func (q *Queue) Waiting() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.waiters)
+}
+
+// Drain removes every message, releases it, and returns how many messages
+// and bytes were freed. Waiters stay registered.
+func (q *Queue) Drain() (messages int, bytes int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		m := q.pop()
+		if m == nil {
+			return messages, bytes
+		}
+		messages++
+		bytes += m.Size
+		m.Release()
+	}
+}

@@ -1,0 +1,330 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Digest algorithms a STORE may name. The digest is computed by the sender
+// over the payload and checked by the receiver; the server only carries it.
+const (
+	DigestNone   uint8 = 0
+	DigestSHA256 uint8 = 1
+)
+
+// Hello is the body of a HELLO frame: the protocol versions the client speaks.
+type Hello struct {
+	MinVersion uint16
+	MaxVersion uint16
+}
+
+// Welcome is the body of a WELCOME frame: the version chosen and the
+// server's limits.
+type Welcome struct {
+	Version    uint16
+	MaxInline  uint32 // largest payload the server accepts inline
+	MaxFrame   uint32 // largest frame the server accepts
+	MaxMessage uint64 // largest payload the server stores
+	ServerPID  uint32
+}
+
+// Store is the fixed part of a STORE body. Digest and Queue follow it;
+// for an inline store the payload fills the rest of the frame.
+type Store struct {
+	Size      uint64
+	DigestAlg uint8
+	Digest    []byte
+	Queue     []byte // empty: the connection's private queue
+}
+
+// Retrieve is the body of a RETRIEVE frame.
+type Retrieve struct {
+	WaitMillis uint32 // 0: answer at once; WaitForever: until cancelled
+	Queue      []byte
+}
+
+// Message is the fixed part of a MESSAGE body. For an inline message the
+// payload fills the rest of the frame.
+type Message struct {
+	Seq       uint64
+	Size      uint64
+	DigestAlg uint8
+	Digest    []byte
+}
+
+const (
+	helloSize       = 8
+	welcomeSize     = 28
+	storeFixed      = 12
+	retrieveFixed   = 8
+	messageFixed    = 24
+	errorFixed      = 4
+	cancelSize      = 8
+	storedSize      = 8
+	maxErrorMessage = 4096
+)
+
+// begin appends a header placeholder for a frame and returns the buffer and
+// the frame's start offset. finish patches the length in.
+func begin(b []byte, op Op, flags, nfds uint8, id uint64) ([]byte, int) {
+	start := len(b)
+	b = append(b, make([]byte, HeaderSize)...)
+	PutHeader(b[start:], Header{Op: op, Flags: flags, NFDs: nfds, ID: id})
+	return b, start
+}
+
+func finish(b []byte, start int) []byte {
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(b)-start))
+	return b
+}
+
+// AppendHello appends a HELLO frame to b.
+func AppendHello(b []byte, id uint64, h Hello) []byte {
+	b, s := begin(b, OpHello, 0, 0, id)
+	b = append(b, Magic...)
+	b = binary.LittleEndian.AppendUint16(b, h.MinVersion)
+	b = binary.LittleEndian.AppendUint16(b, h.MaxVersion)
+	return finish(b, s)
+}
+
+// ParseHello decodes a HELLO body.
+func ParseHello(body []byte) (Hello, error) {
+	if len(body) != helloSize {
+		return Hello{}, fmt.Errorf("%w: HELLO body is %d bytes, want %d", ErrMalformed, len(body), helloSize)
+	}
+	if string(body[:4]) != Magic {
+		return Hello{}, fmt.Errorf("%w: HELLO does not start with %q: not a machq client", ErrMalformed, Magic)
+	}
+	return Hello{
+		MinVersion: binary.LittleEndian.Uint16(body[4:]),
+		MaxVersion: binary.LittleEndian.Uint16(body[6:]),
+	}, nil
+}
+
+// AppendWelcome appends a WELCOME frame to b.
+func AppendWelcome(b []byte, id uint64, w Welcome) []byte {
+	b, s := begin(b, OpWelcome, 0, 0, id)
+	b = append(b, Magic...)
+	b = binary.LittleEndian.AppendUint16(b, w.Version)
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	b = binary.LittleEndian.AppendUint32(b, w.MaxInline)
+	b = binary.LittleEndian.AppendUint32(b, w.MaxFrame)
+	b = binary.LittleEndian.AppendUint64(b, w.MaxMessage)
+	b = binary.LittleEndian.AppendUint32(b, w.ServerPID)
+	return finish(b, s)
+}
+
+// ParseWelcome decodes a WELCOME body. Bytes past the known fields are
+// ignored so that later versions can extend it.
+func ParseWelcome(body []byte) (Welcome, error) {
+	if len(body) < welcomeSize {
+		return Welcome{}, fmt.Errorf("%w: WELCOME body is %d bytes, want at least %d", ErrMalformed, len(body), welcomeSize)
+	}
+	if string(body[:4]) != Magic {
+		return Welcome{}, fmt.Errorf("%w: WELCOME does not start with %q: not a machq server", ErrMalformed, Magic)
+	}
+	return Welcome{
+		Version:    binary.LittleEndian.Uint16(body[4:]),
+		MaxInline:  binary.LittleEndian.Uint32(body[8:]),
+		MaxFrame:   binary.LittleEndian.Uint32(body[12:]),
+		MaxMessage: binary.LittleEndian.Uint64(body[16:]),
+		ServerPID:  binary.LittleEndian.Uint32(body[24:]),
+	}, nil
+}
+
+// AppendStore appends a STORE frame to b. A nil inline payload with
+// s.Size > 0, or any store with hasFD set, makes an out-of-line store that
+// carries one descriptor; otherwise the payload travels inline.
+func AppendStore(b []byte, id uint64, s Store, inline []byte, hasFD bool) []byte {
+	var flags, nfds uint8
+	if hasFD {
+		nfds = 1
+	} else {
+		flags = FlagInline
+	}
+	b, st := begin(b, OpStore, flags, nfds, id)
+	b = binary.LittleEndian.AppendUint64(b, s.Size)
+	b = append(b, s.DigestAlg, uint8(len(s.Digest)), uint8(len(s.Queue)), 0)
+	b = append(b, s.Digest...)
+	b = append(b, s.Queue...)
+	if !hasFD {
+		b = append(b, inline...)
+	}
+	return finish(b, st)
+}
+
+// ParseStore decodes a STORE body. It returns the fixed fields and, for an
+// inline store, the payload; the returned slices alias body.
+func ParseStore(h Header, body []byte) (Store, []byte, error) {
+	if len(body) < storeFixed {
+		return Store{}, nil, fmt.Errorf("%w: STORE body is %d bytes, want at least %d", ErrMalformed, len(body), storeFixed)
+	}
+	s := Store{
+		Size:      binary.LittleEndian.Uint64(body[0:]),
+		DigestAlg: body[8],
+	}
+	dl, nl := int(body[9]), int(body[10])
+	if body[11] != 0 {
+		return Store{}, nil, fmt.Errorf("%w: STORE reserved byte is %d, must be 0", ErrMalformed, body[11])
+	}
+	if dl > MaxDigestSize {
+		return Store{}, nil, fmt.Errorf("%w: STORE digest length %d exceeds %d", ErrMalformed, dl, MaxDigestSize)
+	}
+	rest := body[storeFixed:]
+	if len(rest) < dl+nl {
+		return Store{}, nil, fmt.Errorf("%w: STORE declares %d digest and %d name bytes but only %d follow", ErrMalformed, dl, nl, len(rest))
+	}
+	s.Digest = rest[:dl:dl]
+	s.Queue = rest[dl : dl+nl : dl+nl]
+	payload := rest[dl+nl:]
+	if h.Flags&FlagInline != 0 {
+		if uint64(len(payload)) != s.Size {
+			return Store{}, nil, fmt.Errorf("%w: inline STORE declares %d payload bytes but carries %d", ErrMalformed, s.Size, len(payload))
+		}
+		return s, payload, nil
+	}
+	if len(payload) != 0 {
+		return Store{}, nil, fmt.Errorf("%w: out-of-line STORE carries %d stray bytes after its queue name", ErrMalformed, len(payload))
+	}
+	return s, nil, nil
+}
+
+// AppendStored appends a STORED frame to b.
+func AppendStored(b []byte, id, seq uint64) []byte {
+	b, s := begin(b, OpStored, 0, 0, id)
+	b = binary.LittleEndian.AppendUint64(b, seq)
+	return finish(b, s)
+}
+
+// ParseStored decodes a STORED body into the message's sequence number.
+func ParseStored(body []byte) (uint64, error) {
+	if len(body) != storedSize {
+		return 0, fmt.Errorf("%w: STORED body is %d bytes, want %d", ErrMalformed, len(body), storedSize)
+	}
+	return binary.LittleEndian.Uint64(body), nil
+}
+
+// AppendRetrieve appends a RETRIEVE frame to b.
+func AppendRetrieve(b []byte, id uint64, r Retrieve) []byte {
+	b, s := begin(b, OpRetrieve, 0, 0, id)
+	b = binary.LittleEndian.AppendUint32(b, r.WaitMillis)
+	b = append(b, uint8(len(r.Queue)), 0, 0, 0)
+	b = append(b, r.Queue...)
+	return finish(b, s)
+}
+
+// ParseRetrieve decodes a RETRIEVE body; Queue aliases body.
+func ParseRetrieve(body []byte) (Retrieve, error) {
+	if len(body) < retrieveFixed {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE body is %d bytes, want at least %d", ErrMalformed, len(body), retrieveFixed)
+	}
+	r := Retrieve{WaitMillis: binary.LittleEndian.Uint32(body)}
+	nl := int(body[4])
+	if body[5] != 0 || body[6] != 0 || body[7] != 0 {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE reserved bytes are not 0", ErrMalformed)
+	}
+	if len(body)-retrieveFixed != nl {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE declares a %d-byte queue name but carries %d bytes", ErrMalformed, nl, len(body)-retrieveFixed)
+	}
+	r.Queue = body[retrieveFixed:]
+	return r, nil
+}
+
+// AppendMessage appends a MESSAGE frame to b. With hasFD the payload
+// travels as one descriptor and inline is ignored.
+func AppendMessage(b []byte, id uint64, m Message, inline []byte, hasFD bool) []byte {
+	var flags, nfds uint8
+	if hasFD {
+		nfds = 1
+	} else {
+		flags = FlagInline
+	}
+	b, s := begin(b, OpMessage, flags, nfds, id)
+	b = binary.LittleEndian.AppendUint64(b, m.Seq)
+	b = binary.LittleEndian.AppendUint64(b, m.Size)
+	b = append(b, m.DigestAlg, uint8(len(m.Digest)), 0, 0, 0, 0, 0, 0)
+	b = append(b, m.Digest...)
+	if !hasFD {
+		b = append(b, inline...)
+	}
+	return finish(b, s)
+}
+
+// ParseMessage decodes a MESSAGE body and, for an inline message, its
+// payload; the returned slices alias body.
+func ParseMessage(h Header, body []byte) (Message, []byte, error) {
+	if len(body) < messageFixed {
+		return Message{}, nil, fmt.Errorf("%w: MESSAGE body is %d bytes, want at least %d", ErrMalformed, len(body), messageFixed)
+	}
+	m := Message{
+		Seq:       binary.LittleEndian.Uint64(body[0:]),
+		Size:      binary.LittleEndian.Uint64(body[8:]),
+		DigestAlg: body[16],
+	}
+	dl := int(body[17])
+	rest := body[messageFixed:]
+	if dl > len(rest) || dl > MaxDigestSize {
+		return Message{}, nil, fmt.Errorf("%w: MESSAGE declares a %d-byte digest but %d bytes follow", ErrMalformed, dl, len(rest))
+	}
+	m.Digest = rest[:dl:dl]
+	payload := rest[dl:]
+	if h.Flags&FlagInline != 0 {
+		if uint64(len(payload)) != m.Size {
+			return Message{}, nil, fmt.Errorf("%w: inline MESSAGE declares %d payload bytes but carries %d", ErrMalformed, m.Size, len(payload))
+		}
+		return m, payload, nil
+	}
+	if len(payload) != 0 {
+		return Message{}, nil, fmt.Errorf("%w: out-of-line MESSAGE carries %d stray bytes", ErrMalformed, len(payload))
+	}
+	return m, nil, nil
+}
+
+// AppendCancel appends a CANCEL frame for the request target to b.
+func AppendCancel(b []byte, id, target uint64) []byte {
+	b, s := begin(b, OpCancel, 0, 0, id)
+	b = binary.LittleEndian.AppendUint64(b, target)
+	return finish(b, s)
+}
+
+// ParseCancel decodes a CANCEL body into the id of the request to cancel.
+func ParseCancel(body []byte) (uint64, error) {
+	if len(body) != cancelSize {
+		return 0, fmt.Errorf("%w: CANCEL body is %d bytes, want %d", ErrMalformed, len(body), cancelSize)
+	}
+	return binary.LittleEndian.Uint64(body), nil
+}
+
+// AppendStat appends a STAT frame to b.
+func AppendStat(b []byte, id uint64) []byte {
+	b, s := begin(b, OpStat, 0, 0, id)
+	return finish(b, s)
+}
+
+// AppendStats appends a STATS frame carrying the JSON document doc to b.
+func AppendStats(b []byte, id uint64, doc []byte) []byte {
+	b, s := begin(b, OpStats, 0, 0, id)
+	b = append(b, doc...)
+	return finish(b, s)
+}
+
+// AppendError appends an ERROR frame to b. Messages longer than 4 KiB are
+// cut.
+func AppendError(b []byte, id uint64, code Code, msg string) []byte {
+	if len(msg) > maxErrorMessage {
+		msg = msg[:maxErrorMessage]
+	}
+	b, s := begin(b, OpError, 0, 0, id)
+	b = binary.LittleEndian.AppendUint16(b, uint16(code))
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	b = append(b, msg...)
+	return finish(b, s)
+}
+
+// ParseError decodes an ERROR body into its code and message.
+func ParseError(body []byte) (Code, string, error) {
+	if len(body) < errorFixed {
+		return 0, "", fmt.Errorf("%w: ERROR body is %d bytes, want at least %d", ErrMalformed, len(body), errorFixed)
+	}
+	return Code(binary.LittleEndian.Uint16(body)), string(body[errorFixed:]), nil
+}

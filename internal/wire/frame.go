@@ -1,0 +1,149 @@
+// Package wire defines machq's frame format: the header every frame starts
+// with, the body of each operation, and the error codes servers send. It
+// encodes and decodes bytes only; carrying frames and their file descriptors
+// over a socket is the job of [Conn].
+//
+// docs/PROTOCOL.md is the normative description; this package implements it.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// Magic opens the body of HELLO and WELCOME frames.
+const Magic = "MCHQ"
+
+// HeaderSize is the size of the fixed frame header in bytes.
+const HeaderSize = 16
+
+// MaxFrameSize is the largest frame either side ever sends or accepts:
+// a 1 MiB inline payload plus room for the largest STORE header.
+const MaxFrameSize = 1<<20 + 1024
+
+// MaxInline is the largest payload that may ever travel inside a frame.
+// Anything larger travels out of line, as a sealed memfd.
+const MaxInline = 1 << 20
+
+// MaxFDsPerFrame is the most file descriptors one frame may carry.
+const MaxFDsPerFrame = 1
+
+// MaxDigestSize is the largest digest a STORE may carry.
+const MaxDigestSize = 64
+
+// MaxQueueName is the longest queue name.
+const MaxQueueName = 255
+
+// WaitForever in a RETRIEVE asks the server to wait until the request is
+// cancelled or the connection ends.
+const WaitForever = ^uint32(0)
+
+// Op is the operation a frame carries.
+type Op uint8
+
+// Operations. Requests travel from client to server; the server answers
+// each request with exactly one response carrying the request's id.
+const (
+	OpHello    Op = 0x01 // client → server: version negotiation, first frame
+	OpStore    Op = 0x02 // client → server: store one message
+	OpRetrieve Op = 0x03 // client → server: take the oldest message
+	OpCancel   Op = 0x04 // client → server: cancel a waiting RETRIEVE; no response of its own
+	OpStat     Op = 0x05 // client → server: server statistics
+
+	OpWelcome Op = 0x81 // server → client: answer to HELLO
+	OpStored  Op = 0x82 // server → client: answer to STORE
+	OpMessage Op = 0x83 // server → client: answer to RETRIEVE
+	OpStats   Op = 0x85 // server → client: answer to STAT, a JSON document
+	OpError   Op = 0xFF // server → client: a request failed
+)
+
+// String returns the operation's protocol name.
+func (o Op) String() string {
+	switch o {
+	case OpHello:
+		return "HELLO"
+	case OpStore:
+		return "STORE"
+	case OpRetrieve:
+		return "RETRIEVE"
+	case OpCancel:
+		return "CANCEL"
+	case OpStat:
+		return "STAT"
+	case OpWelcome:
+		return "WELCOME"
+	case OpStored:
+		return "STORED"
+	case OpMessage:
+		return "MESSAGE"
+	case OpStats:
+		return "STATS"
+	case OpError:
+		return "ERROR"
+	}
+	return fmt.Sprintf("Op(0x%02x)", uint8(o))
+}
+
+// Frame flags.
+const (
+	// FlagInline marks a STORE or MESSAGE whose payload follows the body
+	// in the frame itself instead of travelling as a memfd.
+	FlagInline uint8 = 1 << 0
+)
+
+// Header is the fixed 16-byte header that starts every frame.
+// All integers are little-endian.
+type Header struct {
+	Length uint32 // whole frame, header included
+	Op     Op
+	Flags  uint8
+	NFDs   uint8  // file descriptors carried by this frame
+	ID     uint64 // request id, echoed by the response
+}
+
+// ErrMalformed reports bytes that are not a valid frame. A connection that
+// delivers a malformed frame cannot be resynchronised and must be closed.
+var ErrMalformed = errors.New("wire: malformed frame")
+
+// PutHeader encodes h into the first HeaderSize bytes of b.
+func PutHeader(b []byte, h Header) {
+	_ = b[HeaderSize-1]
+	binary.LittleEndian.PutUint32(b[0:], h.Length)
+	b[4] = byte(h.Op)
+	b[5] = h.Flags
+	b[6] = h.NFDs
+	b[7] = 0
+	binary.LittleEndian.PutUint64(b[8:], h.ID)
+}
+
+// ParseHeader decodes the header at the start of b, which must hold at
+// least HeaderSize bytes. It checks the fields that make the stream
+// undecodable when wrong: the length bounds, the reserved byte and the
+// descriptor count.
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, fmt.Errorf("%w: %d bytes is shorter than a header", ErrMalformed, len(b))
+	}
+	h := Header{
+		Length: binary.LittleEndian.Uint32(b[0:]),
+		Op:     Op(b[4]),
+		Flags:  b[5],
+		NFDs:   b[6],
+		ID:     binary.LittleEndian.Uint64(b[8:]),
+	}
+	switch {
+	case h.Length < HeaderSize:
+		return h, fmt.Errorf("%w: frame length %d is shorter than the %d-byte header", ErrMalformed, h.Length, HeaderSize)
+	case h.Length > MaxFrameSize:
+		return h, fmt.Errorf("%w: frame length %d exceeds the maximum %d (payloads over %d bytes travel as memfds)", ErrMalformed, h.Length, MaxFrameSize, MaxInline)
+	case b[7] != 0:
+		return h, fmt.Errorf("%w: reserved header byte is %d, must be 0", ErrMalformed, b[7])
+	case h.NFDs > MaxFDsPerFrame:
+		return h, fmt.Errorf("%w: frame declares %d file descriptors, at most %d allowed", ErrMalformed, h.NFDs, MaxFDsPerFrame)
+	}
+	return h, nil
+}

@@ -1,0 +1,564 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
+)
+
+var errConnReset = unix.ECONNRESET
+
+// maxOutbox is how many response bytes may wait for a client before the
+// server stops reading its requests: a client that pipelines without
+// reading answers gets backpressure, not unbounded server memory.
+const maxOutbox = 4 << 20
+
+// conn serves one client connection. Its reader goroutine (serve) decodes
+// and handles requests in order; its writer goroutine (writeLoop) sends
+// responses, batching everything pending into one sendmsg.
+//
+// Lock order: queue.Queue.mu before conn.mu (Deliver is called with the
+// queue lock held).
+type conn struct {
+	s    *Server
+	id   uint64
+	uc   *net.UnixConn
+	log  *slog.Logger
+	info bool // info-level logging enabled: skip building log records otherwise
+
+	private *queue.Queue
+	hello   bool
+
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when the outbox shrinks or closing
+	out     []byte
+	outFDs  []int
+	fdAt    []int            // byte offset in out of the frame carrying outFDs[i]
+	outMsgs []*queue.Message // messages whose pages are in outFDs: release after sending
+	closed  bool             // no more responses may be queued
+	waits   map[uint64]*waiter
+	wake    chan struct{}
+	quit    chan struct{} // closed when the writer must flush and exit
+}
+
+func newConn(s *Server, uc *net.UnixConn) *conn {
+	c := &conn{
+		s:     s,
+		id:    s.nextConn.Add(1),
+		uc:    uc,
+		waits: make(map[uint64]*waiter),
+		wake:  make(chan struct{}, 1),
+		quit:  make(chan struct{}),
+	}
+	c.cond = sync.NewCond(&c.mu)
+	c.private = queue.New("", &s.total)
+	return c
+}
+
+// serve runs the connection until the client leaves or the server stops.
+func (c *conn) serve() {
+	attrs := []any{"conn", c.id}
+	if cred, err := peerCred(c.uc); err == nil {
+		attrs = append(attrs, "pid", cred.Pid, "uid", cred.Uid, "gid", cred.Gid)
+	}
+	c.log = c.s.log.With(attrs...)
+	c.info = c.log.Enabled(context.Background(), slog.LevelInfo)
+	c.log.Info("client connected")
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+
+	rd := wire.NewReader(c.uc)
+	reason := c.readLoop(rd)
+	rd.Close()
+
+	// Stop deliveries, answer waiting retrieves, and let the writer
+	// flush what is queued before the socket closes.
+	c.mu.Lock()
+	waits := c.waits
+	c.waits = nil
+	c.mu.Unlock()
+	code, msg := wire.CodeCancelled, "connection closing"
+	if c.s.closing.Load() {
+		code, msg = wire.CodeShuttingDown, "server is shutting down; reconnect to a new instance"
+	}
+	for id, w := range waits {
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+		if w.q.CancelWait(w) {
+			c.sendError(id, code, msg)
+		}
+	}
+	c.mu.Lock()
+	c.closed = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.uc.SetWriteDeadline(time.Now().Add(c.s.cfg.DrainTimeout))
+	close(c.quit)
+	<-writerDone
+	c.uc.Close()
+
+	c.mu.Lock()
+	lost := c.outMsgs
+	c.outMsgs = nil
+	c.mu.Unlock()
+	for _, m := range lost {
+		m.Release()
+	}
+	n, b := c.private.Drain()
+	c.log.Info("client gone; private queue freed", "reason", reason, "messages", n, "bytes", b)
+}
+
+// stopReading makes the reader finish the requests it has already
+// received and then stop; used by Shutdown.
+func (c *conn) stopReading() {
+	c.uc.SetReadDeadline(time.Now())
+}
+
+// readLoop handles requests until the connection fails; it returns why.
+func (c *conn) readLoop(rd *wire.Reader) string {
+	for {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			if isPeerGone(err) {
+				if c.s.closing.Load() {
+					return "server shutdown"
+				}
+				return "disconnected"
+			}
+			c.log.Warn("closing connection: protocol violation", "err", err)
+			c.sendError(0, wire.CodeMalformed, err.Error())
+			return "protocol violation"
+		}
+		if fatal := c.handle(f); fatal {
+			return "protocol violation"
+		}
+		c.mu.Lock()
+		for len(c.out) > maxOutbox && !c.closed {
+			c.cond.Wait()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// handle serves one request; it takes ownership of f.FDs. It reports true
+// when the connection must close.
+func (c *conn) handle(f wire.Frame) (fatal bool) {
+	if c.info {
+		c.log.Info("received a message", "op", f.Op.String(), "id", f.ID, "bytes", f.Length, "fds", len(f.FDs))
+	}
+	if !c.hello {
+		wire.CloseFDs(f.FDs)
+		if f.Op != wire.OpHello {
+			c.sendError(f.ID, wire.CodeMalformed, fmt.Sprintf("first frame is %s; a connection must start with HELLO", f.Op))
+			return true
+		}
+		return c.handleHello(f)
+	}
+	switch f.Op {
+	case wire.OpStore:
+		c.handleStore(f)
+	case wire.OpRetrieve:
+		c.noFDs(f)
+		c.handleRetrieve(f)
+	case wire.OpCancel:
+		c.noFDs(f)
+		c.handleCancel(f)
+	case wire.OpStat:
+		c.noFDs(f)
+		c.handleStat(f)
+	case wire.OpHello:
+		c.sendError(f.ID, wire.CodeMalformed, "HELLO sent twice")
+		return true
+	default:
+		wire.CloseFDs(f.FDs)
+		c.sendError(f.ID, wire.CodeUnknownOp, fmt.Sprintf("unknown operation %s; this server speaks protocol version %d", f.Op, wire.Version))
+	}
+	return false
+}
+
+// noFDs closes descriptors sent with a request that takes none. The
+// request itself is still served.
+func (c *conn) noFDs(f wire.Frame) {
+	if len(f.FDs) > 0 {
+		c.log.Warn("closed descriptors sent with a request that takes none", "op", f.Op.String(), "id", f.ID, "fds", len(f.FDs))
+		wire.CloseFDs(f.FDs)
+	}
+}
+
+func (c *conn) handleHello(f wire.Frame) bool {
+	h, err := wire.ParseHello(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		return true
+	}
+	if h.MinVersion > wire.Version || h.MaxVersion < wire.Version {
+		c.sendError(f.ID, wire.CodeVersion, fmt.Sprintf("client speaks protocol versions %d to %d, this server speaks %d; upgrade the older side", h.MinVersion, h.MaxVersion, wire.Version))
+		return true
+	}
+	c.hello = true
+	c.mu.Lock()
+	c.out = wire.AppendWelcome(c.out, f.ID, wire.Welcome{
+		Version:    wire.Version,
+		MaxInline:  uint32(c.s.cfg.MaxInline),
+		MaxFrame:   wire.MaxFrameSize,
+		MaxMessage: uint64(c.s.cfg.MaxMessageSize),
+		ServerPID:  c.s.pid,
+	})
+	c.signal()
+	c.mu.Unlock()
+	return false
+}
+
+// queueFor returns the queue a request names: the private queue for the
+// empty name.
+func (c *conn) queueFor(name []byte) (*queue.Queue, error) {
+	if len(name) == 0 {
+		return c.private, nil
+	}
+	if err := naming.ValidQueueName(name); err != nil {
+		return nil, err
+	}
+	return c.s.named.Get(name), nil
+}
+
+func queueLabel(q *queue.Queue) string {
+	if q.Name() == "" {
+		return "(private)"
+	}
+	return q.Name()
+}
+
+func (c *conn) handleStore(f wire.Frame) {
+	st, inline, err := wire.ParseStore(f.Header, f.Body)
+	if err != nil {
+		wire.CloseFDs(f.FDs)
+		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		return
+	}
+	m, code, err := c.admit(f, st, inline)
+	if err != nil {
+		c.sendError(f.ID, code, err.Error())
+		return
+	}
+	q, err := c.queueFor(st.Queue)
+	if err != nil {
+		m.Release()
+		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+		return
+	}
+	seq := q.Push(m)
+	if c.info {
+		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", m.FD >= 0)
+	}
+	c.mu.Lock()
+	c.out = wire.AppendStored(c.out, f.ID, seq)
+	c.signal()
+	c.mu.Unlock()
+}
+
+// admit checks a STORE's payload and turns it into a queue.Message. It
+// takes ownership of f.FDs whatever the outcome.
+func (c *conn) admit(f wire.Frame, st wire.Store, inline []byte) (*queue.Message, wire.Code, error) {
+	fail := func(code wire.Code, err error) (*queue.Message, wire.Code, error) {
+		wire.CloseFDs(f.FDs)
+		return nil, code, err
+	}
+	if st.Size > uint64(c.s.cfg.MaxMessageSize) {
+		return fail(wire.CodeTooLarge, fmt.Errorf("payload of %d bytes exceeds the server's maximum of %d (machqd --max-message)", st.Size, c.s.cfg.MaxMessageSize))
+	}
+	m := &queue.Message{Size: int64(st.Size), FD: -1, DigestAlg: st.DigestAlg, Digest: string(st.Digest)}
+	if f.Flags&wire.FlagInline != 0 {
+		if len(f.FDs) > 0 {
+			return fail(wire.CodeBadDescriptor, fmt.Errorf("inline STORE carried %d descriptor(s); send the payload either inline or as one memfd", len(f.FDs)))
+		}
+		if len(inline) > c.s.cfg.MaxInline {
+			return fail(wire.CodeTooLarge, fmt.Errorf("inline payload of %d bytes exceeds the server's inline maximum of %d; send it as a sealed memfd", len(inline), c.s.cfg.MaxInline))
+		}
+		m.Inline = append([]byte(nil), inline...)
+		return m, 0, nil
+	}
+	if len(f.FDs) != 1 {
+		return fail(wire.CodeBadDescriptor, fmt.Errorf("out-of-line STORE carried %d descriptors; it takes exactly one sealed memfd", len(f.FDs)))
+	}
+	if err := page.Check(f.FDs[0], int64(st.Size)); err != nil {
+		return fail(wire.CodeBadPage, err)
+	}
+	m.FD = f.FDs[0]
+	return m, 0, nil
+}
+
+// waiter is a RETRIEVE blocked on an empty queue.
+type waiter struct {
+	c     *conn
+	id    uint64
+	q     *queue.Queue
+	timer *time.Timer
+}
+
+// Deliver implements queue.Waiter. The queue's lock is held.
+func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) bool {
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.waits[w.id] != w {
+		return false
+	}
+	delete(c.waits, w.id)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	c.appendMessage(w.id, q, m)
+	return true
+}
+
+var _ queue.Waiter = (*waiter)(nil)
+
+func (c *conn) handleRetrieve(f wire.Frame) {
+	r, err := wire.ParseRetrieve(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		return
+	}
+	q, err := c.queueFor(r.Queue)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+		return
+	}
+	if r.WaitMillis == 0 {
+		m := q.Pop()
+		if m == nil {
+			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", queueLabel(q)))
+			return
+		}
+		c.mu.Lock()
+		c.appendMessage(f.ID, q, m)
+		c.mu.Unlock()
+		return
+	}
+
+	w := &waiter{c: c, id: f.ID, q: q}
+	c.mu.Lock()
+	if _, dup := c.waits[f.ID]; dup {
+		c.mu.Unlock()
+		c.sendError(f.ID, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
+		return
+	}
+	c.waits[f.ID] = w
+	c.mu.Unlock()
+
+	if m := q.PopOrWait(w); m != nil {
+		c.mu.Lock()
+		delete(c.waits, f.ID)
+		c.appendMessage(f.ID, q, m)
+		c.mu.Unlock()
+		return
+	}
+	if c.info {
+		c.log.Info("waiting for a message", "queue", queueLabel(q), "id", f.ID, "wait_ms", r.WaitMillis)
+	}
+	if r.WaitMillis != wire.WaitForever {
+		c.mu.Lock()
+		if c.waits[f.ID] == w { // not delivered meanwhile
+			w.timer = time.AfterFunc(time.Duration(r.WaitMillis)*time.Millisecond, func() {
+				c.expire(w, wire.CodeEmpty, fmt.Sprintf("queue %s stayed empty for the %dms wait", queueLabel(q), r.WaitMillis))
+			})
+		}
+		c.mu.Unlock()
+	}
+}
+
+// expire ends a wait that is still pending with an error response.
+func (c *conn) expire(w *waiter, code wire.Code, msg string) {
+	if !w.q.CancelWait(w) {
+		return // a message was delivered first
+	}
+	c.mu.Lock()
+	if c.waits == nil || c.waits[w.id] != w {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.waits, w.id)
+	c.mu.Unlock()
+	c.sendError(w.id, code, msg)
+}
+
+func (c *conn) handleCancel(f wire.Frame) {
+	target, err := wire.ParseCancel(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		return
+	}
+	c.mu.Lock()
+	w := c.waits[target]
+	if w != nil && w.timer != nil {
+		w.timer.Stop()
+	}
+	c.mu.Unlock()
+	if w != nil {
+		c.expire(w, wire.CodeCancelled, "retrieve cancelled by the client")
+	}
+}
+
+func (c *conn) handleStat(f wire.Frame) {
+	doc, err := json.Marshal(c.s.Stats())
+	if err != nil {
+		c.sendError(f.ID, wire.CodeInternal, err.Error())
+		return
+	}
+	c.mu.Lock()
+	c.out = wire.AppendStats(c.out, f.ID, doc)
+	c.signal()
+	c.mu.Unlock()
+}
+
+// appendMessage queues a MESSAGE response for m, taking ownership of m.
+// c.mu is held on entry.
+func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
+	if c.info {
+		c.log.Info("dequeued", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id)
+	}
+	wm := wire.Message{Seq: m.Seq, Size: uint64(m.Size), DigestAlg: m.DigestAlg, Digest: []byte(m.Digest)}
+	if m.FD < 0 {
+		c.out = wire.AppendMessage(c.out, id, wm, m.Inline, false)
+		m.Inline = nil
+	} else {
+		c.fdAt = append(c.fdAt, len(c.out))
+		c.outFDs = append(c.outFDs, m.FD)
+		c.outMsgs = append(c.outMsgs, m)
+		c.out = wire.AppendMessage(c.out, id, wm, nil, true)
+	}
+	c.signal()
+}
+
+func (c *conn) sendError(id uint64, code wire.Code, msg string) {
+	if code != wire.CodeEmpty {
+		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg)
+	} else if c.info {
+		c.log.Info("request failed", "id", id, "code", code.String(), "err", msg)
+	}
+	c.mu.Lock()
+	c.out = wire.AppendError(c.out, id, code, msg)
+	c.signal()
+	c.mu.Unlock()
+}
+
+// signal wakes the writer. c.mu is held on entry.
+func (c *conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop sends queued responses until quit is closed and the outbox is
+// empty, or a write fails.
+func (c *conn) writeLoop() {
+	var buf []byte
+	var fds, fdAt []int
+	var msgs []*queue.Message
+	for {
+		select {
+		case <-c.wake:
+		case <-c.quit:
+		}
+		c.mu.Lock()
+		buf, c.out = c.out, buf[:0]
+		fds, c.outFDs = c.outFDs, fds[:0]
+		fdAt, c.fdAt = c.fdAt, fdAt[:0]
+		msgs, c.outMsgs = c.outMsgs, msgs[:0]
+		c.cond.Broadcast()
+		c.mu.Unlock()
+
+		if len(buf) > 0 {
+			err := c.write(buf, fds, fdAt)
+			for i, m := range msgs {
+				m.Release()
+				msgs[i] = nil
+			}
+			if err != nil {
+				if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {
+					c.log.Warn("write failed; closing connection", "err", err)
+				}
+				c.uc.Close() // the reader notices and tears down
+				c.discardOutbox()
+				return
+			}
+			if c.info {
+				c.log.Info("responded", "bytes", len(buf), "pages", len(fds))
+			}
+		}
+		select {
+		case <-c.quit:
+			c.mu.Lock()
+			empty := len(c.out) == 0
+			c.mu.Unlock()
+			if empty {
+				return
+			}
+		default:
+		}
+	}
+}
+
+// write sends buf, splitting it so that no sendmsg carries more than
+// wire.MaxFDsPerWrite descriptors.
+func (c *conn) write(buf []byte, fds, fdAt []int) error {
+	base := 0
+	for len(fds) > wire.MaxFDsPerWrite {
+		cut := fdAt[wire.MaxFDsPerWrite] - base
+		if err := wire.Write(c.uc, buf[:cut], fds[:wire.MaxFDsPerWrite]); err != nil {
+			return err
+		}
+		buf, base = buf[cut:], base+cut
+		fds, fdAt = fds[wire.MaxFDsPerWrite:], fdAt[wire.MaxFDsPerWrite:]
+	}
+	return wire.Write(c.uc, buf, fds)
+}
+
+// discardOutbox drops responses that can no longer be sent, releasing
+// their pages, and stops further queueing.
+func (c *conn) discardOutbox() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for _, m := range c.outMsgs {
+		m.Release()
+	}
+	c.out, c.outFDs, c.fdAt, c.outMsgs = nil, nil, nil, nil
+	c.cond.Broadcast()
+}
+
+func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, errors.New("getsockopt(SO_PEERCRED): " + cerr.Error())
+	}
+	return cred, nil
+}

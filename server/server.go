@@ -1,0 +1,306 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("machq: server closed")
+
+// DefaultMaxMessageSize is the default for Config.MaxMessageSize: 4 GiB.
+const DefaultMaxMessageSize = 4 << 30
+
+// Config configures a Server. The zero value is ready to use.
+type Config struct {
+	// Logger receives the server's structured logs. Every step of every
+	// request is logged at slog.LevelInfo, connections and failures at
+	// Info and Warn. Nil discards them.
+	Logger *slog.Logger
+
+	// MaxMessageSize is the largest payload, in bytes, the server stores.
+	// Zero means DefaultMaxMessageSize.
+	MaxMessageSize int64
+
+	// MaxInline is the largest payload, in bytes, the server accepts
+	// inside a frame instead of as a memfd; clients learn it at the
+	// handshake. Zero means 1 MiB, which is also the most allowed.
+	MaxInline int
+
+	// DrainTimeout bounds how long a closing connection may take to flush
+	// its last responses to a client that is not reading. Zero means 5s.
+	DrainTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxMessageSize < 0 {
+		return fmt.Errorf("machq: MaxMessageSize %d is negative", c.MaxMessageSize)
+	}
+	if c.MaxInline == 0 {
+		c.MaxInline = wire.MaxInline
+	}
+	if c.MaxInline < 0 || c.MaxInline > wire.MaxInline {
+		return fmt.Errorf("machq: MaxInline %d is outside [0, %d]", c.MaxInline, wire.MaxInline)
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 5 * time.Second
+	}
+	return nil
+}
+
+// Server is a machq message store. Create one with New, then call Serve
+// with one or more listeners. A Server must not be copied.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	named *queue.Registry
+	total totals
+	pid   uint32
+
+	nextConn atomic.Uint64
+	closing  atomic.Bool
+
+	mu        sync.Mutex
+	listeners map[*net.UnixListener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// totals counts the messages and bytes held in every queue.
+type totals struct {
+	messages atomic.Int64
+	bytes    atomic.Int64
+}
+
+// Add implements queue.Counter.
+func (t *totals) Add(messages, bytes int64) {
+	t.messages.Add(messages)
+	t.bytes.Add(bytes)
+}
+
+var _ queue.Counter = (*totals)(nil)
+
+// New returns a Server configured by cfg, which it copies.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		pid:       uint32(os.Getpid()),
+		listeners: make(map[*net.UnixListener]struct{}),
+		conns:     make(map[*conn]struct{}),
+		done:      make(chan struct{}),
+	}
+	s.named = queue.NewRegistry(&s.total)
+	return s, nil
+}
+
+// Serve accepts connections on l, serving each in its own goroutine, until
+// Shutdown or Close. It always returns a non-nil error: ErrServerClosed
+// after Shutdown or Close, otherwise the accept error. Serve closes l when
+// it returns.
+func (s *Server) Serve(l *net.UnixListener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	s.log.Info("serving", "socket", l.Addr().String(), "max_message", s.cfg.MaxMessageSize, "max_inline", s.cfg.MaxInline)
+	var backoff time.Duration
+	for {
+		uc, err := l.AcceptUnix()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of descriptors or memory: back off and try again
+			// rather than spin or give up.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
+		if !s.track(uc) {
+			uc.Close()
+			return ErrServerClosed
+		}
+	}
+}
+
+// track registers a new connection and starts serving it. It reports
+// false once shutdown has begun.
+func (s *Server) track(uc *net.UnixConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	c := newConn(s, uc)
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.serve()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	return true
+}
+
+// Shutdown stops the server gracefully: it closes every listener, stops
+// reading new requests, answers the requests already received (waiting
+// retrieves get SHUTTING_DOWN), flushes responses, closes connections and
+// frees every stored page. If ctx ends first, Shutdown closes what is left
+// at once and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.beginClose()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	finished := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		s.freeAll()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Close stops the server at once: listeners and connections are closed
+// without flushing responses, and every stored page is freed.
+func (s *Server) Close() error {
+	s.beginClose()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.uc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.freeAll()
+	return nil
+}
+
+func (s *Server) beginClose() {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing.Store(true)
+		close(s.done)
+		for l := range s.listeners {
+			l.Close()
+		}
+		s.mu.Unlock()
+		s.log.Info("shutting down")
+	})
+}
+
+func (s *Server) freeAll() {
+	if n, b := s.named.DrainAll(); n > 0 {
+		s.log.Info("named queues freed", "messages", n, "bytes", b)
+	}
+}
+
+// Stats describes the server at one instant.
+type Stats struct {
+	Clients  int          `json:"clients"`  // connected clients
+	Messages int64        `json:"messages"` // messages stored, private and named queues
+	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
+	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+}
+
+// QueueStats describes one named queue.
+type QueueStats struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"`
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"` // consumers blocked on the queue
+}
+
+// Stats returns the server's current counts.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	clients := len(s.conns)
+	s.mu.Unlock()
+	infos := s.named.Snapshot()
+	qs := make([]QueueStats, len(infos))
+	for i, in := range infos {
+		qs[i] = QueueStats(in)
+	}
+	return Stats{
+		Clients:  clients,
+		Messages: s.total.messages.Load(),
+		Bytes:    s.total.bytes.Load(),
+		Queues:   qs,
+	}
+}
+
+// isPeerGone reports errors that only mean the client went away.
+func isPeerGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, errConnReset)
+}
+
+// ListenAndServe checks the server in at the socket path: it refuses a
+// path that a live server holds (an exclusive lock on PATH.lock tells), replaces a stale socket file, listens,
+// and serves until Shutdown or Close, then removes the socket file. It
+// always returns a non-nil error.
+func (s *Server) ListenAndServe(path string) error {
+	reg, err := naming.CheckIn(path)
+	if err != nil {
+		return err
+	}
+	defer reg.Release()
+	return s.Serve(reg.Listener)
+}
