@@ -82,9 +82,9 @@ type Client struct {
 	mu      sync.Mutex // guards the fields below
 	nextID  uint64
 	pending map[uint64]*call
-	private []sentDigest           // digests of private stores, oldest first
-	orphans map[string][]result   // retrieved after their caller gave up
-	err     error                 // why the connection ended
+	private []sentDigest        // digests of private stores, oldest first
+	orphans map[string][]result // retrieved after their caller gave up
+	err     error               // why the connection ended
 
 	done chan struct{} // closed when the reader goroutine exits
 }

@@ -1,0 +1,658 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/wire"
+	"github.com/machq/machq/internal/wiretest"
+	"github.com/machq/machq/server"
+)
+
+// testLogger writes the server's logs to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+// startServer runs a server in-process on a socket in a temporary
+// directory and returns it with its socket path. It is shut down when the
+// test ends.
+func startServer(t testing.TB, cfg server.Config) (*server.Server, string) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; !errors.Is(err, server.ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return srv, path
+}
+
+func dial(t testing.TB, path string, opts ...machq.Option) *machq.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := machq.Dial(ctx, path, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func randomBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func TestRoundTripSizes(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	for _, size := range []int{0, 1, 4095, 4096, 4097, 1 << 20, 64 << 20} {
+		for _, q := range []string{"", "sizes"} {
+			data := randomBytes(t, size)
+			if err := c.Send(ctx, q, data); err != nil {
+				t.Fatalf("send %d bytes to %q: %v", size, q, err)
+			}
+			m, err := c.Retrieve(ctx, q)
+			if err != nil {
+				t.Fatalf("retrieve %d bytes from %q: %v", size, q, err)
+			}
+			if !bytes.Equal(m.Bytes(), data) {
+				t.Errorf("%d bytes via %q: payload differs", size, q)
+			}
+			if want := size > machq.DefaultInlineThreshold; m.OutOfLine() != want {
+				t.Errorf("%d bytes: out of line = %v, want %v", size, m.OutOfLine(), want)
+			}
+			if alg, d := m.Digest(); alg != machq.DigestSHA256 || len(d) != 32 {
+				t.Errorf("%d bytes: digest %v/%d bytes, want sha256/32", size, alg, len(d))
+			}
+			m.Close()
+		}
+	}
+}
+
+func TestPageAndFileSends(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+
+	p, err := machq.NewPage(3 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := randomBytes(t, 3<<20)
+	copy(p.Bytes(), want)
+	if err := c.SendPage(ctx, "pages", p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Bytes() != nil {
+		t.Error("page still mapped after SendPage")
+	}
+	if err := c.SendPage(ctx, "pages", p); !errors.Is(err, machq.ErrPageUsed) {
+		t.Errorf("second SendPage: %v, want ErrPageUsed", err)
+	}
+
+	f, err := os.Create(filepath.Join(t.TempDir(), "payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fileData := randomBytes(t, 5<<20+3)
+	f.Write(fileData)
+	f.Seek(0, 0)
+	n, err := c.SendFile(ctx, "pages", f)
+	if err != nil || n != int64(len(fileData)) {
+		t.Fatalf("SendFile = %d, %v; want %d", n, err, len(fileData))
+	}
+
+	for i, w := range [][]byte{want, fileData} {
+		m, err := c.Retrieve(ctx, "pages")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.OutOfLine() || !bytes.Equal(m.Bytes(), w) {
+			t.Errorf("message %d: out of line %v, payload equal %v", i, m.OutOfLine(), bytes.Equal(m.Bytes(), w))
+		}
+		out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := m.WriteTo(out); err != nil || n != int64(len(w)) {
+			t.Errorf("WriteTo = %d, %v", n, err)
+		}
+		got, _ := os.ReadFile(out.Name())
+		if !bytes.Equal(got, w) {
+			t.Errorf("message %d: WriteTo wrote different bytes", i)
+		}
+		out.Close()
+		m.Close()
+	}
+}
+
+func TestPrivateQueuesAreIsolated(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	a, b := dial(t, path), dial(t, path)
+	ctx := testCtx(t)
+	if err := a.Send(ctx, "", []byte("for a only")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Retrieve(ctx, ""); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatalf("b retrieved from its private queue: %v, want ErrEmpty", err)
+	}
+	m, err := a.Retrieve(ctx, "")
+	if err != nil || string(m.Bytes()) != "for a only" {
+		t.Fatalf("a retrieve: %v", err)
+	}
+	m.Close()
+
+	// Closing a frees what it stored privately.
+	a.Send(ctx, "", randomBytes(t, 100<<10))
+	if st := srv.Stats(); st.Messages != 1 {
+		t.Fatalf("stats: %d messages, want 1", st.Messages)
+	}
+	a.Close()
+	waitFor(t, "private queue freed", func() bool { st := srv.Stats(); return st.Messages == 0 && st.Clients == 1 })
+}
+
+func TestNamedQueueFIFOAcrossClients(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	ctx := testCtx(t)
+	const producers, each = 4, 200
+	var wg sync.WaitGroup
+	for p := range producers {
+		c := dial(t, path)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				size := 8
+				if i%50 == 0 {
+					size = 70 << 10 // some out of line
+				}
+				msg := make([]byte, size)
+				msg[0], msg[1], msg[2] = byte(p), byte(i>>8), byte(i)
+				if err := c.Send(ctx, "fifo", msg); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	consumer := dial(t, path)
+	next := make([]int, producers)
+	var lastSeq uint64
+	for range producers * each {
+		m, err := consumer.Retrieve(ctx, "fifo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := m.Bytes()
+		p, i := int(b[0]), int(b[1])<<8|int(b[2])
+		if i != next[p] {
+			t.Fatalf("producer %d: got message %d, want %d", p, i, next[p])
+		}
+		if m.Seq <= lastSeq {
+			t.Fatalf("seq %d after %d", m.Seq, lastSeq)
+		}
+		next[p]++
+		lastSeq = m.Seq
+		m.Close()
+	}
+	if _, err := consumer.Retrieve(ctx, "fifo"); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatalf("after draining: %v, want ErrEmpty", err)
+	}
+}
+
+func TestConcurrentUseOfOneClient(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := "g" + string(rune('a'+g))
+			for i := range 100 {
+				data := []byte{byte(g), byte(i)}
+				if i%10 == 0 {
+					data = append(data, make([]byte, 40<<10)...)
+				}
+				if err := c.Send(ctx, q, data); err != nil {
+					t.Error(err)
+					return
+				}
+				m, err := c.Retrieve(ctx, q)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if b := m.Bytes(); b[0] != byte(g) || b[1] != byte(i) {
+					t.Errorf("goroutine %d got %v at %d", g, b[:2], i)
+				}
+				m.Close()
+			}
+		}()
+	}
+	// The private queue is shared by the goroutines but verified in order.
+	for i := range 50 {
+		if err := c.Send(ctx, "", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50 {
+		m, err := c.Retrieve(ctx, "")
+		if err != nil {
+			t.Fatalf("private %d: %v", i, err)
+		}
+		if m.Bytes()[0] != byte(i) {
+			t.Fatalf("private %d: got %d", i, m.Bytes()[0])
+		}
+		m.Close()
+	}
+	wg.Wait()
+}
+
+func TestRetrieveWait(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	consumer, producer := dial(t, path), dial(t, path)
+	ctx := testCtx(t)
+
+	got := make(chan *machq.Message, 1)
+	errc := make(chan error, 1)
+	go func() {
+		m, err := consumer.RetrieveWait(ctx, "later")
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- m
+	}()
+	// Send only once the consumer is registered as a waiter.
+	waitFor(t, "consumer waiting", func() bool {
+		st, err := producer.Stat(ctx)
+		return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 1
+	})
+	if err := producer.Send(ctx, "later", []byte("arrived")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if string(m.Bytes()) != "arrived" {
+			t.Errorf("got %q", m.Bytes())
+		}
+		m.Close()
+	case err := <-errc:
+		t.Fatal(err)
+	}
+
+	// A deadline with nothing arriving is ErrEmpty and DeadlineExceeded.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err := consumer.RetrieveWait(short, "later")
+	if !errors.Is(err, machq.ErrEmpty) {
+		t.Fatalf("RetrieveWait with deadline: %v, want ErrEmpty", err)
+	}
+
+	// Cancellation without a deadline: the server forgets the waiter, and
+	// a message sent afterwards stays in the queue.
+	cctx, ccancel := context.WithCancel(ctx)
+	go func() {
+		waitFor(t, "second waiter", func() bool {
+			st, err := producer.Stat(ctx)
+			return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 1
+		})
+		ccancel()
+	}()
+	if _, err := consumer.RetrieveWait(cctx, "later"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled RetrieveWait: %v, want context.Canceled", err)
+	}
+	waitFor(t, "waiter removed", func() bool {
+		st, err := producer.Stat(ctx)
+		return err == nil && st.Queues[0].Waiting == 0
+	})
+	producer.Send(ctx, "later", []byte("kept"))
+	m, err := consumer.Retrieve(ctx, "later")
+	if err != nil || string(m.Bytes()) != "kept" {
+		t.Fatalf("after cancel: %v", err)
+	}
+	m.Close()
+}
+
+func TestTamperedDigestIsDetected(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	raw := wiretest.DialHello(t, path)
+	bogus := bytes.Repeat([]byte{0xAB}, 32)
+	raw.Write(wire.AppendStore(nil, 1, wire.Store{Size: 5, DigestAlg: wire.DigestSHA256, Digest: bogus, Queue: []byte("t")}, []byte("hello"), false))
+	if f := raw.Read(); f.Op != wire.OpStored {
+		t.Fatalf("got %s", f.Op)
+	}
+	c := dial(t, path)
+	m, err := c.Retrieve(testCtx(t), "t")
+	if !errors.Is(err, machq.ErrTampered) {
+		t.Fatalf("retrieve: %v, want ErrTampered", err)
+	}
+	var te *machq.TamperedError
+	if !errors.As(err, &te) || te.Queue != "t" || m == nil || string(m.Bytes()) != "hello" {
+		t.Fatalf("tampered error %v, message %v", err, m)
+	}
+	m.Close()
+}
+
+func memfd(t testing.TB, data []byte, seals int) int {
+	t.Helper()
+	fd, err := page.Create("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Write(fd, data); err != nil {
+		t.Fatal(err)
+	}
+	if seals != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fd
+}
+
+func countFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func TestBadPagesAreRefused(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	raw := wiretest.DialHello(t, path)
+	other := dial(t, path)
+	ctx := testCtx(t)
+	if err := other.Send(ctx, "others", []byte("keep me")); err != nil {
+		t.Fatal(err)
+	}
+	pipeR, pipeW, _ := os.Pipe()
+	defer pipeR.Close()
+	defer pipeW.Close()
+	base := countFDs(t)
+	data := []byte("0123456789")
+	cases := []struct {
+		name string
+		fd   func() int
+		size uint64
+		code wire.Code
+		msg  string
+	}{
+		{"unsealed memfd", func() int { return memfd(t, data, 0) }, 10, wire.CodeBadPage, "not sealed"},
+		{"write seal only", func() int { return memfd(t, data, unix.F_SEAL_WRITE) }, 10, wire.CodeBadPage, "not sealed"},
+		{"future write seal", func() int { return memfd(t, data, unix.F_SEAL_FUTURE_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK) }, 10, wire.CodeBadPage, "not sealed"},
+		{"size mismatch", func() int { return memfd(t, data, int(page.RequiredSeals)) }, 11, wire.CodeBadPage, "size differs"},
+		{"pipe", func() int { fd, _ := unix.Dup(int(pipeR.Fd())); return fd }, 10, wire.CodeBadPage, "pipe"},
+		{"dev null", func() int { fd, _ := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); return fd }, 10, wire.CodeBadPage, "character device"},
+		{"regular file", func() int {
+			fd, _ := unix.Open(filepath.Join(t.TempDir(), "f"), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+			unix.Write(fd, data)
+			return fd
+		}, 10, wire.CodeBadPage, "not a memfd"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fd := tc.fd()
+			raw.Write(wire.AppendStore(nil, uint64(100+i), wire.Store{Size: tc.size, Queue: []byte("bad")}, nil, true), fd)
+			unix.Close(fd)
+			msg := raw.ExpectError(tc.code)
+			if !bytes.Contains([]byte(msg), []byte(tc.msg)) {
+				t.Errorf("error %q does not mention %q", msg, tc.msg)
+			}
+		})
+	}
+	// Out of line without a descriptor: refused, connection kept.
+	hdr := wire.AppendStore(nil, 200, wire.Store{Size: 10, Queue: []byte("bad")}, nil, true)
+	hdr[6] = 0 // declare no descriptor
+	raw.Write(hdr)
+	raw.ExpectError(wire.CodeBadDescriptor)
+
+	// The connection still works, nothing was stored, and the server
+	// holds no descriptor from the refused requests.
+	good := memfd(t, data, int(page.RequiredSeals))
+	raw.Write(wire.AppendStore(nil, 300, wire.Store{Size: 10, Queue: []byte("good")}, nil, true), good)
+	unix.Close(good)
+	if f := raw.Read(); f.Op != wire.OpStored {
+		t.Fatalf("valid store after refusals: %s", f.Op)
+	}
+	for _, q := range srv.Stats().Queues {
+		if q.Name == "bad" && q.Messages != 0 {
+			t.Errorf("queue bad holds %d messages", q.Messages)
+		}
+	}
+	if n := countFDs(t); n != base+1 { // +1: the good page
+		t.Errorf("open fds %d, want %d", n, base+1)
+	}
+	m, err := other.Retrieve(ctx, "others")
+	if err != nil || string(m.Bytes()) != "keep me" {
+		t.Fatalf("other client's data: %v", err)
+	}
+	m.Close()
+}
+
+func TestProtocolViolationsCloseOnlyTheOffender(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	ctx := testCtx(t)
+	bystander := dial(t, path)
+	bystander.Send(ctx, "safe", []byte("intact"))
+
+	cases := []struct {
+		name  string
+		hello bool
+		send  []byte
+		code  wire.Code
+	}{
+		{"garbage", false, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), wire.CodeMalformed},
+		{"no hello", false, wire.AppendStat(nil, 1), wire.CodeMalformed},
+		{"bad version", false, wire.AppendHello(nil, 0, wire.Hello{MinVersion: 7, MaxVersion: 9}), wire.CodeVersion},
+		{"oversized length", true, func() []byte {
+			b := make([]byte, wire.HeaderSize)
+			wire.PutHeader(b, wire.Header{Length: wire.MaxFrameSize + 1, Op: wire.OpStore})
+			return b
+		}(), wire.CodeMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var raw *wiretest.Conn
+			if tc.hello {
+				raw = wiretest.DialHello(t, path)
+			} else {
+				raw = wiretest.Dial(t, path)
+			}
+			raw.Write(tc.send)
+			raw.ExpectError(tc.code)
+			if _, err := raw.ReadErr(); err == nil {
+				t.Fatal("connection still open after a fatal error")
+			}
+		})
+	}
+	// An unknown operation fails only that request.
+	raw := wiretest.DialHello(t, path)
+	b := wire.AppendStat(nil, 9)
+	b[4] = 0x42
+	raw.Write(b)
+	raw.ExpectError(wire.CodeUnknownOp)
+	raw.Write(wire.AppendRetrieve(nil, 10, wire.Retrieve{Queue: []byte("bad/name")}))
+	raw.ExpectError(wire.CodeBadQueueName)
+	raw.Write(wire.AppendStat(nil, 11))
+	if f := raw.Read(); f.Op != wire.OpStats {
+		t.Fatalf("after per-request errors: %s", f.Op)
+	}
+
+	m, err := bystander.Retrieve(ctx, "safe")
+	if err != nil || string(m.Bytes()) != "intact" {
+		t.Fatalf("bystander: %v", err)
+	}
+	m.Close()
+}
+
+func TestLimits(t *testing.T) {
+	_, path := startServer(t, server.Config{MaxMessageSize: 1 << 20, MaxInline: 1024})
+	c := dial(t, path, machq.WithInlineThreshold(1<<20))
+	ctx := testCtx(t)
+	if err := c.Send(ctx, "l", make([]byte, 1<<20+1)); !errors.Is(err, machq.ErrTooLarge) {
+		t.Fatalf("oversize send: %v, want ErrTooLarge", err)
+	}
+	// The client caps its inline threshold at the server's.
+	if err := c.Send(ctx, "l", make([]byte, 2048)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Retrieve(ctx, "l")
+	if err != nil || !m.OutOfLine() {
+		t.Fatalf("2 KiB with a 1 KiB server inline limit: %v, out of line %v", err, m != nil && m.OutOfLine())
+	}
+	m.Close()
+	if err := c.Send(ctx, "bad name", nil); !errors.Is(err, machq.ErrBadQueueName) {
+		t.Fatalf("bad queue name: %v", err)
+	}
+}
+
+func TestShutdownAnswersWaitersAndFreesPages(t *testing.T) {
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.sock")
+	base := countFDs(t)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+
+	ctx := testCtx(t)
+	c, err := machq.Dial(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if err := c.Send(ctx, "kept", make([]byte, 100<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := c.RetrieveWait(ctx, "never")
+		waitErr <- err
+	}()
+	waitFor(t, "waiter registered", func() bool {
+		for _, q := range srv.Stats().Queues {
+			if q.Name == "never" && q.Waiting == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, server.ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if err := <-waitErr; !errors.Is(err, machq.ErrShuttingDown) {
+		t.Fatalf("waiting retrieve: %v, want ErrShuttingDown", err)
+	}
+	if _, err := c.Retrieve(ctx, "kept"); !errors.Is(err, machq.ErrClosed) {
+		t.Fatalf("after shutdown: %v, want ErrClosed", err)
+	}
+	c.Close()
+	if st := srv.Stats(); st.Messages != 0 || st.Clients != 0 {
+		t.Fatalf("after shutdown: %+v", st)
+	}
+	if n := countFDs(t); n != base {
+		t.Fatalf("open fds %d after shutdown, want %d", n, base)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file left behind: %v", err)
+	}
+}
+
+func TestListenAndServeRefusesLiveName(t *testing.T) {
+	srv1, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "named.sock")
+	done := make(chan error, 1)
+	go func() { done <- srv1.ListenAndServe(path) }()
+	waitFor(t, "first server listening", func() bool {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	srv2, _ := server.New(server.Config{})
+	if err := srv2.ListenAndServe(path); err == nil || !bytes.Contains([]byte(err.Error()), []byte("in use")) {
+		t.Fatalf("second server: %v, want name in use", err)
+	}
+	srv1.Close()
+	if err := <-done; !errors.Is(err, server.ErrServerClosed) {
+		t.Fatal(err)
+	}
+}
