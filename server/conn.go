@@ -263,9 +263,10 @@ func (c *conn) handleStore(f wire.Frame) {
 		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
 		return
 	}
+	isPage := m.FD >= 0 // m belongs to the queue once pushed
 	seq := q.Push(m)
 	if c.info {
-		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", m.FD >= 0)
+		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
 	}
 	c.mu.Lock()
 	c.out = wire.AppendStored(c.out, f.ID, seq)

@@ -192,6 +192,9 @@ func sendCmd(ctx context.Context, args []string, stdin *os.File, stderr io.Write
 		fmt.Fprintln(stderr, "machq send: --queue is required (a private queue would end with this command)")
 		return exitUsage
 	}
+	if err := machq.ValidQueueName(queue); err != nil {
+		return fail(stderr, err)
+	}
 	log, err := c.logger(stderr)
 	if err != nil {
 		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
@@ -230,6 +233,9 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if queue == "" {
 		fmt.Fprintln(stderr, "machq retrieve: --queue is required (a new connection's private queue is always empty)")
 		return exitUsage
+	}
+	if err := machq.ValidQueueName(queue); err != nil {
+		return fail(stderr, err)
 	}
 	if wait < 0 {
 		fmt.Fprintln(stderr, "machq retrieve: --wait must not be negative")

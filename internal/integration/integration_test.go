@@ -1,0 +1,488 @@
+package integration_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/wire"
+	"github.com/machq/machq/internal/wiretest"
+)
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func dial(t testing.TB, socket string) *machq.Client {
+	t.Helper()
+	c, err := machq.Dial(ctxT(t), socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestIntegrationShellPiped(t *testing.T) {
+	d := startDaemon(t, "")
+	in := "1\nhello, machq\nsend\nsecond line\n2\nretrieve\n2\n9\n3\n"
+	r := runCLI(t, strings.NewReader(in), "shell", "--socket", d.socket)
+	if r.code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", r.code, r.stderr)
+	}
+	for _, want := range []string{
+		"stored 12 bytes",
+		"hello, machq\nintegrity confirmed",
+		"second line\nintegrity confirmed",
+		"nothing stored: the queue is empty",
+		`unknown choice "9"`,
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// The shell logs each step on stderr, as the original did.
+	for _, want := range []string{"connected", "sending", "stored", "received", "integrity confirmed", "nothing stored", "quitting"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	// And so does the server.
+	waitFor(t, "server to log the client leaving", func() bool { return strings.Contains(d.logs.String(), "client gone") })
+	for _, want := range []string{"client connected", "received a message", "enqueued", "dequeued", "responded", "client gone"} {
+		if !strings.Contains(d.logs.String(), want) {
+			t.Errorf("server logs lack %q", want)
+		}
+	}
+
+	// End of input without quit also exits 0; a 10 MB line is one payload.
+	big := bytes.Repeat([]byte("x"), 10<<20)
+	in2 := "1\n" + string(big) + "\n2\n"
+	r = runCLI(t, strings.NewReader(in2), "shell", "--socket", d.socket, "--log-level", "warn")
+	if r.code != 0 {
+		t.Fatalf("exit %d on end of input; stderr:\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stdout, fmt.Sprintf("stored %d bytes", len(big))) || !strings.Contains(r.stdout, string(big)+"\nintegrity confirmed") {
+		t.Errorf("10 MB line did not round trip; stdout has %d bytes", len(r.stdout))
+	}
+}
+
+func TestIntegrationPrivateQueuesAcrossProcesses(t *testing.T) {
+	d := startDaemon(t, "")
+	a := startShell(t, d.socket)
+	a.send("1", "secret of a")
+	a.expect("stored 11 bytes")
+
+	// Another process sees nothing of a's private queue.
+	r := runCLI(t, strings.NewReader("2\n3\n"), "shell", "--socket", d.socket)
+	if !strings.Contains(r.stdout, "nothing stored") || strings.Contains(r.stdout, "secret") {
+		t.Fatalf("second client saw:\n%s", r.stdout)
+	}
+	// a gets its own message back, verified.
+	a.send("2")
+	a.expect("secret of a")
+	a.expect("integrity confirmed")
+	a.send("3")
+	<-a.done
+}
+
+func TestIntegrationNamedQueueFIFOAcrossProcesses(t *testing.T) {
+	d := startDaemon(t, "")
+	for i := range 5 {
+		r := runCLI(t, strings.NewReader(fmt.Sprintf("message %d", i)), "send", "--socket", d.socket, "--queue", "jobs")
+		if r.code != 0 {
+			t.Fatalf("send %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	// A producer process and a consumer process at once, through a shell
+	// on a named queue.
+	prod := startShell(t, d.socket, "--queue", "jobs")
+	prod.send("1", "message 5")
+	prod.expect("stored")
+	for i := range 6 {
+		r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "jobs")
+		if r.code != 0 || r.stdout != fmt.Sprintf("message %d", i) {
+			t.Fatalf("retrieve %d: exit %d, stdout %q, stderr %s", i, r.code, r.stdout, r.stderr)
+		}
+	}
+	r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "jobs")
+	if r.code != 3 || !strings.Contains(r.stderr, "empty") {
+		t.Fatalf("empty queue: exit %d, stderr %q; want exit 3 and a message", r.code, r.stderr)
+	}
+
+	// A consumer waiting in another process gets a message sent later.
+	waiting := exec.Command(bin.machq, "retrieve", "--socket", d.socket, "--queue", "later", "--wait", "60s")
+	var out bytes.Buffer
+	waiting.Stdout = &out
+	if err := waiting.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "consumer to wait", func() bool {
+		for _, q := range d.stats().Queues {
+			if q.Name == "later" && q.Waiting == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if r := runCLI(t, strings.NewReader("late"), "send", "--socket", d.socket, "--queue", "later"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if err := waiting.Wait(); err != nil || out.String() != "late" {
+		t.Fatalf("waiting consumer: %v, got %q", err, out.String())
+	}
+}
+
+func TestIntegrationRoundTripSizes(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	dir := t.TempDir()
+	for _, size := range []int{0, 1, 4095, 4096, 4097, 1 << 20, 64 << 20} {
+		data := make([]byte, size)
+		rand.Read(data)
+		in := filepath.Join(dir, fmt.Sprintf("in-%d", size))
+		out := filepath.Join(dir, fmt.Sprintf("out-%d", size))
+		if err := os.WriteFile(in, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := runCLI(t, nil, "send", "--socket", d.socket, "--queue", "sizes", "--file", in); r.code != 0 {
+			t.Fatalf("send %d bytes: exit %d: %s", size, r.code, r.stderr)
+		}
+		if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "sizes", "--out", out); r.code != 0 {
+			t.Fatalf("retrieve %d bytes: exit %d: %s", size, r.code, r.stderr)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sha256.Sum256(got) != sha256.Sum256(data) {
+			t.Errorf("%d bytes: digest of the retrieved payload differs", size)
+		}
+	}
+	// And through the library, with stdin piped to send.
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	if r := runCLI(t, bytes.NewReader(data), "send", "--socket", d.socket, "--queue", "piped"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	c := dial(t, d.socket)
+	m, err := c.Retrieve(ctxT(t), "piped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if !m.OutOfLine() || !bytes.Equal(m.Bytes(), data) {
+		t.Fatal("piped payload differs or travelled inline")
+	}
+}
+
+func TestIntegrationZeroCopyKeepsServerMemorySmall(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	c := dial(t, d.socket)
+	ctx := ctxT(t)
+	before := d.rss()
+	const n, size = 8, 64 << 20
+	for i := range n {
+		p, err := machq.NewPage(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := p.Bytes()
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = byte(i + j)
+		}
+		if err := c.SendPage(ctx, "big", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := d.stats()
+	if st.Messages != n || st.Bytes != n*size {
+		t.Fatalf("stats %+v, want %d messages of %d bytes", st, n, size)
+	}
+	after := d.rss()
+	t.Logf("server RSS %d MiB before, %d MiB with %d MiB stored", before>>20, after>>20, n*size>>20)
+	if grown := after - before; grown > 32<<20 {
+		t.Fatalf("server RSS grew by %d MiB while storing %d MiB out of line", grown>>20, n*size>>20)
+	}
+	for i := range n {
+		m, err := c.Retrieve(ctx, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Bytes()[4096] != byte(i+4096) {
+			t.Fatalf("message %d: wrong content", i)
+		}
+		m.Close()
+	}
+}
+
+func TestIntegrationKilledClientIsFreed(t *testing.T) {
+	d := startDaemon(t, "")
+	baseline := d.idleFDs()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server fds:\n%s", strings.Join(d.fdList(), "\n"))
+		}
+	})
+	sh := startShell(t, d.socket, "--log-level", "warn")
+	line := strings.Repeat("p", 20<<10) // above the inline threshold: a page each
+	for range 100 {
+		sh.send("1", line)
+	}
+	waitFor(t, "100 pages stored", func() bool { return d.stats().Messages == 100 })
+	if got := d.fds(); got < baseline+100 {
+		t.Fatalf("server holds %d fds with 100 pages stored, baseline %d", got, baseline)
+	}
+	sh.cmd.Process.Signal(syscall.SIGKILL)
+	<-sh.done
+	waitFor(t, "server fds back to baseline", func() bool { return d.fds() == baseline })
+	st := d.stats()
+	if st.Messages != 0 || st.Bytes != 0 || st.Clients != 1 {
+		t.Fatalf("after SIGKILL stats = %+v, want no messages and only the stat client", st)
+	}
+	if !strings.Contains(d.logs.String(), "private queue freed") || !strings.Contains(d.logs.String(), "messages=100") {
+		t.Errorf("server did not log freeing 100 messages:\n%s", d.logs)
+	}
+}
+
+func TestIntegrationBadPagesRefused(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	baseline := d.idleFDs() + 2 // and the two connections below
+	other := dial(t, d.socket)
+	ctx := ctxT(t)
+	if err := other.Send(ctx, "", []byte("bystander data")); err != nil {
+		t.Fatal(err)
+	}
+	raw := wiretest.DialHello(t, d.socket)
+
+	unsealed, _ := page.Create("unsealed")
+	page.Write(unsealed, []byte("abc"))
+	raw.Write(wire.AppendStore(nil, 1, wire.Store{Size: 3, Queue: []byte("q")}, nil, true), unsealed)
+	unix.Close(unsealed)
+	if msg := raw.ExpectError(wire.CodeBadPage); !strings.Contains(msg, "not sealed") {
+		t.Errorf("unsealed: %q", msg)
+	}
+
+	pr, pw, _ := os.Pipe()
+	raw.Write(wire.AppendStore(nil, 2, wire.Store{Size: 3, Queue: []byte("q")}, nil, true), int(pr.Fd()))
+	pr.Close()
+	pw.Close()
+	if msg := raw.ExpectError(wire.CodeBadPage); !strings.Contains(msg, "pipe") {
+		t.Errorf("pipe: %q", msg)
+	}
+
+	sealed, _ := page.Create("sealed")
+	page.Write(sealed, []byte("abc"))
+	page.Seal(sealed)
+	raw.Write(wire.AppendStore(nil, 3, wire.Store{Size: 4, Queue: []byte("q")}, nil, true), sealed)
+	unix.Close(sealed)
+	if msg := raw.ExpectError(wire.CodeBadPage); !strings.Contains(msg, "holds 3 bytes, request declared 4") {
+		t.Errorf("size mismatch: %q", msg)
+	}
+
+	if got := d.fds(); got != baseline {
+		t.Errorf("server holds %d pages and sockets after refusing pages, want %d", got, baseline)
+	}
+	m, err := other.Retrieve(ctx, "")
+	if err != nil || string(m.Bytes()) != "bystander data" {
+		t.Fatalf("bystander: %v", err)
+	}
+	m.Close()
+}
+
+func TestIntegrationServerRestart(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "restart.sock")
+	d := startDaemon(t, socket, "--log-level", "warn")
+	c, err := machq.Dial(ctxT(t), socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sh := startShell(t, socket)
+	sh.send("1", "before restart")
+	sh.expect("stored")
+
+	d.stop()
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file left after SIGTERM: %v", err)
+	}
+	err = c.Send(ctxT(t), "", []byte("x"))
+	if !errors.Is(err, machq.ErrClosed) || !strings.Contains(err.Error(), "Dial again") {
+		t.Fatalf("send after the server stopped: %v; want ErrClosed telling to dial again", err)
+	}
+	if _, err := machq.Dial(ctxT(t), socket); !errors.Is(err, machq.ErrNoServer) {
+		t.Fatalf("dial with no server: %v, want ErrNoServer", err)
+	}
+
+	startDaemon(t, socket, "--log-level", "warn")
+	c2, err := machq.Dial(ctxT(t), socket)
+	if err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	defer c2.Close()
+	if err := c2.Send(ctxT(t), "", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	// The shell notices, says so, reconnects and carries on.
+	sh.send("2")
+	sh.expect("connection lost")
+	sh.expect("reconnected")
+	sh.expect("nothing stored")
+	sh.send("1", "after restart", "2")
+	sh.expect("after restart")
+	sh.expect("integrity confirmed")
+}
+
+func TestIntegrationNameCheckIn(t *testing.T) {
+	rt := t.TempDir()
+	t.Setenv("MACHQ_RUNTIME_DIR", rt)
+	socket := filepath.Join(rt, "svc.sock")
+
+	// Started by name, reachable by name.
+	cmd := exec.Command(bin.machqd, "--name", "svc", "--log-level", "warn")
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	waitFor(t, "server by name", func() bool {
+		c, err := net.Dial("unix", socket)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if r := runCLI(t, strings.NewReader("by name"), "send", "--name", "svc", "--queue", "n"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if r := runCLI(t, nil, "retrieve", "--name", "svc", "--queue", "n"); r.stdout != "by name" {
+		t.Fatalf("retrieve by name: %+v", r)
+	}
+
+	// A second server under the same name refuses to start.
+	r2 := exec.Command(bin.machqd, "--name", "svc")
+	out, err := r2.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use") || !strings.Contains(string(out), fmt.Sprint(cmd.Process.Pid)) {
+		t.Fatalf("second server: %v, %s; want a refusal naming pid %d", err, out, cmd.Process.Pid)
+	}
+
+	// A server that died leaves a stale socket; the next one replaces it.
+	cmd.Process.Kill()
+	<-exited
+	if _, err := os.Stat(socket); err != nil {
+		t.Fatalf("expected a stale socket file after SIGKILL: %v", err)
+	}
+	d := startDaemon(t, socket, "--log-level", "warn")
+	if st := d.stats(); st.Clients != 1 {
+		t.Fatalf("stats from the replacement server: %+v", st)
+	}
+}
+
+func TestIntegrationSocketActivation(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "activated.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	// LISTEN_PID must name the server itself: set it in a shell that then
+	// execs machqd, as the service manager does.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=machq exec "$0" --socket /nonexistent/ignored.sock`, bin.machqd)
+	cmd.ExtraFiles = []*os.File{f}
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("activated machqd exited with %v; logs:\n%s", err, &logs)
+		}
+		// The manager owns the socket file: the server leaves it.
+		if _, err := os.Stat(socket); err != nil {
+			t.Errorf("socket activation: server removed the manager's socket: %v", err)
+		}
+	}()
+
+	c := dial(t, socket)
+	ctx := ctxT(t)
+	if err := c.Send(ctx, "act", []byte("activated")); err != nil {
+		t.Fatalf("send through the activated socket: %v\n%s", err, &logs)
+	}
+	m, err := c.Retrieve(ctx, "act")
+	if err != nil || string(m.Bytes()) != "activated" {
+		t.Fatalf("retrieve: %v", err)
+	}
+	m.Close()
+	if !strings.Contains(logs.String(), "service manager") {
+		t.Errorf("server did not log using the inherited socket:\n%s", &logs)
+	}
+}
+
+func TestIntegrationCLIErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nobody.sock")
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no server", []string{"stat", "--socket", missing}, 4, "no server"},
+		{"bad flag", []string{"stat", "--bogus"}, 2, "flag provided but not defined"},
+		{"missing queue", []string{"retrieve", "--socket", missing}, 2, "--queue is required"},
+		{"bad queue name", []string{"send", "--socket", missing, "--queue", "no/slashes"}, 2, "[A-Za-z0-9._-]"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+	}
+	d := startDaemon(t, "", "--log-level", "warn")
+	cases = append(cases, struct {
+		name string
+		args []string
+		code int
+		want string
+	}{"bad queue name with server", []string{"retrieve", "--socket", d.socket, "--queue", "a b"}, 2, "queue name"})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runCLI(t, strings.NewReader(""), tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", r.code, r.stderr, tc.code, tc.want)
+			}
+			if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); tc.code != 2 && n > 0 {
+				t.Errorf("error is %d lines, want one", n+1)
+			}
+		})
+	}
+	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":1`) || !strings.Contains(r.stdout, `"queues":[]`) {
+		t.Fatalf("stat --json: %+v", r)
+	}
+	out, err := exec.Command(bin.machqd, "--log-level", "loud").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--log-level") {
+		t.Fatalf("machqd with a bad flag: %v, %s", err, out)
+	}
+}
