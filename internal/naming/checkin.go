@@ -30,6 +30,9 @@ type Registration struct {
 // mode 0600. If a live server holds the path it fails with an error
 // wrapping ErrNameInUse that gives the holder's pid when known.
 func CheckIn(path string) (*Registration, error) {
+	if err := checkPathLen(path); err != nil {
+		return nil, err
+	}
 	dir := filepath.Dir(path)
 	if err := ensureDir(dir); err != nil {
 		return nil, err
@@ -41,7 +44,11 @@ func CheckIn(path string) (*Registration, error) {
 	// We hold the lock, so no other machqd owns path. Something might
 	// still answer there (a server that does not take the lock); check
 	// before removing what is there.
-	if _, err := os.Lstat(path); err == nil {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			unlock(lock, path+".lock")
+			return nil, fmt.Errorf("naming: %s exists and is not a socket; choose another --socket path", path)
+		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
 			unlock(lock, path+".lock")
@@ -78,13 +85,19 @@ func (r *Registration) Release() {
 }
 
 func ensureDir(dir string) error {
-	st, err := os.Stat(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("naming: create runtime directory: %w", err)
-		}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("naming: create runtime directory: %w", err)
+	}
+	// Mkdir, not MkdirAll: if someone else creates dir first, we must
+	// notice and check it.
+	err := os.Mkdir(dir, 0o700)
+	if err == nil {
 		return nil
 	}
+	if !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("naming: create runtime directory: %w", err)
+	}
+	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("naming: runtime directory: %w", err)
 	}

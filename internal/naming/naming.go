@@ -29,7 +29,7 @@ func ValidQueueName(name []byte) error {
 	}
 	for i, c := range name {
 		if !nameByte(c) {
-			return fmt.Errorf("%w: queue name %q has %q at byte %d; use only [A-Za-z0-9._-]", ErrBadName, truncate(name), c, i)
+			return fmt.Errorf("%w: queue name %q has %s at byte %d; use only [A-Za-z0-9._-]", ErrBadName, truncate(name), quoteByte(c), i)
 		}
 	}
 	return nil
@@ -46,7 +46,7 @@ func ValidServiceName(name string) error {
 	}
 	for i := 0; i < len(name); i++ {
 		if !nameByte(name[i]) {
-			return fmt.Errorf("%w: service name %q has %q at byte %d; use only [A-Za-z0-9._-]", ErrBadName, name, name[i], i)
+			return fmt.Errorf("%w: service name %q has %s at byte %d; use only [A-Za-z0-9._-]", ErrBadName, name, quoteByte(name[i]), i)
 		}
 	}
 	return nil
@@ -54,6 +54,15 @@ func ValidServiceName(name string) error {
 
 func nameByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+}
+
+// quoteByte shows an ASCII byte as a Go character literal and any other
+// byte in hex, since alone it is not a character.
+func quoteByte(c byte) string {
+	if c < 0x80 {
+		return fmt.Sprintf("%q", c)
+	}
+	return fmt.Sprintf("0x%02x", c)
 }
 
 func truncate(b []byte) string {
@@ -79,12 +88,27 @@ func RuntimeDir() string {
 	return filepath.Join(os.TempDir(), "machq-"+strconv.Itoa(os.Geteuid()))
 }
 
+// MaxSocketPath is the longest socket path Linux accepts: sun_path holds
+// 108 bytes including the terminating NUL.
+const MaxSocketPath = 107
+
 // SocketPath returns the socket path of the service called name.
 func SocketPath(name string) (string, error) {
 	if err := ValidServiceName(name); err != nil {
 		return "", err
 	}
-	return filepath.Join(RuntimeDir(), name+".sock"), nil
+	p := filepath.Join(RuntimeDir(), name+".sock")
+	if err := checkPathLen(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+func checkPathLen(p string) error {
+	if len(p) > MaxSocketPath {
+		return fmt.Errorf("%w: socket path %s is %d bytes; Unix sockets allow at most %d: use a shorter name, MACHQ_RUNTIME_DIR or --socket", ErrBadName, p, len(p), MaxSocketPath)
+	}
+	return nil
 }
 
 // Resolve turns a client's target into a socket path: a target containing

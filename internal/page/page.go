@@ -101,6 +101,9 @@ func Check(fd int, size int64) error {
 	if err != nil {
 		return fmt.Errorf("%w: it is a regular file on a filesystem without seals (create pages with memfd_create(MFD_ALLOW_SEALING))", ErrNotMemfd)
 	}
+	if seals == unix.F_SEAL_SEAL {
+		return fmt.Errorf("%w: it carries seals SEAL only, so it can never be sealed (a tmpfs file, or a memfd created without MFD_ALLOW_SEALING)", ErrNotSealed)
+	}
 	if seals&RequiredSeals != RequiredSeals {
 		return fmt.Errorf("%w: it carries seals %s; add F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK with fcntl(F_ADD_SEALS) after the last write", ErrNotSealed, SealString(seals))
 	}
@@ -256,6 +259,10 @@ func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
 				continue
 			case e != nil && n == 0 && useSendfile && (e == unix.EINVAL || e == unix.ENOSYS):
 				return true // neither works: ok stays false
+			case e != nil && useSendfile:
+				opErr = os.NewSyscallError("sendfile", e)
+				ok = true
+				return true
 			case e != nil:
 				opErr = os.NewSyscallError("copy_file_range", e)
 				ok = true

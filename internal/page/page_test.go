@@ -566,7 +566,7 @@ func TestCheckRejects(t *testing.T) {
 				return fd
 			},
 			size: 100,
-			want: []error{page.ErrNotSealed}, words: []string{"seals SEAL;"},
+			want: []error{page.ErrNotSealed}, words: []string{"seals SEAL only", "MFD_ALLOW_SEALING"},
 		},
 		{
 			name: "unsealed memfd",

@@ -14,9 +14,11 @@ import (
 // at a time: the sender's request, a Queue, or the response that delivers
 // it. Whoever owns it last calls Release.
 type Message struct {
-	Seq       uint64 // position in its queue, assigned by Push
-	Size      int64  // payload bytes
-	FD        int    // sealed memfd holding the payload, or -1 when Inline
+	Seq  uint64 // position in its queue, assigned by Push
+	Size int64  // payload bytes
+	// FD is the sealed memfd holding the payload, or -1 for an inline
+	// payload. Set it to -1 explicitly: 0 is a valid descriptor.
+	FD        int
 	Inline    []byte // payload carried inline, when FD is -1
 	DigestAlg uint8
 	Digest    string
@@ -32,7 +34,8 @@ func (m *Message) Release() {
 	m.Inline = nil
 }
 
-// Waiter is a consumer blocked on an empty queue.
+// Waiter is a consumer blocked on an empty queue. Implementations must be
+// comparable (pointers are), since CancelWait finds a waiter by ==.
 type Waiter interface {
 	// Deliver hands m to the waiter, which takes ownership of it. It is
 	// called with the queue's lock held and must not block or call back
@@ -157,7 +160,9 @@ func (q *Queue) CancelWait(w Waiter) bool {
 	defer q.mu.Unlock()
 	for i, x := range q.waiters {
 		if x == w {
-			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+			copy(q.waiters[i:], q.waiters[i+1:])
+			q.waiters[len(q.waiters)-1] = nil
+			q.waiters = q.waiters[:len(q.waiters)-1]
 			return true
 		}
 	}
