@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,9 +34,10 @@ func TestMain(m *testing.M) {
 	}
 	code := func() int {
 		defer os.RemoveAll(dir)
-		goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goTool); err != nil {
-			goTool = "go"
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "the go command is not on PATH; the integration tests build the binaries with it")
+			return 1
 		}
 		args := []string{"build", "-o", dir}
 		if raceEnabled {
@@ -156,12 +156,6 @@ func (d *daemon) stop() {
 		<-d.exited
 		d.t.Fatalf("machqd did not stop within 30s of SIGTERM")
 	}
-}
-
-// kill sends SIGKILL and waits for the process to exit.
-func (d *daemon) kill() {
-	d.cmd.Process.Kill()
-	<-d.exited
 }
 
 // fds returns the number of pages (memfds) and sockets the daemon holds

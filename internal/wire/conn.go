@@ -44,6 +44,7 @@ type MsgReader interface {
 
 const (
 	defaultReadBuffer = 64 << 10
+	keepReadBuffer    = 256 << 10 // a grown buffer up to this size is kept
 	oobSize           = (MaxFDsPerWrite*4 + 64 + 15) &^ 15
 )
 
@@ -123,7 +124,7 @@ func (r *Reader) take(h Header) (Frame, error) {
 	r.r += int(h.Length)
 	if r.r == r.w {
 		r.r, r.w = 0, 0
-		if len(r.buf) > defaultReadBuffer {
+		if len(r.buf) > keepReadBuffer {
 			// A large inline frame grew the buffer; do not keep it.
 			r.buf = make([]byte, defaultReadBuffer)
 		}

@@ -1,0 +1,66 @@
+package machq_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/server"
+)
+
+// benchServer runs a server in-process for benchmarks.
+func benchServer(b *testing.B) string {
+	b.Helper()
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "bench.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(l)
+	b.Cleanup(func() { srv.Close() })
+	return path
+}
+
+// BenchmarkRoundTrip measures one store and one retrieve of a payload,
+// from a []byte in the sender to bytes readable by the receiver, inline
+// and out of line at each size: the measurement behind
+// DefaultInlineThreshold.
+func BenchmarkRoundTrip(b *testing.B) {
+	path := benchServer(b)
+	ctx := context.Background()
+	for _, size := range []int{64, 4 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20} {
+		for _, mode := range []struct {
+			name   string
+			inline int
+		}{{"inline", 1 << 20}, {"memfd", 0}} {
+			b.Run(fmt.Sprintf("%s/%d", mode.name, size), func(b *testing.B) {
+				c, err := machq.Dial(ctx, path, machq.WithInlineThreshold(mode.inline), machq.WithDigest(machq.DigestNone))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				data := make([]byte, size)
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := c.Send(ctx, "bench", data); err != nil {
+						b.Fatal(err)
+					}
+					m, err := c.Retrieve(ctx, "bench")
+					if err != nil {
+						b.Fatal(err)
+					}
+					_ = m.Bytes()
+					m.Close()
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check machq's CI runs: formatting, vet, staticcheck, the whole
+# test suite under the race detector, and each fuzz target for a bounded
+# time (FUZZTIME, default 10s; FUZZTIME=0 skips fuzzing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin"
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+if command -v staticcheck >/dev/null 2>&1; then
+  echo "== staticcheck"
+  staticcheck ./...
+else
+  echo "== staticcheck not installed; skipped (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)"
+fi
+
+echo "== go test -race"
+go test -race -count=1 ./...
+
+fuzztime=${FUZZTIME:-10s}
+if [ "$fuzztime" != "0" ]; then
+  for pkg in $(go list ./...); do
+    dir=$(go list -f '{{.Dir}}' "$pkg")
+    for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+      echo "== fuzz $pkg $target ($fuzztime)"
+      go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg"
+    done
+  done
+fi
