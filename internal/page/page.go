@@ -52,7 +52,11 @@ func Truncate(fd int, size int64) error {
 // Write writes all of data to fd at offset 0 with pwrite(2), which fills
 // the page cache in the kernel without faulting pages into this process.
 func Write(fd int, data []byte) error {
-	var off int64
+	return writeAt(fd, data, 0)
+}
+
+// writeAt writes all of data to fd at off with pwrite(2).
+func writeAt(fd int, data []byte, off int64) error {
 	for len(data) > 0 {
 		n, err := unix.Pwrite(fd, data, off)
 		if err == unix.EINTR {
@@ -286,18 +290,10 @@ func streamCopy(dst int, src io.Reader) (int64, error) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			chunk := buf[:n]
-			for len(chunk) > 0 {
-				w, werr := unix.Pwrite(dst, chunk, off)
-				if werr == unix.EINTR {
-					continue
-				}
-				if werr != nil {
-					return off, os.NewSyscallError("pwrite", werr)
-				}
-				chunk = chunk[w:]
-				off += int64(w)
+			if werr := writeAt(dst, buf[:n], off); werr != nil {
+				return off, werr
 			}
+			off += int64(n)
 		}
 		if err == io.EOF {
 			return off, nil
