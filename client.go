@@ -273,20 +273,9 @@ func (c *Client) enqueue(frame []byte, fd int) error {
 	defer func() { c.flushing = false }()
 	for len(c.wbuf) > 0 && c.werr == nil {
 		buf, fds, fdAt := c.wbuf, c.wfds, c.wfdAt
-		if len(fds) > wire.MaxFDsPerWrite {
-			cut := fdAt[wire.MaxFDsPerWrite]
-			buf, fds = buf[:cut], fds[:wire.MaxFDsPerWrite]
-			c.wbuf = append(c.spare[:0], c.wbuf[cut:]...)
-			c.wfds = append([]int(nil), c.wfds[wire.MaxFDsPerWrite:]...)
-			c.wfdAt = c.wfdAt[wire.MaxFDsPerWrite:]
-			for i := range c.wfdAt {
-				c.wfdAt[i] -= cut
-			}
-		} else {
-			c.wbuf, c.wfds, c.wfdAt = c.spare[:0], nil, nil
-		}
+		c.wbuf, c.wfds, c.wfdAt = c.spare[:0], nil, nil
 		c.wmu.Unlock()
-		err := wire.Write(c.uc, buf, fds)
+		err := wire.WriteFrames(c.uc, buf, fds, fdAt)
 		wire.CloseFDs(fds)
 		c.wmu.Lock()
 		c.spare = buf[:0]
@@ -698,6 +687,9 @@ type Stats struct {
 	Messages int64        `json:"messages"` // messages stored, private and named queues
 	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
 	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+	// QueuesOmitted counts named queues the server left out of Queues
+	// because its STATS frame could not hold them all.
+	QueuesOmitted int `json:"queues_omitted,omitempty"`
 }
 
 // QueueStats describes one named queue.

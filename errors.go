@@ -56,6 +56,7 @@ const (
 	CodeLimit         = ErrorCode(wire.CodeLimit)
 	CodeInternal      = ErrorCode(wire.CodeInternal)
 	CodeBadDescriptor = ErrorCode(wire.CodeBadDescriptor)
+	CodeBadRequest    = ErrorCode(wire.CodeBadRequest)
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -82,7 +83,7 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrBadQueueName
 	case CodeBadPage, CodeBadDescriptor:
 		return target == ErrBadPage
-	case CodeMalformed, CodeVersion, CodeUnknownOp:
+	case CodeMalformed, CodeVersion, CodeUnknownOp, CodeBadRequest:
 		return target == ErrProtocol
 	case CodeShuttingDown:
 		return target == ErrShuttingDown

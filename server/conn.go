@@ -176,7 +176,7 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.handleStore(f)
 	case wire.OpRetrieve:
 		c.noFDs(f)
-		c.handleRetrieve(f)
+		return c.handleRetrieve(f)
 	case wire.OpCancel:
 		c.noFDs(f)
 		c.handleCancel(f)
@@ -249,7 +249,7 @@ func (c *conn) handleStore(f wire.Frame) {
 	st, inline, err := wire.ParseStore(f.Header, f.Body)
 	if err != nil {
 		wire.CloseFDs(f.FDs)
-		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
 		return
 	}
 	m, code, err := c.admit(f, st, inline)
@@ -331,35 +331,38 @@ func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) bool {
 
 var _ queue.Waiter = (*waiter)(nil)
 
-func (c *conn) handleRetrieve(f wire.Frame) {
+// handleRetrieve serves a RETRIEVE; it reports true when the connection
+// must close.
+func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	r, err := wire.ParseRetrieve(f.Body)
 	if err != nil {
-		c.sendError(f.ID, wire.CodeMalformed, err.Error())
-		return
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return false
 	}
 	q, err := c.queueFor(r.Queue)
 	if err != nil {
 		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
-		return
+		return false
 	}
 	if r.WaitMillis == 0 {
 		m := q.Pop()
 		if m == nil {
 			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", queueLabel(q)))
-			return
+			return false
 		}
 		c.mu.Lock()
 		c.appendMessage(f.ID, q, m)
 		c.mu.Unlock()
-		return
+		return false
 	}
 
 	w := &waiter{c: c, id: f.ID, q: q}
 	c.mu.Lock()
 	if _, dup := c.waits[f.ID]; dup {
 		c.mu.Unlock()
-		c.sendError(f.ID, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
-		return
+		// An answer with this id would be ambiguous: end the connection.
+		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
+		return true
 	}
 	c.waits[f.ID] = w
 	c.mu.Unlock()
@@ -369,7 +372,7 @@ func (c *conn) handleRetrieve(f wire.Frame) {
 		delete(c.waits, f.ID)
 		c.appendMessage(f.ID, q, m)
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if c.info {
 		c.log.Info("waiting for a message", "queue", queueLabel(q), "id", f.ID, "wait_ms", r.WaitMillis)
@@ -383,6 +386,7 @@ func (c *conn) handleRetrieve(f wire.Frame) {
 		}
 		c.mu.Unlock()
 	}
+	return false
 }
 
 // expire ends a wait that is still pending with an error response.
@@ -403,7 +407,7 @@ func (c *conn) expire(w *waiter, code wire.Code, msg string) {
 func (c *conn) handleCancel(f wire.Frame) {
 	target, err := wire.ParseCancel(f.Body)
 	if err != nil {
-		c.sendError(f.ID, wire.CodeMalformed, err.Error())
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
 		return
 	}
 	c.mu.Lock()
@@ -418,7 +422,7 @@ func (c *conn) handleCancel(f wire.Frame) {
 }
 
 func (c *conn) handleStat(f wire.Frame) {
-	doc, err := json.Marshal(c.s.Stats())
+	doc, err := statsDoc(c.s.Stats())
 	if err != nil {
 		c.sendError(f.ID, wire.CodeInternal, err.Error())
 		return
@@ -427,6 +431,21 @@ func (c *conn) handleStat(f wire.Frame) {
 	c.out = wire.AppendStats(c.out, f.ID, doc)
 	c.signal()
 	c.mu.Unlock()
+}
+
+// statsDoc encodes st as JSON that fits in one frame, listing only as many
+// named queues as fit and saying how many were left out.
+func statsDoc(st Stats) ([]byte, error) {
+	limit := wire.MaxFrameSize - wire.HeaderSize
+	all := st.Queues
+	for n := len(all); ; n /= 2 {
+		st.Queues = all[:n]
+		st.QueuesOmitted = len(all) - n
+		doc, err := json.Marshal(st)
+		if err != nil || len(doc) <= limit {
+			return doc, err
+		}
+	}
 }
 
 // appendMessage queues a MESSAGE response for m, taking ownership of m.
@@ -518,19 +537,9 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// write sends buf, splitting it so that no sendmsg carries more than
-// wire.MaxFDsPerWrite descriptors.
+// write sends buf; each frame carrying a page starts its own sendmsg.
 func (c *conn) write(buf []byte, fds, fdAt []int) error {
-	base := 0
-	for len(fds) > wire.MaxFDsPerWrite {
-		cut := fdAt[wire.MaxFDsPerWrite] - base
-		if err := wire.Write(c.uc, buf[:cut], fds[:wire.MaxFDsPerWrite]); err != nil {
-			return err
-		}
-		buf, base = buf[cut:], base+cut
-		fds, fdAt = fds[wire.MaxFDsPerWrite:], fdAt[wire.MaxFDsPerWrite:]
-	}
-	return wire.Write(c.uc, buf, fds)
+	return wire.WriteFrames(c.uc, buf, fds, fdAt)
 }
 
 // discardOutbox drops responses that can no longer be sent, releasing

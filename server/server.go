@@ -257,6 +257,9 @@ type Stats struct {
 	Messages int64        `json:"messages"` // messages stored, private and named queues
 	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
 	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+	// QueuesOmitted counts named queues left out of Queues because the
+	// STATS frame could not hold them all.
+	QueuesOmitted int `json:"queues_omitted,omitempty"`
 }
 
 // QueueStats describes one named queue.

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -446,6 +448,15 @@ func TestBadPagesAreRefused(t *testing.T) {
 		{"size mismatch", func() int { return memfd(t, data, int(page.RequiredSeals)) }, 11, wire.CodeBadPage, "size differs"},
 		{"pipe", func() int { fd, _ := unix.Dup(int(pipeR.Fd())); return fd }, 10, wire.CodeBadPage, "pipe"},
 		{"dev null", func() int { fd, _ := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); return fd }, 10, wire.CodeBadPage, "character device"},
+		{"write-only memfd", func() int {
+			fd := memfd(t, data, int(page.RequiredSeals))
+			defer unix.Close(fd)
+			wo, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return wo
+		}, 10, wire.CodeBadPage, "write-only"},
 		{"regular file", func() int {
 			fd, _ := unix.Open(filepath.Join(t.TempDir(), "f"), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 			unix.Write(fd, data)
@@ -654,5 +665,125 @@ func TestListenAndServeRefusesLiveName(t *testing.T) {
 	srv1.Close()
 	if err := <-done; !errors.Is(err, server.ErrServerClosed) {
 		t.Fatal(err)
+	}
+}
+
+func TestLargeInlineFramesInterleavedWithPages(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	raw := wiretest.DialHello(t, path)
+	big := randomBytes(t, 100<<10) // inline, larger than a read buffer
+	small := []byte("page payload")
+	for round := range 20 {
+		id := uint64(round * 10)
+		// Pipelined: every request written before any answer is read.
+		raw.Write(wire.AppendStore(nil, id+1, wire.Store{Size: uint64(len(big)), Queue: []byte("mix")}, big, false))
+		fd := memfd(t, small, int(page.RequiredSeals))
+		var buf []byte
+		buf = wire.AppendStore(buf, id+2, wire.Store{Size: uint64(len(small)), Queue: []byte("mix")}, nil, true)
+		buf = wire.AppendRetrieve(buf, id+3, wire.Retrieve{Queue: []byte("mix")})
+		buf = wire.AppendRetrieve(buf, id+4, wire.Retrieve{Queue: []byte("mix")})
+		raw.Write(buf, fd) // the page's frame starts the sendmsg
+		unix.Close(fd)
+		for _, want := range []wire.Op{wire.OpStored, wire.OpStored} {
+			if f := raw.Read(); f.Op != want {
+				t.Fatalf("round %d: got %s, want %s", round, f.Op, want)
+			}
+		}
+		f := raw.Read()
+		if f.Op != wire.OpMessage || len(f.FDs) != 0 || !bytes.HasSuffix(f.Body, big) {
+			t.Fatalf("round %d: first MESSAGE: %s with %d fds", round, f.Op, len(f.FDs))
+		}
+		f = raw.Read()
+		if f.Op != wire.OpMessage || len(f.FDs) != 1 {
+			t.Fatalf("round %d: second MESSAGE: %s with %d fds", round, f.Op, len(f.FDs))
+		}
+		got := make([]byte, len(small))
+		if _, err := page.ReadAt(f.FDs[0], got, 0); err != nil || !bytes.Equal(got, small) {
+			t.Fatalf("round %d: page content %q, %v", round, got, err)
+		}
+		unix.Close(f.FDs[0])
+	}
+}
+
+func TestDescriptorsNotAtTheirFrameAreFatal(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	base := countFDs(t)
+	cases := []struct {
+		name  string
+		build func() ([]byte, int)
+	}{
+		{"two pages in one sendmsg", func() ([]byte, int) {
+			var b []byte
+			b = wire.AppendStore(b, 1, wire.Store{Size: 3, Queue: []byte("q")}, nil, true)
+			b = wire.AppendStore(b, 2, wire.Store{Size: 3, Queue: []byte("q")}, nil, true)
+			return b, 2
+		}},
+		{"descriptor with a frame that declares none", func() ([]byte, int) {
+			return wire.AppendStat(nil, 1), 1
+		}},
+		{"253 descriptors with one frame", func() ([]byte, int) {
+			return wire.AppendStore(nil, 1, wire.Store{Size: 3, Queue: []byte("q")}, nil, true), wire.MaxFDsPerWrite
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := wiretest.DialHello(t, path)
+			b, n := tc.build()
+			var fds []int
+			for range n {
+				fds = append(fds, memfd(t, []byte("abc"), int(page.RequiredSeals)))
+			}
+			raw.Write(b, fds...)
+			wire.CloseFDs(fds)
+			f, err := raw.ReadErr()
+			for err == nil && f.Op != wire.OpError { // answers to frames before the violation
+				f, err = raw.ReadErr()
+			}
+			if err != nil {
+				t.Fatalf("no ERROR before the connection closed: %v", err)
+			}
+			if code, msg, _ := wire.ParseError(f.Body); code != wire.CodeMalformed || !strings.Contains(msg, "descriptor") {
+				t.Fatalf("got %s %q, want MALFORMED about descriptors", code, msg)
+			}
+			if _, err := raw.ReadErr(); err == nil {
+				t.Fatal("connection still open")
+			}
+			raw.UC.Close()
+			waitFor(t, "server to close the descriptors", func() bool { return countFDs(t) == base })
+		})
+	}
+	if st := srv.Stats(); st.Messages != 0 {
+		t.Fatalf("stored %d messages from violating frames", st.Messages)
+	}
+}
+
+func TestStatsFitInOneFrame(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	// 5000 queues with 255-byte names describe themselves in more than
+	// one frame can hold.
+	const n = 5000
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				name := fmt.Sprintf("%06d%s", i, strings.Repeat("q", 249))
+				if _, err := c.Retrieve(ctx, name); !errors.Is(err, machq.ErrEmpty) {
+					t.Errorf("retrieve from %d: %v", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Queues) == 0 || len(st.Queues)+st.QueuesOmitted != n {
+		t.Fatalf("stats list %d queues and omit %d; want %d in all", len(st.Queues), st.QueuesOmitted, n)
 	}
 }

@@ -101,6 +101,9 @@ func Check(fd int, size int64) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%w: it is a %s", ErrNotMemfd, kind(st.Mode))
 	}
+	if fl&unix.O_ACCMODE == unix.O_WRONLY {
+		return fmt.Errorf("%w: it is open write-only, so no receiver could read it; pass the descriptor memfd_create returned", ErrNotMemfd)
+	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return fmt.Errorf("%w: it is a regular file on a filesystem without seals (create pages with memfd_create(MFD_ALLOW_SEALING))", ErrNotMemfd)

@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Digest algorithms a STORE may name. The digest is computed by the sender
@@ -312,7 +313,11 @@ func AppendStats(b []byte, id uint64, doc []byte) []byte {
 // cut.
 func AppendError(b []byte, id uint64, code Code, msg string) []byte {
 	if len(msg) > maxErrorMessage {
-		msg = msg[:maxErrorMessage]
+		cut := maxErrorMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut-- // do not split a character
+		}
+		msg = msg[:cut]
 	}
 	b, s := begin(b, OpError, 0, 0, id)
 	b = binary.LittleEndian.AppendUint16(b, uint16(code))

@@ -8,18 +8,19 @@ type Code uint16
 // Error codes. Fatal codes are followed by the server closing the
 // connection; the others fail only the request they answer.
 const (
-	CodeMalformed     Code = 1  // fatal: bytes that are not a valid frame
+	CodeMalformed     Code = 1  // fatal: the byte stream or its descriptors break the framing rules
 	CodeVersion       Code = 2  // fatal: no protocol version in common
 	CodeUnknownOp     Code = 3  // the operation is not known
 	CodeBadQueueName  Code = 4  // the queue name breaks the naming rules
 	CodeTooLarge      Code = 5  // the payload exceeds the server's maximum
 	CodeEmpty         Code = 6  // the queue holds no message
 	CodeBadPage       Code = 7  // the descriptor is not a sealed memfd of the declared size
-	CodeCancelled     Code = 8  // the request was cancelled or its wait expired
-	CodeShuttingDown  Code = 9  // the server is stopping
-	CodeLimit         Code = 10 // a configured limit or quota was reached
+	CodeCancelled     Code = 8  // a waiting RETRIEVE was cancelled by CANCEL
+	CodeShuttingDown  Code = 9  // fatal: the server is stopping
+	CodeLimit         Code = 10 // reserved for limits and quotas; not sent by version 1 servers yet
 	CodeInternal      Code = 11 // the server failed; the request may be retried
-	CodeBadDescriptor Code = 12 // a descriptor was missing or not expected
+	CodeBadDescriptor Code = 12 // a STORE's descriptor was missing, or present with an inline payload
+	CodeBadRequest    Code = 13 // a well-framed request whose body does not parse
 )
 
 var codeNames = map[Code]string{
@@ -35,6 +36,7 @@ var codeNames = map[Code]string{
 	CodeLimit:         "LIMIT",
 	CodeInternal:      "INTERNAL",
 	CodeBadDescriptor: "BAD_DESCRIPTOR",
+	CodeBadRequest:    "BAD_REQUEST",
 }
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -47,5 +49,5 @@ func (c Code) String() string {
 
 // Fatal reports whether the server closes the connection after sending c.
 func (c Code) Fatal() bool {
-	return c == CodeMalformed || c == CodeVersion
+	return c == CodeMalformed || c == CodeVersion || c == CodeShuttingDown
 }

@@ -52,20 +52,34 @@ const (
 // stream socket.
 //
 // On a stream socket the kernel delivers a sendmsg's descriptors with the
-// recvmsg that returns the first byte it sent, and never later. Reader keeps
-// the descriptors it has received in arrival order and gives each frame, as
-// it completes, the number its header declares. When every byte received
-// has been decoded, any descriptor still unclaimed was sent without a frame
-// to declare it: ReadFrame closes it and fails with ErrStrayFDs.
+// recvmsg that returns the first byte that sendmsg carried, never later, and
+// never two sendmsgs' descriptors in one recvmsg. The protocol therefore
+// requires a sendmsg that carries descriptors to start with the frame that
+// claims them all (frames without descriptors may follow it in the same
+// sendmsg). Reader records, for each batch of descriptors, the stream
+// positions of the bytes that arrived with it, and checks that the next
+// frame to declare descriptors starts among those bytes and declares
+// exactly as many as arrived. Anything else (descriptors no frame claims, a
+// frame whose descriptors did not come with it, a count that differs) is a
+// protocol violation: ReadFrame closes every pending descriptor and fails.
 //
 // A Reader is not safe for concurrent use.
 type Reader struct {
-	src  MsgReader
-	buf  []byte
-	r, w int
-	oob  []byte
-	fds  []int
-	err  error
+	src     MsgReader
+	buf     []byte
+	r, w    int
+	off     int64 // stream position of buf[0]
+	oob     []byte
+	batches []fdBatch
+	err     error
+}
+
+// fdBatch is the descriptors one recvmsg returned, with the stream
+// positions [start, end) of the bytes it returned: the frame that claims
+// them starts in that range.
+type fdBatch struct {
+	fds        []int
+	start, end int64
 }
 
 // NewReader returns a Reader that reads from src.
@@ -101,9 +115,8 @@ func (r *Reader) ReadFrame() (Frame, error) {
 		} else if len(r.buf)-r.r < HeaderSize {
 			r.makeRoom(HeaderSize)
 		}
-		if r.r == r.w && len(r.fds) > 0 {
-			n := len(r.fds)
-			return Frame{}, r.fail(fmt.Errorf("%w: %d descriptor(s) closed", ErrStrayFDs, n))
+		if err := r.checkStray(); err != nil {
+			return Frame{}, r.fail(err)
 		}
 		if err := r.fill(); err != nil {
 			return Frame{}, r.fail(err)
@@ -111,18 +124,40 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	}
 }
 
+// checkStray fails if the oldest pending batch of descriptors can no
+// longer be claimed: the next frame starts after every byte that arrived
+// with it.
+func (r *Reader) checkStray() error {
+	if len(r.batches) == 0 {
+		return nil
+	}
+	if b := r.batches[0]; r.off+int64(r.r) >= b.end {
+		return fmt.Errorf("%w: %d descriptor(s) arrived with stream bytes %d-%d but no frame starting there declared them", ErrStrayFDs, len(b.fds), b.start, b.end-1)
+	}
+	return nil
+}
+
 func (r *Reader) take(h Header) (Frame, error) {
+	if err := r.checkStray(); err != nil {
+		return Frame{}, r.fail(err)
+	}
 	f := Frame{Header: h, Body: r.buf[r.r+HeaderSize : r.r+int(h.Length)]}
 	if h.NFDs > 0 {
-		if len(r.fds) < int(h.NFDs) {
-			return Frame{}, r.fail(fmt.Errorf("%w: %s frame %d declared %d, %d arrived", ErrMissingFDs, h.Op, h.ID, h.NFDs, len(r.fds)))
+		pos := r.off + int64(r.r)
+		if len(r.batches) == 0 || r.batches[0].start > pos {
+			return Frame{}, r.fail(fmt.Errorf("%w: %s frame %d declared %d descriptor(s), none came with its first byte", ErrMissingFDs, h.Op, h.ID, h.NFDs))
 		}
-		f.FDs = make([]int, h.NFDs)
-		copy(f.FDs, r.fds)
-		r.fds = append(r.fds[:0], r.fds[h.NFDs:]...)
+		b := r.batches[0]
+		if len(b.fds) != int(h.NFDs) {
+			return Frame{}, r.fail(fmt.Errorf("%w: %s frame %d declared %d descriptor(s) but its sendmsg carried %d", ErrStrayFDs, h.Op, h.ID, h.NFDs, len(b.fds)))
+		}
+		f.FDs = b.fds
+		r.batches[0] = fdBatch{}
+		r.batches = r.batches[1:]
 	}
 	r.r += int(h.Length)
 	if r.r == r.w {
+		r.off += int64(r.r)
 		r.r, r.w = 0, 0
 		if len(r.buf) > keepReadBuffer {
 			// A large inline frame grew the buffer; do not keep it.
@@ -142,12 +177,14 @@ func (r *Reader) makeRoom(n int) {
 	} else {
 		copy(r.buf, r.buf[r.r:r.w])
 	}
+	r.off += int64(r.r)
 	r.w -= r.r
 	r.r = 0
 }
 
 func (r *Reader) fill() error {
 	if r.r > 0 && r.r == r.w {
+		r.off += int64(r.r)
 		r.r, r.w = 0, 0
 	}
 	if r.w == len(r.buf) {
@@ -155,7 +192,8 @@ func (r *Reader) fill() error {
 	}
 	n, oobn, flags, _, err := r.src.ReadMsgUnix(r.buf[r.w:], r.oob)
 	if oobn > 0 {
-		if perr := r.collect(r.oob[:oobn]); perr != nil && err == nil {
+		start := r.off + int64(r.w)
+		if perr := r.collect(r.oob[:oobn], start, start+int64(n)); perr != nil && err == nil {
 			err = perr
 		}
 	}
@@ -175,23 +213,32 @@ func (r *Reader) fill() error {
 	return nil
 }
 
-// collect appends every descriptor in the control message buffer to r.fds.
-func (r *Reader) collect(oob []byte) error {
+// collect records the descriptors in the control message buffer as one
+// batch that arrived with the stream bytes [start, end).
+func (r *Reader) collect(oob []byte, start, end int64) error {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return fmt.Errorf("%w: unparseable ancillary data: %v", ErrMalformed, err)
 	}
 	var bad error
+	var fds []int
 	for _, m := range msgs {
 		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
 			continue
 		}
-		fds, err := unix.ParseUnixRights(&m)
+		got, err := unix.ParseUnixRights(&m)
 		if err != nil {
 			bad = fmt.Errorf("%w: unparseable SCM_RIGHTS: %v", ErrMalformed, err)
 			continue
 		}
-		r.fds = append(r.fds, fds...)
+		fds = append(fds, got...)
+	}
+	if len(fds) > 0 {
+		r.batches = append(r.batches, fdBatch{fds: fds, start: start, end: end})
+		if end == start {
+			// Descriptors with no byte at all cannot be claimed.
+			bad = fmt.Errorf("%w: %d descriptor(s) arrived without data", ErrStrayFDs, len(fds))
+		}
 	}
 	return bad
 }
@@ -200,16 +247,17 @@ func (r *Reader) collect(oob []byte) error {
 // returns err.
 func (r *Reader) fail(err error) error {
 	r.err = err
-	CloseFDs(r.fds)
-	r.fds = nil
+	r.Close()
 	return err
 }
 
 // Close closes the descriptors received but not yet claimed by a frame.
 // It does not close the underlying connection.
 func (r *Reader) Close() {
-	CloseFDs(r.fds)
-	r.fds = nil
+	for _, b := range r.batches {
+		CloseFDs(b.fds)
+	}
+	r.batches = nil
 }
 
 // CloseFDs closes every descriptor in fds.
@@ -227,9 +275,43 @@ type MsgWriter interface {
 	Write(b []byte) (int, error)
 }
 
-// Write writes b, which holds whole frames, to c, attaching fds (at most
-// MaxFDsPerWrite) to its first byte. The descriptors stay owned by the
-// caller; the kernel holds its own references once Write returns.
+// WriteFrames writes buf, which holds whole frames, to c. fds are the
+// descriptors those frames carry, in order, and fdAt[i] the offset in buf
+// of the frame that carries fds[i]. Each descriptor-carrying frame starts
+// its own sendmsg, as the protocol requires; frames without descriptors
+// share a sendmsg with the frame before them. The descriptors stay owned by
+// the caller.
+func WriteFrames(c MsgWriter, buf []byte, fds, fdAt []int) error {
+	if len(fds) == 0 {
+		return Write(c, buf, nil)
+	}
+	if fdAt[0] > 0 {
+		if err := Write(c, buf[:fdAt[0]], nil); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < len(fds); {
+		j := i + 1
+		for j < len(fds) && fdAt[j] == fdAt[i] {
+			j++ // the same frame carries several
+		}
+		end := len(buf)
+		if j < len(fds) {
+			end = fdAt[j]
+		}
+		if err := Write(c, buf[fdAt[i]:end], fds[i:j]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// Write writes b to c with one sendmsg, attaching fds (at most
+// MaxFDsPerWrite) to its first byte, and then, if the kernel took only
+// part of b, the rest. b must start with the frame that claims every
+// descriptor in fds. The descriptors stay owned by the caller; the kernel
+// holds its own references once Write returns.
 func Write(c MsgWriter, b []byte, fds []int) error {
 	if len(fds) > MaxFDsPerWrite {
 		return fmt.Errorf("wire: %d descriptors in one write, at most %d", len(fds), MaxFDsPerWrite)
