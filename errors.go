@@ -68,6 +68,7 @@ type ServerError struct {
 	Message string // the server's explanation
 }
 
+// Error returns the code and the server's explanation.
 func (e *ServerError) Error() string {
 	return fmt.Sprintf("machq: server: %s: %s", e.Code, e.Message)
 }
@@ -102,6 +103,7 @@ type TamperedError struct {
 	Reason string
 }
 
+// Error says which message failed its integrity check and why.
 func (e *TamperedError) Error() string {
 	q := e.Queue
 	if q == "" {
