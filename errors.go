@@ -70,7 +70,7 @@ type ServerError struct {
 
 // Error returns the code and the server's explanation.
 func (e *ServerError) Error() string {
-	return fmt.Sprintf("machq: server: %s: %s", e.Code, e.Message)
+	return fmt.Sprintf("machq: %s (server error %s)", e.Message, e.Code)
 }
 
 // Is makes errors.Is(err, ErrEmpty) and the like work for server errors.

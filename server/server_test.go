@@ -787,3 +787,31 @@ func TestStatsFitInOneFrame(t *testing.T) {
 		t.Fatalf("stats list %d queues and omit %d; want %d in all", len(st.Queues), st.QueuesOmitted, n)
 	}
 }
+
+func TestCloseFailsPendingCalls(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	errc := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := c.RetrieveWait(ctx, "nothing-comes")
+			errc <- err
+		}()
+	}
+	waitFor(t, "three waiters", func() bool {
+		st, err := c.Stat(ctx)
+		return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 3
+	})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := <-errc; !errors.Is(err, machq.ErrClosed) {
+			t.Fatalf("pending RetrieveWait after Close: %v, want ErrClosed", err)
+		}
+	}
+	if err := c.Send(ctx, "", nil); !errors.Is(err, machq.ErrClosed) {
+		t.Fatalf("Send after Close: %v, want ErrClosed", err)
+	}
+}
