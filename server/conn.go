@@ -41,16 +41,17 @@ type conn struct {
 	private *queue.Queue
 	hello   bool
 
-	mu      sync.Mutex
-	cond    *sync.Cond // signalled when the outbox shrinks or closing
-	out     []byte
-	outFDs  []int
-	fdAt    []int            // byte offset in out of the frame carrying outFDs[i]
-	outMsgs []*queue.Message // messages whose pages are in outFDs: release after sending
-	closed  bool             // no more responses may be queued
-	waits   map[uint64]*waiter
-	wake    chan struct{}
-	quit    chan struct{} // closed when the writer must flush and exit
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when the outbox shrinks or closing
+	out      []byte
+	outFDs   []int
+	fdAt     []int            // byte offset in out of the frame carrying outFDs[i]
+	outMsgs  []*queue.Message // messages whose pages are in outFDs: release after sending
+	closed   bool             // no more responses may be queued
+	stopping bool             // Shutdown asked the reader to stop
+	waits    map[uint64]*waiter
+	wake     chan struct{}
+	quit     chan struct{} // closed when the writer must flush and exit
 }
 
 func newConn(s *Server, uc *net.UnixConn) *conn {
@@ -126,9 +127,15 @@ func (c *conn) serve() {
 }
 
 // stopReading makes the reader finish the requests it has already
-// received and then stop; used by Shutdown.
+// received and then stop, and bounds how long the writer may still block
+// on a client that does not read; used by Shutdown.
 func (c *conn) stopReading() {
+	c.mu.Lock()
+	c.stopping = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
 	c.uc.SetReadDeadline(time.Now())
+	c.uc.SetWriteDeadline(time.Now().Add(c.s.cfg.DrainTimeout))
 }
 
 // readLoop handles requests until the connection fails; it returns why.
@@ -150,7 +157,7 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 			return "protocol violation"
 		}
 		c.mu.Lock()
-		for len(c.out) > maxOutbox && !c.closed {
+		for len(c.out) > maxOutbox && !c.closed && !c.stopping {
 			c.cond.Wait()
 		}
 		c.mu.Unlock()
@@ -184,6 +191,7 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.noFDs(f)
 		c.handleStat(f)
 	case wire.OpHello:
+		wire.CloseFDs(f.FDs)
 		c.sendError(f.ID, wire.CodeMalformed, "HELLO sent twice")
 		return true
 	default:
@@ -264,14 +272,18 @@ func (c *conn) handleStore(f wire.Frame) {
 		return
 	}
 	isPage := m.FD >= 0 // m belongs to the queue once pushed
-	seq := q.Push(m)
+	// STORED goes into the outbox before a waiter on this very connection
+	// (a RETRIEVE of the private queue) can be handed the message, so the
+	// client always learns of a store before it receives what it stored.
+	seq := q.Push(m, func(seq uint64) {
+		c.mu.Lock()
+		c.out = wire.AppendStored(c.out, f.ID, seq)
+		c.signal()
+		c.mu.Unlock()
+	})
 	if c.info {
 		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
 	}
-	c.mu.Lock()
-	c.out = wire.AppendStored(c.out, f.ID, seq)
-	c.signal()
-	c.mu.Unlock()
 }
 
 // admit checks a STORE's payload and turns it into a queue.Message. It
@@ -395,10 +407,12 @@ func (c *conn) expire(w *waiter, code wire.Code, msg string) {
 		return // a message was delivered first
 	}
 	c.mu.Lock()
-	if c.waits == nil || c.waits[w.id] != w {
+	if c.waits != nil && c.waits[w.id] != w {
 		c.mu.Unlock()
 		return
 	}
+	// c.waits is nil while the connection tears down: the teardown will
+	// find w no longer waiting, so answer it here.
 	delete(c.waits, w.id)
 	c.mu.Unlock()
 	c.sendError(w.id, code, msg)
@@ -468,7 +482,7 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 }
 
 func (c *conn) sendError(id uint64, code wire.Code, msg string) {
-	if code != wire.CodeEmpty {
+	if code != wire.CodeEmpty && code != wire.CodeCancelled {
 		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg)
 	} else if c.info {
 		c.log.Info("request failed", "id", id, "code", code.String(), "err", msg)

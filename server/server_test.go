@@ -815,3 +815,97 @@ func TestCloseFailsPendingCalls(t *testing.T) {
 		t.Fatalf("Send after Close: %v, want ErrClosed", err)
 	}
 }
+
+func TestStoredPrecedesDeliveryToAPrivateWaiter(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	raw := wiretest.DialHello(t, path)
+	var b []byte
+	b = wire.AppendRetrieve(b, 1, wire.Retrieve{WaitMillis: wire.WaitForever})
+	b = wire.AppendStore(b, 2, wire.Store{Size: 1}, []byte("a"), false)
+	raw.Write(b)
+	// The client must learn that its store succeeded (and its sequence
+	// number) before it receives the message: it verifies private
+	// messages against the digests of acknowledged stores.
+	if f := raw.Read(); f.Op != wire.OpStored || f.ID != 2 {
+		t.Fatalf("first answer: %s for %d, want STORED for 2", f.Op, f.ID)
+	}
+	if f := raw.Read(); f.Op != wire.OpMessage || f.ID != 1 {
+		t.Fatalf("second answer: %s for %d, want MESSAGE for 1", f.Op, f.ID)
+	}
+
+	// And the library verifies such messages without complaint.
+	c := dial(t, path)
+	ctx := testCtx(t)
+	got := make(chan error, 1)
+	go func() {
+		m, err := c.RetrieveWait(ctx, "")
+		if err == nil {
+			if string(m.Bytes()) != "a" {
+				err = fmt.Errorf("got %q", m.Bytes())
+			}
+			m.Close()
+		}
+		got <- err
+	}()
+	for _, p := range []string{"a", "b"} {
+		if err := c.Send(ctx, "", []byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("waiting private retrieve: %v", err)
+	}
+	m, err := c.Retrieve(ctx, "")
+	if err != nil {
+		t.Fatalf("next private retrieve: %v", err)
+	}
+	m.Close()
+}
+
+func TestSecondHelloWithDescriptorLeaksNothing(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	base := countFDs(t)
+	for range 10 {
+		raw := wiretest.DialHello(t, path)
+		b := wire.AppendHello(nil, 0, wire.Hello{MinVersion: 1, MaxVersion: 1})
+		b[6] = 1 // declares a descriptor
+		fd := memfd(t, []byte("x"), 0)
+		raw.Write(b, fd)
+		unix.Close(fd)
+		raw.ExpectError(wire.CodeMalformed)
+		raw.UC.Close()
+	}
+	waitFor(t, "descriptors released", func() bool { return countFDs(t) == base })
+}
+
+func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
+	srv, err := server.New(server.Config{DrainTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	raw := wiretest.DialHello(t, path)
+	// Pipeline requests whose answers are never read, until the server
+	// stops reading them.
+	raw.UC.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	stat := wire.AppendStat(nil, 1)
+	batch := bytes.Repeat(stat, 4096)
+	for {
+		if _, err := raw.UC.Write(batch); err != nil {
+			break // the server applies backpressure
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v after %v", err, time.Since(start))
+	}
+	<-done
+}

@@ -76,12 +76,17 @@ func (q *Queue) Name() string { return q.name }
 
 // Push appends m, assigning its sequence number, or hands it straight to
 // the oldest waiter. It takes ownership of m and returns the sequence
-// number.
-func (q *Queue) Push(m *Message) uint64 {
+// number. If stored is not nil it is called with the sequence number,
+// under the queue's lock, before any waiter sees m: a server uses it to
+// acknowledge the store before the message can be delivered.
+func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	m.Seq = q.nextSeq
 	q.nextSeq++
+	if stored != nil {
+		stored(m.Seq)
+	}
 	for len(q.waiters) > 0 {
 		w := q.waiters[0]
 		q.waiters[0] = nil

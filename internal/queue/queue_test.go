@@ -137,7 +137,7 @@ func TestFIFOAndSeq(t *testing.T) {
 	var pushed []*queue.Message
 	for i := range 10 {
 		m := inline(fmt.Sprint(i), i+1)
-		seq := q.Push(m)
+		seq := q.Push(m, nil)
 		if seq != uint64(i+1) {
 			t.Errorf("Push #%d returned seq %d, want %d", i, seq, i+1)
 		}
@@ -160,19 +160,19 @@ func TestFIFOAndSeq(t *testing.T) {
 		t.Errorf("Pop on an emptied queue = %+v", m)
 	}
 	// Sequence numbers go on from where they were.
-	if seq := q.Push(inline("next", 0)); seq != 11 {
+	if seq := q.Push(inline("next", 0), nil); seq != 11 {
 		t.Errorf("seq after draining = %d, want 11", seq)
 	}
 }
 
 func TestSeqIsPerQueue(t *testing.T) {
 	a, b := queue.New("a", nil), queue.New("b", nil)
-	a.Push(inline("", 1))
-	a.Push(inline("", 1))
-	if seq := b.Push(inline("", 1)); seq != 1 {
+	a.Push(inline("", 1), nil)
+	a.Push(inline("", 1), nil)
+	if seq := b.Push(inline("", 1), nil); seq != 1 {
 		t.Errorf("first seq of a second queue = %d, want 1", seq)
 	}
-	if seq := a.Push(inline("", 1)); seq != 3 {
+	if seq := a.Push(inline("", 1), nil); seq != 3 {
 		t.Errorf("third seq of the first queue = %d, want 3", seq)
 	}
 }
@@ -195,7 +195,7 @@ func TestRingWraparound(t *testing.T) {
 	}
 	push := func() {
 		m := inline("", rnd(100))
-		if seq := q.Push(m); seq != nextSeq {
+		if seq := q.Push(m, nil); seq != nextSeq {
 			t.Fatalf("Push seq = %d, want %d", seq, nextSeq)
 		}
 		nextSeq++
@@ -252,7 +252,7 @@ func TestRingGrowsWhileWrapped(t *testing.T) {
 	// Fill the first 8-slot ring, move the head to its middle, then push
 	// past the capacity so that growth must unwrap the ring.
 	for i := range 8 {
-		q.Push(inline(fmt.Sprint(i), 1))
+		q.Push(inline(fmt.Sprint(i), 1), nil)
 	}
 	for i := range 5 {
 		if m := q.Pop(); m.Digest != fmt.Sprint(i) {
@@ -260,7 +260,7 @@ func TestRingGrowsWhileWrapped(t *testing.T) {
 		}
 	}
 	for i := 8; i < 40; i++ {
-		q.Push(inline(fmt.Sprint(i), 1))
+		q.Push(inline(fmt.Sprint(i), 1), nil)
 	}
 	for i := 5; i < 40; i++ {
 		m := q.Pop()
@@ -276,10 +276,10 @@ func TestRingGrowsWhileWrapped(t *testing.T) {
 func TestCounterTotals(t *testing.T) {
 	c := &counter{}
 	a, b := queue.New("a", c), queue.New("b", c)
-	a.Push(inline("", 10))
-	a.Push(inline("", 20))
-	b.Push(inline("", 300))
-	b.Push(inline("", 0))
+	a.Push(inline("", 10), nil)
+	a.Push(inline("", 20), nil)
+	b.Push(inline("", 300), nil)
+	b.Push(inline("", 0), nil)
 	expectCounter(t, c, 4, 330)
 	if c.calls != 4 {
 		t.Errorf("counter called %d times, want 4", c.calls)
@@ -296,13 +296,13 @@ func TestCounterTotals(t *testing.T) {
 	if q.PopOrWait(w) != nil {
 		t.Fatal("PopOrWait on an empty queue returned a message")
 	}
-	q.Push(inline("", 4000))
+	q.Push(inline("", 4000), nil)
 	expectCounter(t, c, 2, 20)
 
 	// A refused delivery is held and counted.
 	r := &waiter{accept: false}
 	q.PopOrWait(r)
-	q.Push(inline("", 5000))
+	q.Push(inline("", 5000), nil)
 	expectCounter(t, c, 3, 5020)
 
 	n, bytes := q.Drain()
@@ -317,7 +317,7 @@ func TestCounterTotals(t *testing.T) {
 func TestPopOrWaitReturnsQueued(t *testing.T) {
 	q := queue.New("q", nil)
 	m := inline("x", 3)
-	q.Push(m)
+	q.Push(m, nil)
 	w := &waiter{accept: true}
 	if got := q.PopOrWait(w); got != m {
 		t.Fatalf("PopOrWait = %+v, want the queued message", got)
@@ -326,7 +326,7 @@ func TestPopOrWaitReturnsQueued(t *testing.T) {
 		t.Errorf("PopOrWait registered a waiter although a message was there")
 	}
 	expectLen(t, q, 0, 0)
-	q.Push(inline("y", 1))
+	q.Push(inline("y", 1), nil)
 	if len(w.got) != 0 {
 		t.Error("a waiter that was never registered received a message")
 	}
@@ -335,7 +335,7 @@ func TestPopOrWaitReturnsQueued(t *testing.T) {
 func TestPopOrWaitDirectDelivery(t *testing.T) {
 	c := &counter{}
 	q := queue.New("q", c)
-	q.Push(inline("old", 1))
+	q.Push(inline("old", 1), nil)
 	q.Pop()
 
 	w := &waiter{accept: true}
@@ -346,7 +346,7 @@ func TestPopOrWaitDirectDelivery(t *testing.T) {
 		t.Fatalf("Waiting = %d, want 1", q.Waiting())
 	}
 	m := inline("new", 7)
-	seq := q.Push(m)
+	seq := q.Push(m, nil)
 	if seq != 2 {
 		t.Errorf("Push seq = %d, want 2", seq)
 	}
@@ -365,7 +365,7 @@ func TestPopOrWaitDirectDelivery(t *testing.T) {
 		t.Errorf("Waiting after delivery = %d, want 0", q.Waiting())
 	}
 	// The waiter is used once: the next message is stored.
-	q.Push(inline("later", 1))
+	q.Push(inline("later", 1), nil)
 	if len(w.got) != 1 {
 		t.Errorf("waiter got %d messages, want 1", len(w.got))
 	}
@@ -384,7 +384,7 @@ func TestWaitersInOrder(t *testing.T) {
 		t.Fatalf("Waiting = %d, want 3", q.Waiting())
 	}
 	for i := range ws {
-		q.Push(inline(fmt.Sprint(i), 1))
+		q.Push(inline(fmt.Sprint(i), 1), nil)
 	}
 	for i, w := range ws {
 		if len(w.got) != 1 || w.got[0].Digest != fmt.Sprint(i) {
@@ -401,7 +401,7 @@ func TestRefusingWaiterSkipped(t *testing.T) {
 	q.PopOrWait(gone)
 	q.PopOrWait(live)
 	m := inline("m", 5)
-	seq := q.Push(m)
+	seq := q.Push(m, nil)
 	if len(live.got) != 1 || live.got[0] != m {
 		t.Fatalf("the live waiter got %v, want the message", live.got)
 	}
@@ -423,7 +423,7 @@ func TestRefusingWaitersKeepMessage(t *testing.T) {
 	q.PopOrWait(&waiter{accept: false})
 	q.PopOrWait(&waiter{accept: false})
 	m := inline("kept", 9)
-	seq := q.Push(m)
+	seq := q.Push(m, nil)
 	if seq != 1 {
 		t.Errorf("seq = %d, want 1", seq)
 	}
@@ -453,7 +453,7 @@ func TestCancelWait(t *testing.T) {
 	if q.CancelWait(w) {
 		t.Error("second CancelWait = true")
 	}
-	q.Push(inline("m", 1))
+	q.Push(inline("m", 1), nil)
 	if len(w.got) != 0 {
 		t.Error("a cancelled waiter received a message")
 	}
@@ -462,7 +462,7 @@ func TestCancelWait(t *testing.T) {
 
 	// Delivered already: CancelWait says false.
 	q.PopOrWait(w)
-	q.Push(inline("m2", 1))
+	q.Push(inline("m2", 1), nil)
 	if len(w.got) != 1 {
 		t.Fatalf("waiter got %d messages, want 1", len(w.got))
 	}
@@ -483,9 +483,9 @@ func TestCancelWaitMiddle(t *testing.T) {
 	if q.Waiting() != 2 {
 		t.Fatalf("Waiting = %d, want 2", q.Waiting())
 	}
-	q.Push(inline("1", 1))
-	q.Push(inline("2", 1))
-	q.Push(inline("3", 1))
+	q.Push(inline("1", 1), nil)
+	q.Push(inline("2", 1), nil)
+	q.Push(inline("3", 1), nil)
 	if len(a.got) != 1 || a.got[0].Digest != "1" {
 		t.Errorf("a got %v, want message 1", a.got)
 	}
@@ -509,7 +509,7 @@ func TestDrainReleases(t *testing.T) {
 		{FD: pipe, Size: 0},
 	}
 	for _, m := range msgs {
-		q.Push(m)
+		q.Push(m, nil)
 	}
 	w := &waiter{accept: true}
 	other := queue.New("other", nil)
@@ -547,7 +547,7 @@ func TestDrainKeepsWaiters(t *testing.T) {
 	if q.Waiting() != 1 {
 		t.Fatalf("Waiting after Drain = %d, want 1", q.Waiting())
 	}
-	q.Push(inline("m", 1))
+	q.Push(inline("m", 1), nil)
 	if len(w.got) != 1 {
 		t.Errorf("waiter got %d messages after Drain, want 1", len(w.got))
 	}
@@ -650,7 +650,7 @@ func TestConcurrent(t *testing.T) {
 			defer pwg.Done()
 			last := uint64(0)
 			for i := range perProducer {
-				seq := q.Push(inline(fmt.Sprintf("%d/%d", p, i), i%7))
+				seq := q.Push(inline(fmt.Sprintf("%d/%d", p, i), i%7), nil)
 				if seq <= last {
 					t.Errorf("producer %d: seq %d after %d", p, seq, last)
 				}
@@ -712,3 +712,20 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("Waiting = %d after every consumer left", q.Waiting())
 	}
 }
+
+func TestPushAcknowledgesBeforeDelivering(t *testing.T) {
+	q := queue.New("", nil)
+	var events []string
+	w := &recordingWaiter{deliver: func(m *queue.Message) { events = append(events, fmt.Sprintf("delivered %d", m.Seq)) }}
+	if m := q.PopOrWait(w); m != nil {
+		t.Fatal("empty queue returned a message")
+	}
+	q.Push(&queue.Message{FD: -1, Size: 1}, func(seq uint64) { events = append(events, fmt.Sprintf("stored %d", seq)) })
+	if want := []string{"stored 1", "delivered 1"}; fmt.Sprint(events) != fmt.Sprint(want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+}
+
+type recordingWaiter struct{ deliver func(*queue.Message) }
+
+func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) bool { r.deliver(m); return true }

@@ -42,7 +42,7 @@ func TestRegistryGet(t *testing.T) {
 	}
 
 	// Messages live in the queue the registry hands out.
-	a.Push(inline("m", 3))
+	a.Push(inline("m", 3), nil)
 	if n, _ := r.Get([]byte("alpha")).Len(); n != 1 {
 		t.Errorf("queue from a second Get holds %d messages, want 1", n)
 	}
@@ -78,9 +78,9 @@ func TestRegistryGetConcurrent(t *testing.T) {
 func TestRegistryCounter(t *testing.T) {
 	c := &counter{}
 	r := queue.NewRegistry(c)
-	r.Get([]byte("a")).Push(inline("", 10))
-	r.Get([]byte("b")).Push(inline("", 20))
-	r.Get([]byte("b")).Push(inline("", 30))
+	r.Get([]byte("a")).Push(inline("", 10), nil)
+	r.Get([]byte("b")).Push(inline("", 20), nil)
+	r.Get([]byte("b")).Push(inline("", 30), nil)
 	expectCounter(t, c, 3, 60)
 	r.Get([]byte("b")).Pop()
 	expectCounter(t, c, 2, 40)
@@ -94,11 +94,11 @@ func TestSnapshot(t *testing.T) {
 	for _, n := range []string{"zeta", "alpha", "Mu", "beta", "alpha.2", "_x", "0"} {
 		r.Get([]byte(n))
 	}
-	r.Get([]byte("beta")).Push(inline("", 5))
-	r.Get([]byte("beta")).Push(inline("", 6))
+	r.Get([]byte("beta")).Push(inline("", 5), nil)
+	r.Get([]byte("beta")).Push(inline("", 6), nil)
 	r.Get([]byte("zeta")).PopOrWait(&waiter{accept: true})
 	r.Get([]byte("zeta")).PopOrWait(&waiter{accept: true})
-	r.Get([]byte("0")).Push(inline("", 1))
+	r.Get([]byte("0")).Push(inline("", 1), nil)
 
 	want := []queue.Info{
 		{Name: "0", Messages: 1, Bytes: 1},
@@ -119,9 +119,9 @@ func TestDrainAll(t *testing.T) {
 	r := queue.NewRegistry(c)
 	pg := newPageFD(t, []byte("0123456789"))
 	pipe := newPipeFD(t)
-	r.Get([]byte("a")).Push(&queue.Message{FD: pg, Size: 10})
-	r.Get([]byte("a")).Push(inline("", 7))
-	r.Get([]byte("b")).Push(&queue.Message{FD: pipe, Size: 0})
+	r.Get([]byte("a")).Push(&queue.Message{FD: pg, Size: 10}, nil)
+	r.Get([]byte("a")).Push(inline("", 7), nil)
+	r.Get([]byte("b")).Push(&queue.Message{FD: pipe, Size: 0}, nil)
 	r.Get([]byte("c")) // empty
 	w := &waiter{accept: true}
 	r.Get([]byte("d")).PopOrWait(w)
@@ -159,7 +159,7 @@ func TestRegistryConcurrent(t *testing.T) {
 			defer wg.Done()
 			for j := range each {
 				q := r.Get([]byte(fmt.Sprint("q", j%5)))
-				q.Push(inline("", i+1))
+				q.Push(inline("", i+1), nil)
 				if j%50 == 0 {
 					r.Snapshot()
 				}
