@@ -20,6 +20,9 @@ import (
 	"github.com/machq/machq/internal/wire"
 )
 
+// cancelWriteTimeout bounds the write of a CANCEL after its caller gave up.
+const cancelWriteTimeout = 5 * time.Second
+
 // DefaultInlineThreshold is the largest payload, in bytes, that travels
 // inside a frame by default; larger ones travel as sealed memfds.
 // docs/PERFORMANCE.md gives the measurements behind it.
@@ -169,10 +172,18 @@ func SocketPath(name string) (string, error) {
 func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.uc.SetDeadline(dl)
-		defer c.uc.SetDeadline(time.Time{})
 	}
-	stop := context.AfterFunc(ctx, func() { c.uc.SetDeadline(time.Now()) })
-	defer stop()
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.uc.SetDeadline(time.Now())
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired // it ran: clear the deadline only after it did
+		}
+		c.uc.SetDeadline(time.Time{})
+	}()
 	if _, err := c.uc.Write(wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version})); err != nil {
 		return fmt.Errorf("machq: handshake with %s: %w", c.path, err)
 	}
@@ -189,6 +200,9 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		w, err := wire.ParseWelcome(f.Body)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrProtocol, err)
+		}
+		if w.Version != wire.Version {
+			return fmt.Errorf("%w: server chose protocol version %d; this client speaks %d", ErrProtocol, w.Version, wire.Version)
 		}
 		c.welcome = w
 		c.opts.inline = min(c.opts.inline, int(w.MaxInline))
@@ -252,7 +266,11 @@ func (c *Client) register(cl *call) (uint64, error) {
 // the write buffer and flushes it unless another goroutine is already
 // flushing, in which case that goroutine sends it in the same batch. The
 // client takes ownership of fd.
-func (c *Client) enqueue(frame []byte, fd int) error {
+//
+// A write blocks only while the server is not reading. If ctx ends while
+// this goroutine is blocked writing, the write is abandoned and, since a
+// frame may be half written, the connection is closed.
+func (c *Client) enqueue(ctx context.Context, frame []byte, fd int) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
@@ -275,7 +293,7 @@ func (c *Client) enqueue(frame []byte, fd int) error {
 		buf, fds, fdAt := c.wbuf, c.wfds, c.wfdAt
 		c.wbuf, c.wfds, c.wfdAt = c.spare[:0], nil, nil
 		c.wmu.Unlock()
-		err := wire.WriteFrames(c.uc, buf, fds, fdAt)
+		err := c.write(ctx, buf, fds, fdAt)
 		wire.CloseFDs(fds)
 		c.wmu.Lock()
 		c.spare = buf[:0]
@@ -284,9 +302,31 @@ func (c *Client) enqueue(frame []byte, fd int) error {
 			c.uc.Close() // the reader fails every pending call
 			wire.CloseFDs(c.wfds)
 			c.wbuf, c.wfds, c.wfdAt = nil, nil, nil
+			if ctx.Err() != nil {
+				// This caller gave up; say so, and that the connection
+				// went with it.
+				return fmt.Errorf("%w while writing to a server that is not reading: %w", ctx.Err(), c.werr)
+			}
 		}
 	}
 	return c.werr
+}
+
+// write sends buf, abandoning the write if ctx ends while it blocks.
+func (c *Client) write(ctx context.Context, buf []byte, fds, fdAt []int) error {
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.uc.SetWriteDeadline(time.Now())
+		close(fired)
+	})
+	err := wire.WriteFrames(c.uc, buf, fds, fdAt)
+	if !stop() {
+		<-fired
+		if err == nil {
+			c.uc.SetWriteDeadline(time.Time{}) // fired just after the write
+		}
+	}
+	return err
 }
 
 // connErr turns a transport error into the error callers see.
@@ -364,6 +404,16 @@ func (c *Client) dispatch(f wire.Frame) {
 		return // a response to a request that is no longer pending
 	}
 	var r result
+	if want := responseOp(cl.op); f.Op != want && f.Op != wire.OpError {
+		wire.CloseFDs(f.FDs)
+		r.err = fmt.Errorf("%w: server answered %s with %s", ErrProtocol, cl.op, f.Op)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !cl.gaveUp {
+			cl.ch <- r
+		}
+		return
+	}
 	switch f.Op {
 	case wire.OpStored:
 		r.seq, r.err = wire.ParseStored(f.Body)
@@ -404,12 +454,22 @@ func (c *Client) dispatch(f wire.Frame) {
 	cl.ch <- r // never blocks: capacity 1, one send
 }
 
+// responseOp returns the operation that answers a request.
+func responseOp(req wire.Op) wire.Op {
+	switch req {
+	case wire.OpStore:
+		return wire.OpStored
+	case wire.OpRetrieve:
+		return wire.OpMessage
+	case wire.OpStat:
+		return wire.OpStats
+	}
+	return wire.OpError
+}
+
 // message builds the result of a MESSAGE response. It owns f.FDs.
 func (c *Client) message(cl *call, f wire.Frame) result {
 	wm, inline, err := wire.ParseMessage(f.Header, f.Body)
-	if err == nil && cl.op != wire.OpRetrieve {
-		err = fmt.Errorf("unexpected MESSAGE response to %s", cl.op)
-	}
 	if err == nil && f.Flags&wire.FlagInline == 0 && len(f.FDs) != 1 {
 		err = fmt.Errorf("out-of-line MESSAGE carried %d descriptors", len(f.FDs))
 	}
@@ -425,12 +485,21 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 		digestAlg: Digest(wm.DigestAlg),
 		digest:    bytes.Clone(wm.Digest),
 	}
+	r := result{msg: m}
 	if f.Flags&wire.FlagInline != 0 {
+		wire.CloseFDs(f.FDs) // none belong to an inline message
 		m.data = bytes.Clone(inline)
 	} else {
 		m.fd = f.FDs[0]
+		// Map only what is sealed and of the announced size: a page that
+		// could still change, or is shorter than announced, cannot be
+		// verified (and touching a short one would fault).
+		if err := page.Check(m.fd, m.size); err != nil {
+			r.err = &TamperedError{Queue: cl.queue, Seq: m.Seq, Reason: "the page received cannot be trusted: " + err.Error()}
+			m.Close()
+			r.msg = nil
+		}
 	}
-	r := result{msg: m}
 	if cl.queue == "" {
 		// The private queue is this connection's alone: the oldest
 		// digest recorded at store time must describe this message.
@@ -462,7 +531,10 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 	cl.gaveUp = true
 	c.mu.Unlock()
 	if cl.op == wire.OpRetrieve {
-		c.enqueue(wire.AppendCancel(nil, 0, id), -1)
+		// Bounded: a server that reads nothing gets the connection closed.
+		cctx, cancel := context.WithTimeout(context.Background(), cancelWriteTimeout)
+		c.enqueue(cctx, wire.AppendCancel(nil, 0, id), -1)
+		cancel()
 	}
 	return result{}, ctx.Err()
 }
@@ -531,7 +603,7 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 		Digest:    sum,
 		Queue:     []byte(queue),
 	}, inline, fd >= 0)
-	if err := c.enqueue(frame, fd); err != nil {
+	if err := c.enqueue(ctx, frame, fd); err != nil {
 		return err
 	}
 	_, err = c.wait(ctx, id, cl)
@@ -544,12 +616,14 @@ func closeFD(fd int) {
 	}
 }
 
-// SendFile stores the rest of f's content at the tail of queue ("" for the
-// private queue) and returns the number of bytes stored. The bytes are
-// copied into a new sealed memfd inside the kernel (copy_file_range(2) or
-// sendfile(2)); only pipes and other streams go through a buffer. A file
-// that is already a memfd sealed against write, grow and shrink is sent
-// as it is, with no copy at all. SendFile does not close f.
+// SendFile stores the rest of f's content, from its current offset, at
+// the tail of queue ("" for the private queue) and returns the number of
+// bytes stored. The bytes are copied into a new sealed memfd inside the
+// kernel (copy_file_range(2) or sendfile(2)); only pipes and other streams
+// go through a buffer. A stream longer than the server's maximum message
+// size fails with ErrTooLarge as soon as it passes it. A file that is
+// already a memfd sealed against write, grow and shrink is sent whole, as
+// it is, with no copy at all. SendFile does not close f.
 func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, error) {
 	if err := checkQueue(queue); err != nil {
 		return 0, err
@@ -566,9 +640,15 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 		if err != nil {
 			return 0, fmt.Errorf("machq: %w", err)
 		}
-		if _, err := page.CopyFrom(fd, f); err != nil {
+		limit := c.MaxMessageSize()
+		n, err := page.CopyFrom(fd, f, limit)
+		if err != nil {
 			syscall.Close(fd)
 			return 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
+		}
+		if n > limit {
+			syscall.Close(fd)
+			return 0, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", ErrTooLarge, f.Name(), limit)
 		}
 		if err := page.Seal(fd); err != nil {
 			syscall.Close(fd)
@@ -625,7 +705,8 @@ func (c *Client) Retrieve(ctx context.Context, queue string) (*Message, error) {
 // same queue on this Client returns it first.
 func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, error) {
 	wait := wire.WaitForever
-	if dl, ok := ctx.Deadline(); ok {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		ms := time.Until(dl).Milliseconds()
 		switch {
 		case ms <= 0:
@@ -636,8 +717,13 @@ func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, erro
 		wait = uint32(ms)
 	}
 	m, err := c.retrieve(ctx, queue, wait)
-	if err != nil && ctx.Err() != nil && (errors.Is(err, ErrEmpty) || errors.Is(err, ctx.Err())) {
-		return nil, fmt.Errorf("%w: nothing arrived in queue %s before the wait ended (%w)", ErrEmpty, queueLabel(queue), ctx.Err())
+	switch {
+	case err == nil:
+		return m, nil
+	case hasDeadline && (errors.Is(err, ErrEmpty) || errors.Is(err, context.DeadlineExceeded)):
+		// The server's timer and ctx's deadline end the wait at the same
+		// moment; either way it is the same outcome.
+		return nil, fmt.Errorf("%w: nothing arrived in queue %s before the deadline (%w)", ErrEmpty, queueLabel(queue), context.DeadlineExceeded)
 	}
 	return m, err
 }
@@ -667,7 +753,7 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		if err != nil {
 			return nil, err
 		}
-		if err := c.enqueue(wire.AppendRetrieve(nil, id, wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}), -1); err != nil {
+		if err := c.enqueue(ctx, wire.AppendRetrieve(nil, id, wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}), -1); err != nil {
 			return nil, err
 		}
 		if r, err = c.wait(ctx, id, cl); err != nil {
@@ -720,7 +806,7 @@ func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.enqueue(wire.AppendStat(nil, id), -1); err != nil {
+	if err := c.enqueue(ctx, wire.AppendStat(nil, id), -1); err != nil {
 		return nil, err
 	}
 	r, err := c.wait(ctx, id, cl)

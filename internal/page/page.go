@@ -229,20 +229,26 @@ func Unmap(b []byte) error {
 
 // CopyFrom fills the empty memfd dst with the rest of src, copying inside
 // the kernel where it can: copy_file_range(2), then sendfile(2), and only
-// for pipes and the like a read/write loop. It returns the bytes copied.
-func CopyFrom(dst int, src *os.File) (int64, error) {
+// for pipes and the like a read/write loop. It copies at most limit+1
+// bytes, so that a caller can tell a source longer than limit without
+// copying all of it, and returns the bytes copied.
+func CopyFrom(dst int, src *os.File, limit int64) (int64, error) {
+	if limit < 0 {
+		return 0, fmt.Errorf("page: negative copy limit %d", limit)
+	}
 	st, err := src.Stat()
 	if err == nil && st.Mode().IsRegular() {
-		if n, ok, err := kernelCopy(dst, src); ok || err != nil {
+		if n, ok, err := kernelCopy(dst, src, limit+1); ok || err != nil {
 			return n, err
 		}
 	}
-	return streamCopy(dst, src)
+	return streamCopy(dst, src, limit+1)
 }
 
-// kernelCopy copies src into dst with copy_file_range, falling back to
-// sendfile. ok is false when neither applies and nothing was copied.
-func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
+// kernelCopy copies up to max bytes of src into dst with copy_file_range,
+// falling back to sendfile. ok is false when neither applies and nothing
+// was copied.
+func kernelCopy(dst int, src *os.File, max int64) (n int64, ok bool, err error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, false, nil
@@ -250,13 +256,14 @@ func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
 	var opErr error
 	cerr := rc.Read(func(sfd uintptr) bool {
 		useSendfile := false
-		for {
+		for n < max {
+			chunk := int(min(max-n, 1<<30))
 			var c int
 			var e error
 			if useSendfile {
-				c, e = unix.Sendfile(dst, int(sfd), nil, 1<<30)
+				c, e = unix.Sendfile(dst, int(sfd), nil, chunk)
 			} else {
-				c, e = unix.CopyFileRange(int(sfd), nil, dst, nil, 1<<30, 0)
+				c, e = unix.CopyFileRange(int(sfd), nil, dst, nil, chunk, 0)
 			}
 			switch {
 			case e == unix.EINTR || e == unix.EAGAIN:
@@ -280,6 +287,8 @@ func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
 			}
 			n += int64(c)
 		}
+		ok = true
+		return true
 	})
 	if cerr != nil && opErr == nil {
 		opErr = cerr
@@ -287,11 +296,11 @@ func kernelCopy(dst int, src *os.File) (n int64, ok bool, err error) {
 	return n, ok || opErr != nil, opErr
 }
 
-func streamCopy(dst int, src io.Reader) (int64, error) {
+func streamCopy(dst int, src io.Reader, max int64) (int64, error) {
 	buf := make([]byte, 1<<20)
 	var off int64
-	for {
-		n, err := src.Read(buf)
+	for off < max {
+		n, err := src.Read(buf[:min(int64(len(buf)), max-off)])
 		if n > 0 {
 			if werr := writeAt(dst, buf[:n], off); werr != nil {
 				return off, werr
@@ -305,6 +314,7 @@ func streamCopy(dst int, src io.Reader) (int64, error) {
 			return off, err
 		}
 	}
+	return off, nil
 }
 
 // ReadAt reads len(b) bytes of fd at off with pread(2).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -791,7 +792,7 @@ func TestReadAt(t *testing.T) {
 func copyAndCheck(t testing.TB, src *os.File, want []byte) {
 	t.Helper()
 	fd := newMemfd(t)
-	n, err := page.CopyFrom(fd, src)
+	n, err := page.CopyFrom(fd, src, math.MaxInt64-1)
 	if err != nil {
 		t.Fatalf("CopyFrom: %v", err)
 	}
@@ -954,7 +955,7 @@ func TestCopyFromIntoSealedPage(t *testing.T) {
 	checkNoLeak(t)
 	fd := newPage(t, nil)
 	t.Run("file", func(t *testing.T) {
-		n, err := page.CopyFrom(fd, diskFile(t, []byte("payload")))
+		n, err := page.CopyFrom(fd, diskFile(t, []byte("payload")), math.MaxInt64-1)
 		if err == nil || n != 0 {
 			t.Errorf("CopyFrom into a sealed page = %d, %v; want 0 and an error", n, err)
 		}
@@ -969,7 +970,7 @@ func TestCopyFromIntoSealedPage(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.Close()
-		n, err := page.CopyFrom(fd, r)
+		n, err := page.CopyFrom(fd, r, math.MaxInt64-1)
 		if !errors.Is(err, unix.EPERM) || n != 0 {
 			t.Errorf("CopyFrom into a sealed page = %d, %v; want 0, EPERM", n, err)
 		}
