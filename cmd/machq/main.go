@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -133,6 +134,11 @@ func (c *common) target() string {
 }
 
 func (c *common) dial(ctx context.Context) (*machq.Client, error) {
+	if c.socket == "" {
+		if _, err := machq.SocketPath(c.name); err != nil {
+			return nil, fmt.Errorf("%w: --name: %v", errUsage, trimPrefix(err))
+		}
+	}
 	var d machq.Digest
 	switch c.digest {
 	case "sha256":
@@ -245,6 +251,20 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if err != nil {
 		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
 	}
+	// Make sure the payload can be written before taking it: a message
+	// taken from the queue and then not written would be lost.
+	w := stdout
+	var tmp *os.File
+	if out != "" {
+		if tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".machq-*"); err != nil {
+			return fail(stderr, fmt.Errorf("cannot write --out %s: %w", out, err))
+		}
+		defer func() {
+			tmp.Close()
+			os.Remove(tmp.Name()) // gone already if renamed
+		}()
+		w = tmp
+	}
 	cl, err := c.dial(ctx)
 	if err != nil {
 		return fail(stderr, err)
@@ -262,20 +282,23 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		defer m.Close()
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "machq: interrupted")
+			return exitError
+		}
 		return fail(stderr, err)
 	}
 	log.Info("retrieved", "queue", queue, "seq", m.Seq, "bytes", m.Len(), "out_of_line", m.OutOfLine())
-	w := stdout
-	if out != "" {
-		f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			return fail(stderr, err)
-		}
-		defer f.Close()
-		w = f
-	}
 	if _, err := m.WriteTo(w); err != nil {
 		return fail(stderr, fmt.Errorf("write payload: %w", err))
+	}
+	if tmp != nil {
+		if err := tmp.Chmod(0o644); err != nil {
+			return fail(stderr, err)
+		}
+		if err := os.Rename(tmp.Name(), out); err != nil {
+			return fail(stderr, fmt.Errorf("write --out %s: %w", out, err))
+		}
 	}
 	return exitOK
 }
@@ -287,6 +310,9 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&asJSON, "json", false, "print the server's JSON document")
 	if st := parse(fs, args, stderr); st >= 0 {
 		return st
+	}
+	if _, err := c.logger(stderr); err != nil {
+		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
 	}
 	cl, err := c.dial(ctx)
 	if err != nil {

@@ -459,6 +459,8 @@ func TestIntegrationCLIErrors(t *testing.T) {
 		{"missing queue", []string{"retrieve", "--socket", missing}, 2, "--queue is required"},
 		{"bad queue name", []string{"send", "--socket", missing, "--queue", "no/slashes"}, 2, "[A-Za-z0-9._-]"},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"bad service name", []string{"stat", "--name", "bad name"}, 2, "--name"},
+		{"bad log level", []string{"stat", "--socket", missing, "--log-level", "loud"}, 2, "--log-level"},
 	}
 	d := startDaemon(t, "", "--log-level", "warn")
 	cases = append(cases, struct {
@@ -478,7 +480,19 @@ func TestIntegrationCLIErrors(t *testing.T) {
 			}
 		})
 	}
-	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":1`) || !strings.Contains(r.stdout, `"queues":[]`) {
+	// An --out that cannot be written is refused before the message is
+	// taken: it stays in the queue.
+	if r := runCLI(t, strings.NewReader("keep"), "send", "--socket", d.socket, "--queue", "kept"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "kept", "--out", filepath.Join(t.TempDir(), "missing", "f"))
+	if r.code != 1 || !strings.Contains(r.stderr, "--out") {
+		t.Fatalf("retrieve to an unwritable --out: exit %d, %q", r.code, r.stderr)
+	}
+	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "kept"); r.stdout != "keep" {
+		t.Fatalf("message lost after a failed --out: %+v", r)
+	}
+	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":1`) || !strings.Contains(r.stdout, `"queues":[{"name":"kept","messages":0,"bytes":0`) {
 		t.Fatalf("stat --json: %+v", r)
 	}
 	out, err := exec.Command(bin.machqd, "--log-level", "loud").CombinedOutput()
