@@ -347,8 +347,8 @@ func TestRetrieveWait(t *testing.T) {
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	_, err := consumer.RetrieveWait(short, "later")
-	if !errors.Is(err, machq.ErrEmpty) {
-		t.Fatalf("RetrieveWait with deadline: %v, want ErrEmpty", err)
+	if !errors.Is(err, machq.ErrEmpty) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("RetrieveWait with deadline: %v, want ErrEmpty and DeadlineExceeded", err)
 	}
 
 	// Cancellation without a deadline: the server forgets the waiter, and
