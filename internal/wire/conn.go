@@ -45,7 +45,6 @@ type MsgReader interface {
 const (
 	defaultReadBuffer = 64 << 10
 	keepReadBuffer    = 256 << 10 // a grown buffer up to this size is kept
-	oobSize           = (MaxFDsPerWrite*4 + 64 + 15) &^ 15
 )
 
 // Reader decodes frames, and the descriptors passed with them, from a Unix
@@ -201,6 +200,9 @@ func (r *Reader) fill() error {
 		err = ErrTruncatedControl
 	}
 	r.w += n
+	if n == 0 && errors.Is(err, io.EOF) {
+		err = nil // net reports end of stream as an error wrapping io.EOF
+	}
 	if err != nil {
 		return err
 	}
@@ -319,6 +321,9 @@ func Write(c MsgWriter, b []byte, fds []int) error {
 	if len(fds) == 0 {
 		_, err := c.Write(b)
 		return err
+	}
+	if len(b) == 0 {
+		return errors.New("wire: descriptors need at least one byte of frame to travel with")
 	}
 	n, _, err := c.WriteMsgUnix(b, unix.UnixRights(fds...), nil)
 	if err != nil {
