@@ -40,17 +40,7 @@ func startServer(t testing.TB, cfg server.Config) (*server.Server, string) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
+	srv, path, done := serve(t, cfg)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -62,6 +52,25 @@ func startServer(t testing.TB, cfg server.Config) (*server.Server, string) {
 		}
 	})
 	return srv, path
+}
+
+// serve starts a server on a socket in a temporary directory and returns
+// it, the socket path, and the channel that receives Serve's result. The
+// caller stops it.
+func serve(t testing.TB, cfg server.Config) (*server.Server, string, <-chan error) {
+	t.Helper()
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	return srv, path, done
 }
 
 func dial(t testing.TB, path string, opts ...machq.Option) *machq.Client {
@@ -581,18 +590,8 @@ func TestLimits(t *testing.T) {
 }
 
 func TestShutdownAnswersWaitersAndFreesPages(t *testing.T) {
-	srv, err := server.New(server.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "s.sock")
 	base := countFDs(t)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
+	srv, path, done := serve(t, server.Config{})
 
 	ctx := testCtx(t)
 	c, err := machq.Dial(ctx, path)
@@ -879,17 +878,7 @@ func TestSecondHelloWithDescriptorLeaksNothing(t *testing.T) {
 }
 
 func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
-	srv, err := server.New(server.Config{DrainTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
+	srv, path, done := serve(t, server.Config{DrainTimeout: 200 * time.Millisecond})
 	raw := wiretest.DialHello(t, path)
 	// Pipeline requests whose answers are never read, until the server
 	// stops reading them.
