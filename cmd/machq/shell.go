@@ -167,9 +167,12 @@ func (sh *shell) retrieve(ctx context.Context) {
 		fmt.Fprintln(sh.out, "nothing stored: the queue is empty")
 		return
 	case errors.Is(err, machq.ErrTampered):
-		sh.log.Warn("integrity check failed", "seq", m.Seq, "err", err)
-		sh.out.Write(m.Bytes())
-		fmt.Fprintf(sh.out, "\n%s\n", trimPrefix(err))
+		sh.log.Warn("integrity check failed", "err", err)
+		if m != nil { // the payload itself, when it could be read at all
+			sh.out.Write(m.Bytes())
+			fmt.Fprintln(sh.out)
+		}
+		fmt.Fprintf(sh.out, "%s\n", trimPrefix(err))
 		return
 	case err != nil:
 		fmt.Fprintf(sh.out, "retrieve failed: %s\n", trimPrefix(err))
