@@ -501,3 +501,25 @@ func TestIntegrationCLIErrors(t *testing.T) {
 		t.Fatalf("machqd with a bad flag: %v, %s", err, out)
 	}
 }
+
+func TestIntegrationShellWarnsOfTampering(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	// A client that lies about the digest of what it stores.
+	raw := wiretest.DialHello(t, d.socket)
+	bogus := bytes.Repeat([]byte{0xEE}, 32)
+	raw.Write(wire.AppendStore(nil, 1, wire.Store{Size: 8, DigestAlg: wire.DigestSHA256, Digest: bogus, Queue: []byte("shared")}, []byte("tampered"), false))
+	if f := raw.Read(); f.Op != wire.OpStored {
+		t.Fatalf("store: %s", f.Op)
+	}
+	r := runCLI(t, strings.NewReader("2\n3\n"), "shell", "--socket", d.socket, "--queue", "shared")
+	if r.code != 0 || !strings.Contains(r.stdout, "tampered\nWARNING: integrity check failed") || strings.Contains(r.stdout, "integrity confirmed") {
+		t.Fatalf("shell on a tampered message: exit %d\n%s", r.code, r.stdout)
+	}
+	// The scriptable retrieve refuses it with its own exit status.
+	raw.Write(wire.AppendStore(nil, 2, wire.Store{Size: 8, DigestAlg: wire.DigestSHA256, Digest: bogus, Queue: []byte("shared")}, []byte("tampered"), false))
+	raw.Read()
+	r = runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "shared")
+	if r.code != 5 || r.stdout != "" || !strings.Contains(r.stderr, "WARNING") {
+		t.Fatalf("retrieve of a tampered message: exit %d, stdout %q, stderr %q; want 5, nothing, a warning", r.code, r.stdout, r.stderr)
+	}
+}
