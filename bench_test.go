@@ -35,7 +35,7 @@ func benchServer(b *testing.B) string {
 func BenchmarkRoundTrip(b *testing.B) {
 	path := benchServer(b)
 	ctx := context.Background()
-	for _, size := range []int{64, 4 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20} {
+	for _, size := range []int{64, 4 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20} {
 		for _, mode := range []struct {
 			name   string
 			inline int

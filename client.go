@@ -26,7 +26,7 @@ const cancelWriteTimeout = 5 * time.Second
 // DefaultInlineThreshold is the largest payload, in bytes, that travels
 // inside a frame by default; larger ones travel as sealed memfds.
 // docs/PERFORMANCE.md gives the measurements behind it.
-const DefaultInlineThreshold = 16 << 10
+const DefaultInlineThreshold = 64 << 10
 
 // Option configures a Client.
 type Option func(*options) error
@@ -262,15 +262,15 @@ func (c *Client) register(cl *call) (uint64, error) {
 	return c.nextID, nil
 }
 
-// enqueue appends a frame, and the descriptor it carries (fd, or -1), to
-// the write buffer and flushes it unless another goroutine is already
-// flushing, in which case that goroutine sends it in the same batch. The
-// client takes ownership of fd.
+// enqueue appends a frame, encoded by encode, and the descriptor it
+// carries (fd, or -1), to the write buffer and flushes it unless another
+// goroutine is already flushing, in which case that goroutine sends it in
+// the same batch. The client takes ownership of fd.
 //
 // A write blocks only while the server is not reading. If ctx ends while
 // this goroutine is blocked writing, the write is abandoned and, since a
 // frame may be half written, the connection is closed.
-func (c *Client) enqueue(ctx context.Context, frame []byte, fd int) error {
+func (c *Client) enqueue(ctx context.Context, fd int, encode func([]byte) []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
@@ -283,7 +283,7 @@ func (c *Client) enqueue(ctx context.Context, frame []byte, fd int) error {
 		c.wfdAt = append(c.wfdAt, len(c.wbuf))
 		c.wfds = append(c.wfds, fd)
 	}
-	c.wbuf = append(c.wbuf, frame...)
+	c.wbuf = encode(c.wbuf)
 	if c.flushing {
 		return nil
 	}
@@ -533,7 +533,7 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 	if cl.op == wire.OpRetrieve {
 		// Bounded: a server that reads nothing gets the connection closed.
 		cctx, cancel := context.WithTimeout(context.Background(), cancelWriteTimeout)
-		c.enqueue(cctx, wire.AppendCancel(nil, 0, id), -1)
+		c.enqueue(cctx, -1, func(b []byte) []byte { return wire.AppendCancel(b, 0, id) })
 		cancel()
 	}
 	return result{}, ctx.Err()
@@ -597,13 +597,10 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 		closeFD(fd)
 		return err
 	}
-	frame := wire.AppendStore(nil, id, wire.Store{
-		Size:      uint64(size),
-		DigestAlg: uint8(c.opts.digest),
-		Digest:    sum,
-		Queue:     []byte(queue),
-	}, inline, fd >= 0)
-	if err := c.enqueue(ctx, frame, fd); err != nil {
+	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue)}
+	// Encoded straight into the write buffer: an inline payload is copied
+	// once, into the frame.
+	if err := c.enqueue(ctx, fd, func(b []byte) []byte { return wire.AppendStore(b, id, st, inline, fd >= 0) }); err != nil {
 		return err
 	}
 	_, err = c.wait(ctx, id, cl)
@@ -753,7 +750,8 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		if err != nil {
 			return nil, err
 		}
-		if err := c.enqueue(ctx, wire.AppendRetrieve(nil, id, wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}), -1); err != nil {
+		req := wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}
+		if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }); err != nil {
 			return nil, err
 		}
 		if r, err = c.wait(ctx, id, cl); err != nil {
@@ -806,7 +804,7 @@ func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.enqueue(ctx, wire.AppendStat(nil, id), -1); err != nil {
+	if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendStat(b, id) }); err != nil {
 		return nil, err
 	}
 	r, err := c.wait(ctx, id, cl)

@@ -282,7 +282,7 @@ func TestConcurrentUseOfOneClient(t *testing.T) {
 			for i := range 100 {
 				data := []byte{byte(g), byte(i)}
 				if i%10 == 0 {
-					data = append(data, make([]byte, 40<<10)...)
+					data = append(data, make([]byte, 80<<10)...)
 				}
 				if err := c.Send(ctx, q, data); err != nil {
 					t.Error(err)
