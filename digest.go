@@ -3,8 +3,6 @@ package machq
 import (
 	"crypto/sha256"
 	"fmt"
-
-	"github.com/machq/machq/internal/wire"
 )
 
 // Digest names the algorithm a sender uses to fingerprint each payload so
@@ -15,9 +13,9 @@ type Digest uint8
 const (
 	// DigestNone sends no digest; nothing is verified. Use it only to
 	// measure transport cost or when the payload carries its own check.
-	DigestNone Digest = Digest(wire.DigestNone)
+	DigestNone Digest = 0
 	// DigestSHA256 is SHA-256, the original server's choice and the default.
-	DigestSHA256 Digest = Digest(wire.DigestSHA256)
+	DigestSHA256 Digest = 1
 )
 
 // String returns the algorithm's name.

@@ -42,21 +42,21 @@ var (
 // request. docs/PROTOCOL.md lists the codes.
 type ErrorCode uint16
 
-// Error codes sent by the server.
+// Error codes sent by the server; docs/PROTOCOL.md section 7 says when.
 const (
-	CodeMalformed     = ErrorCode(wire.CodeMalformed)
-	CodeVersion       = ErrorCode(wire.CodeVersion)
-	CodeUnknownOp     = ErrorCode(wire.CodeUnknownOp)
-	CodeBadQueueName  = ErrorCode(wire.CodeBadQueueName)
-	CodeTooLarge      = ErrorCode(wire.CodeTooLarge)
-	CodeEmpty         = ErrorCode(wire.CodeEmpty)
-	CodeBadPage       = ErrorCode(wire.CodeBadPage)
-	CodeCancelled     = ErrorCode(wire.CodeCancelled)
-	CodeShuttingDown  = ErrorCode(wire.CodeShuttingDown)
-	CodeLimit         = ErrorCode(wire.CodeLimit)
-	CodeInternal      = ErrorCode(wire.CodeInternal)
-	CodeBadDescriptor = ErrorCode(wire.CodeBadDescriptor)
-	CodeBadRequest    = ErrorCode(wire.CodeBadRequest)
+	CodeMalformed     ErrorCode = 1  // fatal: the stream broke the framing rules
+	CodeVersion       ErrorCode = 2  // fatal: no protocol version in common
+	CodeUnknownOp     ErrorCode = 3  // the operation is not known
+	CodeBadQueueName  ErrorCode = 4  // the queue name breaks the rules
+	CodeTooLarge      ErrorCode = 5  // the payload exceeds the server's maximum
+	CodeEmpty         ErrorCode = 6  // the queue holds no message
+	CodeBadPage       ErrorCode = 7  // not a sealed memfd of the declared size
+	CodeCancelled     ErrorCode = 8  // a waiting retrieve was cancelled
+	CodeShuttingDown  ErrorCode = 9  // fatal: the server is stopping
+	CodeLimit         ErrorCode = 10 // a limit or quota was reached
+	CodeInternal      ErrorCode = 11 // the server failed
+	CodeBadDescriptor ErrorCode = 12 // a descriptor was missing or not expected
+	CodeBadRequest    ErrorCode = 13 // a request body that does not parse
 )
 
 // String returns the code's protocol name, such as "EMPTY".
