@@ -91,16 +91,25 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds, failing the test after 10s. Call it
+// from the test's goroutine only; elsewhere use eventually.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
+	if !eventually(cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// eventually polls cond until it holds or 10s pass, and reports which.
+func eventually(cond func() bool) bool {
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 func randomBytes(t testing.TB, n int) []byte {
@@ -364,11 +373,13 @@ func TestRetrieveWait(t *testing.T) {
 	// a message sent afterwards stays in the queue.
 	cctx, ccancel := context.WithCancel(ctx)
 	go func() {
-		waitFor(t, "second waiter", func() bool {
+		defer ccancel()
+		if !eventually(func() bool {
 			st, err := producer.Stat(ctx)
 			return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 1
-		})
-		ccancel()
+		}) {
+			t.Error("timed out waiting for the second waiter")
+		}
 	}()
 	if _, err := consumer.RetrieveWait(cctx, "later"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled RetrieveWait: %v, want context.Canceled", err)
