@@ -90,7 +90,12 @@ func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 	for len(q.waiters) > 0 {
 		w := q.waiters[0]
 		q.waiters[0] = nil
-		q.waiters = q.waiters[1:]
+		if len(q.waiters) == 1 {
+			// Keep the array: the next PopOrWait appends without allocating.
+			q.waiters = q.waiters[:0]
+		} else {
+			q.waiters = q.waiters[1:]
+		}
 		if w.Deliver(q, m) {
 			return m.Seq
 		}

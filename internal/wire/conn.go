@@ -152,7 +152,11 @@ func (r *Reader) take(h Header) (Frame, error) {
 		}
 		f.FDs = b.fds
 		r.batches[0] = fdBatch{}
-		r.batches = r.batches[1:]
+		if len(r.batches) == 1 {
+			r.batches = r.batches[:0] // keep the array for the next batch
+		} else {
+			r.batches = r.batches[1:]
+		}
 	}
 	r.r += int(h.Length)
 	if r.r == r.w {
@@ -233,7 +237,11 @@ func (r *Reader) collect(oob []byte, start, end int64) error {
 			bad = fmt.Errorf("%w: unparseable SCM_RIGHTS: %v", ErrMalformed, err)
 			continue
 		}
-		fds = append(fds, got...)
+		if fds == nil {
+			fds = got // the usual single SCM_RIGHTS message: no copy
+		} else {
+			fds = append(fds, got...)
+		}
 	}
 	if len(fds) > 0 {
 		r.batches = append(r.batches, fdBatch{fds: fds, start: start, end: end})
