@@ -54,7 +54,7 @@ func WithInlineThreshold(n int) Option {
 // their sender chose.
 func WithDigest(d Digest) Option {
 	return func(o *options) error {
-		if _, err := d.sum(nil); err != nil {
+		if _, err := d.Sum(nil); err != nil {
 			return err
 		}
 		o.digest = d
@@ -227,6 +227,10 @@ func (c *Client) MaxMessageSize() int64 {
 	}
 	return int64(c.welcome.MaxMessage)
 }
+
+// MaxInline returns the largest payload the server accepts inline, as it
+// announced at the handshake; larger payloads travel as memfds.
+func (c *Client) MaxInline() int { return int(c.welcome.MaxInline) }
 
 // Close closes the connection. The server frees the private queue; calls
 // in progress fail with ErrClosed. Messages already retrieved stay valid
@@ -578,7 +582,7 @@ func (c *Client) tooLarge(n int64) error {
 // store sends a STORE of size bytes, inline or as the page fd (owned), with
 // the digest of content, and waits for it to be stored.
 func (c *Client) store(ctx context.Context, queue string, inline []byte, fd int, size int64, content []byte) error {
-	sum, err := c.opts.digest.sum(content)
+	sum, err := c.opts.digest.Sum(content)
 	if err != nil {
 		closeFD(fd)
 		return err

@@ -24,7 +24,7 @@ func TestExportedConstantsMatchTheWire(t *testing.T) {
 			t.Errorf("code %d (%s) differs from the wire's %d (%s)", c, c, w, w)
 		}
 	}
-	if uint8(DigestNone) != wire.DigestNone || uint8(DigestSHA256) != wire.DigestSHA256 {
+	if uint8(DigestNone) != wire.DigestNone || uint8(DigestSHA256) != wire.DigestSHA256 || uint8(DigestBLAKE3) != wire.DigestBLAKE3 {
 		t.Error("digest algorithms differ from the wire's")
 	}
 }

@@ -93,7 +93,7 @@ func (m *Message) verify(expect *sentDigest) error {
 			return tampered("the digest the server returned differs from the one recorded at store time")
 		}
 	}
-	sum, err := m.digestAlg.sum(m.data)
+	sum, err := m.digestAlg.Sum(m.data)
 	if err != nil {
 		return tampered("unknown digest algorithm %d; cannot verify", uint8(m.digestAlg))
 	}

@@ -97,7 +97,7 @@ func (c *Client) SendPage(ctx context.Context, queue string, p *Page) error {
 		p.Close()
 		return c.tooLarge(p.size)
 	}
-	sum, err := c.opts.digest.sum(p.buf)
+	sum, err := c.opts.digest.Sum(p.buf)
 	if err != nil {
 		p.Close()
 		return err

@@ -26,8 +26,12 @@ var errConnReset = unix.ECONNRESET
 const maxOutbox = 4 << 20
 
 // conn serves one client connection. Its reader goroutine (serve) decodes
-// and handles requests in order; its writer goroutine (writeLoop) sends
-// responses, batching everything pending into one sendmsg.
+// and handles requests in order and, before it waits for more, sends the
+// responses they produced itself, batched into as few sendmsgs as
+// possible: a request-response exchange costs no hand-off between
+// goroutines. Its writer goroutine (writeLoop) sends what arrives while
+// the reader waits: messages delivered to a waiting RETRIEVE by another
+// connection's STORE, expired waits. One goroutine writes at a time.
 //
 // Lock order: queue.Queue.mu before conn.mu (Deliver is called with the
 // queue lock held).
@@ -49,9 +53,19 @@ type conn struct {
 	outMsgs  []*queue.Message // messages whose pages are in outFDs: release after sending
 	closed   bool             // no more responses may be queued
 	stopping bool             // Shutdown asked the reader to stop
-	waits    map[uint64]*waiter
-	wake     chan struct{}
-	quit     chan struct{} // closed when the writer must flush and exit
+	flushing bool             // a goroutine is writing the outbox
+	// busy is set while the reader handles requests: it will flush the
+	// outbox before it waits for more, so appending need not wake the
+	// writer.
+	busy bool
+	// Buffers the flushing goroutine swaps with the outbox.
+	spare     []byte
+	spareFDs  []int
+	spareFdAt []int
+	spareMsgs []*queue.Message
+	waits     map[uint64]*waiter
+	wake      chan struct{}
+	quit      chan struct{} // closed when the writer must flush and exit
 }
 
 func newConn(s *Server, uc *net.UnixConn) *conn {
@@ -141,6 +155,15 @@ func (c *conn) stopReading() {
 // readLoop handles requests until the connection fails; it returns why.
 func (c *conn) readLoop(rd *wire.Reader) string {
 	for {
+		if !rd.Buffered() {
+			// About to wait for the client: send what is pending first.
+			// busy is cleared before flushing so that anything appended
+			// after this flush wakes the writer.
+			c.mu.Lock()
+			c.busy = false
+			c.mu.Unlock()
+			c.flush()
+		}
 		f, err := rd.ReadFrame()
 		if err != nil {
 			if isPeerGone(err) {
@@ -153,14 +176,29 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 			c.sendError(0, wire.CodeMalformed, err.Error())
 			return "protocol violation"
 		}
+		c.mu.Lock()
+		c.busy = true
+		c.mu.Unlock()
 		if fatal := c.handle(f); fatal {
 			return "protocol violation"
 		}
-		c.mu.Lock()
-		for len(c.out) > maxOutbox && !c.closed && !c.stopping {
-			c.cond.Wait()
+		c.backpressure()
+	}
+}
+
+// backpressure holds the reader while more than maxOutbox bytes of
+// responses wait for a client that is not reading them.
+func (c *conn) backpressure() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.out) > maxOutbox && !c.closed && !c.stopping {
+		if !c.flushing {
+			c.mu.Unlock()
+			c.flush() // blocks while the client does not read
+			c.mu.Lock()
+			continue
 		}
-		c.mu.Unlock()
+		c.cond.Wait()
 	}
 }
 
@@ -493,62 +531,81 @@ func (c *conn) sendError(id uint64, code wire.Code, msg string) {
 	c.mu.Unlock()
 }
 
-// signal wakes the writer. c.mu is held on entry.
+// signal makes sure what was just appended to the outbox gets sent: by
+// the goroutine flushing it now, by the reader before it next waits, or
+// else by the writer, which it wakes. c.mu is held on entry.
 func (c *conn) signal() {
+	if c.flushing || c.busy {
+		return
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
 }
 
-// writeLoop sends queued responses until quit is closed and the outbox is
-// empty, or a write fails.
+// writeLoop sends what is appended while the reader waits, until quit is
+// closed and the outbox is empty, or a write fails.
 func (c *conn) writeLoop() {
-	var buf []byte
-	var fds, fdAt []int
-	var msgs []*queue.Message
 	for {
 		select {
 		case <-c.wake:
+			if !c.flush() {
+				return
+			}
 		case <-c.quit:
+			c.flush()
+			return
 		}
-		c.mu.Lock()
-		buf, c.out = c.out, buf[:0]
-		fds, c.outFDs = c.outFDs, fds[:0]
-		fdAt, c.fdAt = c.fdAt, fdAt[:0]
-		msgs, c.outMsgs = c.outMsgs, msgs[:0]
+	}
+}
+
+// flush writes the outbox until it is empty, unless another goroutine is
+// already doing so (it then sends what is pending too). It reports false
+// once a write has failed and the connection is closing.
+func (c *conn) flush() bool {
+	c.mu.Lock()
+	if c.flushing {
+		c.mu.Unlock()
+		return true
+	}
+	if c.closed && len(c.out) == 0 {
+		c.mu.Unlock()
+		return true
+	}
+	c.flushing = true
+	for len(c.out) > 0 {
+		buf, fds, fdAt, msgs := c.out, c.outFDs, c.fdAt, c.outMsgs
+		c.out, c.outFDs, c.fdAt, c.outMsgs = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0]
 		c.cond.Broadcast()
 		c.mu.Unlock()
 
-		if len(buf) > 0 {
-			err := c.write(buf, fds, fdAt)
-			for i, m := range msgs {
-				m.Release()
-				msgs[i] = nil
-			}
-			if err != nil {
-				if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {
-					c.log.Warn("write failed; closing connection", "err", err)
-				}
-				c.uc.Close() // the reader notices and tears down
-				c.discardOutbox()
-				return
-			}
-			if c.info {
-				c.log.Info("responded", "bytes", len(buf), "pages", len(fds))
-			}
+		err := c.write(buf, fds, fdAt)
+		for i, m := range msgs {
+			m.Release()
+			msgs[i] = nil
 		}
-		select {
-		case <-c.quit:
+		if err != nil {
+			if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {
+				c.log.Warn("write failed; closing connection", "err", err)
+			}
+			c.uc.Close() // the reader notices and tears down
 			c.mu.Lock()
-			empty := len(c.out) == 0
+			c.flushing = false
 			c.mu.Unlock()
-			if empty {
-				return
-			}
-		default:
+			c.discardOutbox()
+			return false
 		}
+		if c.info {
+			c.log.Info("responded", "bytes", len(buf), "pages", len(fds))
+		}
+		c.mu.Lock()
+		c.spare, c.spareFDs, c.spareFdAt, c.spareMsgs = buf[:0], fds[:0], fdAt[:0], msgs[:0]
 	}
+	c.flushing = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return true
 }
 
 // write sends buf; each frame carrying a page starts its own sendmsg.

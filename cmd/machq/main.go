@@ -5,6 +5,7 @@
 //	machq send --queue Q [--file F]              store stdin or F
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
+//	machq bench [--json] [--plot F.png]          compare against the alternatives
 //
 // Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty, 4 no
 // server, 5 integrity check failed.
@@ -43,9 +44,11 @@ Commands:
   send       store stdin, or --file, at the tail of --queue
   retrieve   take the oldest message of --queue to stdout, or --out
   stat       show connected clients, stored messages and named queues
+  bench      measure machq against the bare kernel mechanisms, Redis
+             and POSIX message queues (starts its own servers)
 
-Every command takes --name NAME (service name, default "machq") or
---socket PATH. Run "machq COMMAND --help" for its flags.
+Every command but bench takes --name NAME (service name, default
+"machq") or --socket PATH. Run "machq COMMAND --help" for its flags.
 
 Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty,
 4 no server, 5 integrity check failed.
@@ -71,6 +74,10 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return retrieveCmd(ctx, args, stdout, stderr)
 	case "stat":
 		return statCmd(ctx, args, stdout, stderr)
+	case "bench":
+		return benchCmd(ctx, args, stdout, stderr)
+	case "bench-peer":
+		return benchPeerCmd(ctx, args, stdin, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -93,7 +100,7 @@ func newFlags(cmd string, stderr io.Writer, c *common, summary string) *flag.Fla
 	fs.StringVar(&c.name, "name", "machq", "service `name` of the server")
 	fs.StringVar(&c.socket, "socket", "", "socket `path` of the server (overrides --name)")
 	fs.StringVar(&c.level, "log-level", "warn", "least severe log `level` on stderr: debug, info, warn or error")
-	fs.StringVar(&c.digest, "digest", "sha256", "digest for sent payloads: sha256 or none")
+	fs.StringVar(&c.digest, "digest", "sha256", "digest for sent payloads: sha256, blake3 or none")
 	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, "largest payload in `bytes` sent inline; larger ones travel as sealed memfds")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: machq %s [flags]\n\n%s\n\nFlags:\n", cmd, summary)
@@ -139,14 +146,9 @@ func (c *common) dial(ctx context.Context) (*machq.Client, error) {
 			return nil, fmt.Errorf("%w: --name: %v", errUsage, trimPrefix(err))
 		}
 	}
-	var d machq.Digest
-	switch c.digest {
-	case "sha256":
-		d = machq.DigestSHA256
-	case "none":
-		d = machq.DigestNone
-	default:
-		return nil, fmt.Errorf("%w: --digest %q: use sha256 or none", errUsage, c.digest)
+	d, err := machq.ParseDigest(c.digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --digest: %v", errUsage, trimPrefix(err))
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

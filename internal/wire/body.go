@@ -11,6 +11,7 @@ import (
 const (
 	DigestNone   uint8 = 0
 	DigestSHA256 uint8 = 1
+	DigestBLAKE3 uint8 = 2 // 32-byte output
 )
 
 // Hello is the body of a HELLO frame: the protocol versions the client speaks.

@@ -123,6 +123,17 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	}
 }
 
+// Buffered reports whether a whole frame has already been received, so
+// that the next ReadFrame returns without waiting for the peer. A reader
+// that answers requests uses it to send its answers before it blocks.
+func (r *Reader) Buffered() bool {
+	if r.err != nil || r.w-r.r < HeaderSize {
+		return false
+	}
+	h, err := ParseHeader(r.buf[r.r:r.w])
+	return err != nil || r.w-r.r >= int(h.Length)
+}
+
 // checkStray fails if the oldest pending batch of descriptors can no
 // longer be claimed: the next frame starts after every byte that arrived
 // with it.

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/bench"
+)
+
+const benchSummary = `Measures machq's store + retrieve round trip against the bare kernel
+mechanisms (a sealed memfd passed with SCM_RIGHTS, a copy through a stream
+socket), Redis lists over a Unix socket and POSIX message queues, in one
+run, interleaved, and reports each as a ratio to machq. Then the zero-copy
+view, where the time goes, digest costs, small-message throughput with
+many clients and with pipelining, and the server's memory with many
+messages stored. Every system runs as its own server process; redis-server
+is used when installed.`
+
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var (
+		cfg                bench.Config
+		sizes, systems     string
+		clients, skip, dig string
+		asJSON, quiet      bool
+		plotFile, saveFile string
+	)
+	fs := flag.NewFlagSet("machq bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Socket, "socket", "", "measure the machq server at this socket `path` instead of starting one")
+	fs.StringVar(&sizes, "sizes", "0,64,4K,64K,1M,16M,64M,256M", "payload `sizes`, comma-separated, with optional K, M or G (binary) suffix")
+	fs.StringVar(&systems, "systems", "", "comma-separated `systems` to measure (default all): "+strings.Join(bench.SystemNames(), ", "))
+	fs.DurationVar(&cfg.Time, "time", 500*time.Millisecond, "time `budget` of each system at each size")
+	fs.IntVar(&cfg.Rounds, "rounds", 5, "`rounds` the systems are rotated through at each size")
+	fs.IntVar(&cfg.MinIters, "min-iters", 5, "fewest round trips per system and size")
+	fs.StringVar(&clients, "clients", "1,8,64", "client `counts` of the throughput test")
+	fs.IntVar(&cfg.Depth, "depth", 16, "pipeline `depth` of the pipelined throughput test")
+	fs.StringVar(&dig, "digest", "none", "digest machq computes and verifies during the comparison: none (transport alone, like the other systems), sha256 or blake3")
+	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, phases, throughput, memory")
+	fs.IntVar(&cfg.SmallMessages, "small-messages", 1_000_000, "64-byte messages stored by the memory test")
+	fs.IntVar(&cfg.LargeMessages, "large-messages", 1000, "16 MiB messages stored by the memory test")
+	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of tables")
+	fs.StringVar(&plotFile, "plot", "", "draw latency against size, log-log, to this `file` (.png, .svg or .pdf)")
+	fs.StringVar(&saveFile, "save", "", "also write the report as JSON to this `file`")
+	fs.BoolVar(&quiet, "quiet", false, "do not report progress on stderr")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: machq bench [flags]\n\n%s\n\nFlags:\n", benchSummary)
+		fs.PrintDefaults()
+	}
+	if st := parse(fs, args, stderr); st >= 0 {
+		return st
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "machq bench: "+format+"\n", a...)
+		return exitUsage
+	}
+	var err error
+	if cfg.Sizes, err = parseSizes(sizes); err != nil {
+		return usageErr("--sizes: %v", err)
+	}
+	if cfg.Clients, err = parseInts(clients); err != nil {
+		return usageErr("--clients: %v", err)
+	}
+	if systems != "" {
+		cfg.Systems = strings.Split(systems, ",")
+		for _, name := range cfg.Systems {
+			if !slices.Contains(bench.SystemNames(), name) {
+				return usageErr("--systems: unknown system %q; choose from %s", name, strings.Join(bench.SystemNames(), ", "))
+			}
+		}
+	}
+	if cfg.Digest, err = machq.ParseDigest(dig); err != nil {
+		return usageErr("--digest: %v", trimPrefix(err))
+	}
+	for part := range strings.SplitSeq(skip, ",") {
+		switch strings.TrimSpace(part) {
+		case "":
+		case "zero-copy":
+			cfg.SkipZeroCopy = true
+		case "phases":
+			cfg.SkipPhases = true
+		case "throughput":
+			cfg.SkipThroughput = true
+		case "memory":
+			cfg.SkipMemory = true
+		default:
+			return usageErr("--skip: unknown part %q; use zero-copy, phases, throughput or memory", part)
+		}
+	}
+	if plotFile != "" {
+		switch strings.ToLower(plotFile[strings.LastIndex(plotFile, ".")+1:]) {
+		case "png", "svg", "pdf":
+		default:
+			return usageErr("--plot %s: use a .png, .svg or .pdf file name", plotFile)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fail(stderr, fmt.Errorf("cannot find this program to start peer processes: %w", err))
+	}
+	cfg.PeerCommand = func(args ...string) *exec.Cmd {
+		return exec.Command(self, append([]string{"bench-peer"}, args...)...)
+	}
+	if !quiet {
+		cfg.Progress = stderr
+	}
+	r, err := bench.Run(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "machq bench: interrupted")
+			return exitError
+		}
+		return fail(stderr, err)
+	}
+	if asJSON {
+		err = r.WriteJSON(stdout)
+	} else {
+		err = r.WriteText(stdout)
+	}
+	if err != nil {
+		return fail(stderr, err)
+	}
+	if saveFile != "" {
+		f, err := os.Create(saveFile)
+		if err == nil {
+			err = r.WriteJSON(f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			return fail(stderr, fmt.Errorf("--save: %w", err))
+		}
+	}
+	if plotFile != "" {
+		if err := r.WritePlot(plotFile); err != nil {
+			return fail(stderr, err)
+		}
+	}
+	return exitOK
+}
+
+// benchPeerCmd runs one of the benchmark's server processes.
+func benchPeerCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if err := bench.RunPeer(ctx, args, stdin, stdout); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "machq bench-peer: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// parseSizes parses a comma-separated list of byte counts such as
+// "0,64,4K,1M".
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		mult := 1
+		switch {
+		case strings.HasSuffix(f, "K"):
+			mult, f = 1<<10, strings.TrimSuffix(f, "K")
+		case strings.HasSuffix(f, "M"):
+			mult, f = 1<<20, strings.TrimSuffix(f, "M")
+		case strings.HasSuffix(f, "G"):
+			mult, f = 1<<30, strings.TrimSuffix(f, "G")
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 || n > (1<<40)/mult {
+			return nil, fmt.Errorf("%q is not a size; write bytes, or a number with K, M or G", f)
+		}
+		out = append(out, n*mult)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no sizes")
+	}
+	return out, nil
+}
+
+// parseInts parses a comma-separated list of positive integers.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,200 @@
+// Package bench measures machq against the alternatives a user would
+// otherwise pick, in one run, so that drift of a shared machine cancels
+// out: the bare kernel mechanisms machq is built on (a sealed memfd passed
+// with SCM_RIGHTS, and bytes copied through a Unix stream socket), Redis
+// lists over a Unix socket, and POSIX message queues. It is the engine of
+// `machq bench`; docs/PERFORMANCE.md explains what each figure means.
+//
+// Every system runs as a separate server process, started by the
+// benchmark through Config.PeerCommand (machq re-executes itself), and is
+// driven from the benchmark process. One round trip is the same for all:
+// store a payload and wait for the acknowledgement, then retrieve it and
+// hold the bytes. Latencies are measured in rounds that rotate through the
+// systems at each size, and each system's median is reported as a ratio
+// to machq's.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/machq/machq"
+)
+
+// Sizes are the payload sizes measured by default.
+var Sizes = []int{0, 64, 4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20}
+
+// Config configures a benchmark run. The zero value of each field means
+// its documented default.
+type Config struct {
+	// Sizes are the payload sizes in bytes; default Sizes.
+	Sizes []int
+	// Time is the time budget of each system at each size, split over
+	// Rounds; default 500ms. At least MinIters round trips run whatever
+	// the budget.
+	Time time.Duration
+	// Rounds is how many times the systems are rotated through at each
+	// size; default 5.
+	Rounds int
+	// MinIters is the fewest round trips per system and size; default 5.
+	MinIters int
+	// Systems selects systems by name (see SystemNames); default all.
+	Systems []string
+	// Socket, when set, is a running machq server to measure instead of
+	// one the benchmark starts. The memory figures need a server of their
+	// own and are skipped.
+	Socket string
+	// Digest is the digest machq computes and verifies during the
+	// comparison. The default, DigestNone, measures transport alone, as
+	// the bare mechanisms have no digest; the cost of each digest is
+	// reported beside the comparison either way.
+	Digest machq.Digest
+	// Clients are the client counts of the throughput test; default 1, 8
+	// and 64. An empty list after defaults (Clients = []int{}) cannot be
+	// expressed: use SkipThroughput.
+	Clients []int
+	// Depth is the pipeline depth of the pipelined throughput test;
+	// default 16.
+	Depth int
+	// SkipThroughput, SkipZeroCopy, SkipPhases and SkipMemory leave out
+	// those parts of the run.
+	SkipThroughput, SkipZeroCopy, SkipPhases, SkipMemory bool
+	// SmallMessages and LargeMessages set the memory test: how many
+	// 64-byte and how many 16 MiB messages are stored; default 1,000,000
+	// and 1,000.
+	SmallMessages, LargeMessages int
+	// PeerCommand returns the command that runs a peer process: the
+	// program must call RunPeer with args. Required.
+	PeerCommand func(args ...string) *exec.Cmd
+	// Progress receives a line per step; nil discards them.
+	Progress io.Writer
+}
+
+func (c *Config) setDefaults() error {
+	if len(c.Sizes) == 0 {
+		c.Sizes = Sizes
+	}
+	for _, s := range c.Sizes {
+		if s < 0 {
+			return fmt.Errorf("bench: size %d is negative", s)
+		}
+	}
+	if c.Time <= 0 {
+		c.Time = 500 * time.Millisecond
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 5
+	}
+	if c.MinIters <= 0 {
+		c.MinIters = 5
+	}
+	if len(c.Clients) == 0 {
+		c.Clients = []int{1, 8, 64}
+	}
+	if c.Depth <= 0 {
+		c.Depth = 16
+	}
+	if c.SmallMessages <= 0 {
+		c.SmallMessages = 1_000_000
+	}
+	if c.LargeMessages <= 0 {
+		c.LargeMessages = 1000
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.PeerCommand == nil {
+		return errors.New("bench: Config.PeerCommand is required")
+	}
+	for _, name := range c.Systems {
+		if !knownSystem(name) {
+			return fmt.Errorf("bench: unknown system %q; choose from %s", name, strings.Join(SystemNames(), ", "))
+		}
+	}
+	return nil
+}
+
+func (c *Config) progress(format string, args ...any) {
+	fmt.Fprintf(c.Progress, format+"\n", args...)
+}
+
+// Run runs the benchmark and returns its report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "machq-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	r := &Report{Machine: describeMachine(), Digest: cfg.Digest.String(), Started: time.Now().UTC()}
+	env := &environment{cfg: &cfg, dir: dir, report: r}
+	defer env.close()
+	if err := env.start(ctx); err != nil {
+		return nil, err
+	}
+	if err := env.latency(ctx); err != nil {
+		return nil, err
+	}
+	if !cfg.SkipZeroCopy {
+		if err := env.zeroCopy(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.SkipPhases {
+		if err := env.phases(ctx); err != nil {
+			return nil, err
+		}
+	}
+	env.digests()
+	if !cfg.SkipThroughput {
+		if err := env.throughput(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.SkipMemory {
+		if cfg.Socket != "" {
+			r.note("memory: skipped: --socket measures a server the benchmark did not start")
+		} else if err := env.memory(ctx); err != nil {
+			return nil, err
+		}
+	}
+	r.Elapsed = Duration(time.Since(r.Started))
+	return r, nil
+}
+
+// describeMachine names the machine the figures come from.
+func describeMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int64
+				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+				m.MemoryBytes = kb << 10
+				break
+			}
+		}
+	}
+	return m
+}

@@ -1,0 +1,471 @@
+package floor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+const waitLimit = 20 * time.Second
+
+// server is a floor peer running in the test process.
+type server struct {
+	path   string
+	cancel context.CancelFunc
+	done   chan error // Serve's result
+	conns  chan error // each connection's outcome, once it is freed
+}
+
+func startServer(t testing.TB, mech Mechanism) *server {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "floor.sock")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &server{path: path, cancel: cancel, done: make(chan error, 1), conns: make(chan error, 64)}
+	go func() { s.done <- serve(ctx, ln, mech, func(err error) { s.conns <- err }) }()
+	t.Cleanup(func() { s.stop(t) })
+	return s
+}
+
+// stop cancels Serve and waits for it to return nil.
+func (s *server) stop(t testing.TB) {
+	t.Helper()
+	if s.done == nil {
+		return
+	}
+	s.cancel()
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Errorf("Serve returned %v after cancel", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Serve did not return after cancel")
+	}
+	s.done = nil
+}
+
+// connEnded waits for the next connection to be freed and returns its
+// outcome.
+func (s *server) connEnded(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-s.conns:
+		return err
+	case <-time.After(waitLimit):
+		t.Fatal("connection was not freed")
+		return nil
+	}
+}
+
+func dial(t *testing.T, s *server, mech Mechanism) *Client {
+	t.Helper()
+	c, err := Dial(s.path, mech)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func payload(size int, seed uint64) []byte {
+	p := make([]byte, size)
+	var s [32]byte
+	s[0], s[1] = byte(seed), byte(seed>>8)
+	s[2], s[3], s[4] = byte(size), byte(size>>8), byte(size>>16)
+	rand.NewChaCha8(s).Read(p)
+	return p
+}
+
+// expect returns a got callback that checks each payload against want
+// and counts the calls.
+func expect(t *testing.T, want []byte, calls *int) func([]byte) {
+	return func(b []byte) {
+		*calls++
+		if !bytes.Equal(b, want) {
+			t.Errorf("got %d bytes, want %d bytes (first difference at %d)", len(b), len(want), firstDiff(b, want))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+var mechs = []Mechanism{Copy, Memfd}
+
+func TestMechanismString(t *testing.T) {
+	if Copy.String() != "copy" || Memfd.String() != "memfd" {
+		t.Errorf("String: %q, %q", Copy, Memfd)
+	}
+	if _, err := Dial("unused", Mechanism(7)); err == nil {
+		t.Error("Dial accepted an unknown mechanism")
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	sizes := []int{0, 1, 64, 4 << 10, 4<<10 + 1, readBufSize - hdrLen, readBufSize, readBufSize + 1, 1 << 20, 64 << 20}
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			s := startServer(t, mech)
+			c := dial(t, s, mech)
+			defer c.Close()
+			for _, size := range sizes {
+				for i := range 3 {
+					want := payload(size, uint64(i))
+					calls := 0
+					if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil {
+						t.Fatalf("%d bytes: %v", size, err)
+					}
+					if calls != 1 {
+						t.Fatalf("%d bytes: got called %d times", size, calls)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestRoundTrip256MiB(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("256 MiB round trips take seconds in -short mode and under the race detector")
+	}
+	want := payload(256<<20, 1)
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			s := startServer(t, mech)
+			c := dial(t, s, mech)
+			defer c.Close()
+			calls := 0
+			if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil {
+				t.Fatal(err)
+			}
+			if calls != 1 {
+				t.Fatalf("got called %d times", calls)
+			}
+		})
+	}
+}
+
+func TestFIFOOrder(t *testing.T) {
+	sizes := []int{5, 0, 1 << 20, 64, readBufSize + 3, 1}
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			s := startServer(t, mech)
+			c := dial(t, s, mech)
+			defer c.Close()
+			var stored [][]byte
+			for i, size := range sizes {
+				p := payload(size, uint64(100+i))
+				if err := c.sendStores(p, 1); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.readAcks(1); err != nil {
+					t.Fatal(err)
+				}
+				stored = append(stored, p)
+			}
+			// The first half one by one, the rest in one batch.
+			half := len(stored) / 2
+			var got [][]byte
+			collect := func(b []byte) { got = append(got, bytes.Clone(b)) }
+			for range half {
+				if err := c.sendRetrieves(1); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.readData(1, collect); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.sendRetrieves(len(stored) - half); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.readData(len(stored)-half, collect); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(stored) {
+				t.Fatalf("retrieved %d payloads, stored %d", len(got), len(stored))
+			}
+			for i := range stored {
+				if !bytes.Equal(got[i], stored[i]) {
+					t.Errorf("retrieve %d: got %d bytes, want the %d stored %d-th", i, len(got[i]), len(stored[i]), i)
+				}
+			}
+			// The FIFO is now empty.
+			if err := c.sendRetrieves(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.readData(1, collect); err == nil {
+				t.Error("retrieve from an empty FIFO succeeded")
+			}
+		})
+	}
+}
+
+func TestPipeline(t *testing.T) {
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			s := startServer(t, mech)
+			c := dial(t, s, mech)
+			defer c.Close()
+			for _, size := range []int{0, 1, 64, 4 << 10, 1 << 20} {
+				for _, depth := range []int{1, 8, PipelineWindow + 5} {
+					if size == 1<<20 && depth > 8 {
+						continue
+					}
+					want := payload(size, uint64(depth))
+					calls := 0
+					if err := c.Pipeline(want, depth, expect(t, want, &calls)); err != nil {
+						t.Fatalf("%d bytes, depth %d: %v", size, depth, err)
+					}
+					if calls != depth {
+						t.Fatalf("%d bytes, depth %d: got called %d times", size, depth, calls)
+					}
+				}
+			}
+			// Nothing is left behind.
+			if err := c.sendRetrieves(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.readData(1, func([]byte) {}); err == nil {
+				t.Error("FIFO not empty after pipelines")
+			}
+		})
+	}
+}
+
+func TestPageRoundTrip(t *testing.T) {
+	s := startServer(t, Memfd)
+	c := dial(t, s, Memfd)
+	defer c.Close()
+	for _, size := range []int{0, 1, 4 << 10, 1 << 20, 8<<20 + 5} {
+		want := payload(size, 7)
+		filled, calls := 0, 0
+		ph, err := c.PageRoundTrip(size, func(b []byte) {
+			filled++
+			if len(b) != size {
+				t.Errorf("fill got %d bytes, want %d", len(b), size)
+			}
+			copy(b, want)
+		}, expect(t, want, &calls))
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		if filled != 1 || calls != 1 {
+			t.Fatalf("%d bytes: fill called %d times, got %d times", size, filled, calls)
+		}
+		for i, d := range []time.Duration{ph.Create, ph.Fill, ph.Seal, ph.Send, ph.Store, ph.Retrieve, ph.Map, ph.Read} {
+			if d < 0 {
+				t.Errorf("%d bytes: phase %d is negative: %v", size, i, d)
+			}
+		}
+		if ph.Total() <= 0 || ph.Store <= 0 || ph.Retrieve <= 0 {
+			t.Errorf("%d bytes: implausible phases %+v", size, ph)
+		}
+	}
+	// Interleaved with ordinary round trips on the same connection.
+	want := payload(100, 9)
+	calls := 0
+	if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil || calls != 1 {
+		t.Fatalf("RoundTrip after PageRoundTrip: %v, %d calls", err, calls)
+	}
+
+	cc := dial(t, startServer(t, Copy), Copy)
+	defer cc.Close()
+	if _, err := cc.PageRoundTrip(10, func([]byte) {}, func([]byte) {}); err == nil {
+		t.Error("PageRoundTrip on a Copy client succeeded")
+	}
+}
+
+// TestFdsReturnToBaseline checks that neither the client nor the peer
+// keeps a descriptor after a connection ends, including memfds still
+// stored in the peer's FIFO, and that Serve closes its listener.
+func TestFdsReturnToBaseline(t *testing.T) {
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			before := countFds(t)
+			s := startServer(t, mech)
+			base := countFds(t)
+			if base != before+1 {
+				t.Fatalf("listening took %d descriptors, want 1", base-before)
+			}
+			for round := range 2 {
+				c := dial(t, s, mech)
+				p := payload(1<<20, 3)
+				calls := 0
+				if err := c.RoundTrip(p, expect(t, p, &calls)); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Pipeline(p, 8, expect(t, p, &calls)); err != nil {
+					t.Fatal(err)
+				}
+				if mech == Memfd {
+					if _, err := c.PageRoundTrip(4096, func([]byte) {}, func([]byte) {}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Leave payloads stored in the peer.
+				for range 4 {
+					if err := c.sendStores(p, 1); err != nil {
+						t.Fatal(err)
+					}
+					if err := c.readAcks(1); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if n := countFds(t); mech == Memfd && n < base+1+4 {
+					t.Fatalf("round %d: %d descriptors with 4 memfds stored, want at least %d", round, n, base+5)
+				}
+				if err := c.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Close(); err != nil {
+					t.Errorf("second Close: %v", err)
+				}
+				if err := c.RoundTrip(p, func([]byte) {}); err == nil {
+					t.Error("RoundTrip after Close succeeded")
+				}
+				if err := s.connEnded(t); err != nil {
+					t.Errorf("connection ended with %v", err)
+				}
+				if n := countFds(t); n != base {
+					t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
+				}
+			}
+			s.stop(t)
+			if n := countFds(t); n != before {
+				t.Errorf("%d descriptors after Serve returned, want %d", n, before)
+			}
+		})
+	}
+}
+
+// TestServeStopsOnCancel checks that cancelling Serve ends open
+// connections, frees what they stored and closes the listener.
+func TestServeStopsOnCancel(t *testing.T) {
+	for _, mech := range mechs {
+		t.Run(mech.String(), func(t *testing.T) {
+			before := countFds(t)
+			s := startServer(t, mech)
+			c := dial(t, s, mech)
+			defer c.Close()
+			p := payload(64<<10, 4)
+			if err := c.sendStores(p, 3); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.readAcks(3); err != nil {
+				t.Fatal(err)
+			}
+			s.stop(t)
+			if err := s.connEnded(t); err != nil {
+				t.Errorf("connection ended with %v", err)
+			}
+			if err := c.RoundTrip(p, func([]byte) {}); err == nil {
+				t.Error("RoundTrip succeeded after the peer stopped")
+			}
+			c.Close()
+			if n := countFds(t); n != before {
+				t.Errorf("%d descriptors after everything closed, want %d", n, before)
+			}
+			if _, err := Dial(s.path, mech); err == nil {
+				t.Error("Dial succeeded after Serve returned")
+			}
+		})
+	}
+}
+
+// TestServeCancelledBeforeStart checks that Serve with a done context
+// returns at once.
+func TestServeCancelledBeforeStart(t *testing.T) {
+	ln, err := Listen(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, Copy) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Serve did not return")
+	}
+}
+
+func TestMechanismMismatch(t *testing.T) {
+	for _, mech := range mechs {
+		other := Copy
+		if mech == Copy {
+			other = Memfd
+		}
+		t.Run(fmt.Sprintf("%s client, %s peer", other, mech), func(t *testing.T) {
+			s := startServer(t, mech)
+			c := dial(t, s, other)
+			defer c.Close()
+			if err := c.RoundTrip([]byte("hello"), func([]byte) {}); err == nil {
+				t.Error("RoundTrip to a peer of the other mechanism succeeded")
+			}
+			if err := s.connEnded(t); !errors.Is(err, errProtocol) {
+				t.Errorf("peer ended the connection with %v, want a protocol error", err)
+			}
+		})
+	}
+}
+
+func TestListenExisting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "taken")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if fd, err := Listen(path); err == nil {
+		t.Errorf("Listen on an existing file returned %d", fd)
+	}
+}
+
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, mech := range mechs {
+		for _, size := range []int{64, 4 << 10, 1 << 20} {
+			b.Run(fmt.Sprintf("%s/%d", mech, size), func(b *testing.B) {
+				s := startServer(b, mech)
+				c, err := Dial(s.path, mech)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				p := payload(size, 1)
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := c.RoundTrip(p, func([]byte) {}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,355 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Duration is a time.Duration that marshals to JSON as nanoseconds.
+type Duration time.Duration
+
+// MarshalJSON encodes d as an integer number of nanoseconds.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(int64(d)) }
+
+// UnmarshalJSON decodes an integer number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return err
+	}
+	*d = Duration(n)
+	return nil
+}
+
+// String formats d like time.Duration, rounded to three significant digits.
+func (d Duration) String() string { return fmtDuration(time.Duration(d)) }
+
+// Report is the outcome of a run. Every ratio is a system's figure divided
+// by machq's at the same point, so that above 1 machq is faster.
+type Report struct {
+	Machine Machine   `json:"machine"`
+	Started time.Time `json:"started"`
+	Elapsed Duration  `json:"elapsed_ns"`
+	// Digest is the digest machq computed and verified in the comparison.
+	Digest string `json:"digest"`
+	// Latency holds the round trips from a []byte in the sender to a
+	// []byte in the receiver ("end-to-end") and, for the memfd systems,
+	// from a filled page to the receiver's mapping ("zero-copy").
+	Latency    []Latency    `json:"latency"`
+	Phases     []Phases     `json:"phases,omitempty"`
+	Digests    []DigestCost `json:"digests,omitempty"`
+	Throughput []Throughput `json:"throughput,omitempty"`
+	Memory     []Memory     `json:"memory,omitempty"`
+	// Notes say what was skipped and why.
+	Notes []string `json:"notes,omitempty"`
+}
+
+func (r *Report) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+// Machine describes where the figures were measured.
+type Machine struct {
+	CPU         string `json:"cpu"`
+	CPUs        int    `json:"cpus"`
+	MemoryBytes int64  `json:"memory_bytes"`
+	Kernel      string `json:"kernel"`
+	OS          string `json:"os"`
+	Go          string `json:"go"`
+}
+
+// Views of a round trip.
+const (
+	EndToEnd = "end-to-end"
+	ZeroCopy = "zero-copy"
+)
+
+// Latency is one system's round trips at one size.
+type Latency struct {
+	System string `json:"system"`
+	View   string `json:"view"`
+	Size   int    `json:"size"`
+	// Skipped, when set, says why there are no figures.
+	Skipped string   `json:"skipped,omitempty"`
+	N       int      `json:"n,omitempty"`
+	Median  Duration `json:"median_ns,omitempty"`
+	P99     Duration `json:"p99_ns,omitempty"`
+	// MBps is the payload size over the median, in 10^6 bytes/s.
+	MBps float64 `json:"mb_per_s,omitempty"`
+	// Ratio is this system's median over machq's (above 1: machq faster).
+	Ratio float64 `json:"ratio_to_machq,omitempty"`
+}
+
+// Phases is where the time of one out-of-line round trip goes, by phase
+// (medians over the iterations).
+type Phases struct {
+	System string `json:"system"`
+	Size   int    `json:"size"`
+	N      int    `json:"n"`
+	// Create: memfd_create + ftruncate + writable mapping.
+	Create Duration `json:"create_ns"`
+	// Fill: the producer writing the payload into the mapping.
+	Fill Duration `json:"fill_ns"`
+	// Seal: unmapping and adding the seals.
+	Seal Duration `json:"seal_ns"`
+	// Send: the sendmsg(2) of the STORE with the descriptor.
+	Send Duration `json:"send_ns"`
+	// Store: from the send to the acknowledgement.
+	Store Duration `json:"store_ns"`
+	// Retrieve: from the RETRIEVE request to the descriptor received.
+	Retrieve Duration `json:"retrieve_ns"`
+	// Map: mapping the received page read-only without populating it.
+	Map Duration `json:"map_ns"`
+	// Read: the consumer reading every byte of the mapping.
+	Read Duration `json:"read_ns"`
+	// MapPopulate and ReadPopulated: the same with MAP_POPULATE.
+	MapPopulate   Duration `json:"map_populate_ns"`
+	ReadPopulated Duration `json:"read_populated_ns"`
+	// Pread: reading the payload into a buffer with pread(2) instead.
+	Pread Duration `json:"pread_ns"`
+}
+
+// DigestCost is the cost of one digest at one size.
+type DigestCost struct {
+	Digest string   `json:"digest"`
+	Size   int      `json:"size"`
+	Median Duration `json:"median_ns"`
+	MBps   float64  `json:"mb_per_s"`
+}
+
+// Throughput is small-message round trips per second for one system at
+// one client count and pipeline depth.
+type Throughput struct {
+	System  string `json:"system"`
+	Size    int    `json:"size"`
+	Clients int    `json:"clients"`
+	Depth   int    `json:"depth"`
+	// Skipped, when set, says why there are no figures.
+	Skipped   string  `json:"skipped,omitempty"`
+	RoundTrips int64  `json:"round_trips,omitempty"`
+	PerSecond float64 `json:"round_trips_per_s,omitempty"`
+	// Ratio is machq's rate over this system's (above 1: machq faster).
+	Ratio float64 `json:"ratio_to_machq,omitempty"`
+}
+
+// Memory is the server's footprint with many messages stored.
+type Memory struct {
+	Messages     int   `json:"messages"`
+	Size         int   `json:"size"`
+	PayloadBytes int64 `json:"payload_bytes"`
+	BaselineRSS  int64 `json:"baseline_rss_bytes"`
+	RSS          int64 `json:"rss_bytes"`
+	BaselineFDs  int   `json:"baseline_fds"`
+	FDs          int   `json:"fds"`
+	// PerMessage is the server's RSS growth per stored message, less the
+	// payload bytes it holds in its own memory (inline payloads only).
+	PerMessage float64  `json:"bookkeeping_bytes_per_message"`
+	StoreTime  Duration `json:"store_ns"`
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText writes r as tables for people.
+func (r *Report) WriteText(w io.Writer) error {
+	m := r.Machine
+	fmt.Fprintf(w, "machine: %s, %d CPUs, %s RAM, Linux %s, %s\n", m.CPU, m.CPUs, fmtSize(int(m.MemoryBytes)), m.Kernel, m.Go)
+	fmt.Fprintf(w, "machq digest during the comparison: %s\n", r.Digest)
+	for _, view := range []string{EndToEnd, ZeroCopy} {
+		r.writeLatency(w, view)
+	}
+	r.writePhases(w)
+	r.writeDigests(w)
+	r.writeThroughput(w)
+	r.writeMemory(w)
+	if len(r.Notes) > 0 {
+		fmt.Fprintln(w, "\nnotes:")
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "  - %s\n", n)
+		}
+	}
+	fmt.Fprintf(w, "\nelapsed %s\n", r.Elapsed)
+	return nil
+}
+
+func (r *Report) writeLatency(w io.Writer, view string) {
+	var rows []Latency
+	for _, l := range r.Latency {
+		if l.View == view {
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	switch view {
+	case EndToEnd:
+		fmt.Fprintln(w, "\nstore + retrieve round trip, end to end ([]byte in the sender to []byte in the receiver)")
+	case ZeroCopy:
+		fmt.Fprintln(w, "\nstore + retrieve round trip, zero-copy (filled page to the receiver's mapping)")
+	}
+	fmt.Fprintln(w, "x machq: the system's median over machq's; above 1, machq is faster")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "size\tsystem\tmedian\tp99\tMB/s\tx machq\tn\t")
+	last := -1
+	for _, l := range rows {
+		size := ""
+		if l.Size != last {
+			size, last = fmtSize(l.Size), l.Size
+		}
+		if l.Skipped != "" {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t  %s\n", size, l.System, l.Skipped)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", size, l.System, l.Median, l.P99, fmtRate(l.MBps), fmtRatio(l.Ratio), l.N)
+	}
+	tw.Flush()
+}
+
+func (r *Report) writePhases(w io.Writer) {
+	if len(r.Phases) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nwhere an out-of-line round trip's time goes (medians)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "size\tsystem\tcreate\tfill\tseal\tsend\tstore\tretrieve\tmap\tread\tmap+pop\tread\tpread\t")
+	last := -1
+	for _, p := range r.Phases {
+		size := ""
+		if p.Size != last {
+			size, last = fmtSize(p.Size), p.Size
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", size, p.System,
+			p.Create, p.Fill, p.Seal, p.Send, p.Store, p.Retrieve, p.Map, p.Read, p.MapPopulate, p.ReadPopulated, p.Pread)
+	}
+	tw.Flush()
+}
+
+func (r *Report) writeDigests(w io.Writer) {
+	if len(r.Digests) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\ndigest cost (computed once by the sender, once by the receiver)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	var names []string
+	for _, d := range r.Digests {
+		if !slices.Contains(names, d.Digest) {
+			names = append(names, d.Digest)
+		}
+	}
+	fmt.Fprintf(tw, "size\t%s\t\n", strings.Join(names, "\t"))
+	bySize := map[int][]string{}
+	var sizes []int
+	for _, d := range r.Digests {
+		if _, ok := bySize[d.Size]; !ok {
+			sizes = append(sizes, d.Size)
+		}
+		bySize[d.Size] = append(bySize[d.Size], fmt.Sprintf("%s (%s MB/s)", d.Median, fmtRate(d.MBps)))
+	}
+	for _, s := range sizes {
+		fmt.Fprintf(tw, "%s\t%s\t\n", fmtSize(s), strings.Join(bySize[s], "\t"))
+	}
+	tw.Flush()
+}
+
+func (r *Report) writeThroughput(w io.Writer) {
+	if len(r.Throughput) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nsmall-message throughput (store + retrieve round trips per second)")
+	fmt.Fprintln(w, "x machq: machq's rate over the system's; above 1, machq is faster")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "size\tclients\tdepth\tsystem\tround trips/s\tx machq\t")
+	type key struct{ c, d int }
+	var last key
+	for i, t := range r.Throughput {
+		c, d := "", ""
+		if k := (key{t.Clients, t.Depth}); i == 0 || k != last {
+			c, d, last = fmt.Sprint(t.Clients), fmt.Sprint(t.Depth), k
+		}
+		if t.Skipped != "" {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t  %s\n", fmtSize(t.Size), c, d, t.System, t.Skipped)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%s\t\n", fmtSize(t.Size), c, d, t.System, t.PerSecond, fmtRatio(t.Ratio))
+	}
+	tw.Flush()
+}
+
+func (r *Report) writeMemory(w io.Writer) {
+	if len(r.Memory) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nserver memory with messages stored")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "messages\tsize\tpayload\tRSS before\tRSS after\tfds before\tfds after\tbookkeeping/msg\t")
+	for _, m := range r.Memory {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%.0f B\t\n", m.Messages, fmtSize(m.Size), fmtSize(int(m.PayloadBytes)),
+			fmtSize(int(m.BaselineRSS)), fmtSize(int(m.RSS)), m.BaselineFDs, m.FDs, m.PerMessage)
+	}
+	tw.Flush()
+}
+
+// fmtSize formats n bytes with a binary unit.
+func fmtSize(n int) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// fmtDuration rounds d to three significant digits.
+func fmtDuration(d time.Duration) string {
+	for _, unit := range []time.Duration{time.Second, time.Millisecond, time.Microsecond} {
+		if d >= unit {
+			r := unit / 100
+			switch {
+			case d >= 100*unit:
+				r = unit
+			case d >= 10*unit:
+				r = unit / 10
+			}
+			return d.Round(r).String()
+		}
+	}
+	return d.String()
+}
+
+func fmtRate(mbps float64) string {
+	switch {
+	case mbps == 0:
+		return "-"
+	case mbps < 10:
+		return fmt.Sprintf("%.2f", mbps)
+	case mbps < 100:
+		return fmt.Sprintf("%.1f", mbps)
+	}
+	return fmt.Sprintf("%.0f", mbps)
+}
+
+func fmtRatio(r float64) string {
+	if r == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", r)
+}

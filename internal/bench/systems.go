@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/bench/floor"
+	"github.com/machq/machq/internal/bench/redis"
+	"github.com/machq/machq/internal/wire"
+)
+
+// System names, in the order they are reported.
+const (
+	sysMachq       = "machq"
+	sysMachqInline = "machq-inline"
+	sysMachqMemfd  = "machq-memfd"
+	sysMemfd       = "memfd"
+	sysCopy        = "copy"
+	sysRedis       = "redis"
+	sysMqueue      = "mqueue"
+)
+
+// SystemNames lists the systems a run can measure:
+//
+//	machq         machq as shipped: inline up to 64 KiB, memfd above
+//	machq-inline  machq with every payload inline (up to 1 MiB)
+//	machq-memfd   machq with every non-empty payload in a memfd
+//	memfd         bare floor: a sealed memfd passed with SCM_RIGHTS
+//	copy          bare floor: the bytes copied through a stream socket
+//	redis         Redis RPUSH + LPOP over a Unix socket
+//	mqueue        POSIX message queues between two processes
+func SystemNames() []string {
+	return []string{sysMachq, sysMachqInline, sysMachqMemfd, sysMemfd, sysCopy, sysRedis, sysMqueue}
+}
+
+func knownSystem(name string) bool { return slices.Contains(SystemNames(), name) }
+
+// target is one client connection to a system under test.
+type target interface {
+	// RoundTrip stores p, waits for the acknowledgement, retrieves it and
+	// calls got with the bytes received, valid only during the call.
+	RoundTrip(p []byte, got func([]byte)) error
+	// Pipeline stores depth copies of p, then retrieves depth payloads,
+	// with as few waits as the system allows.
+	Pipeline(p []byte, depth int, got func([]byte)) error
+	Close() error
+}
+
+// system is one system under test.
+type system struct {
+	name string
+	// maxSize is the largest payload it can carry; limit says why.
+	maxSize int
+	limit   string
+	// dial connects a client for payloads of size bytes.
+	dial func(ctx context.Context, size int) (target, error)
+}
+
+const unlimited = int(^uint(0) >> 1)
+
+// environment is the state of one run: the peers and the systems.
+type environment struct {
+	cfg    *Config
+	dir    string
+	report *Report
+	peers  []*peer
+
+	machqPath string
+	machqPID  int // 0 when measuring a server started elsewhere
+	floors    map[floor.Mechanism]string
+	redis     *redis.Server
+	mq        *mqPeer
+	systems   []*system
+}
+
+func (e *environment) wanted(name string) bool {
+	return len(e.cfg.Systems) == 0 || slices.Contains(e.cfg.Systems, name)
+}
+
+// start starts every peer the selected systems need.
+func (e *environment) start(ctx context.Context) error {
+	e.machqPath = e.cfg.Socket
+	if e.machqPath == "" {
+		e.machqPath = filepath.Join(e.dir, "machq.sock")
+		p, err := e.startPeer(ctx, peerMachq, e.machqPath)
+		if err != nil {
+			return err
+		}
+		e.machqPID = p.pid()
+	}
+	// The server's own inline limit bounds machq-inline.
+	maxInline := wire.MaxInline
+	if c, err := e.dialMachq(ctx, machq.WithInlineThreshold(0)); err != nil {
+		return err
+	} else {
+		maxInline = c.MaxInline()
+		c.Close()
+	}
+	e.systems = append(e.systems,
+		&system{name: sysMachq, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold)},
+		&system{name: sysMachqInline, maxSize: maxInline, limit: fmt.Sprintf("larger than the server's inline limit (%s)", fmtSize(maxInline)),
+			dial: e.machqDialer(maxInline)},
+		&system{name: sysMachqMemfd, maxSize: unlimited, dial: e.machqDialer(0)},
+	)
+
+	e.floors = map[floor.Mechanism]string{}
+	for _, m := range []floor.Mechanism{floor.Memfd, floor.Copy} {
+		name := sysMemfd
+		if m == floor.Copy {
+			name = sysCopy
+		}
+		if !e.wanted(name) && !(m == floor.Memfd && !e.cfg.SkipZeroCopy && e.wanted(sysMachq)) {
+			continue
+		}
+		path := filepath.Join(e.dir, "floor-"+m.String()+".sock")
+		if _, err := e.startPeer(ctx, peerFloor, m.String(), path); err != nil {
+			return err
+		}
+		e.floors[m] = path
+		e.systems = append(e.systems, &system{name: name, maxSize: unlimited, dial: func(context.Context, int) (target, error) {
+			return floor.Dial(path, m)
+		}})
+	}
+
+	if e.wanted(sysRedis) {
+		dir := filepath.Join(e.dir, "redis")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return err
+		}
+		srv, err := redis.Start(ctx, dir)
+		switch {
+		case errors.Is(err, redis.ErrNotInstalled):
+			e.report.note("redis: skipped: %v", err)
+		case err != nil:
+			return err
+		default:
+			e.redis = srv
+			e.report.note("redis: redis-server %s, persistence off, over a Unix socket", srv.Version())
+			e.systems = append(e.systems, &system{name: sysRedis, maxSize: unlimited, dial: func(context.Context, int) (target, error) {
+				return redis.Dial(srv.Path())
+			}})
+		}
+	}
+
+	if e.wanted(sysMqueue) {
+		s, err := e.startMqueue(ctx)
+		if err != nil {
+			return err
+		}
+		if s != nil {
+			e.systems = append(e.systems, s)
+		}
+	}
+	e.systems = slices.DeleteFunc(e.systems, func(s *system) bool { return !e.wanted(s.name) })
+	return nil
+}
+
+func (e *environment) close() {
+	if e.redis != nil {
+		e.redis.Close()
+	}
+	for _, p := range e.peers {
+		p.stop()
+	}
+}
+
+func (e *environment) dialMachq(ctx context.Context, opts ...machq.Option) (*machq.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	opts = append([]machq.Option{machq.WithDigest(e.cfg.Digest)}, opts...)
+	return machq.Dial(dctx, e.machqPath, opts...)
+}
+
+func (e *environment) machqDialer(inline int) func(context.Context, int) (target, error) {
+	return func(ctx context.Context, _ int) (target, error) {
+		c, err := e.dialMachq(ctx, machq.WithInlineThreshold(inline))
+		if err != nil {
+			return nil, err
+		}
+		return &machqTarget{ctx: ctx, c: c}, nil
+	}
+}
+
+// machqTarget drives machq through its client library, in the private
+// queue, as an application would.
+type machqTarget struct {
+	ctx context.Context
+	c   *machq.Client
+}
+
+func (t *machqTarget) RoundTrip(p []byte, got func([]byte)) error {
+	if err := t.c.Send(t.ctx, "", p); err != nil {
+		return err
+	}
+	return t.retrieve(got)
+}
+
+func (t *machqTarget) retrieve(got func([]byte)) error {
+	m, err := t.c.Retrieve(t.ctx, "")
+	if m != nil {
+		defer m.Close()
+	}
+	if err != nil {
+		return err
+	}
+	got(m.Bytes())
+	return nil
+}
+
+// Pipeline issues the stores from depth goroutines at once, then the
+// retrieves: the client library sends requests that are ready together
+// in one write.
+func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
+	if err := parallel(depth, func() error { return t.c.Send(t.ctx, "", p) }); err != nil {
+		return err
+	}
+	return parallel(depth, func() error { return t.retrieve(got) })
+}
+
+func (t *machqTarget) Close() error { return t.c.Close() }
+
+// parallel runs f n times concurrently and returns the first error.
+func parallel(n int, f func() error) error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { errs[i] = f() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

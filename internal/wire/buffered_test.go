@@ -1,0 +1,51 @@
+package wire_test
+
+import (
+	"testing"
+
+	"github.com/machq/machq/internal/wire"
+)
+
+// TestBuffered checks that Buffered reports a whole frame waiting exactly
+// when the next ReadFrame can return without reading from the peer.
+func TestBuffered(t *testing.T) {
+	a := wire.AppendStat(nil, 1)
+	b := wire.AppendRetrieve(nil, 2, wire.Retrieve{Queue: []byte("jobs")})
+	stream := append(append([]byte(nil), a...), b...)
+	// The first read returns frame a and half of frame b; the second
+	// returns the rest of b.
+	half := len(a) + len(b)/2
+	fc := &fakeConn{t: t, chunks: []chunk{{data: stream[:half]}, {data: stream[half:]}}}
+	rd := wire.NewReader(fc)
+	if rd.Buffered() {
+		t.Fatal("Buffered before any read")
+	}
+	if f, err := rd.ReadFrame(); err != nil || f.ID != 1 {
+		t.Fatalf("first frame: id %d, %v", f.ID, err)
+	}
+	if rd.Buffered() {
+		t.Fatal("Buffered with only half a frame received")
+	}
+	calls := fc.calls
+	if f, err := rd.ReadFrame(); err != nil || f.ID != 2 {
+		t.Fatalf("second frame: id %d, %v", f.ID, err)
+	}
+	if fc.calls != calls+1 {
+		t.Fatalf("second frame took %d reads, want 1", fc.calls-calls)
+	}
+
+	// Two whole frames in one read: the second is buffered.
+	fc = &fakeConn{t: t, chunks: []chunk{{data: stream}}}
+	rd = wire.NewReader(fc)
+	rd.ReadFrame()
+	if !rd.Buffered() {
+		t.Fatal("second whole frame not reported as buffered")
+	}
+	calls = fc.calls
+	if _, err := rd.ReadFrame(); err != nil || fc.calls != calls {
+		t.Fatalf("buffered frame: err %v, %d extra reads", err, fc.calls-calls)
+	}
+	if rd.Buffered() {
+		t.Fatal("Buffered after every frame was taken")
+	}
+}
