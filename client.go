@@ -89,7 +89,14 @@ type Client struct {
 	orphans map[string][]result // retrieved after their caller gave up
 	err     error               // why the connection ended
 
-	done chan struct{} // closed when the reader goroutine exits
+	// The socket is read by one caller at a time, whichever is waiting
+	// for a response when nobody else is reading: it hands the responses
+	// of others to their calls and stops reading once its own has come.
+	// A request answered at once thus costs no switch between goroutines.
+	rmu        sync.Mutex    // held by the goroutine reading the socket
+	rd         *wire.Reader  // guarded by rmu
+	readerFree chan struct{} // capacity 1: a token sent when rmu is released
+	ended      bool          // guarded by rmu: the connection has been torn down
 }
 
 // sentDigest is the client-side record of one message stored in the
@@ -146,15 +153,15 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		opts:    o,
 		pending: make(map[uint64]*call),
 		orphans: make(map[string][]result),
-		done:    make(chan struct{}),
+
+		readerFree: make(chan struct{}, 1),
 	}
-	rd := wire.NewReader(c.uc)
-	if err := c.handshake(ctx, rd); err != nil {
-		rd.Close()
+	c.rd = wire.NewReader(c.uc)
+	if err := c.handshake(ctx, c.rd); err != nil {
+		c.rd.Close()
 		c.uc.Close()
 		return nil, err
 	}
-	go c.readLoop(rd)
 	return c, nil
 }
 
@@ -238,7 +245,12 @@ func (c *Client) MaxInline() int { return int(c.welcome.MaxInline) }
 func (c *Client) Close() error {
 	c.fail(ErrClosed)
 	err := c.uc.Close()
-	<-c.done
+	// A caller reading the socket fails at once and tears down; wait for
+	// it, or tear down here.
+	c.rmu.Lock()
+	c.teardown(net.ErrClosed)
+	c.rmu.Unlock()
+	c.releaseReader()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -343,25 +355,60 @@ func (c *Client) connErr(err error) error {
 	return fmt.Errorf("%w: connection to %s lost: %v; Dial again", ErrClosed, c.path, err)
 }
 
-// readLoop receives responses and hands each to its call until the
-// connection ends.
-func (c *Client) readLoop(rd *wire.Reader) {
-	defer close(c.done)
-	var err error
-	for {
-		var f wire.Frame
-		f, err = rd.ReadFrame()
+// read reads and dispatches responses, as the one goroutine reading the
+// socket (rmu held), until cl has its result, ctx ends or the connection
+// fails. It reports whether cl has its result.
+func (c *Client) read(ctx context.Context, cl *call) bool {
+	if c.ended {
+		return len(cl.ch) > 0
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.uc.SetReadDeadline(time.Now())
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+			c.uc.SetReadDeadline(time.Time{})
+		}
+	}()
+	for len(cl.ch) == 0 {
+		f, err := c.rd.ReadFrame()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+				return false // this caller gave up; the stream is intact
+			}
+			c.teardown(err)
 			break
 		}
 		if f.Op == wire.OpError && f.ID == 0 {
 			code, msg, _ := wire.ParseError(f.Body)
-			err = &ServerError{Code: ErrorCode(code), Message: msg}
+			c.teardown(&ServerError{Code: ErrorCode(code), Message: msg})
 			break
 		}
 		c.dispatch(f)
 	}
-	rd.Close()
+	return len(cl.ch) > 0
+}
+
+// releaseReader tells waiting callers that nobody reads the socket now,
+// so that one of them takes over.
+func (c *Client) releaseReader() {
+	select {
+	case c.readerFree <- struct{}{}:
+	default:
+	}
+}
+
+// teardown ends the connection after a read failed with err: every
+// pending call fails with the reason. rmu is held.
+func (c *Client) teardown(err error) {
+	if c.ended {
+		return
+	}
+	c.ended = true
+	c.rd.Close()
 	c.uc.Close()
 	c.fail(c.describe(err))
 
@@ -373,7 +420,9 @@ func (c *Client) readLoop(rd *wire.Reader) {
 	c.orphans = nil
 	c.mu.Unlock()
 	for _, cl := range pending {
-		cl.ch <- result{err: cause}
+		if len(cl.ch) == 0 {
+			cl.ch <- result{err: cause}
+		}
 	}
 	for _, rs := range orphans {
 		for _, r := range rs {
@@ -518,12 +567,42 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 	return r
 }
 
-// wait waits for cl's result or for ctx to end.
+// wait waits for cl's result or for ctx to end. While nobody else reads
+// the socket, it reads it itself.
 func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) {
-	select {
-	case r := <-cl.ch:
-		return r, r.err
-	case <-ctx.Done():
+	// A caller woken by readerFree holds the token: it passes it on unless
+	// it reads itself, so that no waiter is left with nobody reading.
+	token := false
+	defer func() {
+		if token {
+			c.releaseReader()
+		}
+	}()
+	for ctx.Err() == nil {
+		select {
+		case r := <-cl.ch:
+			return r, r.err
+		default:
+		}
+		if c.rmu.TryLock() {
+			token = false
+			got := c.read(ctx, cl)
+			c.rmu.Unlock()
+			c.releaseReader()
+			if got {
+				r := <-cl.ch
+				return r, r.err
+			}
+			continue
+		}
+		token = false // the goroutine reading passes it on when it stops
+		select {
+		case r := <-cl.ch:
+			return r, r.err
+		case <-c.readerFree:
+			token = true
+		case <-ctx.Done():
+		}
 	}
 	c.mu.Lock()
 	select {
@@ -761,6 +840,15 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		if r, err = c.wait(ctx, id, cl); err != nil {
 			return nil, err
 		}
+		// A message handed over for an earlier retrieve whose caller gave
+		// up may have been read while this one waited: it is older, so
+		// it goes first.
+		c.mu.Lock()
+		if rs := c.orphans[queue]; len(rs) > 0 {
+			c.orphans[queue] = append(rs[1:], r)
+			r = rs[0]
+		}
+		c.mu.Unlock()
 	}
 	if err := r.msg.load(); err != nil {
 		r.msg.Close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -908,4 +909,94 @@ func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
 		t.Fatalf("Shutdown: %v after %v", err, time.Since(start))
 	}
 	<-done
+}
+
+// TestReadingPassesBetweenCallers checks that responses reach every
+// caller whoever happens to be reading the socket: a caller blocked in a
+// long RetrieveWait reads for the others, and when it gives up, a waiting
+// caller takes over.
+func TestReadingPassesBetweenCallers(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := c.RetrieveWait(waitCtx, "never")
+		waitErr <- err
+	}()
+	observer := dial(t, path)
+	waitFor(t, "the long wait registered", func() bool {
+		st, err := observer.Stat(ctx)
+		return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 1
+	})
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			q := fmt.Sprintf("q%d", g)
+			for i := range 200 {
+				if i == 100 && g == 0 {
+					stopWaiting() // the long waiter leaves mid-stream
+				}
+				if err := c.Send(ctx, q, []byte{byte(g), byte(i)}); err != nil {
+					t.Error(err)
+					return
+				}
+				m, err := c.Retrieve(ctx, q)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if b := m.Bytes(); len(b) != 2 || b[0] != byte(g) || b[1] != byte(i) {
+					t.Errorf("goroutine %d, message %d: got %v", g, i, b)
+				}
+				m.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-waitErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("long wait ended with %v, want context.Canceled", err)
+	}
+}
+
+// TestGivenUpRetrievesKeepFIFO stores messages while retrieves with very
+// short deadlines give up around them: every message is still received
+// exactly once, in order, whether it was handed to a caller that gave up
+// (and kept for the next retrieve) or not.
+func TestGivenUpRetrievesKeepFIFO(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	consumer, producer := dial(t, path), dial(t, path)
+	ctx := testCtx(t)
+	const n = 300
+	go func() {
+		for i := range n {
+			if err := producer.Send(ctx, "fifo", []byte(strconv.Itoa(i))); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	next := 0
+	for next < n && ctx.Err() == nil {
+		short, cancel := context.WithTimeout(ctx, time.Duration(next%7)*50*time.Microsecond)
+		m, err := consumer.RetrieveWait(short, "fifo")
+		cancel()
+		if err != nil {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("retrieve %d: %v", next, err)
+			}
+			continue
+		}
+		if got := string(m.Bytes()); got != strconv.Itoa(next) {
+			t.Fatalf("got message %s, want %d", got, next)
+		}
+		m.Close()
+		next++
+	}
+	if next != n {
+		t.Fatalf("received %d of %d messages", next, n)
+	}
 }

@@ -70,9 +70,10 @@ func (e *environment) latency(ctx context.Context) error {
 	for _, size := range e.cfg.Sizes {
 		want := payload(size)
 		var runs []*samples
+		var skipped []Latency
 		for _, s := range e.systems {
 			if size > s.maxSize {
-				e.report.Latency = append(e.report.Latency, Latency{System: s.name, View: EndToEnd, Size: size, Skipped: s.limit})
+				skipped = append(skipped, Latency{System: s.name, View: EndToEnd, Size: size, Skipped: s.limit})
 				continue
 			}
 			t, err := s.dial(ctx, size)
@@ -91,10 +92,15 @@ func (e *environment) latency(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		e.report.Latency = append(e.report.Latency, summarize(EndToEnd, size, runs)...)
+		rows := append(skipped, summarize(EndToEnd, size, runs)...)
+		slices.SortStableFunc(rows, func(a, b Latency) int { return systemRank(a.System) - systemRank(b.System) })
+		e.report.Latency = append(e.report.Latency, rows...)
 	}
 	return nil
 }
+
+// systemRank orders report rows as SystemNames lists the systems.
+func systemRank(name string) int { return slices.Index(SystemNames(), name) }
 
 func closeAll(runs []*samples) {
 	for _, r := range runs {

@@ -130,9 +130,9 @@ type Throughput struct {
 	Clients int    `json:"clients"`
 	Depth   int    `json:"depth"`
 	// Skipped, when set, says why there are no figures.
-	Skipped   string  `json:"skipped,omitempty"`
-	RoundTrips int64  `json:"round_trips,omitempty"`
-	PerSecond float64 `json:"round_trips_per_s,omitempty"`
+	Skipped    string  `json:"skipped,omitempty"`
+	RoundTrips int64   `json:"round_trips,omitempty"`
+	PerSecond  float64 `json:"round_trips_per_s,omitempty"`
 	// Ratio is machq's rate over this system's (above 1: machq faster).
 	Ratio float64 `json:"ratio_to_machq,omitempty"`
 }

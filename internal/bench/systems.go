@@ -76,7 +76,6 @@ type environment struct {
 	machqPID  int // 0 when measuring a server started elsewhere
 	floors    map[floor.Mechanism]string
 	redis     *redis.Server
-	mq        *mqPeer
 	systems   []*system
 }
 

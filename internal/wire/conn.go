@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,7 +92,9 @@ func NewReader(src MsgReader) *Reader {
 }
 
 // ReadFrame returns the next frame. Errors are sticky: after one, every
-// later call returns it again. io.EOF means the peer closed the connection
+// later call returns it again, except a read deadline that expired while
+// ReadFrame waited (os.ErrDeadlineExceeded): nothing is lost and ReadFrame
+// may be called again. io.EOF means the peer closed the connection
 // on a frame boundary; io.ErrUnexpectedEOF, in the middle of a frame.
 // Errors wrapping ErrMalformed, ErrStrayFDs, ErrMissingFDs or
 // ErrTruncatedControl mean the peer broke the protocol.
@@ -118,6 +121,10 @@ func (r *Reader) ReadFrame() (Frame, error) {
 			return Frame{}, r.fail(err)
 		}
 		if err := r.fill(); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Nothing was read: the caller may try again.
+				return Frame{}, err
+			}
 			return Frame{}, r.fail(err)
 		}
 	}

@@ -1,0 +1,221 @@
+package mqueue
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Serve accepts control connections on ln, a listening Unix stream socket
+// such as Listen returns, and serves the pair of queues each client names
+// on its own goroutine, with its own FIFO. Serve owns ln: it closes it
+// before returning. When ctx is done, Serve stops accepting, ends every
+// control connection, waits until each pair's goroutine has freed what it
+// stored and closed its queues, and returns nil. It returns an error if
+// accepting fails for another reason. A client that breaks the protocol
+// is dropped without affecting the others.
+func Serve(ctx context.Context, ln int) error {
+	return serve(ctx, ln, nil)
+}
+
+// serve is Serve with a hook called with each connection's outcome after
+// everything it held is freed.
+func serve(ctx context.Context, ln int, connDone func(error)) error {
+	var (
+		mu      sync.Mutex
+		conns   = map[int]struct{}{}
+		closing bool
+		wg      sync.WaitGroup
+	)
+	shutdownAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if closing {
+			return
+		}
+		closing = true
+		unix.Shutdown(ln, unix.SHUT_RDWR)
+		for fd := range conns {
+			unix.Shutdown(fd, unix.SHUT_RDWR)
+		}
+	}
+	stop := context.AfterFunc(ctx, shutdownAll)
+	defer stop()
+
+	var err error
+	for {
+		fd, _, aerr := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if aerr == unix.EINTR || aerr == unix.ECONNABORTED {
+			continue
+		}
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = os.NewSyscallError("accept4", aerr)
+			}
+			break
+		}
+		mu.Lock()
+		if closing {
+			mu.Unlock()
+			unix.Close(fd)
+			break
+		}
+		conns[fd] = struct{}{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cerr := serveConn(fd)
+			mu.Lock()
+			delete(conns, fd)
+			unix.Close(fd)
+			mu.Unlock()
+			if connDone != nil {
+				connDone(cerr)
+			}
+		}()
+	}
+	shutdownAll()
+	wg.Wait()
+	unix.Close(ln)
+	return err
+}
+
+// serveConn runs one client's session: the handshake on the control
+// connection ctl, then the queues until ctl ends or the worker fails.
+func serveConn(ctl int) error {
+	base, err := readString(ctl)
+	if err != nil {
+		if err == errControlClosed {
+			return nil
+		}
+		return err
+	}
+	w, err := openPair(base)
+	if err != nil {
+		writeString(ctl, err.Error())
+		return err
+	}
+	defer w.close()
+	if err := writeString(ctl, ""); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := w.run()
+		// Wake the wait below if the worker ended by itself.
+		unix.Shutdown(ctl, unix.SHUT_RDWR)
+		done <- err
+	}()
+	waitEnd(ctl)
+	w.dead.Store(true)
+	unblock(w.req, w.rsp, w.msgsize)
+	return <-done
+}
+
+// worker serves one pair of queues.
+type worker struct {
+	req, rsp int
+	msgsize  int
+	prio     uint32
+	stored   fifo[[]byte]
+	free     [][]byte // buffers of msgsize bytes for reuse
+	dead     atomic.Bool
+}
+
+// openPair opens the queues named base-req and base-rsp, which the client
+// created, and unlinks both names. It opens only names this package
+// makes, so a client cannot have the peer remove other queues.
+func openPair(base string) (*worker, error) {
+	if !strings.HasPrefix(base, namePrefix) || strings.Contains(base[1:], "/") {
+		return nil, fmt.Errorf("%w: queue name %q does not start with %s", errProtocol, base, namePrefix)
+	}
+	w := &worker{req: -1, rsp: -1}
+	var err error
+	if w.req, err = mqOpen(reqName(base), unix.O_RDWR|unix.O_CLOEXEC, nil); err != nil {
+		return nil, fmt.Errorf("mqueue: mq_open %s: %w", reqName(base), err)
+	}
+	if w.rsp, err = mqOpen(rspName(base), unix.O_RDWR|unix.O_CLOEXEC, nil); err != nil {
+		unix.Close(w.req)
+		return nil, fmt.Errorf("mqueue: mq_open %s: %w", rspName(base), err)
+	}
+	mqUnlink(reqName(base))
+	mqUnlink(rspName(base))
+	ra, err := mqGetattr(w.req)
+	if err == nil {
+		var sa mqAttr
+		if sa, err = mqGetattr(w.rsp); err == nil && sa.Msgsize != ra.Msgsize {
+			err = fmt.Errorf("%w: the queues' message sizes differ (%d and %d bytes)", errProtocol, ra.Msgsize, sa.Msgsize)
+		}
+	}
+	if err != nil {
+		w.close()
+		return nil, err
+	}
+	w.msgsize = ra.Msgsize
+	return w, nil
+}
+
+func (w *worker) close() {
+	unix.Close(w.req)
+	unix.Close(w.rsp)
+	w.stored = fifo[[]byte]{}
+	w.free = nil
+}
+
+// buffer returns a buffer of msgsize bytes.
+func (w *worker) buffer() []byte {
+	if n := len(w.free); n > 0 {
+		b := w.free[n-1]
+		w.free[n-1] = nil
+		w.free = w.free[:n-1]
+		return b
+	}
+	return make([]byte, w.msgsize)
+}
+
+// run serves requests until the session is marked dead or a queue
+// operation fails.
+func (w *worker) run() error {
+	var cur []byte
+	for {
+		if cur == nil {
+			cur = w.buffer()
+		}
+		n, err := mqReceive(w.req, cur, &w.prio, nil)
+		if w.dead.Load() {
+			return nil
+		}
+		if err != nil {
+			return os.NewSyscallError("mq_timedreceive", err)
+		}
+		switch w.prio {
+		case prioStore:
+			w.stored.push(cur[:n])
+			cur = nil
+			err = mqSend(w.rsp, nil, prioAck, nil)
+		case prioRetrieve:
+			if b, ok := w.stored.pop(); ok {
+				err = mqSend(w.rsp, b, prioData, nil)
+				w.free = append(w.free, b[:cap(b)])
+			} else {
+				err = mqSend(w.rsp, nil, prioEmpty, nil)
+			}
+		case prioWake:
+			return nil
+		default:
+			return fmt.Errorf("%w: request of priority %d", errProtocol, w.prio)
+		}
+		if w.dead.Load() {
+			return nil
+		}
+		if err != nil {
+			return os.NewSyscallError("mq_timedsend", err)
+		}
+	}
+}
