@@ -20,6 +20,13 @@ import (
 	"github.com/machq/machq/internal/wire"
 )
 
+// writeGrace is how long a write that is under way when its caller gives
+// up may still take before it is abandoned, which closes the connection
+// (a frame may be half written): long enough for a write that is making
+// progress to finish, short enough that a caller is not held by a server
+// that does not read.
+const writeGrace = 5 * time.Millisecond
+
 // cancelWriteTimeout bounds the write of a CANCEL after its caller gave up.
 const cancelWriteTimeout = 5 * time.Second
 
@@ -266,8 +273,12 @@ func (c *Client) fail(err error) {
 	c.mu.Unlock()
 }
 
-// register allocates a request id for cl.
-func (c *Client) register(cl *call) (uint64, error) {
+// register allocates a request id for cl, unless ctx has already ended:
+// then nothing is sent at all.
+func (c *Client) register(ctx context.Context, cl *call) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -328,11 +339,12 @@ func (c *Client) enqueue(ctx context.Context, fd int, encode func([]byte) []byte
 	return c.werr
 }
 
-// write sends buf, abandoning the write if ctx ends while it blocks.
+// write sends buf, abandoning the write if it is still blocked
+// writeGrace after ctx ends.
 func (c *Client) write(ctx context.Context, buf []byte, fds, fdAt []int) error {
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
-		c.uc.SetWriteDeadline(time.Now())
+		c.uc.SetWriteDeadline(time.Now().Add(writeGrace))
 		close(fired)
 	})
 	err := wire.WriteFrames(c.uc, buf, fds, fdAt)
@@ -675,7 +687,7 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 	if queue == "" {
 		cl.private = &sentDigest{alg: uint8(c.opts.digest), digest: sum}
 	}
-	id, err := c.register(cl)
+	id, err := c.register(ctx, cl)
 	if err != nil {
 		closeFD(fd)
 		return err
@@ -829,7 +841,7 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 
 	if r.msg == nil {
 		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1)}
-		id, err := c.register(cl)
+		id, err := c.register(ctx, cl)
 		if err != nil {
 			return nil, err
 		}
@@ -892,7 +904,7 @@ func (c *Client) Stat(ctx context.Context) (*Stats, error) {
 // StatJSON returns the server's statistics as the JSON document it sent.
 func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
 	cl := &call{op: wire.OpStat, ch: make(chan result, 1)}
-	id, err := c.register(cl)
+	id, err := c.register(ctx, cl)
 	if err != nil {
 		return nil, err
 	}

@@ -921,6 +921,7 @@ func TestReadingPassesBetweenCallers(t *testing.T) {
 	ctx := testCtx(t)
 
 	waitCtx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
 	waitErr := make(chan error, 1)
 	go func() {
 		_, err := c.RetrieveWait(waitCtx, "never")
@@ -980,8 +981,13 @@ func TestGivenUpRetrievesKeepFIFO(t *testing.T) {
 		}
 	}()
 	next := 0
-	for next < n && ctx.Err() == nil {
-		short, cancel := context.WithTimeout(ctx, time.Duration(next%7)*50*time.Microsecond)
+	for attempt := 0; next < n && ctx.Err() == nil; attempt++ {
+		// Deadlines from already past to a generous one, in turn.
+		wait := time.Duration(attempt%7) * 50 * time.Microsecond
+		if attempt%7 == 6 {
+			wait = 5 * time.Second
+		}
+		short, cancel := context.WithTimeout(ctx, wait)
 		m, err := consumer.RetrieveWait(short, "fifo")
 		cancel()
 		if err != nil {

@@ -1,6 +1,9 @@
 package wire_test
 
 import (
+	"errors"
+	"net"
+	"os"
 	"testing"
 
 	"github.com/machq/machq/internal/wire"
@@ -47,5 +50,35 @@ func TestBuffered(t *testing.T) {
 	}
 	if rd.Buffered() {
 		t.Fatal("Buffered after every frame was taken")
+	}
+}
+
+// timeoutOnce fails its first read with an expired deadline, reporting -1
+// bytes as some net error paths do, then serves data.
+type timeoutOnce struct {
+	data  []byte
+	fired bool
+}
+
+func (c *timeoutOnce) ReadMsgUnix(b, oob []byte) (int, int, int, *net.UnixAddr, error) {
+	if !c.fired {
+		c.fired = true
+		return -1, 0, 0, nil, &net.OpError{Op: "read", Net: "unix", Err: os.ErrDeadlineExceeded}
+	}
+	n := copy(b, c.data)
+	c.data = c.data[n:]
+	return n, 0, 0, nil, nil
+}
+
+// TestDeadlineIsNotSticky checks that a read deadline expiring while
+// ReadFrame waits loses nothing: the next ReadFrame returns the frame.
+func TestDeadlineIsNotSticky(t *testing.T) {
+	rd := wire.NewReader(&timeoutOnce{data: wire.AppendStat(nil, 7)})
+	if _, err := rd.ReadFrame(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("first ReadFrame: %v, want the deadline error", err)
+	}
+	f, err := rd.ReadFrame()
+	if err != nil || f.Op != wire.OpStat || f.ID != 7 {
+		t.Fatalf("after the deadline: %s %d, %v", f.Op, f.ID, err)
 	}
 }

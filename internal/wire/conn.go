@@ -212,6 +212,9 @@ func (r *Reader) fill() error {
 		r.makeRoom(len(r.buf))
 	}
 	n, oobn, flags, _, err := r.src.ReadMsgUnix(r.buf[r.w:], r.oob)
+	if n < 0 {
+		n = 0 // some error paths of the net package report -1
+	}
 	if oobn > 0 {
 		start := r.off + int64(r.w)
 		if perr := r.collect(r.oob[:oobn], start, start+int64(n)); perr != nil && err == nil {
