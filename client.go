@@ -553,7 +553,11 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 	r := result{msg: m}
 	if f.Flags&wire.FlagInline != 0 {
 		wire.CloseFDs(f.FDs) // none belong to an inline message
-		m.data = bytes.Clone(inline)
+		if f.Owned {
+			m.data = inline // read into memory of its own: keep it
+		} else {
+			m.data = bytes.Clone(inline)
+		}
 	} else {
 		m.fd = f.FDs[0]
 		// Map only what is sealed and of the announced size: a page that

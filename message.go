@@ -60,7 +60,10 @@ func (m *Message) Bytes() []byte {
 }
 
 func (m *Message) mapPage() error {
-	b, err := page.MapReadOnly(m.fd, m.size, true)
+	// Mapped lazily: the map is O(1) whatever the size, and a reader that
+	// reads it all pays no more than with MAP_POPULATE, since a read fault
+	// maps 16 neighbouring pages at once (docs/PERFORMANCE.md).
+	b, err := page.MapReadOnly(m.fd, m.size, false)
 	if err != nil {
 		return fmt.Errorf("machq: map message %d: %w", m.Seq, err)
 	}

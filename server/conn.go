@@ -342,7 +342,11 @@ func (c *conn) admit(f wire.Frame, st wire.Store, inline []byte) (*queue.Message
 		if len(inline) > c.s.cfg.MaxInline {
 			return fail(wire.CodeTooLarge, fmt.Errorf("inline payload of %d bytes exceeds the server's inline maximum of %d; send it as a sealed memfd", len(inline), c.s.cfg.MaxInline))
 		}
-		m.Inline = append([]byte(nil), inline...)
+		if f.Owned {
+			m.Inline = inline // read into memory of its own: keep it
+		} else {
+			m.Inline = append([]byte(nil), inline...)
+		}
 		return m, 0, nil
 	}
 	if len(f.FDs) != 1 {

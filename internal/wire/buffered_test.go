@@ -1,6 +1,7 @@
 package wire_test
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -80,5 +81,39 @@ func TestDeadlineIsNotSticky(t *testing.T) {
 	f, err := rd.ReadFrame()
 	if err != nil || f.Op != wire.OpStat || f.ID != 7 {
 		t.Fatalf("after the deadline: %s %d, %v", f.Op, f.ID, err)
+	}
+}
+
+// TestLargeFrameIsOwned checks that a frame larger than the read buffer
+// comes in memory of its own, which later frames do not overwrite, while
+// small frames alias the buffer.
+func TestLargeFrameIsOwned(t *testing.T) {
+	big := make([]byte, 300<<10)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	var stream []byte
+	stream = wire.AppendStore(stream, 1, wire.Store{Size: uint64(len(big))}, big, false)
+	stream = wire.AppendStore(stream, 2, wire.Store{Size: 3}, []byte("abc"), false)
+	stream = wire.AppendStore(stream, 3, wire.Store{Size: uint64(len(big))}, make([]byte, len(big)), false)
+	rd := wire.NewReader(&fakeConn{t: t, chunks: splitEvery(stream, 50<<10)})
+
+	f, err := rd.ReadFrame()
+	if err != nil || !f.Owned {
+		t.Fatalf("large frame: owned %v, %v", f.Owned, err)
+	}
+	_, payload, err := wire.ParseStore(f.Header, f.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := rd.ReadFrame()
+	if err != nil || small.Owned {
+		t.Fatalf("small frame: owned %v, %v", small.Owned, err)
+	}
+	if _, err := rd.ReadFrame(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(payload, big) {
+		t.Fatal("an owned payload changed when later frames were read")
 	}
 }

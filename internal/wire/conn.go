@@ -36,6 +36,10 @@ type Frame struct {
 	// FDs are the descriptors the frame carried, in order. The caller owns
 	// them and must close them.
 	FDs []int
+	// Owned reports that Body does not alias the reader's buffer: a frame
+	// larger than the buffer is read into memory of its own, which the
+	// caller may keep instead of copying.
+	Owned bool
 }
 
 // MsgReader is the one method of *net.UnixConn that Reader needs.
@@ -45,7 +49,7 @@ type MsgReader interface {
 
 const (
 	defaultReadBuffer = 64 << 10
-	keepReadBuffer    = 256 << 10 // a grown buffer up to this size is kept
+	keepReadBuffer    = defaultReadBuffer // a grown buffer up to this size is kept
 )
 
 // Reader decodes frames, and the descriptors passed with them, from a Unix
@@ -181,7 +185,9 @@ func (r *Reader) take(h Header) (Frame, error) {
 		r.off += int64(r.r)
 		r.r, r.w = 0, 0
 		if len(r.buf) > keepReadBuffer {
-			// A large inline frame grew the buffer; do not keep it.
+			// A large inline frame grew the buffer: the frame keeps it,
+			// the reader starts a new one.
+			f.Owned = true
 			r.buf = make([]byte, defaultReadBuffer)
 		}
 	}
