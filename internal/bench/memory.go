@@ -64,7 +64,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 		return nil, err
 	}
 
-	store := func() error { return nil }
+	var store func() error
 	if size > machq.DefaultInlineThreshold {
 		f, err := sealedPage(size)
 		if err != nil {
