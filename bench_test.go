@@ -64,3 +64,32 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBatch measures pipelined small messages: a SendBatch of 16
+// 64-byte payloads and a RetrieveBatch of 16, per operation.
+func BenchmarkBatch(b *testing.B) {
+	path := benchServer(b)
+	ctx := context.Background()
+	c, err := machq.Dial(ctx, path, machq.WithDigest(machq.DigestNone))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	batch := make([][]byte, 16)
+	for i := range batch {
+		batch[i] = make([]byte, 64)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.SendBatch(ctx, "", batch); err != nil {
+			b.Fatal(err)
+		}
+		msgs, err := c.RetrieveBatch(ctx, "", len(batch))
+		if err != nil || len(msgs) != len(batch) {
+			b.Fatalf("%d messages, %v", len(msgs), err)
+		}
+		for _, m := range msgs {
+			m.Close()
+		}
+	}
+}

@@ -289,6 +289,13 @@ func (c *Client) register(ctx context.Context, cl *call) (uint64, error) {
 	return c.nextID, nil
 }
 
+// unregister forgets a call whose request was never sent.
+func (c *Client) unregister(id uint64) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
 // enqueue appends a frame, encoded by encode, and the descriptor it
 // carries (fd, or -1), to the write buffer and flushes it unless another
 // goroutine is already flushing, in which case that goroutine sends it in
@@ -298,19 +305,34 @@ func (c *Client) register(ctx context.Context, cl *call) (uint64, error) {
 // this goroutine is blocked writing, the write is abandoned and, since a
 // frame may be half written, the connection is closed.
 func (c *Client) enqueue(ctx context.Context, fd int, encode func([]byte) []byte) error {
+	return c.enqueueFrames(ctx, []outFrame{{fd: fd, encode: encode}})
+}
+
+// outFrame is one frame for enqueueFrames: encode appends it, and fd (or
+// -1) is the descriptor it carries.
+type outFrame struct {
+	fd     int
+	encode func([]byte) []byte
+}
+
+// enqueueFrames is enqueue for several frames, which go out in order and
+// together; it takes ownership of their descriptors.
+func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
-		if fd >= 0 {
-			syscall.Close(fd)
+		for _, f := range frames {
+			closeFD(f.fd)
 		}
 		return c.werr
 	}
-	if fd >= 0 {
-		c.wfdAt = append(c.wfdAt, len(c.wbuf))
-		c.wfds = append(c.wfds, fd)
+	for _, f := range frames {
+		if f.fd >= 0 {
+			c.wfdAt = append(c.wfdAt, len(c.wbuf))
+			c.wfds = append(c.wfds, f.fd)
+		}
+		c.wbuf = f.encode(c.wbuf)
 	}
-	c.wbuf = encode(c.wbuf)
 	if c.flushing {
 		return nil
 	}
@@ -649,25 +671,38 @@ func (c *Client) Send(ctx context.Context, queue string, data []byte) error {
 	if err := checkQueue(queue); err != nil {
 		return err
 	}
-	if len(data) <= c.opts.inline {
+	fd, err := c.pageFor(data)
+	if err != nil {
+		return err
+	}
+	if fd < 0 {
 		return c.store(ctx, queue, data, -1, int64(len(data)), data)
 	}
+	return c.store(ctx, queue, nil, fd, int64(len(data)), data)
+}
+
+// pageFor returns -1 for a payload that travels inline, or else a new
+// sealed memfd holding a copy of data.
+func (c *Client) pageFor(data []byte) (int, error) {
+	if len(data) <= c.opts.inline {
+		return -1, nil
+	}
 	if int64(len(data)) > c.MaxMessageSize() {
-		return c.tooLarge(int64(len(data)))
+		return -1, c.tooLarge(int64(len(data)))
 	}
 	fd, err := page.Create("machq")
 	if err != nil {
-		return fmt.Errorf("machq: %w", err)
+		return -1, fmt.Errorf("machq: %w", err)
 	}
 	if err := page.Write(fd, data); err != nil {
 		syscall.Close(fd)
-		return fmt.Errorf("machq: %w", err)
+		return -1, fmt.Errorf("machq: %w", err)
 	}
 	if err := page.Seal(fd); err != nil {
 		syscall.Close(fd)
-		return fmt.Errorf("machq: %w", err)
+		return -1, fmt.Errorf("machq: %w", err)
 	}
-	return c.store(ctx, queue, nil, fd, int64(len(data)), data)
+	return fd, nil
 }
 
 func (c *Client) tooLarge(n int64) error {

@@ -31,7 +31,8 @@
 //
 // For zero-copy sends, write into a Page and pass it to SendPage; a
 // retrieved out-of-line Message is a read-only mapping of the sender's
-// memfd.
+// memfd. For many small messages, SendBatch and RetrieveBatch send a
+// whole batch of requests in one write and wait once.
 //
 // docs/PROTOCOL.md in the source repository describes the wire protocol
 // for clients in other languages.

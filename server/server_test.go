@@ -1006,3 +1006,85 @@ func TestGivenUpRetrievesKeepFIFO(t *testing.T) {
 		t.Fatalf("received %d of %d messages", next, n)
 	}
 }
+
+// TestBatches stores and retrieves in batches, inline and out of line,
+// in the private queue and a named one, and checks FIFO order, partial
+// batches and an empty queue.
+func TestBatches(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	for _, q := range []string{"", "batched"} {
+		var payloads [][]byte
+		for i := range 40 {
+			p := []byte(fmt.Sprintf("message %d", i))
+			if i%9 == 0 {
+				p = append(p, make([]byte, 100<<10)...) // out of line
+			}
+			payloads = append(payloads, p)
+		}
+		if err := c.SendBatch(ctx, q, payloads[:25]); err != nil {
+			t.Fatalf("queue %q: SendBatch: %v", q, err)
+		}
+		if err := c.Send(ctx, q, payloads[25]); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendBatch(ctx, q, payloads[26:]); err != nil {
+			t.Fatal(err)
+		}
+		next := 0
+		check := func(msgs []*machq.Message) {
+			t.Helper()
+			for _, m := range msgs {
+				if !bytes.Equal(m.Bytes(), payloads[next]) {
+					t.Fatalf("queue %q: message %d: got %.20q", q, next, m.Bytes())
+				}
+				m.Close()
+				next++
+			}
+		}
+		msgs, err := c.RetrieveBatch(ctx, q, 16)
+		if err != nil || len(msgs) != 16 {
+			t.Fatalf("queue %q: RetrieveBatch(16): %d messages, %v", q, len(msgs), err)
+		}
+		check(msgs)
+		m, err := c.Retrieve(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check([]*machq.Message{m})
+		msgs, err = c.RetrieveBatch(ctx, q, 100) // more than are left
+		if err != nil || len(msgs) != 23 {
+			t.Fatalf("queue %q: RetrieveBatch(100) with 23 left: %d messages, %v", q, len(msgs), err)
+		}
+		check(msgs)
+		if msgs, err := c.RetrieveBatch(ctx, q, 5); !errors.Is(err, machq.ErrEmpty) || len(msgs) != 0 {
+			t.Fatalf("queue %q: RetrieveBatch of an empty queue: %d messages, %v; want ErrEmpty", q, len(msgs), err)
+		}
+	}
+	if err := c.SendBatch(ctx, "bad name", [][]byte{{1}}); !errors.Is(err, machq.ErrBadQueueName) {
+		t.Fatalf("SendBatch to a bad name: %v", err)
+	}
+	if _, err := c.RetrieveBatch(ctx, "", 0); err == nil {
+		t.Fatal("RetrieveBatch of 0 messages succeeded")
+	}
+}
+
+// TestSendBatchReportsEachFailure checks that a batch with a payload over
+// the server's limit stores the others and names the one that failed.
+func TestSendBatchReportsEachFailure(t *testing.T) {
+	_, path := startServer(t, server.Config{MaxMessageSize: 1000, MaxInline: 2000})
+	c := dial(t, path, machq.WithInlineThreshold(2000))
+	ctx := testCtx(t)
+	err := c.SendBatch(ctx, "q", [][]byte{[]byte("a"), make([]byte, 1500), []byte("c")})
+	if !errors.Is(err, machq.ErrTooLarge) || !strings.Contains(err.Error(), "payload 1") {
+		t.Fatalf("SendBatch with one oversize payload: %v; want ErrTooLarge naming payload 1", err)
+	}
+	msgs, err := c.RetrieveBatch(ctx, "q", 3)
+	if err != nil || len(msgs) != 2 || string(msgs[0].Bytes()) != "a" || string(msgs[1].Bytes()) != "c" {
+		t.Fatalf("after the partial batch: %d messages, %v", len(msgs), err)
+	}
+	for _, m := range msgs {
+		m.Close()
+	}
+}

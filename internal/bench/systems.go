@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/machq/machq"
@@ -190,8 +189,9 @@ func (e *environment) machqDialer(inline int) func(context.Context, int) (target
 // machqTarget drives machq through its client library, in the private
 // queue, as an application would.
 type machqTarget struct {
-	ctx context.Context
-	c   *machq.Client
+	ctx   context.Context
+	c     *machq.Client
+	batch [][]byte
 }
 
 func (t *machqTarget) RoundTrip(p []byte, got func([]byte)) error {
@@ -213,25 +213,30 @@ func (t *machqTarget) retrieve(got func([]byte)) error {
 	return nil
 }
 
-// Pipeline issues the stores from depth goroutines at once, then the
-// retrieves: the client library sends requests that are ready together
-// in one write.
+// Pipeline stores depth copies of p with one SendBatch, then takes them
+// back with one RetrieveBatch: each is one write and one wait.
 func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
-	if err := parallel(depth, func() error { return t.c.Send(t.ctx, "", p) }); err != nil {
+	if cap(t.batch) < depth {
+		t.batch = make([][]byte, depth)
+	}
+	batch := t.batch[:depth]
+	for i := range batch {
+		batch[i] = p
+	}
+	if err := t.c.SendBatch(t.ctx, "", batch); err != nil {
 		return err
 	}
-	return parallel(depth, func() error { return t.retrieve(got) })
+	msgs, err := t.c.RetrieveBatch(t.ctx, "", depth)
+	for _, m := range msgs {
+		if err == nil {
+			got(m.Bytes())
+		}
+		m.Close()
+	}
+	if err == nil && len(msgs) != depth {
+		err = fmt.Errorf("retrieved %d of the %d messages stored", len(msgs), depth)
+	}
+	return err
 }
 
 func (t *machqTarget) Close() error { return t.c.Close() }
-
-// parallel runs f n times concurrently and returns the first error.
-func parallel(n int, f func() error) error {
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range n {
-		wg.Go(func() { errs[i] = f() })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
