@@ -8,8 +8,9 @@
 // processes can meet in them. Small payloads travel inside the protocol's
 // frames; larger ones travel as sealed memfds passed with SCM_RIGHTS, so
 // the bytes are never copied through the socket and the server never
-// holds them in its own memory. Every payload carries a SHA-256 digest
-// computed by its sender and checked by its receiver.
+// holds them in its own memory. Every payload carries a digest (SHA-256
+// by default, or BLAKE3) computed by its sender and checked by its
+// receiver.
 //
 // Connect with Dial, then Send, SendPage or SendFile to store, and
 // Retrieve or RetrieveWait to take the oldest message:
