@@ -41,6 +41,7 @@ type Option func(*options) error
 type options struct {
 	inline int
 	digest Digest
+	spare  int64
 }
 
 // WithInlineThreshold sets the largest payload sent inline; larger
@@ -80,6 +81,7 @@ type Client struct {
 	path    string
 	opts    options
 	welcome wire.Welcome
+	next    *sparePage // the next large send's pages, allocated ahead
 
 	wmu      sync.Mutex // guards the write side below
 	wbuf     []byte
@@ -136,7 +138,7 @@ type result struct {
 // a slash, a socket path. The empty target means the default service,
 // "machq". ctx bounds the connection and the handshake.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
-	o := options{inline: DefaultInlineThreshold, digest: DigestSHA256}
+	o := options{inline: DefaultInlineThreshold, digest: DigestSHA256, spare: DefaultSparePage}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -160,6 +162,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		opts:    o,
 		pending: make(map[uint64]*call),
 		orphans: make(map[string][]result),
+		next:    newSparePage(o.spare),
 
 		readerFree: make(chan struct{}, 1),
 	}
@@ -258,6 +261,7 @@ func (c *Client) Close() error {
 	c.teardown(net.ErrClosed)
 	c.rmu.Unlock()
 	c.releaseReader()
+	c.next.close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -690,9 +694,12 @@ func (c *Client) pageFor(data []byte) (int, error) {
 	if int64(len(data)) > c.MaxMessageSize() {
 		return -1, c.tooLarge(int64(len(data)))
 	}
-	fd, err := page.Create("machq")
-	if err != nil {
-		return -1, fmt.Errorf("machq: %w", err)
+	fd := c.next.take(int64(len(data)))
+	if fd < 0 {
+		var err error
+		if fd, err = page.Create("machq"); err != nil {
+			return -1, fmt.Errorf("machq: %w", err)
+		}
 	}
 	if err := page.Write(fd, data); err != nil {
 		syscall.Close(fd)
@@ -702,6 +709,8 @@ func (c *Client) pageFor(data []byte) (int, error) {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("machq: %w", err)
 	}
+	// Allocate the next send's pages while this one travels.
+	c.next.refill(int64(len(data)))
 	return fd, nil
 }
 

@@ -1088,3 +1088,64 @@ func TestSendBatchReportsEachFailure(t *testing.T) {
 		m.Close()
 	}
 }
+
+// spareMemfds counts this process's memfds named as the client's sends
+// and spare pages are.
+func spareMemfds(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "/memfd:machq ") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestSparePages sends large payloads of varying sizes, so that some go
+// into a spare page prepared in the background (cut down when larger
+// than needed) and some into fresh pages, and checks every payload, that
+// an unused spare is freed, and that Close frees it too.
+func TestSparePages(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	ctx := testCtx(t)
+	for _, limit := range []int64{machq.DefaultSparePage, 0} {
+		c := dial(t, path, machq.WithDigest(machq.DigestSHA256), machq.WithSparePage(limit))
+		for i, size := range []int{300 << 10, 300 << 10, 200 << 10, 1 << 20, 100 << 10, 1 << 20} {
+			data := randomBytes(t, size)
+			if err := c.Send(ctx, "", data); err != nil {
+				t.Fatalf("limit %d, send %d: %v", limit, i, err)
+			}
+			m, err := c.Retrieve(ctx, "")
+			if err != nil {
+				t.Fatalf("limit %d, retrieve %d: %v", limit, i, err)
+			}
+			if !bytes.Equal(m.Bytes(), data) {
+				t.Fatalf("limit %d, message %d differs", limit, i)
+			}
+			m.Close()
+		}
+		if limit == 0 {
+			waitFor(t, "no memfd left", func() bool { return spareMemfds(t) == 0 })
+		} else {
+			// Nothing is stored now: the one memfd left is the spare,
+			// which is freed after a second without sends.
+			waitFor(t, "the spare page ready", func() bool { return spareMemfds(t) == 1 })
+			waitFor(t, "the idle spare page freed", func() bool { return spareMemfds(t) == 0 })
+			if err := c.Send(ctx, "", make([]byte, 2<<20)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		// The server (in this process) frees the private queue's page as
+		// soon as it sees the connection end; the spare goes with Close.
+		waitFor(t, "every memfd closed after Close", func() bool { return spareMemfds(t) == 0 })
+	}
+	if _, err := machq.Dial(ctx, path, machq.WithSparePage(-1)); err == nil {
+		t.Error("a negative spare page limit was accepted")
+	}
+}
