@@ -64,10 +64,10 @@ func (s *sparePage) take(size int64) int {
 		s.mu.Unlock()
 		return -1
 	}
-	fd := s.fd
+	fd, have := s.fd, s.size
 	s.fd = -1
 	s.mu.Unlock()
-	if size < s.size {
+	if size < have {
 		if err := unix.Ftruncate(fd, size); err != nil {
 			syscall.Close(fd)
 			return -1
