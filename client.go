@@ -400,18 +400,24 @@ func (c *Client) read(ctx context.Context, cl *call) bool {
 	if c.ended {
 		return len(cl.ch) > 0
 	}
-	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		c.uc.SetReadDeadline(time.Now())
-		close(fired)
-	})
+	// Only a read that may block needs ctx to interrupt it: frames
+	// already buffered are taken without arming it.
+	var fired chan struct{}
+	var stop func() bool
 	defer func() {
-		if !stop() {
+		if stop != nil && !stop() {
 			<-fired
 			c.uc.SetReadDeadline(time.Time{})
 		}
 	}()
 	for len(cl.ch) == 0 {
+		if stop == nil && ctx.Done() != nil && !c.rd.Buffered() {
+			fired = make(chan struct{})
+			stop = context.AfterFunc(ctx, func() {
+				c.uc.SetReadDeadline(time.Now())
+				close(fired)
+			})
+		}
 		f, err := c.rd.ReadFrame()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
