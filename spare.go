@@ -19,13 +19,14 @@ const DefaultSparePage = 256 << 20
 const sparePageIdle = time.Second
 
 // WithSparePage sets the largest spare page the client keeps ready for
-// out-of-line sends. After each send of a payload above the inline
-// threshold, the client allocates, in the background, a memfd of the same
-// size; the next send of at most that size writes into those pages instead
-// of allocating and zeroing fresh ones while the caller waits, which is
-// most of the cost of a large send (docs/PERFORMANCE.md). The spare is
-// freed after a second without sends. 0 turns spare pages off; the
-// default is DefaultSparePage.
+// out-of-line sends. Once a client sends payloads above the inline
+// threshold less than a second apart, it allocates after each one, in the
+// background, a memfd of the same size; the next send of at most that
+// size writes into those pages instead of allocating and zeroing fresh
+// ones while the caller waits, which is most of the cost of a large send
+// (docs/PERFORMANCE.md). The spare is freed after a second without sends,
+// and an occasional large send allocates nothing ahead. 0 turns spare
+// pages off; the default is DefaultSparePage.
 func WithSparePage(maxBytes int64) Option {
 	return func(o *options) error {
 		if maxBytes < 0 {
@@ -44,7 +45,8 @@ type sparePage struct {
 	fd      int // -1 when there is none
 	size    int64
 	filling sync.WaitGroup
-	busy    bool // a refill is under way
+	busy    bool      // a refill is under way
+	last    time.Time // the previous refill request: sends this close are a stream
 	closed  bool
 	idle    *time.Timer
 }
@@ -76,12 +78,16 @@ func (s *sparePage) take(size int64) int {
 	return fd
 }
 
-// refill prepares a spare of size bytes in the background, unless one at
+// refill prepares a spare of size bytes in the background, if the
+// previous large send was less than sparePageIdle ago, unless one at
 // least that large is ready or being prepared, or size is over the limit.
 func (s *sparePage) refill(size int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.busy || size <= 0 || size > s.limit || (s.fd >= 0 && s.size >= size) {
+	now := time.Now()
+	stream := now.Sub(s.last) < sparePageIdle
+	s.last = now
+	if !stream || s.closed || s.busy || size <= 0 || size > s.limit || (s.fd >= 0 && s.size >= size) {
 		return
 	}
 	s.busy = true

@@ -45,6 +45,12 @@ func (c *checker) got(b []byte) {
 	}
 }
 
+// settler is a target that may leave work running in the background (a
+// machq client allocating its next spare page), which settle finishes.
+type settler interface {
+	settle() error
+}
+
 // samples collects one system's round-trip times at one size.
 type samples struct {
 	sys *system
@@ -141,6 +147,13 @@ func (e *environment) measure(ctx context.Context, size int, runs []*samples, on
 					return fmt.Errorf("bench: %s at %s: %w", r.sys.name, fmtSize(size), err)
 				}
 				r.d = append(r.d, d)
+			}
+			if st, ok := r.t.(settler); ok {
+				// Untimed: work a system left running in the
+				// background must not slow the next one down.
+				if err := st.settle(); err != nil {
+					return fmt.Errorf("bench: %s at %s: %w", r.sys.name, fmtSize(size), err)
+				}
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()

@@ -178,11 +178,12 @@ func (e *environment) dialMachq(ctx context.Context, opts ...machq.Option) (*mac
 
 func (e *environment) machqDialer(inline int) func(context.Context, int) (target, error) {
 	return func(ctx context.Context, _ int) (target, error) {
-		c, err := e.dialMachq(ctx, machq.WithInlineThreshold(inline))
+		dial := func() (*machq.Client, error) { return e.dialMachq(ctx, machq.WithInlineThreshold(inline)) }
+		c, err := dial()
 		if err != nil {
 			return nil, err
 		}
-		return &machqTarget{ctx: ctx, c: c}, nil
+		return &machqTarget{ctx: ctx, c: c, dial: dial}, nil
 	}
 }
 
@@ -191,7 +192,21 @@ func (e *environment) machqDialer(inline int) func(context.Context, int) (target
 type machqTarget struct {
 	ctx   context.Context
 	c     *machq.Client
+	dial  func() (*machq.Client, error)
 	batch [][]byte
+}
+
+// settle reconnects: Close waits for a spare page being allocated in the
+// background and frees it, so that it neither slows the next system down
+// nor carries over to the next round.
+func (t *machqTarget) settle() error {
+	t.c.Close()
+	c, err := t.dial()
+	if err != nil {
+		return err
+	}
+	t.c = c
+	return nil
 }
 
 func (t *machqTarget) RoundTrip(p []byte, got func([]byte)) error {
