@@ -11,4 +11,4 @@ export PATH="$PATH:/usr/local/go/bin"
 go build -o bin/ ./cmd/...
 out=docs/bench
 mkdir -p "$out"
-bin/machq bench --save "$out/results.json" --plot "$out/latency.png" "$@" | tee "$out/results.txt"
+bin/machq bench --time 1s --save "$out/results.json" --plot "$out/latency.png" "$@" | tee "$out/results.txt"
