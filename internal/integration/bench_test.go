@@ -193,3 +193,42 @@ func TestBenchUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchAgainstARunningServer measures a machqd started elsewhere
+// (--socket): machq's figures come from it, the memory test, which needs
+// a server of its own, is skipped with a note, and the benchmark leaves
+// nothing stored and no client connected.
+func TestBenchAgainstARunningServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	d := startDaemon(t, "")
+	r := runCLI(t, nil, "bench", "--socket", d.socket, "--systems", "machq,copy", "--sizes", "64,100K",
+		"--time", "30ms", "--rounds", "2", "--min-iters", "2", "--skip", "zero-copy,phases,throughput", "--json", "--quiet")
+	if r.code != 0 {
+		t.Fatalf("machq bench exited %d: %s", r.code, r.stderr)
+	}
+	if r.stderr != "" {
+		t.Errorf("--quiet still wrote to stderr: %q", r.stderr)
+	}
+	var rep benchReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	measured := 0
+	for _, l := range rep.Latency {
+		if l.System == "machq" && l.Median > 0 {
+			measured++
+		}
+	}
+	if measured != 2 {
+		t.Errorf("machq measured at %d sizes against the running server, want 2", measured)
+	}
+	if len(rep.Memory) != 0 || !strings.Contains(strings.Join(rep.Notes, "\n"), "memory: skipped") {
+		t.Errorf("memory test with --socket: %d rows, notes %q", len(rep.Memory), rep.Notes)
+	}
+	waitFor(t, "the benchmark's clients gone", func() bool {
+		st := d.stats()
+		return st.Clients == 1 && st.Messages == 0 // the one asking
+	})
+}
