@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 // Mechanism is how a payload travels between client and peer.
@@ -56,44 +58,7 @@ func memfdCreate() (int, error) {
 // Listen creates a Unix stream socket listening at path and returns its
 // descriptor (close-on-exec, blocking), to be handed to Serve. An
 // existing file at path is an error.
-func Listen(path string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("floor: bind %s: %w", path, err)
-	}
-	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
-		unix.Close(fd)
-		return -1, os.NewSyscallError("listen", err)
-	}
-	return fd, nil
-}
-
-// dialUnix connects a blocking Unix stream socket to path.
-func dialUnix(path string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EISCONN {
-			err = nil
-		}
-		break
-	}
-	if err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("floor: connect %s: %w", path, err)
-	}
-	return fd, nil
-}
+func Listen(path string) (int, error) { return rawsock.Listen(path) }
 
 // Client is one connection to a floor peer. A Client is not safe for
 // concurrent use.
@@ -116,7 +81,7 @@ func Dial(path string, mech Mechanism) (*Client, error) {
 	if !mech.valid() {
 		return nil, fmt.Errorf("floor: unknown mechanism %d", int(mech))
 	}
-	fd, err := dialUnix(path)
+	fd, err := rawsock.Dial(path)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +184,7 @@ func (c *Client) sendStores(p []byte, k int) error {
 			b = append(b, p...)
 		}
 		c.wbuf = b
-		return writeFull(c.fd, b)
+		return rawsock.WriteFull(c.fd, b)
 	}
 	iov := c.iov[:0]
 	for range k {
@@ -264,7 +229,7 @@ func (c *Client) sendRetrieves(k int) error {
 		b = putHdr(b, opRetrieve, 0)
 	}
 	c.wbuf = b
-	return writeFull(c.fd, b)
+	return rawsock.WriteFull(c.fd, b)
 }
 
 // readAcks reads k acknowledgements.

@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 // Serve accepts connections on ln, a listening Unix stream socket such as
@@ -28,64 +28,7 @@ func serve(ctx context.Context, ln int, mech Mechanism, connDone func(error)) er
 		unix.Close(ln)
 		return fmt.Errorf("floor: unknown mechanism %d", int(mech))
 	}
-	var (
-		mu      sync.Mutex
-		conns   = map[int]struct{}{}
-		closing bool
-		wg      sync.WaitGroup
-	)
-	shutdownAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if closing {
-			return
-		}
-		closing = true
-		unix.Shutdown(ln, unix.SHUT_RDWR)
-		for fd := range conns {
-			unix.Shutdown(fd, unix.SHUT_RDWR)
-		}
-	}
-	stop := context.AfterFunc(ctx, shutdownAll)
-	defer stop()
-
-	var err error
-	for {
-		fd, _, aerr := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-		if aerr == unix.EINTR || aerr == unix.ECONNABORTED {
-			continue
-		}
-		if aerr != nil {
-			if ctx.Err() == nil {
-				err = os.NewSyscallError("accept4", aerr)
-			}
-			break
-		}
-		mu.Lock()
-		if closing {
-			mu.Unlock()
-			unix.Close(fd)
-			break
-		}
-		conns[fd] = struct{}{}
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cerr := serveConn(fd, mech)
-			mu.Lock()
-			delete(conns, fd)
-			unix.Close(fd)
-			mu.Unlock()
-			if connDone != nil {
-				connDone(cerr)
-			}
-		}()
-	}
-	shutdownAll()
-	wg.Wait()
-	unix.Close(ln)
-	return err
+	return rawsock.Serve(ctx, ln, func(fd int) error { return serveConn(fd, mech) }, connDone)
 }
 
 // conn is the peer's side of one connection.
@@ -254,7 +197,7 @@ func (c *conn) flush() error {
 		closeAll(c.outFds)
 		c.outFds = c.outFds[:0]
 	case len(c.splices) == 0:
-		err = writeFull(c.fd, c.pend)
+		err = rawsock.WriteFull(c.fd, c.pend)
 	default:
 		iov := c.iov[:0]
 		prev := 0

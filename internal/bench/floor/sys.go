@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 const (
@@ -259,21 +261,6 @@ func eofIsUnexpected(err error) error {
 	return err
 }
 
-// writeFull writes all of b to fd.
-func writeFull(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return os.NewSyscallError("write", err)
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
 // appendIov appends b to iov unless it is empty.
 func appendIov(iov []unix.Iovec, b []byte) []unix.Iovec {
 	if len(b) == 0 {
@@ -335,7 +322,7 @@ func putRights(b []byte, fds []int) []byte {
 // its first byte. oob is scratch space, returned for reuse.
 func sendFds(fd int, b []byte, fds []int, oob []byte) ([]byte, error) {
 	if len(fds) == 0 {
-		return oob, writeFull(fd, b)
+		return oob, rawsock.WriteFull(fd, b)
 	}
 	oob = putRights(oob, fds)
 	for {
@@ -346,7 +333,7 @@ func sendFds(fd int, b []byte, fds []int, oob []byte) ([]byte, error) {
 		if err != nil {
 			return oob, os.NewSyscallError("sendmsg", err)
 		}
-		return oob, writeFull(fd, b[n:])
+		return oob, rawsock.WriteFull(fd, b[n:])
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 // DefaultDepth is the pipeline depth Dial sizes the queues for.
@@ -57,7 +59,7 @@ func DialDepth(path string, size, depth int) (*Client, error) {
 	if size > l.maxSize {
 		return nil, fmt.Errorf("%w: %d bytes exceeds %d, the limit set by %s", ErrTooLarge, size, l.maxSize, l.why)
 	}
-	ctl, err := dialUnix(path)
+	ctl, err := rawsock.Dial(path)
 	if err != nil {
 		return nil, err
 	}

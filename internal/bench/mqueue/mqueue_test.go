@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 const waitLimit = 20 * time.Second
@@ -661,7 +663,7 @@ func TestForeignNames(t *testing.T) {
 		defer mqUnlink(name)
 		defer unix.Close(fd)
 	}
-	ctl, err := dialUnix(s.path)
+	ctl, err := rawsock.Dial(s.path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 // Serve accepts control connections on ln, a listening Unix stream socket
@@ -26,64 +27,7 @@ func Serve(ctx context.Context, ln int) error {
 // serve is Serve with a hook called with each connection's outcome after
 // everything it held is freed.
 func serve(ctx context.Context, ln int, connDone func(error)) error {
-	var (
-		mu      sync.Mutex
-		conns   = map[int]struct{}{}
-		closing bool
-		wg      sync.WaitGroup
-	)
-	shutdownAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if closing {
-			return
-		}
-		closing = true
-		unix.Shutdown(ln, unix.SHUT_RDWR)
-		for fd := range conns {
-			unix.Shutdown(fd, unix.SHUT_RDWR)
-		}
-	}
-	stop := context.AfterFunc(ctx, shutdownAll)
-	defer stop()
-
-	var err error
-	for {
-		fd, _, aerr := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-		if aerr == unix.EINTR || aerr == unix.ECONNABORTED {
-			continue
-		}
-		if aerr != nil {
-			if ctx.Err() == nil {
-				err = os.NewSyscallError("accept4", aerr)
-			}
-			break
-		}
-		mu.Lock()
-		if closing {
-			mu.Unlock()
-			unix.Close(fd)
-			break
-		}
-		conns[fd] = struct{}{}
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cerr := serveConn(fd)
-			mu.Lock()
-			delete(conns, fd)
-			unix.Close(fd)
-			mu.Unlock()
-			if connDone != nil {
-				connDone(cerr)
-			}
-		}()
-	}
-	shutdownAll()
-	wg.Wait()
-	unix.Close(ln)
-	return err
+	return rawsock.Serve(ctx, ln, serveConn, connDone)
 }
 
 // serveConn runs one client's session: the handshake on the control

@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/bench/rawsock"
 )
 
 // Message priorities: what a message is.
@@ -188,44 +190,7 @@ func (q *fifo[T]) pop() (T, bool) {
 // Listen creates a Unix stream socket listening at path and returns its
 // descriptor (close-on-exec, blocking), to be handed to Serve as the
 // control socket. An existing file at path is an error.
-func Listen(path string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("mqueue: bind %s: %w", path, err)
-	}
-	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
-		unix.Close(fd)
-		return -1, os.NewSyscallError("listen", err)
-	}
-	return fd, nil
-}
-
-// dialUnix connects a blocking Unix stream socket to path.
-func dialUnix(path string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EISCONN {
-			err = nil
-		}
-		break
-	}
-	if err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("mqueue: connect %s: %w", path, err)
-	}
-	return fd, nil
-}
+func Listen(path string) (int, error) { return rawsock.Listen(path) }
 
 func readFull(fd int, b []byte) error {
 	for len(b) > 0 {
@@ -238,20 +203,6 @@ func readFull(fd int, b []byte) error {
 		}
 		if n == 0 {
 			return errControlClosed
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
-func writeFull(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return os.NewSyscallError("write", err)
 		}
 		b = b[n:]
 	}
@@ -276,7 +227,7 @@ func writeString(fd int, s string) error {
 	if len(s) > 255 {
 		s = s[:255]
 	}
-	return writeFull(fd, append([]byte{byte(len(s))}, s...))
+	return rawsock.WriteFull(fd, append([]byte{byte(len(s))}, s...))
 }
 
 // waitEnd blocks until anything happens on the control socket fd: end of
