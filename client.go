@@ -202,6 +202,12 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		c.uc.SetDeadline(time.Time{})
 	}()
 	if _, err := c.uc.Write(wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version})); err != nil {
+		// A server refusing the connection (a connection limit) says why
+		// and closes it, perhaps before the HELLO arrived: read the why.
+		if f, rerr := rd.ReadFrame(); rerr == nil && f.Op == wire.OpError {
+			code, msg, _ := wire.ParseError(f.Body)
+			return &ServerError{Code: ErrorCode(code), Message: msg}
+		}
 		return fmt.Errorf("machq: handshake with %s: %w", c.path, err)
 	}
 	f, err := rd.ReadFrame()

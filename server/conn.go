@@ -44,6 +44,8 @@ type conn struct {
 
 	private *queue.Queue
 	hello   bool
+	cred    *unix.Ucred // the peer's, read at accept; nil if unreadable
+	credErr error
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when the outbox shrinks or closing
@@ -68,14 +70,16 @@ type conn struct {
 	quit      chan struct{} // closed when the writer must flush and exit
 }
 
-func newConn(s *Server, uc *net.UnixConn) *conn {
+func newConn(s *Server, uc *net.UnixConn, cred *unix.Ucred, credErr error) *conn {
 	c := &conn{
-		s:     s,
-		id:    s.nextConn.Add(1),
-		uc:    uc,
-		waits: make(map[uint64]*waiter),
-		wake:  make(chan struct{}, 1),
-		quit:  make(chan struct{}),
+		s:       s,
+		id:      s.nextConn.Add(1),
+		uc:      uc,
+		cred:    cred,
+		credErr: credErr,
+		waits:   make(map[uint64]*waiter),
+		wake:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
 	}
 	c.cond = sync.NewCond(&c.mu)
 	c.private = queue.New("", &s.total)
@@ -85,8 +89,10 @@ func newConn(s *Server, uc *net.UnixConn) *conn {
 // serve runs the connection until the client leaves or the server stops.
 func (c *conn) serve() {
 	attrs := []any{"conn", c.id}
-	if cred, err := peerCred(c.uc); err == nil {
-		attrs = append(attrs, "pid", cred.Pid, "uid", cred.Uid, "gid", cred.Gid)
+	if c.cred != nil {
+		attrs = append(attrs, "pid", c.cred.Pid, "uid", c.cred.Uid, "gid", c.cred.Gid)
+	} else {
+		attrs = append(attrs, "peer_credentials", c.credErr.Error())
 	}
 	c.log = c.s.log.With(attrs...)
 	c.info = c.log.Enabled(context.Background(), slog.LevelInfo)
@@ -310,15 +316,43 @@ func (c *conn) handleStore(f wire.Frame) {
 		return
 	}
 	isPage := m.FD >= 0 // m belongs to the queue once pushed
+	lim := &c.s.cfg.Limits
+	if held := c.s.total.messages.Load(); held >= lim.MaxStoredMessages {
+		m.Release()
+		c.sendError(f.ID, wire.CodeLimit, limitError("the server holds too many messages", held, lim.MaxStoredMessages, "max-stored-messages", "retrieve some, or raise the limit").Error())
+		return
+	}
+	if held := c.s.total.bytes.Load(); m.Size > lim.MaxStoredBytes-held {
+		m.Release()
+		c.sendError(f.ID, wire.CodeLimit, limitError(fmt.Sprintf("storing %d more bytes would pass the server's byte limit", m.Size), held, lim.MaxStoredBytes, "max-stored-bytes", "retrieve some, or raise the limit").Error())
+		return
+	}
+	maxMessages, maxBytes, flags := lim.MaxQueueMessages, lim.MaxQueueBytes, "queue"
+	if q == c.private {
+		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"
+	}
 	// STORED goes into the outbox before a waiter on this very connection
 	// (a RETRIEVE of the private queue) can be handed the message, so the
 	// client always learns of a store before it receives what it stored.
-	seq := q.Push(m, func(seq uint64) {
+	seq, ok := q.PushWithin(m, maxMessages, maxBytes, func(seq uint64) {
 		c.mu.Lock()
 		c.out = wire.AppendStored(c.out, f.ID, seq)
 		c.signal()
 		c.mu.Unlock()
 	})
+	if !ok {
+		size := m.Size
+		m.Release()
+		n, b := q.Len()
+		var err error
+		if int64(n) >= maxMessages {
+			err = limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+flags+"-messages", "retrieve some, or raise the limit")
+		} else {
+			err = limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+flags+"-bytes", "retrieve some, or raise the limit")
+		}
+		c.sendError(f.ID, wire.CodeLimit, err.Error())
+		return
+	}
 	if c.info {
 		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
 	}
@@ -412,6 +446,12 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 
 	w := &waiter{c: c, id: f.ID, q: q}
 	c.mu.Lock()
+	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits) >= max {
+		n := len(c.waits)
+		c.mu.Unlock()
+		c.sendError(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
+		return false
+	}
 	if _, dup := c.waits[f.ID]; dup {
 		c.mu.Unlock()
 		// An answer with this id would be ambiguous: end the connection.

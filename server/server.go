@@ -42,6 +42,9 @@ type Config struct {
 	// DrainTimeout bounds how long a closing connection may take to flush
 	// its last responses to a client that is not reading. Zero means 5s.
 	DrainTimeout time.Duration
+
+	// Limits bounds connections and what they may store.
+	Limits Limits
 }
 
 func (c *Config) setDefaults() error {
@@ -63,6 +66,7 @@ func (c *Config) setDefaults() error {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 5 * time.Second
 	}
+	c.Limits.setDefaults()
 	return nil
 }
 
@@ -81,6 +85,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
 	conns     map[*conn]struct{}
+	perUID    map[uint32]int // connections per peer user id
 	wg        sync.WaitGroup
 	done      chan struct{}
 	closeOnce sync.Once
@@ -111,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		pid:       uint32(os.Getpid()),
 		listeners: make(map[*net.UnixListener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		perUID:    make(map[uint32]int),
 		done:      make(chan struct{}),
 	}
 	s.named = queue.NewRegistry(&s.total)
@@ -139,7 +145,7 @@ func (s *Server) Serve(l *net.UnixListener) error {
 		l.Close()
 	}()
 
-	s.log.Info("serving", "socket", l.Addr().String(), "max_message", s.cfg.MaxMessageSize, "max_inline", s.cfg.MaxInline)
+	s.log.Info("serving", "socket", l.Addr().String(), "max_message", s.cfg.MaxMessageSize, "max_inline", s.cfg.MaxInline, "limits", s.cfg.Limits)
 	var backoff time.Duration
 	for {
 		uc, err := l.AcceptUnix()
@@ -169,22 +175,53 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	}
 }
 
-// track registers a new connection and starts serving it. It reports
-// false once shutdown has begun.
+// track registers a new connection and starts serving it, unless it is
+// over a connection limit (then it is refused with a LIMIT error and
+// closed). It reports false once shutdown has begun.
 func (s *Server) track(uc *net.UnixConn) bool {
+	cred, credErr := peerCred(uc)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing.Load() {
 		return false
 	}
-	c := newConn(s, uc)
+	lim := &s.cfg.Limits
+	var refusal string
+	switch {
+	case len(s.conns) >= lim.MaxConnections:
+		refusal = limitError("too many connections", int64(len(s.conns)), int64(lim.MaxConnections), "max-connections", "close idle clients or raise the limit").Error()
+	case cred != nil && s.perUID[cred.Uid] >= lim.MaxConnectionsPerUID:
+		refusal = limitError(fmt.Sprintf("too many connections for uid %d", cred.Uid), int64(s.perUID[cred.Uid]), int64(lim.MaxConnectionsPerUID), "max-connections-per-uid", "close idle clients or raise the limit").Error()
+	}
+	if refusal != "" {
+		attrs := []any{"err", refusal}
+		if cred != nil {
+			attrs = append(attrs, "pid", cred.Pid, "uid", cred.Uid)
+		}
+		s.log.Warn("connection refused", attrs...)
+		// The socket buffer of a new connection is empty: this write
+		// does not block, and the deadline makes sure of it.
+		uc.SetWriteDeadline(time.Now().Add(time.Second))
+		uc.Write(wire.AppendError(nil, 0, wire.CodeLimit, refusal))
+		uc.Close()
+		return true
+	}
+	c := newConn(s, uc, cred, credErr)
 	s.conns[c] = struct{}{}
+	if cred != nil {
+		s.perUID[cred.Uid]++
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		c.serve()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if cred != nil {
+			if s.perUID[cred.Uid]--; s.perUID[cred.Uid] == 0 {
+				delete(s.perUID, cred.Uid)
+			}
+		}
 		s.mu.Unlock()
 	}()
 	return true

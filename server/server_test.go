@@ -1149,3 +1149,116 @@ func TestSparePages(t *testing.T) {
 		t.Error("a negative spare page limit was accepted")
 	}
 }
+
+// expectLimit checks that err is a LIMIT refusal naming flag.
+func expectLimit(t *testing.T, what string, err error, flag string) {
+	t.Helper()
+	if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "--"+flag) {
+		t.Fatalf("%s: %v; want ErrLimit naming --%s", what, err, flag)
+	}
+}
+
+// TestStoreQuotas fills the private queue, a named queue and the server
+// to their limits: each request over a limit fails alone with a LIMIT
+// error naming the limit, nothing stored is lost, the refused page is
+// closed, and the connection goes on.
+func TestStoreQuotas(t *testing.T) {
+	srv, path := startServer(t, server.Config{Limits: server.Limits{
+		MaxPrivateMessages: 3,
+		MaxQueueBytes:      1000,
+		MaxStoredMessages:  6,
+	}})
+	c := dial(t, path, machq.WithInlineThreshold(64<<10))
+	ctx := testCtx(t)
+
+	for i := range 3 {
+		if err := c.Send(ctx, "", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectLimit(t, "fourth private message", c.Send(ctx, "", []byte{3}), "max-private-messages")
+	for i := range 3 {
+		m, err := c.Retrieve(ctx, "")
+		if err != nil || m.Bytes()[0] != byte(i) {
+			t.Fatalf("private message %d after the refusal: %v", i, err)
+		}
+		m.Close()
+	}
+	if err := c.Send(ctx, "", []byte{9}); err != nil {
+		t.Fatalf("private queue drained, yet: %v", err)
+	}
+
+	if err := c.Send(ctx, "q", make([]byte, 600)); err != nil {
+		t.Fatal(err)
+	}
+	expectLimit(t, "600 more bytes in a 1000-byte queue", c.Send(ctx, "q", make([]byte, 600)), "max-queue-bytes")
+	base := countFDs(t)
+	expectLimit(t, "a 100 KiB page in a 1000-byte queue", c.Send(ctx, "q", make([]byte, 100<<10)), "max-queue-bytes")
+	waitFor(t, "the refused page closed", func() bool { return countFDs(t) == base })
+	if err := c.Send(ctx, "q", make([]byte, 400)); err != nil {
+		t.Fatalf("400 bytes filling the queue exactly: %v", err)
+	}
+
+	// 1 private + 2 in q: three more reach the total of 6.
+	other := dial(t, path)
+	for i := range 3 {
+		if err := other.Send(ctx, "other", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectLimit(t, "a seventh message on the server", other.Send(ctx, "other", []byte{3}), "max-stored-messages")
+	if st := srv.Stats(); st.Messages != 6 {
+		t.Fatalf("server holds %d messages, want 6", st.Messages)
+	}
+}
+
+// TestWaitingAndConnectionLimits checks the limit on waiting retrieves
+// per connection and the connection limits: the refused client gets a
+// LIMIT error naming the limit, and a slot freed is usable again.
+func TestWaitingAndConnectionLimits(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxWaiting: 2, MaxConnections: 3, MaxConnectionsPerUID: 2}})
+	ctx := testCtx(t)
+	c := dial(t, path)
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { c.RetrieveWait(waitCtx, "w") })
+	}
+	observer := dial(t, path)
+	waitFor(t, "two retrieves waiting", func() bool {
+		st, err := observer.Stat(ctx)
+		return err == nil && len(st.Queues) == 1 && st.Queues[0].Waiting == 2
+	})
+	_, err := c.RetrieveWait(ctx, "w")
+	expectLimit(t, "a third waiting retrieve", err, "max-waiting")
+	stopWaiting()
+	wg.Wait()
+
+	// Two connections are open (c, observer): the same uid may not open a
+	// third.
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = machq.Dial(dctx, path)
+	expectLimit(t, "a third connection of one uid", err, "max-connections-per-uid")
+	observer.Close()
+	waitFor(t, "a connection slot freed", func() bool {
+		d, err := machq.Dial(dctx, path)
+		if err == nil {
+			d.Close()
+		}
+		return err == nil
+	})
+}
+
+// TestConnectionLimit checks the limit on connections in all.
+func TestConnectionLimit(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxConnections: 1}})
+	ctx := testCtx(t)
+	first := dial(t, path)
+	_, err := machq.Dial(ctx, path)
+	expectLimit(t, "a second connection", err, "max-connections")
+	if err := first.Send(ctx, "", []byte("still served")); err != nil {
+		t.Fatalf("the first connection after the refusal: %v", err)
+	}
+}

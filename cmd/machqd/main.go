@@ -1,7 +1,7 @@
 // Command machqd is the machq server: a local message store that keeps
 // FIFO queues of payloads passed as sealed memfds.
 //
-//	machqd [--name NAME | --socket PATH] [--log-level LEVEL] [--max-message BYTES]
+//	machqd [--name NAME | --socket PATH] [--log-level LEVEL] [--max-message BYTES] [--max-... N]
 //
 // It checks in under a service name (a socket in the runtime directory),
 // or serves the listening socket a service manager passes it (systemd
@@ -48,6 +48,16 @@ Flags:
 	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
 	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
+	var lim server.Limits
+	fs.IntVar(&lim.MaxConnections, "max-connections", server.DefaultMaxConnections, "most `connections` served at once (-1: no limit)")
+	fs.IntVar(&lim.MaxConnectionsPerUID, "max-connections-per-uid", server.DefaultMaxConnectionsPerUID, "most `connections` of one user id at once (-1: no limit)")
+	fs.Int64Var(&lim.MaxStoredMessages, "max-stored-messages", server.DefaultMaxStoredMessages, "most `messages` stored in all queues together (-1: no limit)")
+	fs.Int64Var(&lim.MaxStoredBytes, "max-stored-bytes", 0, "most payload `bytes` stored in all queues together, pages included (0: half of the machine's memory; -1: no limit)")
+	fs.Int64Var(&lim.MaxQueueMessages, "max-queue-messages", 0, "most `messages` in one named queue (0: --max-stored-messages; -1: no limit)")
+	fs.Int64Var(&lim.MaxQueueBytes, "max-queue-bytes", 0, "most payload `bytes` in one named queue (0: --max-stored-bytes; -1: no limit)")
+	fs.Int64Var(&lim.MaxPrivateMessages, "max-private-messages", server.DefaultMaxPrivateMessages, "most `messages` in one connection's private queue (-1: no limit)")
+	fs.Int64Var(&lim.MaxPrivateBytes, "max-private-bytes", 0, "most payload `bytes` in one connection's private queue (0: --max-stored-bytes; -1: no limit)")
+	fs.IntVar(&lim.MaxWaiting, "max-waiting", server.DefaultMaxWaiting, "most `retrieves` of one connection waiting for a message at once (-1: no limit)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -77,7 +87,7 @@ Flags:
 	}
 	log := slog.New(h)
 
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, Limits: lim})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2

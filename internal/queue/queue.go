@@ -82,6 +82,24 @@ func (q *Queue) Name() string { return q.name }
 func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.push(m, stored)
+}
+
+// PushWithin is Push unless the queue would then hold more than
+// maxMessages messages or maxBytes payload bytes: it then keeps nothing,
+// does not call stored, and returns false. A message handed straight to a
+// waiting consumer is never refused, since the queue does not keep it.
+func (q *Queue) PushWithin(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.waiters) == 0 && (int64(q.n) >= maxMessages || m.Size > maxBytes-q.bytes) {
+		return 0, false
+	}
+	return q.push(m, stored), true
+}
+
+// push is Push with q.mu held.
+func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 	m.Seq = q.nextSeq
 	q.nextSeq++
 	if stored != nil {
