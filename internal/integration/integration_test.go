@@ -526,3 +526,21 @@ func TestIntegrationShellWarnsOfTampering(t *testing.T) {
 		t.Fatalf("retrieve of a tampered message: exit %d, stdout %q, stderr %q; want 5, nothing, a warning", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestDaemonLimitFlags checks that machqd's limit flags take effect and
+// that the CLI reports a refusal in one line naming the flag.
+func TestDaemonLimitFlags(t *testing.T) {
+	d := startDaemon(t, "", "--max-queue-messages", "2")
+	for i := range 2 {
+		if r := runCLI(t, strings.NewReader("job"), "send", "--socket", d.socket, "--queue", "jobs"); r.code != 0 {
+			t.Fatalf("send %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	r := runCLI(t, strings.NewReader("one too many"), "send", "--socket", d.socket, "--queue", "jobs")
+	if r.code != 1 || !strings.Contains(r.stderr, "--max-queue-messages") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("third send: exit %d, stderr %q; want 1 and one line naming --max-queue-messages", r.code, r.stderr)
+	}
+	if st := d.stats(); st.Messages != 2 {
+		t.Fatalf("server holds %d messages after the refusal, want 2", st.Messages)
+	}
+}
