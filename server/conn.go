@@ -327,6 +327,11 @@ func (c *conn) handleStore(f wire.Frame) {
 		c.sendError(f.ID, wire.CodeLimit, limitError(fmt.Sprintf("storing %d more bytes would pass the server's byte limit", m.Size), held, lim.MaxStoredBytes, "max-stored-bytes", "retrieve some, or raise the limit").Error())
 		return
 	}
+	if held := c.s.total.pages.Load(); isPage && held >= lim.MaxStoredPages {
+		m.Release()
+		c.sendError(f.ID, wire.CodeLimit, limitError("the server holds too many pages (each an open descriptor)", held, lim.MaxStoredPages, "max-stored-pages", "retrieve some, send small payloads inline, or raise the limit with ulimit -n").Error())
+		return
+	}
 	maxMessages, maxBytes, flags := lim.MaxQueueMessages, lim.MaxQueueBytes, "queue"
 	if q == c.private {
 		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"

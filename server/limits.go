@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Limits bounds what clients may make the server hold. In each field, zero
@@ -38,6 +40,13 @@ type Limits struct {
 	// MaxWaiting bounds the RETRIEVEs of one connection waiting for a
 	// message at once. Default 4096.
 	MaxWaiting int
+	// MaxStoredPages bounds the out-of-line messages stored in all queues:
+	// each holds a descriptor open. Default three quarters of the
+	// process's descriptor limit (RLIMIT_NOFILE), which leaves the rest
+	// for connections and for descriptors in flight, so that a page sent
+	// near the limit is refused with a LIMIT error rather than dropped by
+	// the kernel.
+	MaxStoredPages int64
 }
 
 // Limit defaults; see Limits.
@@ -78,6 +87,37 @@ func (l *Limits) setDefaults() {
 	pick(&l.MaxQueueBytes, l.MaxStoredBytes)
 	pick(&l.MaxPrivateMessages, DefaultMaxPrivateMessages)
 	pick(&l.MaxPrivateBytes, l.MaxStoredBytes)
+	pick(&l.MaxStoredPages, pagesForDescriptorLimit())
+}
+
+// pagesForDescriptorLimit returns three quarters of the soft descriptor
+// limit, or no limit if it cannot be read.
+func pagesForDescriptorLimit() int64 {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > uint64(unlimited) {
+		return unlimited
+	}
+	return max(int64(rl.Cur)/4*3, 1)
+}
+
+// RaiseDescriptorLimit raises the process's soft descriptor limit
+// (RLIMIT_NOFILE) to its hard limit, so that the server can hold as many
+// pages as the system allows, and returns the new soft limit. Go
+// programs start with the soft limit raised already; a program embedding
+// the server that lowered it, or a daemon wanting to log it, calls this
+// before New, which derives the default MaxStoredPages from it.
+func RaiseDescriptorLimit() (uint64, error) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("machq: getrlimit(RLIMIT_NOFILE): %w", err)
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			return 0, fmt.Errorf("machq: setrlimit(RLIMIT_NOFILE): %w", err)
+		}
+	}
+	return rl.Cur, nil
 }
 
 // halfOfMemory returns half of the machine's memory, or no limit if it

@@ -94,12 +94,14 @@ type Server struct {
 // totals counts the messages and bytes held in every queue.
 type totals struct {
 	messages atomic.Int64
+	pages    atomic.Int64
 	bytes    atomic.Int64
 }
 
 // Add implements queue.Counter.
-func (t *totals) Add(messages, bytes int64) {
+func (t *totals) Add(messages, pages, bytes int64) {
 	t.messages.Add(messages)
+	t.pages.Add(pages)
 	t.bytes.Add(bytes)
 }
 

@@ -1262,3 +1262,31 @@ func TestConnectionLimit(t *testing.T) {
 		t.Fatalf("the first connection after the refusal: %v", err)
 	}
 }
+
+// TestPageLimit checks the limit on stored pages, the open descriptors a
+// server must budget for: inline payloads pass, the page over the limit
+// is refused and closed.
+func TestPageLimit(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxStoredPages: 2}})
+	c := dial(t, path, machq.WithInlineThreshold(0), machq.WithSparePage(0))
+	ctx := testCtx(t)
+	for i := range 2 {
+		if err := c.Send(ctx, "p", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := countFDs(t)
+	expectLimit(t, "a third page", c.Send(ctx, "p", []byte{2}), "max-stored-pages")
+	waitFor(t, "the refused page closed", func() bool { return countFDs(t) == base })
+	if err := c.SendBatch(ctx, "p", [][]byte{nil}); err != nil { // empty: no page
+		t.Fatalf("an empty payload with the pages at their limit: %v", err)
+	}
+	m, err := c.Retrieve(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if err := c.Send(ctx, "p", []byte{3}); err != nil {
+		t.Fatalf("a page after one was retrieved: %v", err)
+	}
+}

@@ -44,11 +44,20 @@ type Waiter interface {
 	Deliver(q *Queue, m *Message) bool
 }
 
-// Counter is told of every change to the number of messages and bytes held
-// by any queue, so that an owner can keep totals across many queues. It is
-// called with the queue's lock held.
+// Counter is told of every change to the number of messages, of pages
+// (messages whose payload is a descriptor) and of bytes held by any queue,
+// so that an owner can keep totals across many queues. It is called with
+// the queue's lock held.
 type Counter interface {
-	Add(messages, bytes int64)
+	Add(messages, pages, bytes int64)
+}
+
+// pages returns 1 if m's payload is a page, 0 if it is inline.
+func (m *Message) pages() int64 {
+	if m.FD >= 0 {
+		return 1
+	}
+	return 0
 }
 
 // Queue is a FIFO of messages with a FIFO of waiters. It is safe for
@@ -135,7 +144,7 @@ func (q *Queue) append(m *Message) {
 	q.n++
 	q.bytes += m.Size
 	if q.counter != nil {
-		q.counter.Add(1, m.Size)
+		q.counter.Add(1, m.pages(), m.Size)
 	}
 }
 
@@ -158,7 +167,7 @@ func (q *Queue) pop() *Message {
 	q.n--
 	q.bytes -= m.Size
 	if q.counter != nil {
-		q.counter.Add(-1, -m.Size)
+		q.counter.Add(-1, -m.pages(), -m.Size)
 	}
 	if q.n == 0 {
 		q.head = 0

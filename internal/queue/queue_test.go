@@ -21,14 +21,16 @@ func inline(tag string, size int) *queue.Message {
 type counter struct {
 	mu       sync.Mutex
 	messages int64
+	pages    int64
 	bytes    int64
 	calls    int
 }
 
-func (c *counter) Add(messages, bytes int64) {
+func (c *counter) Add(messages, pages, bytes int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.messages += messages
+	c.pages += pages
 	c.bytes += bytes
 	c.calls++
 }
@@ -729,3 +731,27 @@ func TestPushAcknowledgesBeforeDelivering(t *testing.T) {
 type recordingWaiter struct{ deliver func(*queue.Message) }
 
 func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) bool { r.deliver(m); return true }
+
+// TestCounterCountsPages checks that the counter learns how many of the
+// messages held are pages, the descriptors a server must budget for.
+func TestCounterCountsPages(t *testing.T) {
+	var c counter
+	q := queue.New("q", &c)
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // any descriptor stands for a page
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Push(&queue.Message{Size: 10, FD: -1}, nil)
+	q.Push(&queue.Message{Size: 4096, FD: fd}, nil)
+	if c.messages != 2 || c.pages != 1 || c.bytes != 4106 {
+		t.Fatalf("after an inline message and a page: %d messages, %d pages, %d bytes", c.messages, c.pages, c.bytes)
+	}
+	q.Pop().Release()
+	if c.pages != 1 {
+		t.Fatalf("after popping the inline message: %d pages, want 1", c.pages)
+	}
+	q.Drain()
+	if c.messages != 0 || c.pages != 0 || c.bytes != 0 {
+		t.Fatalf("after Drain: %d messages, %d pages, %d bytes", c.messages, c.pages, c.bytes)
+	}
+}
