@@ -36,6 +36,8 @@ var (
 	ErrCancelled = errors.New("machq: request cancelled")
 	// ErrLimit: a server limit or quota was reached.
 	ErrLimit = errors.New("machq: server limit reached")
+	// ErrDenied: the server does not admit this process's user or groups.
+	ErrDenied = errors.New("machq: access denied")
 )
 
 // ErrorCode is the machine-readable reason the server gives for a failed
@@ -57,6 +59,7 @@ const (
 	CodeInternal      ErrorCode = 11 // the server failed
 	CodeBadDescriptor ErrorCode = 12 // a descriptor was missing or not expected
 	CodeBadRequest    ErrorCode = 13 // a request body that does not parse
+	CodeDenied        ErrorCode = 14 // fatal: this user may not connect
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -92,6 +95,8 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrCancelled
 	case CodeLimit:
 		return target == ErrLimit
+	case CodeDenied:
+		return target == ErrDenied
 	}
 	return false
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,10 @@ type Config struct {
 
 	// Limits bounds connections and what they may store.
 	Limits Limits
+
+	// Access says which users besides the server's own and root may
+	// connect.
+	Access Access
 }
 
 func (c *Config) setDefaults() error {
@@ -189,7 +194,12 @@ func (s *Server) track(uc *net.UnixConn) bool {
 	}
 	lim := &s.cfg.Limits
 	var refusal string
+	code := wire.CodeLimit
+	if ok, why := s.cfg.Access.admits(cred); !ok {
+		refusal, code = why, wire.CodeDenied
+	}
 	switch {
+	case refusal != "":
 	case len(s.conns) >= lim.MaxConnections:
 		refusal = limitError("too many connections", int64(len(s.conns)), int64(lim.MaxConnections), "max-connections", "close idle clients or raise the limit").Error()
 	case cred != nil && s.perUID[cred.Uid] >= lim.MaxConnectionsPerUID:
@@ -204,7 +214,7 @@ func (s *Server) track(uc *net.UnixConn) bool {
 		// The socket buffer of a new connection is empty: this write
 		// does not block, and the deadline makes sure of it.
 		uc.SetWriteDeadline(time.Now().Add(time.Second))
-		uc.Write(wire.AppendError(nil, 0, wire.CodeLimit, refusal))
+		uc.Write(wire.AppendError(nil, 0, code, refusal))
 		uc.Close()
 		return true
 	}
@@ -344,5 +354,15 @@ func (s *Server) ListenAndServe(path string) error {
 		return err
 	}
 	defer reg.Release()
+	if s.cfg.Access.open() {
+		// Let the kernel pass every user through; the server decides.
+		if err := os.Chmod(path, 0o666); err != nil {
+			return fmt.Errorf("machq: open the socket to the allowed users: %w", err)
+		}
+		if fi, err := os.Stat(filepath.Dir(path)); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			s.log.Warn("allowed users cannot reach the socket: its directory is not searchable by others; chmod o+x it",
+				"dir", filepath.Dir(path), "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+		}
+	}
 	return s.Serve(reg.Listener)
 }

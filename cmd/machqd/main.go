@@ -2,6 +2,7 @@
 // FIFO queues of payloads passed as sealed memfds.
 //
 //	machqd [--name NAME | --socket PATH] [--log-level LEVEL] [--max-message BYTES] [--max-... N]
+//	       [--allow-uid USER]... [--allow-gid GROUP]...
 //
 // It checks in under a service name (a socket in the runtime directory),
 // or serves the listening socket a service manager passes it (systemd
@@ -16,6 +17,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -48,6 +51,9 @@ Flags:
 	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
 	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
+	var access server.Access
+	fs.Var(idList{&access.AllowUIDs, lookupUID}, "allow-uid", "also admit this `user` (name or uid); repeatable")
+	fs.Var(idList{&access.AllowGIDs, lookupGID}, "allow-gid", "also admit members of this `group` (name or gid); repeatable")
 	var lim server.Limits
 	fs.IntVar(&lim.MaxConnections, "max-connections", server.DefaultMaxConnections, "most `connections` served at once (-1: no limit)")
 	fs.IntVar(&lim.MaxConnectionsPerUID, "max-connections-per-uid", server.DefaultMaxConnectionsPerUID, "most `connections` of one user id at once (-1: no limit)")
@@ -94,7 +100,7 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, Limits: lim})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, Limits: lim, Access: access})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2
@@ -159,4 +165,49 @@ func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() e
 		defer reg.Release()
 		return srv.Serve(reg.Listener)
 	}, nil
+}
+
+// idList is a repeatable flag of user or group ids, given as numbers or
+// names.
+type idList struct {
+	ids    *[]uint32
+	lookup func(name string) (string, error)
+}
+
+func (l idList) String() string {
+	if l.ids == nil || len(*l.ids) == 0 {
+		return ""
+	}
+	return fmt.Sprint(*l.ids)
+}
+
+func (l idList) Set(v string) error {
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		id, lerr := l.lookup(v)
+		if lerr != nil {
+			return fmt.Errorf("%q is neither a number nor a known name", v)
+		}
+		if n, err = strconv.ParseUint(id, 10, 32); err != nil {
+			return fmt.Errorf("%q resolves to %q, not a number", v, id)
+		}
+	}
+	*l.ids = append(*l.ids, uint32(n))
+	return nil
+}
+
+func lookupUID(name string) (string, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return "", err
+	}
+	return u.Uid, nil
+}
+
+func lookupGID(name string) (string, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return "", err
+	}
+	return g.Gid, nil
 }

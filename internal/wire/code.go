@@ -17,10 +17,11 @@ const (
 	CodeBadPage       Code = 7  // the descriptor is not a sealed memfd of the declared size
 	CodeCancelled     Code = 8  // a waiting RETRIEVE was cancelled by CANCEL
 	CodeShuttingDown  Code = 9  // fatal: the server is stopping
-	CodeLimit         Code = 10 // reserved for limits and quotas; not sent by version 1 servers yet
+	CodeLimit         Code = 10 // a configured limit or quota was reached
 	CodeInternal      Code = 11 // the server failed; the request may be retried
 	CodeBadDescriptor Code = 12 // a STORE's descriptor was missing, or present with an inline payload
 	CodeBadRequest    Code = 13 // a well-framed request whose body does not parse
+	CodeDenied        Code = 14 // fatal: the peer's user and groups are not allowed to connect
 )
 
 var codeNames = map[Code]string{
@@ -37,6 +38,7 @@ var codeNames = map[Code]string{
 	CodeInternal:      "INTERNAL",
 	CodeBadDescriptor: "BAD_DESCRIPTOR",
 	CodeBadRequest:    "BAD_REQUEST",
+	CodeDenied:        "DENIED",
 }
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -49,5 +51,5 @@ func (c Code) String() string {
 
 // Fatal reports whether the server closes the connection after sending c.
 func (c Code) Fatal() bool {
-	return c == CodeMalformed || c == CodeVersion || c == CodeShuttingDown
+	return c == CodeMalformed || c == CodeVersion || c == CodeShuttingDown || c == CodeDenied
 }

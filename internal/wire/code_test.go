@@ -8,7 +8,7 @@ import (
 
 // TestCodeStringAndFatal checks every code against docs/PROTOCOL.md section
 // 7: its number, its name, and whether the server closes the connection
-// after sending it (codes 1, 2 and 9).
+// after sending it (codes 1, 2, 9 and 14).
 func TestCodeStringAndFatal(t *testing.T) {
 	for _, tc := range []struct {
 		code  wire.Code
@@ -30,7 +30,8 @@ func TestCodeStringAndFatal(t *testing.T) {
 		{wire.CodeBadDescriptor, 12, "BAD_DESCRIPTOR", false},
 		{wire.CodeBadRequest, 13, "BAD_REQUEST", false},
 		{0, 0, "CODE_0", false},
-		{14, 14, "CODE_14", false},
+		{wire.CodeDenied, 14, "DENIED", true},
+		{15, 15, "CODE_15", false},
 		{0xffff, 0xffff, "CODE_65535", false},
 	} {
 		if uint16(tc.code) != tc.num {

@@ -1,0 +1,103 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/server"
+)
+
+// dialAs connects to path with the effective user and group ids uid and
+// gid, as another local user would. The kernel records the credentials
+// of the connecting thread (SO_PEERCRED), so only that thread takes the
+// ids, and it ends with the goroutine. It needs root.
+func dialAs(t *testing.T, path string, uid, gid int) (*machq.Client, error) {
+	t.Helper()
+	type result struct {
+		c   *machq.Client
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), uintptr(gid), ^uintptr(0)); e != 0 {
+			done <- result{err: fmt.Errorf("setresgid: %w", e)}
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
+			done <- result{err: fmt.Errorf("setresuid: %w", e)}
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := machq.Dial(ctx, path)
+		done <- result{c, err}
+	}()
+	r := <-done
+	if r.c != nil {
+		t.Cleanup(func() { r.c.Close() })
+	}
+	return r.c, r.err
+}
+
+// TestAccessAdmitsListedUsersOnly checks --allow-uid and --allow-gid: a
+// listed user, and a member of a listed group, are served; anyone else
+// gets DENIED naming what to ask for, and the server goes on serving.
+func TestAccessAdmitsListedUsersOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as other users")
+	}
+	dir, err := os.MkdirTemp("", "access-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Access: server.Access{AllowUIDs: []uint32{4242}, AllowGIDs: []uint32{777}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe(path) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-errc
+	})
+	waitFor(t, "the socket open to everyone", func() bool {
+		fi, err := os.Stat(path)
+		return err == nil && fi.Mode().Perm() == 0o666
+	})
+
+	ctx := testCtx(t)
+	allowed, err := dialAs(t, path, 4242, 4242)
+	if err != nil {
+		t.Fatalf("listed uid 4242: %v", err)
+	}
+	if err := allowed.Send(ctx, "", []byte("hello")); err != nil {
+		t.Fatalf("listed uid 4242 storing: %v", err)
+	}
+	if _, err := dialAs(t, path, 4343, 777); err != nil {
+		t.Fatalf("uid 4343 in listed group 777: %v", err)
+	}
+	_, err = dialAs(t, path, 4343, 4343)
+	if !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "--allow-uid 4343") {
+		t.Fatalf("unlisted uid 4343: %v; want ErrDenied saying what to ask for", err)
+	}
+	// The refusal harmed nobody.
+	if err := allowed.Send(ctx, "", []byte("again")); err != nil {
+		t.Fatalf("listed uid after a refusal: %v", err)
+	}
+}
