@@ -1,0 +1,148 @@
+package server_test
+
+import (
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/wire"
+	"github.com/machq/machq/internal/wiretest"
+	"github.com/machq/machq/server"
+)
+
+// sealedSparse returns a sealed memfd of size bytes of which no page was
+// ever touched.
+func sealedSparse(t *testing.T, size int64) int {
+	t.Helper()
+	fd, err := page.Create("sparse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Truncate(fd, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Seal(fd); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// TestHostileDescriptors sends descriptors of the wrong kind, in the
+// wrong number, and sealed pages that lie about their size or claim more
+// memory than the limits allow. Each request fails alone with a clear
+// error, every descriptor is closed, no goroutine is left behind, and
+// another client's data is intact.
+func TestHostileDescriptors(t *testing.T) {
+	srv, path := startServer(t, server.Config{Limits: server.Limits{MaxStoredBytes: 1 << 30}})
+	other := dial(t, path)
+	ctx := testCtx(t)
+	if err := other.Send(ctx, "others", []byte("keep me")); err != nil {
+		t.Fatal(err)
+	}
+	raw := wiretest.DialHello(t, path)
+	baseFDs := countFDs(t)
+	baseGoroutines := runtime.NumGoroutine()
+
+	dir := t.TempDir()
+	cases := []struct {
+		name string
+		fds  func() []int
+		size uint64
+		code wire.Code
+		msg  string
+	}{
+		{"socket", func() []int {
+			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(p[1])
+			return p[:1]
+		}, 10, wire.CodeBadPage, "socket"},
+		{"directory", func() []int {
+			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []int{fd}
+		}, 10, wire.CodeBadPage, "directory"},
+		{"O_PATH descriptor of a sealed memfd", func() []int {
+			fd := memfd(t, []byte("0123456789"), int(page.RequiredSeals))
+			defer unix.Close(fd)
+			p, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []int{p}
+		}, 10, wire.CodeBadPage, ""},
+		{"empty memfd declared as 10 bytes", func() []int { return []int{memfd(t, nil, int(page.RequiredSeals))} }, 10, wire.CodeBadPage, "size differs"},
+		{"sparse 1 TiB page", func() []int { return []int{sealedSparse(t, 1<<40)} }, 1 << 40, wire.CodeTooLarge, "exceeds"},
+		{"sparse 2 GiB page over the byte limit", func() []int { return []int{sealedSparse(t, 2<<30)} }, 2 << 30, wire.CodeLimit, "--max-stored-bytes"},
+	}
+	for i, tc := range cases {
+		fds := tc.fds()
+		frame := wire.AppendStore(nil, uint64(100+i), wire.Store{Size: tc.size, Queue: []byte("bad")}, nil, true)
+		raw.Write(frame, fds...)
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		msg := raw.ExpectError(tc.code)
+		if tc.msg != "" && !strings.Contains(msg, tc.msg) {
+			t.Errorf("%s: error %q does not mention %q", tc.name, msg, tc.msg)
+		}
+	}
+
+	// More descriptors than a frame may declare (one) break the framing:
+	// the offender's connection is closed with MALFORMED, every
+	// descriptor it sent is closed, and nobody else is disturbed.
+	for _, n := range []int{3, wire.MaxFDsPerWrite} {
+		bad := wiretest.DialHello(t, path)
+		fds := make([]int, n)
+		for i := range fds {
+			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds[i] = fd
+		}
+		frame := wire.AppendStore(nil, 1, wire.Store{Size: 10, Queue: []byte("bad")}, nil, true)
+		frame[6] = byte(n) // the header's descriptor count
+		bad.Write(frame, fds...)
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if msg := bad.ExpectError(wire.CodeMalformed); !strings.Contains(msg, "descriptors") {
+			t.Errorf("%d descriptors: error %q does not say what was wrong", n, msg)
+		}
+		if _, err := bad.ReadErr(); err == nil {
+			t.Errorf("%d descriptors: the connection stayed open", n)
+		}
+		bad.UC.Close()
+	}
+	// A descriptor sent with a request that takes none is closed, and the
+	// request still served.
+	efd, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	frame := wire.AppendStat(nil, 500)
+	frame[6] = 1
+	raw.Write(frame, efd)
+	unix.Close(efd)
+	if f := raw.Read(); f.Op != wire.OpStats {
+		t.Fatalf("STAT with a descriptor: got %s", f.Op)
+	}
+
+	waitFor(t, "every descriptor closed", func() bool { return countFDs(t) == baseFDs })
+	waitFor(t, "no goroutine left behind", func() bool { return runtime.NumGoroutine() <= baseGoroutines })
+	if st := srv.Stats(); st.Messages != 1 {
+		t.Errorf("server holds %d messages, want only the other client's 1", st.Messages)
+	}
+	m, err := other.Retrieve(ctx, "others")
+	if err != nil || string(m.Bytes()) != "keep me" {
+		t.Fatalf("other client's data: %v", err)
+	}
+	m.Close()
+}
+
