@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ func (c *conn) serve() {
 	}()
 
 	rd := wire.NewReader(c.uc)
+	c.uc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
 	reason := c.readLoop(rd)
 	rd.Close()
 
@@ -172,6 +174,12 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 		}
 		f, err := rd.ReadFrame()
 		if err != nil {
+			if !c.hello && errors.Is(err, os.ErrDeadlineExceeded) && !c.s.closing.Load() {
+				msg := fmt.Sprintf("no HELLO within %s of connecting; a connection must start with HELLO", c.s.cfg.HandshakeTimeout)
+				c.log.Warn("closing connection: silent client", "err", msg)
+				c.sendError(0, wire.CodeMalformed, msg)
+				return "no handshake"
+			}
 			if isPeerGone(err) {
 				if c.s.closing.Load() {
 					return "server shutdown"
@@ -265,6 +273,11 @@ func (c *conn) handleHello(f wire.Frame) bool {
 		return true
 	}
 	c.hello = true
+	c.mu.Lock()
+	if !c.stopping { // Shutdown's deadline must stand
+		c.uc.SetReadDeadline(time.Time{})
+	}
+	c.mu.Unlock()
 	c.mu.Lock()
 	c.out = wire.AppendWelcome(c.out, f.ID, wire.Welcome{
 		Version:    wire.Version,

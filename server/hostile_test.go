@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -146,3 +147,22 @@ func TestHostileDescriptors(t *testing.T) {
 	m.Close()
 }
 
+// TestSilentClientIsDisconnected checks that a client that connects and
+// sends nothing is told why and disconnected after the handshake timeout,
+// while a client that said HELLO stays however long it idles.
+func TestSilentClientIsDisconnected(t *testing.T) {
+	_, path := startServer(t, server.Config{HandshakeTimeout: 100 * time.Millisecond})
+	polite := dial(t, path)
+	silent := wiretest.Dial(t, path)
+	if msg := silent.ExpectError(wire.CodeMalformed); !strings.Contains(msg, "no HELLO") {
+		t.Fatalf("silent client told %q", msg)
+	}
+	if _, err := silent.ReadErr(); err == nil {
+		t.Fatal("silent client's connection stayed open")
+	}
+	// The polite client connected before the silent one and has idled
+	// past the timeout since.
+	if err := polite.Send(testCtx(t), "", []byte("still here")); err != nil {
+		t.Fatalf("client that said HELLO, after the timeout: %v", err)
+	}
+}

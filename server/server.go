@@ -44,6 +44,11 @@ type Config struct {
 	// its last responses to a client that is not reading. Zero means 5s.
 	DrainTimeout time.Duration
 
+	// HandshakeTimeout bounds how long a new connection may take to send
+	// HELLO; a client that connects and sends nothing is disconnected
+	// after it. Zero means 10s.
+	HandshakeTimeout time.Duration
+
 	// Limits bounds connections and what they may store.
 	Limits Limits
 
@@ -70,6 +75,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 5 * time.Second
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
 	}
 	c.Limits.setDefaults()
 	return nil

@@ -51,6 +51,7 @@ Flags:
 	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
 	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
+	handshakeTimeout := fs.Duration("handshake-timeout", 10*time.Second, "how long a new connection may take to send HELLO before it is closed")
 	var access server.Access
 	fs.Var(idList{&access.AllowUIDs, lookupUID}, "allow-uid", "also admit this `user` (name or uid); repeatable")
 	fs.Var(idList{&access.AllowGIDs, lookupGID}, "allow-gid", "also admit members of this `group` (name or gid); repeatable")
@@ -100,7 +101,7 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, Limits: lim, Access: access})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, HandshakeTimeout: *handshakeTimeout, Limits: lim, Access: access})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2
