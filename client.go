@@ -931,10 +931,13 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 
 // Stats describes a server at one instant.
 type Stats struct {
-	Clients  int          `json:"clients"`  // connected clients
-	Messages int64        `json:"messages"` // messages stored, private and named queues
-	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
-	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+	Clients  int   `json:"clients"`  // connected clients
+	Messages int64 `json:"messages"` // messages stored, private and named queues
+	Bytes    int64 `json:"bytes"`    // payload bytes stored, private and named queues
+	Pages    int64 `json:"pages"`    // messages stored as pages (open descriptors)
+	// Goroutines is the number of goroutines of the server's process.
+	Goroutines int          `json:"goroutines"`
+	Queues     []QueueStats `json:"queues"` // each named queue, sorted by name
 	// QueuesOmitted counts named queues the server left out of Queues
 	// because its STATS frame could not hold them all.
 	QueuesOmitted int `json:"queues_omitted,omitempty"`

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -310,10 +311,14 @@ func (s *Server) freeAll() {
 
 // Stats describes the server at one instant.
 type Stats struct {
-	Clients  int          `json:"clients"`  // connected clients
-	Messages int64        `json:"messages"` // messages stored, private and named queues
-	Bytes    int64        `json:"bytes"`    // payload bytes stored, private and named queues
-	Queues   []QueueStats `json:"queues"`   // each named queue, sorted by name
+	Clients  int   `json:"clients"`  // connected clients
+	Messages int64 `json:"messages"` // messages stored, private and named queues
+	Bytes    int64 `json:"bytes"`    // payload bytes stored, private and named queues
+	Pages    int64 `json:"pages"`    // messages stored as pages (each an open descriptor)
+	// Goroutines is the number of goroutines of the server's process: it
+	// returns to its idle value once every client has left.
+	Goroutines int          `json:"goroutines"`
+	Queues     []QueueStats `json:"queues"` // each named queue, sorted by name
 	// QueuesOmitted counts named queues left out of Queues because the
 	// STATS frame could not hold them all.
 	QueuesOmitted int `json:"queues_omitted,omitempty"`
@@ -338,10 +343,12 @@ func (s *Server) Stats() Stats {
 		qs[i] = QueueStats(in)
 	}
 	return Stats{
-		Clients:  clients,
-		Messages: s.total.messages.Load(),
-		Bytes:    s.total.bytes.Load(),
-		Queues:   qs,
+		Clients:    clients,
+		Messages:   s.total.messages.Load(),
+		Bytes:      s.total.bytes.Load(),
+		Pages:      s.total.pages.Load(),
+		Goroutines: runtime.NumGoroutine(),
+		Queues:     qs,
 	}
 }
 

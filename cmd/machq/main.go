@@ -6,6 +6,7 @@
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
+//	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
 //
 // Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty, 4 no
 // server, 5 integrity check failed.
@@ -46,8 +47,10 @@ Commands:
   stat       show connected clients, stored messages and named queues
   bench      measure machq against the bare kernel mechanisms, Redis
              and POSIX message queues (starts its own servers)
+  load       many client processes, some killed with SIGKILL: check that
+             nothing is lost and the server returns to idle
 
-Every command but bench takes --name NAME (service name, default
+Every command but bench and load takes --name NAME (service name, default
 "machq") or --socket PATH. Run "machq COMMAND --help" for its flags.
 
 Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty,
@@ -78,6 +81,10 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":
 		return benchPeerCmd(ctx, args, stdin, stdout, stderr)
+	case "load":
+		return loadCmd(ctx, args, stdout, stderr)
+	case "load-client":
+		return loadClientCmd(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

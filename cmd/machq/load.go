@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+
+	"github.com/machq/machq/internal/loadtest"
+)
+
+const loadSummary = `Runs many client processes against one server, each storing and retrieving
+messages of mixed sizes through its private queue and a named queue, kills
+some of them with SIGKILL at random points, and checks that every message a
+surviving client stored came back exactly once, in order and unchanged, and
+that the server's descriptors, goroutines and stored messages return to
+their idle values. Starts its own server unless --socket is given (which
+must be a server on this host: its /proc entry is read). Exits 0 when
+nothing was lost, 1 otherwise.`
+
+func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var cfg loadtest.Config
+	var asJSON, quiet bool
+	fs := flag.NewFlagSet("machq load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Socket, "socket", "", "load the server at this socket `path` instead of starting one")
+	fs.IntVar(&cfg.Clients, "clients", 200, "client `processes` running at once")
+	fs.IntVar(&cfg.Messages, "messages", 2000, "`messages` each client stores and retrieves")
+	fs.IntVar(&cfg.MaxSize, "max-size", 16<<20, "largest payload in `bytes` (most are far smaller)")
+	fs.Float64Var(&cfg.KillFraction, "kill", 0.1, "`fraction` of the clients killed with SIGKILL")
+	fs.DurationVar(&cfg.KillWindow, "kill-window", 0, "`time` after the start over which the kills are spread (default 2s)")
+	fs.Uint64Var(&cfg.Seed, "seed", 0, "random `seed`, to repeat a run (default: a new one)")
+	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	fs.BoolVar(&quiet, "quiet", false, "do not report progress on stderr")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: machq load [flags]\n\n%s\n\nFlags:\n", loadSummary)
+		fs.PrintDefaults()
+	}
+	if st := parse(fs, args, stderr); st >= 0 {
+		return st
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fail(stderr, fmt.Errorf("cannot find this program to start client processes: %w", err))
+	}
+	cfg.Command = func(args ...string) *exec.Cmd { return exec.Command(self, args...) }
+	if !quiet {
+		cfg.Progress = stderr
+	}
+	rep, err := loadtest.Run(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "machq load: interrupted")
+			return exitError
+		}
+		return fail(stderr, err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	} else {
+		fmt.Fprintf(stdout, "clients     %d (%d killed with SIGKILL, %d survived)\n", rep.Clients, rep.Killed, rep.Survivors)
+		fmt.Fprintf(stdout, "messages    %d stored and retrieved by survivors, %d bytes; %d left by killed clients, drained\n", rep.Messages, rep.Bytes, rep.Drained)
+		fmt.Fprintf(stdout, "losses      %d\nduplicates  %d\nfailures    %d\n", rep.Losses, rep.Duplicates, len(rep.Failures))
+		for _, f := range rep.Failures {
+			fmt.Fprintf(stdout, "  %s\n", f)
+		}
+		fmt.Fprintf(stdout, "server RSS  %d MiB idle, %d MiB peak, %d MiB after\n", rep.Baseline.RSS>>20, rep.Peak.RSS>>20, rep.After.RSS>>20)
+		fmt.Fprintf(stdout, "server fds  %d idle, %d peak, %d after\n", rep.Baseline.FDs, rep.Peak.FDs, rep.After.FDs)
+		fmt.Fprintf(stdout, "goroutines  %d idle, %d after\n", rep.Baseline.Goroutines, rep.After.Goroutines)
+		fmt.Fprintf(stdout, "stored      %d messages, %d bytes after\n", rep.After.Messages, rep.After.Bytes)
+		fmt.Fprintf(stdout, "seed        %d\nelapsed     %.1fs\n", rep.Seed, rep.Elapsed)
+	}
+	if !rep.Ok() {
+		fmt.Fprintln(stderr, "machq load: FAILED: something was lost, duplicated or not freed (see above)")
+		return exitError
+	}
+	return exitOK
+}
+
+// loadClientCmd is one client process of machq load.
+func loadClientCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var cfg loadtest.ClientConfig
+	fs := flag.NewFlagSet("machq load-client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Socket, "socket", "", "server socket path")
+	fs.IntVar(&cfg.ID, "id", 0, "client number")
+	fs.IntVar(&cfg.Messages, "messages", 100, "messages to store and retrieve")
+	fs.IntVar(&cfg.MaxSize, "max-size", 1<<20, "largest payload in bytes")
+	fs.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
+	if st := parse(fs, args, stderr); st >= 0 {
+		return st
+	}
+	if err := loadtest.RunClient(ctx, cfg, stdout); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return exitError
+		}
+		fmt.Fprintf(stderr, "machq load-client: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
