@@ -10,6 +10,7 @@ import (
 
 	"github.com/machq/machq"
 	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/procfs"
 )
 
 // largeMessageSize is the payload of the memory test's large messages.
@@ -59,7 +60,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 			m.Close()
 		}
 	}
-	baseRSS, baseFDs, err := procStatus(p.pid())
+	baseRSS, baseFDs, err := procfs.Status(p.pid())
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +113,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 	if st.Messages != int64(n) {
 		return nil, fmt.Errorf("bench: memory test stored %d messages, the server holds %d", n, st.Messages)
 	}
-	rss, fds, err := procStatus(p.pid())
+	rss, fds, err := procfs.Status(p.pid())
 	if err != nil {
 		return nil, err
 	}

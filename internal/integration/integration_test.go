@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -542,5 +543,43 @@ func TestDaemonLimitFlags(t *testing.T) {
 	}
 	if st := d.stats(); st.Messages != 2 {
 		t.Fatalf("server holds %d messages after the refusal, want 2", st.Messages)
+	}
+}
+
+// TestIntegrationLoadWithKills runs machq load at a reduced size: client
+// processes store and retrieve through private and named queues while a
+// quarter of them are killed with SIGKILL; every survivor's messages must
+// come back exactly once, and the server must return to idle. scripts/load.sh
+// runs the full size.
+func TestIntegrationLoadWithKills(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs dozens of processes")
+	}
+	r := runCLI(t, nil, "load", "--clients", "16", "--messages", "150", "--max-size", "2097152",
+		"--kill", "0.25", "--kill-window", "50ms", "--json", "--quiet")
+	var rep struct {
+		Clients, Killed, Survivors, Losses, Duplicates int
+		Failures                                       []string
+		Messages                                       int64
+		Baseline, After                                struct {
+			FDs        int   `json:"fds"`
+			Goroutines int   `json:"goroutines"`
+			Messages   int64 `json:"messages"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("machq load exited %d, output not a report: %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
+	}
+	if r.code != 0 || rep.Losses != 0 || rep.Duplicates != 0 || len(rep.Failures) != 0 {
+		t.Fatalf("machq load exited %d: %d lost, %d duplicated, failures %q", r.code, rep.Losses, rep.Duplicates, rep.Failures)
+	}
+	if rep.Killed < 1 || rep.Survivors+rep.Killed != 16 {
+		t.Errorf("%d killed, %d survived of 16", rep.Killed, rep.Survivors)
+	}
+	if want := int64(rep.Survivors) * 150; rep.Messages != want {
+		t.Errorf("survivors stored %d messages, want %d", rep.Messages, want)
+	}
+	if rep.After.FDs > rep.Baseline.FDs || rep.After.Goroutines > rep.Baseline.Goroutines || rep.After.Messages != 0 {
+		t.Errorf("server not back to idle: before %+v, after %+v", rep.Baseline, rep.After)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/procfs"
 )
 
 // Config configures a load run. Zero values mean the documented defaults.
@@ -168,7 +169,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				return
 			case <-t.C:
 			}
-			if rss, fds, err := procStatus(pid); err == nil {
+			if rss, fds, err := procfs.Status(pid); err == nil {
 				rep.Peak.RSS = max(rep.Peak.RSS, rss)
 				rep.Peak.FDs = max(rep.Peak.FDs, fds)
 			}
@@ -296,7 +297,7 @@ func footprint(ctx context.Context, c *machq.Client, pid int) (Footprint, error)
 	if err != nil {
 		return Footprint{}, err
 	}
-	rss, fds, err := procStatus(pid)
+	rss, fds, err := procfs.Status(pid)
 	if err != nil {
 		return Footprint{}, fmt.Errorf("loadtest: read the server's /proc entry (it must run on this host): %w", err)
 	}
@@ -349,23 +350,4 @@ func startServer(ctx context.Context, cfg Config, socket string) (func(), error)
 		return nil, ctx.Err()
 	}
 	return stop, nil
-}
-
-// procStatus returns a process's resident set size and open descriptors.
-func procStatus(pid int) (rss int64, fds int, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			rss = kb << 10
-		}
-	}
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	return rss, len(ents), nil
 }
