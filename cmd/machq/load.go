@@ -34,6 +34,7 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&cfg.KillFraction, "kill", 0.1, "`fraction` of the clients killed with SIGKILL")
 	fs.DurationVar(&cfg.KillWindow, "kill-window", 0, "`time` after the start over which the kills are spread (default 2s)")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random `seed`, to repeat a run (default: a new one)")
+	fs.DurationVar(&cfg.SigtermAfter, "sigterm", 0, "send the server SIGTERM this `long` after the start, and check that every answer received was whole and the server exited and removed its socket")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "do not report progress on stderr")
 	fs.Usage = func() {
@@ -70,6 +71,9 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		for _, f := range rep.Failures {
 			fmt.Fprintf(stdout, "  %s\n", f)
 		}
+		if rep.Sigterm {
+			fmt.Fprintf(stdout, "sigterm     %d clients stopped by the shutdown; server exited: %v; socket removed: %v\n", rep.Stopped, rep.ServerExited, rep.SocketRemoved)
+		}
 		fmt.Fprintf(stdout, "server RSS  %d MiB idle, %d MiB peak, %d MiB after\n", rep.Baseline.RSS>>20, rep.Peak.RSS>>20, rep.After.RSS>>20)
 		fmt.Fprintf(stdout, "server fds  %d idle, %d peak, %d after\n", rep.Baseline.FDs, rep.Peak.FDs, rep.After.FDs)
 		fmt.Fprintf(stdout, "goroutines  %d idle, %d after\n", rep.Baseline.Goroutines, rep.After.Goroutines)
@@ -93,6 +97,7 @@ func loadClientCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.IntVar(&cfg.Messages, "messages", 100, "messages to store and retrieve")
 	fs.IntVar(&cfg.MaxSize, "max-size", 1<<20, "largest payload in bytes")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
+	fs.BoolVar(&cfg.ShutdownOK, "shutdown-ok", false, "the server stopping is an expected end")
 	if st := parse(fs, args, stderr); st >= 0 {
 		return st
 	}

@@ -583,3 +583,33 @@ func TestIntegrationLoadWithKills(t *testing.T) {
 		t.Errorf("server not back to idle: before %+v, after %+v", rep.Baseline, rep.After)
 	}
 }
+
+// TestIntegrationSigtermUnderLoad sends machqd SIGTERM while client
+// processes store and retrieve: every answer a client received before the
+// server stopped is whole and right (no loss, no duplicate, no
+// half-written frame), machqd exits 0, and its socket file is gone.
+func TestIntegrationSigtermUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs dozens of processes")
+	}
+	d := startDaemon(t, "")
+	r := runCLI(t, nil, "load", "--socket", d.socket, "--clients", "12", "--messages", "400", "--max-size", "1048576",
+		"--kill", "0.1", "--kill-window", "1s", "--sigterm", "150ms", "--json", "--quiet")
+	var rep struct {
+		Losses, Duplicates, Stopped int
+		Failures                    []string
+		ServerExited                bool `json:"server_exited"`
+		SocketRemoved               bool `json:"socket_removed"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("machq load exited %d, output not a report: %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
+	}
+	if r.code != 0 || rep.Losses != 0 || rep.Duplicates != 0 || len(rep.Failures) != 0 || !rep.ServerExited || !rep.SocketRemoved {
+		t.Fatalf("SIGTERM under load: exit %d, report %+v", r.code, rep)
+	}
+	<-d.exited
+	if d.err != nil {
+		t.Fatalf("machqd exited with %v after SIGTERM under load; logs:\n%s", d.err, d.logs)
+	}
+	t.Logf("%d clients stopped by the shutdown", rep.Stopped)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,6 +20,10 @@ type ClientConfig struct {
 	Messages int // stored, then retrieved, in all
 	MaxSize  int // largest payload
 	Seed     uint64
+	// ShutdownOK makes the server stopping (the connection closed or
+	// SHUTTING_DOWN) an expected end rather than a failure; anything it
+	// received must still be whole and correct.
+	ShutdownOK bool
 }
 
 // ClientReport is the last line a load client prints, as JSON.
@@ -29,6 +34,8 @@ type ClientReport struct {
 	Bytes      int64 `json:"bytes"`
 	Losses     int   `json:"losses"`
 	Duplicates int   `json:"duplicates"`
+	// Stopped says the server stopped before the client was done.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // namedQueue is the named queue a client uses besides its private one.
@@ -73,13 +80,37 @@ func fill(b []byte, id, seq int) {
 // digest). It prints its report as one JSON line to out and returns an
 // error if anything was lost, duplicated or changed.
 func RunClient(ctx context.Context, cfg ClientConfig, out io.Writer) error {
+	rep := ClientReport{ID: cfg.ID}
 	c, err := machq.Dial(ctx, cfg.Socket)
+	if err == nil {
+		defer c.Close()
+		err = exchange(ctx, c, cfg, &rep)
+	}
+	if err != nil && cfg.ShutdownOK && stopped(err) {
+		rep.Stopped, err = true, nil
+	}
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	if err := json.NewEncoder(out).Encode(rep); err != nil {
+		return err
+	}
+	if rep.Losses > 0 || rep.Duplicates > 0 {
+		return fmt.Errorf("client %d: %d lost, %d duplicated", cfg.ID, rep.Losses, rep.Duplicates)
+	}
+	return nil
+}
+
+// stopped reports an error that only says the server went away cleanly:
+// not a protocol error, which would mean a half-written frame.
+func stopped(err error) bool {
+	return !errors.Is(err, machq.ErrProtocol) && !errors.Is(err, machq.ErrTampered) &&
+		(errors.Is(err, machq.ErrClosed) || errors.Is(err, machq.ErrShuttingDown) || errors.Is(err, machq.ErrNoServer))
+}
+
+// exchange does the client's stores and retrieves, counting into rep.
+func exchange(ctx context.Context, c *machq.Client, cfg ClientConfig, rep *ClientReport) error {
 	r := rand.New(rand.NewPCG(cfg.Seed, uint64(cfg.ID)))
-	rep := ClientReport{ID: cfg.ID}
 	queues := []string{"", namedQueue(cfg.ID)}
 	next := map[string]int{}   // next sequence number to store, per queue
 	expect := map[string]int{} // next sequence number to retrieve, per queue
@@ -131,12 +162,6 @@ func RunClient(ctx context.Context, cfg ClientConfig, out io.Writer) error {
 			expect[q] = max(expect[q], seq+1)
 			rep.Retrieved++
 		}
-	}
-	if err := json.NewEncoder(out).Encode(rep); err != nil {
-		return err
-	}
-	if rep.Losses > 0 || rep.Duplicates > 0 {
-		return fmt.Errorf("client %d: %d lost, %d duplicated", cfg.ID, rep.Losses, rep.Duplicates)
 	}
 	return nil
 }

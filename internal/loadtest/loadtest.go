@@ -45,6 +45,11 @@ type Config struct {
 	KillWindow time.Duration
 	// Seed makes a run repeatable; 0 picks one.
 	Seed uint64
+	// SigtermAfter, when set, sends the server SIGTERM that long after
+	// the clients start: then every answer a client received must still
+	// be whole and right, the server must exit and remove its socket
+	// file, and the clients it stopped are counted, not failed.
+	SigtermAfter time.Duration
 	// Command returns the command that runs this program with args
 	// ("load-client ..." or "bench-peer machqd SOCKET"). Required.
 	Command func(args ...string) *exec.Cmd
@@ -77,15 +82,25 @@ type Report struct {
 	Failures []string `json:"failures,omitempty"`
 	// Drained counts messages left by killed clients in their named
 	// queues, retrieved after the run.
-	Drained  int       `json:"drained"`
-	Baseline Footprint `json:"baseline"`
-	Peak     Footprint `json:"peak"`
-	After    Footprint `json:"after"`
-	Elapsed  float64   `json:"elapsed_s"`
+	Drained int `json:"drained"`
+	// With SigtermAfter: clients the shutdown stopped before they were
+	// done, whether the server process exited, and whether its socket
+	// file is gone.
+	Sigterm       bool      `json:"sigterm,omitempty"`
+	Stopped       int       `json:"stopped,omitempty"`
+	ServerExited  bool      `json:"server_exited,omitempty"`
+	SocketRemoved bool      `json:"socket_removed,omitempty"`
+	Baseline      Footprint `json:"baseline"`
+	Peak          Footprint `json:"peak"`
+	After         Footprint `json:"after"`
+	Elapsed       float64   `json:"elapsed_s"`
 }
 
 // Ok reports whether the run found nothing wrong.
 func (r *Report) Ok() bool {
+	if r.Sigterm {
+		return r.Losses == 0 && r.Duplicates == 0 && len(r.Failures) == 0 && r.ServerExited && r.SocketRemoved
+	}
 	return r.Losses == 0 && r.Duplicates == 0 && len(r.Failures) == 0 &&
 		r.After.FDs <= r.Baseline.FDs && r.After.Goroutines <= r.Baseline.Goroutines &&
 		r.After.Messages == 0 && r.After.Bytes == 0
@@ -130,7 +145,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	start := time.Now()
-	rep := &Report{Seed: cfg.Seed, Clients: cfg.Clients}
+	rep := &Report{Seed: cfg.Seed, Clients: cfg.Clients, Sigterm: cfg.SigtermAfter > 0}
 	socket := cfg.Socket
 	if socket == "" {
 		dir, err := os.MkdirTemp("", "machq-load-")
@@ -192,10 +207,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	outcomes := make([]outcome, cfg.Clients)
 	var wg sync.WaitGroup
+	if cfg.SigtermAfter > 0 {
+		t := time.AfterFunc(cfg.SigtermAfter, func() { syscall.Kill(pid, syscall.SIGTERM) })
+		defer t.Stop()
+	}
 	for i := range cfg.Clients {
-		cmd := cfg.Command("load-client", "--socket", socket, "--id", strconv.Itoa(i),
+		args := []string{"load-client", "--socket", socket, "--id", strconv.Itoa(i),
 			"--messages", strconv.Itoa(cfg.Messages), "--max-size", strconv.Itoa(cfg.MaxSize),
-			"--seed", strconv.FormatUint(cfg.Seed, 10))
+			"--seed", strconv.FormatUint(cfg.Seed, 10)}
+		if cfg.SigtermAfter > 0 {
+			args = append(args, "--shutdown-ok")
+		}
+		cmd := cfg.Command(args...)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			return nil, err
@@ -246,6 +269,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rep.Killed++
 			continue
 		case o.report != nil:
+			if o.report.Stopped {
+				rep.Stopped++
+			}
 			rep.Losses += o.report.Losses
 			rep.Duplicates += o.report.Duplicates
 			rep.Messages += int64(o.report.Stored)
@@ -257,6 +283,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	fmt.Fprintf(cfg.Progress, "load: %d survivors, %d killed\n", rep.Survivors, rep.Killed)
+	if rep.Sigterm {
+		// The server was told to stop: it must exit and take its socket
+		// file with it.
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+				rep.ServerExited = true
+				break
+			}
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(b), ") Z ") {
+				rep.ServerExited = true // exited, not yet reaped by its parent
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_, err := os.Lstat(socket)
+		rep.SocketRemoved = errors.Is(err, os.ErrNotExist)
+		rep.Elapsed = time.Since(start).Seconds()
+		return rep, nil
+	}
 
 	// Killed clients may have left messages in their named queues.
 	for i := range cfg.Clients {
