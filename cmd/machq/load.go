@@ -66,18 +66,21 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		enc.Encode(rep)
 	} else {
 		fmt.Fprintf(stdout, "clients     %d (%d killed with SIGKILL, %d survived)\n", rep.Clients, rep.Killed, rep.Survivors)
-		fmt.Fprintf(stdout, "messages    %d stored and retrieved by survivors, %d bytes; %d left by killed clients, drained\n", rep.Messages, rep.Bytes, rep.Drained)
+		fmt.Fprintf(stdout, "messages    %d stored by survivors, %d bytes\n", rep.Messages, rep.Bytes)
 		fmt.Fprintf(stdout, "losses      %d\nduplicates  %d\nfailures    %d\n", rep.Losses, rep.Duplicates, len(rep.Failures))
 		for _, f := range rep.Failures {
 			fmt.Fprintf(stdout, "  %s\n", f)
 		}
 		if rep.Sigterm {
 			fmt.Fprintf(stdout, "sigterm     %d clients stopped by the shutdown; server exited: %v; socket removed: %v\n", rep.Stopped, rep.ServerExited, rep.SocketRemoved)
+			fmt.Fprintf(stdout, "server      %d MiB RSS and %d fds idle, %d MiB and %d fds at peak\n", rep.Baseline.RSS>>20, rep.Baseline.FDs, rep.Peak.RSS>>20, rep.Peak.FDs)
+		} else {
+			fmt.Fprintf(stdout, "drained     %d messages left by killed clients\n", rep.Drained)
+			fmt.Fprintf(stdout, "server RSS  %d MiB idle, %d MiB peak, %d MiB after\n", rep.Baseline.RSS>>20, rep.Peak.RSS>>20, rep.After.RSS>>20)
+			fmt.Fprintf(stdout, "server fds  %d idle, %d peak, %d after\n", rep.Baseline.FDs, rep.Peak.FDs, rep.After.FDs)
+			fmt.Fprintf(stdout, "goroutines  %d idle, %d after\n", rep.Baseline.Goroutines, rep.After.Goroutines)
+			fmt.Fprintf(stdout, "stored      %d messages, %d bytes after\n", rep.After.Messages, rep.After.Bytes)
 		}
-		fmt.Fprintf(stdout, "server RSS  %d MiB idle, %d MiB peak, %d MiB after\n", rep.Baseline.RSS>>20, rep.Peak.RSS>>20, rep.After.RSS>>20)
-		fmt.Fprintf(stdout, "server fds  %d idle, %d peak, %d after\n", rep.Baseline.FDs, rep.Peak.FDs, rep.After.FDs)
-		fmt.Fprintf(stdout, "goroutines  %d idle, %d after\n", rep.Baseline.Goroutines, rep.After.Goroutines)
-		fmt.Fprintf(stdout, "stored      %d messages, %d bytes after\n", rep.After.Messages, rep.After.Bytes)
 		fmt.Fprintf(stdout, "seed        %d\nelapsed     %.1fs\n", rep.Seed, rep.Elapsed)
 	}
 	if !rep.Ok() {
