@@ -41,7 +41,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 	if err != nil {
 		return nil, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := machq.Dial(dctx, path, machq.WithDigest(machq.DigestNone))
 	cancel()
@@ -60,7 +60,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 			m.Close()
 		}
 	}
-	baseRSS, baseFDs, err := procfs.Status(p.pid())
+	baseRSS, baseFDs, err := procfs.Status(p.PID())
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 	if st.Messages != int64(n) {
 		return nil, fmt.Errorf("bench: memory test stored %d messages, the server holds %d", n, st.Messages)
 	}
-	rss, fds, err := procfs.Status(p.pid())
+	rss, fds, err := procfs.Status(p.PID())
 	if err != nil {
 		return nil, err
 	}

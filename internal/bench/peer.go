@@ -1,26 +1,18 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/machq/machq/internal/bench/floor"
+	"github.com/machq/machq/internal/peerproc"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
-
-// peerStartTimeout bounds how long a peer process may take to report
-// that it is serving.
-const peerStartTimeout = 15 * time.Second
 
 // Peer kinds, the first argument of RunPeer.
 const (
@@ -100,105 +92,12 @@ func floorMechanism(name string) (floor.Mechanism, error) {
 	return 0, fmt.Errorf("bench peer: unknown floor mechanism %q; use copy or memfd", name)
 }
 
-// peer is a running peer process.
-type peer struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  chan struct{}
-	err   error
-	log   *tailBuffer
-}
-
 // startPeer runs a peer process and waits until it is serving.
-func (e *environment) startPeer(ctx context.Context, args ...string) (*peer, error) {
-	cmd := e.cfg.PeerCommand(args...)
-	stdin, err := cmd.StdinPipe()
+func (e *environment) startPeer(ctx context.Context, args ...string) (*peerproc.Process, error) {
+	p, err := peerproc.Start(ctx, args[0]+" peer", e.cfg.PeerCommand(args...))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	p := &peer{cmd: cmd, stdin: stdin, done: make(chan struct{}), log: &tailBuffer{}}
-	cmd.Stderr = p.log
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s peer: %w", args[0], err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-	}()
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	timer := time.NewTimer(peerStartTimeout)
-	defer timer.Stop()
-	select {
-	case line := <-lines:
-		if line == "ready" {
-			e.peers = append(e.peers, p)
-			return p, nil
-		}
-		p.stop()
-		return nil, fmt.Errorf("bench: %s peer said %q instead of ready", args[0], line)
-	case <-p.done:
-		return nil, fmt.Errorf("bench: %s peer exited before serving (%v): %s", args[0], p.err, p.log.String())
-	case <-timer.C:
-		p.stop()
-		return nil, fmt.Errorf("bench: %s peer did not start within %s: %s", args[0], peerStartTimeout, p.log.String())
-	case <-ctx.Done():
-		p.stop()
-		return nil, ctx.Err()
-	}
-}
-
-// pid returns the peer's process id.
-func (p *peer) pid() int { return p.cmd.Process.Pid }
-
-// stop ends the peer: end of stdin, then SIGTERM, then SIGKILL.
-func (p *peer) stop() {
-	p.stdin.Close()
-	select {
-	case <-p.done:
-		return
-	case <-time.After(2 * time.Second):
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(5 * time.Second):
-	}
-	p.cmd.Process.Kill()
-	<-p.done
-}
-
-// tailBuffer keeps the last few KiB written to it: a peer's stderr.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 4096 {
-		t.b = t.b[len(t.b)-4096:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
+	e.peers = append(e.peers, p)
+	return p, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/machq/machq"
 	"github.com/machq/machq/internal/bench/floor"
 	"github.com/machq/machq/internal/bench/redis"
+	"github.com/machq/machq/internal/peerproc"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -69,7 +70,7 @@ type environment struct {
 	cfg    *Config
 	dir    string
 	report *Report
-	peers  []*peer
+	peers  []*peerproc.Process
 
 	machqPath string
 	machqPID  int // 0 when measuring a server started elsewhere
@@ -91,7 +92,7 @@ func (e *environment) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		e.machqPID = p.pid()
+		e.machqPID = p.PID()
 	}
 	// The server's own inline limit bounds machq-inline.
 	maxInline := wire.MaxInline
@@ -165,7 +166,7 @@ func (e *environment) close() {
 		e.redis.Close()
 	}
 	for _, p := range e.peers {
-		p.stop()
+		p.Stop()
 	}
 }
 

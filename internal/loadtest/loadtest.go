@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/peerproc"
 	"github.com/machq/machq/internal/procfs"
 )
 
@@ -353,47 +354,9 @@ func footprint(ctx context.Context, c *machq.Client, pid int) (Footprint, error)
 // startServer starts a server process on socket and returns how to stop
 // it.
 func startServer(ctx context.Context, cfg Config, socket string) (func(), error) {
-	cmd := cfg.Command("bench-peer", "machqd", socket)
-	stdin, err := cmd.StdinPipe()
+	p, err := peerproc.Start(ctx, "server", cfg.Command("bench-peer", "machqd", socket))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loadtest: %w", err)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("loadtest: start server: %w", err)
-	}
-	stop := func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		ready <- sc.Scan() && sc.Text() == "ready"
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			stop()
-			return nil, errors.New("loadtest: the server process did not start")
-		}
-	case <-time.After(15 * time.Second):
-		stop()
-		return nil, errors.New("loadtest: the server process did not start within 15s")
-	case <-ctx.Done():
-		stop()
-		return nil, ctx.Err()
-	}
-	return stop, nil
+	return p.Stop, nil
 }
