@@ -166,3 +166,21 @@ func TestSilentClientIsDisconnected(t *testing.T) {
 		t.Fatalf("client that said HELLO, after the timeout: %v", err)
 	}
 }
+
+// TestClientDyingMidRequest sends half of a STORE, with its page, and
+// closes the connection: the server drops the half request, closes the
+// page, and nothing of it is stored.
+func TestClientDyingMidRequest(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	base := countFDs(t)
+	raw := wiretest.DialHello(t, path)
+	pg := memfd(t, []byte("0123456789"), int(page.RequiredSeals))
+	frame := wire.AppendStore(nil, 1, wire.Store{Size: 10, Queue: []byte("half"), Digest: make([]byte, 32), DigestAlg: wire.DigestSHA256}, nil, true)
+	raw.Write(frame[:len(frame)/2], pg) // the descriptor travels with the first byte
+	unix.Close(pg)
+	raw.UC.Close()
+	waitFor(t, "the connection and its page released", func() bool { return countFDs(t) == base })
+	if st := srv.Stats(); st.Messages != 0 || st.Clients != 0 {
+		t.Fatalf("after a client died mid-request: %d messages, %d clients", st.Messages, st.Clients)
+	}
+}
