@@ -184,3 +184,43 @@ func TestClientDyingMidRequest(t *testing.T) {
 		t.Fatalf("after a client died mid-request: %d messages, %d clients", st.Messages, st.Clients)
 	}
 }
+
+// TestClientThatNeverReads pipelines requests without reading a single
+// answer: the server stops reading from it once its unsent answers reach
+// their bound, so the client's writes block long before it has sent much,
+// while another client is served as usual; when it leaves, everything it
+// held is released.
+func TestClientThatNeverReads(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	ctx := testCtx(t)
+	other := dial(t, path)
+	base := countFDs(t)
+	greedy := wiretest.DialHello(t, path)
+
+	var batch []byte
+	for i := range 1024 {
+		batch = wire.AppendStat(batch, uint64(i+1))
+	}
+	const most = 64 << 20 // far beyond the answers' bound and the socket buffers
+	written := 0
+	for written < most {
+		greedy.UC.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		n, err := greedy.UC.Write(batch)
+		written += n
+		if err != nil {
+			break // blocked: the server stopped reading
+		}
+	}
+	if written >= most {
+		t.Fatalf("wrote %d bytes of requests without reading, and the server kept reading them", written)
+	}
+	if _, err := other.Stat(ctx); err != nil {
+		t.Fatalf("another client while one does not read: %v", err)
+	}
+	greedy.UC.Close()
+	waitFor(t, "the greedy connection released", func() bool { return countFDs(t) == base })
+	if _, err := other.Stat(ctx); err != nil {
+		t.Fatalf("another client after the greedy one left: %v", err)
+	}
+	t.Logf("the server stopped reading after %d bytes of requests", written)
+}
