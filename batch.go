@@ -53,7 +53,7 @@ func (c *Client) SendBatch(ctx context.Context, queue string, payloads [][]byte)
 			}
 			return err
 		}
-		st := wire.Store{Size: uint64(len(p)), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue)}
+		st := wire.Store{Size: uint64(len(p)), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned}
 		inline, fd, id := p, fds[i], ids[i]
 		if fd >= 0 {
 			inline = nil
@@ -105,7 +105,7 @@ func (c *Client) RetrieveBatch(ctx context.Context, queue string, n int) ([]*Mes
 		calls := make([]*call, want)
 		ids := make([]uint64, want)
 		frames := make([]outFrame, want)
-		req := wire.Retrieve{Queue: []byte(queue)}
+		req := wire.Retrieve{Queue: []byte(queue), Owned: c.opts.owned}
 		for i := range calls {
 			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1)}
 			id, err := c.register(ctx, cl)

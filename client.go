@@ -42,6 +42,7 @@ type options struct {
 	inline int
 	digest Digest
 	spare  int64
+	owned  bool
 }
 
 // WithInlineThreshold sets the largest payload sent inline; larger
@@ -53,6 +54,17 @@ func WithInlineThreshold(n int) Option {
 			return fmt.Errorf("machq: inline threshold %d is outside [0, %d]", n, wire.MaxInline)
 		}
 		o.inline = n
+		return nil
+	}
+}
+
+// WithOwnedQueues makes every named queue this client creates (by storing
+// into or retrieving from a name not in use yet) its user's alone: other
+// users' requests on it fail with an error wrapping ErrDenied. A queue
+// that already exists is used as it is. Root may use any queue.
+func WithOwnedQueues() Option {
+	return func(o *options) error {
+		o.owned = true
 		return nil
 	}
 }
@@ -752,7 +764,7 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 		closeFD(fd)
 		return err
 	}
-	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue)}
+	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned}
 	// Encoded straight into the write buffer: an inline payload is copied
 	// once, into the frame.
 	if err := c.enqueue(ctx, fd, func(b []byte) []byte { return wire.AppendStore(b, id, st, inline, fd >= 0) }); err != nil {
@@ -905,7 +917,7 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		if err != nil {
 			return nil, err
 		}
-		req := wire.Retrieve{WaitMillis: wait, Queue: []byte(queue)}
+		req := wire.Retrieve{WaitMillis: wait, Queue: []byte(queue), Owned: c.opts.owned}
 		if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }); err != nil {
 			return nil, err
 		}
@@ -949,6 +961,8 @@ type QueueStats struct {
 	Messages int    `json:"messages"`
 	Bytes    int64  `json:"bytes"`
 	Waiting  int    `json:"waiting"` // consumers blocked on the queue
+	// Owner is the only user id allowed to use the queue; nil: anyone.
+	Owner *uint32 `json:"owner,omitempty"`
 }
 
 // Stat returns the server's statistics.

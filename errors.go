@@ -36,7 +36,8 @@ var (
 	ErrCancelled = errors.New("machq: request cancelled")
 	// ErrLimit: a server limit or quota was reached.
 	ErrLimit = errors.New("machq: server limit reached")
-	// ErrDenied: the server does not admit this process's user or groups.
+	// ErrDenied: the server does not admit this process's user or groups,
+	// or the named queue belongs to another user.
 	ErrDenied = errors.New("machq: access denied")
 )
 
@@ -60,6 +61,7 @@ const (
 	CodeBadDescriptor ErrorCode = 12 // a descriptor was missing or not expected
 	CodeBadRequest    ErrorCode = 13 // a request body that does not parse
 	CodeDenied        ErrorCode = 14 // fatal: this user may not connect
+	CodeForbidden     ErrorCode = 15 // the named queue belongs to another user
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -95,7 +97,7 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrCancelled
 	case CodeLimit:
 		return target == ErrLimit
-	case CodeDenied:
+	case CodeDenied, CodeForbidden:
 		return target == ErrDenied
 	}
 	return false

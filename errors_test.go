@@ -14,10 +14,10 @@ func TestExportedConstantsMatchTheWire(t *testing.T) {
 		CodeBadQueueName: wire.CodeBadQueueName, CodeTooLarge: wire.CodeTooLarge, CodeEmpty: wire.CodeEmpty,
 		CodeBadPage: wire.CodeBadPage, CodeCancelled: wire.CodeCancelled, CodeShuttingDown: wire.CodeShuttingDown,
 		CodeLimit: wire.CodeLimit, CodeInternal: wire.CodeInternal, CodeBadDescriptor: wire.CodeBadDescriptor,
-		CodeBadRequest: wire.CodeBadRequest, CodeDenied: wire.CodeDenied,
+		CodeBadRequest: wire.CodeBadRequest, CodeDenied: wire.CodeDenied, CodeForbidden: wire.CodeForbidden,
 	}
-	if len(codes) != 14 {
-		t.Fatalf("%d distinct codes, want 14", len(codes))
+	if len(codes) != 15 {
+		t.Fatalf("%d distinct codes, want 15", len(codes))
 	}
 	for c, w := range codes {
 		if uint16(c) != uint16(w) || c.String() != w.String() {

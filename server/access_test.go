@@ -21,7 +21,7 @@ import (
 // gid, as another local user would. The kernel records the credentials
 // of the connecting thread (SO_PEERCRED), so only that thread takes the
 // ids, and it ends with the goroutine. It needs root.
-func dialAs(t *testing.T, path string, uid, gid int) (*machq.Client, error) {
+func dialAs(t *testing.T, path string, uid, gid int, opts ...machq.Option) (*machq.Client, error) {
 	t.Helper()
 	type result struct {
 		c   *machq.Client
@@ -40,7 +40,7 @@ func dialAs(t *testing.T, path string, uid, gid int) (*machq.Client, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := machq.Dial(ctx, path)
+		c, err := machq.Dial(ctx, path, opts...)
 		done <- result{c, err}
 	}()
 	r := <-done
@@ -50,13 +50,10 @@ func dialAs(t *testing.T, path string, uid, gid int) (*machq.Client, error) {
 	return r.c, r.err
 }
 
-// TestAccessAdmitsListedUsersOnly checks --allow-uid and --allow-gid: a
-// listed user, and a member of a listed group, are served; anyone else
-// gets DENIED naming what to ask for, and the server goes on serving.
-func TestAccessAdmitsListedUsersOnly(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to connect as other users")
-	}
+// serveToOthers runs a server with access in a directory other users can
+// search, through ListenAndServe, which opens the socket to them.
+func serveToOthers(t *testing.T, access server.Access) (*server.Server, string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "access-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +62,7 @@ func TestAccessAdmitsListedUsersOnly(t *testing.T) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Access: server.Access{AllowUIDs: []uint32{4242}, AllowGIDs: []uint32{777}}})
+	srv, err := server.New(server.Config{Access: access})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +77,17 @@ func TestAccessAdmitsListedUsersOnly(t *testing.T) {
 		fi, err := os.Stat(path)
 		return err == nil && fi.Mode().Perm() == 0o666
 	})
+	return srv, path
+}
+
+// TestAccessAdmitsListedUsersOnly checks --allow-uid and --allow-gid: a
+// listed user, and a member of a listed group, are served; anyone else
+// gets DENIED naming what to ask for, and the server goes on serving.
+func TestAccessAdmitsListedUsersOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as other users")
+	}
+	_, path := serveToOthers(t, server.Access{AllowUIDs: []uint32{4242}, AllowGIDs: []uint32{777}})
 
 	ctx := testCtx(t)
 	allowed, err := dialAs(t, path, 4242, 4242)
@@ -99,5 +107,60 @@ func TestAccessAdmitsListedUsersOnly(t *testing.T) {
 	// The refusal harmed nobody.
 	if err := allowed.Send(ctx, "", []byte("again")); err != nil {
 		t.Fatalf("listed uid after a refusal: %v", err)
+	}
+}
+
+// TestOwnedQueues checks that a named queue created with FlagOwned is its
+// creator's alone: another user's stores and retrieves fail with
+// FORBIDDEN and change nothing, root may use it, and an existing queue is
+// not taken over by a later owned request.
+func TestOwnedQueues(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as other users")
+	}
+	srv, path := serveToOthers(t, server.Access{AllowUIDs: []uint32{4242, 4343}})
+	ctx := testCtx(t)
+	owner, err := dialAs(t, path, 4242, 4242, machq.WithOwnedQueues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := dialAs(t, path, 4343, 4343, machq.WithOwnedQueues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Send(ctx, "mine", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "uid 4242") {
+		t.Fatalf("another user storing into an owned queue: %v; want ErrDenied naming the owner", err)
+	}
+	if _, err := stranger.Retrieve(ctx, "mine"); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("another user retrieving from an owned queue: %v; want ErrDenied", err)
+	}
+	if err := stranger.Send(ctx, "theirs", []byte("fine")); err != nil {
+		t.Fatalf("the other user's own owned queue: %v", err)
+	}
+	st := srv.Stats()
+	for _, q := range st.Queues {
+		if q.Name == "mine" && (q.Owner == nil || *q.Owner != 4242 || q.Messages != 1) {
+			t.Fatalf("queue mine: owner %v, %d messages; want 4242 and the one message", q.Owner, q.Messages)
+		}
+	}
+	root := dial(t, path) // this test runs as root
+	m, err := root.Retrieve(ctx, "mine")
+	if err != nil || string(m.Bytes()) != "secret" {
+		t.Fatalf("root retrieving from an owned queue: %v", err)
+	}
+	m.Close()
+
+	// A queue made without the flag stays open to all.
+	if err := root.Send(ctx, "shared", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Send(ctx, "shared", []byte("y")); err != nil {
+		t.Fatalf("an owned request on an existing open queue: %v", err)
+	}
+	if err := stranger.Send(ctx, "shared", []byte("z")); err != nil {
+		t.Fatalf("an open queue after an owned request used it: %v", err)
 	}
 }

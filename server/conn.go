@@ -293,14 +293,26 @@ func (c *conn) handleHello(f wire.Frame) bool {
 
 // queueFor returns the queue a request names: the private queue for the
 // empty name.
-func (c *conn) queueFor(name []byte) (*queue.Queue, error) {
+// queueFor returns the queue a request names: the private queue for the
+// empty name. With FlagOwned in flags, a named queue it creates is
+// restricted to this connection's user. A refusal comes with its code.
+func (c *conn) queueFor(name []byte, flags uint8) (*queue.Queue, wire.Code, error) {
 	if len(name) == 0 {
-		return c.private, nil
+		return c.private, 0, nil
 	}
 	if err := naming.ValidQueueName(name); err != nil {
-		return nil, err
+		return nil, wire.CodeBadQueueName, err
 	}
-	return c.s.named.Get(name), nil
+	var q *queue.Queue
+	if flags&wire.FlagOwned != 0 && c.cred != nil {
+		q = c.s.named.GetOwned(name, c.cred.Uid)
+	} else {
+		q = c.s.named.Get(name)
+	}
+	if owner, ok := q.Owner(); ok && (c.cred == nil || (c.cred.Uid != owner && c.cred.Uid != 0)) {
+		return nil, wire.CodeForbidden, fmt.Errorf("queue %s belongs to uid %d; only that user (or root) may use it: choose another queue name", q.Name(), owner)
+	}
+	return q, 0, nil
 }
 
 func queueLabel(q *queue.Queue) string {
@@ -322,10 +334,10 @@ func (c *conn) handleStore(f wire.Frame) {
 		c.sendError(f.ID, code, err.Error())
 		return
 	}
-	q, err := c.queueFor(st.Queue)
+	q, code, err := c.queueFor(st.Queue, f.Flags)
 	if err != nil {
 		m.Release()
-		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+		c.sendError(f.ID, code, err.Error())
 		return
 	}
 	isPage := m.FD >= 0 // m belongs to the queue once pushed
@@ -445,9 +457,9 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
 		return false
 	}
-	q, err := c.queueFor(r.Queue)
+	q, code, err := c.queueFor(r.Queue, f.Flags)
 	if err != nil {
-		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+		c.sendError(f.ID, code, err.Error())
 		return false
 	}
 	if r.WaitMillis == 0 {

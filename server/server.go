@@ -330,6 +330,8 @@ type QueueStats struct {
 	Messages int    `json:"messages"`
 	Bytes    int64  `json:"bytes"`
 	Waiting  int    `json:"waiting"` // consumers blocked on the queue
+	// Owner is the only user id allowed to use the queue; nil: anyone.
+	Owner *uint32 `json:"owner,omitempty"`
 }
 
 // Stats returns the server's current counts.

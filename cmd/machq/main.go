@@ -99,6 +99,7 @@ type common struct {
 	level        string
 	digest       string
 	inline       int
+	owned        bool
 }
 
 func newFlags(cmd string, stderr io.Writer, c *common, summary string) *flag.FlagSet {
@@ -109,6 +110,7 @@ func newFlags(cmd string, stderr io.Writer, c *common, summary string) *flag.Fla
 	fs.StringVar(&c.level, "log-level", "warn", "least severe log `level` on stderr: debug, info, warn or error")
 	fs.StringVar(&c.digest, "digest", "sha256", "digest for sent payloads: sha256, blake3 or none")
 	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, "largest payload in `bytes` sent inline; larger ones travel as sealed memfds")
+	fs.BoolVar(&c.owned, "owned", false, "a named queue this creates is your user's alone")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: machq %s [flags]\n\n%s\n\nFlags:\n", cmd, summary)
 		fs.PrintDefaults()
@@ -159,7 +161,11 @@ func (c *common) dial(ctx context.Context) (*machq.Client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return machq.Dial(dctx, c.target(), machq.WithDigest(d), machq.WithInlineThreshold(min(max(c.inline, 0), 1<<20)))
+	opts := []machq.Option{machq.WithDigest(d), machq.WithInlineThreshold(min(max(c.inline, 0), 1<<20))}
+	if c.owned {
+		opts = append(opts, machq.WithOwnedQueues())
+	}
+	return machq.Dial(dctx, c.target(), opts...)
 }
 
 var errUsage = errors.New("bad usage")

@@ -65,6 +65,7 @@ func (m *Message) pages() int64 {
 type Queue struct {
 	name    string
 	counter Counter
+	owner   *uint32 // the only user id that may use the queue; nil: anyone
 
 	mu      sync.Mutex
 	items   []*Message // ring buffer
@@ -82,6 +83,14 @@ func New(name string, counter Counter) *Queue {
 
 // Name returns the queue's name; the empty string for a private queue.
 func (q *Queue) Name() string { return q.name }
+
+// Owner returns the user id the queue is restricted to, if it is.
+func (q *Queue) Owner() (uid uint32, ok bool) {
+	if q.owner == nil {
+		return 0, false
+	}
+	return *q.owner, true
+}
 
 // Push appends m, assigning its sequence number, or hands it straight to
 // the oldest waiter. It takes ownership of m and returns the sequence

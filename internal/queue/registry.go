@@ -23,7 +23,13 @@ func NewRegistry(counter Counter) *Registry {
 
 // Get returns the queue called name, creating it if needed. The caller
 // must have validated name.
-func (r *Registry) Get(name []byte) *Queue {
+func (r *Registry) Get(name []byte) *Queue { return r.get(name, nil) }
+
+// GetOwned is Get, except that a queue it creates is restricted to user
+// id owner. An existing queue is returned as it is.
+func (r *Registry) GetOwned(name []byte, owner uint32) *Queue { return r.get(name, &owner) }
+
+func (r *Registry) get(name []byte, owner *uint32) *Queue {
 	r.mu.RLock()
 	q := r.queues[string(name)]
 	r.mu.RUnlock()
@@ -35,6 +41,7 @@ func (r *Registry) Get(name []byte) *Queue {
 	if q = r.queues[string(name)]; q == nil {
 		s := string(name)
 		q = New(s, r.counter)
+		q.owner = owner
 		r.queues[s] = q
 	}
 	return q
@@ -42,10 +49,11 @@ func (r *Registry) Get(name []byte) *Queue {
 
 // Info describes one queue at one instant.
 type Info struct {
-	Name     string `json:"name"`
-	Messages int    `json:"messages"`
-	Bytes    int64  `json:"bytes"`
-	Waiting  int    `json:"waiting"`
+	Name     string  `json:"name"`
+	Messages int     `json:"messages"`
+	Bytes    int64   `json:"bytes"`
+	Waiting  int     `json:"waiting"`
+	Owner    *uint32 `json:"owner,omitempty"` // the only user id allowed; absent: anyone
 }
 
 // Snapshot describes every named queue, sorted by name.
@@ -59,7 +67,7 @@ func (r *Registry) Snapshot() []Info {
 	out := make([]Info, 0, len(qs))
 	for _, q := range qs {
 		q.mu.Lock()
-		out = append(out, Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters)})
+		out = append(out, Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters), Owner: q.owner})
 		q.mu.Unlock()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

@@ -37,12 +37,14 @@ type Store struct {
 	DigestAlg uint8
 	Digest    []byte
 	Queue     []byte // empty: the connection's private queue
+	Owned     bool   // FlagOwned: a queue this creates is its creator's alone
 }
 
 // Retrieve is the body of a RETRIEVE frame.
 type Retrieve struct {
 	WaitMillis uint32 // 0: answer at once; WaitForever: until cancelled
 	Queue      []byte
+	Owned      bool // FlagOwned: a queue this creates is its creator's alone
 }
 
 // Message is the fixed part of a MESSAGE body. For an inline message the
@@ -145,6 +147,9 @@ func AppendStore(b []byte, id uint64, s Store, inline []byte, hasFD bool) []byte
 	} else {
 		flags = FlagInline
 	}
+	if s.Owned {
+		flags |= FlagOwned
+	}
 	b, st := begin(b, OpStore, flags, nfds, id)
 	b = binary.LittleEndian.AppendUint64(b, s.Size)
 	b = append(b, s.DigestAlg, uint8(len(s.Digest)), uint8(len(s.Queue)), 0)
@@ -165,6 +170,7 @@ func ParseStore(h Header, body []byte) (Store, []byte, error) {
 	s := Store{
 		Size:      binary.LittleEndian.Uint64(body[0:]),
 		DigestAlg: body[8],
+		Owned:     h.Flags&FlagOwned != 0,
 	}
 	dl, nl := int(body[9]), int(body[10])
 	if body[11] != 0 {
@@ -209,7 +215,11 @@ func ParseStored(body []byte) (uint64, error) {
 
 // AppendRetrieve appends a RETRIEVE frame to b.
 func AppendRetrieve(b []byte, id uint64, r Retrieve) []byte {
-	b, s := begin(b, OpRetrieve, 0, 0, id)
+	var flags uint8
+	if r.Owned {
+		flags = FlagOwned
+	}
+	b, s := begin(b, OpRetrieve, flags, 0, id)
 	b = binary.LittleEndian.AppendUint32(b, r.WaitMillis)
 	b = append(b, uint8(len(r.Queue)), 0, 0, 0)
 	b = append(b, r.Queue...)

@@ -22,6 +22,7 @@ const (
 	CodeBadDescriptor Code = 12 // a STORE's descriptor was missing, or present with an inline payload
 	CodeBadRequest    Code = 13 // a well-framed request whose body does not parse
 	CodeDenied        Code = 14 // fatal: the peer's user and groups are not allowed to connect
+	CodeForbidden     Code = 15 // the named queue belongs to another user
 )
 
 var codeNames = map[Code]string{
@@ -39,6 +40,7 @@ var codeNames = map[Code]string{
 	CodeBadDescriptor: "BAD_DESCRIPTOR",
 	CodeBadRequest:    "BAD_REQUEST",
 	CodeDenied:        "DENIED",
+	CodeForbidden:     "FORBIDDEN",
 }
 
 // String returns the code's protocol name, such as "EMPTY".

@@ -31,7 +31,8 @@ func TestCodeStringAndFatal(t *testing.T) {
 		{wire.CodeBadRequest, 13, "BAD_REQUEST", false},
 		{0, 0, "CODE_0", false},
 		{wire.CodeDenied, 14, "DENIED", true},
-		{15, 15, "CODE_15", false},
+		{wire.CodeForbidden, 15, "FORBIDDEN", false},
+		{16, 16, "CODE_16", false},
 		{0xffff, 0xffff, "CODE_65535", false},
 	} {
 		if uint16(tc.code) != tc.num {

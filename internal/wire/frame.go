@@ -93,6 +93,9 @@ const (
 	// FlagInline marks a STORE or MESSAGE whose payload follows the body
 	// in the frame itself instead of travelling as a memfd.
 	FlagInline uint8 = 1 << 0
+	// FlagOwned, on a STORE or RETRIEVE naming a queue that does not
+	// exist yet, creates it restricted to the sender's user id.
+	FlagOwned uint8 = 1 << 1
 )
 
 // Header is the fixed 16-byte header that starts every frame.
