@@ -97,6 +97,11 @@ type Report struct {
 	Elapsed       float64   `json:"elapsed_s"`
 }
 
+// rssSlack is how far above its idle RSS the server may stay after a run:
+// Go returns freed heap to the operating system gradually, so the
+// resident set shrinks back over minutes, not at once.
+const rssSlack = 32 << 20
+
 // Ok reports whether the run found nothing wrong.
 func (r *Report) Ok() bool {
 	if r.Sigterm {
@@ -104,7 +109,7 @@ func (r *Report) Ok() bool {
 	}
 	return r.Losses == 0 && r.Duplicates == 0 && len(r.Failures) == 0 &&
 		r.After.FDs <= r.Baseline.FDs && r.After.Goroutines <= r.Baseline.Goroutines &&
-		r.After.Messages == 0 && r.After.Bytes == 0
+		r.After.Messages == 0 && r.After.Bytes == 0 && r.After.RSS <= r.Baseline.RSS+rssSlack
 }
 
 func (c *Config) setDefaults() error {
