@@ -277,8 +277,6 @@ func (c *conn) handleHello(f wire.Frame) bool {
 	if !c.stopping { // Shutdown's deadline must stand
 		c.uc.SetReadDeadline(time.Time{})
 	}
-	c.mu.Unlock()
-	c.mu.Lock()
 	c.out = wire.AppendWelcome(c.out, f.ID, wire.Welcome{
 		Version:    wire.Version,
 		MaxInline:  uint32(c.s.cfg.MaxInline),
@@ -291,8 +289,6 @@ func (c *conn) handleHello(f wire.Frame) bool {
 	return false
 }
 
-// queueFor returns the queue a request names: the private queue for the
-// empty name.
 // queueFor returns the queue a request names: the private queue for the
 // empty name. With FlagOwned in flags, a named queue it creates is
 // restricted to this connection's user. A refusal comes with its code.
