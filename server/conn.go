@@ -66,9 +66,13 @@ type conn struct {
 	spareFDs  []int
 	spareFdAt []int
 	spareMsgs []*queue.Message
-	waits     map[uint64]*waiter
-	wake      chan struct{}
-	quit      chan struct{} // closed when the writer must flush and exit
+	// Warnings of failed requests logged: when, and how many left out
+	// since (see warnEvery).
+	lastWarn   time.Time
+	suppressed int
+	waits      map[uint64]*waiter
+	wake       chan struct{}
+	quit       chan struct{} // closed when the writer must flush and exit
 }
 
 func newConn(s *Server, uc *net.UnixConn, cred *unix.Ucred, credErr error) *conn {
@@ -589,16 +593,33 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 	c.signal()
 }
 
+// warnEvery bounds the warnings one connection's failed requests log: at
+// most one per warnEvery, which counts the ones left out since the last,
+// so that a client hammering a full queue cannot flood the log.
+const warnEvery = time.Second
+
 func (c *conn) sendError(id uint64, code wire.Code, msg string) {
-	if code != wire.CodeEmpty && code != wire.CodeCancelled {
-		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg)
-	} else if c.info {
-		c.log.Info("request failed", "id", id, "code", code.String(), "err", msg)
-	}
+	warn, suppressed := false, 0
 	c.mu.Lock()
 	c.out = wire.AppendError(c.out, id, code, msg)
 	c.signal()
+	if code != wire.CodeEmpty && code != wire.CodeCancelled {
+		if now := time.Now(); now.Sub(c.lastWarn) >= warnEvery {
+			warn, suppressed = true, c.suppressed
+			c.lastWarn, c.suppressed = now, 0
+		} else {
+			c.suppressed++
+		}
+	}
 	c.mu.Unlock()
+	switch {
+	case warn && suppressed > 0:
+		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg, "failures_not_logged", suppressed)
+	case warn:
+		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg)
+	case c.info:
+		c.log.Info("request failed", "id", id, "code", code.String(), "err", msg)
+	}
 }
 
 // signal makes sure what was just appended to the outbox gets sent: by

@@ -1,14 +1,18 @@
 package server_test
 
 import (
+	"errors"
+	"log/slog"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq"
 	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/internal/wiretest"
@@ -223,4 +227,45 @@ func TestClientThatNeverReads(t *testing.T) {
 		t.Fatalf("another client after the greedy one left: %v", err)
 	}
 	t.Logf("the server stopped reading after %d bytes of requests", written)
+}
+
+// lockedBuffer is a log destination safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRefusalsDoNotFloodTheLog hammers a full queue: every request is
+// refused, but the log gets one warning, not one per request.
+func TestRefusalsDoNotFloodTheLog(t *testing.T) {
+	var logs lockedBuffer
+	_, path := startServer(t, server.Config{
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Limits: server.Limits{MaxQueueMessages: 1},
+	})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	if err := c.Send(ctx, "full", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := c.Send(ctx, "full", []byte("y")); !errors.Is(err, machq.ErrLimit) {
+			t.Fatalf("store %d into a full queue: %v", i, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "request failed"); n < 1 || n > 3 {
+		t.Fatalf("200 refusals logged %d warnings, want 1 to 3:\n%s", n, logs.String())
+	}
 }
