@@ -10,66 +10,22 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/machq/machq/internal/bench/rawsock/rawsocktest"
 )
 
-const waitLimit = 20 * time.Second
+const waitLimit = rawsocktest.WaitLimit
 
-// server is a floor peer running in the test process.
-type server struct {
-	path   string
-	cancel context.CancelFunc
-	done   chan error // Serve's result
-	conns  chan error // each connection's outcome, once it is freed
+func startServer(t testing.TB, mech Mechanism) *rawsocktest.Server {
+	t.Helper()
+	return rawsocktest.Start(t, "floor.sock", func(ctx context.Context, ln int, connDone func(error)) error {
+		return serve(ctx, ln, mech, connDone)
+	})
 }
 
-func startServer(t testing.TB, mech Mechanism) *server {
+func dial(t *testing.T, s *rawsocktest.Server, mech Mechanism) *Client {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "floor.sock")
-	ln, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{path: path, cancel: cancel, done: make(chan error, 1), conns: make(chan error, 64)}
-	go func() { s.done <- serve(ctx, ln, mech, func(err error) { s.conns <- err }) }()
-	t.Cleanup(func() { s.stop(t) })
-	return s
-}
-
-// stop cancels Serve and waits for it to return nil.
-func (s *server) stop(t testing.TB) {
-	t.Helper()
-	if s.done == nil {
-		return
-	}
-	s.cancel()
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Errorf("Serve returned %v after cancel", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("Serve did not return after cancel")
-	}
-	s.done = nil
-}
-
-// connEnded waits for the next connection to be freed and returns its
-// outcome.
-func (s *server) connEnded(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-s.conns:
-		return err
-	case <-time.After(waitLimit):
-		t.Fatal("connection was not freed")
-		return nil
-	}
-}
-
-func dial(t *testing.T, s *server, mech Mechanism) *Client {
-	t.Helper()
-	c, err := Dial(s.path, mech)
+	c, err := Dial(s.Path, mech)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,14 +303,14 @@ func TestFdsReturnToBaseline(t *testing.T) {
 				if err := c.RoundTrip(p, func([]byte) {}); err == nil {
 					t.Error("RoundTrip after Close succeeded")
 				}
-				if err := s.connEnded(t); err != nil {
+				if err := s.ConnEnded(t); err != nil {
 					t.Errorf("connection ended with %v", err)
 				}
 				if n := countFds(t); n != base {
 					t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
 				}
 			}
-			s.stop(t)
+			s.Stop(t)
 			if n := countFds(t); n != before {
 				t.Errorf("%d descriptors after Serve returned, want %d", n, before)
 			}
@@ -378,8 +334,8 @@ func TestServeStopsOnCancel(t *testing.T) {
 			if err := c.readAcks(3); err != nil {
 				t.Fatal(err)
 			}
-			s.stop(t)
-			if err := s.connEnded(t); err != nil {
+			s.Stop(t)
+			if err := s.ConnEnded(t); err != nil {
 				t.Errorf("connection ended with %v", err)
 			}
 			if err := c.RoundTrip(p, func([]byte) {}); err == nil {
@@ -389,7 +345,7 @@ func TestServeStopsOnCancel(t *testing.T) {
 			if n := countFds(t); n != before {
 				t.Errorf("%d descriptors after everything closed, want %d", n, before)
 			}
-			if _, err := Dial(s.path, mech); err == nil {
+			if _, err := Dial(s.Path, mech); err == nil {
 				t.Error("Dial succeeded after Serve returned")
 			}
 		})
@@ -430,7 +386,7 @@ func TestMechanismMismatch(t *testing.T) {
 			if err := c.RoundTrip([]byte("hello"), func([]byte) {}); err == nil {
 				t.Error("RoundTrip to a peer of the other mechanism succeeded")
 			}
-			if err := s.connEnded(t); !errors.Is(err, errProtocol) {
+			if err := s.ConnEnded(t); !errors.Is(err, errProtocol) {
 				t.Errorf("peer ended the connection with %v, want a protocol error", err)
 			}
 		})
@@ -452,7 +408,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 		for _, size := range []int{64, 4 << 10, 1 << 20} {
 			b.Run(fmt.Sprintf("%s/%d", mech, size), func(b *testing.B) {
 				s := startServer(b, mech)
-				c, err := Dial(s.path, mech)
+				c, err := Dial(s.Path, mech)
 				if err != nil {
 					b.Fatal(err)
 				}

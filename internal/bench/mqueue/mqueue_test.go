@@ -17,58 +17,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq/internal/bench/rawsock"
+	"github.com/machq/machq/internal/bench/rawsock/rawsocktest"
 )
 
-const waitLimit = 20 * time.Second
+const waitLimit = rawsocktest.WaitLimit
 
-// server is a peer running in the test process.
-type server struct {
-	path   string
-	cancel context.CancelFunc
-	done   chan error // Serve's result
-	conns  chan error // each connection's outcome, once it is freed
-}
-
-func startServer(t testing.TB) *server {
+func startServer(t testing.TB) *rawsocktest.Server {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "mq.sock")
-	ln, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{path: path, cancel: cancel, done: make(chan error, 1), conns: make(chan error, 64)}
-	go func() { s.done <- serve(ctx, ln, func(err error) { s.conns <- err }) }()
-	t.Cleanup(func() { s.stop(t) })
-	return s
-}
-
-func (s *server) stop(t testing.TB) {
-	t.Helper()
-	if s.done == nil {
-		return
-	}
-	s.cancel()
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Errorf("Serve returned %v after cancel", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("Serve did not return after cancel")
-	}
-	s.done = nil
-}
-
-func (s *server) connEnded(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-s.conns:
-		return err
-	case <-time.After(waitLimit):
-		t.Fatal("connection was not freed")
-		return nil
-	}
+	return rawsocktest.Start(t, "mq.sock", func(ctx context.Context, ln int, connDone func(error)) error {
+		return serve(ctx, ln, connDone)
+	})
 }
 
 // maxSize returns MaxSize, skipping the test if this system has no POSIX
@@ -82,9 +40,9 @@ func maxSize(t testing.TB) int {
 	return n
 }
 
-func dial(t testing.TB, s *server, size, depth int) *Client {
+func dial(t testing.TB, s *rawsocktest.Server, size, depth int) *Client {
 	t.Helper()
-	c, err := DialDepth(s.path, size, depth)
+	c, err := DialDepth(s.Path, size, depth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,14 +182,14 @@ func TestMaxSize(t *testing.T) {
 	}
 
 	s := startServer(t)
-	_, err := Dial(s.path, n+1)
+	_, err := Dial(s.Path, n+1)
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("Dial(%d) = %v, want ErrTooLarge", n+1, err)
 	}
 	if !strings.Contains(err.Error(), why) {
 		t.Errorf("error %q does not name the limit %q", err, why)
 	}
-	_, err = Dial(s.path, 1<<30)
+	_, err = Dial(s.Path, 1<<30)
 	if !errors.Is(err, ErrTooLarge) {
 		t.Errorf("Dial(1 GiB) = %v, want ErrTooLarge", err)
 	}
@@ -253,7 +211,7 @@ func TestRoundTrip(t *testing.T) {
 	s := startServer(t)
 	for _, size := range []int{0, 1, 64, 4 << 10, 1 << 20} {
 		if size > limit {
-			_, err := Dial(s.path, size)
+			_, err := Dial(s.Path, size)
 			if !errors.Is(err, ErrTooLarge) {
 				t.Errorf("Dial(%d) over MaxSize %d: %v, want ErrTooLarge", size, limit, err)
 			}
@@ -276,7 +234,7 @@ func TestRoundTrip(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.connEnded(t); err != nil {
+		if err := s.ConnEnded(t); err != nil {
 			t.Errorf("%d bytes: connection ended with %v", size, err)
 		}
 	}
@@ -359,7 +317,7 @@ func TestPipeline(t *testing.T) {
 				t.Error("FIFO not empty after pipelines")
 			}
 			c.Close()
-			if err := s.connEnded(t); err != nil {
+			if err := s.ConnEnded(t); err != nil {
 				t.Errorf("connection ended with %v", err)
 			}
 		}
@@ -381,7 +339,7 @@ func TestNamesGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	s.connEnded(t)
+	s.ConnEnded(t)
 	checkNoNames(t, names[:]...)
 
 	// A peer that refuses the queues: the client removes them.
@@ -462,14 +420,14 @@ func TestFdsReturnToBaseline(t *testing.T) {
 		if err := c.RoundTrip(p, func([]byte) {}); err == nil {
 			t.Error("RoundTrip after Close succeeded")
 		}
-		if err := s.connEnded(t); err != nil {
+		if err := s.ConnEnded(t); err != nil {
 			t.Errorf("connection ended with %v", err)
 		}
 		if n := countFds(t); n != base {
 			t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
 		}
 	}
-	s.stop(t)
+	s.Stop(t)
 	if n := countFds(t); n != before {
 		t.Errorf("%d descriptors after Serve returned, want %d", n, before)
 	}
@@ -495,8 +453,8 @@ func TestServeStopsWithBlockedWorker(t *testing.T) {
 	waitFor(t, "the peer to block on a full response queue", func() bool {
 		return curmsgs(t, c.rsp) == m && curmsgs(t, c.req) == m-1
 	})
-	s.stop(t)
-	if err := s.connEnded(t); err != nil {
+	s.Stop(t)
+	if err := s.ConnEnded(t); err != nil {
 		t.Errorf("connection ended with %v", err)
 	}
 	done := make(chan error, 1)
@@ -620,7 +578,7 @@ func TestProtocolError(t *testing.T) {
 	if err := c.send(nil, 7); err != nil && !errors.Is(err, errPeerGone) {
 		t.Fatal(err)
 	}
-	if err := s.connEnded(t); !errors.Is(err, errProtocol) {
+	if err := s.ConnEnded(t); !errors.Is(err, errProtocol) {
 		t.Errorf("peer ended the connection with %v, want a protocol error", err)
 	}
 	waitFor(t, "the client to notice", c.dead.Load)
@@ -663,7 +621,7 @@ func TestForeignNames(t *testing.T) {
 		defer mqUnlink(name)
 		defer unix.Close(fd)
 	}
-	ctl, err := rawsock.Dial(s.path)
+	ctl, err := rawsock.Dial(s.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +636,7 @@ func TestForeignNames(t *testing.T) {
 	if !strings.Contains(msg, namePrefix) {
 		t.Errorf("peer replied %q, want a refusal naming %s", msg, namePrefix)
 	}
-	if err := s.connEnded(t); !errors.Is(err, errProtocol) {
+	if err := s.ConnEnded(t); !errors.Is(err, errProtocol) {
 		t.Errorf("connection ended with %v, want a protocol error", err)
 	}
 	if !nameExists(t, reqName(foreign)) || !nameExists(t, rspName(foreign)) {
