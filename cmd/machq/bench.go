@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,23 +102,15 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return usageErr("--plot %s: use a .png, .svg or .pdf file name", plotFile)
 		}
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return fail(stderr, fmt.Errorf("cannot find this program to start peer processes: %w", err))
-	}
-	cfg.PeerCommand = func(args ...string) *exec.Cmd {
-		return exec.Command(self, append([]string{"bench-peer"}, args...)...)
+	if cfg.PeerCommand, err = selfCommand("bench-peer"); err != nil {
+		return fail(stderr, err)
 	}
 	if !quiet {
 		cfg.Progress = stderr
 	}
 	r, err := bench.Run(ctx, cfg)
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(stderr, "machq bench: interrupted")
-			return exitError
-		}
-		return fail(stderr, err)
+		return runFailed(ctx, stderr, "bench", err)
 	}
 	if asJSON {
 		err = r.WriteJSON(stdout)

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 
 	"github.com/machq/machq/internal/loadtest"
 )
@@ -44,21 +42,16 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if st := parse(fs, args, stderr); st >= 0 {
 		return st
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return fail(stderr, fmt.Errorf("cannot find this program to start client processes: %w", err))
+	var err error
+	if cfg.Command, err = selfCommand(); err != nil {
+		return fail(stderr, err)
 	}
-	cfg.Command = func(args ...string) *exec.Cmd { return exec.Command(self, args...) }
 	if !quiet {
 		cfg.Progress = stderr
 	}
 	rep, err := loadtest.Run(ctx, cfg)
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(stderr, "machq load: interrupted")
-			return exitError
-		}
-		return fail(stderr, err)
+		return runFailed(ctx, stderr, "load", err)
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)
