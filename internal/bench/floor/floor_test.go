@@ -5,69 +5,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/machq/machq/internal/bench/rawsock/rawsocktest"
+	"github.com/machq/machq/internal/bench/peertest"
 )
 
-const waitLimit = rawsocktest.WaitLimit
+const waitLimit = peertest.WaitLimit
 
-func startServer(t testing.TB, mech Mechanism) *rawsocktest.Server {
+func startServer(t testing.TB, mech Mechanism) *peertest.Server {
 	t.Helper()
-	return rawsocktest.Start(t, "floor.sock", func(ctx context.Context, ln int, connDone func(error)) error {
+	return peertest.Start(t, "floor.sock", func(ctx context.Context, ln int, connDone func(error)) error {
 		return serve(ctx, ln, mech, connDone)
 	})
 }
 
-func dial(t *testing.T, s *rawsocktest.Server, mech Mechanism) *Client {
+func dial(t *testing.T, s *peertest.Server, mech Mechanism) *Client {
 	t.Helper()
 	c, err := Dial(s.Path, mech)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-func payload(size int, seed uint64) []byte {
-	p := make([]byte, size)
-	var s [32]byte
-	s[0], s[1] = byte(seed), byte(seed>>8)
-	s[2], s[3], s[4] = byte(size), byte(size>>8), byte(size>>16)
-	rand.NewChaCha8(s).Read(p)
-	return p
-}
-
-// expect returns a got callback that checks each payload against want
-// and counts the calls.
-func expect(t *testing.T, want []byte, calls *int) func([]byte) {
-	return func(b []byte) {
-		*calls++
-		if !bytes.Equal(b, want) {
-			t.Errorf("got %d bytes, want %d bytes (first difference at %d)", len(b), len(want), firstDiff(b, want))
-		}
-	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 var mechs = []Mechanism{Copy, Memfd}
@@ -90,9 +51,9 @@ func TestRoundTrip(t *testing.T) {
 			defer c.Close()
 			for _, size := range sizes {
 				for i := range 3 {
-					want := payload(size, uint64(i))
+					want := peertest.Payload(size, uint64(i))
 					calls := 0
-					if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil {
+					if err := c.RoundTrip(want, peertest.Expect(t, want, &calls)); err != nil {
 						t.Fatalf("%d bytes: %v", size, err)
 					}
 					if calls != 1 {
@@ -108,14 +69,14 @@ func TestRoundTrip256MiB(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("256 MiB round trips take seconds in -short mode and under the race detector")
 	}
-	want := payload(256<<20, 1)
+	want := peertest.Payload(256<<20, 1)
 	for _, mech := range mechs {
 		t.Run(mech.String(), func(t *testing.T) {
 			s := startServer(t, mech)
 			c := dial(t, s, mech)
 			defer c.Close()
 			calls := 0
-			if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil {
+			if err := c.RoundTrip(want, peertest.Expect(t, want, &calls)); err != nil {
 				t.Fatal(err)
 			}
 			if calls != 1 {
@@ -134,7 +95,7 @@ func TestFIFOOrder(t *testing.T) {
 			defer c.Close()
 			var stored [][]byte
 			for i, size := range sizes {
-				p := payload(size, uint64(100+i))
+				p := peertest.Payload(size, uint64(100+i))
 				if err := c.sendStores(p, 1); err != nil {
 					t.Fatal(err)
 				}
@@ -191,9 +152,9 @@ func TestPipeline(t *testing.T) {
 					if size == 1<<20 && depth > 8 {
 						continue
 					}
-					want := payload(size, uint64(depth))
+					want := peertest.Payload(size, uint64(depth))
 					calls := 0
-					if err := c.Pipeline(want, depth, expect(t, want, &calls)); err != nil {
+					if err := c.Pipeline(want, depth, peertest.Expect(t, want, &calls)); err != nil {
 						t.Fatalf("%d bytes, depth %d: %v", size, depth, err)
 					}
 					if calls != depth {
@@ -217,7 +178,7 @@ func TestPageRoundTrip(t *testing.T) {
 	c := dial(t, s, Memfd)
 	defer c.Close()
 	for _, size := range []int{0, 1, 4 << 10, 1 << 20, 8<<20 + 5} {
-		want := payload(size, 7)
+		want := peertest.Payload(size, 7)
 		filled, calls := 0, 0
 		ph, err := c.PageRoundTrip(size, func(b []byte) {
 			filled++
@@ -225,7 +186,7 @@ func TestPageRoundTrip(t *testing.T) {
 				t.Errorf("fill got %d bytes, want %d", len(b), size)
 			}
 			copy(b, want)
-		}, expect(t, want, &calls))
+		}, peertest.Expect(t, want, &calls))
 		if err != nil {
 			t.Fatalf("%d bytes: %v", size, err)
 		}
@@ -242,9 +203,9 @@ func TestPageRoundTrip(t *testing.T) {
 		}
 	}
 	// Interleaved with ordinary round trips on the same connection.
-	want := payload(100, 9)
+	want := peertest.Payload(100, 9)
 	calls := 0
-	if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil || calls != 1 {
+	if err := c.RoundTrip(want, peertest.Expect(t, want, &calls)); err != nil || calls != 1 {
 		t.Fatalf("RoundTrip after PageRoundTrip: %v, %d calls", err, calls)
 	}
 
@@ -261,20 +222,20 @@ func TestPageRoundTrip(t *testing.T) {
 func TestFdsReturnToBaseline(t *testing.T) {
 	for _, mech := range mechs {
 		t.Run(mech.String(), func(t *testing.T) {
-			before := countFds(t)
+			before := peertest.CountFDs(t)
 			s := startServer(t, mech)
-			base := countFds(t)
+			base := peertest.CountFDs(t)
 			if base != before+1 {
 				t.Fatalf("listening took %d descriptors, want 1", base-before)
 			}
 			for round := range 2 {
 				c := dial(t, s, mech)
-				p := payload(1<<20, 3)
+				p := peertest.Payload(1<<20, 3)
 				calls := 0
-				if err := c.RoundTrip(p, expect(t, p, &calls)); err != nil {
+				if err := c.RoundTrip(p, peertest.Expect(t, p, &calls)); err != nil {
 					t.Fatal(err)
 				}
-				if err := c.Pipeline(p, 8, expect(t, p, &calls)); err != nil {
+				if err := c.Pipeline(p, 8, peertest.Expect(t, p, &calls)); err != nil {
 					t.Fatal(err)
 				}
 				if mech == Memfd {
@@ -291,7 +252,7 @@ func TestFdsReturnToBaseline(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if n := countFds(t); mech == Memfd && n < base+1+4 {
+				if n := peertest.CountFDs(t); mech == Memfd && n < base+1+4 {
 					t.Fatalf("round %d: %d descriptors with 4 memfds stored, want at least %d", round, n, base+5)
 				}
 				if err := c.Close(); err != nil {
@@ -306,12 +267,12 @@ func TestFdsReturnToBaseline(t *testing.T) {
 				if err := s.ConnEnded(t); err != nil {
 					t.Errorf("connection ended with %v", err)
 				}
-				if n := countFds(t); n != base {
+				if n := peertest.CountFDs(t); n != base {
 					t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
 				}
 			}
 			s.Stop(t)
-			if n := countFds(t); n != before {
+			if n := peertest.CountFDs(t); n != before {
 				t.Errorf("%d descriptors after Serve returned, want %d", n, before)
 			}
 		})
@@ -323,11 +284,11 @@ func TestFdsReturnToBaseline(t *testing.T) {
 func TestServeStopsOnCancel(t *testing.T) {
 	for _, mech := range mechs {
 		t.Run(mech.String(), func(t *testing.T) {
-			before := countFds(t)
+			before := peertest.CountFDs(t)
 			s := startServer(t, mech)
 			c := dial(t, s, mech)
 			defer c.Close()
-			p := payload(64<<10, 4)
+			p := peertest.Payload(64<<10, 4)
 			if err := c.sendStores(p, 3); err != nil {
 				t.Fatal(err)
 			}
@@ -342,7 +303,7 @@ func TestServeStopsOnCancel(t *testing.T) {
 				t.Error("RoundTrip succeeded after the peer stopped")
 			}
 			c.Close()
-			if n := countFds(t); n != before {
+			if n := peertest.CountFDs(t); n != before {
 				t.Errorf("%d descriptors after everything closed, want %d", n, before)
 			}
 			if _, err := Dial(s.Path, mech); err == nil {
@@ -413,7 +374,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 					b.Fatal(err)
 				}
 				defer c.Close()
-				p := payload(size, 1)
+				p := peertest.Payload(size, 1)
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
 				for b.Loop() {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,15 +15,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq/internal/bench/peertest"
 	"github.com/machq/machq/internal/bench/rawsock"
-	"github.com/machq/machq/internal/bench/rawsock/rawsocktest"
 )
 
-const waitLimit = rawsocktest.WaitLimit
+const waitLimit = peertest.WaitLimit
 
-func startServer(t testing.TB) *rawsocktest.Server {
+func startServer(t testing.TB) *peertest.Server {
 	t.Helper()
-	return rawsocktest.Start(t, "mq.sock", func(ctx context.Context, ln int, connDone func(error)) error {
+	return peertest.Start(t, "mq.sock", func(ctx context.Context, ln int, connDone func(error)) error {
 		return serve(ctx, ln, connDone)
 	})
 }
@@ -40,40 +39,13 @@ func maxSize(t testing.TB) int {
 	return n
 }
 
-func dial(t testing.TB, s *rawsocktest.Server, size, depth int) *Client {
+func dial(t testing.TB, s *peertest.Server, size, depth int) *Client {
 	t.Helper()
 	c, err := DialDepth(s.Path, size, depth)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-func payload(size int, seed uint64) []byte {
-	p := make([]byte, size)
-	var s [32]byte
-	s[0], s[1] = byte(seed), byte(seed>>8)
-	s[2], s[3], s[4] = byte(size), byte(size>>8), byte(size>>16)
-	rand.NewChaCha8(s).Read(p)
-	return p
-}
-
-func expect(t *testing.T, want []byte, calls *int) func([]byte) {
-	return func(b []byte) {
-		*calls++
-		if !bytes.Equal(b, want) {
-			t.Errorf("got %d bytes, want %d bytes", len(b), len(want))
-		}
-	}
 }
 
 // waitFor polls cond, yielding the processor between tries, until it
@@ -196,9 +168,9 @@ func TestMaxSize(t *testing.T) {
 
 	c := dial(t, s, n, 2)
 	defer c.Close()
-	want := payload(n, 1)
+	want := peertest.Payload(n, 1)
 	calls := 0
-	if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil || calls != 1 {
+	if err := c.RoundTrip(want, peertest.Expect(t, want, &calls)); err != nil || calls != 1 {
 		t.Fatalf("RoundTrip of MaxSize bytes: %v, %d calls", err, calls)
 	}
 	if err := c.RoundTrip(make([]byte, n+1), func([]byte) {}); !errors.Is(err, ErrTooLarge) {
@@ -221,9 +193,9 @@ func TestRoundTrip(t *testing.T) {
 		c := dial(t, s, size, DefaultDepth)
 		for i := range 3 {
 			for _, n := range []int{size, size / 2} {
-				want := payload(n, uint64(i))
+				want := peertest.Payload(n, uint64(i))
 				calls := 0
-				if err := c.RoundTrip(want, expect(t, want, &calls)); err != nil {
+				if err := c.RoundTrip(want, peertest.Expect(t, want, &calls)); err != nil {
 					t.Fatalf("%d bytes on a %d-byte client: %v", n, size, err)
 				}
 				if calls != 1 {
@@ -248,7 +220,7 @@ func TestFIFOOrder(t *testing.T) {
 	defer c.Close()
 	var stored [][]byte
 	for i, n := range []int{5, 0, size, 64, 100, 1, size - 1} {
-		p := payload(n, uint64(10+i))
+		p := peertest.Payload(n, uint64(10+i))
 		if err := c.send(p, prioStore); err != nil {
 			t.Fatal(err)
 		}
@@ -301,9 +273,9 @@ func TestPipeline(t *testing.T) {
 				t.Errorf("QueueDepth() = %d for depth %d, want %d", c.QueueDepth(), qdepth, want)
 			}
 			for _, depth := range []int{1, 8, 25} {
-				want := payload(size, uint64(depth))
+				want := peertest.Payload(size, uint64(depth))
 				calls := 0
-				if err := c.Pipeline(want, depth, expect(t, want, &calls)); err != nil {
+				if err := c.Pipeline(want, depth, peertest.Expect(t, want, &calls)); err != nil {
 					t.Fatalf("%d bytes, queue depth %d, depth %d: %v", size, c.QueueDepth(), depth, err)
 				}
 				if calls != depth {
@@ -384,20 +356,20 @@ func TestNamesGone(t *testing.T) {
 // closes its listener.
 func TestFdsReturnToBaseline(t *testing.T) {
 	limit := maxSize(t)
-	before := countFds(t)
+	before := peertest.CountFDs(t)
 	s := startServer(t)
-	base := countFds(t)
+	base := peertest.CountFDs(t)
 	if base != before+1 {
 		t.Fatalf("listening took %d descriptors, want 1", base-before)
 	}
 	for round := range 2 {
 		c := dial(t, s, limit, DefaultDepth)
-		p := payload(limit, 3)
+		p := peertest.Payload(limit, 3)
 		calls := 0
-		if err := c.RoundTrip(p, expect(t, p, &calls)); err != nil {
+		if err := c.RoundTrip(p, peertest.Expect(t, p, &calls)); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Pipeline(p, 8, expect(t, p, &calls)); err != nil {
+		if err := c.Pipeline(p, 8, peertest.Expect(t, p, &calls)); err != nil {
 			t.Fatal(err)
 		}
 		for range 3 {
@@ -408,7 +380,7 @@ func TestFdsReturnToBaseline(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if n := countFds(t); n != base+6 {
+		if n := peertest.CountFDs(t); n != base+6 {
 			t.Errorf("round %d: %d descriptors with a client connected, want %d (3 per side)", round, n, base+6)
 		}
 		if err := c.Close(); err != nil {
@@ -423,12 +395,12 @@ func TestFdsReturnToBaseline(t *testing.T) {
 		if err := s.ConnEnded(t); err != nil {
 			t.Errorf("connection ended with %v", err)
 		}
-		if n := countFds(t); n != base {
+		if n := peertest.CountFDs(t); n != base {
 			t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
 		}
 	}
 	s.Stop(t)
-	if n := countFds(t); n != before {
+	if n := peertest.CountFDs(t); n != before {
 		t.Errorf("%d descriptors after Serve returned, want %d", n, before)
 	}
 }
@@ -439,7 +411,7 @@ func TestFdsReturnToBaseline(t *testing.T) {
 // frees everything, and that the client learns the peer is gone.
 func TestServeStopsWithBlockedWorker(t *testing.T) {
 	maxSize(t)
-	before := countFds(t)
+	before := peertest.CountFDs(t)
 	s := startServer(t)
 	c := dial(t, s, 64, 2)
 	m := c.QueueDepth()
@@ -468,7 +440,7 @@ func TestServeStopsWithBlockedWorker(t *testing.T) {
 		t.Fatal("RoundTrip blocked after the peer stopped")
 	}
 	c.Close()
-	if n := countFds(t); n != before {
+	if n := peertest.CountFDs(t); n != before {
 		t.Errorf("%d descriptors after everything closed, want %d", n, before)
 	}
 }
@@ -514,7 +486,7 @@ func TestClientWakesWhenPeerDies(t *testing.T) {
 	maxSize(t)
 	for _, blocked := range []string{"receiving", "sending"} {
 		t.Run(blocked, func(t *testing.T) {
-			before := countFds(t)
+			before := peertest.CountFDs(t)
 			path, ctl := fakePeer(t)
 			c, err := DialDepth(path, 64, 2)
 			if err != nil {
@@ -560,7 +532,7 @@ func TestClientWakesWhenPeerDies(t *testing.T) {
 				t.Errorf("RoundTrip after the peer died: %v, want errPeerGone", err)
 			}
 			c.Close()
-			if n := countFds(t); n != before {
+			if n := peertest.CountFDs(t); n != before {
 				t.Errorf("%d descriptors after everything closed, want %d", n, before)
 			}
 		})
@@ -594,7 +566,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			s := startServer(b)
 			c := dial(b, s, size, DefaultDepth)
 			defer c.Close()
-			p := payload(size, 1)
+			p := peertest.Payload(size, 1)
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
 			for b.Loop() {

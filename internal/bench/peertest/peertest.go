@@ -1,9 +1,13 @@
-// Package rawsocktest runs a benchmark peer's accept loop inside a test
-// process, so that the peer packages' tests can start, stop and watch it.
-package rawsocktest
+// Package peertest is what the tests of the benchmark's peer packages
+// (floor, mqueue) share: a peer's accept loop run inside the test process,
+// descriptor counting, and payloads to send and check.
+package peertest
 
 import (
+	"bytes"
 	"context"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -69,4 +73,45 @@ func (s *Server) ConnEnded(t testing.TB) error {
 		t.Fatal("connection was not freed")
 		return nil
 	}
+}
+
+// CountFDs returns how many descriptors the test process has open.
+func CountFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Payload returns size pseudo-random bytes, different for each seed and
+// size.
+func Payload(size int, seed uint64) []byte {
+	p := make([]byte, size)
+	var s [32]byte
+	s[0], s[1] = byte(seed), byte(seed>>8)
+	s[2], s[3], s[4] = byte(size), byte(size>>8), byte(size>>16)
+	rand.NewChaCha8(s).Read(p)
+	return p
+}
+
+// Expect returns a got callback that checks each payload against want
+// and counts the calls.
+func Expect(t testing.TB, want []byte, calls *int) func([]byte) {
+	return func(b []byte) {
+		*calls++
+		if !bytes.Equal(b, want) {
+			t.Errorf("got %d bytes, want %d bytes (first difference at %d)", len(b), len(want), firstDiff(b, want))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
