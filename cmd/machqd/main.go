@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"os/user"
@@ -138,17 +139,19 @@ Flags:
 	return 0
 }
 
-// listen picks the socket: one passed by the service manager, else the
+// listen picks the sockets: those passed by the service manager, else the
 // --socket path, else the service name's. It returns the function that
-// serves it.
+// serves them.
 func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() error, error) {
-	l, err := activation.UnixListener()
+	ls, err := activation.Listeners()
 	if err != nil {
 		return nil, err
 	}
-	if l != nil {
-		log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
-		return func() error { return srv.Serve(l) }, nil
+	if len(ls) > 0 {
+		for _, l := range ls {
+			log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
+		}
+		return func() error { return serveAll(srv, ls) }, nil
 	}
 	path := socket
 	if path == "" {
@@ -166,6 +169,22 @@ func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() e
 		defer reg.Release()
 		return srv.Serve(reg.Listener)
 	}, nil
+}
+
+// serveAll serves every listener until the server stops, and returns the
+// first error that is not the server closing.
+func serveAll(srv *server.Server, ls []*net.UnixListener) error {
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- srv.Serve(l) }()
+	}
+	var first error
+	for range ls {
+		if err := <-errc; first == nil || errors.Is(first, server.ErrServerClosed) {
+			first = err
+		}
+	}
+	return first
 }
 
 // idList is a repeatable flag of user or group ids, given as numbers or

@@ -2,6 +2,10 @@
 // manager (systemd socket activation), so that the manager owns the name
 // and the server only answers: the Linux analog of checking a Mach port in
 // with launchd.
+//
+// The protocol is sd_listen_fds(3)'s: LISTEN_PID names the process the
+// sockets are for, LISTEN_FDS counts them from descriptor 3 on, and
+// LISTEN_FDNAMES optionally names them, separated by colons.
 package activation
 
 import (
@@ -19,65 +23,140 @@ import (
 // SD_LISTEN_FDS_START in sd-daemon.h.
 const ListenFDsStart = 3
 
-// ErrNotUnix reports an inherited socket that is not a listening Unix
+// ErrNotUnix reports an inherited descriptor that is not a listening Unix
 // stream socket.
-var ErrNotUnix = errors.New("activation: inherited socket is not a listening Unix stream socket")
+var ErrNotUnix = errors.New("activation: inherited descriptor is not a listening Unix stream socket")
 
-// Files returns the descriptors passed by the service manager, as files
-// named after LISTEN_FDNAMES, or nil when LISTEN_PID does not name this
-// process. It unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES so children
-// do not inherit them, and marks every descriptor close-on-exec.
-func Files() []*os.File {
+// ErrBadEnvironment reports LISTEN_FDS or LISTEN_FDNAMES that cannot be
+// what a service manager sets for this process.
+var ErrBadEnvironment = errors.New("activation: malformed LISTEN_FDS environment")
+
+// maxFDs bounds LISTEN_FDS, so a corrupt value cannot make the server
+// adopt every descriptor number it can count.
+const maxFDs = 1024
+
+// Listeners returns the sockets passed by the service manager as Unix
+// listeners, in order, or nil and no error when LISTEN_PID does not name
+// this process. Every one must be a listening Unix stream socket
+// (ListenStream= with a path, Accept=no): anything else is an error that
+// names the descriptor, and then every inherited descriptor is closed.
+//
+// The listeners do not remove their socket files on Close: the manager
+// owns them. Listeners unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES so
+// that children do not inherit them, and marks the descriptors
+// close-on-exec. Call it once.
+func Listeners() ([]*net.UnixListener, error) {
 	defer func() {
 		os.Unsetenv("LISTEN_PID")
 		os.Unsetenv("LISTEN_FDS")
 		os.Unsetenv("LISTEN_FDNAMES")
 	}()
-	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
-	if err != nil || pid != os.Getpid() {
-		return nil
+	return listeners(os.Getenv, os.Getpid(), ListenFDsStart)
+}
+
+// listeners is Listeners reading the environment from getenv, for process
+// pid, with the inherited descriptors numbered from first.
+func listeners(getenv func(string) string, pid, first int) ([]*net.UnixListener, error) {
+	files, err := inherited(getenv, pid, first)
+	if err != nil || len(files) == 0 {
+		return nil, err
 	}
-	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	if err != nil || n <= 0 {
-		return nil
+	var ls []*net.UnixListener
+	for i, f := range files {
+		l, err := listener(f)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			for _, f := range files[i:] {
+				f.Close()
+			}
+			return nil, err
+		}
+		ls = append(ls, l)
 	}
-	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	return ls, nil
+}
+
+// inherited returns the descriptors LISTEN_PID and LISTEN_FDS describe,
+// as files named after LISTEN_FDNAMES, each marked close-on-exec.
+func inherited(getenv func(string) string, pid, first int) ([]*os.File, error) {
+	pidText, nText := getenv("LISTEN_PID"), getenv("LISTEN_FDS")
+	if pidText == "" || nText == "" {
+		return nil, nil
+	}
+	to, err := strconv.Atoi(pidText)
+	if err != nil || to != pid {
+		// Meant for another process (a parent that exec'd us without
+		// clearing them): not ours to take.
+		return nil, nil
+	}
+	n, err := strconv.Atoi(nText)
+	if err != nil || n < 0 || n > maxFDs {
+		return nil, fmt.Errorf("%w: LISTEN_FDS=%q is not a count of descriptors", ErrBadEnvironment, nText)
+	}
+	var names []string
+	if v := getenv("LISTEN_FDNAMES"); v != "" {
+		names = strings.Split(v, ":")
+	}
 	files := make([]*os.File, 0, n)
-	for i := 0; i < n; i++ {
-		fd := ListenFDsStart + i
+	for i := range n {
+		fd := first + i
+		if err := unix.SetNonblock(fd, true); err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("%w: LISTEN_FDS=%d but descriptor %d is not open: %v", ErrBadEnvironment, n, fd, err)
+		}
 		unix.CloseOnExec(fd)
-		name := "LISTEN_FD_" + strconv.Itoa(fd)
+		name := "descriptor " + strconv.Itoa(fd)
 		if i < len(names) && names[i] != "" {
-			name = names[i]
+			name = fmt.Sprintf("descriptor %d (%s)", fd, names[i])
 		}
 		files = append(files, os.NewFile(uintptr(fd), name))
 	}
-	return files
+	return files, nil
 }
 
-// UnixListener returns the first socket passed by the service manager as
-// a Unix listener, or nil and no error when none was passed. The listener
-// does not remove its socket file on Close: the manager owns it. Any other
-// inherited descriptors are closed.
-func UnixListener() (*net.UnixListener, error) {
-	files := Files()
-	if len(files) == 0 {
-		return nil, nil
-	}
-	for _, f := range files[1:] {
-		f.Close()
-	}
-	f := files[0]
+// listener checks that f is a listening Unix stream socket and returns it
+// as a listener; f is closed either way.
+func listener(f *os.File) (*net.UnixListener, error) {
 	defer f.Close()
+	fd := int(f.Fd())
+	if err := expect(fd, unix.SO_DOMAIN, unix.AF_UNIX, "not a Unix socket: use ListenStream= with a path in the .socket unit"); err != nil {
+		return nil, fmt.Errorf("%w: %s is %v", ErrNotUnix, f.Name(), err)
+	}
+	if err := expect(fd, unix.SO_TYPE, unix.SOCK_STREAM, "not a stream socket: use ListenStream=, not ListenSequentialPacket= or ListenDatagram="); err != nil {
+		return nil, fmt.Errorf("%w: %s is %v", ErrNotUnix, f.Name(), err)
+	}
+	if err := expect(fd, unix.SO_ACCEPTCONN, 1, "a connection, not a listening socket: machqd serves a whole socket, so set Accept=no in the .socket unit"); err != nil {
+		return nil, fmt.Errorf("%w: %s is %v", ErrNotUnix, f.Name(), err)
+	}
 	l, err := net.FileListener(f)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrNotUnix, f.Name(), err)
 	}
 	ul, ok := l.(*net.UnixListener)
-	if !ok || l.Addr().Network() != "unix" {
+	if !ok {
 		l.Close()
-		return nil, fmt.Errorf("%w: %s is a %s socket; use ListenStream= with a path in the .socket unit", ErrNotUnix, f.Name(), l.Addr().Network())
+		return nil, fmt.Errorf("%w: %s is a %s socket", ErrNotUnix, f.Name(), l.Addr().Network())
 	}
 	ul.SetUnlinkOnClose(false)
 	return ul, nil
+}
+
+// expect checks that socket option opt of fd is want, and otherwise
+// returns an error saying what fd is instead.
+func expect(fd, opt, want int, otherwise string) error {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt)
+	if errors.Is(err, unix.ENOTSOCK) {
+		return errors.New("not a socket: the service manager passed something else; check the .socket unit")
+	}
+	if err != nil {
+		return err
+	}
+	if v != want {
+		return errors.New(otherwise)
+	}
+	return nil
 }

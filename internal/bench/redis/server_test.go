@@ -12,16 +12,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machq/machq/internal/testtool"
 )
 
 // startServer starts a redis-server for t in a short temporary directory,
-// skipping t when redis-server is not installed.
+// skipping t when redis-server is not installed (see package testtool).
 func startServer(t testing.TB) *Server {
 	t.Helper()
 	dir := shortTempDir(t)
 	s, err := Start(context.Background(), dir)
 	if errors.Is(err, ErrNotInstalled) {
-		t.Skip("redis-server is not installed (apt-get install redis-server); skipping")
+		testtool.Missing(t, "redis-server", "scripts/install-redis.sh, or apt-get install redis-server")
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +111,7 @@ func TestServerCloseEndsProcess(t *testing.T) {
 	dir := shortTempDir(t)
 	s, err := Start(context.Background(), dir)
 	if errors.Is(err, ErrNotInstalled) {
-		t.Skip("redis-server is not installed (apt-get install redis-server); skipping")
+		testtool.Missing(t, "redis-server", "scripts/install-redis.sh, or apt-get install redis-server")
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs, from the distribution's packages, the programs outside Go that
+# some tests run, when they are missing:
+#   redis-server             the benchmark's Redis client is tested against it
+#   systemd-socket-activate  machqd is tested under real socket activation
+#   python3                  the example Python client is tested against machqd
+# Without them those tests skip, unless MACHQ_TEST_REQUIRE_TOOLS=1 (CI).
+set -euo pipefail
+cd "$(dirname "$0")"
+./install-redis.sh
+missing=()
+command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing ${missing[*]} and this is not a Debian-like system; install them with your package manager" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+echo "== installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
