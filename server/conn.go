@@ -293,26 +293,45 @@ func (c *conn) handleHello(f wire.Frame) bool {
 	return false
 }
 
-// queueFor returns the queue a request names: the private queue for the
-// empty name. With FlagOwned in flags, a named queue it creates is
-// restricted to this connection's user. A refusal comes with its code.
-func (c *conn) queueFor(name []byte, flags uint8) (*queue.Queue, wire.Code, error) {
+// queueFor returns the queue a request names, held until c.release: the
+// private queue for the empty name. With FlagOwned in flags, a named queue
+// it creates is restricted to this connection's user. Unless create is
+// set or the flag is, a named queue that does not exist is not created:
+// queueFor then returns nil and no error. A refusal comes with its code.
+func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wire.Code, error) {
 	if len(name) == 0 {
 		return c.private, 0, nil
 	}
 	if err := naming.ValidQueueName(name); err != nil {
 		return nil, wire.CodeBadQueueName, err
 	}
+	owned := flags&wire.FlagOwned != 0 && c.cred != nil
 	var q *queue.Queue
-	if flags&wire.FlagOwned != 0 && c.cred != nil {
-		q = c.s.named.GetOwned(name, c.cred.Uid)
-	} else {
-		q = c.s.named.Get(name)
+	if create || owned {
+		var owner *uint32
+		if owned {
+			owner = &c.cred.Uid
+		}
+		var err error
+		if q, err = c.s.named.Acquire(name, owner); err != nil {
+			max := c.s.cfg.Limits.MaxQueues
+			return nil, wire.CodeLimit, limitError(fmt.Sprintf("cannot create queue %s: the server holds too many named queues", name), int64(c.s.named.Len()), int64(max), "max-queues", "use fewer queue names, or raise the limit")
+		}
+	} else if q = c.s.named.Lookup(name); q == nil {
+		return nil, 0, nil
 	}
 	if owner, ok := q.Owner(); ok && (c.cred == nil || (c.cred.Uid != owner && c.cred.Uid != 0)) {
+		c.s.named.Release(q)
 		return nil, wire.CodeForbidden, fmt.Errorf("queue %s belongs to uid %d; only that user (or root) may use it: choose another queue name", q.Name(), owner)
 	}
 	return q, 0, nil
+}
+
+// release ends the hold queueFor took on q.
+func (c *conn) release(q *queue.Queue) {
+	if q != nil && q != c.private {
+		c.s.named.Release(q)
+	}
 }
 
 func queueLabel(q *queue.Queue) string {
@@ -334,12 +353,13 @@ func (c *conn) handleStore(f wire.Frame) {
 		c.sendError(f.ID, code, err.Error())
 		return
 	}
-	q, code, err := c.queueFor(st.Queue, f.Flags)
+	q, code, err := c.queueFor(st.Queue, f.Flags, true)
 	if err != nil {
 		m.Release()
 		c.sendError(f.ID, code, err.Error())
 		return
 	}
+	defer c.release(q)
 	isPage := m.FD >= 0 // m belongs to the queue once pushed
 	lim := &c.s.cfg.Limits
 	if held := c.s.total.messages.Load(); held >= lim.MaxStoredMessages {
@@ -457,15 +477,23 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
 		return false
 	}
-	q, code, err := c.queueFor(r.Queue, f.Flags)
+	q, code, err := c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
 	if err != nil {
 		c.sendError(f.ID, code, err.Error())
 		return false
 	}
+	defer c.release(q)
 	if r.WaitMillis == 0 {
-		m := q.Pop()
+		var m *queue.Message
+		if q != nil {
+			m = q.Pop()
+		}
 		if m == nil {
-			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", queueLabel(q)))
+			label := string(r.Queue)
+			if q != nil {
+				label = queueLabel(q)
+			}
+			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", label))
 			return false
 		}
 		c.mu.Lock()

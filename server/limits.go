@@ -37,6 +37,10 @@ type Limits struct {
 	// private queue. Defaults 4,194,304 messages and the byte total.
 	MaxPrivateMessages int64
 	MaxPrivateBytes    int64
+	// MaxQueues bounds the named queues that exist at once. An empty
+	// queue nobody waits on or owns does not count for long: it is
+	// removed before the limit is enforced. Default 65,536.
+	MaxQueues int
 	// MaxWaiting bounds the RETRIEVEs of one connection waiting for a
 	// message at once. Default 4096.
 	MaxWaiting int
@@ -56,6 +60,7 @@ const (
 	DefaultMaxStoredMessages    = 1 << 24
 	DefaultMaxPrivateMessages   = 1 << 22
 	DefaultMaxWaiting           = 4096
+	DefaultMaxQueues            = 1 << 16
 )
 
 // unlimited stands for "no limit" once defaults are applied.
@@ -81,6 +86,7 @@ func (l *Limits) setDefaults() {
 	pickInt(&l.MaxConnections, DefaultMaxConnections)
 	pickInt(&l.MaxConnectionsPerUID, DefaultMaxConnectionsPerUID)
 	pickInt(&l.MaxWaiting, DefaultMaxWaiting)
+	pickInt(&l.MaxQueues, DefaultMaxQueues)
 	pick(&l.MaxStoredMessages, DefaultMaxStoredMessages)
 	pick(&l.MaxStoredBytes, halfOfMemory())
 	pick(&l.MaxQueueMessages, l.MaxStoredMessages)

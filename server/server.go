@@ -135,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 		perUID:    make(map[uint32]int),
 		done:      make(chan struct{}),
 	}
-	s.named = queue.NewRegistry(&s.total)
+	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues)
 	return s, nil
 }
 

@@ -386,8 +386,9 @@ func TestRetrieveWait(t *testing.T) {
 		t.Fatalf("cancelled RetrieveWait: %v, want context.Canceled", err)
 	}
 	waitFor(t, "waiter removed", func() bool {
+		// Without its waiter the empty queue is idle and removed.
 		st, err := producer.Stat(ctx)
-		return err == nil && st.Queues[0].Waiting == 0
+		return err == nil && len(st.Queues) == 0
 	})
 	producer.Send(ctx, "later", []byte("kept"))
 	m, err := consumer.Retrieve(ctx, "later")
@@ -782,8 +783,8 @@ func TestStatsFitInOneFrame(t *testing.T) {
 			defer wg.Done()
 			for i := w; i < n; i += 4 {
 				name := fmt.Sprintf("%06d%s", i, strings.Repeat("q", 249))
-				if _, err := c.Retrieve(ctx, name); !errors.Is(err, machq.ErrEmpty) {
-					t.Errorf("retrieve from %d: %v", i, err)
+				if err := c.Send(ctx, name, nil); err != nil {
+					t.Errorf("send to %d: %v", i, err)
 					return
 				}
 			}
@@ -796,6 +797,77 @@ func TestStatsFitInOneFrame(t *testing.T) {
 	}
 	if len(st.Queues) == 0 || len(st.Queues)+st.QueuesOmitted != n {
 		t.Fatalf("stats list %d queues and omit %d; want %d in all", len(st.Queues), st.QueuesOmitted, n)
+	}
+}
+
+func TestIdleQueuesAreRemoved(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	// Retrieving from names nobody uses creates nothing.
+	for i := range 1000 {
+		if _, err := c.Retrieve(ctx, fmt.Sprint("typo-", i)); !errors.Is(err, machq.ErrEmpty) {
+			t.Fatalf("retrieve from an unused name: %v, want ErrEmpty", err)
+		}
+	}
+	if st := srv.Stats(); len(st.Queues) != 0 {
+		t.Fatalf("%d queues listed after retrieves from unused names", len(st.Queues))
+	}
+	// A queue emptied by its consumer goes too, and comes back on use
+	// with sequence numbers still increasing.
+	var seqs []uint64
+	for range 2 {
+		if err := c.Send(ctx, "jobs", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(srv.Stats().Queues); n != 1 {
+			t.Fatalf("%d queues listed holding one message, want 1", n)
+		}
+		m, err := c.Retrieve(ctx, "jobs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, m.Seq)
+		m.Close()
+		if n := len(srv.Stats().Queues); n != 0 {
+			t.Fatalf("an emptied queue is still listed (%d queues)", n)
+		}
+	}
+	if seqs[1] <= seqs[0] {
+		t.Errorf("sequence numbers %v: a recreated queue must continue above its old numbers", seqs)
+	}
+}
+
+func TestQueueLimit(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxQueues: 3}})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	for _, q := range []string{"a", "b", "c"} {
+		if err := c.Send(ctx, q, []byte(q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := c.Send(ctx, "d", []byte("d"))
+	if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "max-queues") {
+		t.Fatalf("send creating a fourth queue: %v, want ErrLimit naming --max-queues", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := c.RetrieveWait(wctx, "e"); !errors.Is(err, machq.ErrLimit) {
+		t.Fatalf("waiting retrieve creating a fourth queue: %v, want ErrLimit", err)
+	}
+	// Not creating anything is not refused: an unused name is just empty.
+	if _, err := c.Retrieve(ctx, "f"); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatalf("retrieve from an unused name at the limit: %v, want ErrEmpty", err)
+	}
+	// The existing queues still work, and an emptied one makes room.
+	m, err := c.Retrieve(ctx, "a")
+	if err != nil || string(m.Bytes()) != "a" {
+		t.Fatalf("retrieve from an existing queue at the limit: %v", err)
+	}
+	m.Close()
+	if err := c.Send(ctx, "d", []byte("d")); err != nil {
+		t.Fatalf("send after a queue emptied: %v", err)
 	}
 }
 

@@ -66,6 +66,7 @@ Flags:
 	fs.Int64Var(&lim.MaxPrivateMessages, "max-private-messages", server.DefaultMaxPrivateMessages, "most `messages` in one connection's private queue (-1: no limit)")
 	fs.Int64Var(&lim.MaxPrivateBytes, "max-private-bytes", 0, "most payload `bytes` in one connection's private queue (0: --max-stored-bytes; -1: no limit)")
 	fs.Int64Var(&lim.MaxStoredPages, "max-stored-pages", 0, "most out-of-line `messages` (open descriptors) stored in all (0: three quarters of the descriptor limit; -1: no limit)")
+	fs.IntVar(&lim.MaxQueues, "max-queues", server.DefaultMaxQueues, "most named `queues` at once; empty ones nobody waits on or owns are removed (-1: no limit)")
 	fs.IntVar(&lim.MaxWaiting, "max-waiting", server.DefaultMaxWaiting, "most `retrieves` of one connection waiting for a message at once (-1: no limit)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

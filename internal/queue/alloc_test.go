@@ -57,11 +57,11 @@ func TestPushPopAllocs(t *testing.T) {
 		t.Fatal("waiter lost the message")
 	}
 
-	r := queue.NewRegistry(nil)
-	r.Get([]byte("jobs"))
+	r := queue.NewRegistry(nil, 0)
+	get(r, []byte("jobs"))
 	name := []byte("jobs")
-	if got := testing.AllocsPerRun(1000, func() { r.Get(name) }); got != 0 {
-		t.Errorf("Registry.Get of an existing queue: %v allocations, want 0", got)
+	if got := testing.AllocsPerRun(1000, func() { get(r, name) }); got != 0 {
+		t.Errorf("Registry.Acquire and Release of an existing queue: %v allocations, want 0", got)
 	}
 }
 
@@ -118,7 +118,7 @@ func storeMany(st wire.Store, inline []byte, r *queue.Registry, n int) float64 {
 	before := heapInUse()
 	var acked uint64
 	for range n {
-		r.Get(st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
+		get(r, st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
 	}
 	after := heapInUse()
 	runtime.KeepAlive(r)
@@ -141,9 +141,9 @@ func TestQueuedMessageBookkeeping(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, inline := inlineStore(t, tc.alg)
-			r := queue.NewRegistry(&counter{})
+			r := queue.NewRegistry(&counter{}, 0)
 			perMsg := storeMany(st, inline, r, storedMessages)
-			if n, _ := r.Get(st.Queue).Len(); n != storedMessages {
+			if n, _ := get(r, st.Queue).Len(); n != storedMessages {
 				t.Fatalf("queue holds %d messages, want %d", n, storedMessages)
 			}
 			book := perMsg - float64(len(inline))

@@ -58,15 +58,15 @@ func BenchmarkWaitDeliver(b *testing.B) {
 }
 
 func BenchmarkRegistryGet(b *testing.B) {
-	r := queue.NewRegistry(&counter{})
+	r := queue.NewRegistry(&counter{}, 0)
 	for _, n := range []string{"alpha", "beta", "jobs", "zeta"} {
-		r.Get([]byte(n))
+		get(r, []byte(n))
 	}
 	name := []byte("jobs")
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if r.Get(name) == nil {
+			if get(r, name) == nil {
 				b.Fatal("Get returned nil")
 			}
 		}
@@ -76,7 +76,7 @@ func BenchmarkRegistryGet(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			name := []byte("jobs")
 			for pb.Next() {
-				if r.Get(name) == nil {
+				if get(r, name) == nil {
 					b.Error("Get returned nil")
 					return
 				}
@@ -107,18 +107,18 @@ func BenchmarkStoreInline(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st, inline := inlineStore(b, tc.alg)
-			r := queue.NewRegistry(&counter{})
+			r := queue.NewRegistry(&counter{}, 0)
 			var acked uint64
 			before := heapInUse()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				r.Get(st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
+				get(r, st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
 			}
 			b.StopTimer()
 			n := max(b.N, storedMessages)
 			for range n - b.N {
-				r.Get(st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
+				get(r, st.Queue).Push(admitInline(st, inline), func(seq uint64) { acked = seq })
 			}
 			after := heapInUse()
 			runtime.KeepAlive(r)

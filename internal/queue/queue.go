@@ -6,6 +6,7 @@ package queue
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,7 +66,8 @@ func (m *Message) pages() int64 {
 type Queue struct {
 	name    string
 	counter Counter
-	owner   *uint32 // the only user id that may use the queue; nil: anyone
+	owner   *uint32      // the only user id that may use the queue; nil: anyone
+	refs    atomic.Int64 // holds taken through a Registry
 
 	mu      sync.Mutex
 	items   []*Message // ring buffer

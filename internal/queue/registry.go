@@ -1,50 +1,120 @@
 package queue
 
 import (
+	"errors"
 	"sort"
 	"sync"
 )
 
+// ErrTooManyQueues reports that creating one more named queue would pass
+// the registry's limit.
+var ErrTooManyQueues = errors.New("queue: too many named queues")
+
 // Registry holds the named queues shared by every client. A named queue is
-// created by its first use and lives as long as the Registry. It is safe
-// for concurrent use.
+// created by its first use. One that is empty, has no waiters and has no
+// owner is idle: the registry may remove it whenever nobody holds it, and
+// its next use creates it again, with sequence numbers above any it used
+// before. Owned queues live as long as the Registry. It is safe for
+// concurrent use.
+//
+// A caller holds a queue from Acquire or Lookup until Release; a held
+// queue is never removed, so a message pushed into it cannot be lost with
+// it. Idle queues are swept when a Snapshot is taken and when the number
+// of queues has doubled since the last sweep, so the cost is amortised
+// and the hot path (acquire, push or pop, release) never takes the write
+// lock for an existing queue.
 type Registry struct {
 	counter Counter
+	max     int // most queues at once; <= 0: no limit
 
-	mu     sync.RWMutex
-	queues map[string]*Queue
+	mu        sync.RWMutex
+	queues    map[string]*Queue
+	sweepAt   int    // sweep before creating a queue beyond this many
+	nextStart uint64 // first sequence number of a queue created from now on
 }
+
+// minSweep is the fewest queues worth sweeping for.
+const minSweep = 1024
 
 // NewRegistry returns an empty registry whose queues report to counter,
-// which may be nil.
-func NewRegistry(counter Counter) *Registry {
-	return &Registry{counter: counter, queues: make(map[string]*Queue)}
+// which may be nil, and that holds at most maxQueues named queues at once
+// (no limit when maxQueues <= 0).
+func NewRegistry(counter Counter, maxQueues int) *Registry {
+	return &Registry{counter: counter, max: maxQueues, queues: make(map[string]*Queue), sweepAt: minSweep, nextStart: 1}
 }
 
-// Get returns the queue called name, creating it if needed. The caller
-// must have validated name.
-func (r *Registry) Get(name []byte) *Queue { return r.get(name, nil) }
-
-// GetOwned is Get, except that a queue it creates is restricted to user
-// id owner. An existing queue is returned as it is.
-func (r *Registry) GetOwned(name []byte, owner uint32) *Queue { return r.get(name, &owner) }
-
-func (r *Registry) get(name []byte, owner *uint32) *Queue {
-	r.mu.RLock()
-	q := r.queues[string(name)]
-	r.mu.RUnlock()
-	if q != nil {
-		return q
+// Acquire returns the queue called name, creating it if needed, and holds
+// it until Release. A queue it creates is restricted to user id *owner
+// when owner is not nil; an existing queue is returned as it is. It fails
+// with ErrTooManyQueues when creating the queue would pass the limit even
+// after idle queues are removed. The caller must have validated name.
+func (r *Registry) Acquire(name []byte, owner *uint32) (*Queue, error) {
+	if q := r.Lookup(name); q != nil {
+		return q, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if q = r.queues[string(name)]; q == nil {
-		s := string(name)
-		q = New(s, r.counter)
-		q.owner = owner
-		r.queues[s] = q
+	if q := r.queues[string(name)]; q != nil {
+		q.refs.Add(1)
+		return q, nil
 	}
+	if len(r.queues) >= r.sweepAt || (r.max > 0 && len(r.queues) >= r.max) {
+		r.sweep()
+		r.sweepAt = max(2*len(r.queues), minSweep)
+	}
+	if r.max > 0 && len(r.queues) >= r.max {
+		return nil, ErrTooManyQueues
+	}
+	s := string(name)
+	q := New(s, r.counter)
+	q.nextSeq = r.nextStart
+	if owner != nil {
+		o := *owner
+		q.owner = &o
+	}
+	q.refs.Add(1)
+	r.queues[s] = q
+	return q, nil
+}
+
+// Lookup returns the queue called name, held until Release, or nil when
+// there is none; it never creates one.
+func (r *Registry) Lookup(name []byte) *Queue {
+	r.mu.RLock()
+	q := r.queues[string(name)]
+	if q != nil {
+		q.refs.Add(1) // under the read lock: a sweep cannot be running
+	}
+	r.mu.RUnlock()
 	return q
+}
+
+// Release ends the hold Acquire or Lookup took on q.
+func (r *Registry) Release(q *Queue) { q.refs.Add(-1) }
+
+// Len returns the number of named queues, idle ones included.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.queues)
+}
+
+// sweep removes every idle queue nobody holds. r.mu is held for writing,
+// so no hold can be taken meanwhile.
+func (r *Registry) sweep() {
+	for name, q := range r.queues {
+		if q.owner != nil || q.refs.Load() != 0 {
+			continue
+		}
+		q.mu.Lock()
+		idle := q.n == 0 && len(q.waiters) == 0
+		next := q.nextSeq
+		q.mu.Unlock()
+		if idle {
+			delete(r.queues, name)
+			r.nextStart = max(r.nextStart, next)
+		}
+	}
 }
 
 // Info describes one queue at one instant.
@@ -56,14 +126,16 @@ type Info struct {
 	Owner    *uint32 `json:"owner,omitempty"` // the only user id allowed; absent: anyone
 }
 
-// Snapshot describes every named queue, sorted by name.
+// Snapshot removes idle queues and describes every other named queue,
+// sorted by name.
 func (r *Registry) Snapshot() []Info {
-	r.mu.RLock()
+	r.mu.Lock()
+	r.sweep()
 	qs := make([]*Queue, 0, len(r.queues))
 	for _, q := range r.queues {
 		qs = append(qs, q)
 	}
-	r.mu.RUnlock()
+	r.mu.Unlock()
 	out := make([]Info, 0, len(qs))
 	for _, q := range qs {
 		q.mu.Lock()
