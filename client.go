@@ -782,44 +782,86 @@ func closeFD(fd int) {
 
 // SendFile stores the rest of f's content, from its current offset, at
 // the tail of queue ("" for the private queue) and returns the number of
-// bytes stored. The bytes are copied into a new sealed memfd inside the
-// kernel (copy_file_range(2) or sendfile(2)); only pipes and other streams
-// go through a buffer. A stream longer than the server's maximum message
-// size fails with ErrTooLarge as soon as it passes it. A file that is
-// already a memfd sealed against write, grow and shrink is sent whole, as
-// it is, with no copy at all. SendFile does not close f.
+// bytes stored. Content small enough to travel inline is read and sent
+// inline, like Send's; larger content is copied into a new sealed memfd
+// inside the kernel (copy_file_range(2) or sendfile(2)); only pipes and
+// other streams go through a buffer. A regular file larger than the
+// server's maximum message size fails with ErrTooLarge before anything is
+// copied, a stream as soon as it passes it. A file that is already a
+// memfd sealed against write, grow and shrink is sent whole, as it is,
+// with no copy at all. SendFile does not close f.
 func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, error) {
 	if err := checkQueue(queue); err != nil {
 		return 0, err
 	}
-	var fd int
 	if seals, err := page.Seals(int(f.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
-		fd, err = syscall.Dup(int(f.Fd()))
+		fd, err := syscall.Dup(int(f.Fd()))
 		if err != nil {
 			return 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
 		}
 		syscall.CloseOnExec(fd)
+		return c.sendSealed(ctx, queue, fd)
+	}
+	limit, inline := c.MaxMessageSize(), c.opts.inline
+	var src io.Reader = f
+	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
+			rest := max(st.Size()-off, 0)
+			if rest > limit {
+				return 0, fmt.Errorf("%w: %s holds %d bytes, more than the server's maximum of %d", ErrTooLarge, f.Name(), rest, limit)
+			}
+			if rest <= int64(inline) {
+				return c.sendInlineFrom(ctx, queue, f, int(rest))
+			}
+		}
 	} else {
-		fd, err = page.Create("machq-file")
-		if err != nil {
-			return 0, fmt.Errorf("machq: %w", err)
+		// A stream: its length shows only by reading. Read what could
+		// travel inline, and one byte more to tell.
+		head := make([]byte, inline+1)
+		n, err := io.ReadFull(f, head)
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return int64(n), c.Send(ctx, queue, head[:n])
+		case err != nil:
+			return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
 		}
-		limit := c.MaxMessageSize()
-		n, err := page.CopyFrom(fd, f, limit)
-		if err != nil {
-			syscall.Close(fd)
-			return 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
-		}
-		if n > limit {
-			syscall.Close(fd)
-			return 0, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", ErrTooLarge, f.Name(), limit)
-		}
-		if err := page.Seal(fd); err != nil {
-			syscall.Close(fd)
-			return 0, fmt.Errorf("machq: %w", err)
-		}
+		src = io.MultiReader(bytes.NewReader(head), f)
+	}
+	fd, err := page.Create("machq-file")
+	if err != nil {
+		return 0, fmt.Errorf("machq: %w", err)
+	}
+	var n int64
+	if src == io.Reader(f) {
+		n, err = page.CopyFrom(fd, f, limit)
+	} else {
+		n, err = page.CopyStream(fd, src, limit)
+	}
+	if err != nil {
+		syscall.Close(fd)
+		return 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
+	}
+	if n > limit {
+		syscall.Close(fd)
+		return 0, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", ErrTooLarge, f.Name(), limit)
+	}
+	if err := page.Seal(fd); err != nil {
+		syscall.Close(fd)
+		return 0, fmt.Errorf("machq: %w", err)
 	}
 	return c.sendSealed(ctx, queue, fd)
+}
+
+// sendInlineFrom reads up to size bytes of the regular file f and sends
+// them inline. A file that shrank meanwhile sends what is left; one that
+// grew sends size bytes, as if read a moment earlier.
+func (c *Client) sendInlineFrom(ctx context.Context, queue string, f *os.File, size int) (int64, error) {
+	buf := make([]byte, size)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
+	}
+	return int64(n), c.Send(ctx, queue, buf[:n])
 }
 
 // sendSealed stores the sealed memfd fd (owned), computing its digest

@@ -38,7 +38,9 @@ type Config struct {
 
 	// MaxInline is the largest payload, in bytes, the server accepts
 	// inside a frame instead of as a memfd; clients learn it at the
-	// handshake. Zero means 1 MiB, which is also the most allowed.
+	// handshake. Zero means 1 MiB, which is also the most allowed; a
+	// negative value accepts no payload inline but the empty one, so
+	// every other travels as a page.
 	MaxInline int
 
 	// DrainTimeout bounds how long a closing connection may take to flush
@@ -68,11 +70,13 @@ func (c *Config) setDefaults() error {
 	if c.MaxMessageSize < 0 {
 		return fmt.Errorf("machq: MaxMessageSize %d is negative", c.MaxMessageSize)
 	}
-	if c.MaxInline == 0 {
+	switch {
+	case c.MaxInline == 0:
 		c.MaxInline = wire.MaxInline
-	}
-	if c.MaxInline < 0 || c.MaxInline > wire.MaxInline {
-		return fmt.Errorf("machq: MaxInline %d is outside [0, %d]", c.MaxInline, wire.MaxInline)
+	case c.MaxInline < 0:
+		c.MaxInline = 0 // every payload but an empty one as a page
+	case c.MaxInline > wire.MaxInline:
+		return fmt.Errorf("machq: MaxInline %d is more than %d", c.MaxInline, wire.MaxInline)
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 5 * time.Second
@@ -98,6 +102,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
+	checkIns  map[*net.UnixListener]*naming.Registration // from Listen, released when served out
 	conns     map[*conn]struct{}
 	perUID    map[uint32]int // connections per peer user id
 	wg        sync.WaitGroup
@@ -131,6 +136,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		pid:       uint32(os.Getpid()),
 		listeners: make(map[*net.UnixListener]struct{}),
+		checkIns:  make(map[*net.UnixListener]*naming.Registration),
 		conns:     make(map[*conn]struct{}),
 		perUID:    make(map[uint32]int),
 		done:      make(chan struct{}),
@@ -147,19 +153,14 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
-		l.Close()
+		s.closeListener(l)
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
+	defer s.closeListener(l)
 
 	s.log.Info("serving", "socket", l.Addr().String(), "max_message", s.cfg.MaxMessageSize, "max_inline", s.cfg.MaxInline, "limits", s.cfg.Limits)
 	var backoff time.Duration
@@ -188,6 +189,20 @@ func (s *Server) Serve(l *net.UnixListener) error {
 			uc.Close()
 			return ErrServerClosed
 		}
+	}
+}
+
+// closeListener closes l, which removes its socket file if Listen made
+// it, and gives up the path Listen checked in at.
+func (s *Server) closeListener(l *net.UnixListener) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	reg := s.checkIns[l]
+	delete(s.checkIns, l)
+	s.mu.Unlock()
+	l.Close()
+	if reg != nil {
+		reg.Release()
 	}
 }
 
@@ -361,25 +376,41 @@ func isPeerGone(err error) bool {
 		errors.Is(err, errConnReset)
 }
 
-// ListenAndServe checks the server in at the socket path: it refuses a
-// path that a live server holds (an exclusive lock on PATH.lock tells), replaces a stale socket file, listens,
-// and serves until Shutdown or Close, then removes the socket file. It
-// always returns a non-nil error.
-func (s *Server) ListenAndServe(path string) error {
-	reg, err := naming.CheckIn(path)
+// Listen checks the server in at the socket path and returns the
+// listener, for Serve. It creates the socket's directory if missing (mode
+// 0700), refuses a path that a live server holds (an exclusive lock on
+// PATH.lock tells), replaces a stale socket file left by a server that
+// died, and listens with mode 0600. When Config.Access admits other users
+// the socket is 0666 and a directory it creates 0711, so that the kernel
+// lets everyone through and the server decides; it warns if an existing
+// directory would stop them. When Serve returns, the socket file is
+// removed and the path given up.
+func (s *Server) Listen(path string) (*net.UnixListener, error) {
+	reg, err := naming.CheckInWith(path, naming.Options{Shared: s.cfg.Access.open()})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer reg.Release()
+	if reg.ReplacedStale {
+		s.log.Info("replaced the socket left by a server that died", "socket", path)
+	}
 	if s.cfg.Access.open() {
-		// Let the kernel pass every user through; the server decides.
-		if err := os.Chmod(path, 0o666); err != nil {
-			return fmt.Errorf("machq: open the socket to the allowed users: %w", err)
-		}
 		if fi, err := os.Stat(filepath.Dir(path)); err == nil && fi.Mode().Perm()&0o001 == 0 {
 			s.log.Warn("allowed users cannot reach the socket: its directory is not searchable by others; chmod o+x it",
 				"dir", filepath.Dir(path), "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
 	}
-	return s.Serve(reg.Listener)
+	s.mu.Lock()
+	s.checkIns[reg.Listener] = reg
+	s.mu.Unlock()
+	return reg.Listener, nil
+}
+
+// ListenAndServe is Listen, then Serve until Shutdown or Close. It always
+// returns a non-nil error.
+func (s *Server) ListenAndServe(path string) error {
+	l, err := s.Listen(path)
+	if err != nil {
+		return err
+	}
+	return s.Serve(l)
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -797,6 +798,93 @@ func TestStatsFitInOneFrame(t *testing.T) {
 	}
 	if len(st.Queues) == 0 || len(st.Queues)+st.QueuesOmitted != n {
 		t.Fatalf("stats list %d queues and omit %d; want %d in all", len(st.Queues), st.QueuesOmitted, n)
+	}
+}
+
+func TestSendFileChoosesInlineOrPage(t *testing.T) {
+	srv, path := startServer(t, server.Config{MaxMessageSize: 8 << 20})
+	c := dial(t, path, machq.WithInlineThreshold(4096))
+	ctx := testCtx(t)
+	pages := func() int64 { return srv.Stats().Pages }
+
+	file := func(data []byte, offset int64) *os.File {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	pipe := func(data []byte) *os.File {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		go func() { w.Write(data); w.Close() }()
+		return r
+	}
+	small := randomBytes(t, 4096)
+	large := randomBytes(t, 3<<20+5)
+	for _, tc := range []struct {
+		name    string
+		f       func() *os.File
+		want    []byte
+		outline bool
+	}{
+		{"small file", func() *os.File { return file(small, 0) }, small, false},
+		{"small rest of a large file", func() *os.File { return file(large, int64(len(large))-100) }, large[len(large)-100:], false},
+		{"empty file", func() *os.File { return file(nil, 0) }, nil, false},
+		{"large file", func() *os.File { return file(large, 7) }, large[7:], true},
+		{"small stream", func() *os.File { return pipe(small) }, small, false},
+		{"empty stream", func() *os.File { return pipe(nil) }, nil, false},
+		{"stream just past inline", func() *os.File { return pipe(large[:4097]) }, large[:4097], true},
+		{"large stream", func() *os.File { return pipe(large) }, large, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := pages()
+			n, err := c.SendFile(ctx, "", tc.f())
+			if err != nil || n != int64(len(tc.want)) {
+				t.Fatalf("SendFile = %d, %v; want %d", n, err, len(tc.want))
+			}
+			if stored := pages() - before; stored != map[bool]int64{false: 0, true: 1}[tc.outline] {
+				t.Errorf("SendFile of %d bytes stored %d pages; inline threshold 4096", len(tc.want), stored)
+			}
+			m, err := c.Retrieve(ctx, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if m.OutOfLine() != tc.outline || !bytes.Equal(m.Bytes(), tc.want) {
+				t.Errorf("retrieved out of line %v, equal %v", m.OutOfLine(), bytes.Equal(m.Bytes(), tc.want))
+			}
+		})
+	}
+
+	// Past the maximum: a file is refused before any copy, a stream
+	// once it passes the maximum; nothing is stored either way.
+	big, err := os.Create(filepath.Join(t.TempDir(), "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
+	if err := big.Truncate(1 << 40); err != nil { // sparse: copying it would take hours
+		t.Fatal(err)
+	}
+	if _, err := c.SendFile(ctx, "", big); !errors.Is(err, machq.ErrTooLarge) {
+		t.Errorf("SendFile of a 1 TiB file: %v, want ErrTooLarge", err)
+	}
+	if _, err := c.SendFile(ctx, "", pipe(make([]byte, 8<<20+1))); !errors.Is(err, machq.ErrTooLarge) {
+		t.Errorf("SendFile of a stream past the maximum: %v, want ErrTooLarge", err)
+	}
+	if st := srv.Stats(); st.Messages != 0 {
+		t.Errorf("%d messages stored after refused sends", st.Messages)
 	}
 }
 

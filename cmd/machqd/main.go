@@ -14,17 +14,21 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/machq/machq/internal/activation"
 	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
 
@@ -34,7 +38,12 @@ func main() {
 
 func run(args []string) int {
 	fs := flag.NewFlagSet("machqd", flag.ContinueOnError)
-	fs.Usage = func() {
+	// Parse errors are reported in one line below; only --help prints
+	// the usage, to stdout.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	usage := func() {
+		fs.SetOutput(os.Stdout)
 		fmt.Fprintf(fs.Output(), `Usage: machqd [flags]
 
 machqd is the machq server. It listens on the socket of its service name
@@ -50,7 +59,7 @@ Flags:
 	level := fs.String("log-level", "info", "least severe log `level` shown: debug, info, warn or error")
 	format := fs.String("log-format", "text", "log `format`: text or json")
 	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
-	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576)")
+	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576; 0: every payload but an empty one as a memfd)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
 	handshakeTimeout := fs.Duration("handshake-timeout", 10*time.Second, "how long a new connection may take to send HELLO before it is closed")
 	var access server.Access
@@ -70,13 +79,23 @@ Flags:
 	fs.IntVar(&lim.MaxWaiting, "max-waiting", server.DefaultMaxWaiting, "most `retrieves` of one connection waiting for a message at once (-1: no limit)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			usage()
 			return 0
 		}
+		fmt.Fprintf(os.Stderr, "machqd: %s; see machqd --help\n", flagError(err))
 		return 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "machqd: unexpected argument %q; see machqd --help\n", fs.Arg(0))
 		return 2
+	}
+	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout); msg != "" {
+		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
+		return 2
+	}
+	cfgInline := *maxInline
+	if cfgInline == 0 {
+		cfgInline = -1 // server.Config: no inline payloads
 	}
 
 	var lvl slog.Level
@@ -103,13 +122,15 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: *maxInline, HandshakeTimeout: *handshakeTimeout, Limits: lim, Access: access})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, Limits: lim, Access: access})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2
 	}
 
-	serve, err := listen(*name, *socket, srv, log)
+	named := false // --name or --socket given
+	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
+	serve, err := listen(*name, *socket, named, srv, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 1
@@ -143,12 +164,15 @@ Flags:
 // listen picks the sockets: those passed by the service manager, else the
 // --socket path, else the service name's. It returns the function that
 // serves them.
-func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() error, error) {
+func listen(name, socket string, named bool, srv *server.Server, log *slog.Logger) (func() error, error) {
 	ls, err := activation.Listeners()
 	if err != nil {
 		return nil, err
 	}
 	if len(ls) > 0 {
+		if named {
+			log.Warn("--name and --socket are ignored: the service manager passed the sockets to serve")
+		}
 		for _, l := range ls {
 			log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
 		}
@@ -159,17 +183,74 @@ func listen(name, socket string, srv *server.Server, log *slog.Logger) (func() e
 		if path, err = naming.SocketPath(name); err != nil {
 			return nil, fmt.Errorf("--name: %w", err)
 		}
+	} else if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+		// Directories are created for a service name's socket, never
+		// for one given by path: a typo must not build a tree.
+		return nil, fmt.Errorf("--socket %s: directory %s does not exist; create it or choose another path", path, filepath.Dir(path))
 	}
 	// Check in now, so that a name in use is reported before we run.
-	reg, err := naming.CheckIn(path)
+	l, err := srv.Listen(path)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("checked in", "name", name, "socket", path, "pid", os.Getpid())
-	return func() error {
-		defer reg.Release()
-		return srv.Serve(reg.Listener)
-	}, nil
+	if socket == "" {
+		log.Info("checked in", "name", name, "socket", path, "pid", os.Getpid())
+	} else {
+		log.Info("listening", "socket", path, "pid", os.Getpid())
+	}
+	return func() error { return srv.Serve(l) }, nil
+}
+
+// flagError rewords the flag package's parse errors for a user: flags
+// with their double dash, and what a value should look like.
+func flagError(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag --" + name
+	}
+	if rest, ok := strings.CutPrefix(msg, "invalid value "); ok {
+		// invalid value "x" for flag -name: parse error
+		if value, after, ok := strings.Cut(rest, " for flag -"); ok {
+			name, _, _ := strings.Cut(after, ":")
+			return fmt.Sprintf("--%s %s: %s", name, value, valueHint(name))
+		}
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return "--" + name + " needs a value"
+	}
+	return msg
+}
+
+// valueHint says what the value of flag name looks like.
+func valueHint(name string) string {
+	switch name {
+	case "shutdown-timeout", "handshake-timeout":
+		return "not a duration; use one such as 500ms, 10s or 2m"
+	case "allow-uid":
+		return "not a user name or uid"
+	case "allow-gid":
+		return "not a group name or gid"
+	default:
+		return "not a whole number"
+	}
+}
+
+// checkFlags checks the values the flag package cannot, and returns what
+// is wrong, or "".
+func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeout time.Duration) string {
+	switch {
+	case maxMessage < 1:
+		return fmt.Sprintf("--max-message %d: must be at least 1 byte", maxMessage)
+	case maxInline < 0 || maxInline > wire.MaxInline:
+		return fmt.Sprintf("--max-inline %d: must be from 0 to %d bytes", maxInline, wire.MaxInline)
+	case int64(maxInline) > maxMessage:
+		return fmt.Sprintf("--max-inline %d is more than --max-message %d", maxInline, maxMessage)
+	case shutdownTimeout <= 0:
+		return fmt.Sprintf("--shutdown-timeout %v: must be positive", shutdownTimeout)
+	case handshakeTimeout <= 0:
+		return fmt.Sprintf("--handshake-timeout %v: must be positive", handshakeTimeout)
+	}
+	return ""
 }
 
 // serveAll serves every listener until the server stops, and returns the

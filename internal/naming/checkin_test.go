@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/machq/machq/internal/naming"
+	"golang.org/x/sys/unix"
 )
 
 // checkIn checks in at path and undoes it at cleanup.
@@ -87,6 +88,7 @@ func TestCheckInCreatesDir(t *testing.T) {
 		t.Errorf("Path = %q, want %q", reg.Path, path)
 	}
 	mustMode(t, dir, os.ModeDir, 0o700)
+	mustMode(t, filepath.Dir(dir), os.ModeDir, 0o700) // ancestors it created too
 	mustMode(t, path, os.ModeSocket, 0o600)
 	mustMode(t, path+".lock", 0, 0o600)
 	pid, err := os.ReadFile(path + ".lock")
@@ -101,6 +103,53 @@ func TestCheckInCreatesDir(t *testing.T) {
 	shutdown(t, reg)
 	mustNotExist(t, path)
 	mustNotExist(t, path+".lock")
+}
+
+func TestCheckInShared(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "run")
+	path := filepath.Join(dir, "svc.sock")
+	reg, err := naming.CheckInWith(path, naming.Options{Shared: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, reg) })
+	// Others may pass through what it created and connect; the server
+	// checks who they are.
+	mustMode(t, dir, os.ModeDir, 0o711)
+	mustMode(t, filepath.Dir(dir), os.ModeDir, 0o711)
+	mustMode(t, path, os.ModeSocket, 0o666)
+	roundTrip(t, path, reg.Listener)
+}
+
+func TestCheckInNoCreate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing", "svc.sock")
+	_, err := naming.CheckInWith(path, naming.Options{NoCreate: true})
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("CheckInWith NoCreate in a missing directory: %v", err)
+	}
+	mustNotExist(t, filepath.Dir(path))
+}
+
+func TestCheckInReplacesStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "svc.sock")
+	// A socket file nobody listens on: what a server killed with SIGKILL
+	// leaves behind.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	reg := checkIn(t, path)
+	if !reg.ReplacedStale {
+		t.Error("ReplacedStale not set after replacing a stale socket")
+	}
+	roundTrip(t, path, reg.Listener)
+	if fresh := checkIn(t, filepath.Join(t.TempDir(), "fresh.sock")); fresh.ReplacedStale {
+		t.Error("ReplacedStale set for a fresh path")
+	}
 }
 
 func TestCheckInExistingDir(t *testing.T) {
@@ -313,8 +362,9 @@ func TestCheckInPrivateDir(t *testing.T) {
 	}{
 		{"machq-1000", 0o700, true},
 		{"machq-world", 0o777, false},
-		{"machq-group", 0o750, false},
-		{"machq-other", 0o701, false},
+		{"machq-shared", 0o711, true}, // a shared server's: others pass, nobody else writes
+		{"machq-group-writable", 0o770, false},
+		{"machq-other-writable", 0o703, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), c.name)

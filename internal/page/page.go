@@ -245,6 +245,14 @@ func CopyFrom(dst int, src *os.File, limit int64) (int64, error) {
 	return streamCopy(dst, src, limit+1)
 }
 
+// CopyStream is CopyFrom for any reader: the bytes go through a buffer.
+func CopyStream(dst int, src io.Reader, limit int64) (int64, error) {
+	if limit < 0 {
+		return 0, fmt.Errorf("page: negative copy limit %d", limit)
+	}
+	return streamCopy(dst, src, limit+1)
+}
+
 // kernelCopy copies up to max bytes of src into dst with copy_file_range,
 // falling back to sendfile. ok is false when neither applies and nothing
 // was copied.
