@@ -110,7 +110,11 @@ func (c *conn) serve() {
 	}()
 
 	rd := wire.NewReader(c.uc)
-	c.uc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	c.mu.Lock()
+	if !c.stopping { // Shutdown's deadline must stand
+		c.uc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	}
+	c.mu.Unlock()
 	reason := c.readLoop(rd)
 	rd.Close()
 
@@ -148,8 +152,9 @@ func (c *conn) serve() {
 	for _, m := range lost {
 		m.Release()
 	}
+	pages := c.private.Pages()
 	n, b := c.private.Drain()
-	c.log.Info("client gone; private queue freed", "reason", reason, "messages", n, "bytes", b)
+	c.log.Info("client gone; private queue freed", "reason", reason, "messages", n, "pages", pages, "bytes", b)
 }
 
 // stopReading makes the reader finish the requests it has already

@@ -270,11 +270,17 @@ func (s *Server) track(uc *net.UnixConn) bool {
 // at once and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginClose()
+	// No connection is added once closing is set; stop the ones there
+	// without holding s.mu, which is never held while taking conn.mu.
 	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.stopReading()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.stopReading()
+	}
 
 	finished := make(chan struct{})
 	go func() {

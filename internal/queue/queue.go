@@ -224,6 +224,19 @@ func (q *Queue) Len() (messages int, bytes int64) {
 	return q.n, q.bytes
 }
 
+// Pages returns the number of stored messages that are pages.
+func (q *Queue) Pages() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for i := range q.n {
+		if q.items[(q.head+i)%len(q.items)].FD >= 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // Waiting returns the number of registered waiters.
 func (q *Queue) Waiting() int {
 	q.mu.Lock()

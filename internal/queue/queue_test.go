@@ -755,3 +755,19 @@ func TestCounterCountsPages(t *testing.T) {
 		t.Fatalf("after Drain: %d messages, %d pages, %d bytes", c.messages, c.pages, c.bytes)
 	}
 }
+
+func TestPages(t *testing.T) {
+	q := queue.New("", nil)
+	if n := q.Pages(); n != 0 {
+		t.Fatalf("empty queue: %d pages", n)
+	}
+	q.Push(inline("a", 1), nil)
+	q.Push(&queue.Message{FD: newPageFD(t, []byte("p")), Size: 1}, nil)
+	q.Push(inline("b", 1), nil)
+	q.Pop() // the ring's head moves: Pages must follow it
+	q.Push(&queue.Message{FD: newPageFD(t, []byte("q")), Size: 1}, nil)
+	if n := q.Pages(); n != 2 {
+		t.Errorf("Pages = %d, want 2", n)
+	}
+	q.Drain()
+}
