@@ -1,0 +1,301 @@
+package integration_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/machq/machq"
+	"golang.org/x/sys/unix"
+)
+
+// TestDaemonLogs: every step is logged at info with the peer's
+// credentials from SO_PEERCRED, and --log-level warn keeps only problems.
+func TestDaemonLogs(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "info")
+	ctx := ctxT(t)
+	c := dial(t, d.socket)
+	if err := c.Send(ctx, "logged", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Retrieve(ctx, "logged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	c.Close()
+	creds := fmt.Sprintf("pid=%d uid=%d gid=%d", os.Getpid(), os.Getuid(), os.Getgid())
+	for _, step := range []string{`"client connected"`, `"received a message"`, "enqueued", "dequeued", "responded", `"client gone; private queue freed"`} {
+		waitFor(t, "the log of "+step, func() bool {
+			for line := range strings.Lines(d.logs.String()) {
+				if strings.Contains(line, "level=INFO msg="+step) && strings.Contains(line, creds) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+
+	quiet := startDaemon(t, "", "--log-level", "warn")
+	c = dial(t, quiet.socket)
+	if err := c.Send(ctx, "quiet", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Retrieve(ctx, "nothing-here"); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatal(err)
+	}
+	c.Close()
+	quiet.stop()
+	if logs := quiet.logs.String(); strings.Contains(logs, "level=INFO") || strings.Contains(logs, "level=DEBUG") {
+		t.Errorf("--log-level warn logged info lines:\n%s", logs)
+	}
+}
+
+// TestDaemonFlagErrors: a bad flag is one line naming the flag and what
+// it wants, exit 2; --socket in a missing directory does not create it.
+func TestDaemonFlagErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no", "such")
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--bogus"}, 2, "unknown flag --bogus"},
+		{[]string{"--max-message", "0"}, 2, "--max-message 0: must be at least 1 byte"},
+		{[]string{"--max-inline", "2000000"}, 2, "--max-inline 2000000: must be from 0 to 1048576"},
+		{[]string{"--shutdown-timeout", "soon"}, 2, "not a duration"},
+		{[]string{"--max-queues", "many"}, 2, "--max-queues \"many\": not a whole number"},
+		{[]string{"--socket", filepath.Join(missing, "s.sock")}, 1, "does not exist"},
+	} {
+		cmd := exec.Command(bin.machqd, append([]string{"--log-level", "warn"}, tc.args...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != tc.code || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("machqd %v: %v, stderr %q; want exit %d saying %q", tc.args, err, stderr.String(), tc.code, tc.want)
+		}
+		if n := strings.Count(strings.TrimSpace(stderr.String()), "\n"); n > 0 {
+			t.Errorf("machqd %v: %d lines on stderr, want one:\n%s", tc.args, n+1, stderr.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Dir(missing)); !os.IsNotExist(err) {
+		t.Errorf("machqd created the directory of a --socket path: %v", err)
+	}
+	out, err := exec.Command(bin.machqd, "--help").Output()
+	if err != nil || !strings.Contains(string(out), "--max-queues") && !strings.Contains(string(out), "-max-queues") {
+		t.Errorf("machqd --help: %v, %s", err, out)
+	}
+}
+
+// TestDaemonNoInline: --max-inline 0 makes every non-empty payload a page.
+func TestDaemonNoInline(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn", "--max-inline", "0")
+	ctx := ctxT(t)
+	c := dial(t, d.socket)
+	if c.MaxInline() != 0 {
+		t.Fatalf("client learned max inline %d, want 0", c.MaxInline())
+	}
+	for _, p := range [][]byte{nil, []byte("x"), []byte("tiny")} {
+		if err := c.Send(ctx, "q", p); err != nil {
+			t.Fatalf("send %d bytes: %v", len(p), err)
+		}
+	}
+	if st := d.stats(); st.Messages != 3 || st.Pages != 2 {
+		t.Errorf("stats %+v; want 3 messages, the two non-empty ones as pages", st)
+	}
+}
+
+// TestDaemonLargestPayload stores a payload of exactly the server's
+// maximum (4 GiB by default) and takes it back; one byte more is refused
+// before anything is sent. The payload is a sparse sealed memfd sent
+// without a digest, so the test moves a descriptor, not 4 GiB.
+func TestDaemonLargestPayload(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	ctx := ctxT(t)
+	c, err := machq.Dial(ctx, d.socket, machq.WithDigest(machq.DigestNone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const max = 4 << 30
+	if got := c.MaxMessageSize(); got != max {
+		t.Fatalf("server's maximum is %d, want the documented default %d", got, max)
+	}
+	n, err := c.SendFile(ctx, "huge", sealedSparse(t, max, "first", "last"))
+	if err != nil || n != max {
+		t.Fatalf("send %d bytes: %d, %v", max, n, err)
+	}
+	if st := d.stats(); st.Bytes != max || st.Pages != 1 {
+		t.Errorf("stats %+v; want one page of %d bytes", st, max)
+	}
+	if rss := d.rss(); rss > 256<<20 {
+		t.Errorf("server RSS %d MiB holding a 4 GiB page; it must not map it", rss>>20)
+	}
+	m, err := c.Retrieve(ctx, "huge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := m.Bytes() // mapped lazily: only the pages read are touched
+	if m.Len() != max || string(got[:5]) != "first" || string(got[max-4:]) != "last" {
+		t.Errorf("retrieved %d bytes starting %q ending %q", m.Len(), got[:5], got[max-4:])
+	}
+	m.Close()
+
+	if _, err := c.SendFile(ctx, "huge", sealedSparse(t, max+1, "", "")); !errors.Is(err, machq.ErrTooLarge) {
+		t.Fatalf("send a %d-byte memfd: %v, want ErrTooLarge", max+1, err)
+	}
+	if _, err := c.SendFile(ctx, "huge", sparseFile(t, max+1)); !errors.Is(err, machq.ErrTooLarge) {
+		t.Fatalf("SendFile of a %d-byte file: %v, want ErrTooLarge", max+1, err)
+	}
+	if st := d.stats(); st.Messages != 0 {
+		t.Errorf("stats %+v after refused sends; want nothing stored", st)
+	}
+}
+
+// sealedSparse returns a memfd of size bytes, sealed against write, grow
+// and shrink, holding head at its start and tail at its end and nothing
+// else: it occupies two pages of memory at most.
+func sealedSparse(t *testing.T, size int64, head, tail string) *os.File {
+	fd, err := unix.MemfdCreate("machq-test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "sparse-memfd")
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte(head), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte(tail), size-int64(len(tail))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// sparseFile returns a file of size bytes that occupies no disk.
+func sparseFile(t *testing.T, size int64) *os.File {
+	f, err := os.Create(filepath.Join(t.TempDir(), "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestDaemonAllowUID runs machqd with --allow-uid: the socket (and the
+// directory machqd creates for it) let the allowed user through, who is
+// served, while any other user is refused with DENIED. The clients are
+// the real CLI run as those users.
+func TestDaemonAllowUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run clients as other users")
+	}
+	const allowed, other = 65534, 65533
+	// A directory every user may enter, holding the CLI binary and the
+	// runtime directory machqd creates.
+	shared, err := os.MkdirTemp("", "machq-allow-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cli := filepath.Join(shared, "machq")
+	copyFile(t, bin.machq, cli, 0o755)
+
+	runtime := filepath.Join(shared, "run")
+	cmd := exec.Command(bin.machqd, "--name", "shared", "--allow-uid", fmt.Sprint(allowed), "--log-level", "info")
+	cmd.Env = append(os.Environ(), "MACHQ_RUNTIME_DIR="+runtime)
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("machqd: %v\n%s", err, &logs)
+		}
+	}()
+	socket := filepath.Join(runtime, "shared.sock")
+	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
+
+	mode := func(p string) os.FileMode {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm()
+	}
+	if m := mode(socket); m != 0o666 {
+		t.Errorf("socket mode %04o with --allow-uid, want 0666", m)
+	}
+	if m := mode(runtime); m != 0o711 {
+		t.Errorf("runtime directory mode %04o with --allow-uid, want 0711", m)
+	}
+
+	as := func(uid uint32, args ...string) (string, int) {
+		c := exec.Command(cli, append(args, "--socket", socket, "--log-level", "warn")...)
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		c.Stdin = strings.NewReader("from uid " + fmt.Sprint(uid))
+		out, err := c.CombinedOutput()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return string(out), exit.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	if out, code := as(allowed, "send", "--queue", "shared"); code != 0 {
+		t.Fatalf("allowed uid's send: exit %d: %s", code, out)
+	}
+	out, code := as(other, "send", "--queue", "shared")
+	if code == 0 || !strings.Contains(strings.ToLower(out), "denied") {
+		t.Fatalf("other uid's send: exit %d: %s; want a refusal saying denied", code, out)
+	}
+	if !strings.Contains(logs.String(), fmt.Sprintf("uid=%d", other)) {
+		t.Errorf("the refusal of uid %d was not logged:\n%s", other, &logs)
+	}
+	if out, code := as(allowed, "retrieve", "--queue", "shared"); code != 0 || out != fmt.Sprint("from uid ", allowed) {
+		t.Fatalf("allowed uid's retrieve: exit %d: %q", code, out)
+	}
+}
+
+// copyFile copies src to dst with mode.
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
