@@ -146,10 +146,19 @@ Flags:
 		log.Error("server stopped", "err", err)
 		return 1
 	case sig := <-sigs:
-		log.Info("signal received; shutting down", "signal", sig.String())
+		log.Info("signal received; shutting down (signal again to stop at once)", "signal", sig.String())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 	defer cancel()
+	go func() {
+		// A second signal cuts the graceful shutdown short.
+		select {
+		case sig := <-sigs:
+			log.Warn("second signal; closing every connection now", "signal", sig.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("shutdown cut short; connections closed", "err", err)
 	}

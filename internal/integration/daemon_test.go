@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -297,5 +299,43 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDaemonSecondSignal: a graceful shutdown waits for responses to be
+// flushed, here to a client that never reads; a second SIGTERM cuts it
+// short, and machqd still exits 0 and removes its socket.
+func TestDaemonSecondSignal(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "info", "--shutdown-timeout", "1h")
+	conn, err := net.Dial("unix", d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// HELLO, then far more STATs than the socket buffers hold answers
+	// for, never reading one.
+	reqs := wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version})
+	for id := uint64(1); id <= 50000; id++ {
+		reqs = wire.AppendStat(reqs, id)
+	}
+	go conn.Write(reqs) // blocks once the server stops reading; ends with conn
+	waitFor(t, "the server to stop reading a client that does not read", func() bool {
+		return strings.Count(d.logs.String(), "op=STAT") > 1000
+	})
+
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the graceful shutdown to begin", func() bool { return strings.Contains(d.logs.String(), "signal received") })
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.exited
+	if d.err != nil {
+		t.Fatalf("machqd exited with %v after a second SIGTERM", d.err)
+	}
+	for _, want := range []string{"second signal", "shutdown cut short"} {
+		if !strings.Contains(d.logs.String(), want) {
+			t.Errorf("logs lack %q", want)
+		}
+	}
+	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
+		t.Errorf("socket file left after the second signal: %v", err)
 	}
 }
