@@ -210,16 +210,8 @@ func TestDaemonAllowUID(t *testing.T) {
 	const allowed, other = 65534, 65533
 	// A directory every user may enter, holding the CLI binary and the
 	// runtime directory machqd creates.
-	shared, err := os.MkdirTemp("", "machq-allow-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	if err := os.Chmod(shared, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	shared := sharedDir(t, 0o755)
 	cli := filepath.Join(shared, "machq")
-	copyFile(t, bin.machq, cli, 0o755)
 
 	runtime := filepath.Join(shared, "run")
 	cmd := exec.Command(bin.machqd, "--name", "shared", "--allow-uid", fmt.Sprint(allowed), "--log-level", "info")
@@ -280,6 +272,77 @@ func TestDaemonAllowUID(t *testing.T) {
 	}
 	if out, code := as(allowed, "retrieve", "--queue", "shared"); code != 0 || out != fmt.Sprint("from uid ", allowed) {
 		t.Fatalf("allowed uid's retrieve: exit %d: %q", code, out)
+	}
+}
+
+// sharedDir returns a new directory with mode perm holding copies of the
+// binaries every user may run, removed when the test ends.
+func sharedDir(t *testing.T, perm os.FileMode) string {
+	dir, err := os.MkdirTemp("", "machq-shared-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, bin.machq, filepath.Join(dir, "machq"), 0o755)
+	copyFile(t, bin.machqd, filepath.Join(dir, "machqd"), 0o755)
+	return dir
+}
+
+// TestDaemonRuntimeDirOfAUser: for a user other than root with neither
+// MACHQ_RUNTIME_DIR nor XDG_RUNTIME_DIR, machqd checks in under
+// machq-UID in the temporary directory, private to that user, and the
+// CLI run by the same user finds it by name.
+func TestDaemonRuntimeDirOfAUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the server as another user")
+	}
+	const uid = 65534
+	tmp := sharedDir(t, 0o1777) // a TMPDIR like /tmp
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MACHQ_RUNTIME_DIR=") && !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") && !strings.HasPrefix(kv, "TMPDIR=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "TMPDIR="+tmp)
+	as := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+
+	cmd := exec.Command(filepath.Join(tmp, "machqd"), "--name", "svc", "--log-level", "info")
+	cmd.Env, cmd.SysProcAttr = env, as
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("machqd: %v\n%s", err, &logs)
+		}
+	}()
+	dir := filepath.Join(tmp, fmt.Sprint("machq-", uid))
+	socket := filepath.Join(dir, "svc.sock")
+	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
+	if !strings.Contains(logs.String(), "socket="+socket) {
+		t.Fatalf("machqd did not check in at %s:\n%s", socket, &logs)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o700 || sys.Uid != uid {
+		t.Errorf("runtime directory mode %04o owner %d; want 0700 owned by %d", st.Mode().Perm(), sys.Uid, uid)
+	}
+
+	cli := exec.Command(filepath.Join(tmp, "machq"), "stat", "--name", "svc", "--json")
+	cli.Env, cli.SysProcAttr = env, as
+	if out, err := cli.CombinedOutput(); err != nil || !strings.Contains(string(out), `"clients":1`) {
+		t.Errorf("machq stat --name svc as uid %d: %v: %s", uid, err, out)
 	}
 }
 
