@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/procfs"
 	"github.com/machq/machq/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -400,5 +401,52 @@ func TestDaemonSecondSignal(t *testing.T) {
 	}
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Errorf("socket file left after the second signal: %v", err)
+	}
+}
+
+// TestDaemonNeverMapsPages: storing and handing back 256 MiB of pages
+// does not raise the server's peak resident memory, which a server that
+// mapped or read a page even briefly (to check a digest, say) would: the
+// peak, reset before the work, catches memory released before it could
+// be sampled.
+func TestDaemonNeverMapsPages(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	ctx := ctxT(t)
+	c := dial(t, d.socket)
+	if err := procfs.ResetPeak(d.pid()); err != nil {
+		t.Skipf("cannot reset the server's peak memory: %v", err)
+	}
+	before, err := procfs.PeakRSS(d.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 4, 64 << 20
+	for i := range n {
+		p, err := machq.NewPage(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Bytes()[i] = byte(i + 1)
+		if err := c.SendPage(ctx, "big", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		m, err := c.Retrieve(ctx, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Len() != size || m.Bytes()[i] != byte(i+1) {
+			t.Errorf("message %d: %d bytes, wrong content", i, m.Len())
+		}
+		m.Close()
+	}
+	after, err := procfs.PeakRSS(d.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("server peak RSS %d MiB before, %d MiB after passing %d MiB of pages through", before>>20, after>>20, n*size>>20)
+	if after-before > 32<<20 {
+		t.Errorf("server peak RSS rose %d MiB passing %d MiB of pages: it must never map or read them", (after-before)>>20, n*size>>20)
 	}
 }
