@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -33,8 +32,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		asJSON, quiet      bool
 		plotFile, saveFile string
 	)
-	fs := flag.NewFlagSet("machq bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	cmd := newCommand("bench", benchSummary)
+	fs := cmd.fs
 	fs.StringVar(&cfg.Socket, "socket", "", "measure the machq server at this socket `path` instead of starting one")
 	fs.StringVar(&sizes, "sizes", "0,64,4K,64K,1M,16M,64M,256M", "payload `sizes`, comma-separated, with optional K, M or G (binary) suffix")
 	fs.StringVar(&systems, "systems", "", "comma-separated `systems` to measure (default all): "+strings.Join(bench.SystemNames(), ", "))
@@ -51,16 +50,32 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&plotFile, "plot", "", "draw latency against size, log-log, to this `file` (.png, .svg or .pdf)")
 	fs.StringVar(&saveFile, "save", "", "also write the report as JSON to this `file`")
 	fs.BoolVar(&quiet, "quiet", false, "do not report progress on stderr")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: machq bench [flags]\n\n%s\n\nFlags:\n", benchSummary)
-		fs.PrintDefaults()
-	}
-	if st := parse(fs, args, stderr); st >= 0 {
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
 	usageErr := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "machq bench: "+format+"\n", a...)
-		return exitUsage
+		return fail(stderr, usagef("bench", format, a...))
+	}
+	switch {
+	case cfg.Time <= 0:
+		return usageErr("--time %v: give a time budget above 0, such as 500ms", cfg.Time)
+	case cfg.Rounds <= 0:
+		return usageErr("--rounds %d: give 1 or more rounds", cfg.Rounds)
+	case cfg.MinIters <= 0:
+		return usageErr("--min-iters %d: give 1 or more round trips", cfg.MinIters)
+	case cfg.Depth <= 0:
+		return usageErr("--depth %d: give a pipeline depth of 1 or more", cfg.Depth)
+	case cfg.SmallMessages <= 0:
+		return usageErr("--small-messages %d: give 1 or more (or --skip memory)", cfg.SmallMessages)
+	case cfg.LargeMessages <= 0:
+		return usageErr("--large-messages %d: give 1 or more (or --skip memory)", cfg.LargeMessages)
+	}
+	if cfg.Socket != "" {
+		p, err := socketPath(cfg.Socket)
+		if err != nil {
+			return usageErr("--socket %s: %v", cfg.Socket, err)
+		}
+		cfg.Socket = p
 	}
 	var err error
 	if cfg.Sizes, err = parseSizes(sizes); err != nil {

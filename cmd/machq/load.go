@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/machq/machq/internal/loadtest"
 )
@@ -23,8 +23,8 @@ nothing was lost, 1 otherwise.`
 func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg loadtest.Config
 	var asJSON, quiet bool
-	fs := flag.NewFlagSet("machq load", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	cmd := newCommand("load", loadSummary)
+	fs := cmd.fs
 	fs.StringVar(&cfg.Socket, "socket", "", "load the server at this socket `path` instead of starting one")
 	fs.IntVar(&cfg.Clients, "clients", 200, "client `processes` running at once")
 	fs.IntVar(&cfg.Messages, "messages", 2000, "`messages` each client stores and retrieves")
@@ -35,12 +35,37 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SigtermAfter, "sigterm", 0, "send the server SIGTERM this `long` after the start, and check that every answer received was whole and the server exited and removed its socket")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "do not report progress on stderr")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: machq load [flags]\n\n%s\n\nFlags:\n", loadSummary)
-		fs.PrintDefaults()
-	}
-	if st := parse(fs, args, stderr); st >= 0 {
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
+	}
+	usageErr := func(format string, a ...any) int {
+		return fail(stderr, usagef("load", format, a...))
+	}
+	switch {
+	case cfg.Clients <= 0:
+		return usageErr("--clients %d: give 1 or more client processes", cfg.Clients)
+	case cfg.Messages <= 0:
+		return usageErr("--messages %d: give 1 or more messages per client", cfg.Messages)
+	case cfg.MaxSize < 16:
+		return usageErr("--max-size %d: give 16 bytes or more", cfg.MaxSize)
+	case !(cfg.KillFraction >= 0 && cfg.KillFraction <= 1):
+		return usageErr("--kill %v: give a fraction from 0 to 1, such as 0.1", cfg.KillFraction)
+	case cfg.KillWindow < 0:
+		return usageErr("--kill-window %v: must not be negative", cfg.KillWindow)
+	case cfg.SigtermAfter < 0:
+		return usageErr("--sigterm %v: must not be negative", cfg.SigtermAfter)
+	}
+	if cfg.KillFraction == 0 {
+		// The load test takes 0 for its default; a fraction this small
+		// kills nobody.
+		cfg.KillFraction = math.SmallestNonzeroFloat64
+	}
+	if cfg.Socket != "" {
+		p, err := socketPath(cfg.Socket)
+		if err != nil {
+			return usageErr("--socket %s: %v", cfg.Socket, err)
+		}
+		cfg.Socket = p
 	}
 	var err error
 	if cfg.Command, err = selfCommand(); err != nil {
@@ -86,15 +111,15 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // loadClientCmd is one client process of machq load.
 func loadClientCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg loadtest.ClientConfig
-	fs := flag.NewFlagSet("machq load-client", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	cmd := newCommand("load-client", "One client process of machq load.")
+	fs := cmd.fs
 	fs.StringVar(&cfg.Socket, "socket", "", "server socket path")
 	fs.IntVar(&cfg.ID, "id", 0, "client number")
 	fs.IntVar(&cfg.Messages, "messages", 100, "messages to store and retrieve")
 	fs.IntVar(&cfg.MaxSize, "max-size", 1<<20, "largest payload in bytes")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
 	fs.BoolVar(&cfg.ShutdownOK, "shutdown-ok", false, "the server stopping is an expected end")
-	if st := parse(fs, args, stderr); st >= 0 {
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
 	if err := loadtest.RunClient(ctx, cfg, stdout); err != nil {

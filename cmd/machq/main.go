@@ -7,28 +7,32 @@
 //	machq stat [--json]                          server statistics
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
+//	machq help [COMMAND]                         the commands, or one's flags
 //
 // Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty, 4 no
-// server, 5 integrity check failed.
+// server, 5 integrity check failed, 130 interrupted (SIGINT), 143
+// terminated (SIGTERM).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/page"
 )
 
-// Exit statuses, documented in the README.
+// Exit statuses, documented in the README. A signal exits with 128 plus
+// its number (see interrupted).
 const (
 	exitOK       = 0
 	exitError    = 1
@@ -41,38 +45,67 @@ const (
 const usage = `Usage: machq [command] [flags]
 
 Commands:
-  shell      interactive client: 1) send  2) retrieve  3) quit (the default)
-  send       store stdin, or --file, at the tail of --queue
-  retrieve   take the oldest message of --queue to stdout, or --out
-  stat       show connected clients, stored messages and named queues
-  bench      measure machq against the bare kernel mechanisms, Redis
-             and POSIX message queues (starts its own servers)
-  load       many client processes, some killed with SIGKILL: check that
-             nothing is lost and the server returns to idle
+  shell     the interactive client: 1) send  2) retrieve  3) quit (the default)
+  send      store stdin, or --file, as one message at the tail of --queue
+  retrieve  take the oldest message of --queue and write it to stdout, or --out
+  stat      show clients, stored messages and bytes, and the named queues
+  bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
+  load      load test: many clients, some killed with SIGKILL; nothing may be lost
+  help      show this list; "machq help COMMAND" shows the command's flags
 
-Every command but bench and load takes --name NAME (service name, default
-"machq") or --socket PATH. Run "machq COMMAND --help" for its flags.
+shell, send, retrieve and stat reach the server by --name NAME (service
+name, default "machq") or --socket PATH. bench and load start servers of
+their own unless given --socket PATH. "machq COMMAND --help" lists a
+command's flags.
 
-Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty,
-4 no server, 5 integrity check failed.
+Exit status:
+  0    success
+  1    any other error
+  2    bad usage: unknown command or flag, bad value, bad queue name
+  3    the queue is empty (or stayed empty for the whole --wait)
+  4    no server at the name or socket
+  5    integrity check failed: the payload does not match its digest
+  130  interrupted (SIGINT, ^C); 143: terminated (SIGTERM)
 `
+
+// commands are the commands machq help lists, and help itself.
+var commands = []string{"shell", "send", "retrieve", "stat", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help":
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		case "help":
+			switch {
+			case len(args) == 1 || len(args) == 2 && args[1] == "help":
+				fmt.Fprint(stdout, usage)
+				return exitOK
+			case len(args) == 2 && isCommand(args[1]):
+				return run([]string{args[1], "--help"}, stdin, stdout, stderr)
+			}
+			if len(args) > 2 {
+				return printUsageError(stderr, &usageError{msg: "help takes one command: machq help COMMAND", hint: true})
+			}
+			return printUsageError(stderr, &usageError{msg: fmt.Sprintf("help: unknown command %q; choose from %s", args[1], strings.Join(commands, ", "))})
+		}
+	}
 	cmd := "shell"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
 	switch cmd {
 	case "shell":
 		return shellCmd(ctx, args, stdin, stdout, stderr)
 	case "send":
-		return sendCmd(ctx, args, stdin, stderr)
+		return sendCmd(ctx, args, stdin, stdout, stderr)
 	case "retrieve":
 		return retrieveCmd(ctx, args, stdout, stderr)
 	case "stat":
@@ -85,61 +118,88 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return loadCmd(ctx, args, stdout, stderr)
 	case "load-client":
 		return loadClientCmd(ctx, args, stdout, stderr)
-	case "help":
-		fmt.Fprint(stdout, usage)
-		return exitOK
 	}
-	fmt.Fprintf(stderr, "machq: unknown command %q; run machq help\n", cmd)
-	return exitUsage
+	return printUsageError(stderr, &usageError{msg: fmt.Sprintf("unknown command %q", cmd), hint: true})
 }
 
-// common holds the flags every command takes.
+func isCommand(s string) bool {
+	for _, c := range commands {
+		if c == s {
+			return true
+		}
+	}
+	return false
+}
+
+// common holds the flags of the commands that talk to a server.
 type common struct {
 	name, socket string
 	level        string
-	digest       string
+	digestName   string
 	inline       int
 	owned        bool
+
+	digest machq.Digest // digestName, parsed by check
 }
 
-func newFlags(cmd string, stderr io.Writer, c *common, summary string) *flag.FlagSet {
-	fs := flag.NewFlagSet("machq "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// register defines the common flags on fs; level is the default
+// --log-level.
+func (c *common) register(cmd *command, level string) {
+	fs := cmd.fs
 	fs.StringVar(&c.name, "name", "machq", "service `name` of the server")
 	fs.StringVar(&c.socket, "socket", "", "socket `path` of the server (overrides --name)")
-	fs.StringVar(&c.level, "log-level", "warn", "least severe log `level` on stderr: debug, info, warn or error")
-	fs.StringVar(&c.digest, "digest", "sha256", "digest for sent payloads: sha256, blake3 or none")
-	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, "largest payload in `bytes` sent inline; larger ones travel as sealed memfds")
+	fs.StringVar(&c.level, "log-level", level, "least severe log `level` on stderr: debug, info, warn or error")
+	fs.StringVar(&c.digestName, "digest", "sha256", "`digest` for sent payloads: sha256, blake3 or none")
+	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, fmt.Sprintf("largest payload in `bytes` sent inline, 0 to %d; larger ones travel as sealed memfds", maxInline))
 	fs.BoolVar(&c.owned, "owned", false, "a named queue this creates is your user's alone")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: machq %s [flags]\n\n%s\n\nFlags:\n", cmd, summary)
-		fs.PrintDefaults()
-	}
-	return fs
 }
 
-// parse parses args; it returns a non-negative exit status when the
-// command must stop.
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) int {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q; flags take the form --flag value\n", fs.Name(), fs.Arg(0))
-		return exitUsage
-	}
-	return -1
-}
+// maxInline is the largest --inline (the protocol's inline limit).
+const maxInline = 1 << 20
 
-func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
+// check validates the common flags, returning a usage error of cmd, and
+// makes --socket an absolute path.
+func (c *common) check(cmd string, stderr io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.level)
+		return nil, usagef(cmd, "--log-level %q: use debug, info, warn or error", c.level)
+	}
+	d, err := machq.ParseDigest(c.digestName)
+	if err != nil {
+		return nil, usagef(cmd, "--digest %q: use sha256, blake3 or none", c.digestName)
+	}
+	c.digest = d
+	if c.inline < 0 || c.inline > maxInline {
+		return nil, usagef(cmd, "--inline %d: give a payload size in bytes from 0 to %d", c.inline, maxInline)
+	}
+	if c.socket != "" {
+		p, err := socketPath(c.socket)
+		if err != nil {
+			return nil, usagef(cmd, "--socket %s: %v", c.socket, err)
+		}
+		c.socket = p
+	} else if _, err := machq.SocketPath(c.name); err != nil {
+		return nil, usagef(cmd, "--name: %s", trimPrefix(err))
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// socketPath makes p, a --socket value, an absolute path: the library
+// takes a string without a slash for a service name.
+func socketPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if len(abs) > naming.MaxSocketPath && !filepath.IsAbs(p) {
+		// Too long for a socket address once absolute; relative, it may
+		// fit, and names the same file as long as it holds a slash.
+		if !strings.Contains(p, "/") {
+			p = "./" + p
+		}
+		return p, nil
+	}
+	return abs, nil
 }
 
 func (c *common) target() string {
@@ -150,28 +210,32 @@ func (c *common) target() string {
 }
 
 func (c *common) dial(ctx context.Context) (*machq.Client, error) {
-	if c.socket == "" {
-		if _, err := machq.SocketPath(c.name); err != nil {
-			return nil, fmt.Errorf("%w: --name: %v", errUsage, trimPrefix(err))
-		}
-	}
-	d, err := machq.ParseDigest(c.digest)
-	if err != nil {
-		return nil, fmt.Errorf("%w: --digest: %v", errUsage, trimPrefix(err))
-	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	opts := []machq.Option{machq.WithDigest(d), machq.WithInlineThreshold(min(max(c.inline, 0), 1<<20))}
+	opts := []machq.Option{machq.WithDigest(c.digest), machq.WithInlineThreshold(c.inline)}
 	if c.owned {
 		opts = append(opts, machq.WithOwnedQueues())
 	}
 	return machq.Dial(dctx, c.target(), opts...)
 }
 
-var errUsage = errors.New("bad usage")
+// checkQueue validates --queue, which cmd requires; why says why.
+func checkQueue(cmd, queue, why string) error {
+	if queue == "" {
+		return usagef(cmd, "--queue is required (%s)", why)
+	}
+	if err := machq.ValidQueueName(queue); err != nil {
+		return usagef(cmd, "--queue: %s", strings.TrimPrefix(trimPrefix(err), "bad queue name: "))
+	}
+	return nil
+}
 
 // fail prints err as one line and returns the exit status for it.
 func fail(stderr io.Writer, err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return printUsageError(stderr, ue)
+	}
 	fmt.Fprintf(stderr, "machq: %v\n", trimPrefix(err))
 	return status(err)
 }
@@ -190,98 +254,165 @@ func status(err error) int {
 	return exitError
 }
 
-// trimPrefix drops the library's "machq: " prefix, which the command adds.
+// trimPrefix drops the library's "machq: " prefix, which the command
+// adds, and the internal "naming: " one.
 func trimPrefix(err error) string {
-	s := err.Error()
-	const p = "machq: "
-	if len(s) > len(p) && s[:len(p)] == p {
-		return s[len(p):]
-	}
-	return s
+	s := strings.TrimPrefix(err.Error(), "machq: ")
+	s = strings.TrimPrefix(s, "naming: invalid name: ")
+	s = strings.TrimPrefix(s, "naming: ")
+	// Advice to library callers, not to someone at a command line.
+	return strings.TrimSuffix(s, "; Dial again")
 }
 
-func sendCmd(ctx context.Context, args []string, stdin *os.File, stderr io.Writer) int {
+const sendSummary = `Stores the content of stdin, or of --file, as one message at the tail of
+--queue. Nothing is stored until the input ends; ^C before then stores
+nothing.`
+
+func sendCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	var c common
 	var queue, file string
-	fs := newFlags("send", stderr, &c, "Stores the content of stdin, or of --file, as one message at the tail of --queue.")
-	fs.StringVar(&queue, "queue", "", "named `queue` to store into (required)")
-	fs.StringVar(&file, "file", "", "send this `file` instead of stdin")
-	if st := parse(fs, args, stderr); st >= 0 {
+	cmd := newCommand("send", sendSummary)
+	c.register(cmd, "warn")
+	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to store into (required)")
+	cmd.fs.StringVar(&file, "file", "", "send this `file` instead of stdin")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
-	if queue == "" {
-		fmt.Fprintln(stderr, "machq send: --queue is required (a private queue would end with this command)")
-		return exitUsage
-	}
-	if err := machq.ValidQueueName(queue); err != nil {
+	if err := checkQueue("send", queue, "a private queue would end with this command"); err != nil {
 		return fail(stderr, err)
 	}
-	log, err := c.logger(stderr)
+	log, err := c.check("send", stderr)
 	if err != nil {
-		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
+		return fail(stderr, err)
 	}
-	in := stdin
+	const nothing = "nothing was stored"
+	in, inName := stdin, "stdin"
 	if file != "" {
-		if in, err = os.Open(file); err != nil {
-			return fail(stderr, err)
+		// Opening a FIFO waits for a writer: interruptible.
+		f, err := await(ctx, func() (*os.File, error) { return os.Open(file) })
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, nothing)
 		}
-		defer in.Close()
+		if err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fail(stderr, fmt.Errorf("--file %s: %w", file, err))
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.IsDir() {
+			return fail(stderr, fmt.Errorf("--file %s: is a directory", file))
+		}
+		in, inName = f, file
 	}
 	cl, err := c.dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, nothing)
+		}
 		return fail(stderr, err)
 	}
 	defer cl.Close()
-	n, err := cl.SendFile(ctx, queue, in)
+	// Read the whole payload first, in a goroutine: a read from a pipe or
+	// a terminal does not end on a signal, and a STORE goes out only
+	// once the payload is complete.
+	payload, err := await(ctx, func() (*os.File, error) { return readPayload(in, inName, cl.MaxMessageSize()) })
+	if ctx.Err() != nil {
+		return reportInterrupt(ctx, stderr, nothing)
+	}
 	if err != nil {
+		return fail(stderr, err)
+	}
+	if payload != in {
+		defer payload.Close()
+	}
+	n, err := cl.SendFile(ctx, queue, payload)
+	if err != nil {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, "the message may or may not have been stored")
+		}
 		return fail(stderr, err)
 	}
 	log.Info("stored", "queue", queue, "bytes", n)
 	return exitOK
 }
 
+// readPayload copies the rest of in into a new sealed memfd (a file that
+// already is one is used as it is), refusing more than limit bytes.
+func readPayload(in *os.File, name string, limit int64) (*os.File, error) {
+	if seals, err := page.Seals(int(in.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
+		return in, nil
+	}
+	fd, err := page.Create("machq-send")
+	if err != nil {
+		return nil, err
+	}
+	n, err := page.CopyFrom(fd, in, limit)
+	if err != nil {
+		closeFD(fd)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if n > limit {
+		closeFD(fd)
+		return nil, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", machq.ErrTooLarge, name, limit)
+	}
+	if err := page.Seal(fd); err != nil {
+		closeFD(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+func closeFD(fd int) { syscall.Close(fd) }
+
+const retrieveSummary = `Takes the oldest message of --queue and writes it to stdout, or to --out.
+An empty queue exits with status 3. --out replaces a regular file (through
+a symbolic link, its target) with a new one holding the whole payload, and
+writes to a FIFO or a device in place. A wait ended by ^C takes nothing.`
+
 func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	var queue, out string
+	var queue, outPath string
 	var wait time.Duration
-	fs := newFlags("retrieve", stderr, &c, "Takes the oldest message of --queue and writes it to stdout, or to --out.\nAn empty queue exits with status 3.")
-	fs.StringVar(&queue, "queue", "", "named `queue` to take from (required)")
-	fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 5s); 0 answers at once")
-	fs.StringVar(&out, "out", "", "write the payload to this `file` instead of stdout")
-	if st := parse(fs, args, stderr); st >= 0 {
+	cmd := newCommand("retrieve", retrieveSummary)
+	c.register(cmd, "warn")
+	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to take from (required)")
+	cmd.fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 500ms, 30s, 2m); 0 answers at once")
+	cmd.fs.StringVar(&outPath, "out", "", "write the payload to this `file` instead of stdout")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
-	if queue == "" {
-		fmt.Fprintln(stderr, "machq retrieve: --queue is required (a new connection's private queue is always empty)")
-		return exitUsage
-	}
-	if err := machq.ValidQueueName(queue); err != nil {
+	if err := checkQueue("retrieve", queue, "a new connection's private queue is always empty"); err != nil {
 		return fail(stderr, err)
 	}
 	if wait < 0 {
-		fmt.Fprintln(stderr, "machq retrieve: --wait must not be negative")
-		return exitUsage
+		return fail(stderr, usagef("retrieve", "--wait %v: must not be negative", wait))
 	}
-	log, err := c.logger(stderr)
+	log, err := c.check("retrieve", stderr)
 	if err != nil {
-		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
+		return fail(stderr, err)
 	}
+	const nothing = "nothing was taken"
 	// Make sure the payload can be written before taking it: a message
 	// taken from the queue and then not written would be lost.
-	w := stdout
-	var tmp *os.File
-	if out != "" {
-		if tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".machq-*"); err != nil {
-			return fail(stderr, fmt.Errorf("cannot write --out %s: %w", out, err))
-		}
-		defer func() {
-			tmp.Close()
-			os.Remove(tmp.Name()) // gone already if renamed
-		}()
-		w = tmp
+	out, err := openOut(ctx, outPath, stdout)
+	if ctx.Err() != nil {
+		return reportInterrupt(ctx, stderr, nothing)
 	}
+	if err != nil {
+		return fail(stderr, err)
+	}
+	defer out.abort()
 	cl, err := c.dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, nothing)
+		}
 		return fail(stderr, err)
 	}
 	defer cl.Close()
@@ -293,69 +424,117 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	} else {
 		m, err = cl.Retrieve(ctx, queue)
 	}
-	if m != nil {
-		defer m.Close()
+	if err != nil && m == nil && ctx.Err() != nil {
+		// The server may have handed the message over just before the
+		// signal: then write it rather than lose it.
+		if m, err = takenAnyway(cl, queue); m == nil {
+			return reportInterrupt(ctx, stderr, nothing)
+		}
+		log.Info("interrupted, but the server had already handed the message over: writing it", "queue", queue, "seq", m.Seq)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(stderr, "machq: interrupted")
-			return exitError
+		if m != nil {
+			m.Close()
 		}
 		return fail(stderr, err)
 	}
 	log.Info("retrieved", "queue", queue, "seq", m.Seq, "bytes", m.Len(), "out_of_line", m.OutOfLine())
-	if _, err := m.WriteTo(w); err != nil {
+	// A signal that came while the message was on its way does not stop
+	// its writing. One that comes during the write leaves it a moment to
+	// finish: what stops at once is a write that cannot go on (to a FIFO
+	// or pipe nobody reads, say).
+	wctx := ctx
+	if ctx.Err() != nil {
+		wctx = context.Background()
+	}
+	_, err = awaitGrace(wctx, writeGrace, func() (int64, error) { return m.WriteTo(out.w) })
+	if isInterrupt(err) {
+		// m is still being written from: it stays open until the exit.
+		return reportInterrupt(ctx, stderr, "the message was taken but not written whole")
+	}
+	m.Close()
+	if err != nil {
 		return fail(stderr, fmt.Errorf("write payload: %w", err))
 	}
-	if tmp != nil {
-		if err := tmp.Chmod(0o644); err != nil {
-			return fail(stderr, err)
-		}
-		if err := os.Rename(tmp.Name(), out); err != nil {
-			return fail(stderr, fmt.Errorf("write --out %s: %w", out, err))
-		}
+	if err := out.commit(); err != nil {
+		return fail(stderr, err)
 	}
 	return exitOK
+}
+
+// writeGrace is how long a payload being written when a signal comes may
+// take to finish.
+const writeGrace = time.Second
+
+// takenAnyway returns the message, if any, that the server handed over
+// for a retrieve on cl whose caller gave up. The server answers requests
+// in order, so once a later request (a STAT) is answered, the answer to
+// the retrieve, a message or its cancellation, has been read.
+func takenAnyway(cl *machq.Client, queue string) (*machq.Message, error) {
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cl.StatJSON(sctx); err != nil {
+		return nil, nil
+	}
+	// With a context already ended, Retrieve returns only a message
+	// already received: it sends no request.
+	done, end := context.WithCancel(context.Background())
+	end()
+	m, err := cl.Retrieve(done, queue)
+	if m == nil {
+		return nil, nil
+	}
+	return m, err
 }
 
 func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var asJSON bool
-	fs := newFlags("stat", stderr, &c, "Shows connected clients, stored messages and bytes (private and named queues),\nand each named queue.")
-	fs.BoolVar(&asJSON, "json", false, "print the server's JSON document")
-	if st := parse(fs, args, stderr); st >= 0 {
+	cmd := newCommand("stat", "Shows connected clients, stored messages and bytes (private and named queues),\nand each named queue.")
+	c.register(cmd, "warn")
+	cmd.fs.BoolVar(&asJSON, "json", false, "print the server's JSON document")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
-	if _, err := c.logger(stderr); err != nil {
-		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
+	if _, err := c.check("stat", stderr); err != nil {
+		return fail(stderr, err)
+	}
+	failed := func(err error) int {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, "")
+		}
+		return fail(stderr, err)
 	}
 	cl, err := c.dial(ctx)
 	if err != nil {
-		return fail(stderr, err)
+		return failed(err)
 	}
 	defer cl.Close()
 	if asJSON {
 		raw, err := cl.StatJSON(ctx)
 		if err != nil {
-			return fail(stderr, err)
+			return failed(err)
 		}
 		fmt.Fprintf(stdout, "%s\n", raw)
 		return exitOK
 	}
 	st, err := cl.Stat(ctx)
 	if err != nil {
-		return fail(stderr, err)
+		return failed(err)
 	}
 	fmt.Fprintf(stdout, "server   %s (pid %d)\n", cl.Path(), cl.ServerPID())
 	fmt.Fprintf(stdout, "clients  %d (including this one)\n", st.Clients)
 	fmt.Fprintf(stdout, "messages %d\nbytes    %d\n", st.Messages, st.Bytes)
-	if len(st.Queues) == 0 {
+	if len(st.Queues) == 0 && st.QueuesOmitted == 0 {
 		fmt.Fprintln(stdout, "no named queues")
 		return exitOK
 	}
 	fmt.Fprintf(stdout, "\n%-32s %10s %14s %8s\n", "QUEUE", "MESSAGES", "BYTES", "WAITING")
 	for _, q := range st.Queues {
 		fmt.Fprintf(stdout, "%-32s %10d %14d %8d\n", q.Name, q.Messages, q.Bytes, q.Waiting)
+	}
+	if st.QueuesOmitted > 0 {
+		fmt.Fprintf(stdout, "... and %d more named queues, not listed: the server's answer holds only the first %d by name (the totals above include them all)\n", st.QueuesOmitted, len(st.Queues))
 	}
 	return exitOK
 }

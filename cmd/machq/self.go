@@ -22,11 +22,11 @@ func selfCommand(prefix ...string) (func(args ...string) *exec.Cmd, error) {
 }
 
 // runFailed reports the error that ended command cmd and returns its exit
-// status: an interrupt is said as such.
+// status: an interrupt is said as such, with the signal's status.
 func runFailed(ctx context.Context, stderr io.Writer, cmd string, err error) int {
-	if ctx.Err() != nil {
-		fmt.Fprintf(stderr, "machq %s: interrupted\n", cmd)
-		return exitError
+	if in := interruption(ctx); in != nil {
+		fmt.Fprintf(stderr, "machq %s: %s\n", cmd, in)
+		return in.status()
 	}
 	return fail(stderr, err)
 }

@@ -22,37 +22,54 @@ type shell struct {
 	queue  string
 	log    *slog.Logger
 	in     *bufio.Reader
-	out    io.Writer
+	out    io.Writer // results, the menu and what happens to the connection
+	stderr io.Writer
 	prompt bool // stdin is a terminal: show the menu and prompts
 	cl     *machq.Client
+
+	// The reader goroutine reads a line each time next receives, and
+	// hands it over on lines: a read of a terminal or pipe does not end on
+	// a signal, so the loop waits for it or for the signal.
+	next  chan struct{}
+	lines chan lineResult
 }
 
+type lineResult struct {
+	line []byte
+	err  error
+}
+
+const shellSummary = `The interactive client. Choose 1 (send), 2 (retrieve) or 3 (quit), by
+number or by name. Send asks for one line of data and stores it; retrieve
+prints the oldest stored message and whether its integrity was confirmed.
+Works with piped input; ends on quit, at end of input, or on ^C (status
+130). A terminal cuts a typed line at 4095 bytes; piped lines have no
+limit, and machq send takes payloads of any size.`
+
 func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) int {
-	var sh shell
-	fs := newFlags("shell", stderr, &sh.c, `The interactive client. Choose 1 (send), 2 (retrieve) or 3 (quit), by
-number or by name. Send asks for one line of data of any length and stores
-it; retrieve prints the oldest stored message and whether its integrity was
-confirmed. Works with piped input; ends on quit or end of input.`)
-	fs.StringVar(&sh.queue, "queue", "", "use this named `queue` instead of the connection's private queue")
-	sh.c.level = "info"
-	fs.Lookup("log-level").DefValue = "info"
-	if st := parse(fs, args, stderr); st >= 0 {
+	sh := shell{out: stdout, stderr: stderr}
+	cmd := newCommand("shell", shellSummary)
+	sh.c.register(cmd, "info")
+	cmd.fs.StringVar(&sh.queue, "queue", "", "use this named `queue` instead of the connection's private queue")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
-	var err error
-	if sh.log, err = sh.c.logger(stderr); err != nil {
-		return fail(stderr, fmt.Errorf("%w: %v", errUsage, err))
-	}
 	if sh.queue != "" {
-		if err := machq.ValidQueueName(sh.queue); err != nil {
+		if err := checkQueue("shell", sh.queue, ""); err != nil {
 			return fail(stderr, err)
 		}
 	}
+	var err error
+	if sh.log, err = sh.c.check("shell", stderr); err != nil {
+		return fail(stderr, err)
+	}
 	sh.in = bufio.NewReaderSize(stdin, 64<<10)
-	sh.out = stdout
 	_, terr := unix.IoctlGetTermios(int(stdin.Fd()), unix.TCGETS)
 	sh.prompt = terr == nil
 	if sh.cl, err = sh.c.dial(ctx); err != nil {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, "")
+		}
 		return fail(stderr, err)
 	}
 	defer func() { sh.cl.Close() }()
@@ -76,7 +93,10 @@ func (sh *shell) say(format string, args ...any) {
 func (sh *shell) loop(ctx context.Context) int {
 	for {
 		sh.say("\n1) send  2) retrieve  3) quit\n> ")
-		line, err := sh.readLine()
+		line, err := sh.readLine(ctx)
+		if ctx.Err() != nil {
+			return sh.interrupted(ctx)
+		}
 		if err != nil {
 			if err != io.EOF {
 				sh.log.Error("reading input failed", "err", err)
@@ -88,7 +108,10 @@ func (sh *shell) loop(ctx context.Context) int {
 		switch strings.ToLower(strings.TrimSpace(string(line))) {
 		case "1", "send", "s":
 			sh.say("data> ")
-			data, err := sh.readLine()
+			data, err := sh.readLine(ctx)
+			if ctx.Err() != nil {
+				return sh.interrupted(ctx)
+			}
 			if err == io.EOF {
 				sh.log.Info("end of input; quitting")
 				return exitOK
@@ -108,13 +131,49 @@ func (sh *shell) loop(ctx context.Context) int {
 			fmt.Fprintf(sh.out, "unknown choice %q: type 1 (send), 2 (retrieve) or 3 (quit)\n", strings.TrimSpace(string(line)))
 		}
 		if ctx.Err() != nil {
-			return exitOK
+			return sh.interrupted(ctx)
 		}
 	}
 }
 
-// readLine reads one line of any length, without its line ending.
-func (sh *shell) readLine() ([]byte, error) {
+// interrupted ends the shell after a signal.
+func (sh *shell) interrupted(ctx context.Context) int {
+	if sh.prompt {
+		fmt.Fprintln(sh.out) // end the prompt's line
+	}
+	sh.log.Info("interrupted; quitting")
+	return reportInterrupt(ctx, sh.stderr, "")
+}
+
+// readLine reads one line of any length, without its line ending, or
+// returns ctx's cause as soon as ctx ends.
+func (sh *shell) readLine(ctx context.Context) ([]byte, error) {
+	if sh.next == nil {
+		sh.next = make(chan struct{})
+		sh.lines = make(chan lineResult, 1)
+		go func() {
+			for range sh.next {
+				line, err := sh.readRawLine()
+				sh.lines <- lineResult{line, err}
+			}
+		}()
+	}
+	select {
+	case sh.next <- struct{}{}:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	select {
+	case r := <-sh.lines:
+		return r.line, r.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// readRawLine reads one line from stdin; only the reader goroutine calls
+// it.
+func (sh *shell) readRawLine() ([]byte, error) {
 	line, err := sh.in.ReadBytes('\n')
 	if err == io.EOF && len(line) > 0 {
 		err = nil
@@ -138,12 +197,19 @@ func trailingNewline(b []byte) []byte {
 }
 
 func (sh *shell) send(ctx context.Context, data []byte) {
-	sh.log.Info("sending", "queue", label(sh.queue), "bytes", len(data), "out_of_line", len(data) > sh.c.inline, "digest", sh.c.digest)
+	sh.log.Info("sending", "queue", label(sh.queue), "bytes", len(data), "out_of_line", len(data) > sh.c.inline, "digest", sh.c.digestName)
 	err := sh.cl.Send(ctx, sh.queue, data)
-	if sh.reconnected(ctx, err) {
+	if sh.lost(ctx, err) {
+		if !sh.reconnect(ctx, "send") {
+			return
+		}
 		err = sh.cl.Send(ctx, sh.queue, data)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(sh.out, "send interrupted: the message may or may not have been stored")
+			return
+		}
 		fmt.Fprintf(sh.out, "send failed: %s\n", trimPrefix(err))
 		sh.log.Error("send failed", "err", err)
 		return
@@ -155,8 +221,18 @@ func (sh *shell) send(ctx context.Context, data []byte) {
 func (sh *shell) retrieve(ctx context.Context) {
 	sh.log.Info("retrieving the oldest message", "queue", label(sh.queue))
 	m, err := sh.cl.Retrieve(ctx, sh.queue)
-	if sh.reconnected(ctx, err) {
+	if sh.lost(ctx, err) {
+		if !sh.reconnect(ctx, "retrieve") {
+			return
+		}
 		m, err = sh.cl.Retrieve(ctx, sh.queue)
+	}
+	if err != nil && m == nil && ctx.Err() != nil {
+		// The server may have handed the message over just before the
+		// signal: show it rather than lose it.
+		if m, err = takenAnyway(sh.cl, sh.queue); m == nil {
+			return
+		}
 	}
 	if m != nil {
 		defer m.Close()
@@ -190,22 +266,36 @@ func (sh *shell) retrieve(ctx context.Context) {
 	fmt.Fprintln(sh.out, "\nintegrity confirmed")
 }
 
-// reconnected dials the server again after the connection was lost, and
-// reports whether the failed operation should be retried.
-func (sh *shell) reconnected(ctx context.Context, err error) bool {
-	if !errors.Is(err, machq.ErrClosed) {
+// lost reports whether err says the connection to the server is gone,
+// and says so.
+func (sh *shell) lost(ctx context.Context, err error) bool {
+	if !errors.Is(err, machq.ErrClosed) || ctx.Err() != nil {
 		return false
 	}
 	sh.log.Warn("connection lost; reconnecting", "err", err)
-	fmt.Fprintf(sh.out, "connection lost: %s\n", trimPrefix(err))
-	cl, derr := sh.c.dial(ctx)
-	if derr != nil {
-		sh.log.Error("reconnect failed", "err", derr)
+	fmt.Fprintln(sh.out, "connection lost: the server went away (stopped or restarted); reconnecting")
+	return true
+}
+
+// reconnect dials the server again after the connection was lost, saying
+// whether it could; op is what is retried if it could.
+func (sh *shell) reconnect(ctx context.Context, op string) bool {
+	cl, err := sh.c.dial(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		sh.log.Error("reconnect failed", "err", err)
+		fmt.Fprintf(sh.out, "could not reconnect: %s; %s not done (the next command tries again)\n", trimPrefix(err), op)
 		return false
 	}
 	sh.cl.Close()
 	sh.cl = cl
 	sh.log.Info("reconnected; the old connection's private queue is gone", "server", cl.Path(), "server_pid", cl.ServerPID())
-	fmt.Fprintln(sh.out, "reconnected (messages stored in the old private queue are gone)")
+	if sh.queue == "" {
+		fmt.Fprintf(sh.out, "reconnected to the server (pid %d); messages stored in the old connection's private queue are gone\n", cl.ServerPID())
+	} else {
+		fmt.Fprintf(sh.out, "reconnected to the server (pid %d)\n", cl.ServerPID())
+	}
 	return true
 }

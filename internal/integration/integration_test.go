@@ -453,35 +453,63 @@ func TestIntegrationSocketActivation(t *testing.T) {
 
 func TestIntegrationCLIErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nobody.sock")
-	cases := []struct {
+	absent := filepath.Join(t.TempDir(), "absent.bin")
+	type errCase struct {
 		name string
 		args []string
 		code int
 		want string
-	}{
+	}
+	cases := []errCase{
 		{"no server", []string{"stat", "--socket", missing}, 4, "no server"},
-		{"bad flag", []string{"stat", "--bogus"}, 2, "flag provided but not defined"},
+		{"bad flag", []string{"stat", "--bogus"}, 2, "unknown flag --bogus"},
+		{"bad flag of send", []string{"send", "--queue", "q", "--bogus", "1"}, 2, "'machq send --help'"},
+		{"flag without value", []string{"retrieve", "--queue"}, 2, "--queue needs a value"},
+		{"unexpected argument", []string{"stat", "extra"}, 2, `unexpected argument "extra"`},
 		{"missing queue", []string{"retrieve", "--socket", missing}, 2, "--queue is required"},
 		{"bad queue name", []string{"send", "--socket", missing, "--queue", "no/slashes"}, 2, "[A-Za-z0-9._-]"},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
 		{"bad service name", []string{"stat", "--name", "bad name"}, 2, "--name"},
+		{"service name with a slash", []string{"stat", "--name", "bad/name"}, 2, `--name: service name "bad/name"`},
 		{"bad log level", []string{"stat", "--socket", missing, "--log-level", "loud"}, 2, "--log-level"},
+		{"bad digest", []string{"stat", "--socket", missing, "--digest", "md5"}, 2, "--digest"},
+		{"wait garbage", []string{"retrieve", "--socket", missing, "--queue", "q", "--wait", "garbage"}, 2, `--wait "garbage": not a duration`},
+		{"wait without unit", []string{"retrieve", "--socket", missing, "--queue", "q", "--wait", "5"}, 2, "500ms"},
+		{"negative wait", []string{"retrieve", "--socket", missing, "--queue", "q", "--wait", "-1s"}, 2, "--wait -1s: must not be negative"},
+		{"negative inline", []string{"send", "--socket", missing, "--queue", "q", "--inline", "-4"}, 2, "--inline -4"},
+		{"inline too large", []string{"stat", "--socket", missing, "--inline", "9999999"}, 2, "--inline 9999999"},
+		{"inline not a number", []string{"stat", "--socket", missing, "--inline", "4k"}, 2, `--inline "4k": not a whole number`},
+		{"bad bool", []string{"stat", "--socket", missing, "--json=maybe"}, 2, "--json"},
+		{"file missing", []string{"send", "--socket", missing, "--queue", "q", "--file", absent}, 1, "--file " + absent + ": no such file"},
+		{"load bad clients", []string{"load", "--clients", "-3"}, 2, "--clients -3"},
+		{"bench bad time", []string{"bench", "--time", "0s"}, 2, "--time"},
+		{"help of unknown command", []string{"help", "frobnicate"}, 2, "unknown command"},
 	}
 	d := startDaemon(t, "", "--log-level", "warn")
-	cases = append(cases, struct {
-		name string
-		args []string
-		code int
-		want string
-	}{"bad queue name with server", []string{"retrieve", "--socket", d.socket, "--queue", "a b"}, 2, "queue name"})
+	cases = append(cases, errCase{"bad queue name with server", []string{"retrieve", "--socket", d.socket, "--queue", "a b"}, 2, "queue name"})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, strings.NewReader(""), tc.args...)
 			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
 				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", r.code, r.stderr, tc.code, tc.want)
 			}
-			if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); tc.code != 2 && n > 0 {
-				t.Errorf("error is %d lines, want one", n+1)
+			// One line: what is wrong and what to do, perhaps followed by
+			// one short line saying where the usage is. Never the whole
+			// flag listing, and nothing on stdout.
+			lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+			if len(lines) > 2 || len(lines) == 2 && (len(lines[1]) > 80 || !strings.Contains(lines[1], "help")) {
+				t.Errorf("error is %d lines, want one (or one and a hint):\n%s", len(lines), r.stderr)
+			}
+			if !strings.HasPrefix(lines[0], "machq") {
+				t.Errorf("error does not start with machq: %q", lines[0])
+			}
+			for _, leak := range []string{"Usage", "flag provided", "parse error", "naming:", "-bogus\n"} {
+				if strings.Contains(r.stderr, leak) {
+					t.Errorf("stderr has %q: %q", leak, r.stderr)
+				}
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout on an error: %q", r.stdout)
 			}
 		})
 	}
@@ -494,11 +522,11 @@ func TestIntegrationCLIErrors(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "--out") {
 		t.Fatalf("retrieve to an unwritable --out: exit %d, %q", r.code, r.stderr)
 	}
+	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":`) || !strings.Contains(r.stdout, `"queues":[{"name":"kept","messages":1,"bytes":4`) {
+		t.Fatalf("stat --json: %+v", r)
+	}
 	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "kept"); r.stdout != "keep" {
 		t.Fatalf("message lost after a failed --out: %+v", r)
-	}
-	if r := runCLI(t, nil, "stat", "--socket", d.socket, "--json"); r.code != 0 || !strings.Contains(r.stdout, `"clients":`) || !strings.Contains(r.stdout, `"queues":[{"name":"kept","messages":0,"bytes":0`) {
-		t.Fatalf("stat --json: %+v", r)
 	}
 	out, err := exec.Command(bin.machqd, "--log-level", "loud").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--log-level") {
