@@ -3,30 +3,13 @@ package machq_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"path/filepath"
 	"testing"
 
 	"github.com/machq/machq"
-	"github.com/machq/machq/server"
 )
 
 // benchServer runs a server in-process for benchmarks.
-func benchServer(b *testing.B) string {
-	b.Helper()
-	srv, err := server.New(server.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "bench.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Serve(l)
-	b.Cleanup(func() { srv.Close() })
-	return path
-}
+func benchServer(b *testing.B) string { return inProcessServer(b) }
 
 // BenchmarkRoundTrip measures one store and one retrieve of a payload,
 // from a []byte in the sender to bytes readable by the receiver, inline

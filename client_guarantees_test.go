@@ -20,7 +20,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -39,7 +38,6 @@ import (
 	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/internal/wiretest"
-	"github.com/machq/machq/server"
 )
 
 // guarCtx returns a context that bounds one test.
@@ -49,34 +47,8 @@ func guarCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// guarServer runs a real server in-process on a socket in a temporary
-// directory and returns the socket path; it is shut down when the test
-// ends.
-func guarServer(t *testing.T) string {
-	t.Helper()
-	srv, err := server.New(server.Config{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-done; !errors.Is(err, server.ErrServerClosed) {
-			t.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
-	return path
-}
+// guarServer runs a real server in-process and returns its socket path.
+func guarServer(t *testing.T) string { return inProcessServer(t) }
 
 func guarDial(t *testing.T, path string, opts ...machq.Option) *machq.Client {
 	t.Helper()
@@ -134,21 +106,7 @@ func guarHonest(k int, fifo []*guarFakeMsg) (*guarFakeMsg, []*guarFakeMsg) {
 // RETRIEVE as answer decides. It returns the socket path.
 func guarFakeServer(t *testing.T, answer guarAnswer) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "fake.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			return
-		}
-		defer uc.Close()
-		rd := wire.NewReader(uc)
-		defer rd.Close()
+	return fakeServer(t, func(uc *net.UnixConn, rd *wire.Reader) {
 		var fifo []*guarFakeMsg
 		defer func() {
 			for _, m := range fifo {
@@ -157,12 +115,6 @@ func guarFakeServer(t *testing.T, answer guarAnswer) string {
 				}
 			}
 		}()
-		f, err := rd.ReadFrame()
-		if err != nil || f.Op != wire.OpHello {
-			t.Errorf("fake server: first frame %v, %v; want HELLO", f.Op, err)
-			return
-		}
-		uc.Write(wire.AppendWelcome(nil, f.ID, wire.Welcome{Version: wire.Version, MaxInline: wire.MaxInline, MaxFrame: wire.MaxFrameSize, MaxMessage: 1 << 40, ServerPID: uint32(os.Getpid())}))
 		var seq uint64
 		k := 0
 		for {
@@ -231,9 +183,7 @@ func guarFakeServer(t *testing.T, answer guarAnswer) string {
 				return
 			}
 		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
-	return path
+	})
 }
 
 // guarSealedPage returns a new memfd holding data, sealed as a page must be.

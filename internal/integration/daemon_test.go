@@ -217,21 +217,8 @@ func TestDaemonAllowUID(t *testing.T) {
 	runtime := filepath.Join(shared, "run")
 	cmd := exec.Command(bin.machqd, "--name", "shared", "--allow-uid", fmt.Sprint(allowed), "--log-level", "info")
 	cmd.Env = append(os.Environ(), "MACHQ_RUNTIME_DIR="+runtime)
-	var logs syncBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := <-exited; err != nil {
-			t.Errorf("machqd: %v\n%s", err, &logs)
-		}
-	}()
+	logs := runCheckedIn(t, cmd)
 	socket := filepath.Join(runtime, "shared.sock")
-	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
 
 	mode := func(p string) os.FileMode {
 		st, err := os.Stat(p)
@@ -269,7 +256,7 @@ func TestDaemonAllowUID(t *testing.T) {
 		t.Fatalf("other uid's send: exit %d: %s; want a refusal saying denied", code, out)
 	}
 	if !strings.Contains(logs.String(), fmt.Sprintf("uid=%d", other)) {
-		t.Errorf("the refusal of uid %d was not logged:\n%s", other, &logs)
+		t.Errorf("the refusal of uid %d was not logged:\n%s", other, logs)
 	}
 	if out, code := as(allowed, "retrieve", "--queue", "shared"); code != 0 || out != fmt.Sprint("from uid ", allowed) {
 		t.Fatalf("allowed uid's retrieve: exit %d: %q", code, out)
@@ -313,24 +300,11 @@ func TestDaemonRuntimeDirOfAUser(t *testing.T) {
 
 	cmd := exec.Command(filepath.Join(tmp, "machqd"), "--name", "svc", "--log-level", "info")
 	cmd.Env, cmd.SysProcAttr = env, as
-	var logs syncBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := <-exited; err != nil {
-			t.Errorf("machqd: %v\n%s", err, &logs)
-		}
-	}()
+	logs := runCheckedIn(t, cmd)
 	dir := filepath.Join(tmp, fmt.Sprint("machq-", uid))
 	socket := filepath.Join(dir, "svc.sock")
-	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
 	if !strings.Contains(logs.String(), "socket="+socket) {
-		t.Fatalf("machqd did not check in at %s:\n%s", socket, &logs)
+		t.Fatalf("machqd did not check in at %s:\n%s", socket, logs)
 	}
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -345,6 +319,28 @@ func TestDaemonRuntimeDirOfAUser(t *testing.T) {
 	if out, err := cli.CombinedOutput(); err != nil || !strings.Contains(string(out), `"clients":1`) {
 		t.Errorf("machq stat --name svc as uid %d: %v: %s", uid, err, out)
 	}
+}
+
+// runCheckedIn starts cmd, a machqd checking in under a --name, and
+// waits until it has. It is stopped with SIGTERM when the test ends, and
+// must then exit 0. It returns the logs.
+func runCheckedIn(t *testing.T, cmd *exec.Cmd) *syncBuffer {
+	t.Helper()
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("machqd: %v\n%s", err, logs)
+		}
+	})
+	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
+	return logs
 }
 
 // copyFile copies src to dst with mode.
