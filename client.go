@@ -59,9 +59,10 @@ func WithInlineThreshold(n int) Option {
 }
 
 // WithOwnedQueues makes every named queue this client creates (by storing
-// into or retrieving from a name not in use yet) its user's alone: other
+// into, or waiting on, a name not in use yet) its user's alone: other
 // users' requests on it fail with an error wrapping ErrDenied. A queue
-// that already exists is used as it is. Root may use any queue.
+// that already exists, or that the server removed while idle and still
+// remembers, is used as it is. Root may use any queue.
 func WithOwnedQueues() Option {
 	return func(o *options) error {
 		o.owned = true

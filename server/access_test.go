@@ -163,4 +163,37 @@ func TestOwnedQueues(t *testing.T) {
 	if err := stranger.Send(ctx, "shared", []byte("z")); err != nil {
 		t.Fatalf("an open queue after an owned request used it: %v", err)
 	}
+
+	// Emptied and removed, the open queue cannot be claimed while the
+	// server remembers it, and the owned one keeps its owner.
+	for range 3 {
+		m, err := root.Retrieve(ctx, "shared")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+	}
+	for _, q := range srv.Stats().Queues { // STATS sweeps idle queues
+		if q.Name == "shared" || q.Name == "mine" {
+			t.Fatalf("idle queue %s still listed", q.Name)
+		}
+	}
+	if err := stranger.Send(ctx, "shared", []byte("claim?")); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Send(ctx, "shared", []byte("still open")); err != nil {
+		t.Fatalf("an idle open queue was taken over: %v", err)
+	}
+	if err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("an idle owned queue lost its owner: %v", err)
+	}
+
+	// A RETRIEVE without a wait creates nothing, OWNED or not: it cannot
+	// claim a name, nor fill the queue limit.
+	if _, err := stranger.Retrieve(ctx, "unclaimed"); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatal(err)
+	}
+	if err := owner.Send(ctx, "unclaimed", []byte("mine now")); err != nil {
+		t.Fatalf("a name a RETRIEVE touched was claimed by it: %v", err)
+	}
 }

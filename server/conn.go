@@ -299,10 +299,10 @@ func (c *conn) handleHello(f wire.Frame) bool {
 }
 
 // queueFor returns the queue a request names, held until c.release: the
-// private queue for the empty name. With FlagOwned in flags, a named queue
-// it creates is restricted to this connection's user. Unless create is
-// set or the flag is, a named queue that does not exist is not created:
-// queueFor then returns nil and no error. A refusal comes with its code.
+// private queue for the empty name. Unless create is set, a named queue
+// that does not exist is not created: queueFor then returns nil and no
+// error. With FlagOwned in flags, a named queue it creates is restricted
+// to this connection's user. A refusal comes with its code.
 func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wire.Code, error) {
 	if len(name) == 0 {
 		return c.private, 0, nil
@@ -310,11 +310,10 @@ func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wi
 	if err := naming.ValidQueueName(name); err != nil {
 		return nil, wire.CodeBadQueueName, err
 	}
-	owned := flags&wire.FlagOwned != 0 && c.cred != nil
 	var q *queue.Queue
-	if create || owned {
+	if create {
 		var owner *uint32
-		if owned {
+		if flags&wire.FlagOwned != 0 && c.cred != nil {
 			owner = &c.cred.Uid
 		}
 		var err error

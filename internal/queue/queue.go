@@ -68,6 +68,7 @@ type Queue struct {
 	counter Counter
 	owner   *uint32      // the only user id that may use the queue; nil: anyone
 	refs    atomic.Int64 // holds taken through a Registry
+	idle    *atomic.Bool // set when the queue may have become idle; nil outside a Registry
 
 	mu      sync.Mutex
 	items   []*Message // ring buffer
@@ -135,6 +136,7 @@ func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 			q.waiters = q.waiters[1:]
 		}
 		if w.Deliver(q, m) {
+			q.mayBeIdle()
 			return m.Seq
 		}
 	}
@@ -185,8 +187,17 @@ func (q *Queue) pop() *Message {
 		if len(q.items) > 1024 {
 			q.items = nil // let a drained burst's ring go
 		}
+		q.mayBeIdle()
 	}
 	return m
+}
+
+// mayBeIdle tells the registry, if any, that q may have become idle: it
+// is empty, and may have no waiters. q.mu is held.
+func (q *Queue) mayBeIdle() {
+	if q.idle != nil && q.n == 0 && len(q.waiters) == 0 {
+		q.idle.Store(true)
+	}
 }
 
 // PopOrWait removes and returns the oldest message; when the queue is
@@ -211,6 +222,7 @@ func (q *Queue) CancelWait(w Waiter) bool {
 			copy(q.waiters[i:], q.waiters[i+1:])
 			q.waiters[len(q.waiters)-1] = nil
 			q.waiters = q.waiters[:len(q.waiters)-1]
+			q.mayBeIdle()
 			return true
 		}
 	}

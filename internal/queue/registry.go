@@ -4,34 +4,63 @@ import (
 	"errors"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrTooManyQueues reports that creating one more named queue would pass
 // the registry's limit.
 var ErrTooManyQueues = errors.New("queue: too many named queues")
 
-// Registry holds the named queues shared by every client. A named queue is
-// created by its first use. One that is empty, has no waiters and has no
-// owner is idle: the registry may remove it whenever nobody holds it, and
-// its next use creates it again, with sequence numbers above any it used
-// before. Owned queues live as long as the Registry. It is safe for
+// Registry holds the named queues shared by every client. It is safe for
 // concurrent use.
+//
+// A named queue is created by its first use. One that is empty and has no
+// waiters is idle: the registry may remove it whenever nobody holds it,
+// and its next use creates it again. A removed queue is remembered (its
+// owner, or that it had none, and its next sequence number) for as long
+// as the last RememberedQueues removals, so that a queue created again
+// soon is the same queue to its users: its numbers continue and an open
+// queue cannot be claimed by someone else as an owned one. A name no
+// longer remembered is new again, though its numbers still continue
+// above any the registry has handed out under a forgotten name.
 //
 // A caller holds a queue from Acquire or Lookup until Release; a held
 // queue is never removed, so a message pushed into it cannot be lost with
-// it. Idle queues are swept when a Snapshot is taken and when the number
-// of queues has doubled since the last sweep, so the cost is amortised
-// and the hot path (acquire, push or pop, release) never takes the write
-// lock for an existing queue.
+// it. Idle queues are swept when a Snapshot is taken, when the number of
+// queues has doubled since the last sweep, and at the limit when a queue
+// may have gone idle since; the hot path (acquire, push or pop, release)
+// never takes the write lock for an existing queue.
 type Registry struct {
 	counter Counter
 	max     int // most queues at once; <= 0: no limit
 
+	idle atomic.Bool // a queue may have become idle since the last sweep
+
 	mu        sync.RWMutex
 	queues    map[string]*Queue
-	sweepAt   int    // sweep before creating a queue beyond this many
-	nextStart uint64 // first sequence number of a queue created from now on
+	sweepAt   int // sweep before creating a queue beyond this many
+	gone      map[string]removed
+	goneOrder []removal // the removals remembered, oldest first, as a ring
+	goneHead  int
+	removals  uint64 // removals so far
+	nextStart uint64 // first sequence number for a name not remembered
 }
+
+// removed is what a Registry remembers of a queue it removed.
+type removed struct {
+	nextSeq uint64
+	owner   *uint32
+	n       uint64 // which removal this was
+}
+
+// removal names a remembered removal in the ring.
+type removal struct {
+	name string
+	n    uint64
+}
+
+// RememberedQueues is how many removed queues a Registry remembers.
+const RememberedQueues = 1 << 16
 
 // minSweep is the fewest queues worth sweeping for.
 const minSweep = 1024
@@ -40,14 +69,23 @@ const minSweep = 1024
 // which may be nil, and that holds at most maxQueues named queues at once
 // (no limit when maxQueues <= 0).
 func NewRegistry(counter Counter, maxQueues int) *Registry {
-	return &Registry{counter: counter, max: maxQueues, queues: make(map[string]*Queue), sweepAt: minSweep, nextStart: 1}
+	return &Registry{
+		counter:   counter,
+		max:       maxQueues,
+		queues:    make(map[string]*Queue),
+		sweepAt:   minSweep,
+		gone:      make(map[string]removed),
+		nextStart: 1,
+	}
 }
 
 // Acquire returns the queue called name, creating it if needed, and holds
 // it until Release. A queue it creates is restricted to user id *owner
-// when owner is not nil; an existing queue is returned as it is. It fails
-// with ErrTooManyQueues when creating the queue would pass the limit even
-// after idle queues are removed. The caller must have validated name.
+// when owner is not nil, unless it is a removed queue it remembers: that
+// comes back as it was, open or owned. An existing queue is returned as
+// it is. It fails with ErrTooManyQueues when creating the queue would
+// pass the limit even after idle queues are removed. The caller must have
+// validated name.
 func (r *Registry) Acquire(name []byte, owner *uint32) (*Queue, error) {
 	if q := r.Lookup(name); q != nil {
 		return q, nil
@@ -58,19 +96,27 @@ func (r *Registry) Acquire(name []byte, owner *uint32) (*Queue, error) {
 		q.refs.Add(1)
 		return q, nil
 	}
-	if len(r.queues) >= r.sweepAt || (r.max > 0 && len(r.queues) >= r.max) {
+	if len(r.queues) >= r.sweepAt {
 		r.sweep()
 		r.sweepAt = max(2*len(r.queues), minSweep)
+	} else if r.max > 0 && len(r.queues) >= r.max && r.idle.Load() {
+		r.sweep()
 	}
 	if r.max > 0 && len(r.queues) >= r.max {
 		return nil, ErrTooManyQueues
 	}
 	s := string(name)
 	q := New(s, r.counter)
-	q.nextSeq = r.nextStart
-	if owner != nil {
-		o := *owner
-		q.owner = &o
+	q.idle = &r.idle
+	if was, ok := r.gone[s]; ok {
+		delete(r.gone, s)
+		q.nextSeq, q.owner = was.nextSeq, was.owner
+	} else {
+		q.nextSeq = r.nextStart
+		if owner != nil {
+			o := *owner
+			q.owner = &o
+		}
 	}
 	q.refs.Add(1)
 	r.queues[s] = q
@@ -90,7 +136,11 @@ func (r *Registry) Lookup(name []byte) *Queue {
 }
 
 // Release ends the hold Acquire or Lookup took on q.
-func (r *Registry) Release(q *Queue) { q.refs.Add(-1) }
+func (r *Registry) Release(q *Queue) {
+	// A queue that went idle while held has set r.idle already, and a
+	// sweep that found it held set it again.
+	q.refs.Add(-1)
+}
 
 // Len returns the number of named queues, idle ones included.
 func (r *Registry) Len() int {
@@ -99,22 +149,47 @@ func (r *Registry) Len() int {
 	return len(r.queues)
 }
 
-// sweep removes every idle queue nobody holds. r.mu is held for writing,
-// so no hold can be taken meanwhile.
+// sweep removes every idle queue nobody holds, and remembers it. r.mu is
+// held for writing, so no hold can be taken meanwhile.
 func (r *Registry) sweep() {
+	r.idle.Store(false)
 	for name, q := range r.queues {
-		if q.owner != nil || q.refs.Load() != 0 {
-			continue
-		}
 		q.mu.Lock()
 		idle := q.n == 0 && len(q.waiters) == 0
-		next := q.nextSeq
+		next, owner := q.nextSeq, q.owner
 		q.mu.Unlock()
-		if idle {
-			delete(r.queues, name)
-			r.nextStart = max(r.nextStart, next)
+		if !idle {
+			continue
 		}
+		if q.refs.Load() != 0 {
+			r.idle.Store(true) // idle once released: look again next time
+			continue
+		}
+		delete(r.queues, name)
+		r.remember(name, removed{nextSeq: next, owner: owner})
 	}
+}
+
+// remember records a removed queue, forgetting the oldest removal beyond
+// RememberedQueues. r.mu is held for writing.
+func (r *Registry) remember(name string, was removed) {
+	r.removals++
+	was.n = r.removals
+	entry := removal{name: name, n: was.n}
+	if len(r.goneOrder) < RememberedQueues {
+		r.goneOrder = append(r.goneOrder, entry)
+	} else {
+		old := r.goneOrder[r.goneHead]
+		// The name may have been created again (and removed again, a
+		// later removal): forget only this removal.
+		if forgotten, ok := r.gone[old.name]; ok && forgotten.n == old.n {
+			r.nextStart = max(r.nextStart, forgotten.nextSeq)
+			delete(r.gone, old.name)
+		}
+		r.goneOrder[r.goneHead] = entry
+		r.goneHead = (r.goneHead + 1) % RememberedQueues
+	}
+	r.gone[name] = was
 }
 
 // Info describes one queue at one instant.

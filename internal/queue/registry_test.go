@@ -223,7 +223,7 @@ func TestRegistryRemovesIdleQueues(t *testing.T) {
 	if q := r.Lookup([]byte("idle")); q != nil {
 		t.Error("an idle queue survived a Snapshot")
 	}
-	for _, name := range []string{"full", "waited", "owned", "held"} {
+	for _, name := range []string{"full", "waited", "held"} {
 		q := r.Lookup([]byte(name))
 		if q == nil {
 			t.Errorf("queue %s was removed; only idle queues nobody holds may be", name)
@@ -240,6 +240,18 @@ func TestRegistryRemovesIdleQueues(t *testing.T) {
 	} else {
 		if m := q.Pop(); m == nil || m.Digest != "y" {
 			t.Errorf("held queue gave %v", m)
+		}
+		r.Release(q)
+	}
+	// An idle owned queue is removed too, and comes back owned.
+	if q := r.Lookup([]byte("owned")); q != nil {
+		t.Error("an idle owned queue survived a Snapshot")
+	}
+	if q, err := r.Acquire([]byte("owned"), nil); err != nil {
+		t.Fatal(err)
+	} else {
+		if o, ok := q.Owner(); !ok || o != uid {
+			t.Errorf("owned queue came back with owner %d, %v; want %d", o, ok, uid)
 		}
 		r.Release(q)
 	}
@@ -345,5 +357,70 @@ func TestRegistryRemovalLosesNothing(t *testing.T) {
 		if pushed[i] != popped[i] {
 			t.Errorf("worker %d pushed %d messages and popped %d", i, pushed[i], popped[i])
 		}
+	}
+}
+
+func TestRegistryRemembersRemovedQueues(t *testing.T) {
+	r := queue.NewRegistry(nil, 0)
+	mallory := uint32(666)
+
+	// An open queue, idle and removed, cannot be claimed as an owned one.
+	q := get(r, []byte("jobs"))
+	seq := q.Push(inline("m", 1), nil)
+	q.Pop()
+	r.Snapshot()
+	claimed, err := r.Acquire([]byte("jobs"), &mallory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, owned := claimed.Owner(); owned {
+		t.Error("a removed open queue was claimed as an owned one")
+	}
+	if next := claimed.Push(inline("m", 1), nil); next != seq+1 {
+		t.Errorf("recreated queue numbered %d after %d; want %d", next, seq, seq+1)
+	}
+	claimed.Pop()
+	r.Release(claimed)
+	r.Snapshot()
+
+	// Past RememberedQueues later removals, the oldest is forgotten: the
+	// name is new again, though its numbers still go up.
+	for i := range queue.RememberedQueues {
+		get(r, []byte(fmt.Sprint("other-", i)))
+	}
+	r.Snapshot()
+	again, err := r.Acquire([]byte("jobs"), &mallory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, owned := again.Owner(); !owned || o != mallory {
+		t.Errorf("a forgotten name was not new: owner %d, %v", o, owned)
+	}
+	if next := again.Push(inline("m", 1), nil); next <= seq+1 {
+		t.Errorf("a forgotten queue's name numbered %d, not above %d", next, seq+1)
+	}
+	r.Release(again)
+	// The most recent removals are still remembered.
+	last := []byte(fmt.Sprint("other-", queue.RememberedQueues-1))
+	if q, err := r.Acquire(last, &mallory); err != nil {
+		t.Fatal(err)
+	} else if _, owned := q.Owner(); owned {
+		t.Error("a recently removed open queue was claimed")
+	}
+}
+
+func TestRegistryLimitSweepsOnlyWhenSomethingWentIdle(t *testing.T) {
+	r := queue.NewRegistry(nil, 2)
+	a, b := get(r, []byte("a")), get(r, []byte("b"))
+	a.Push(inline("m", 1), nil)
+	b.Push(inline("m", 1), nil)
+	if _, err := r.Acquire([]byte("c"), nil); !errors.Is(err, queue.ErrTooManyQueues) {
+		t.Fatalf("at the limit: %v", err)
+	}
+	// A waiter that comes and goes on an empty queue also makes it idle.
+	q := get(r, []byte("a"))
+	q.Pop()
+	if _, err := r.Acquire([]byte("c"), nil); err != nil {
+		t.Fatalf("after a queue went idle: %v", err)
 	}
 }
