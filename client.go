@@ -783,19 +783,29 @@ func closeFD(fd int) {
 
 // SendFile stores the rest of f's content, from its current offset, at
 // the tail of queue ("" for the private queue) and returns the number of
-// bytes stored. Content small enough to travel inline is read and sent
-// inline, like Send's; larger content is copied into a new sealed memfd
-// inside the kernel (copy_file_range(2) or sendfile(2)); only pipes and
-// other streams go through a buffer. A regular file larger than the
-// server's maximum message size fails with ErrTooLarge before anything is
-// copied, a stream as soon as it passes it. A file that is already a
-// memfd sealed against write, grow and shrink is sent whole, as it is,
-// with no copy at all. SendFile does not close f.
+// bytes stored (0 on error). Content small enough to travel inline is
+// read and sent inline, like Send's; larger content is copied into a new
+// sealed memfd inside the kernel (copy_file_range(2) or sendfile(2));
+// only pipes, other streams and files whose size says nothing of their
+// content (as in /proc) go through a buffer. A regular file larger than
+// the server's maximum message size fails with ErrTooLarge before
+// anything is copied, a stream as soon as it passes it. A file that is
+// already a memfd sealed against write, grow and shrink is sent whole, as
+// it is, with no copy at all, unless it is small enough to travel inline.
+// SendFile does not close f.
 func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, error) {
 	if err := checkQueue(queue); err != nil {
 		return 0, err
 	}
+	limit, inline := c.MaxMessageSize(), c.opts.inline
 	if seals, err := page.Seals(int(f.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
+		if size, err := page.Size(int(f.Fd())); err == nil && size <= int64(inline) {
+			buf := make([]byte, size)
+			if _, err := page.ReadAt(int(f.Fd()), buf, 0); err != nil {
+				return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
+			}
+			return sent(size, c.Send(ctx, queue, buf))
+		}
 		fd, err := syscall.Dup(int(f.Fd()))
 		if err != nil {
 			return 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
@@ -803,26 +813,25 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 		syscall.CloseOnExec(fd)
 		return c.sendSealed(ctx, queue, fd)
 	}
-	limit, inline := c.MaxMessageSize(), c.opts.inline
-	var src io.Reader = f
+	inKernel := false // a regular file too large to travel inline
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
 		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
 			rest := max(st.Size()-off, 0)
 			if rest > limit {
 				return 0, fmt.Errorf("%w: %s holds %d bytes, more than the server's maximum of %d", ErrTooLarge, f.Name(), rest, limit)
 			}
-			if rest <= int64(inline) {
-				return c.sendInlineFrom(ctx, queue, f, int(rest))
-			}
+			inKernel = rest > int64(inline)
 		}
-	} else {
-		// A stream: its length shows only by reading. Read what could
-		// travel inline, and one byte more to tell.
+	}
+	var src io.Reader = f
+	if !inKernel {
+		// Small, a stream, or a size that may not be the truth: read
+		// what could travel inline, and one byte more to tell.
 		head := make([]byte, inline+1)
 		n, err := io.ReadFull(f, head)
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return int64(n), c.Send(ctx, queue, head[:n])
+			return sent(int64(n), c.Send(ctx, queue, head[:n]))
 		case err != nil:
 			return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
 		}
@@ -833,7 +842,7 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 		return 0, fmt.Errorf("machq: %w", err)
 	}
 	var n int64
-	if src == io.Reader(f) {
+	if inKernel {
 		n, err = page.CopyFrom(fd, f, limit)
 	} else {
 		n, err = page.CopyStream(fd, src, limit)
@@ -853,16 +862,12 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 	return c.sendSealed(ctx, queue, fd)
 }
 
-// sendInlineFrom reads up to size bytes of the regular file f and sends
-// them inline. A file that shrank meanwhile sends what is left; one that
-// grew sends size bytes, as if read a moment earlier.
-func (c *Client) sendInlineFrom(ctx context.Context, queue string, f *os.File, size int) (int64, error) {
-	buf := make([]byte, size)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
+// sent returns n, or 0 with err when err is not nil.
+func sent(n int64, err error) (int64, error) {
+	if err != nil {
+		return 0, err
 	}
-	return int64(n), c.Send(ctx, queue, buf[:n])
+	return n, nil
 }
 
 // sendSealed stores the sealed memfd fd (owned), computing its digest
@@ -890,7 +895,7 @@ func (c *Client) sendSealed(ctx context.Context, queue string, fd int) (int64, e
 		syscall.Close(fd)
 		return 0, c.store(ctx, queue, nil, -1, 0, nil)
 	}
-	return size, c.store(ctx, queue, nil, fd, size, content)
+	return sent(size, c.store(ctx, queue, nil, fd, size, content))
 }
 
 // Retrieve takes the oldest message from queue ("" for the private queue)

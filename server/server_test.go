@@ -846,14 +846,34 @@ func TestSendFileChoosesInlineOrPage(t *testing.T) {
 		{"empty stream", func() *os.File { return pipe(nil) }, nil, false},
 		{"stream just past inline", func() *os.File { return pipe(large[:4097]) }, large[:4097], true},
 		{"large stream", func() *os.File { return pipe(large) }, large, true},
+		// /proc files report a size of 0 whatever they hold.
+		{"file whose size says nothing", func() *os.File {
+			f, err := os.Open("/proc/self/maps")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			return f
+		}, nil, false},
+		{"small sealed memfd", func() *os.File { return sealedMemfd(t, small) }, small, false},
+		{"large sealed memfd", func() *os.File { return sealedMemfd(t, large) }, large, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := pages()
 			n, err := c.SendFile(ctx, "", tc.f())
-			if err != nil || n != int64(len(tc.want)) {
+			if tc.want == nil && tc.name != "empty file" && tc.name != "empty stream" {
+				// Content unknown in advance: compare with what came back.
+				if err != nil || n == 0 {
+					t.Fatalf("SendFile = %d, %v; want the file's content", n, err)
+				}
+			} else if err != nil || n != int64(len(tc.want)) {
 				t.Fatalf("SendFile = %d, %v; want %d", n, err, len(tc.want))
 			}
-			if stored := pages() - before; stored != map[bool]int64{false: 0, true: 1}[tc.outline] {
+			outline := tc.outline
+			if tc.want == nil && n > 0 {
+				outline = n > 4096
+			}
+			if stored := pages() - before; stored != map[bool]int64{false: 0, true: 1}[outline] {
 				t.Errorf("SendFile of %d bytes stored %d pages; inline threshold 4096", len(tc.want), stored)
 			}
 			m, err := c.Retrieve(ctx, "")
@@ -861,6 +881,12 @@ func TestSendFileChoosesInlineOrPage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
+			if tc.want == nil && n > 0 {
+				if m.Len() != n || !bytes.Contains(m.Bytes(), []byte("[stack]")) {
+					t.Errorf("retrieved %d bytes of /proc/self/maps (sent %d): %.40q", m.Len(), n, m.Bytes())
+				}
+				return
+			}
 			if m.OutOfLine() != tc.outline || !bytes.Equal(m.Bytes(), tc.want) {
 				t.Errorf("retrieved out of line %v, equal %v", m.OutOfLine(), bytes.Equal(m.Bytes(), tc.want))
 			}
@@ -886,6 +912,23 @@ func TestSendFileChoosesInlineOrPage(t *testing.T) {
 	if st := srv.Stats(); st.Messages != 0 {
 		t.Errorf("%d messages stored after refused sends", st.Messages)
 	}
+}
+
+// sealedMemfd returns a memfd holding data, sealed as a page must be.
+func sealedMemfd(t *testing.T, data []byte) *os.File {
+	fd, err := unix.MemfdCreate("machq-test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd")
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 func TestIdleQueuesAreRemoved(t *testing.T) {
