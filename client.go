@@ -27,8 +27,9 @@ import (
 // that does not read.
 const writeGrace = 5 * time.Millisecond
 
-// cancelWriteTimeout bounds the write of a CANCEL after its caller gave up.
-const cancelWriteTimeout = 5 * time.Second
+// cancelWriteTimeout bounds the write of a CANCEL after a retrieve's
+// context ended, and the wait for the server's answer to it.
+const cancelWriteTimeout = time.Second
 
 // DefaultInlineThreshold is the largest payload, in bytes, that travels
 // inside a frame by default; larger ones travel as sealed memfds.
@@ -134,6 +135,9 @@ type call struct {
 	queue  string
 	ch     chan result // capacity 1
 	gaveUp bool        // the caller stopped waiting
+	// cancelled: a CANCEL was sent for this retrieve after its caller's
+	// context ended; its answer is awaited a little longer.
+	cancelled bool
 	// For a private store: the digest to remember once stored.
 	private *sentDigest
 }
@@ -671,6 +675,28 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 		case <-ctx.Done():
 		}
 	}
+	select {
+	case r := <-cl.ch:
+		return r, r.err
+	default:
+	}
+	if cl.op == wire.OpRetrieve && !cl.cancelled {
+		// Cancel the retrieve and let the server's answer decide: it
+		// may have handed a message over already, which is returned
+		// rather than lost. Bounded: a server that reads nothing gets
+		// the connection closed.
+		cl.cancelled = true
+		cctx, cancel := context.WithTimeout(context.Background(), cancelWriteTimeout)
+		c.enqueue(cctx, -1, func(b []byte) []byte { return wire.AppendCancel(b, 0, id) })
+		r, err := c.wait(cctx, id, cl)
+		cancel()
+		if r.msg != nil {
+			return r, r.err
+		}
+		if cctx.Err() == nil || err == nil {
+			return result{}, ctx.Err() // answered: no message came
+		}
+	}
 	c.mu.Lock()
 	select {
 	case r := <-cl.ch:
@@ -680,12 +706,6 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 	}
 	cl.gaveUp = true
 	c.mu.Unlock()
-	if cl.op == wire.OpRetrieve {
-		// Bounded: a server that reads nothing gets the connection closed.
-		cctx, cancel := context.WithTimeout(context.Background(), cancelWriteTimeout)
-		c.enqueue(cctx, -1, func(b []byte) []byte { return wire.AppendCancel(b, 0, id) })
-		cancel()
-	}
 	return result{}, ctx.Err()
 }
 

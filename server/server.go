@@ -319,7 +319,18 @@ func (s *Server) beginClose() {
 		for l := range s.listeners {
 			l.Close()
 		}
+		// Sockets checked in by Listen but never served are given up
+		// too; those being served are, by Serve, as it returns.
+		var unserved []*net.UnixListener
+		for l := range s.checkIns {
+			if _, serving := s.listeners[l]; !serving {
+				unserved = append(unserved, l)
+			}
+		}
 		s.mu.Unlock()
+		for _, l := range unserved {
+			s.closeListener(l)
+		}
 		s.log.Info("shutting down")
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -929,6 +930,90 @@ func sealedMemfd(t *testing.T, data []byte) *os.File {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestRetrieveWaitDeadlineLosesNothing: consumers that each wait a
+// moment for a message and then close (as `machq retrieve --wait` does)
+// run while messages arrive at random moments, so that waits run out as
+// messages are handed over. Every message must reach a consumer: one
+// handed over as its consumer's deadline passed is returned, not dropped
+// with the connection.
+func TestRetrieveWaitDeadlineLosesNothing(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	ctx := testCtx(t)
+	const n = 300
+	var got atomic.Int64
+	stop := make(chan struct{})
+	consumed := make(chan struct{})
+	go func() {
+		defer close(consumed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := machq.Dial(ctx, path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Millisecond)
+			if m, err := c.RetrieveWait(wctx, "edge"); m != nil {
+				if err != nil {
+					t.Error(err)
+				}
+				got.Add(1)
+				m.Close()
+			}
+			cancel()
+			c.Close()
+		}
+	}()
+	p := dial(t, path)
+	for i := range n {
+		if err := p.Send(ctx, "edge", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(i%5) * 300 * time.Microsecond) // pacing, so that some waits run out
+	}
+	waitFor(t, "the consumers to take every message", func() bool { return srv.Stats().Messages == 0 })
+	close(stop)
+	<-consumed
+	if got.Load() != n {
+		t.Errorf("sent %d, consumers received %d: %d lost as a wait ran out", n, got.Load(), n-got.Load())
+	}
+}
+
+func TestListenWithoutServe(t *testing.T) {
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.sock")
+	if _, err := srv.Listen(path); err != nil {
+		t.Fatal(err)
+	}
+	// A second server cannot take the path while the first holds it.
+	other, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Listen(path); err == nil {
+		t.Fatal("a second server checked in at a held path")
+	}
+	srv.Close()
+	for _, p := range []string{path, path + ".lock"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after Close of a server that never served it: %v", p, err)
+		}
+	}
+	l, err := other.Listen(path)
+	if err != nil {
+		t.Fatalf("the path was not given up: %v", err)
+	}
+	go other.Serve(l)
+	other.Close()
 }
 
 func TestIdleQueuesAreRemoved(t *testing.T) {

@@ -135,13 +135,13 @@ func (o *output) commit() error {
 	o.done = true
 	switch {
 	case o.tmp != nil:
+		// The message is taken: if it cannot be put in place, keep what
+		// was written and say where, rather than lose it.
 		if err := o.tmp.Close(); err != nil {
-			os.Remove(o.tmp.Name())
-			return fmt.Errorf("write --out %s: %w", o.target, err)
+			return fmt.Errorf("write --out %s: %w; what was written is in %s", o.target, err, o.tmp.Name())
 		}
 		if err := os.Rename(o.tmp.Name(), o.target); err != nil {
-			os.Remove(o.tmp.Name())
-			return fmt.Errorf("write --out %s: %w", o.target, err)
+			return fmt.Errorf("write --out %s: %w; the message is in %s", o.target, err, o.tmp.Name())
 		}
 	case o.f != nil:
 		if err := o.f.Close(); err != nil {

@@ -47,6 +47,9 @@ func signalContext() (ctx context.Context, stop func()) {
 		case s := <-ch:
 			sig, _ := s.(syscall.Signal)
 			cancel(&interrupted{sig: sig})
+			// A second signal takes the default action and ends the
+			// process, whatever the first one's cleanup waits for.
+			signal.Stop(ch)
 		case <-done:
 		}
 	}()

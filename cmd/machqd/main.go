@@ -89,6 +89,11 @@ Flags:
 		fmt.Fprintf(os.Stderr, "machqd: unexpected argument %q; see machqd --help\n", fs.Arg(0))
 		return 2
 	}
+	inlineGiven := false
+	fs.Visit(func(f *flag.Flag) { inlineGiven = inlineGiven || f.Name == "max-inline" })
+	if !inlineGiven && int64(*maxInline) > *maxMessage {
+		*maxInline = int(max(*maxMessage, 0)) // the default follows a small --max-message
+	}
 	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout); msg != "" {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
 		return 2
@@ -144,6 +149,9 @@ Flags:
 	select {
 	case err := <-errc:
 		log.Error("server stopped", "err", err)
+		ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+		defer cancel()
+		srv.Shutdown(ctx) // whatever else it serves: stop cleanly
 		return 1
 	case sig := <-sigs:
 		log.Info("signal received; shutting down (signal again to stop at once)", "signal", sig.String())
@@ -262,20 +270,20 @@ func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeo
 	return ""
 }
 
-// serveAll serves every listener until the server stops, and returns the
-// first error that is not the server closing.
+// serveAll serves every listener until the server stops. It returns as
+// soon as one fails for any reason but the server closing, with that
+// error, so that machqd stops rather than go on serving fewer sockets.
 func serveAll(srv *server.Server, ls []*net.UnixListener) error {
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
 	}
-	var first error
 	for range ls {
-		if err := <-errc; first == nil || errors.Is(first, server.ErrServerClosed) {
-			first = err
+		if err := <-errc; !errors.Is(err, server.ErrServerClosed) {
+			return err
 		}
 	}
-	return first
+	return server.ErrServerClosed
 }
 
 // idList is a repeatable flag of user or group ids, given as numbers or

@@ -592,3 +592,51 @@ func expectLines(t *testing.T, sh *shellProc, wants ...string) {
 		}
 	}
 }
+
+// TestIntegrationCLIWaitEndsAsAMessageArrives runs many short
+// `retrieve --wait`s while messages arrive at random moments, so that
+// some arrive just as a wait runs out. Every message sent must be either
+// written by a retrieve or still in the queue: none may be taken by a
+// retrieve that then reports the queue empty.
+func TestIntegrationCLIWaitEndsAsAMessageArrives(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	ctx := ctxT(t)
+	producer := dial(t, d.socket)
+	const rounds = 150
+	stop := make(chan struct{})
+	sentc := make(chan int, 1)
+	go func() {
+		sent := 0
+		defer func() { sentc <- sent }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Duration(i%5) * 10 * time.Millisecond): // pacing, not synchronisation
+			}
+			if err := producer.Send(ctx, "edge", []byte(fmt.Sprint("m", i))); err != nil {
+				t.Error(err)
+				return
+			}
+			sent++
+		}
+	}()
+	got := 0
+	for range rounds {
+		r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "edge", "--wait", "15ms")
+		switch r.code {
+		case 0:
+			got++
+		case 3: // stayed empty for the whole wait
+		default:
+			t.Fatalf("retrieve: exit %d: %s", r.code, r.stderr)
+		}
+	}
+	close(stop)
+	sent := <-sentc
+	left := int(queueStats(d, "edge").Messages)
+	if got+left != sent {
+		t.Fatalf("%d messages sent, %d retrieved and %d left: %d lost", sent, got, left, sent-got-left)
+	}
+	t.Logf("%d sent, %d retrieved by %d waits, %d left", sent, got, rounds, left)
+}

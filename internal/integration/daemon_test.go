@@ -446,3 +446,20 @@ func TestDaemonNeverMapsPages(t *testing.T) {
 		t.Errorf("server peak RSS rose %d MiB passing %d MiB of pages: it must never map or read them", (after-before)>>20, n*size>>20)
 	}
 }
+
+// TestDaemonSmallMaxMessage: a --max-message below the default inline
+// limit brings that default down with it.
+func TestDaemonSmallMaxMessage(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn", "--max-message", "1000")
+	ctx := ctxT(t)
+	c := dial(t, d.socket)
+	if c.MaxMessageSize() != 1000 || c.MaxInline() > 1000 {
+		t.Fatalf("max message %d, max inline %d; want 1000 and at most 1000", c.MaxMessageSize(), c.MaxInline())
+	}
+	if err := c.Send(ctx, "q", make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(ctx, "q", make([]byte, 1001)); !errors.Is(err, machq.ErrTooLarge) {
+		t.Fatalf("send past --max-message: %v, want ErrTooLarge", err)
+	}
+}
