@@ -932,8 +932,11 @@ func (c *Client) Retrieve(ctx context.Context, queue string) (*Message, error) {
 
 // RetrieveWait is Retrieve that waits for a message to arrive, until ctx
 // ends. If none arrives by ctx's deadline it returns an error wrapping
-// both ErrEmpty and context.DeadlineExceeded. A message the server handed
-// over after the caller gave up is not lost: the next retrieve from the
+// both ErrEmpty and context.DeadlineExceeded. When ctx ends the client
+// cancels the wait and lets the server's answer decide (for up to a
+// second): a message the server handed over meanwhile is returned, with
+// no error, rather than lost. If the server does not answer in time, a
+// message that comes later is not lost either: the next retrieve from the
 // same queue on this Client returns it first.
 func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, error) {
 	wait := wire.WaitForever
