@@ -130,7 +130,9 @@ func (c *Client) RetrieveBatch(ctx context.Context, queue string, n int) ([]*Mes
 				// The rest gave up too; what they receive is kept for
 				// the next retrieve.
 				for j := i + 1; j < len(calls); j++ {
-					c.wait(ctx, ids[j], calls[j])
+					if r, err := c.wait(ctx, ids[j], calls[j]); err == nil && r.msg != nil {
+						got = append(got, r) // arrived already: never dropped
+					}
 				}
 				return c.deliverBatch(got, err)
 			case !errors.Is(err, ErrEmpty):

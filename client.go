@@ -135,9 +135,10 @@ type call struct {
 	queue  string
 	ch     chan result // capacity 1
 	gaveUp bool        // the caller stopped waiting
-	// cancelled: a CANCEL was sent for this retrieve after its caller's
-	// context ended; its answer is awaited a little longer.
-	cancelled bool
+	// waits: a RETRIEVE that may wait on the server (wait_ms != 0).
+	// cancelled: a CANCEL was sent for it after its caller's context
+	// ended; its answer is awaited a little longer.
+	waits, cancelled bool
 	// For a private store: the digest to remember once stored.
 	private *sentDigest
 }
@@ -680,22 +681,32 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 		return r, r.err
 	default:
 	}
-	if cl.op == wire.OpRetrieve && !cl.cancelled {
-		// Cancel the retrieve and let the server's answer decide: it
-		// may have handed a message over already, which is returned
-		// rather than lost. Bounded: a server that reads nothing gets
-		// the connection closed.
+	if cl.waits && !cl.cancelled {
+		// Cancel the waiting retrieve and let the server's answer
+		// decide: it may have handed a message over already, which is
+		// returned rather than lost. Bounded: a server that reads
+		// nothing gets the connection closed. The reader's turn is
+		// passed on first, so that nobody waits on this write.
+		if token {
+			token = false
+			c.releaseReader()
+		}
 		cl.cancelled = true
 		cctx, cancel := context.WithTimeout(context.Background(), cancelWriteTimeout)
 		c.enqueue(cctx, -1, func(b []byte) []byte { return wire.AppendCancel(b, 0, id) })
 		r, err := c.wait(cctx, id, cl)
+		answered := cctx.Err() == nil
 		cancel()
-		if r.msg != nil {
+		var se *ServerError
+		switch {
+		case r.msg != nil:
 			return r, r.err
-		}
-		if cctx.Err() == nil || err == nil {
+		case errors.As(err, &se) && (se.Code == CodeCancelled || se.Code == CodeEmpty):
 			return result{}, ctx.Err() // answered: no message came
+		case answered && err != nil:
+			return result{}, err // the answer was a failure of its own
 		}
+		// No answer in time: a message that comes later is kept below.
 	}
 	c.mu.Lock()
 	select {
@@ -983,7 +994,7 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 	c.mu.Unlock()
 
 	if r.msg == nil {
-		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1)}
+		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), waits: wait != 0}
 		id, err := c.register(ctx, cl)
 		if err != nil {
 			return nil, err
@@ -993,7 +1004,19 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 			return nil, err
 		}
 		if r, err = c.wait(ctx, id, cl); err != nil {
-			return nil, err
+			if errors.Is(err, ErrEmpty) || ctx.Err() != nil {
+				// A message for an earlier retrieve that gave up may
+				// have been read meanwhile: it is this one's.
+				c.mu.Lock()
+				if rs := c.orphans[queue]; len(rs) > 0 {
+					r, err = rs[0], nil
+					c.orphans[queue] = rs[1:]
+				}
+				c.mu.Unlock()
+			}
+			if err != nil {
+				return nil, err
+			}
 		}
 		// A message handed over for an earlier retrieve whose caller gave
 		// up may have been read while this one waited: it is older, so

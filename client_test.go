@@ -119,3 +119,147 @@ func TestSendHonoursContextWhenTheServerDoesNotRead(t *testing.T) {
 		t.Fatalf("after an abandoned write: %v; want ErrClosed", err)
 	}
 }
+
+// holdRetrieves plays a server that keeps every RETRIEVE waiting until
+// its CANCEL arrives, and then answers it with answer(id). cancelled, if
+// not nil, hears of each CANCEL (after the answer went out).
+func holdRetrieves(t *testing.T, answer func(id uint64) []byte, cancelled chan<- struct{}) string {
+	return fakeServer(t, func(uc *net.UnixConn, rd *wire.Reader) {
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Op != wire.OpCancel {
+				continue // held: never answered on its own
+			}
+			target, err := wire.ParseCancel(f.Body)
+			if err != nil {
+				t.Errorf("fake server: bad CANCEL: %v", err)
+				return
+			}
+			if b := answer(target); b != nil {
+				uc.Write(b)
+			}
+			if cancelled != nil {
+				cancelled <- struct{}{}
+			}
+		}
+	})
+}
+
+// TestRetrieveWaitTakesTheServersAnswer: when the context ends, the
+// client cancels the wait and the server's answer decides. A message the
+// server handed over just before the CANCEL is returned, not lost; any
+// other failure is reported as itself, not as an expired wait.
+func TestRetrieveWaitTakesTheServersAnswer(t *testing.T) {
+	// The client closes before its fake server, which waits for it.
+	dial := func(t *testing.T, path string) *machq.Client {
+		c, err := machq.Dial(context.Background(), path, machq.WithDigest(machq.DigestNone))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	expire := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	t.Run("message handed over", func(t *testing.T) {
+		path := holdRetrieves(t, func(id uint64) []byte {
+			return wire.AppendMessage(nil, id, wire.Message{Seq: 7, Size: 4}, []byte("late"), false)
+		}, nil)
+		m, err := dial(t, path).RetrieveWait(expire(), "q")
+		if err != nil || m == nil || string(m.Bytes()) != "late" {
+			t.Fatalf("RetrieveWait = %v, %v; want the message handed over as the wait ended", m, err)
+		}
+		m.Close()
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		path := holdRetrieves(t, func(id uint64) []byte {
+			return wire.AppendError(nil, id, wire.CodeCancelled, "retrieve cancelled by the client")
+		}, nil)
+		_, err := dial(t, path).RetrieveWait(expire(), "q")
+		if !errors.Is(err, machq.ErrEmpty) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("RetrieveWait = %v; want ErrEmpty and DeadlineExceeded", err)
+		}
+	})
+	t.Run("server failure", func(t *testing.T) {
+		path := holdRetrieves(t, func(id uint64) []byte {
+			return wire.AppendError(nil, id, wire.CodeInternal, "disk on fire")
+		}, nil)
+		_, err := dial(t, path).RetrieveWait(expire(), "q")
+		var se *machq.ServerError
+		if !errors.As(err, &se) || se.Code != machq.CodeInternal {
+			t.Fatalf("RetrieveWait = %v; want the server's INTERNAL error, not an expired wait", err)
+		}
+	})
+	t.Run("closed while the answer is awaited", func(t *testing.T) {
+		cancels := make(chan struct{}, 1)
+		path := holdRetrieves(t, func(uint64) []byte { return nil }, cancels)
+		c := dial(t, path)
+		errc := make(chan error, 1)
+		go func() { _, err := c.RetrieveWait(expire(), "q"); errc <- err }()
+		<-cancels // the client is awaiting the answer to its CANCEL
+		c.Close()
+		if err := <-errc; !errors.Is(err, machq.ErrClosed) {
+			t.Fatalf("RetrieveWait = %v; want ErrClosed", err)
+		}
+	})
+}
+
+// TestRetrieveBatchKeepsWhatArrivesAfterItsContextEnds: answers that
+// come after a RetrieveBatch's context ended are kept, and the next
+// retrieve returns the message among them.
+func TestRetrieveBatchKeepsWhatArrivesAfterItsContextEnds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	path := fakeServer(t, func(uc *net.UnixConn, rd *wire.Reader) {
+		var ids []uint64
+		for len(ids) < 2 {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Op == wire.OpRetrieve {
+				ids = append(ids, f.ID)
+			}
+		}
+		<-ctx.Done() // answer only once the batch's caller has given up
+		var b []byte
+		b = wire.AppendError(b, ids[0], wire.CodeEmpty, "queue q is empty")
+		b = wire.AppendMessage(b, ids[1], wire.Message{Seq: 7, Size: 5}, []byte("hello"), false)
+		uc.Write(b)
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Op == wire.OpRetrieve {
+				uc.Write(wire.AppendError(nil, f.ID, wire.CodeEmpty, "queue q is empty"))
+			}
+		}
+	})
+	c, err := machq.Dial(context.Background(), path, machq.WithDigest(machq.DigestNone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ms, err := c.RetrieveBatch(ctx, "q", 2)
+	for _, m := range ms {
+		if string(m.Bytes()) == "hello" {
+			return // returned by the batch itself: fine too
+		}
+	}
+	if err == nil {
+		t.Fatalf("RetrieveBatch returned %d messages and no error", len(ms))
+	}
+	m, err := c.Retrieve(context.Background(), "q")
+	if err != nil || string(m.Bytes()) != "hello" {
+		t.Fatalf("next Retrieve = %v; want the message that arrived after the batch gave up", err)
+	}
+	m.Close()
+}

@@ -417,6 +417,12 @@ func (s *Server) Listen(path string) (*net.UnixListener, error) {
 		}
 	}
 	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		reg.Listener.Close()
+		reg.Release()
+		return nil, ErrServerClosed
+	}
 	s.checkIns[reg.Listener] = reg
 	s.mu.Unlock()
 	return reg.Listener, nil

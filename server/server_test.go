@@ -1016,6 +1016,43 @@ func TestListenWithoutServe(t *testing.T) {
 	other.Close()
 }
 
+// TestQueueLimitAfterRefusedStores: stores refused by a queue's limit
+// leave the queues they created idle; at --max-queues those must make
+// room at once, not after the next STATS.
+func TestQueueLimitAfterRefusedStores(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxQueues: 2, MaxQueueBytes: 10}})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	for _, q := range []string{"a", "b"} {
+		if err := c.Send(ctx, q, make([]byte, 100)); !errors.Is(err, machq.ErrLimit) {
+			t.Fatalf("oversized store: %v", err)
+		}
+	}
+	if err := c.Send(ctx, "c", []byte("x")); err != nil {
+		t.Fatalf("store to a new queue while the others are idle: %v", err)
+	}
+}
+
+func TestListenAfterClose(t *testing.T) {
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	if _, err := srv.Listen(path); !errors.Is(err, server.ErrServerClosed) {
+		t.Fatalf("Listen after Close: %v, want ErrServerClosed", err)
+	}
+	other, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Listen(path); err != nil {
+		t.Fatalf("the path was left held: %v", err)
+	}
+}
+
 func TestIdleQueuesAreRemoved(t *testing.T) {
 	srv, path := startServer(t, server.Config{})
 	c := dial(t, path)

@@ -120,6 +120,9 @@ func (r *Registry) Acquire(name []byte, owner *uint32) (*Queue, error) {
 	}
 	q.refs.Add(1)
 	r.queues[s] = q
+	// A new queue is idle until something is stored in it or waits on
+	// it; a request that fails after creating it leaves it so.
+	r.idle.Store(true)
 	return q, nil
 }
 
