@@ -22,10 +22,12 @@ import (
 
 // writeGrace is how long a write that is under way when its caller gives
 // up may still take before it is abandoned, which closes the connection
-// (a frame may be half written): long enough for a write that is making
-// progress to finish, short enough that a caller is not held by a server
-// that does not read.
-const writeGrace = 5 * time.Millisecond
+// (a frame may be half written) and fails every call on it: long enough
+// that a server slow to read for a moment, on a loaded machine, does not
+// cost the connection, short enough that a caller is not held long by a
+// server that does not read at all. A write blocks only while the
+// server's socket buffer is full.
+const writeGrace = time.Second
 
 // cancelWriteTimeout bounds the write of a CANCEL after a retrieve's
 // context ended, and the wait for the server's answer to it.
