@@ -27,7 +27,18 @@ func inherit(t *testing.T, fs ...*os.File) {
 		}
 		f.Close()
 		fd := firstFD + i
-		t.Cleanup(func() { unix.Close(fd) })
+		var placed unix.Stat_t
+		if err := unix.Fstat(fd, &placed); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			// Close it unless the code under test did (the number may
+			// have been reused since, for something else).
+			var st unix.Stat_t
+			if unix.Fstat(fd, &st) == nil && st.Dev == placed.Dev && st.Ino == placed.Ino {
+				unix.Close(fd)
+			}
+		})
 	}
 }
 
