@@ -298,7 +298,7 @@ func (c *Client) readPage(n int, got func([]byte)) error {
 		got(nil)
 		return nil
 	}
-	fd, ok := c.rd.fds.pop()
+	fd, ok := c.rd.fds.Pop()
 	if !ok {
 		return fmt.Errorf("%w: retrieved data without its memfd", errProtocol)
 	}

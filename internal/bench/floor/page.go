@@ -121,7 +121,7 @@ func (c *Client) PageRoundTrip(size int, fill func([]byte), got func([]byte)) (P
 	}
 	if size > 0 {
 		var ok bool
-		if fd, ok = c.rd.fds.pop(); !ok {
+		if fd, ok = c.rd.fds.Pop(); !ok {
 			return ph, fmt.Errorf("%w: retrieved page without its memfd", errProtocol)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq/internal/bench/fifo"
 	"github.com/machq/machq/internal/bench/rawsock"
 )
 
@@ -37,9 +38,9 @@ type conn struct {
 	mech Mechanism
 	rd   *stream
 
-	bufs  fifo[[]byte] // Copy: stored payloads, oldest first
-	pages fifo[page]   // Memfd: stored memfds, oldest first
-	free  [][]byte     // Copy: payload buffers for reuse
+	bufs  fifo.Queue[[]byte] // Copy: stored payloads, oldest first
+	pages fifo.Queue[page]   // Memfd: stored memfds, oldest first
+	free  [][]byte           // Copy: payload buffers for reuse
 
 	// Replies not yet written: pend holds headers and small payloads;
 	// each splice marks a larger payload written after pend[:off].
@@ -69,7 +70,7 @@ func serveConn(fd int, mech Mechanism) error {
 // release closes every descriptor the connection holds.
 func (c *conn) release() {
 	c.rd.closeFds()
-	c.pages.drain(func(p page) {
+	c.pages.Drain(func(p page) {
 		if p.fd >= 0 {
 			unix.Close(p.fd)
 		}
@@ -106,17 +107,17 @@ func (c *conn) run() error {
 			if err := c.rd.readFull(b); err != nil {
 				return err
 			}
-			c.bufs.push(b)
+			c.bufs.Push(b)
 			c.pend = putHdr(c.pend, opAck, 0)
 		case op == opStoreFd && c.mech == Memfd:
 			p := page{fd: -1, n: int(n)}
 			if n > 0 {
 				var ok bool
-				if p.fd, ok = c.rd.fds.pop(); !ok {
+				if p.fd, ok = c.rd.fds.Pop(); !ok {
 					return fmt.Errorf("%w: store of %d bytes without a memfd", errProtocol, n)
 				}
 			}
-			c.pages.push(p)
+			c.pages.Push(p)
 			c.pend = putHdr(c.pend, opAck, 0)
 		case op == opRetrieve && n == 0:
 			c.retrieve()
@@ -134,7 +135,7 @@ func (c *conn) run() error {
 // retrieve queues the reply to a retrieve.
 func (c *conn) retrieve() {
 	if c.mech == Memfd {
-		p, ok := c.pages.pop()
+		p, ok := c.pages.Pop()
 		if !ok {
 			c.pend = putHdr(c.pend, opEmpty, 0)
 			return
@@ -145,7 +146,7 @@ func (c *conn) retrieve() {
 		}
 		return
 	}
-	b, ok := c.bufs.pop()
+	b, ok := c.bufs.Pop()
 	if !ok {
 		c.pend = putHdr(c.pend, opEmpty, 0)
 		return

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq/internal/bench/fifo"
 	"github.com/machq/machq/internal/bench/rawsock"
 )
 
@@ -51,48 +52,6 @@ func parseHdr(b []byte) (op byte, n uint64) {
 	return b[0], binary.LittleEndian.Uint64(b[1:hdrLen])
 }
 
-// fifo is a first-in first-out queue that reuses its backing array.
-type fifo[T any] struct {
-	items []T
-	head  int
-}
-
-func (q *fifo[T]) push(v T) {
-	if q.head >= 64 && q.head*2 >= len(q.items) {
-		n := copy(q.items, q.items[q.head:])
-		clear(q.items[n:])
-		q.items = q.items[:n]
-		q.head = 0
-	}
-	q.items = append(q.items, v)
-}
-
-func (q *fifo[T]) pop() (T, bool) {
-	var zero T
-	if q.head == len(q.items) {
-		return zero, false
-	}
-	v := q.items[q.head]
-	q.items[q.head] = zero
-	q.head++
-	if q.head == len(q.items) {
-		q.items = q.items[:0]
-		q.head = 0
-	}
-	return v, true
-}
-
-// drain removes every item, calling f on each.
-func (q *fifo[T]) drain(f func(T)) {
-	for {
-		v, ok := q.pop()
-		if !ok {
-			return
-		}
-		f(v)
-	}
-}
-
 // stream is the buffered reading side of a connected stream socket. With
 // msg set it reads with recvmsg and queues the descriptors that arrive.
 type stream struct {
@@ -100,7 +59,7 @@ type stream struct {
 	msg  bool
 	buf  []byte
 	r, w int
-	fds  fifo[int] // received and not yet claimed, in arrival order
+	fds  fifo.Queue[int] // received and not yet claimed, in arrival order
 	oob  []byte
 	mh   unix.Msghdr
 	iov  unix.Iovec
@@ -117,7 +76,7 @@ func newStream(fd int, msg bool) *stream {
 func (s *stream) buffered() int { return s.w - s.r }
 
 // closeFds closes every received descriptor not yet claimed.
-func (s *stream) closeFds() { s.fds.drain(func(fd int) { unix.Close(fd) }) }
+func (s *stream) closeFds() { s.fds.Drain(func(fd int) { unix.Close(fd) }) }
 
 // readSome reads at least one byte into p, which must not be empty. It
 // returns io.EOF when the peer has closed its side.
@@ -179,7 +138,7 @@ func (s *stream) takeRights(oob []byte) error {
 		}
 		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
 			for b := oob[hlen:l]; len(b) >= 4; b = b[4:] {
-				s.fds.push(int(int32(binary.NativeEndian.Uint32(b))))
+				s.fds.Push(int(int32(binary.NativeEndian.Uint32(b))))
 			}
 		}
 		next := unix.CmsgSpace(l - hlen)

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq/internal/bench/fifo"
 	"github.com/machq/machq/internal/bench/rawsock"
 )
 
@@ -67,7 +68,7 @@ type worker struct {
 	req, rsp int
 	msgsize  int
 	prio     uint32
-	stored   fifo[[]byte]
+	stored   fifo.Queue[[]byte]
 	free     [][]byte // buffers of msgsize bytes for reuse
 	dead     atomic.Bool
 }
@@ -108,7 +109,7 @@ func openPair(base string) (*worker, error) {
 func (w *worker) close() {
 	unix.Close(w.req)
 	unix.Close(w.rsp)
-	w.stored = fifo[[]byte]{}
+	w.stored = fifo.Queue[[]byte]{}
 	w.free = nil
 }
 
@@ -140,11 +141,11 @@ func (w *worker) run() error {
 		}
 		switch w.prio {
 		case prioStore:
-			w.stored.push(cur[:n])
+			w.stored.Push(cur[:n])
 			cur = nil
 			err = mqSend(w.rsp, nil, prioAck, nil)
 		case prioRetrieve:
-			if b, ok := w.stored.pop(); ok {
+			if b, ok := w.stored.Pop(); ok {
 				err = mqSend(w.rsp, b, prioData, nil)
 				w.free = append(w.free, b[:cap(b)])
 			} else {

@@ -156,37 +156,6 @@ func baseName(n uint64) string {
 func reqName(base string) string { return base + "-req" }
 func rspName(base string) string { return base + "-rsp" }
 
-// fifo is a first-in first-out queue that reuses its backing array.
-type fifo[T any] struct {
-	items []T
-	head  int
-}
-
-func (q *fifo[T]) push(v T) {
-	if q.head >= 64 && q.head*2 >= len(q.items) {
-		n := copy(q.items, q.items[q.head:])
-		clear(q.items[n:])
-		q.items = q.items[:n]
-		q.head = 0
-	}
-	q.items = append(q.items, v)
-}
-
-func (q *fifo[T]) pop() (T, bool) {
-	var zero T
-	if q.head == len(q.items) {
-		return zero, false
-	}
-	v := q.items[q.head]
-	q.items[q.head] = zero
-	q.head++
-	if q.head == len(q.items) {
-		q.items = q.items[:0]
-		q.head = 0
-	}
-	return v, true
-}
-
 // Listen creates a Unix stream socket listening at path and returns its
 // descriptor (close-on-exec, blocking), to be handed to Serve as the
 // control socket. An existing file at path is an error.
