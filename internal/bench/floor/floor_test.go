@@ -255,21 +255,7 @@ func TestFdsReturnToBaseline(t *testing.T) {
 				if n := peertest.CountFDs(t); mech == Memfd && n < base+1+4 {
 					t.Fatalf("round %d: %d descriptors with 4 memfds stored, want at least %d", round, n, base+5)
 				}
-				if err := c.Close(); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.Close(); err != nil {
-					t.Errorf("second Close: %v", err)
-				}
-				if err := c.RoundTrip(p, func([]byte) {}); err == nil {
-					t.Error("RoundTrip after Close succeeded")
-				}
-				if err := s.ConnEnded(t); err != nil {
-					t.Errorf("connection ended with %v", err)
-				}
-				if n := peertest.CountFDs(t); n != base {
-					t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
-				}
+				s.CloseClient(t, c, base, round)
 			}
 			s.Stop(t)
 			if n := peertest.CountFDs(t); n != before {

@@ -75,6 +75,34 @@ func (s *Server) ConnEnded(t testing.TB) error {
 	}
 }
 
+// Client is what the peers' clients have in common.
+type Client interface {
+	RoundTrip(p []byte, got func([]byte)) error
+	Close() error
+}
+
+// CloseClient closes c, twice (the second must be harmless), checks that
+// a round trip then fails, that the peer's connection ended cleanly, and
+// that the test process is back to base descriptors.
+func (s *Server) CloseClient(t testing.TB, c Client, base, round int) {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := c.RoundTrip([]byte("x"), func([]byte) {}); err == nil {
+		t.Error("RoundTrip after Close succeeded")
+	}
+	if err := s.ConnEnded(t); err != nil {
+		t.Errorf("connection ended with %v", err)
+	}
+	if n := CountFDs(t); n != base {
+		t.Fatalf("round %d: %d descriptors after Close, want %d", round, n, base)
+	}
+}
+
 // CountFDs returns how many descriptors the test process has open.
 func CountFDs(t testing.TB) int {
 	t.Helper()
