@@ -147,11 +147,7 @@ func TestOwnedQueues(t *testing.T) {
 		}
 	}
 	root := dial(t, path) // this test runs as root
-	m, err := root.Retrieve(ctx, "mine")
-	if err != nil || string(m.Bytes()) != "secret" {
-		t.Fatalf("root retrieving from an owned queue: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, root, "mine", "secret", "root retrieving from an owned queue")
 
 	// A queue made without the flag stays open to all.
 	if err := root.Send(ctx, "shared", []byte("x")); err != nil {

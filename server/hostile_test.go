@@ -144,11 +144,7 @@ func TestHostileDescriptors(t *testing.T) {
 	if st := srv.Stats(); st.Messages != 1 {
 		t.Errorf("server holds %d messages, want only the other client's 1", st.Messages)
 	}
-	m, err := other.Retrieve(ctx, "others")
-	if err != nil || string(m.Bytes()) != "keep me" {
-		t.Fatalf("other client's data: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, other, "others", "keep me", "other client's data")
 }
 
 // TestSilentClientIsDisconnected checks that a client that connects and

@@ -216,11 +216,7 @@ func TestPrivateQueuesAreIsolated(t *testing.T) {
 	if _, err := b.Retrieve(ctx, ""); !errors.Is(err, machq.ErrEmpty) {
 		t.Fatalf("b retrieved from its private queue: %v, want ErrEmpty", err)
 	}
-	m, err := a.Retrieve(ctx, "")
-	if err != nil || string(m.Bytes()) != "for a only" {
-		t.Fatalf("a retrieve: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, a, "", "for a only", "a retrieve")
 
 	// Closing a frees what it stored privately.
 	a.Send(ctx, "", randomBytes(t, 100<<10))
@@ -393,11 +389,7 @@ func TestRetrieveWait(t *testing.T) {
 		return err == nil && len(st.Queues) == 0
 	})
 	producer.Send(ctx, "later", []byte("kept"))
-	m, err := consumer.Retrieve(ctx, "later")
-	if err != nil || string(m.Bytes()) != "kept" {
-		t.Fatalf("after cancel: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, consumer, "later", "kept", "after cancel")
 }
 
 func TestTamperedDigestIsDetected(t *testing.T) {
@@ -520,11 +512,7 @@ func TestBadPagesAreRefused(t *testing.T) {
 	if n := countFDs(t); n != base+1 { // +1: the good page
 		t.Errorf("open fds %d, want %d", n, base+1)
 	}
-	m, err := other.Retrieve(ctx, "others")
-	if err != nil || string(m.Bytes()) != "keep me" {
-		t.Fatalf("other client's data: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, other, "others", "keep me", "other client's data")
 }
 
 func TestProtocolViolationsCloseOnlyTheOffender(t *testing.T) {
@@ -576,11 +564,7 @@ func TestProtocolViolationsCloseOnlyTheOffender(t *testing.T) {
 		t.Fatalf("after per-request errors: %s", f.Op)
 	}
 
-	m, err := bystander.Retrieve(ctx, "safe")
-	if err != nil || string(m.Bytes()) != "intact" {
-		t.Fatalf("bystander: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, bystander, "safe", "intact", "bystander")
 }
 
 func TestLimits(t *testing.T) {
@@ -1114,11 +1098,7 @@ func TestQueueLimit(t *testing.T) {
 		t.Fatalf("retrieve from an unused name at the limit: %v, want ErrEmpty", err)
 	}
 	// The existing queues still work, and an emptied one makes room.
-	m, err := c.Retrieve(ctx, "a")
-	if err != nil || string(m.Bytes()) != "a" {
-		t.Fatalf("retrieve from an existing queue at the limit: %v", err)
-	}
-	m.Close()
+	expectMessage(t, ctx, c, "a", "a", "retrieve from an existing queue at the limit")
 	if err := c.Send(ctx, "d", []byte("d")); err != nil {
 		t.Fatalf("send after a queue emptied: %v", err)
 	}
@@ -1613,5 +1593,19 @@ func TestPageLimit(t *testing.T) {
 	m.Close()
 	if err := c.Send(ctx, "p", []byte{3}); err != nil {
 		t.Fatalf("a page after one was retrieved: %v", err)
+	}
+}
+
+// expectMessage retrieves the oldest message of queue with c and fails t,
+// saying what was being checked, unless it holds want.
+func expectMessage(t *testing.T, ctx context.Context, c *machq.Client, queue, want, what string) {
+	t.Helper()
+	m, err := c.Retrieve(ctx, queue)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	defer m.Close()
+	if got := string(m.Bytes()); got != want {
+		t.Fatalf("%s: got %q, want %q", what, got, want)
 	}
 }
