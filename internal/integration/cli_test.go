@@ -154,13 +154,7 @@ func TestIntegrationCLIRetrieveOut(t *testing.T) {
 		if l, err := os.Readlink(link); err != nil || l != "target.txt" {
 			t.Fatalf("the symlink was replaced: %q, %v", l, err)
 		}
-		b, err := os.ReadFile(target)
-		if err != nil || string(b) != "through the link" {
-			t.Fatalf("the link's target holds %q, %v", b, err)
-		}
-		if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o640 {
-			t.Errorf("the target's mode became %v, want 0640", fi.Mode().Perm())
-		}
+		expectFile(t, target, 0o640, "through the link")
 
 		// A link to nothing yet: its target is created, as by the shell.
 		dangling := filepath.Join(dir, "dangling")
@@ -187,16 +181,7 @@ func TestIntegrationCLIRetrieveOut(t *testing.T) {
 		if r := runCmd(t, cmd); r.code != 0 {
 			t.Fatalf("retrieve: exit %d: %s", r.code, r.stderr)
 		}
-		fi, err := os.Stat(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != 0o640 {
-			t.Errorf("new --out file has mode %v, want 0640 (0666 less umask 027)", fi.Mode().Perm())
-		}
-		if b, _ := os.ReadFile(out); string(b) != "new file" {
-			t.Errorf("new file holds %q", b)
-		}
+		expectFile(t, out, 0o640, "new file") // 0666 less umask 027
 		noTemp(t)
 	})
 
@@ -206,16 +191,7 @@ func TestIntegrationCLIRetrieveOut(t *testing.T) {
 			t.Fatal(err)
 		}
 		retrieve(t, out, []byte("new secret"))
-		fi, err := os.Lstat(out)
-		if err != nil || !fi.Mode().IsRegular() {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != 0o600 {
-			t.Errorf("replaced file has mode %v, want its old 0600", fi.Mode().Perm())
-		}
-		if b, _ := os.ReadFile(out); string(b) != "new secret" {
-			t.Errorf("replaced file holds %q", b)
-		}
+		expectFile(t, out, 0o600, "new secret") // its old mode kept
 		noTemp(t)
 	})
 
@@ -639,4 +615,20 @@ func TestIntegrationCLIWaitEndsAsAMessageArrives(t *testing.T) {
 		t.Fatalf("%d messages sent, %d retrieved and %d left: %d lost", sent, got, left, sent-got-left)
 	}
 	t.Logf("%d sent, %d retrieved by %d waits, %d left", sent, got, rounds, left)
+}
+
+// expectFile fails t unless path is a regular file (not a link) with
+// permissions perm holding want.
+func expectFile(t *testing.T, path string, perm os.FileMode, want string) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm() != perm {
+		t.Errorf("%s: mode %v, want a regular file with %v", path, fi.Mode(), perm)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != want {
+		t.Errorf("%s holds %q (%v), want %q", path, b, err, want)
+	}
 }
