@@ -324,15 +324,22 @@ func TestIntegrationCLIInterrupt(t *testing.T) {
 		waitFor(t, fmt.Sprintf("%d clients to connect", n), func() bool { return d.stats().Clients == n+1 })
 	}
 
-	t.Run("send reading stdin", func(t *testing.T) {
+	// heldSend starts a send whose stdin the test holds open, and waits
+	// until it is connected.
+	heldSend := func(t *testing.T) (*exec.Cmd, io.WriteCloser, chan struct{}, *syncBuffer) {
 		cmd := exec.Command(bin.machq, "send", "--socket", d.socket, "--queue", "interrupted")
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stdin.Close()
 		done, _, stderr := started(t, cmd)
+		t.Cleanup(func() { stdin.Close() }) // before started's cleanup, which waits for the exit
 		connected(1)
+		return cmd, stdin, done, stderr
+	}
+
+	t.Run("send reading stdin", func(t *testing.T) {
+		cmd, stdin, done, stderr := heldSend(t)
 		// Half a payload, and the pipe held open.
 		if _, err := io.WriteString(stdin, "half a payload"); err != nil {
 			t.Fatal(err)
@@ -351,14 +358,7 @@ func TestIntegrationCLIInterrupt(t *testing.T) {
 	})
 
 	t.Run("send terminated", func(t *testing.T) {
-		cmd := exec.Command(bin.machq, "send", "--socket", d.socket, "--queue", "interrupted")
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer stdin.Close()
-		done, _, stderr := started(t, cmd)
-		connected(1)
+		cmd, _, done, stderr := heldSend(t)
 		cmd.Process.Signal(syscall.SIGTERM)
 		if code := exitWithin(t, done, cmd, deadline); code != 143 {
 			t.Fatalf("send after SIGTERM: exit %d, want 143; stderr %q", code, stderr)
