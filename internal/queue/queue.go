@@ -195,7 +195,9 @@ func (q *Queue) pop() *Message {
 // mayBeIdle tells the registry, if any, that q may have become idle: it
 // is empty, and may have no waiters. q.mu is held.
 func (q *Queue) mayBeIdle() {
-	if q.idle != nil && q.n == 0 && len(q.waiters) == 0 {
+	// Load first: a queue emptied by every retrieve must not write the
+	// registry's shared flag each time.
+	if q.idle != nil && q.n == 0 && len(q.waiters) == 0 && !q.idle.Load() {
 		q.idle.Store(true)
 	}
 }
