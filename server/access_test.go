@@ -149,20 +149,29 @@ func TestOwnedQueues(t *testing.T) {
 	root := dial(t, path) // this test runs as root
 	expectMessage(t, ctx, root, "mine", "secret", "root retrieving from an owned queue")
 
-	// A queue made without the flag stays open to all.
+	// A queue made without the flag stays open to all, and an owned
+	// request on it is refused: a store that insists on a queue of its
+	// own never lands in one others read.
 	if err := root.Send(ctx, "shared", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := owner.Send(ctx, "shared", []byte("y")); err != nil {
-		t.Fatalf("an owned request on an existing open queue: %v", err)
+	if err := owner.Send(ctx, "shared", []byte("y")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "open to every user") {
+		t.Fatalf("an owned request on an existing open queue: %v; want ErrDenied saying the queue is open", err)
 	}
-	if err := stranger.Send(ctx, "shared", []byte("z")); err != nil {
-		t.Fatalf("an open queue after an owned request used it: %v", err)
+	if _, err := owner.Retrieve(ctx, "shared"); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("an owned retrieve from an open queue: %v; want ErrDenied", err)
+	}
+	plain, err := dialAs(t, path, 4343, 4343)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Send(ctx, "shared", []byte("z")); err != nil {
+		t.Fatalf("an open queue refused a plain store: %v", err)
 	}
 
 	// Emptied and removed, the open queue cannot be claimed while the
 	// server remembers it, and the owned one keeps its owner.
-	for range 3 {
+	for range 2 {
 		m, err := root.Retrieve(ctx, "shared")
 		if err != nil {
 			t.Fatal(err)
@@ -170,18 +179,26 @@ func TestOwnedQueues(t *testing.T) {
 		m.Close()
 	}
 	for _, q := range srv.Stats().Queues { // STATS sweeps idle queues
-		if q.Name == "shared" || q.Name == "mine" {
-			t.Fatalf("idle queue %s still listed", q.Name)
+		if q.Name == "shared" {
+			t.Fatalf("idle open queue %s still listed", q.Name)
+		}
+		if q.Name == "mine" && (q.Owner == nil || *q.Owner != 4242) {
+			t.Fatalf("idle owned queue mine lost its owner: %v", q.Owner)
 		}
 	}
-	if err := stranger.Send(ctx, "shared", []byte("claim?")); err != nil {
-		t.Fatal(err)
+	if err := stranger.Send(ctx, "shared", []byte("claim?")); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("an idle open queue the server remembers was claimed as an owned one: %v", err)
 	}
-	if err := owner.Send(ctx, "shared", []byte("still open")); err != nil {
+	if err := plain.Send(ctx, "shared", []byte("still open")); err != nil {
 		t.Fatalf("an idle open queue was taken over: %v", err)
 	}
 	if err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("an idle owned queue lost its owner: %v", err)
+	}
+	// Root may use an owned queue, but not insist on it as its own.
+	rootOwned := dial(t, path, machq.WithOwnedQueues())
+	if err := rootOwned.Send(ctx, "mine", []byte("root")); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("root's owned store into uid 4242's queue: %v; want ErrDenied", err)
 	}
 
 	// A RETRIEVE without a wait creates nothing, OWNED or not: it cannot

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,18 +12,23 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/machq/machq/internal/naming"
-	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/wire"
 )
 
 var errConnReset = unix.ECONNRESET
 
 // maxOutbox is how many response bytes may wait for a client before the
-// server stops reading its requests: a client that pipelines without
-// reading answers gets backpressure, not unbounded server memory.
-const maxOutbox = 4 << 20
+// server stops reading its requests and stops delivering messages to its
+// waiting retrieves: a client that pipelines without reading answers gets
+// backpressure, and one that waits without reading gets no more messages
+// (they stay queued, for others or for later), not unbounded server
+// memory. maxOutboxPages bounds the pages waiting likewise.
+const (
+	maxOutbox      = 4 << 20
+	maxOutboxPages = 64
+)
 
 // conn serves one client connection. Its reader goroutine (serve) decodes
 // and handles requests in order and, before it waits for more, sends the
@@ -41,7 +45,13 @@ type conn struct {
 	id   uint64
 	uc   *net.UnixConn
 	log  *slog.Logger
-	info bool // info-level logging enabled: skip building log records otherwise
+	info bool          // info-level logging enabled: skip building log records otherwise
+	acct *quota.Account // the peer's user: what it stores is charged there
+	// version is the protocol version agreed at the handshake.
+	version uint16
+	// frameDeadline is set while a read deadline bounds the rest of a
+	// partly received frame.
+	frameDeadline bool
 
 	private *queue.Queue
 	hello   bool
@@ -53,7 +63,8 @@ type conn struct {
 	out      []byte
 	outFDs   []int
 	fdAt     []int            // byte offset in out of the frame carrying outFDs[i]
-	outMsgs  []*queue.Message // messages whose pages are in outFDs: release after sending
+	outMsgs  []*queue.Message // messages in out or outFDs: release after sending
+	writing  int              // bytes of the outbox being written now
 	closed   bool             // no more responses may be queued
 	stopping bool             // Shutdown asked the reader to stop
 	flushing bool             // a goroutine is writing the outbox
@@ -71,13 +82,15 @@ type conn struct {
 	lastWarn   time.Time
 	suppressed int
 	waits      map[uint64]*waiter
+	parked     []*waiter // waits skipped as Busy, to resume once the outbox drains
 	wake       chan struct{}
 	quit       chan struct{} // closed when the writer must flush and exit
 }
 
-func newConn(s *Server, uc *net.UnixConn, cred *unix.Ucred, credErr error) *conn {
+func newConn(s *Server, uc *net.UnixConn, cred *unix.Ucred, credErr error, acct *quota.Account) *conn {
 	c := &conn{
 		s:       s,
+		acct:    acct,
 		id:      s.nextConn.Add(1),
 		uc:      uc,
 		cred:    cred,
@@ -123,6 +136,8 @@ func (c *conn) serve() {
 	c.mu.Lock()
 	waits := c.waits
 	c.waits = nil
+	c.parked = nil
+	c.acct.Unwait(len(waits))
 	c.mu.Unlock()
 	code, msg := wire.CodeCancelled, "connection closing"
 	if c.s.closing.Load() {
@@ -182,7 +197,16 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 			c.flush()
 		}
 		f, err := rd.ReadFrame()
+		if err == nil && c.frameDeadline {
+			c.endFrameDeadline()
+		}
 		if err != nil {
+			if c.frameDeadline && c.hello && errors.Is(err, os.ErrDeadlineExceeded) && !c.s.closing.Load() {
+				msg := fmt.Sprintf("a frame did not arrive whole within %s of its first byte; send each frame at once (machqd --frame-timeout)", c.s.cfg.FrameTimeout)
+				c.log.Warn("closing connection: stalled frame", "err", msg)
+				c.sendError(0, wire.CodeMalformed, msg)
+				return "stalled frame"
+			}
 			if !c.hello && errors.Is(err, os.ErrDeadlineExceeded) && !c.s.closing.Load() {
 				msg := fmt.Sprintf("no HELLO within %s of connecting; a connection must start with HELLO", c.s.cfg.HandshakeTimeout)
 				c.log.Warn("closing connection: silent client", "err", msg)
@@ -239,6 +263,12 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		}
 		return c.handleHello(f)
 	}
+	switch {
+	case f.Op == wire.OpDisown && c.version >= 2:
+		c.noFDs(f)
+		c.handleDisown(f)
+		return false
+	}
 	switch f.Op {
 	case wire.OpStore:
 		c.handleStore(f)
@@ -277,17 +307,18 @@ func (c *conn) handleHello(f wire.Frame) bool {
 		c.sendError(f.ID, wire.CodeMalformed, err.Error())
 		return true
 	}
-	if h.MinVersion > wire.Version || h.MaxVersion < wire.Version {
-		c.sendError(f.ID, wire.CodeVersion, fmt.Sprintf("client speaks protocol versions %d to %d, this server speaks %d; upgrade the older side", h.MinVersion, h.MaxVersion, wire.Version))
+	if h.MinVersion > wire.Version || h.MaxVersion < wire.MinVersion || h.MinVersion > h.MaxVersion {
+		c.sendError(f.ID, wire.CodeVersion, fmt.Sprintf("client speaks protocol versions %d to %d, this server speaks %d to %d; upgrade the older side", h.MinVersion, h.MaxVersion, wire.MinVersion, wire.Version))
 		return true
 	}
+	c.version = min(h.MaxVersion, wire.Version)
 	c.hello = true
 	c.mu.Lock()
 	if !c.stopping { // Shutdown's deadline must stand
 		c.uc.SetReadDeadline(time.Time{})
 	}
 	c.out = wire.AppendWelcome(c.out, f.ID, wire.Welcome{
-		Version:    wire.Version,
+		Version:    c.version,
 		MaxInline:  uint32(c.s.cfg.MaxInline),
 		MaxFrame:   wire.MaxFrameSize,
 		MaxMessage: uint64(c.s.cfg.MaxMessageSize),
@@ -298,316 +329,9 @@ func (c *conn) handleHello(f wire.Frame) bool {
 	return false
 }
 
-// queueFor returns the queue a request names, held until c.release: the
-// private queue for the empty name. Unless create is set, a named queue
-// that does not exist is not created: queueFor then returns nil and no
-// error. With FlagOwned in flags, a named queue it creates is restricted
-// to this connection's user. A refusal comes with its code.
-func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wire.Code, error) {
-	if len(name) == 0 {
-		return c.private, 0, nil
-	}
-	if err := naming.ValidQueueName(name); err != nil {
-		return nil, wire.CodeBadQueueName, err
-	}
-	var q *queue.Queue
-	if create {
-		var owner *uint32
-		if flags&wire.FlagOwned != 0 && c.cred != nil {
-			owner = &c.cred.Uid
-		}
-		var err error
-		if q, err = c.s.named.Acquire(name, owner); err != nil {
-			max := c.s.cfg.Limits.MaxQueues
-			return nil, wire.CodeLimit, limitError(fmt.Sprintf("cannot create queue %s: the server holds too many named queues", name), int64(c.s.named.Len()), int64(max), "max-queues", "use fewer queue names, or raise the limit")
-		}
-	} else if q = c.s.named.Lookup(name); q == nil {
-		return nil, 0, nil
-	}
-	if owner, ok := q.Owner(); ok && (c.cred == nil || (c.cred.Uid != owner && c.cred.Uid != 0)) {
-		c.s.named.Release(q)
-		return nil, wire.CodeForbidden, fmt.Errorf("queue %s belongs to uid %d; only that user (or root) may use it: choose another queue name", q.Name(), owner)
-	}
-	return q, 0, nil
-}
-
-// release ends the hold queueFor took on q.
-func (c *conn) release(q *queue.Queue) {
-	if q != nil && q != c.private {
-		c.s.named.Release(q)
-	}
-}
-
-func queueLabel(q *queue.Queue) string {
-	if q.Name() == "" {
-		return "(private)"
-	}
-	return q.Name()
-}
-
-func (c *conn) handleStore(f wire.Frame) {
-	st, inline, err := wire.ParseStore(f.Header, f.Body)
-	if err != nil {
-		wire.CloseFDs(f.FDs)
-		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
-		return
-	}
-	m, code, err := c.admit(f, st, inline)
-	if err != nil {
-		c.sendError(f.ID, code, err.Error())
-		return
-	}
-	q, code, err := c.queueFor(st.Queue, f.Flags, true)
-	if err != nil {
-		m.Release()
-		c.sendError(f.ID, code, err.Error())
-		return
-	}
-	defer c.release(q)
-	isPage := m.FD >= 0 // m belongs to the queue once pushed
-	lim := &c.s.cfg.Limits
-	if held := c.s.total.messages.Load(); held >= lim.MaxStoredMessages {
-		m.Release()
-		c.sendError(f.ID, wire.CodeLimit, limitError("the server holds too many messages", held, lim.MaxStoredMessages, "max-stored-messages", "retrieve some, or raise the limit").Error())
-		return
-	}
-	if held := c.s.total.bytes.Load(); m.Size > lim.MaxStoredBytes-held {
-		m.Release()
-		c.sendError(f.ID, wire.CodeLimit, limitError(fmt.Sprintf("storing %d more bytes would pass the server's byte limit", m.Size), held, lim.MaxStoredBytes, "max-stored-bytes", "retrieve some, or raise the limit").Error())
-		return
-	}
-	if held := c.s.total.pages.Load(); isPage && held >= lim.MaxStoredPages {
-		m.Release()
-		c.sendError(f.ID, wire.CodeLimit, limitError("the server holds too many pages (each an open descriptor)", held, lim.MaxStoredPages, "max-stored-pages", "retrieve some, send small payloads inline, or raise the limit with ulimit -n").Error())
-		return
-	}
-	maxMessages, maxBytes, flags := lim.MaxQueueMessages, lim.MaxQueueBytes, "queue"
-	if q == c.private {
-		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"
-	}
-	// STORED goes into the outbox before a waiter on this very connection
-	// (a RETRIEVE of the private queue) can be handed the message, so the
-	// client always learns of a store before it receives what it stored.
-	seq, ok := q.PushWithin(m, maxMessages, maxBytes, func(seq uint64) {
-		c.mu.Lock()
-		c.out = wire.AppendStored(c.out, f.ID, seq)
-		c.signal()
-		c.mu.Unlock()
-	})
-	if !ok {
-		size := m.Size
-		m.Release()
-		n, b := q.Len()
-		var err error
-		if int64(n) >= maxMessages {
-			err = limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+flags+"-messages", "retrieve some, or raise the limit")
-		} else {
-			err = limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+flags+"-bytes", "retrieve some, or raise the limit")
-		}
-		c.sendError(f.ID, wire.CodeLimit, err.Error())
-		return
-	}
-	if c.info {
-		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
-	}
-}
-
-// admit checks a STORE's payload and turns it into a queue.Message. It
-// takes ownership of f.FDs whatever the outcome.
-func (c *conn) admit(f wire.Frame, st wire.Store, inline []byte) (*queue.Message, wire.Code, error) {
-	fail := func(code wire.Code, err error) (*queue.Message, wire.Code, error) {
-		wire.CloseFDs(f.FDs)
-		return nil, code, err
-	}
-	if st.Size > uint64(c.s.cfg.MaxMessageSize) {
-		return fail(wire.CodeTooLarge, fmt.Errorf("payload of %d bytes exceeds the server's maximum of %d (machqd --max-message)", st.Size, c.s.cfg.MaxMessageSize))
-	}
-	m := &queue.Message{Size: int64(st.Size), FD: -1, DigestAlg: st.DigestAlg, Digest: string(st.Digest)}
-	if f.Flags&wire.FlagInline != 0 {
-		if len(f.FDs) > 0 {
-			return fail(wire.CodeBadDescriptor, fmt.Errorf("inline STORE carried %d descriptor(s); send the payload either inline or as one memfd", len(f.FDs)))
-		}
-		if len(inline) > c.s.cfg.MaxInline {
-			return fail(wire.CodeTooLarge, fmt.Errorf("inline payload of %d bytes exceeds the server's inline maximum of %d; send it as a sealed memfd", len(inline), c.s.cfg.MaxInline))
-		}
-		if f.Owned {
-			m.Inline = inline // read into memory of its own: keep it
-		} else {
-			m.Inline = append([]byte(nil), inline...)
-		}
-		return m, 0, nil
-	}
-	if len(f.FDs) != 1 {
-		return fail(wire.CodeBadDescriptor, fmt.Errorf("out-of-line STORE carried %d descriptors; it takes exactly one sealed memfd", len(f.FDs)))
-	}
-	if err := page.Check(f.FDs[0], int64(st.Size)); err != nil {
-		return fail(wire.CodeBadPage, err)
-	}
-	m.FD = f.FDs[0]
-	return m, 0, nil
-}
-
-// waiter is a RETRIEVE blocked on an empty queue.
-type waiter struct {
-	c     *conn
-	id    uint64
-	q     *queue.Queue
-	timer *time.Timer
-}
-
-// Deliver implements queue.Waiter. The queue's lock is held.
-func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) bool {
-	c := w.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || c.waits[w.id] != w {
-		return false
-	}
-	delete(c.waits, w.id)
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	c.appendMessage(w.id, q, m)
-	return true
-}
-
-var _ queue.Waiter = (*waiter)(nil)
-
-// handleRetrieve serves a RETRIEVE; it reports true when the connection
-// must close.
-func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
-	r, err := wire.ParseRetrieve(f.Body)
-	if err != nil {
-		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
-		return false
-	}
-	q, code, err := c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
-	if err != nil {
-		c.sendError(f.ID, code, err.Error())
-		return false
-	}
-	defer c.release(q)
-	if r.WaitMillis == 0 {
-		var m *queue.Message
-		if q != nil {
-			m = q.Pop()
-		}
-		if m == nil {
-			label := string(r.Queue)
-			if q != nil {
-				label = queueLabel(q)
-			}
-			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", label))
-			return false
-		}
-		c.mu.Lock()
-		c.appendMessage(f.ID, q, m)
-		c.mu.Unlock()
-		return false
-	}
-
-	w := &waiter{c: c, id: f.ID, q: q}
-	c.mu.Lock()
-	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits) >= max {
-		n := len(c.waits)
-		c.mu.Unlock()
-		c.sendError(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
-		return false
-	}
-	if _, dup := c.waits[f.ID]; dup {
-		c.mu.Unlock()
-		// An answer with this id would be ambiguous: end the connection.
-		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
-		return true
-	}
-	c.waits[f.ID] = w
-	c.mu.Unlock()
-
-	if m := q.PopOrWait(w); m != nil {
-		c.mu.Lock()
-		delete(c.waits, f.ID)
-		c.appendMessage(f.ID, q, m)
-		c.mu.Unlock()
-		return false
-	}
-	if c.info {
-		c.log.Info("waiting for a message", "queue", queueLabel(q), "id", f.ID, "wait_ms", r.WaitMillis)
-	}
-	if r.WaitMillis != wire.WaitForever {
-		c.mu.Lock()
-		if c.waits[f.ID] == w { // not delivered meanwhile
-			w.timer = time.AfterFunc(time.Duration(r.WaitMillis)*time.Millisecond, func() {
-				c.expire(w, wire.CodeEmpty, fmt.Sprintf("queue %s stayed empty for the %dms wait", queueLabel(q), r.WaitMillis))
-			})
-		}
-		c.mu.Unlock()
-	}
-	return false
-}
-
-// expire ends a wait that is still pending with an error response.
-func (c *conn) expire(w *waiter, code wire.Code, msg string) {
-	if !w.q.CancelWait(w) {
-		return // a message was delivered first
-	}
-	c.mu.Lock()
-	if c.waits != nil && c.waits[w.id] != w {
-		c.mu.Unlock()
-		return
-	}
-	// c.waits is nil while the connection tears down: the teardown will
-	// find w no longer waiting, so answer it here.
-	delete(c.waits, w.id)
-	c.mu.Unlock()
-	c.sendError(w.id, code, msg)
-}
-
-func (c *conn) handleCancel(f wire.Frame) {
-	target, err := wire.ParseCancel(f.Body)
-	if err != nil {
-		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
-		return
-	}
-	c.mu.Lock()
-	w := c.waits[target]
-	if w != nil && w.timer != nil {
-		w.timer.Stop()
-	}
-	c.mu.Unlock()
-	if w != nil {
-		c.expire(w, wire.CodeCancelled, "retrieve cancelled by the client")
-	}
-}
-
-func (c *conn) handleStat(f wire.Frame) {
-	doc, err := statsDoc(c.s.Stats())
-	if err != nil {
-		c.sendError(f.ID, wire.CodeInternal, err.Error())
-		return
-	}
-	c.mu.Lock()
-	c.out = wire.AppendStats(c.out, f.ID, doc)
-	c.signal()
-	c.mu.Unlock()
-}
-
-// statsDoc encodes st as JSON that fits in one frame, listing only as many
-// named queues as fit and saying how many were left out.
-func statsDoc(st Stats) ([]byte, error) {
-	limit := wire.MaxFrameSize - wire.HeaderSize
-	all := st.Queues
-	for n := len(all); ; n /= 2 {
-		st.Queues = all[:n]
-		st.QueuesOmitted = len(all) - n
-		doc, err := json.Marshal(st)
-		if err != nil || len(doc) <= limit {
-			return doc, err
-		}
-	}
-}
-
-// appendMessage queues a MESSAGE response for m, taking ownership of m.
-// c.mu is held on entry.
+// appendMessage queues a MESSAGE response for m, taking ownership of m:
+// it stays charged to its account until the response is written. c.mu is
+// held on entry.
 func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 	if c.info {
 		c.log.Info("dequeued", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id)
@@ -619,10 +343,38 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 	} else {
 		c.fdAt = append(c.fdAt, len(c.out))
 		c.outFDs = append(c.outFDs, m.FD)
-		c.outMsgs = append(c.outMsgs, m)
 		c.out = wire.AppendMessage(c.out, id, wm, nil, true)
 	}
+	c.outMsgs = append(c.outMsgs, m)
 	c.signal()
+}
+
+// outboxFull reports whether the client has so much unsent that it must
+// receive no further message until it reads. c.mu is held.
+func (c *conn) outboxFull() bool {
+	return len(c.out)+c.writing >= maxOutbox || len(c.outFDs) >= maxOutboxPages
+}
+
+// startFrameDeadline bounds the time the rest of a partly received frame
+// may take; the reader calls it before it waits for that rest.
+func (c *conn) startFrameDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopping || !c.hello {
+		return // Shutdown's or the handshake's deadline stands
+	}
+	c.uc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+	c.frameDeadline = true
+}
+
+// endFrameDeadline lifts the deadline of a frame that has arrived.
+func (c *conn) endFrameDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.frameDeadline = false
+	if !c.stopping {
+		c.uc.SetReadDeadline(time.Time{})
+	}
 }
 
 // warnEvery bounds the warnings one connection's failed requests log: at
@@ -700,6 +452,7 @@ func (c *conn) flush() bool {
 	for len(c.out) > 0 {
 		buf, fds, fdAt, msgs := c.out, c.outFDs, c.fdAt, c.outMsgs
 		c.out, c.outFDs, c.fdAt, c.outMsgs = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0]
+		c.writing = len(buf)
 		c.cond.Broadcast()
 		c.mu.Unlock()
 
@@ -715,6 +468,7 @@ func (c *conn) flush() bool {
 			c.uc.Close() // the reader notices and tears down
 			c.mu.Lock()
 			c.flushing = false
+			c.writing = 0
 			c.mu.Unlock()
 			c.discardOutbox()
 			return false
@@ -723,11 +477,16 @@ func (c *conn) flush() bool {
 			c.log.Info("responded", "bytes", len(buf), "pages", len(fds))
 		}
 		c.mu.Lock()
+		c.writing = 0
 		c.spare, c.spareFDs, c.spareFdAt, c.spareMsgs = buf[:0], fds[:0], fdAt[:0], msgs[:0]
 	}
 	c.flushing = false
 	c.cond.Broadcast()
+	resume := len(c.parked) > 0 && !c.closed
 	c.mu.Unlock()
+	if resume {
+		c.resumeParked()
+	}
 	return true
 }
 

@@ -13,11 +13,19 @@ import (
 // request over a limit fails alone with a LIMIT error naming the limit;
 // the connection and everything already stored stay.
 //
-// Payloads count by their declared size whether they travel inline or as
-// pages, since a page's memory is real memory even though the server never
-// maps it. The totals are checked before each store, so concurrent stores
-// on different connections may pass a total limit by at most one message
-// each; the per-queue limits are exact.
+// A message counts from the moment the server accepts it until it lets go
+// of it: in a queue, in a connection's unsent responses or in a write
+// under way alike, against the totals and against the user id that
+// stored it. Payloads count by their declared size whether they travel
+// inline or as pages, since a page's memory is real memory even though
+// the server never maps it. The totals and per-uid limits are never
+// passed, even by concurrent stores; the per-queue limits may be passed
+// by one message when a consumer waiting on the queue turns out unable to
+// take it.
+//
+// The per-uid defaults are the totals when the server admits no user but
+// its own and root; when Access admits others, they are half the totals,
+// so that one user can never take everything from the rest.
 type Limits struct {
 	// MaxConnections bounds the connections served at once. Default 4096.
 	MaxConnections int
@@ -25,10 +33,17 @@ type Limits struct {
 	// Default 1024.
 	MaxConnectionsPerUID int
 	// MaxStoredMessages and MaxStoredBytes bound what all queues hold
-	// together, private and named. Defaults 16,777,216 messages and half
-	// of the machine's memory.
+	// together, private and named, with what waits to be written to
+	// consumers. Defaults 16,777,216 messages and half of the machine's
+	// memory.
 	MaxStoredMessages int64
 	MaxStoredBytes    int64
+	// MaxStoredMessagesPerUID, MaxStoredBytesPerUID and
+	// MaxStoredPagesPerUID bound what one user id's stores make the
+	// server hold, wherever the messages are.
+	MaxStoredMessagesPerUID int64
+	MaxStoredBytesPerUID    int64
+	MaxStoredPagesPerUID    int64
 	// MaxQueueMessages and MaxQueueBytes bound one named queue. Defaults:
 	// the totals.
 	MaxQueueMessages int64
@@ -38,19 +53,33 @@ type Limits struct {
 	MaxPrivateMessages int64
 	MaxPrivateBytes    int64
 	// MaxQueues bounds the named queues that exist at once. An empty
-	// queue nobody waits on or owns does not count for long: it is
-	// removed before the limit is enforced. Default 65,536.
+	// open queue nobody waits on does not count for long: it is removed
+	// before the limit is enforced. An owned queue counts until its owner
+	// releases it. Default 65,536.
 	MaxQueues int
+	// MaxQueuesPerUID bounds the named queues one user id has created
+	// that exist at once.
+	MaxQueuesPerUID int
 	// MaxWaiting bounds the RETRIEVEs of one connection waiting for a
 	// message at once. Default 4096.
 	MaxWaiting int
-	// MaxStoredPages bounds the out-of-line messages stored in all queues:
-	// each holds a descriptor open. Default three quarters of the
-	// process's descriptor limit (RLIMIT_NOFILE), which leaves the rest
-	// for connections and for descriptors in flight, so that a page sent
-	// near the limit is refused with a LIMIT error rather than dropped by
-	// the kernel.
+	// MaxWaitingTotal bounds the RETRIEVEs waiting at once on all
+	// connections, and MaxWaitingPerUID those of one user id. Default
+	// 65,536 in all.
+	MaxWaitingTotal  int64
+	MaxWaitingPerUID int64
+	// MaxStoredPages bounds the out-of-line messages held in all: each
+	// holds a descriptor open. Default three quarters of the process's
+	// descriptor limit (RLIMIT_NOFILE).
 	MaxStoredPages int64
+	// MaxDescriptors bounds the descriptors that pages and connections
+	// take together (a connection takes its socket and room for the
+	// descriptors it may have in flight). Default the descriptor limit
+	// less a reserve of DescriptorReserve, which keeps accepting a
+	// connection, receiving a frame's descriptor and answering with an
+	// error from ever failing for want of a descriptor: near the limit,
+	// new pages and connections are refused with LIMIT instead.
+	MaxDescriptors int64
 }
 
 // Limit defaults; see Limits.
@@ -60,13 +89,19 @@ const (
 	DefaultMaxStoredMessages    = 1 << 24
 	DefaultMaxPrivateMessages   = 1 << 22
 	DefaultMaxWaiting           = 4096
+	DefaultMaxWaitingTotal      = 1 << 16
 	DefaultMaxQueues            = 1 << 16
+	// DescriptorReserve is how many descriptors of the process's limit
+	// the default MaxDescriptors keeps back for listeners, logs and the
+	// moments between accepting or receiving a descriptor and refusing
+	// it.
+	DescriptorReserve = 64
 )
 
 // unlimited stands for "no limit" once defaults are applied.
 const unlimited = int64(1<<63 - 1)
 
-func (l *Limits) setDefaults() {
+func (l *Limits) setDefaults(shared bool) {
 	pick := func(v *int64, def int64) {
 		switch {
 		case *v == 0:
@@ -83,10 +118,18 @@ func (l *Limits) setDefaults() {
 			*v = int(unlimited)
 		}
 	}
+	// share is the default of a per-uid limit whose total is total.
+	share := func(total int64) int64 {
+		if !shared || total == unlimited {
+			return total
+		}
+		return max(total/2, 1)
+	}
 	pickInt(&l.MaxConnections, DefaultMaxConnections)
 	pickInt(&l.MaxConnectionsPerUID, DefaultMaxConnectionsPerUID)
 	pickInt(&l.MaxWaiting, DefaultMaxWaiting)
 	pickInt(&l.MaxQueues, DefaultMaxQueues)
+	pickInt(&l.MaxQueuesPerUID, int(share(int64(l.MaxQueues))))
 	pick(&l.MaxStoredMessages, DefaultMaxStoredMessages)
 	pick(&l.MaxStoredBytes, halfOfMemory())
 	pick(&l.MaxQueueMessages, l.MaxStoredMessages)
@@ -94,6 +137,22 @@ func (l *Limits) setDefaults() {
 	pick(&l.MaxPrivateMessages, DefaultMaxPrivateMessages)
 	pick(&l.MaxPrivateBytes, l.MaxStoredBytes)
 	pick(&l.MaxStoredPages, pagesForDescriptorLimit())
+	pick(&l.MaxDescriptors, descriptorBudget())
+	pick(&l.MaxStoredMessagesPerUID, share(l.MaxStoredMessages))
+	pick(&l.MaxStoredBytesPerUID, share(l.MaxStoredBytes))
+	pick(&l.MaxStoredPagesPerUID, share(l.MaxStoredPages))
+	pick(&l.MaxWaitingTotal, DefaultMaxWaitingTotal)
+	pick(&l.MaxWaitingPerUID, share(l.MaxWaitingTotal))
+}
+
+// descriptorBudget returns the soft descriptor limit less
+// DescriptorReserve, or no limit if it cannot be read.
+func descriptorBudget() int64 {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > uint64(unlimited) {
+		return unlimited
+	}
+	return max(int64(rl.Cur)-DescriptorReserve, 1)
 }
 
 // pagesForDescriptorLimit returns three quarters of the soft descriptor

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,12 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -24,6 +27,12 @@ var ErrServerClosed = errors.New("machq: server closed")
 
 // DefaultMaxMessageSize is the default for Config.MaxMessageSize: 4 GiB.
 const DefaultMaxMessageSize = 4 << 30
+
+// DefaultFrameTimeout is the default for Config.FrameTimeout. A client
+// writes a frame with one sendmsg, and the server reads it as it comes: on
+// a Unix socket the whole of even the largest frame arrives in
+// milliseconds.
+const DefaultFrameTimeout = 3 * time.Second
 
 // Config configures a Server. The zero value is ready to use.
 type Config struct {
@@ -51,6 +60,12 @@ type Config struct {
 	// HELLO; a client that connects and sends nothing is disconnected
 	// after it. Zero means 10s.
 	HandshakeTimeout time.Duration
+
+	// FrameTimeout bounds how long the rest of a frame may take to arrive
+	// once its first byte has: a client that starts a frame and stalls is
+	// disconnected after it, so that partly received frames cannot pin
+	// the server's memory. Zero means DefaultFrameTimeout.
+	FrameTimeout time.Duration
 
 	// Limits bounds connections and what they may store.
 	Limits Limits
@@ -84,7 +99,10 @@ func (c *Config) setDefaults() error {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
 	}
-	c.Limits.setDefaults()
+	if c.FrameTimeout <= 0 {
+		c.FrameTimeout = DefaultFrameTimeout
+	}
+	c.Limits.setDefaults(c.Access.open())
 	return nil
 }
 
@@ -93,8 +111,9 @@ func (c *Config) setDefaults() error {
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
-	named *queue.Registry
-	total totals
+	named  *queue.Registry
+	total  totals // what the queues hold
+	ledger *quota.Ledger
 	pid   uint32
 
 	nextConn atomic.Uint64
@@ -104,13 +123,13 @@ type Server struct {
 	listeners map[*net.UnixListener]struct{}
 	checkIns  map[*net.UnixListener]*naming.Registration // from Listen, released when served out
 	conns     map[*conn]struct{}
-	perUID    map[uint32]int // connections per peer user id
 	wg        sync.WaitGroup
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-// totals counts the messages and bytes held in every queue.
+// totals counts the messages and bytes held in every queue (the ledger
+// counts everything held, queued or not).
 type totals struct {
 	messages atomic.Int64
 	pages    atomic.Int64
@@ -138,10 +157,10 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[*net.UnixListener]struct{}),
 		checkIns:  make(map[*net.UnixListener]*naming.Registration),
 		conns:     make(map[*conn]struct{}),
-		perUID:    make(map[uint32]int),
 		done:      make(chan struct{}),
 	}
-	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues)
+	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues, s.cfg.Limits.MaxQueuesPerUID)
+	s.ledger = newLedger(&s.cfg.Limits)
 	return s, nil
 }
 
@@ -207,10 +226,15 @@ func (s *Server) closeListener(l *net.UnixListener) {
 }
 
 // track registers a new connection and starts serving it, unless it is
-// over a connection limit (then it is refused with a LIMIT error and
-// closed). It reports false once shutdown has begun.
+// over a connection or descriptor limit (then it is refused with a LIMIT
+// error and closed). It reports false once shutdown has begun.
 func (s *Server) track(uc *net.UnixConn) bool {
 	cred, credErr := peerCred(uc)
+	uid := unknownUID
+	if cred != nil {
+		uid = cred.Uid
+	}
+	acct := s.ledger.Account(uid)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing.Load() {
@@ -226,8 +250,12 @@ func (s *Server) track(uc *net.UnixConn) bool {
 	case refusal != "":
 	case len(s.conns) >= lim.MaxConnections:
 		refusal = limitError("too many connections", int64(len(s.conns)), int64(lim.MaxConnections), "max-connections", "close idle clients or raise the limit").Error()
-	case cred != nil && s.perUID[cred.Uid] >= lim.MaxConnectionsPerUID:
-		refusal = limitError(fmt.Sprintf("too many connections for uid %d", cred.Uid), int64(s.perUID[cred.Uid]), int64(lim.MaxConnectionsPerUID), "max-connections-per-uid", "close idle clients or raise the limit").Error()
+	case acct.Connections() >= int64(lim.MaxConnectionsPerUID):
+		refusal = limitError(fmt.Sprintf("too many connections for uid %d", uid), acct.Connections(), int64(lim.MaxConnectionsPerUID), "max-connections-per-uid", "close idle clients or raise the limit").Error()
+	default:
+		if err := acct.Connect(); err != nil {
+			refusal = refusalError(err, 0).Error()
+		}
 	}
 	if refusal != "" {
 		attrs := []any{"err", refusal}
@@ -242,23 +270,16 @@ func (s *Server) track(uc *net.UnixConn) bool {
 		uc.Close()
 		return true
 	}
-	c := newConn(s, uc, cred, credErr)
+	c := newConn(s, uc, cred, credErr, acct)
 	s.conns[c] = struct{}{}
-	if cred != nil {
-		s.perUID[cred.Uid]++
-	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		c.serve()
 		s.mu.Lock()
 		delete(s.conns, c)
-		if cred != nil {
-			if s.perUID[cred.Uid]--; s.perUID[cred.Uid] == 0 {
-				delete(s.perUID, cred.Uid)
-			}
-		}
 		s.mu.Unlock()
+		acct.Disconnect()
 	}()
 	return true
 }
@@ -343,10 +364,22 @@ func (s *Server) freeAll() {
 
 // Stats describes the server at one instant.
 type Stats struct {
-	Clients  int   `json:"clients"`  // connected clients
-	Messages int64 `json:"messages"` // messages stored, private and named queues
-	Bytes    int64 `json:"bytes"`    // payload bytes stored, private and named queues
-	Pages    int64 `json:"pages"`    // messages stored as pages (each an open descriptor)
+	Clients int `json:"clients"` // connected clients
+	// Messages, Bytes and Pages count everything the server holds:
+	// messages in private and named queues and messages on their way to
+	// consumers (Unsent), which count against the same limits.
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	Pages    int64 `json:"pages"` // messages held as pages (each an open descriptor)
+	// Unsent is the part of the above taken from queues and waiting to be
+	// written to consumers that have not read them yet.
+	Unsent Held `json:"unsent"`
+	// Waiting counts the retrieves waiting for a message.
+	Waiting int64 `json:"waiting"`
+	// Descriptors is how many descriptors pages and connections take,
+	// DescriptorLimit how many they may (Limits.MaxDescriptors).
+	Descriptors     int64 `json:"descriptors"`
+	DescriptorLimit int64 `json:"descriptor_limit"`
 	// Goroutines is the number of goroutines of the server's process: it
 	// returns to its idle value once every client has left.
 	Goroutines int          `json:"goroutines"`
@@ -354,6 +387,29 @@ type Stats struct {
 	// QueuesOmitted counts named queues left out of Queues because the
 	// STATS frame could not hold them all.
 	QueuesOmitted int `json:"queues_omitted,omitempty"`
+	// Users is what each user id that is connected or has something
+	// stored holds, sorted by uid.
+	Users []UserStats `json:"users"`
+}
+
+// Held counts messages, their bytes and the pages among them.
+type Held struct {
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	Pages    int64 `json:"pages"`
+}
+
+// UserStats is one user id's share of what the server holds: what its
+// stores hold, wherever the messages are, the named queues it created,
+// and its connections and waiting retrieves.
+type UserStats struct {
+	UID         uint32 `json:"uid"`
+	Connections int64  `json:"connections"`
+	Messages    int64  `json:"messages"`
+	Bytes       int64  `json:"bytes"`
+	Pages       int64  `json:"pages"`
+	Queues      int    `json:"queues"`
+	Waiting     int64  `json:"waiting"`
 }
 
 // QueueStats describes one named queue.
@@ -376,14 +432,35 @@ func (s *Server) Stats() Stats {
 	for i, in := range infos {
 		qs[i] = QueueStats(in)
 	}
-	return Stats{
-		Clients:    clients,
-		Messages:   s.total.messages.Load(),
-		Bytes:      s.total.bytes.Load(),
-		Pages:      s.total.pages.Load(),
-		Goroutines: runtime.NumGoroutine(),
-		Queues:     qs,
+	held := s.ledger.Total()
+	queued := Held{Messages: s.total.messages.Load(), Bytes: s.total.bytes.Load(), Pages: s.total.pages.Load()}
+	fds, fdLimit := s.ledger.DescriptorsUsed()
+	st := Stats{
+		Clients:  clients,
+		Messages: held.Messages,
+		Bytes:    held.Bytes,
+		Pages:    held.Pages,
+		Unsent: Held{
+			Messages: max(held.Messages-queued.Messages, 0),
+			Bytes:    max(held.Bytes-queued.Bytes, 0),
+			Pages:    max(held.Pages-queued.Pages, 0),
+		},
+		Waiting:         held.Waiting,
+		Descriptors:     fds,
+		DescriptorLimit: fdLimit,
+		Goroutines:      runtime.NumGoroutine(),
+		Queues:          qs,
 	}
+	created := s.named.CreatedBy()
+	for _, u := range s.ledger.Users() {
+		st.Users = append(st.Users, UserStats{UID: u.UID, Connections: u.Connections, Messages: u.Messages, Bytes: u.Bytes, Pages: u.Pages, Waiting: u.Waiting, Queues: created[u.UID]})
+		delete(created, u.UID)
+	}
+	for uid, n := range created {
+		st.Users = append(st.Users, UserStats{UID: uid, Queues: n})
+	}
+	slices.SortFunc(st.Users, func(a, b UserStats) int { return cmp.Compare(a.UID, b.UID) })
+	return st
 }
 
 // isPeerGone reports errors that only mean the client went away.

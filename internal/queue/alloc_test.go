@@ -57,7 +57,7 @@ func TestPushPopAllocs(t *testing.T) {
 		t.Fatal("waiter lost the message")
 	}
 
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	get(r, []byte("jobs"))
 	name := []byte("jobs")
 	if got := testing.AllocsPerRun(1000, func() { get(r, name) }); got != 0 {
@@ -141,7 +141,7 @@ func TestQueuedMessageBookkeeping(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, inline := inlineStore(t, tc.alg)
-			r := queue.NewRegistry(&counter{}, 0)
+			r := queue.NewRegistry(&counter{}, 0, 0)
 			perMsg := storeMany(st, inline, r, storedMessages)
 			if n, _ := get(r, st.Queue).Len(); n != storedMessages {
 				t.Fatalf("queue holds %d messages, want %d", n, storedMessages)

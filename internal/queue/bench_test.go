@@ -58,7 +58,7 @@ func BenchmarkWaitDeliver(b *testing.B) {
 }
 
 func BenchmarkRegistryGet(b *testing.B) {
-	r := queue.NewRegistry(&counter{}, 0)
+	r := queue.NewRegistry(&counter{}, 0, 0)
 	for _, n := range []string{"alpha", "beta", "jobs", "zeta"} {
 		get(r, []byte(n))
 	}
@@ -88,9 +88,9 @@ func BenchmarkRegistryGet(b *testing.B) {
 // slotWaiter accepts one message at a time into m.
 type slotWaiter struct{ m *queue.Message }
 
-func (w *slotWaiter) Deliver(_ *queue.Queue, m *queue.Message) bool {
+func (w *slotWaiter) Deliver(_ *queue.Queue, m *queue.Message) queue.Delivery {
 	w.m = m
-	return true
+	return queue.Delivered
 }
 
 // BenchmarkStoreInline stores small inline messages the way the server
@@ -107,7 +107,7 @@ func BenchmarkStoreInline(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st, inline := inlineStore(b, tc.alg)
-			r := queue.NewRegistry(&counter{}, 0)
+			r := queue.NewRegistry(&counter{}, 0, 0)
 			var acked uint64
 			before := heapInUse()
 			b.ReportAllocs()

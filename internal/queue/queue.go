@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/quota"
 )
 
 // Message is one stored payload. A Message is owned by exactly one place
@@ -23,11 +25,18 @@ type Message struct {
 	Inline    []byte // payload carried inline, when FD is -1
 	DigestAlg uint8
 	Digest    string
+	// Charge is the account the message is charged to, from the moment
+	// the server accepted it until Release; nil if it is charged to none.
+	Charge *quota.Account
 }
 
-// Release closes the message's page, if it has one. It is safe to call
-// more than once.
+// Release discharges the message from its account and closes its page,
+// if it has one. It is safe to call more than once.
 func (m *Message) Release() {
+	if m.Charge != nil {
+		m.Charge.Unhold(m.Size, m.FD >= 0)
+		m.Charge = nil
+	}
 	if m.FD >= 0 {
 		unix.Close(m.FD)
 		m.FD = -1
@@ -38,12 +47,27 @@ func (m *Message) Release() {
 // Waiter is a consumer blocked on an empty queue. Implementations must be
 // comparable (pointers are), since CancelWait finds a waiter by ==.
 type Waiter interface {
-	// Deliver hands m to the waiter, which takes ownership of it. It is
-	// called with the queue's lock held and must not block or call back
-	// into the queue. It returns false if the waiter can no longer accept
-	// a message (its connection is gone); the queue then keeps m.
-	Deliver(q *Queue, m *Message) bool
+	// Deliver offers m to the waiter. It is called with the queue's lock
+	// held and must not block or call back into the queue. On Delivered
+	// the waiter has taken ownership of m and stops waiting; otherwise the
+	// queue keeps m and offers it to the next waiter or stores it.
+	Deliver(q *Queue, m *Message) Delivery
 }
+
+// Delivery is a Waiter's answer to a message offered to it.
+type Delivery uint8
+
+const (
+	// Delivered: the waiter took the message and stops waiting.
+	Delivered Delivery = iota
+	// Gone: the waiter can never take a message (its connection is
+	// closing); the queue forgets it.
+	Gone
+	// Busy: the waiter cannot take a message now (its consumer has not
+	// read what it was sent). The queue parks it, skipping it, until
+	// Resume puts it back in line.
+	Busy
+)
 
 // Counter is told of every change to the number of messages, of pages
 // (messages whose payload is a descriptor) and of bytes held by any queue,
@@ -63,20 +87,26 @@ func (m *Message) pages() int64 {
 
 // Queue is a FIFO of messages with a FIFO of waiters. It is safe for
 // concurrent use.
+//
+// Invariant: a queue that holds messages has no waiter in line (parked
+// waiters may exist: they are skipped until resumed).
 type Queue struct {
 	name    string
 	counter Counter
-	owner   *uint32      // the only user id that may use the queue; nil: anyone
+	reg     *Registry    // nil outside a Registry
 	refs    atomic.Int64 // holds taken through a Registry
-	idle    *atomic.Bool // set when the queue may have become idle; nil outside a Registry
+	creator uint32       // the user id that created it, in a Registry
 
 	mu      sync.Mutex
-	items   []*Message // ring buffer
+	owner   *uint32 // the only user id that may use the queue; nil: anyone
+	items   []*Message
 	head    int
 	n       int
 	bytes   int64
 	nextSeq uint64
-	waiters []Waiter
+	waiters []Waiter // in line, oldest first
+	parked  []Waiter // skipped while Busy, until Resume
+	listed  bool     // on the registry's list of queues that may be idle
 }
 
 // New returns an empty queue. counter may be nil.
@@ -89,6 +119,8 @@ func (q *Queue) Name() string { return q.name }
 
 // Owner returns the user id the queue is restricted to, if it is.
 func (q *Queue) Owner() (uid uint32, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.owner == nil {
 		return 0, false
 	}
@@ -96,10 +128,11 @@ func (q *Queue) Owner() (uid uint32, ok bool) {
 }
 
 // Push appends m, assigning its sequence number, or hands it straight to
-// the oldest waiter. It takes ownership of m and returns the sequence
-// number. If stored is not nil it is called with the sequence number,
-// under the queue's lock, before any waiter sees m: a server uses it to
-// acknowledge the store before the message can be delivered.
+// the oldest waiter that can take it. It takes ownership of m and returns
+// the sequence number. If stored is not nil it is called with the
+// sequence number, under the queue's lock, before any waiter sees m: a
+// server uses it to acknowledge the store before the message can be
+// delivered.
 func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -108,8 +141,10 @@ func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 
 // PushWithin is Push unless the queue would then hold more than
 // maxMessages messages or maxBytes payload bytes: it then keeps nothing,
-// does not call stored, and returns false. A message handed straight to a
-// waiting consumer is never refused, since the queue does not keep it.
+// does not call stored, and returns false. A message for which a waiter
+// is in line is not refused: it is handed over, unless every waiter turns
+// out unable to take it, and then stored past the limit by that one
+// message.
 func (q *Queue) PushWithin(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -135,9 +170,12 @@ func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 		} else {
 			q.waiters = q.waiters[1:]
 		}
-		if w.Deliver(q, m) {
+		switch w.Deliver(q, m) {
+		case Delivered:
 			q.mayBeIdle()
 			return m.Seq
+		case Busy:
+			q.parked = append(q.parked, w)
 		}
 	}
 	q.append(m)
@@ -146,6 +184,17 @@ func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 
 // append adds m at the tail. q.mu is held on entry.
 func (q *Queue) append(m *Message) {
+	q.grow()
+	q.items[(q.head+q.n)%len(q.items)] = m
+	q.n++
+	q.bytes += m.Size
+	if q.counter != nil {
+		q.counter.Add(1, m.pages(), m.Size)
+	}
+}
+
+// grow makes room for one more message. q.mu is held on entry.
+func (q *Queue) grow() {
 	if q.n == len(q.items) {
 		grown := make([]*Message, max(8, 2*len(q.items)))
 		for i := 0; i < q.n; i++ {
@@ -153,7 +202,30 @@ func (q *Queue) append(m *Message) {
 		}
 		q.items, q.head = grown, 0
 	}
-	q.items[(q.head+q.n)%len(q.items)] = m
+}
+
+// Requeue puts m, taken from q by Pop or Resume but not handed over,
+// back at the head, where it came from, keeping its sequence number. It
+// goes to a waiter in line if there is one (there is none when m was just
+// taken, unless one arrived since).
+func (q *Queue) Requeue(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.waiters) > 0 {
+		w := q.waiters[0]
+		q.waiters[0] = nil
+		q.waiters = q.waiters[1:]
+		switch w.Deliver(q, m) {
+		case Delivered:
+			q.mayBeIdle()
+			return
+		case Busy:
+			q.parked = append(q.parked, w)
+		}
+	}
+	q.grow()
+	q.head = (q.head - 1 + len(q.items)) % len(q.items)
+	q.items[q.head] = m
 	q.n++
 	q.bytes += m.Size
 	if q.counter != nil {
@@ -192,13 +264,18 @@ func (q *Queue) pop() *Message {
 	return m
 }
 
-// mayBeIdle tells the registry, if any, that q may have become idle: it
-// is empty, and may have no waiters. q.mu is held.
+// idle reports whether q holds nothing, nobody waits on it and nobody
+// owns it, so that a registry may remove it. q.mu is held.
+func (q *Queue) idle() bool {
+	return q.n == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil
+}
+
+// mayBeIdle puts q on its registry's list of queues to look at, if it is
+// idle and not listed already. q.mu is held.
 func (q *Queue) mayBeIdle() {
-	// Load first: a queue emptied by every retrieve must not write the
-	// registry's shared flag each time.
-	if q.idle != nil && q.n == 0 && len(q.waiters) == 0 && !q.idle.Load() {
-		q.idle.Store(true)
+	if q.reg != nil && !q.listed && q.idle() {
+		q.listed = true
+		q.reg.listIdle(q)
 	}
 }
 
@@ -214,19 +291,47 @@ func (q *Queue) PopOrWait(w Waiter) *Message {
 	return nil
 }
 
-// CancelWait removes w from the waiters. It reports whether w was still
-// waiting; false means a message has already been delivered to it.
+// Resume puts a parked waiter back: it returns the oldest message if
+// there is one (w then no longer waits, and the caller owns the message),
+// else puts w in line again and reports that it waits. It returns nil and
+// false if w is not parked (it was cancelled).
+func (q *Queue) Resume(w Waiter) (m *Message, waiting bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !remove(&q.parked, w) {
+		return nil, false
+	}
+	if m := q.pop(); m != nil {
+		return m, false
+	}
+	q.waiters = append(q.waiters, w)
+	return nil, true
+}
+
+// remove deletes w from *list, keeping the order, and reports whether it
+// was there.
+func remove(list *[]Waiter, w Waiter) bool {
+	l := *list
+	for i, x := range l {
+		if x == w {
+			copy(l[i:], l[i+1:])
+			l[len(l)-1] = nil
+			*list = l[:len(l)-1]
+			return true
+		}
+	}
+	return false
+}
+
+// CancelWait removes w from the waiters, in line or parked. It reports
+// whether w was still waiting; false means a message has already been
+// delivered to it.
 func (q *Queue) CancelWait(w Waiter) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for i, x := range q.waiters {
-		if x == w {
-			copy(q.waiters[i:], q.waiters[i+1:])
-			q.waiters[len(q.waiters)-1] = nil
-			q.waiters = q.waiters[:len(q.waiters)-1]
-			q.mayBeIdle()
-			return true
-		}
+	if remove(&q.waiters, w) || remove(&q.parked, w) {
+		q.mayBeIdle()
+		return true
 	}
 	return false
 }
@@ -251,11 +356,11 @@ func (q *Queue) Pages() int {
 	return n
 }
 
-// Waiting returns the number of registered waiters.
+// Waiting returns the number of registered waiters, parked ones included.
 func (q *Queue) Waiting() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.waiters)
+	return len(q.waiters) + len(q.parked)
 }
 
 // Drain removes every message, releases it, and returns how many messages

@@ -64,13 +64,13 @@ type waiter struct {
 	queues []*queue.Queue
 }
 
-func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) bool {
+func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) queue.Delivery {
 	if !w.accept {
-		return false
+		return queue.Gone
 	}
 	w.got = append(w.got, m)
 	w.queues = append(w.queues, q)
-	return true
+	return queue.Delivered
 }
 
 // newPageFD returns a sealed memfd holding data; the test owns it until
@@ -587,12 +587,12 @@ func TestReleaseIdempotent(t *testing.T) {
 // consumer registers it at most once at a time, so Deliver never blocks.
 type chanWaiter struct{ ch chan *queue.Message }
 
-func (w *chanWaiter) Deliver(_ *queue.Queue, m *queue.Message) bool {
+func (w *chanWaiter) Deliver(_ *queue.Queue, m *queue.Message) queue.Delivery {
 	select {
 	case w.ch <- m:
-		return true
+		return queue.Delivered
 	default:
-		return false
+		return queue.Gone
 	}
 }
 
@@ -730,7 +730,7 @@ func TestPushAcknowledgesBeforeDelivering(t *testing.T) {
 
 type recordingWaiter struct{ deliver func(*queue.Message) }
 
-func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) bool { r.deliver(m); return true }
+func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) queue.Delivery { r.deliver(m); return queue.Delivered }
 
 // TestCounterCountsPages checks that the counter learns how many of the
 // messages held are pages, the descriptors a server must budget for.

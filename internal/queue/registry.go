@@ -4,52 +4,74 @@ import (
 	"errors"
 	"sort"
 	"sync"
-	"sync/atomic"
 )
 
-// ErrTooManyQueues reports that creating one more named queue would pass
-// the registry's limit.
-var ErrTooManyQueues = errors.New("queue: too many named queues")
+// Errors of Acquire and Disown.
+var (
+	// ErrTooManyQueues reports that creating one more named queue would
+	// pass the registry's limit.
+	ErrTooManyQueues = errors.New("queue: too many named queues")
+	// ErrTooManyQueuesForUID reports that the user creating a queue has
+	// created as many as one user may.
+	ErrTooManyQueuesForUID = errors.New("queue: too many named queues created by this user")
+	// ErrNoQueue reports a name no queue has.
+	ErrNoQueue = errors.New("queue: no such queue")
+	// ErrNotOwner reports a queue that is not owned by the user asking.
+	ErrNotOwner = errors.New("queue: not owned by this user")
+	// ErrInUse reports a queue that still holds messages or waiters.
+	ErrInUse = errors.New("queue: holds messages or has waiters")
+)
 
 // Registry holds the named queues shared by every client. It is safe for
 // concurrent use.
 //
-// A named queue is created by its first use. One that is empty and has no
-// waiters is idle: the registry may remove it whenever nobody holds it,
-// and its next use creates it again. A removed queue is remembered (its
-// owner, or that it had none, and its next sequence number) for as long
-// as the last RememberedQueues removals, so that a queue created again
-// soon is the same queue to its users: its numbers continue and an open
-// queue cannot be claimed by someone else as an owned one. A name no
-// longer remembered is new again, though its numbers still continue
-// above any the registry has handed out under a forgotten name.
+// A named queue is created by its first use. One that is open (not
+// owned), empty and has no waiters is idle: the registry may remove it
+// whenever nobody holds it, and its next use creates it again. A removed
+// queue is remembered (that it was open, and its next sequence number)
+// for as long as the last RememberedQueues removals, so that a queue
+// created again soon is the same queue to its users: its numbers
+// continue and it cannot be claimed by someone else as an owned one. A
+// name no longer remembered is new again, though its numbers still
+// continue above any the registry has handed out under a forgotten name.
+//
+// An owned queue is never removed for being idle: its name stays its
+// owner's until the owner gives it up with Disown (or the registry is
+// gone), whatever anyone else does. Every queue counts against the limit
+// of queues its creator may have, so one user cannot take every name.
 //
 // A caller holds a queue from Acquire or Lookup until Release; a held
 // queue is never removed, so a message pushed into it cannot be lost with
-// it. Idle queues are swept when a Snapshot is taken, when the number of
-// queues has doubled since the last sweep, and at the limit when a queue
-// may have gone idle since; the hot path (acquire, push or pop, release)
-// never takes the write lock for an existing queue.
+// it. Removal is incremental: a queue that may have become idle puts
+// itself on a list, and the registry looks at a bounded number of listed
+// queues at a time (one batch per creation once the queues have doubled
+// since the list was last emptied, batches until there is room at a
+// limit, and every listed queue, batch by batch, for a Snapshot), so that
+// no request waits for a sweep of every queue.
+//
+// Lock order: Registry.mu, then Queue.mu, then Registry.idleMu.
 type Registry struct {
-	counter Counter
-	max     int // most queues at once; <= 0: no limit
-
-	idle atomic.Bool // a queue may have become idle since the last sweep
+	counter   Counter
+	max       int // most queues at once; <= 0: no limit
+	maxPerUID int // most queues one creator may have; <= 0: no limit
 
 	mu        sync.RWMutex
 	queues    map[string]*Queue
-	sweepAt   int // sweep before creating a queue beyond this many
+	perUID    map[uint32]int // queues by creator
+	sweepAt   int            // look at listed queues when creating one beyond this many
 	gone      map[string]removed
 	goneOrder []removal // the removals remembered, oldest first, as a ring
 	goneHead  int
 	removals  uint64 // removals so far
 	nextStart uint64 // first sequence number for a name not remembered
+
+	idleMu   sync.Mutex
+	idleList []*Queue // queues that may be idle, oldest first
 }
 
 // removed is what a Registry remembers of a queue it removed.
 type removed struct {
 	nextSeq uint64
-	owner   *uint32
 	n       uint64 // which removal this was
 }
 
@@ -62,17 +84,23 @@ type removal struct {
 // RememberedQueues is how many removed queues a Registry remembers.
 const RememberedQueues = 1 << 16
 
+// SweepBatch is the most listed queues a registry looks at while holding
+// its lock once.
+const SweepBatch = 256
+
 // minSweep is the fewest queues worth sweeping for.
 const minSweep = 1024
 
 // NewRegistry returns an empty registry whose queues report to counter,
 // which may be nil, and that holds at most maxQueues named queues at once
-// (no limit when maxQueues <= 0).
-func NewRegistry(counter Counter, maxQueues int) *Registry {
+// and at most maxPerUID created by one user id (no limit when <= 0).
+func NewRegistry(counter Counter, maxQueues, maxPerUID int) *Registry {
 	return &Registry{
 		counter:   counter,
 		max:       maxQueues,
+		maxPerUID: maxPerUID,
 		queues:    make(map[string]*Queue),
+		perUID:    make(map[uint32]int),
 		sweepAt:   minSweep,
 		gone:      make(map[string]removed),
 		nextStart: 1,
@@ -80,50 +108,83 @@ func NewRegistry(counter Counter, maxQueues int) *Registry {
 }
 
 // Acquire returns the queue called name, creating it if needed, and holds
-// it until Release. A queue it creates is restricted to user id *owner
-// when owner is not nil, unless it is a removed queue it remembers: that
-// comes back as it was, open or owned. An existing queue is returned as
-// it is. It fails with ErrTooManyQueues when creating the queue would
-// pass the limit even after idle queues are removed. The caller must have
-// validated name.
-func (r *Registry) Acquire(name []byte, owner *uint32) (*Queue, error) {
+// it until Release. A queue it creates counts against the limits of user
+// id creator, and is restricted to that user when owned is set, unless it
+// is a removed queue it remembers: that comes back open, as it was. An
+// existing queue is returned as it is: the caller checks its owner. It
+// fails with ErrTooManyQueues or ErrTooManyQueuesForUID when creating the
+// queue would pass a limit even after idle queues are removed. The caller
+// must have validated name.
+func (r *Registry) Acquire(name []byte, creator uint32, owned bool) (*Queue, error) {
 	if q := r.Lookup(name); q != nil {
 		return q, nil
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if q := r.queues[string(name)]; q != nil {
-		q.refs.Add(1)
+	toLook := -1 // listed queues still to look at for room; -1: not counted yet
+	for {
+		r.mu.Lock()
+		if q := r.queues[string(name)]; q != nil {
+			q.refs.Add(1)
+			r.mu.Unlock()
+			return q, nil
+		}
+		full := r.max > 0 && len(r.queues) >= r.max
+		uidFull := r.maxPerUID > 0 && r.perUID[creator] >= r.maxPerUID
+		if full || uidFull {
+			// Make room, one bounded batch per hold of the lock, looking
+			// at most at the queues listed when the search began.
+			if toLook < 0 {
+				toLook = r.listed()
+			}
+			if toLook > 0 {
+				r.sweep(min(toLook, SweepBatch))
+				toLook -= SweepBatch
+				r.mu.Unlock()
+				continue
+			}
+			r.mu.Unlock()
+			if full {
+				return nil, ErrTooManyQueues
+			}
+			return nil, ErrTooManyQueuesForUID
+		}
+		if len(r.queues) >= r.sweepAt {
+			// The queues have doubled since the list was last emptied:
+			// look at one batch of it now, another at the next creation.
+			r.sweep(SweepBatch)
+			if r.listed() == 0 {
+				r.sweepAt = max(2*len(r.queues), minSweep)
+			}
+		}
+		q := r.create(string(name), creator, owned)
+		r.mu.Unlock()
 		return q, nil
 	}
-	if len(r.queues) >= r.sweepAt {
-		r.sweep()
-		r.sweepAt = max(2*len(r.queues), minSweep)
-	} else if r.max > 0 && len(r.queues) >= r.max && r.idle.Load() {
-		r.sweep()
-	}
-	if r.max > 0 && len(r.queues) >= r.max {
-		return nil, ErrTooManyQueues
-	}
-	s := string(name)
+}
+
+// create makes the queue called s, held once. r.mu is held for writing.
+func (r *Registry) create(s string, creator uint32, owned bool) *Queue {
 	q := New(s, r.counter)
-	q.idle = &r.idle
+	q.reg = r
+	q.creator = creator
 	if was, ok := r.gone[s]; ok {
 		delete(r.gone, s)
-		q.nextSeq, q.owner = was.nextSeq, was.owner
+		q.nextSeq = was.nextSeq // remembered: comes back open
 	} else {
 		q.nextSeq = r.nextStart
-		if owner != nil {
-			o := *owner
+		if owned {
+			o := creator
 			q.owner = &o
 		}
 	}
 	q.refs.Add(1)
 	r.queues[s] = q
+	r.perUID[creator]++
 	// A new queue is idle until something is stored in it or waits on
 	// it; a request that fails after creating it leaves it so.
-	r.idle.Store(true)
-	return q, nil
+	q.mu.Lock()
+	q.mayBeIdle()
+	q.mu.Unlock()
+	return q
 }
 
 // Lookup returns the queue called name, held until Release, or nil when
@@ -140,9 +201,33 @@ func (r *Registry) Lookup(name []byte) *Queue {
 
 // Release ends the hold Acquire or Lookup took on q.
 func (r *Registry) Release(q *Queue) {
-	// A queue that went idle while held has set r.idle already, and a
-	// sweep that found it held set it again.
+	// A queue found idle while held stays on the list, to be looked at
+	// again once released.
 	q.refs.Add(-1)
+}
+
+// Disown gives up the name of an owned queue: by its owner, or by root
+// (uid 0). The queue must be empty with nobody waiting (ErrInUse
+// otherwise); it is removed, and the name is free for anyone to create
+// again, open or owned. It fails with ErrNoQueue or ErrNotOwner.
+func (r *Registry) Disown(name []byte, uid uint32) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.queues[string(name)]
+	if q == nil {
+		return ErrNoQueue
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.owner == nil || (*q.owner != uid && uid != 0) {
+		return ErrNotOwner
+	}
+	if q.n != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || q.refs.Load() != 0 {
+		return ErrInUse
+	}
+	q.owner = nil
+	r.remove(q, false)
+	return nil
 }
 
 // Len returns the number of named queues, idle ones included.
@@ -152,24 +237,91 @@ func (r *Registry) Len() int {
 	return len(r.queues)
 }
 
-// sweep removes every idle queue nobody holds, and remembers it. r.mu is
-// held for writing, so no hold can be taken meanwhile.
-func (r *Registry) sweep() {
-	r.idle.Store(false)
-	for name, q := range r.queues {
+// CreatedBy returns how many named queues each user id has created that
+// still exist.
+func (r *Registry) CreatedBy() map[uint32]int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make(map[uint32]int, len(r.perUID))
+	for uid, n := range r.perUID {
+		out[uid] = n
+	}
+	return out
+}
+
+// listed returns how many queues are on the list of those that may be
+// idle.
+func (r *Registry) listed() int {
+	r.idleMu.Lock()
+	defer r.idleMu.Unlock()
+	return len(r.idleList)
+}
+
+// listIdle puts q on the list of queues that may be idle. q.mu is held.
+func (r *Registry) listIdle(q *Queue) {
+	r.idleMu.Lock()
+	r.idleList = append(r.idleList, q)
+	r.idleMu.Unlock()
+}
+
+// sweep looks at up to n listed queues, oldest first, removes those that
+// are idle and not held, and returns how many it removed. A listed queue
+// found held stays listed. r.mu is held for writing, so no hold can be
+// taken meanwhile.
+func (r *Registry) sweep(n int) (removedCount int) {
+	r.idleMu.Lock()
+	n = min(n, len(r.idleList))
+	batch := make([]*Queue, n)
+	copy(batch, r.idleList)
+	rest := copy(r.idleList, r.idleList[n:])
+	clear(r.idleList[rest:])
+	r.idleList = r.idleList[:rest]
+	if cap(r.idleList) > 4*SweepBatch && rest < cap(r.idleList)/4 {
+		r.idleList = append([]*Queue(nil), r.idleList...) // let a burst's array go
+	}
+	r.idleMu.Unlock()
+
+	var keep []*Queue
+	for _, q := range batch {
+		if r.queues[q.name] != q {
+			continue // removed already (Disown)
+		}
 		q.mu.Lock()
-		idle := q.n == 0 && len(q.waiters) == 0
-		next, owner := q.nextSeq, q.owner
-		q.mu.Unlock()
+		idle := q.idle()
 		if !idle {
-			continue
+			q.listed = false // listed again once it goes idle
+		} else if q.refs.Load() != 0 {
+			keep = append(keep, q) // idle once released: look again later
+		} else {
+			q.listed = false
+			r.remove(q, true)
+			removedCount++
 		}
-		if q.refs.Load() != 0 {
-			r.idle.Store(true) // idle once released: look again next time
-			continue
+		q.mu.Unlock()
+	}
+	if len(keep) > 0 {
+		r.idleMu.Lock()
+		r.idleList = append(r.idleList, keep...)
+		r.idleMu.Unlock()
+	}
+	return removedCount
+}
+
+// remove deletes q, remembering it when remember is set. r.mu is held for
+// writing and q.mu is held.
+func (r *Registry) remove(q *Queue, remember bool) {
+	delete(r.queues, q.name)
+	if r.perUID[q.creator]--; r.perUID[q.creator] <= 0 {
+		delete(r.perUID, q.creator)
+	}
+	if remember {
+		r.remember(q.name, removed{nextSeq: q.nextSeq})
+	} else {
+		r.nextStart = max(r.nextStart, q.nextSeq)
+		if was, ok := r.gone[q.name]; ok {
+			r.nextStart = max(r.nextStart, was.nextSeq)
+			delete(r.gone, q.name)
 		}
-		delete(r.queues, name)
-		r.remember(name, removed{nextSeq: next, owner: owner})
 	}
 }
 
@@ -205,20 +357,31 @@ type Info struct {
 }
 
 // Snapshot removes idle queues and describes every other named queue,
-// sorted by name.
+// sorted by name. It sweeps in batches, releasing the lock between them,
+// and looks at most at the queues listed when it began.
 func (r *Registry) Snapshot() []Info {
-	r.mu.Lock()
-	r.sweep()
+	for listed := r.listed(); listed > 0; {
+		r.mu.Lock()
+		r.sweep(min(listed, SweepBatch))
+		r.mu.Unlock()
+		listed -= SweepBatch
+	}
+	r.mu.RLock()
 	qs := make([]*Queue, 0, len(r.queues))
 	for _, q := range r.queues {
 		qs = append(qs, q)
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	out := make([]Info, 0, len(qs))
 	for _, q := range qs {
 		q.mu.Lock()
-		out = append(out, Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters), Owner: q.owner})
+		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked)}
+		if q.owner != nil {
+			o := *q.owner
+			in.Owner = &o
+		}
 		q.mu.Unlock()
+		out = append(out, in)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -12,7 +12,7 @@ import (
 )
 
 func TestRegistryGet(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	a := get(r, []byte("alpha"))
 	if a == nil {
 		t.Fatal("Get returned nil")
@@ -50,7 +50,7 @@ func TestRegistryGet(t *testing.T) {
 }
 
 func TestRegistryGetConcurrent(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	const goroutines = 16
 	got := make([]*queue.Queue, goroutines)
 	var wg sync.WaitGroup
@@ -78,7 +78,7 @@ func TestRegistryGetConcurrent(t *testing.T) {
 
 func TestRegistryCounter(t *testing.T) {
 	c := &counter{}
-	r := queue.NewRegistry(c, 0)
+	r := queue.NewRegistry(c, 0, 0)
 	get(r, []byte("a")).Push(inline("", 10), nil)
 	get(r, []byte("b")).Push(inline("", 20), nil)
 	get(r, []byte("b")).Push(inline("", 30), nil)
@@ -88,7 +88,7 @@ func TestRegistryCounter(t *testing.T) {
 }
 
 func TestSnapshot(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	if s := r.Snapshot(); len(s) != 0 {
 		t.Errorf("Snapshot of an empty registry = %v", s)
 	}
@@ -115,7 +115,7 @@ func TestSnapshot(t *testing.T) {
 
 func TestDrainAll(t *testing.T) {
 	c := &counter{}
-	r := queue.NewRegistry(c, 0)
+	r := queue.NewRegistry(c, 0, 0)
 	pg := newPageFD(t, []byte("0123456789"))
 	pipe := newPipeFD(t)
 	get(r, []byte("a")).Push(&queue.Message{FD: pg, Size: 10}, nil)
@@ -150,7 +150,7 @@ func TestDrainAll(t *testing.T) {
 // queues are used, for the race detector, and checks the totals add up.
 func TestRegistryConcurrent(t *testing.T) {
 	c := &counter{}
-	r := queue.NewRegistry(c, 0)
+	r := queue.NewRegistry(c, 0, 0)
 	const workers, each = 4, 500
 	var wg sync.WaitGroup
 	for i := range workers {
@@ -187,7 +187,7 @@ func TestRegistryConcurrent(t *testing.T) {
 // get acquires the queue called name and releases it at once, as a
 // request that used it would.
 func get(r *queue.Registry, name []byte) *queue.Queue {
-	q, err := r.Acquire(name, nil)
+	q, err := r.Acquire(name, 0, false)
 	if err != nil {
 		panic(err)
 	}
@@ -196,7 +196,7 @@ func get(r *queue.Registry, name []byte) *queue.Queue {
 }
 
 func TestRegistryRemovesIdleQueues(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	uid := uint32(1000)
 
 	// Lookup never creates.
@@ -209,12 +209,12 @@ func TestRegistryRemovesIdleQueues(t *testing.T) {
 	waited := get(r, []byte("waited"))
 	w := &waiter{accept: true}
 	waited.PopOrWait(w)
-	owned, err := r.Acquire([]byte("owned"), &uid)
+	owned, err := r.Acquire([]byte("owned"), uid, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.Release(owned)
-	held, err := r.Acquire([]byte("held"), nil)
+	held, err := r.Acquire([]byte("held"), 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,15 +243,12 @@ func TestRegistryRemovesIdleQueues(t *testing.T) {
 		}
 		r.Release(q)
 	}
-	// An idle owned queue is removed too, and comes back owned.
-	if q := r.Lookup([]byte("owned")); q != nil {
-		t.Error("an idle owned queue survived a Snapshot")
-	}
-	if q, err := r.Acquire([]byte("owned"), nil); err != nil {
-		t.Fatal(err)
+	// An idle owned queue is never removed: its name stays its owner's.
+	if q := r.Lookup([]byte("owned")); q == nil {
+		t.Error("an idle owned queue was removed; its owner would lose the name")
 	} else {
 		if o, ok := q.Owner(); !ok || o != uid {
-			t.Errorf("owned queue came back with owner %d, %v; want %d", o, ok, uid)
+			t.Errorf("owned queue has owner %d, %v; want %d", o, ok, uid)
 		}
 		r.Release(q)
 	}
@@ -264,7 +261,7 @@ func TestRegistryRemovesIdleQueues(t *testing.T) {
 }
 
 func TestRegistrySequenceContinuesAfterRemoval(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	q := get(r, []byte("jobs"))
 	var last uint64
 	for range 5 {
@@ -284,12 +281,12 @@ func TestRegistrySequenceContinuesAfterRemoval(t *testing.T) {
 
 func TestRegistryLimit(t *testing.T) {
 	const limit = 3
-	r := queue.NewRegistry(nil, limit)
+	r := queue.NewRegistry(nil, limit, 0)
 	for i := range limit {
 		q := get(r, []byte(fmt.Sprint("q", i)))
 		q.Push(inline("m", 1), nil)
 	}
-	if _, err := r.Acquire([]byte("one-more"), nil); !errors.Is(err, queue.ErrTooManyQueues) {
+	if _, err := r.Acquire([]byte("one-more"), 0, false); !errors.Is(err, queue.ErrTooManyQueues) {
 		t.Fatalf("Acquire past the limit: %v, want ErrTooManyQueues", err)
 	}
 	// An existing queue is still served at the limit.
@@ -298,7 +295,7 @@ func TestRegistryLimit(t *testing.T) {
 	}
 	// Idle queues do not count: emptying one makes room.
 	get(r, []byte("q1")).Pop()
-	q, err := r.Acquire([]byte("one-more"), nil)
+	q, err := r.Acquire([]byte("one-more"), 0, false)
 	if err != nil {
 		t.Fatalf("Acquire after a queue went idle: %v", err)
 	}
@@ -312,7 +309,7 @@ func TestRegistryLimit(t *testing.T) {
 // while others are swept, for the race detector, and checks every message
 // pushed is popped exactly once.
 func TestRegistryRemovalLosesNothing(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	const workers, rounds = 8, 2000
 	var wg sync.WaitGroup
 	var pushed, popped [workers]int
@@ -322,7 +319,7 @@ func TestRegistryRemovalLosesNothing(t *testing.T) {
 			defer wg.Done()
 			for j := range rounds {
 				name := []byte(fmt.Sprint("w", i, "-", j%7))
-				q, err := r.Acquire(name, nil)
+				q, err := r.Acquire(name, 0, false)
 				if err != nil {
 					t.Error(err)
 					return
@@ -361,7 +358,7 @@ func TestRegistryRemovalLosesNothing(t *testing.T) {
 }
 
 func TestRegistryRemembersRemovedQueues(t *testing.T) {
-	r := queue.NewRegistry(nil, 0)
+	r := queue.NewRegistry(nil, 0, 0)
 	mallory := uint32(666)
 
 	// An open queue, idle and removed, cannot be claimed as an owned one.
@@ -369,7 +366,7 @@ func TestRegistryRemembersRemovedQueues(t *testing.T) {
 	seq := q.Push(inline("m", 1), nil)
 	q.Pop()
 	r.Snapshot()
-	claimed, err := r.Acquire([]byte("jobs"), &mallory)
+	claimed, err := r.Acquire([]byte("jobs"), mallory, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +386,7 @@ func TestRegistryRemembersRemovedQueues(t *testing.T) {
 		get(r, []byte(fmt.Sprint("other-", i)))
 	}
 	r.Snapshot()
-	again, err := r.Acquire([]byte("jobs"), &mallory)
+	again, err := r.Acquire([]byte("jobs"), mallory, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +399,7 @@ func TestRegistryRemembersRemovedQueues(t *testing.T) {
 	r.Release(again)
 	// The most recent removals are still remembered.
 	last := []byte(fmt.Sprint("other-", queue.RememberedQueues-1))
-	if q, err := r.Acquire(last, &mallory); err != nil {
+	if q, err := r.Acquire(last, mallory, true); err != nil {
 		t.Fatal(err)
 	} else if _, owned := q.Owner(); owned {
 		t.Error("a recently removed open queue was claimed")
@@ -410,17 +407,17 @@ func TestRegistryRemembersRemovedQueues(t *testing.T) {
 }
 
 func TestRegistryLimitSweepsOnlyWhenSomethingWentIdle(t *testing.T) {
-	r := queue.NewRegistry(nil, 2)
+	r := queue.NewRegistry(nil, 2, 0)
 	a, b := get(r, []byte("a")), get(r, []byte("b"))
 	a.Push(inline("m", 1), nil)
 	b.Push(inline("m", 1), nil)
-	if _, err := r.Acquire([]byte("c"), nil); !errors.Is(err, queue.ErrTooManyQueues) {
+	if _, err := r.Acquire([]byte("c"), 0, false); !errors.Is(err, queue.ErrTooManyQueues) {
 		t.Fatalf("at the limit: %v", err)
 	}
 	// A waiter that comes and goes on an empty queue also makes it idle.
 	q := get(r, []byte("a"))
 	q.Pop()
-	if _, err := r.Acquire([]byte("c"), nil); err != nil {
+	if _, err := r.Acquire([]byte("c"), 0, false); err != nil {
 		t.Fatalf("after a queue went idle: %v", err)
 	}
 }

@@ -64,6 +64,7 @@ const (
 	messageFixed    = 24
 	errorFixed      = 4
 	cancelSize      = 8
+	disownFixed     = 4
 	storedSize      = 8
 	maxErrorMessage = 4096
 )
@@ -309,6 +310,35 @@ func ParseCancel(body []byte) (uint64, error) {
 		return 0, fmt.Errorf("%w: CANCEL body is %d bytes, want %d", ErrMalformed, len(body), cancelSize)
 	}
 	return binary.LittleEndian.Uint64(body), nil
+}
+
+// AppendDisown appends a DISOWN frame for the named queue to b.
+func AppendDisown(b []byte, id uint64, queue []byte) []byte {
+	b, s := begin(b, OpDisown, 0, 0, id)
+	b = append(b, uint8(len(queue)), 0, 0, 0)
+	b = append(b, queue...)
+	return finish(b, s)
+}
+
+// ParseDisown decodes a DISOWN body into the queue name, which aliases
+// body.
+func ParseDisown(body []byte) ([]byte, error) {
+	if len(body) < disownFixed {
+		return nil, fmt.Errorf("%w: DISOWN body is %d bytes, want at least %d", ErrMalformed, len(body), disownFixed)
+	}
+	if body[1] != 0 || body[2] != 0 || body[3] != 0 {
+		return nil, fmt.Errorf("%w: DISOWN reserved bytes are not 0", ErrMalformed)
+	}
+	if nl := int(body[0]); len(body)-disownFixed != nl {
+		return nil, fmt.Errorf("%w: DISOWN declares a %d-byte queue name but carries %d bytes", ErrMalformed, nl, len(body)-disownFixed)
+	}
+	return body[disownFixed:], nil
+}
+
+// AppendDisowned appends a DISOWNED frame, the answer to DISOWN, to b.
+func AppendDisowned(b []byte, id uint64) []byte {
+	b, s := begin(b, OpDisowned, 0, 0, id)
+	return finish(b, s)
 }
 
 // AppendStat appends a STAT frame to b.

@@ -22,7 +22,8 @@ const (
 	CodeBadDescriptor Code = 12 // a STORE's descriptor was missing, or present with an inline payload
 	CodeBadRequest    Code = 13 // a well-framed request whose body does not parse
 	CodeDenied        Code = 14 // fatal: the peer's user and groups are not allowed to connect
-	CodeForbidden     Code = 15 // the named queue belongs to another user
+	CodeForbidden     Code = 15 // the named queue belongs to another user, or is not the caller's as OWNED asked
+	CodeInUse         Code = 16 // the queue still holds messages or has waiters
 )
 
 var codeNames = map[Code]string{
@@ -41,6 +42,7 @@ var codeNames = map[Code]string{
 	CodeBadRequest:    "BAD_REQUEST",
 	CodeDenied:        "DENIED",
 	CodeForbidden:     "FORBIDDEN",
+	CodeInUse:         "IN_USE",
 }
 
 // String returns the code's protocol name, such as "EMPTY".

@@ -12,8 +12,13 @@ import (
 	"fmt"
 )
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the newest protocol version this package speaks, and
+// MinVersion the oldest. Version 2 adds DISOWN; everything of version 1
+// is unchanged in it.
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // Magic opens the body of HELLO and WELCOME frames.
 const Magic = "MCHQ"
@@ -53,12 +58,14 @@ const (
 	OpRetrieve Op = 0x03 // client → server: take the oldest message
 	OpCancel   Op = 0x04 // client → server: cancel a waiting RETRIEVE; no response of its own
 	OpStat     Op = 0x05 // client → server: server statistics
+	OpDisown   Op = 0x06 // client → server: give up an owned queue's name (version 2)
 
-	OpWelcome Op = 0x81 // server → client: answer to HELLO
-	OpStored  Op = 0x82 // server → client: answer to STORE
-	OpMessage Op = 0x83 // server → client: answer to RETRIEVE
-	OpStats   Op = 0x85 // server → client: answer to STAT, a JSON document
-	OpError   Op = 0xFF // server → client: a request failed
+	OpWelcome  Op = 0x81 // server → client: answer to HELLO
+	OpStored   Op = 0x82 // server → client: answer to STORE
+	OpMessage  Op = 0x83 // server → client: answer to RETRIEVE
+	OpStats    Op = 0x85 // server → client: answer to STAT, a JSON document
+	OpDisowned Op = 0x86 // server → client: answer to DISOWN
+	OpError    Op = 0xFF // server → client: a request failed
 )
 
 // String returns the operation's protocol name.
@@ -74,6 +81,10 @@ func (o Op) String() string {
 		return "CANCEL"
 	case OpStat:
 		return "STAT"
+	case OpDisown:
+		return "DISOWN"
+	case OpDisowned:
+		return "DISOWNED"
 	case OpWelcome:
 		return "WELCOME"
 	case OpStored:

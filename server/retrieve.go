@@ -1,0 +1,199 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/wire"
+)
+
+// waiter is a RETRIEVE blocked on an empty queue.
+type waiter struct {
+	c     *conn
+	id    uint64
+	q     *queue.Queue
+	timer *time.Timer
+}
+
+// Deliver implements queue.Waiter. The queue's lock is held. A consumer
+// with too much unsent is Busy: the queue keeps the message and parks the
+// wait, which the connection resumes once its outbox drains.
+func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) queue.Delivery {
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.waits[w.id] != w {
+		return queue.Gone
+	}
+	if c.outboxFull() {
+		c.parked = append(c.parked, w)
+		return queue.Busy
+	}
+	c.endWait(w)
+	c.appendMessage(w.id, q, m)
+	return queue.Delivered
+}
+
+var _ queue.Waiter = (*waiter)(nil)
+
+// endWait forgets w, which has been answered or is about to be. c.mu is
+// held and w is in c.waits.
+func (c *conn) endWait(w *waiter) {
+	delete(c.waits, w.id)
+	c.acct.Unwait(1)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
+
+// handleRetrieve serves a RETRIEVE; it reports true when the connection
+// must close.
+func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
+	r, err := wire.ParseRetrieve(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return false
+	}
+	q, code, err := c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
+	if err != nil {
+		c.sendError(f.ID, code, err.Error())
+		return false
+	}
+	defer c.release(q)
+	if r.WaitMillis == 0 {
+		var m *queue.Message
+		if q != nil {
+			m = q.Pop()
+		}
+		if m == nil {
+			label := string(r.Queue)
+			if q != nil {
+				label = queueLabel(q)
+			}
+			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", label))
+			return false
+		}
+		c.mu.Lock()
+		c.appendMessage(f.ID, q, m)
+		c.mu.Unlock()
+		return false
+	}
+
+	w := &waiter{c: c, id: f.ID, q: q}
+	c.mu.Lock()
+	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits) >= max {
+		n := len(c.waits)
+		c.mu.Unlock()
+		c.sendError(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
+		return false
+	}
+	if _, dup := c.waits[f.ID]; dup {
+		c.mu.Unlock()
+		// An answer with this id would be ambiguous: end the connection.
+		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
+		return true
+	}
+	if err := c.acct.Wait(); err != nil {
+		c.mu.Unlock()
+		var e *quota.Exceeded
+		if !errors.As(err, &e) {
+			c.sendError(f.ID, wire.CodeInternal, err.Error())
+			return false
+		}
+		c.sendError(f.ID, wire.CodeLimit, refusalError(err, 0).Error())
+		return false
+	}
+	c.waits[f.ID] = w
+	c.mu.Unlock()
+
+	if m := q.PopOrWait(w); m != nil {
+		c.mu.Lock()
+		c.endWait(w)
+		c.appendMessage(f.ID, q, m)
+		c.mu.Unlock()
+		return false
+	}
+	if c.info {
+		c.log.Info("waiting for a message", "queue", queueLabel(q), "id", f.ID, "wait_ms", r.WaitMillis)
+	}
+	if r.WaitMillis != wire.WaitForever {
+		c.mu.Lock()
+		if c.waits[f.ID] == w { // not delivered meanwhile
+			w.timer = time.AfterFunc(time.Duration(r.WaitMillis)*time.Millisecond, func() {
+				c.expire(w, wire.CodeEmpty, fmt.Sprintf("queue %s stayed empty for the %dms wait", queueLabel(q), r.WaitMillis))
+			})
+		}
+		c.mu.Unlock()
+	}
+	return false
+}
+
+// expire ends a wait that is still pending with an error response.
+func (c *conn) expire(w *waiter, code wire.Code, msg string) {
+	if !w.q.CancelWait(w) {
+		return // a message was delivered first
+	}
+	c.mu.Lock()
+	if c.waits != nil && c.waits[w.id] != w {
+		c.mu.Unlock()
+		return
+	}
+	// c.waits is nil while the connection tears down: the teardown will
+	// find w no longer waiting, so answer it here.
+	if c.waits != nil {
+		c.endWait(w)
+	}
+	c.mu.Unlock()
+	c.sendError(w.id, code, msg)
+}
+
+func (c *conn) handleCancel(f wire.Frame) {
+	target, err := wire.ParseCancel(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	c.mu.Lock()
+	w := c.waits[target]
+	if w != nil && w.timer != nil {
+		w.timer.Stop()
+	}
+	c.mu.Unlock()
+	if w != nil {
+		c.expire(w, wire.CodeCancelled, "retrieve cancelled by the client")
+	}
+}
+
+// resumeParked puts the waits that were skipped while the outbox was full
+// back in line, oldest first, handing each a message its queue holds
+// meanwhile, until the outbox is full again; the rest stay parked for the
+// next drain.
+func (c *conn) resumeParked() {
+	c.mu.Lock()
+	parked := c.parked
+	c.parked = nil
+	c.mu.Unlock()
+	for i, w := range parked {
+		m, _ := w.q.Resume(w)
+		if m == nil {
+			continue // back in line, or no longer waiting
+		}
+		c.mu.Lock()
+		if c.closed || c.waits[w.id] != w {
+			c.mu.Unlock()
+			w.q.Requeue(m) // the wait ended meanwhile: the message goes back
+			continue
+		}
+		c.endWait(w)
+		c.appendMessage(w.id, w.q, m)
+		if c.outboxFull() {
+			c.parked = append(c.parked, parked[i+1:]...)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
+}

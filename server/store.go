@@ -1,0 +1,104 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
+)
+
+func (c *conn) handleStore(f wire.Frame) {
+	st, inline, err := wire.ParseStore(f.Header, f.Body)
+	if err != nil {
+		wire.CloseFDs(f.FDs)
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	m, code, err := c.admit(f, st, inline)
+	if err != nil {
+		c.sendError(f.ID, code, err.Error())
+		return
+	}
+	isPage := m.FD >= 0
+	// From here on the message counts against the totals and its
+	// user's limits, wherever it is, until it is released.
+	if err := c.acct.Hold(m.Size, isPage); err != nil {
+		m.Release()
+		c.sendError(f.ID, wire.CodeLimit, refusalError(err, m.Size).Error())
+		return
+	}
+	m.Charge = c.acct
+	q, code, err := c.queueFor(st.Queue, f.Flags, true)
+	if err != nil {
+		m.Release()
+		c.sendError(f.ID, code, err.Error())
+		return
+	}
+	defer c.release(q)
+	lim := &c.s.cfg.Limits
+	maxMessages, maxBytes, flags := lim.MaxQueueMessages, lim.MaxQueueBytes, "queue"
+	if q == c.private {
+		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"
+	}
+	// STORED goes into the outbox before a waiter on this very connection
+	// (a RETRIEVE of the private queue) can be handed the message, so the
+	// client always learns of a store before it receives what it stored.
+	seq, ok := q.PushWithin(m, maxMessages, maxBytes, func(seq uint64) {
+		c.mu.Lock()
+		c.out = wire.AppendStored(c.out, f.ID, seq)
+		c.signal()
+		c.mu.Unlock()
+	})
+	if !ok {
+		size := m.Size
+		m.Release()
+		n, b := q.Len()
+		var err error
+		if int64(n) >= maxMessages {
+			err = limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+flags+"-messages", "retrieve some, or raise the limit")
+		} else {
+			err = limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+flags+"-bytes", "retrieve some, or raise the limit")
+		}
+		c.sendError(f.ID, wire.CodeLimit, err.Error())
+		return
+	}
+	if c.info {
+		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
+	}
+}
+
+// admit checks a STORE's payload and turns it into a queue.Message. It
+// takes ownership of f.FDs whatever the outcome.
+func (c *conn) admit(f wire.Frame, st wire.Store, inline []byte) (*queue.Message, wire.Code, error) {
+	fail := func(code wire.Code, err error) (*queue.Message, wire.Code, error) {
+		wire.CloseFDs(f.FDs)
+		return nil, code, err
+	}
+	if st.Size > uint64(c.s.cfg.MaxMessageSize) {
+		return fail(wire.CodeTooLarge, fmt.Errorf("payload of %d bytes exceeds the server's maximum of %d (machqd --max-message)", st.Size, c.s.cfg.MaxMessageSize))
+	}
+	m := &queue.Message{Size: int64(st.Size), FD: -1, DigestAlg: st.DigestAlg, Digest: string(st.Digest)}
+	if f.Flags&wire.FlagInline != 0 {
+		if len(f.FDs) > 0 {
+			return fail(wire.CodeBadDescriptor, fmt.Errorf("inline STORE carried %d descriptor(s); send the payload either inline or as one memfd", len(f.FDs)))
+		}
+		if len(inline) > c.s.cfg.MaxInline {
+			return fail(wire.CodeTooLarge, fmt.Errorf("inline payload of %d bytes exceeds the server's inline maximum of %d; send it as a sealed memfd", len(inline), c.s.cfg.MaxInline))
+		}
+		if f.Owned {
+			m.Inline = inline // read into memory of its own: keep it
+		} else {
+			m.Inline = append([]byte(nil), inline...)
+		}
+		return m, 0, nil
+	}
+	if len(f.FDs) != 1 {
+		return fail(wire.CodeBadDescriptor, fmt.Errorf("out-of-line STORE carried %d descriptors; it takes exactly one sealed memfd", len(f.FDs)))
+	}
+	if err := page.Check(f.FDs[0], int64(st.Size)); err != nil {
+		return fail(wire.CodeBadPage, err)
+	}
+	m.FD = f.FDs[0]
+	return m, 0, nil
+}
