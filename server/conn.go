@@ -45,7 +45,7 @@ type conn struct {
 	id   uint64
 	uc   *net.UnixConn
 	log  *slog.Logger
-	info bool          // info-level logging enabled: skip building log records otherwise
+	info bool           // info-level logging enabled: skip building log records otherwise
 	acct *quota.Account // the peer's user: what it stores is charged there
 	// version is the protocol version agreed at the handshake.
 	version uint16

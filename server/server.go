@@ -109,12 +109,12 @@ func (c *Config) setDefaults() error {
 // Server is a machq message store. Create one with New, then call Serve
 // with one or more listeners. A Server must not be copied.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
+	cfg    Config
+	log    *slog.Logger
 	named  *queue.Registry
 	total  totals // what the queues hold
 	ledger *quota.Ledger
-	pid   uint32
+	pid    uint32
 
 	nextConn atomic.Uint64
 	closing  atomic.Bool

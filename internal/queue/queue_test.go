@@ -730,7 +730,10 @@ func TestPushAcknowledgesBeforeDelivering(t *testing.T) {
 
 type recordingWaiter struct{ deliver func(*queue.Message) }
 
-func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) queue.Delivery { r.deliver(m); return queue.Delivered }
+func (r *recordingWaiter) Deliver(_ *queue.Queue, m *queue.Message) queue.Delivery {
+	r.deliver(m)
+	return queue.Delivered
+}
 
 // TestCounterCountsPages checks that the counter learns how many of the
 // messages held are pages, the descriptors a server must budget for.
