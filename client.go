@@ -3,7 +3,6 @@ package machq
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -1035,57 +1034,6 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		return nil, err
 	}
 	return r.msg, r.msg.verify(r.expect)
-}
-
-// Stats describes a server at one instant.
-type Stats struct {
-	Clients  int   `json:"clients"`  // connected clients
-	Messages int64 `json:"messages"` // messages stored, private and named queues
-	Bytes    int64 `json:"bytes"`    // payload bytes stored, private and named queues
-	Pages    int64 `json:"pages"`    // messages stored as pages (open descriptors)
-	// Goroutines is the number of goroutines of the server's process.
-	Goroutines int          `json:"goroutines"`
-	Queues     []QueueStats `json:"queues"` // each named queue, sorted by name
-	// QueuesOmitted counts named queues the server left out of Queues
-	// because its STATS frame could not hold them all.
-	QueuesOmitted int `json:"queues_omitted,omitempty"`
-}
-
-// QueueStats describes one named queue.
-type QueueStats struct {
-	Name     string `json:"name"`
-	Messages int    `json:"messages"`
-	Bytes    int64  `json:"bytes"`
-	Waiting  int    `json:"waiting"` // consumers blocked on the queue
-	// Owner is the only user id allowed to use the queue; nil: anyone.
-	Owner *uint32 `json:"owner,omitempty"`
-}
-
-// Stat returns the server's statistics.
-func (c *Client) Stat(ctx context.Context) (*Stats, error) {
-	raw, err := c.StatJSON(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var s Stats
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, fmt.Errorf("%w: STATS is not valid JSON: %v", ErrProtocol, err)
-	}
-	return &s, nil
-}
-
-// StatJSON returns the server's statistics as the JSON document it sent.
-func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
-	cl := &call{op: wire.OpStat, ch: make(chan result, 1)}
-	id, err := c.register(ctx, cl)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendStat(b, id) }); err != nil {
-		return nil, err
-	}
-	r, err := c.wait(ctx, id, cl)
-	return r.stats, err
 }
 
 // ValidQueueName reports whether name is a valid named-queue name: 1 to

@@ -3,17 +3,14 @@ package server_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/asuser"
 	"github.com/machq/machq/server"
 )
 
@@ -23,31 +20,18 @@ import (
 // ids, and it ends with the goroutine. It needs root.
 func dialAs(t *testing.T, path string, uid, gid int, opts ...machq.Option) (*machq.Client, error) {
 	t.Helper()
-	type result struct {
-		c   *machq.Client
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), uintptr(gid), ^uintptr(0)); e != 0 {
-			done <- result{err: fmt.Errorf("setresgid: %w", e)}
-			return
-		}
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
-			done <- result{err: fmt.Errorf("setresuid: %w", e)}
-			return
-		}
+	var c *machq.Client
+	err := asuser.Do(uid, gid, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := machq.Dial(ctx, path, opts...)
-		done <- result{c, err}
-	}()
-	r := <-done
-	if r.c != nil {
-		t.Cleanup(func() { r.c.Close() })
+		var err error
+		c, err = machq.Dial(ctx, path, opts...)
+		return err
+	})
+	if c != nil {
+		t.Cleanup(func() { c.Close() })
 	}
-	return r.c, r.err
+	return c, err
 }
 
 // serveToOthers runs a server with access in a directory other users can

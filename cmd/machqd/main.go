@@ -77,6 +77,15 @@ Flags:
 	fs.Int64Var(&lim.MaxStoredPages, "max-stored-pages", 0, "most out-of-line `messages` (open descriptors) stored in all (0: three quarters of the descriptor limit; -1: no limit)")
 	fs.IntVar(&lim.MaxQueues, "max-queues", server.DefaultMaxQueues, "most named `queues` at once; empty ones nobody waits on or owns are removed (-1: no limit)")
 	fs.IntVar(&lim.MaxWaiting, "max-waiting", server.DefaultMaxWaiting, "most `retrieves` of one connection waiting for a message at once (-1: no limit)")
+	fs.Int64Var(&lim.MaxWaitingTotal, "max-waiting-total", server.DefaultMaxWaitingTotal, "most `retrieves` waiting for a message at once on all connections (-1: no limit)")
+	fs.Int64Var(&lim.MaxDescriptors, "max-descriptors", 0, "most `descriptors` pages and connections take together (0: the descriptor limit less a reserve of 64; -1: no limit)")
+	perUID := " (0: the total, or half of it when --allow-uid/--allow-gid admit others; -1: no limit)"
+	fs.Int64Var(&lim.MaxStoredMessagesPerUID, "max-stored-messages-per-uid", 0, "most `messages` one user id's stores make the server hold"+perUID)
+	fs.Int64Var(&lim.MaxStoredBytesPerUID, "max-stored-bytes-per-uid", 0, "most payload `bytes` one user id's stores make the server hold"+perUID)
+	fs.Int64Var(&lim.MaxStoredPagesPerUID, "max-stored-pages-per-uid", 0, "most out-of-line `messages` one user id's stores make the server hold"+perUID)
+	fs.IntVar(&lim.MaxQueuesPerUID, "max-queues-per-uid", 0, "most named `queues` one user id has created at once, owned ones included until disowned"+perUID)
+	fs.Int64Var(&lim.MaxWaitingPerUID, "max-waiting-per-uid", 0, "most `retrieves` of one user id waiting at once"+perUID)
+	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
@@ -94,7 +103,7 @@ Flags:
 	if !inlineGiven && int64(*maxInline) > *maxMessage {
 		*maxInline = int(max(*maxMessage, 0)) // the default follows a small --max-message
 	}
-	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout); msg != "" {
+	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout, *frameTimeout); msg != "" {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
 		return 2
 	}
@@ -127,7 +136,7 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, Limits: lim, Access: access})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2
@@ -254,7 +263,7 @@ func valueHint(name string) string {
 
 // checkFlags checks the values the flag package cannot, and returns what
 // is wrong, or "".
-func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeout time.Duration) string {
+func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeout, frameTimeout time.Duration) string {
 	switch {
 	case maxMessage < 1:
 		return fmt.Sprintf("--max-message %d: must be at least 1 byte", maxMessage)
@@ -266,6 +275,8 @@ func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeo
 		return fmt.Sprintf("--shutdown-timeout %v: must be positive", shutdownTimeout)
 	case handshakeTimeout <= 0:
 		return fmt.Sprintf("--handshake-timeout %v: must be positive", handshakeTimeout)
+	case frameTimeout <= 0:
+		return fmt.Sprintf("--frame-timeout %v: must be positive", frameTimeout)
 	}
 	return ""
 }

@@ -1,0 +1,99 @@
+package machq
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/machq/machq/internal/wire"
+)
+
+// Stats describes a server at one instant.
+type Stats struct {
+	Clients int `json:"clients"` // connected clients
+	// Messages, Bytes and Pages count every message the server holds:
+	// those in private and named queues and those taken from a queue and
+	// not yet written to their consumer (Unsent), which count against the
+	// same limits.
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	Pages    int64 `json:"pages"` // messages held as pages (open descriptors)
+	// Unsent is the part of the above waiting to be written to consumers
+	// that have not read it yet.
+	Unsent HeldStats `json:"unsent"`
+	// Waiting counts the retrieves waiting for a message.
+	Waiting int64 `json:"waiting"`
+	// Descriptors is how many descriptors pages and connections take in
+	// the server, DescriptorLimit how many they may (machqd
+	// --max-descriptors).
+	Descriptors     int64 `json:"descriptors"`
+	DescriptorLimit int64 `json:"descriptor_limit"`
+	// Goroutines is the number of goroutines of the server's process.
+	Goroutines int          `json:"goroutines"`
+	Queues     []QueueStats `json:"queues"` // each named queue, sorted by name
+	// QueuesOmitted counts named queues the server left out of Queues
+	// because its STATS frame could not hold them all.
+	QueuesOmitted int `json:"queues_omitted,omitempty"`
+	// Users is what each user id that is connected or has something
+	// stored holds, sorted by uid.
+	Users []UserStats `json:"users"`
+}
+
+// HeldStats counts messages, their payload bytes and the pages among
+// them.
+type HeldStats struct {
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	Pages    int64 `json:"pages"`
+}
+
+// UserStats is one user id's share of what a server holds: what its
+// stores hold wherever the messages are, the named queues it created
+// that exist, its connections and its waiting retrieves. The per-uid
+// limits (machqd --max-*-per-uid) apply to these.
+type UserStats struct {
+	UID         uint32 `json:"uid"`
+	Connections int64  `json:"connections"`
+	Messages    int64  `json:"messages"`
+	Bytes       int64  `json:"bytes"`
+	Pages       int64  `json:"pages"`
+	Queues      int    `json:"queues"`
+	Waiting     int64  `json:"waiting"`
+}
+
+// QueueStats describes one named queue.
+type QueueStats struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"`
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"` // consumers blocked on the queue
+	// Owner is the only user id allowed to use the queue; nil: anyone.
+	Owner *uint32 `json:"owner,omitempty"`
+}
+
+// Stat returns the server's statistics.
+func (c *Client) Stat(ctx context.Context) (*Stats, error) {
+	raw, err := c.StatJSON(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var s Stats
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("%w: STATS is not valid JSON: %v", ErrProtocol, err)
+	}
+	return &s, nil
+}
+
+// StatJSON returns the server's statistics as the JSON document it sent.
+func (c *Client) StatJSON(ctx context.Context) ([]byte, error) {
+	cl := &call{op: wire.OpStat, ch: make(chan result, 1)}
+	id, err := c.register(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendStat(b, id) }); err != nil {
+		return nil, err
+	}
+	r, err := c.wait(ctx, id, cl)
+	return r.stats, err
+}
