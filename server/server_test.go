@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/clienttest"
 	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/internal/wiretest"
@@ -1596,16 +1597,5 @@ func TestPageLimit(t *testing.T) {
 	}
 }
 
-// expectMessage retrieves the oldest message of queue with c and fails t,
-// saying what was being checked, unless it holds want.
-func expectMessage(t *testing.T, ctx context.Context, c *machq.Client, queue, want, what string) {
-	t.Helper()
-	m, err := c.Retrieve(ctx, queue)
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	defer m.Close()
-	if got := string(m.Bytes()); got != want {
-		t.Fatalf("%s: got %q, want %q", what, got, want)
-	}
-}
+// expectMessage is clienttest.ExpectMessage.
+var expectMessage = clienttest.ExpectMessage
