@@ -144,6 +144,9 @@ func CheckInWith(path string, o Options) (*Registration, error) {
 	}
 	fd, err := bindUnix(bindPath, perm)
 	if err != nil {
+		if st, serr := statAt(dir, name); errors.Is(err, errNotListening) && serr == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK && int(st.Uid) == os.Geteuid() {
+			removeAt(dir, name, idOf(st)) // the socket just bound
+		}
 		return fail(fmt.Errorf("naming: listen on %s: %w", path, err))
 	}
 	// Only root or we could have put something else there since the
@@ -165,7 +168,7 @@ func CheckInWith(path string, o Options) (*Registration, error) {
 		return fail(fmt.Errorf("naming: socket %s was created with mode %04o, not %04o; a security module may be changing modes: check its policy", path, bound.Mode&0o7777, perm))
 	}
 	r.sock = idOf(bound)
-	l, err := listenFD(fd, bindPath)
+	l, err := listenerOf(fd, bindPath)
 	if err != nil {
 		removeAt(dir, name, r.sock)
 		return fail(fmt.Errorf("naming: listen on %s: %w", path, err))
@@ -531,6 +534,10 @@ func readPID(f *os.File) int {
 	return pid
 }
 
+// errNotListening reports a socket bound, its file made, that could not
+// listen.
+var errNotListening = errors.New("bound but not listening")
+
 // umaskMu serialises the process-wide umask changes of withUmask's
 // fallback.
 var umaskMu sync.Mutex
@@ -539,7 +546,7 @@ var umaskMu sync.Mutex
 // directory); a variable so that tests can take the fallback.
 var unshareFS = func() error { return unix.Unshare(unix.CLONE_FS) }
 
-// bindUnix creates a Unix stream socket bound at path whose file has
+// bindUnix creates a Unix stream socket listening at path whose file has
 // mode perm from the start, so that nothing is ever changed through the
 // path (which another user might have pointed elsewhere meanwhile).
 //
@@ -568,6 +575,12 @@ func bindUnix(path string, perm uint32) (int, error) {
 		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 			unix.Close(fd)
 			return -1, os.NewSyscallError("bind", err)
+		}
+		// At once: a client that finds the file should find it
+		// listening. The kernel caps the backlog at somaxconn.
+		if err := unix.Listen(fd, 1<<16-1); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%w: %w", errNotListening, os.NewSyscallError("listen", err))
 		}
 		return fd, nil
 	}
@@ -607,13 +620,9 @@ func withUmask(perm uint32, create func() (int, error)) (int, error) {
 	return r.fd, r.err
 }
 
-// listenFD makes the bound socket fd listen, as a *net.UnixListener that
+// listenerOf makes the listening socket fd a *net.UnixListener that
 // leaves its file alone when closed (Release removes it).
-func listenFD(fd int, path string) (*net.UnixListener, error) {
-	if err := unix.Listen(fd, 1<<16-1); err != nil { // the kernel caps it at somaxconn
-		unix.Close(fd)
-		return nil, os.NewSyscallError("listen", err)
-	}
+func listenerOf(fd int, path string) (*net.UnixListener, error) {
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	l, err := net.FileListener(f)
