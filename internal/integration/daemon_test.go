@@ -288,7 +288,7 @@ func TestDaemonRuntimeDirOfAUser(t *testing.T) {
 		t.Skip("needs root to run the server as another user")
 	}
 	const uid = 65534
-	tmp := sharedDir(t, 0o1777) // a TMPDIR like /tmp
+	tmp := sharedDir(t, os.ModeSticky|0o777) // a TMPDIR like /tmp
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MACHQ_RUNTIME_DIR=") && !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") && !strings.HasPrefix(kv, "TMPDIR=") {

@@ -74,7 +74,10 @@ func truncate(b []byte) string {
 
 // RuntimeDir returns the directory that holds service sockets:
 // $MACHQ_RUNTIME_DIR, else $XDG_RUNTIME_DIR/machq, else /run/machq for
-// root, else machq-UID under the temporary directory.
+// root, else machq-UID under the temporary directory. CheckIn creates it
+// if missing, and refuses one that is a symbolic link, belongs to another
+// user, or that group or others may write to, or that has a directory
+// above it another user could change.
 func RuntimeDir() string {
 	if d := os.Getenv("MACHQ_RUNTIME_DIR"); d != "" {
 		return d
