@@ -480,9 +480,15 @@ func isPeerGone(err error) bool {
 // directory would stop them. When Serve returns, the socket file is
 // removed and the path given up.
 func (s *Server) Listen(path string) (*net.UnixListener, error) {
-	reg, err := naming.CheckInWith(path, naming.Options{Shared: s.cfg.Access.open()})
+	// A path outside the runtime directory was chosen by the caller: it
+	// may sit in a directory of root's, or a sticky shared one (warned).
+	explicit := filepath.Dir(filepath.Clean(path)) != filepath.Clean(naming.RuntimeDir())
+	reg, err := naming.CheckInWith(path, naming.Options{Shared: s.cfg.Access.open(), ExplicitPath: explicit})
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range reg.Warnings {
+		s.log.Warn(w, "socket", path)
 	}
 	if reg.ReplacedStale {
 		s.log.Info("replaced the socket left by a server that died", "socket", path)
