@@ -41,10 +41,12 @@ const DefaultInlineThreshold = 64 << 10
 type Option func(*options) error
 
 type options struct {
-	inline int
-	digest Digest
-	spare  int64
-	owned  bool
+	inline     int
+	digest     Digest
+	accept     []Digest // WithRequiredDigest: the digests accepted; nil: any
+	spare      int64
+	owned      bool
+	serverUIDs []uint32 // WithServerUID
 }
 
 // WithInlineThreshold sets the largest payload sent inline; larger
@@ -68,19 +70,6 @@ func WithInlineThreshold(n int) Option {
 func WithOwnedQueues() Option {
 	return func(o *options) error {
 		o.owned = true
-		return nil
-	}
-}
-
-// WithDigest sets the digest computed over every payload sent; the default
-// is DigestSHA256. Received payloads are verified with whatever algorithm
-// their sender chose.
-func WithDigest(d Digest) Option {
-	return func(o *options) error {
-		if _, err := d.Sum(nil); err != nil {
-			return err
-		}
-		o.digest = d
 		return nil
 	}
 }
@@ -156,6 +145,9 @@ type result struct {
 // (resolved in the runtime directory, see SocketPath) or, if target holds
 // a slash, a socket path. The empty target means the default service,
 // "machq". ctx bounds the connection and the handshake.
+// Before sending anything it checks that the server, and a service's
+// runtime directory and socket file, belong to root or this process's
+// effective uid (or WithServerUID's): else ErrUntrustedServer.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	o := options{inline: DefaultInlineThreshold, digest: DigestSHA256, spare: DefaultSparePage}
 	for _, opt := range opts {
@@ -163,20 +155,12 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 			return nil, err
 		}
 	}
-	path, err := naming.Resolve(target)
+	uc, path, err := dialTrusted(ctx, target, &o)
 	if err != nil {
-		return nil, fmt.Errorf("machq: %w", err)
-	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w at %s (is machqd running? start it with: machqd --socket %s)", ErrNoServer, path, path)
-		}
-		return nil, fmt.Errorf("machq: connect to %s: %w", path, err)
+		return nil, err
 	}
 	c := &Client{
-		uc:      nc.(*net.UnixConn),
+		uc:      uc,
 		path:    path,
 		opts:    o,
 		pending: make(map[uint64]*call),
@@ -220,7 +204,7 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		}
 		c.uc.SetDeadline(time.Time{})
 	}()
-	if _, err := c.uc.Write(wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version})); err != nil {
+	if _, err := c.uc.Write(wire.AppendHello(nil, 0, wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.Version})); err != nil {
 		// A server refusing the connection (a connection limit) says why
 		// and closes it, perhaps before the HELLO arrived: read the why.
 		if f, rerr := rd.ReadFrame(); rerr == nil && f.Op == wire.OpError {
@@ -243,8 +227,8 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrProtocol, err)
 		}
-		if w.Version != wire.Version {
-			return fmt.Errorf("%w: server chose protocol version %d; this client speaks %d", ErrProtocol, w.Version, wire.Version)
+		if w.Version < wire.MinVersion || w.Version > wire.Version {
+			return fmt.Errorf("%w: server chose protocol version %d; this client speaks %d to %d", ErrProtocol, w.Version, wire.MinVersion, wire.Version)
 		}
 		c.welcome = w
 		c.opts.inline = min(c.opts.inline, int(w.MaxInline))
@@ -549,6 +533,8 @@ func (c *Client) dispatch(f wire.Frame) {
 		r = c.message(cl, f)
 	case wire.OpStats:
 		r.stats = bytes.Clone(f.Body)
+	case wire.OpDisowned:
+		wire.CloseFDs(f.FDs)
 	case wire.OpError:
 		wire.CloseFDs(f.FDs)
 		code, msg, err := wire.ParseError(f.Body)
@@ -585,6 +571,8 @@ func responseOp(req wire.Op) wire.Op {
 		return wire.OpMessage
 	case wire.OpStat:
 		return wire.OpStats
+	case wire.OpDisown:
+		return wire.OpDisowned
 	}
 	return wire.OpError
 }
@@ -606,6 +594,7 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 		fd:        -1,
 		digestAlg: Digest(wm.DigestAlg),
 		digest:    bytes.Clone(wm.Digest),
+		accept:    c.opts.accept,
 	}
 	r := result{msg: m}
 	if f.Flags&wire.FlagInline != 0 {

@@ -3,6 +3,8 @@ package machq
 import (
 	"crypto/sha256"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/zeebo/blake3"
 )
@@ -62,4 +64,62 @@ func (d Digest) Sum(b []byte) ([]byte, error) {
 		return s[:], nil
 	}
 	return nil, fmt.Errorf("machq: unknown digest algorithm %d", uint8(d))
+}
+
+// WithDigest sets the digest computed over every payload sent; the default
+// is DigestSHA256. Received payloads are verified with whatever algorithm
+// their sender chose.
+func WithDigest(d Digest) Option {
+	return func(o *options) error {
+		if _, err := d.Sum(nil); err != nil {
+			return err
+		}
+		o.digest = d
+		return nil
+	}
+}
+
+// verifiable are the algorithms a client can verify.
+var verifiable = []Digest{DigestSHA256, DigestBLAKE3}
+
+// WithRequiredDigest makes a consumer insist on integrity. Without it a
+// message whose sender chose DigestNone carries nothing to verify, and
+// is accepted as it is. With it, every retrieved message must carry a
+// digest of one of algs (with no algs, of any algorithm this client can
+// verify: DigestSHA256 or DigestBLAKE3), which is then verified as
+// usual; a message that carries none, or one of another algorithm,
+// fails like a tampered one, with a *TamperedError (wrapping
+// ErrTampered) saying what came. That message has left its queue already
+// (delivery is at most once): the retrieve returns it with the error, as
+// it returns a tampered one, for the caller to inspect or drop, and Close.
+// DigestNone and unknown algorithms are refused in algs. When given more
+// than once, the last one counts.
+func WithRequiredDigest(algs ...Digest) Option {
+	return func(o *options) error {
+		if len(algs) == 0 {
+			o.accept = verifiable
+			return nil
+		}
+		for _, d := range algs {
+			if !slices.Contains(verifiable, d) {
+				return fmt.Errorf("machq: WithRequiredDigest(%s): require one of %s", d, digestNames(verifiable))
+			}
+		}
+		o.accept = slices.Clone(algs)
+		return nil
+	}
+}
+
+// digestNames is "sha256 or blake3".
+func digestNames(ds []Digest) string {
+	names := make([]string, 0, len(ds))
+	for _, d := range ds {
+		if s := d.String(); !slices.Contains(names, s) {
+			names = append(names, s)
+		}
+	}
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }

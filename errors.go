@@ -19,7 +19,8 @@ var (
 	// ErrBadQueueName: the queue name breaks the rules: 1 to 255
 	// characters from [A-Za-z0-9._-].
 	ErrBadQueueName = errors.New("machq: bad queue name")
-	// ErrTampered: a retrieved payload does not match its digest.
+	// ErrTampered: a retrieved payload does not match its digest, or
+	// (WithRequiredDigest) carries no digest the client accepts.
 	ErrTampered = errors.New("machq: integrity check failed: data was tampered with")
 	// ErrClosed: the connection is closed, by Close or because it failed
 	// (the server stopped or restarted); Dial again.
@@ -39,6 +40,15 @@ var (
 	// ErrDenied: the server does not admit this process's user or groups,
 	// or the named queue belongs to another user.
 	ErrDenied = errors.New("machq: access denied")
+	// ErrUntrustedServer: Dial refused the server before sending it
+	// anything: it runs as a user this process does not trust, or its
+	// service's runtime directory or socket file could let another user
+	// stand in for it. The error says what was found and what to do;
+	// WithServerUID trusts another user's server.
+	ErrUntrustedServer = errors.New("machq: untrusted server")
+	// ErrInUse: Disown found the queue holding messages or waiting
+	// retrieves; retrieve or cancel them first.
+	ErrInUse = errors.New("machq: queue in use")
 )
 
 // ErrorCode is the machine-readable reason the server gives for a failed
@@ -62,6 +72,7 @@ const (
 	CodeBadRequest    ErrorCode = 13 // a request body that does not parse
 	CodeDenied        ErrorCode = 14 // fatal: this user may not connect
 	CodeForbidden     ErrorCode = 15 // the named queue belongs to another user
+	CodeInUse         ErrorCode = 16 // DISOWN: the queue still holds messages or waiters
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -99,6 +110,8 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrLimit
 	case CodeDenied, CodeForbidden:
 		return target == ErrDenied
+	case CodeInUse:
+		return target == ErrInUse
 	}
 	return false
 }

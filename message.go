@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +33,7 @@ type Message struct {
 	fd        int
 	digestAlg Digest
 	digest    []byte
+	accept    []Digest // the digests the client requires; nil: any
 	closed    bool
 }
 
@@ -94,6 +96,15 @@ func (m *Message) verify(expect *sentDigest) error {
 			return tampered("the server returned message %d but the oldest this client stored is %d", m.Seq, expect.seq)
 		case Digest(expect.alg) != m.digestAlg || !bytes.Equal(expect.digest, m.digest):
 			return tampered("the digest the server returned differs from the one recorded at store time")
+		}
+	}
+	if m.accept != nil && !slices.Contains(m.accept, m.digestAlg) {
+		const left = "it has left the queue unverified"
+		if m.digestAlg == DigestNone {
+			return tampered("it carries no digest (its sender chose none) and this client requires a %s digest; %s: have its producer send one (--digest sha256 or blake3)", digestNames(m.accept), left)
+		}
+		if slices.Contains(verifiable, m.digestAlg) {
+			return tampered("it carries a %s digest and this client accepts only %s; %s", m.digestAlg, digestNames(m.accept), left)
 		}
 	}
 	sum, err := m.digestAlg.Sum(m.data)

@@ -64,6 +64,10 @@ type conn struct {
 	outFDs   []int
 	fdAt     []int            // byte offset in out of the frame carrying outFDs[i]
 	outMsgs  []*queue.Message // messages in out or outFDs: release after sending
+	// unreceived are pages written but perhaps not yet received; see
+	// unreceived.go.
+	unreceived     []*queue.Message
+	unreceivedPoll *time.Timer
 	writing  int              // bytes of the outbox being written now
 	closed   bool             // no more responses may be queued
 	stopping bool             // Shutdown asked the reader to stop
@@ -123,6 +127,7 @@ func (c *conn) serve() {
 	}()
 
 	rd := wire.NewReader(c.uc)
+	rd.OnPartial(c.startFrameDeadline)
 	c.mu.Lock()
 	if !c.stopping { // Shutdown's deadline must stand
 		c.uc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
@@ -161,8 +166,11 @@ func (c *conn) serve() {
 	c.uc.Close()
 
 	c.mu.Lock()
-	lost := c.outMsgs
-	c.outMsgs = nil
+	lost := append(c.outMsgs, c.unreceived...)
+	c.outMsgs, c.unreceived = nil, nil
+	if c.unreceivedPoll != nil {
+		c.unreceivedPoll.Stop()
+	}
 	c.mu.Unlock()
 	for _, m := range lost {
 		m.Release()
@@ -225,7 +233,11 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 		}
 		c.mu.Lock()
 		c.busy = true
+		out := len(c.unreceived) > 0
 		c.mu.Unlock()
+		if out {
+			c.peerRead()
+		}
 		if fatal := c.handle(f); fatal {
 			return "protocol violation"
 		}
@@ -352,7 +364,7 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 // outboxFull reports whether the client has so much unsent that it must
 // receive no further message until it reads. c.mu is held.
 func (c *conn) outboxFull() bool {
-	return len(c.out)+c.writing >= maxOutbox || len(c.outFDs) >= maxOutboxPages
+	return len(c.out)+c.writing >= maxOutbox || c.pagesUnreceived() >= maxOutboxPages
 }
 
 // startFrameDeadline bounds the time the rest of a partly received frame
@@ -457,9 +469,14 @@ func (c *conn) flush() bool {
 		c.mu.Unlock()
 
 		err := c.write(buf, fds, fdAt)
+		if err == nil {
+			c.sent(msgs)
+		}
 		for i, m := range msgs {
-			m.Release()
-			msgs[i] = nil
+			if m != nil {
+				m.Release()
+				msgs[i] = nil
+			}
 		}
 		if err != nil {
 			if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {

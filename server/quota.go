@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/wire"
 )
 
 // unknownUID is the account of peers whose credentials could not be read
@@ -14,7 +15,7 @@ const unknownUID = ^uint32(0)
 // connectionDescriptors is what one connection takes from
 // Limits.MaxDescriptors: its socket, and the most descriptors its reader
 // may hold received but not yet claimed by a frame.
-const connectionDescriptors = 1 + maxFDsInFlight
+const connectionDescriptors = 1 + wire.MaxFDsInFlight
 
 // newLedger returns the ledger enforcing lim's totals and per-uid limits.
 func newLedger(lim *Limits) *quota.Ledger {
@@ -67,7 +68,3 @@ func refusalError(err error, size int64) error {
 	}
 	return err
 }
-
-// maxFDsInFlight is the most descriptors a connection's reader may hold
-// received but not yet claimed by a frame.
-const maxFDsInFlight = 2

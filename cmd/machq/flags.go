@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -196,4 +197,30 @@ func defaultText(f *flag.Flag) string {
 		}
 	}
 	return f.DefValue
+}
+
+// uidList is a flag.Value collecting user ids, given as repeated flags
+// or separated by commas.
+type uidList []uint32
+
+func (l *uidList) String() string {
+	if l == nil {
+		return ""
+	}
+	s := make([]string, len(*l))
+	for i, u := range *l {
+		s[i] = strconv.FormatUint(uint64(u), 10)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *uidList) Set(v string) error {
+	for _, f := range strings.Split(v, ",") {
+		u, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a numeric user id", f)
+		}
+		*l = append(*l, uint32(u))
+	}
+	return nil
 }

@@ -5,6 +5,7 @@
 //	machq send --queue Q [--file F]              store stdin or F
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
+//	machq disown --queue Q                       give up an owned queue
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
 //	machq help [COMMAND]                         the commands, or one's flags
@@ -49,11 +50,12 @@ Commands:
   send      store stdin, or --file, as one message at the tail of --queue
   retrieve  take the oldest message of --queue and write it to stdout, or --out
   stat      show clients, stored messages and bytes, and the named queues
+  disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve and stat reach the server by --name NAME (service
+shell, send, retrieve, stat and disown reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -69,7 +71,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "stat", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "stat", "disown", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -110,6 +112,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return retrieveCmd(ctx, args, stdout, stderr)
 	case "stat":
 		return statCmd(ctx, args, stdout, stderr)
+	case "disown":
+		return disownCmd(ctx, args, stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":
@@ -138,6 +142,8 @@ type common struct {
 	digestName   string
 	inline       int
 	owned        bool
+	serverUIDs   uidList
+	requireDig   bool // --require-digest, on the commands that retrieve
 
 	digest machq.Digest // digestName, parsed by check
 }
@@ -152,6 +158,12 @@ func (c *common) register(cmd *command, level string) {
 	fs.StringVar(&c.digestName, "digest", "sha256", "`digest` for sent payloads: sha256, blake3 or none")
 	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, fmt.Sprintf("largest payload in `bytes` sent inline, 0 to %d; larger ones travel as sealed memfds", maxInline))
 	fs.BoolVar(&c.owned, "owned", false, "a named queue this creates is your user's alone")
+	fs.Var(&c.serverUIDs, "server-uid", "also trust a server run by this `uid` (root and you are always trusted); repeat or separate with commas")
+}
+
+// registerConsumer defines the flags of the commands that retrieve.
+func (c *common) registerConsumer(cmd *command) {
+	cmd.fs.BoolVar(&c.requireDig, "require-digest", false, "refuse a message that carries no sha256 or blake3 digest (exit status 5) instead of accepting it unverified")
 }
 
 // maxInline is the largest --inline (the protocol's inline limit).
@@ -215,6 +227,12 @@ func (c *common) dial(ctx context.Context) (*machq.Client, error) {
 	opts := []machq.Option{machq.WithDigest(c.digest), machq.WithInlineThreshold(c.inline)}
 	if c.owned {
 		opts = append(opts, machq.WithOwnedQueues())
+	}
+	for _, uid := range c.serverUIDs {
+		opts = append(opts, machq.WithServerUID(uid))
+	}
+	if c.requireDig {
+		opts = append(opts, machq.WithRequiredDigest())
 	}
 	return machq.Dial(dctx, c.target(), opts...)
 }
@@ -381,6 +399,7 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	var wait time.Duration
 	cmd := newCommand("retrieve", retrieveSummary)
 	c.register(cmd, "warn")
+	c.registerConsumer(cmd)
 	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to take from (required)")
 	cmd.fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 500ms, 30s, 2m); 0 answers at once")
 	cmd.fs.StringVar(&outPath, "out", "", "write the payload to this `file` instead of stdout")

@@ -50,6 +50,7 @@ func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr
 	sh := shell{out: stdout, stderr: stderr}
 	cmd := newCommand("shell", shellSummary)
 	sh.c.register(cmd, "info")
+	sh.c.registerConsumer(cmd)
 	cmd.fs.StringVar(&sh.queue, "queue", "", "use this named `queue` instead of the connection's private queue")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st

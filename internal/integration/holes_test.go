@@ -126,7 +126,13 @@ func TestIntegrationSlowConsumerCountsAndIsSkipped(t *testing.T) {
 	if len(st.Queues) != 1 || st.Queues[0].Messages == 0 {
 		t.Errorf("queues %+v: messages a slow consumer cannot take stay queued", st.Queues)
 	}
-	if grown := d.rss() - rss0; grown > 160<<20 {
+	// Before the fix it grew by 1.9 GiB; the race detector's shadow
+	// memory multiplies what the heap takes.
+	most := int64(160 << 20)
+	if raceEnabled {
+		most *= 4
+	}
+	if grown := d.rss() - rss0; grown > most {
 		t.Errorf("server memory grew by %d MiB; the limit is 64 MiB", grown>>20)
 	}
 
@@ -298,15 +304,19 @@ func TestIntegrationOwnedQueueNeverLapses(t *testing.T) {
 	m := rawUser(t, d.socket, mallory)
 	id := uint64(1)
 	for wave := range 4 {
-		var b []byte
-		for i := range 20000 {
-			b = wire.AppendRetrieve(b, id, wire.Retrieve{Queue: fmt.Appendf(nil, "churn-%d-%d", wave, i), WaitMillis: 1})
-			id++
-		}
-		m.Write(b)
-		for range 20000 {
-			if f := m.Read(); f.Op != wire.OpError {
-				t.Fatalf("a wait on a fresh name got %s", f.Op)
+		// In bursts the socket buffers hold, answers read after each: a
+		// client that writes without reading is held back by the server.
+		for burst := range 20 {
+			var b []byte
+			for i := range 1000 {
+				b = wire.AppendRetrieve(b, id, wire.Retrieve{Queue: fmt.Appendf(nil, "churn-%d-%d-%d", wave, burst, i), WaitMillis: 1})
+				id++
+			}
+			m.Write(b)
+			for range 1000 {
+				if f := m.Read(); f.Op != wire.OpError {
+					t.Fatalf("a wait on a fresh name got %s", f.Op)
+				}
 			}
 		}
 		m.Write(wire.AppendStat(nil, id))
@@ -382,10 +392,13 @@ func TestIntegrationPerUIDLimits(t *testing.T) {
 		t.Fatalf("another user's private store after one filled its share: %v", err)
 	}
 
+	// Waits on a queue of mallory's own, emptied first (no queue is left
+	// to create).
+	clienttest.ExpectMessage(t, ctx, m, "m-0", "", "mallory's first queue")
 	raw := rawUser(t, d.socket, mallory)
 	var b []byte
 	for i := range 150 {
-		b = wire.AppendRetrieve(b, uint64(i+1), wire.Retrieve{Queue: []byte("nothing"), WaitMillis: wire.WaitForever})
+		b = wire.AppendRetrieve(b, uint64(i+1), wire.Retrieve{Queue: []byte("m-0"), WaitMillis: wire.WaitForever})
 	}
 	raw.Write(b)
 	if msg := raw.ExpectError(wire.CodeLimit); !strings.Contains(msg, "max-waiting-per-uid") {

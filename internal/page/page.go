@@ -117,7 +117,35 @@ func Check(fd int, size int64) error {
 	if st.Size != size {
 		return fmt.Errorf("%w: memfd holds %d bytes, request declared %d", ErrSizeMismatch, st.Size, size)
 	}
-	return nil
+	return checkBacking(fd, &st)
+}
+
+// checkBacking accepts the filesystems a memfd lives on when every byte of
+// it can be read without failing: shmem (tmpfs), where a hole reads as
+// zeros, and hugetlbfs only if every huge page is already allocated. A
+// hugetlbfs page not yet faulted in is allocated on first touch, and when
+// the pool is empty that touch is a SIGBUS: in the server's, or an
+// innocent consumer's, process. Anything else is refused.
+func checkBacking(fd int, st *unix.Stat_t) error {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return fmt.Errorf("%w: fstatfs: %v", ErrNotMemfd, err)
+	}
+	switch fs.Type {
+	case unix.TMPFS_MAGIC:
+		return nil
+	case unix.HUGETLBFS_MAGIC:
+		huge := fs.Bsize
+		if huge <= 0 {
+			huge = 1 << 21
+		}
+		need := (st.Size + huge - 1) / huge * huge
+		if st.Blocks*512 < need {
+			return fmt.Errorf("%w: it is a hugetlbfs memfd (MFD_HUGETLB) with %d of its %d bytes allocated; a receiver touching the rest could be killed by SIGBUS when the huge page pool runs out: write every page before sealing, or use a plain memfd", ErrNotMemfd, st.Blocks*512, need)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: it lives on a filesystem of type %#x, not tmpfs or hugetlbfs; create pages with memfd_create", ErrNotMemfd, fs.Type)
 }
 
 // Size returns the size of the file fd refers to.

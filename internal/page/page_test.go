@@ -979,3 +979,46 @@ func TestCopyFromIntoSealedPage(t *testing.T) {
 		t.Errorf("failed copies changed the page: %v", err)
 	}
 }
+
+// hugeMemfd returns a sealable MFD_HUGETLB memfd of one huge page, or
+// skips the test where the kernel has no hugetlbfs.
+func hugeMemfd(t *testing.T) (fd int, size int64) {
+	t.Helper()
+	fd, err := unix.MemfdCreate("machq-huge", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_HUGETLB)
+	if err != nil {
+		t.Skipf("memfd_create(MFD_HUGETLB): %v", err)
+	}
+	closeOnCleanup(t, fd)
+	size = 2 << 20
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Skipf("ftruncate of a hugetlbfs memfd: %v", err)
+	}
+	return fd, size
+}
+
+func TestCheckHugetlbUnallocated(t *testing.T) {
+	fd, size := hugeMemfd(t)
+	// Sealed before any huge page was allocated: touching it may SIGBUS.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, page.RequiredSeals); err != nil {
+		t.Skipf("sealing a hugetlbfs memfd: %v", err)
+	}
+	err := page.Check(fd, size)
+	if !errors.Is(err, page.ErrNotMemfd) || !strings.Contains(err.Error(), "hugetlbfs") {
+		t.Fatalf("Check of an unallocated hugetlbfs memfd: %v; want ErrNotMemfd naming hugetlbfs", err)
+	}
+}
+
+func TestCheckHugetlbAllocated(t *testing.T) {
+	fd, size := hugeMemfd(t)
+	// Allocating needs a free huge page; where the pool is empty the
+	// reservation fails cleanly (no page is touched).
+	if err := unix.Fallocate(fd, 0, 0, size); err != nil {
+		t.Skipf("no huge page to allocate (vm.nr_hugepages): %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, page.RequiredSeals); err != nil {
+		t.Skipf("sealing a hugetlbfs memfd: %v", err)
+	}
+	if err := page.Check(fd, size); err != nil {
+		t.Fatalf("Check of a fully allocated hugetlbfs memfd: %v", err)
+	}
+}

@@ -28,15 +28,29 @@ type Message struct {
 	// Charge is the account the message is charged to, from the moment
 	// the server accepted it until Release; nil if it is charged to none.
 	Charge *quota.Account
+
+	sent bool // Sent closed the page, whose charge stays until Release
+}
+
+// Sent closes the message's page once a write to a socket has handed the
+// kernel a reference of its own, but keeps the page's charge until
+// Release: the page exists until the peer has received it.
+func (m *Message) Sent() {
+	if m.FD >= 0 {
+		unix.Close(m.FD)
+		m.FD = -1
+		m.sent = true
+	}
 }
 
 // Release discharges the message from its account and closes its page,
 // if it has one. It is safe to call more than once.
 func (m *Message) Release() {
 	if m.Charge != nil {
-		m.Charge.Unhold(m.Size, m.FD >= 0)
+		m.Charge.Unhold(m.Size, m.FD >= 0 || m.sent)
 		m.Charge = nil
 	}
+	m.sent = false
 	if m.FD >= 0 {
 		unix.Close(m.FD)
 		m.FD = -1

@@ -32,7 +32,8 @@ func TestCodeStringAndFatal(t *testing.T) {
 		{0, 0, "CODE_0", false},
 		{wire.CodeDenied, 14, "DENIED", true},
 		{wire.CodeForbidden, 15, "FORBIDDEN", false},
-		{16, 16, "CODE_16", false},
+		{wire.CodeInUse, 16, "IN_USE", false},
+		{17, 17, "CODE_17", false},
 		{0xffff, 0xffff, "CODE_65535", false},
 	} {
 		if uint16(tc.code) != tc.num {

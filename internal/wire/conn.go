@@ -14,6 +14,14 @@ import (
 // (SCM_MAX_FD). Writers split larger batches.
 const MaxFDsPerWrite = 253
 
+// MaxFDsInFlight is the most descriptors a Reader ever holds received but
+// not yet handed out with a frame: the batch that came with the frame it
+// is reading, and one that came with the first bytes of the next. Its
+// control buffer takes no more than MaxFDsPerFrame per recvmsg, so the
+// kernel never installs more (it discards the rest and reports
+// MSG_CTRUNC), whatever a peer sends.
+const MaxFDsInFlight = 2 * MaxFDsPerFrame
+
 // ErrStrayFDs reports descriptors that arrived with no frame to claim them.
 // The stream of frames and descriptors can no longer be matched up, so the
 // connection must be closed.
@@ -76,6 +84,9 @@ type Reader struct {
 	oob     []byte
 	batches []fdBatch
 	err     error
+
+	onPartial func() // OnPartial's
+	notified  bool   // onPartial was called for the frame at r
 }
 
 // fdBatch is the descriptors one recvmsg returned, with the stream
@@ -91,9 +102,19 @@ func NewReader(src MsgReader) *Reader {
 	return &Reader{
 		src: src,
 		buf: make([]byte, defaultReadBuffer),
-		oob: make([]byte, unix.CmsgSpace(MaxFDsPerWrite*4)),
+		oob: make([]byte, unix.CmsgSpace(MaxFDsPerFrame*4)),
 	}
 }
+
+// OnPartial sets f to be called, once per frame, when ReadFrame holds
+// part of a frame and is about to wait for the rest. A server uses it to
+// bound how long a peer may take to finish a frame it began (a read
+// deadline), so that a peer cannot hold a buffer forever by stalling.
+func (r *Reader) OnPartial(f func()) { r.onPartial = f }
+
+// Partial reports whether the reader holds some bytes of a frame that has
+// not arrived whole.
+func (r *Reader) Partial() bool { return r.w > r.r && !r.Buffered() }
 
 // ReadFrame returns the next frame. Errors are sticky: after one, every
 // later call returns it again, except a read deadline that expired while
@@ -115,14 +136,24 @@ func (r *Reader) ReadFrame() (Frame, error) {
 			if r.w-r.r >= int(h.Length) {
 				return r.take(h)
 			}
-			if int(h.Length) > len(r.buf)-r.r {
-				r.makeRoom(int(h.Length))
+			if err := r.checkClaimable(h); err != nil {
+				return Frame{}, r.fail(err)
+			}
+			if need := int(h.Length); need > len(r.buf)-r.r && (r.r > 0 || r.w == len(r.buf)) {
+				// The buffer grows with the bytes that arrived, at most
+				// doubling, never to a length merely declared: memory
+				// follows what a peer sent, not what it announced.
+				r.makeRoom(min(need, max(len(r.buf), 2*(r.w-r.r))))
 			}
 		} else if len(r.buf)-r.r < HeaderSize {
 			r.makeRoom(HeaderSize)
 		}
 		if err := r.checkStray(); err != nil {
 			return Frame{}, r.fail(err)
+		}
+		if r.w > r.r && !r.notified && r.onPartial != nil {
+			r.notified = true
+			r.onPartial()
 		}
 		if err := r.fill(); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -158,10 +189,27 @@ func (r *Reader) checkStray() error {
 	return nil
 }
 
+// checkClaimable fails at once on descriptors that arrived in the middle
+// of the frame h, which starts at r.r and has not arrived whole: the frame
+// claiming a batch starts among the bytes that came with it, and none can
+// start inside h. A batch need not wait for h to end to be found stray,
+// so a peer cannot pile descriptors up behind a frame it never finishes.
+func (r *Reader) checkClaimable(h Header) error {
+	pos := r.off + int64(r.r)
+	end := pos + int64(h.Length)
+	for _, b := range r.batches {
+		if b.start > pos && b.end <= end {
+			return fmt.Errorf("%w: %d descriptor(s) arrived inside %s frame %d (stream bytes %d-%d of the frame's %d-%d); a sendmsg that carries descriptors must start with the frame that claims them", ErrStrayFDs, len(b.fds), h.Op, h.ID, b.start, b.end-1, pos, end-1)
+		}
+	}
+	return nil
+}
+
 func (r *Reader) take(h Header) (Frame, error) {
 	if err := r.checkStray(); err != nil {
 		return Frame{}, r.fail(err)
 	}
+	r.notified = false
 	f := Frame{Header: h, Body: r.buf[r.r+HeaderSize : r.r+int(h.Length)]}
 	if h.NFDs > 0 {
 		pos := r.off + int64(r.r)
@@ -228,7 +276,7 @@ func (r *Reader) fill() error {
 		}
 	}
 	if flags&unix.MSG_CTRUNC != 0 && err == nil {
-		err = ErrTruncatedControl
+		err = fmt.Errorf("%w: more descriptors came with one sendmsg than a frame may carry (%d), or the receiver had no descriptor left for them", ErrTruncatedControl, MaxFDsPerFrame)
 	}
 	r.w += n
 	if n == 0 && errors.Is(err, io.EOF) {

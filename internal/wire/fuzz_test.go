@@ -440,8 +440,14 @@ func conformingFDs(frames []wire.Frame, layout []fdChunk) bool {
 	}
 	claimed := map[int]bool{}
 	for _, c := range layout {
-		if len(c.fds) == 0 || c.start >= end {
-			continue
+		if len(c.fds) > wire.MaxFDsPerFrame {
+			return false // more than any frame may claim
+		}
+		if len(c.fds) == 0 || c.start == end {
+			continue // none, or for a last frame that never ends
+		}
+		if c.start > end {
+			return false // inside the last frame, which cannot claim them
 		}
 		if n, ok := starts[c.start]; !ok || n != len(c.fds) {
 			return false

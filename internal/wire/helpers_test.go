@@ -46,13 +46,22 @@ func (c *fakeConn) ReadMsgUnix(b, oob []byte) (n, oobn, flags int, addr *net.Uni
 	}
 	ch := &c.chunks[0]
 	n = copy(b, ch.data)
-	oobn = copy(oob, ch.oob)
-	if oobn > 0 {
-		c.delivered = append(c.delivered, ch.oob)
-	}
 	flags = ch.flags
-	if oobn < len(ch.oob) {
+	delivered := ch.oob
+	if len(ch.oob) > len(oob) {
+		// As the kernel does: install the descriptors that fit, keep the
+		// rest from the receiver, drop anything else, and say so.
+		delivered = nil
+		if fds := rightsIn(ch.oob); len(fds) > 0 {
+			if fit := (len(oob) - unix.CmsgSpace(0)) / 4; fit > 0 {
+				delivered = unix.UnixRights(fds[:min(fit, len(fds))]...)
+			}
+		}
 		flags |= unix.MSG_CTRUNC
+	}
+	oobn = copy(oob, delivered)
+	if oobn > 0 {
+		c.delivered = append(c.delivered, delivered)
 	}
 	err = ch.err
 	ch.data = ch.data[n:]
