@@ -58,20 +58,20 @@ type conn struct {
 	cred    *unix.Ucred // the peer's, read at accept; nil if unreadable
 	credErr error
 
-	mu       sync.Mutex
-	cond     *sync.Cond // signalled when the outbox shrinks or closing
-	out      []byte
-	outFDs   []int
-	fdAt     []int            // byte offset in out of the frame carrying outFDs[i]
-	outMsgs  []*queue.Message // messages in out or outFDs: release after sending
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when the outbox shrinks or closing
+	out     []byte
+	outFDs  []int
+	fdAt    []int            // byte offset in out of the frame carrying outFDs[i]
+	outMsgs []*queue.Message // messages in out or outFDs: release after sending
 	// unreceived are pages written but perhaps not yet received; see
 	// unreceived.go.
 	unreceived     []*queue.Message
 	unreceivedPoll *time.Timer
-	writing  int              // bytes of the outbox being written now
-	closed   bool             // no more responses may be queued
-	stopping bool             // Shutdown asked the reader to stop
-	flushing bool             // a goroutine is writing the outbox
+	writing        int  // bytes of the outbox being written now
+	closed         bool // no more responses may be queued
+	stopping       bool // Shutdown asked the reader to stop
+	flushing       bool // a goroutine is writing the outbox
 	// busy is set while the reader handles requests: it will flush the
 	// outbox before it waits for more, so appending need not wake the
 	// writer.

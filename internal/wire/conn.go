@@ -189,18 +189,24 @@ func (r *Reader) checkStray() error {
 	return nil
 }
 
-// checkClaimable fails at once on descriptors that arrived in the middle
-// of the frame h, which starts at r.r and has not arrived whole: the frame
-// claiming a batch starts among the bytes that came with it, and none can
-// start inside h. A batch need not wait for h to end to be found stray,
-// so a peer cannot pile descriptors up behind a frame it never finishes.
+// checkClaimable fails at once on descriptors that no frame can claim
+// while the frame h, which starts at r.r, has not arrived whole. A batch
+// is claimed by a frame that starts among the bytes that came with it and
+// declares as many descriptors: h, if h starts there and declares them,
+// or a frame after h, if the batch's bytes reach past h's end. A batch
+// neither can claim is found stray at once, not when h ends, so that a
+// peer cannot pile descriptors up behind a frame it never finishes.
 func (r *Reader) checkClaimable(h Header) error {
 	pos := r.off + int64(r.r)
 	end := pos + int64(h.Length)
-	for _, b := range r.batches {
-		if b.start > pos && b.end <= end {
-			return fmt.Errorf("%w: %d descriptor(s) arrived inside %s frame %d (stream bytes %d-%d of the frame's %d-%d); a sendmsg that carries descriptors must start with the frame that claims them", ErrStrayFDs, len(b.fds), h.Op, h.ID, b.start, b.end-1, pos, end-1)
+	for i, b := range r.batches {
+		if b.end > end {
+			continue // a later frame may claim it
 		}
+		if i == 0 && b.start <= pos && pos < b.end && int(h.NFDs) == len(b.fds) {
+			continue // h's own
+		}
+		return fmt.Errorf("%w: %d descriptor(s) arrived inside %s frame %d (with stream bytes %d-%d; the frame spans %d-%d and declares %d); a sendmsg that carries descriptors must start with the frame that claims them", ErrStrayFDs, len(b.fds), h.Op, h.ID, b.start, b.end-1, pos, end-1, h.NFDs)
 	}
 	return nil
 }

@@ -84,3 +84,24 @@ func TestReaderStrayInsideFrameFailsAtOnce(t *testing.T) {
 		t.Fatalf("stray descriptor %d left open", fd)
 	}
 }
+
+func TestReaderStrayWithFrameStartFailsAtOnce(t *testing.T) {
+	fd := dupFD(t, memfdWith(t, []byte("x")))
+	frame := inlineStore(1, 50000)
+	// The kernel may return a descriptor with the bytes of the sendmsgs
+	// before its own: here with a frame's start, but that frame declares
+	// none and the descriptor's bytes end inside it.
+	chunks := []chunk{{data: frame[:2000], oob: unix.UnixRights(fd)}, {data: frame[2000:3000]}}
+	src := &fakeConn{t: t, chunks: chunks}
+	rd := wire.NewReader(src)
+	defer rd.Close()
+	if _, err := rd.ReadFrame(); !errors.Is(err, wire.ErrStrayFDs) {
+		t.Fatalf("got %v, want ErrStrayFDs", err)
+	}
+	if src.calls != 1 {
+		t.Fatalf("reader made %d reads, want 1", src.calls)
+	}
+	if isOpen(fd) {
+		t.Fatalf("stray descriptor %d left open", fd)
+	}
+}
