@@ -1,0 +1,199 @@
+package integration_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/clienttest"
+)
+
+// impostor runs machqd as uid (another user) on socket, as an impostor
+// would put a server where a victim's is expected.
+// shared is a directory of sharedDir's, holding the binaries.
+func impostor(t *testing.T, uid int, shared, socket string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(shared, "machqd"), "--socket", socket, "--log-level", "info", "--allow-uid", "65534")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	})
+	waitFor(t, "the impostor to serve", func() bool { return strings.Contains(logs.String(), "msg=serving") })
+}
+
+// TestIntegrationClientRefusesImpostor: a server run by another user is
+// refused before anything is sent, found by path or by service name,
+// unless that user is trusted (WithServerUID, --server-uid); a runtime
+// directory another user owns, or that is a link or writable by others,
+// is refused for a service name.
+func TestIntegrationClientRefusesImpostor(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a server as another user")
+	}
+	const mallory = 65533
+	// The impostor must not be root for the test to mean anything, and
+	// root's client trusts only root: so the client here runs as 65534.
+	const victim = 65534
+	shared := sharedDir(t, 0o755)
+	dir := filepath.Join(shared, "run")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, mallory, mallory); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "machq.sock")
+	impostor(t, mallory, shared, socket)
+
+	run := func(env []string, args ...string) (string, int) {
+		c := exec.Command(filepath.Join(shared, "machq"), args...)
+		c.Env = env
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: victim, Gid: victim}}
+		c.Stdin = strings.NewReader("secret")
+		out, err := c.CombinedOutput()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return string(out), exit.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	// By path: the server's credentials give it away.
+	out, code := run(os.Environ(), "send", "--queue", "q", "--socket", socket)
+	if code == 0 || !strings.Contains(out, "untrusted server") || !strings.Contains(out, fmt.Sprint("uid ", mallory)) || !strings.Contains(out, "nothing was sent") {
+		t.Fatalf("send to another user's server: exit %d: %s; want a refusal naming its uid", code, out)
+	}
+	// By name, with the runtime directory another user's.
+	env := append(os.Environ(), "MACHQ_RUNTIME_DIR="+dir)
+	out, code = run(env, "send", "--queue", "q", "--name", "machq")
+	if code == 0 || !strings.Contains(out, "runtime directory") {
+		t.Fatalf("send by name through another user's runtime directory: exit %d: %s", code, out)
+	}
+	// Trusted on purpose, it is reached.
+	if out, code := run(os.Environ(), "send", "--queue", "q", "--socket", socket, "--server-uid", fmt.Sprint(mallory)); code != 0 {
+		t.Fatalf("send with --server-uid %d: exit %d: %s", mallory, code, out)
+	}
+	if st := (&daemon{t: t, socket: socket}).statsTrusting(mallory); st.Messages != 1 {
+		t.Fatalf("the trusted server holds %d messages, want 1", st.Messages)
+	}
+
+	// The library's own checks, as the victim.
+	link := filepath.Join(shared, "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, runtime, want string
+	}{
+		{"runtime directory a link", link, "symbolic link"},
+		{"runtime directory another user's", dir, "belongs to"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := run(append(os.Environ(), "MACHQ_RUNTIME_DIR="+tc.runtime), "stat", "--name", "machq")
+			if code == 0 || !strings.Contains(out, tc.want) {
+				t.Fatalf("exit %d: %s; want a refusal saying %q", code, out, tc.want)
+			}
+		})
+	}
+	// A writable runtime directory of the victim's own.
+	writable := filepath.Join(shared, "writable")
+	if err := os.Mkdir(writable, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(writable, 0o777)
+	os.Chown(writable, victim, victim)
+	if out, code := run(append(os.Environ(), "MACHQ_RUNTIME_DIR="+writable), "stat", "--name", "machq"); code == 0 || !strings.Contains(out, "writable by other users") {
+		t.Fatalf("runtime directory writable by others: exit %d: %s", code, out)
+	}
+}
+
+// statsTrusting is stats for a server run by uid.
+func (d *daemon) statsTrusting(uid uint32) *machq.Stats {
+	d.t.Helper()
+	ctx := ctxT(d.t)
+	c, err := machq.Dial(ctx, d.socket, machq.WithServerUID(uid))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.Stat(ctx)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return st
+}
+
+// TestIntegrationRequireDigest: a consumer requiring a digest refuses a
+// message stored without one (exit status 5), and takes one stored with
+// one.
+func TestIntegrationRequireDigest(t *testing.T) {
+	d := startDaemon(t, "")
+	if r := runCLI(t, strings.NewReader("plain"), "send", "--socket", d.socket, "--queue", "q", "--digest", "none"); r.code != 0 {
+		t.Fatalf("send: %+v", r)
+	}
+	r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "q", "--require-digest")
+	if r.code != 5 || !strings.Contains(r.stderr, "carries no digest") {
+		t.Fatalf("retrieve --require-digest of a message without a digest: %+v; want exit 5 saying it carries none", r)
+	}
+	if r := runCLI(t, strings.NewReader("signed"), "send", "--socket", d.socket, "--queue", "q"); r.code != 0 {
+		t.Fatalf("send: %+v", r)
+	}
+	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "q", "--require-digest"); r.code != 0 || r.stdout != "signed" {
+		t.Fatalf("retrieve --require-digest of a sha256 message: %+v", r)
+	}
+}
+
+// TestIntegrationDisown: an owned queue is given up by its owner only
+// when empty; another user may then create the name.
+func TestIntegrationDisown(t *testing.T) {
+	const alice, bob = 65534, 65533
+	d := sharedDaemon(t, []int{alice, bob}, "--log-level", "warn")
+	ctx := ctxT(t)
+	a := dialUser(t, d.socket, alice, machq.WithOwnedQueues())
+	b := dialUser(t, d.socket, bob, machq.WithOwnedQueues())
+	if err := a.Send(ctx, "name", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Disown(ctx, "name"); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("another user's disown: %v; want ErrDenied", err)
+	}
+	if err := a.Disown(ctx, "name"); !errors.Is(err, machq.ErrInUse) {
+		t.Fatalf("disown of a queue holding a message: %v; want ErrInUse", err)
+	}
+	if _, err := a.Retrieve(ctx, "name"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Disown(ctx, "name"); err != nil {
+		t.Fatalf("disown of the empty queue: %v", err)
+	}
+	if err := b.Send(ctx, "name", []byte("bob's now")); err != nil {
+		t.Fatalf("another user's store after the disown: %v", err)
+	}
+	if err := a.Send(ctx, "name", []byte("x")); !errors.Is(err, machq.ErrDenied) {
+		t.Fatalf("the old owner's store into the new owner's queue: %v; want ErrDenied", err)
+	}
+	// Root may disown any owned queue, with the CLI too.
+	clienttest.ExpectMessage(t, ctx, b, "name", "bob's now", "bob's queue")
+	if r := runCLI(t, nil, "disown", "--socket", d.socket, "--queue", "name"); r.code != 0 || !strings.Contains(r.stdout, "disowned") {
+		t.Fatalf("machq disown as root: %+v", r)
+	}
+	if err := a.Send(ctx, "name", []byte("alice again")); err != nil {
+		t.Fatalf("store after root disowned the queue: %v", err)
+	}
+}
