@@ -328,7 +328,8 @@ class Client:
     @classmethod
     def connect(cls, target: str = "", *, inline_threshold: int = DEFAULT_INLINE_THRESHOLD,
                 digest_alg: int = DIGEST_SHA256, timeout: Optional[float] = None,
-                versions: Tuple[int, int] = (VERSION, VERSION)) -> "Client":
+                versions: Tuple[int, int] = (VERSION, VERSION),
+                server_uids: Tuple[int, ...] = ()) -> "Client":
         """Connect to the server at `target` (a socket path or service name) and shake hands.
 
         Payloads up to `inline_threshold` bytes (capped by the server's
@@ -339,11 +340,16 @@ class Client:
         sent part of a frame, so the connection is then closed.
         `versions` is the (min, max) range offered in HELLO. Raises
         ServerError (VERSION, DENIED, LIMIT, ...) if the server refuses.
+        Before sending anything it checks the server's credentials
+        (SO_PEERCRED, PROTOCOL.md section 1): a server run by a user other
+        than root, this process's, or one in `server_uids` raises
+        PermissionError.
         """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
             sock.connect(socket_path(target))
+            _check_server(sock, server_uids)
         except BaseException:
             sock.close()
             raise
@@ -682,6 +688,16 @@ class Client:
     def _abort(self, why: str):
         self.close()
         raise ProtocolError(why)
+
+
+def _check_server(sock: socket.socket, server_uids: Tuple[int, ...]) -> None:
+    """Refuse a server run by an untrusted user (PROTOCOL.md section 1)."""
+    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", cred)
+    if uid not in (0, os.geteuid()) and uid not in server_uids:
+        raise PermissionError(
+            f"machq: the server runs as uid {uid} (pid {pid}), not as you or root; "
+            f"nothing was sent (pass server_uids=({uid},) if you trust it)")
 
 
 def connect(target: str = "", **kwargs) -> Client:
