@@ -326,6 +326,14 @@ func TestDaemonRuntimeDirOfAUser(t *testing.T) {
 // must then exit 0. It returns the logs.
 func runCheckedIn(t *testing.T, cmd *exec.Cmd) *syncBuffer {
 	t.Helper()
+	return runUntilLogged(t, cmd, "checked in")
+}
+
+// runUntilLogged starts cmd, a machqd logging at info level, and waits
+// until its logs hold ready. It is stopped with SIGTERM when the test
+// ends, and must then exit 0. It returns the logs.
+func runUntilLogged(t *testing.T, cmd *exec.Cmd, ready string) *syncBuffer {
+	t.Helper()
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -339,7 +347,7 @@ func runCheckedIn(t *testing.T, cmd *exec.Cmd) *syncBuffer {
 			t.Errorf("machqd: %v\n%s", err, logs)
 		}
 	})
-	waitFor(t, "machqd to check in", func() bool { return strings.Contains(logs.String(), "checked in") })
+	waitFor(t, "machqd to log "+ready, func() bool { return strings.Contains(logs.String(), ready) })
 	return logs
 }
 

@@ -217,12 +217,13 @@ func (d *daemon) rss() int64 {
 	return 0
 }
 
-// stats asks the daemon for its statistics through the library.
-func (d *daemon) stats() *machq.Stats {
+// stats asks the daemon for its statistics through the library, which
+// dials with opts.
+func (d *daemon) stats(opts ...machq.Option) *machq.Stats {
 	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := machq.Dial(ctx, d.socket)
+	c, err := machq.Dial(ctx, d.socket, opts...)
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -21,18 +21,7 @@ func impostor(t *testing.T, uid int, shared, socket string) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(shared, "machqd"), "--socket", socket, "--log-level", "info", "--allow-uid", "65534")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	logs := &syncBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-	})
-	waitFor(t, "the impostor to serve", func() bool { return strings.Contains(logs.String(), "msg=serving") })
+	runUntilLogged(t, cmd, "msg=serving")
 }
 
 // TestIntegrationClientRefusesImpostor: a server run by another user is
@@ -89,7 +78,7 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	if out, code := run(os.Environ(), "send", "--queue", "q", "--socket", socket, "--server-uid", fmt.Sprint(mallory)); code != 0 {
 		t.Fatalf("send with --server-uid %d: exit %d: %s", mallory, code, out)
 	}
-	if st := (&daemon{t: t, socket: socket}).statsTrusting(mallory); st.Messages != 1 {
+	if st := (&daemon{t: t, socket: socket}).stats(machq.WithServerUID(mallory)); st.Messages != 1 {
 		t.Fatalf("the trusted server holds %d messages, want 1", st.Messages)
 	}
 
@@ -121,22 +110,6 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	if out, code := run(append(os.Environ(), "MACHQ_RUNTIME_DIR="+writable), "stat", "--name", "machq"); code == 0 || !strings.Contains(out, "writable by other users") {
 		t.Fatalf("runtime directory writable by others: exit %d: %s", code, out)
 	}
-}
-
-// statsTrusting is stats for a server run by uid.
-func (d *daemon) statsTrusting(uid uint32) *machq.Stats {
-	d.t.Helper()
-	ctx := ctxT(d.t)
-	c, err := machq.Dial(ctx, d.socket, machq.WithServerUID(uid))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer c.Close()
-	st, err := c.Stat(ctx)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return st
 }
 
 // TestIntegrationRequireDigest: a consumer requiring a digest refuses a
