@@ -236,7 +236,7 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 		out := len(c.unreceived) > 0
 		c.mu.Unlock()
 		if out {
-			c.peerRead()
+			c.refreshReceived()
 		}
 		if fatal := c.handle(f); fatal {
 			return "protocol violation"

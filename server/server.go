@@ -426,7 +426,16 @@ type QueueStats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	clients := len(s.conns)
+	conns := make([]*conn, 0, clients)
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
 	s.mu.Unlock()
+	// Pages their consumers have read since the last look are released
+	// first, so that the counts are those of this instant.
+	for _, c := range conns {
+		c.refreshReceived()
+	}
 	infos := s.named.Snapshot()
 	qs := make([]QueueStats, len(infos))
 	for i, in := range infos {

@@ -101,9 +101,11 @@ func (c *conn) pollReceived() {
 	}
 }
 
-// peerRead is called by the reader for each request: a peer that sends
-// has usually read what came before.
-func (c *conn) peerRead() {
+// refreshReceived asks the kernel whether the peer has received the pages
+// out, and resumes the waits skipped for them if so. The reader calls it
+// for each request (a peer that sends has usually read what came before),
+// and STATS for every connection.
+func (c *conn) refreshReceived() {
 	c.mu.Lock()
 	if len(c.unreceived) == 0 {
 		c.mu.Unlock()
