@@ -242,6 +242,12 @@ func FuzzParseBodies(f *testing.F) {
 			checkParseErr(t, "ParseCancel", err)
 		}
 
+		if name, err := wire.ParseDisown(body); err == nil {
+			checkReencode(t, "DISOWN", wire.AppendDisown(nil, 0, name), body)
+		} else {
+			checkParseErr(t, "ParseDisown", err)
+		}
+
 		if code, msg, err := wire.ParseError(body); err == nil {
 			if msg != string(body[4:]) {
 				t.Fatalf("ERROR message %q, body carries %q", msg, body[4:])
