@@ -68,10 +68,12 @@ type conn struct {
 	// unreceived.go.
 	unreceived     []*queue.Message
 	unreceivedPoll *time.Timer
-	writing        int  // bytes of the outbox being written now
-	closed         bool // no more responses may be queued
-	stopping       bool // Shutdown asked the reader to stop
-	flushing       bool // a goroutine is writing the outbox
+	pollArmed      bool          // unreceivedPoll will fire
+	pollEvery      time.Duration // its last interval, doubled while nothing is read
+	writing        int           // bytes of the outbox being written now
+	closed         bool          // no more responses may be queued
+	stopping       bool          // Shutdown asked the reader to stop
+	flushing       bool          // a goroutine is writing the outbox
 	// busy is set while the reader handles requests: it will flush the
 	// outbox before it waits for more, so appending need not wake the
 	// writer.

@@ -20,16 +20,21 @@ import (
 // held it and against the connection's bound on pages on their way to it
 // (maxOutboxPages), until the peer has received it. The kernel says when:
 // the socket's send queue is empty (SIOCOUTQ 0) once the peer has read
-// every byte and descriptor written to it. It is asked after each write,
-// before a page is refused to a waiter for this reason, when the peer
-// sends a request, and every unreceivedPollEvery while pages are out.
+// every byte and descriptor written to it. It is asked before a page is
+// refused to a waiter for this reason, when the peer sends a request, on
+// STATS, and by a poll while pages are out.
 
-// unreceivedPollEvery is how often a connection with pages out asks the
-// kernel whether its peer has received them.
-const unreceivedPollEvery = 20 * time.Millisecond
+// The poll starts at unreceivedPollFirst after a page goes out and backs
+// off, doubling, to unreceivedPollMost while the peer reads nothing, so a
+// consumer that never reads costs a few ioctls a second, not fifty.
+const (
+	unreceivedPollFirst = 20 * time.Millisecond
+	unreceivedPollMost  = time.Second
+)
 
 // sent takes the pages among msgs, just written, into c.unreceived,
 // closing the server's descriptors for them, and clears them from msgs.
+// The peer has hardly had time to read them: the poll asks later.
 func (c *conn) sent(msgs []*queue.Message) {
 	var pages []*queue.Message
 	for i, m := range msgs {
@@ -44,7 +49,7 @@ func (c *conn) sent(msgs []*queue.Message) {
 	}
 	c.mu.Lock()
 	c.unreceived = append(c.unreceived, pages...)
-	c.checkReceived()
+	c.armPoll()
 	c.mu.Unlock()
 }
 
@@ -60,18 +65,9 @@ func (c *conn) pagesUnreceived() int {
 }
 
 // checkReceived releases the unreceived pages if the peer has read
-// everything written to it, and keeps a poll running while any remain. It
-// reports whether it released some. c.mu is held.
+// everything written to it, and reports whether it did. c.mu is held.
 func (c *conn) checkReceived() bool {
-	if len(c.unreceived) == 0 {
-		return false
-	}
-	if c.outq() != 0 {
-		if c.unreceivedPoll == nil {
-			c.unreceivedPoll = time.AfterFunc(unreceivedPollEvery, c.pollReceived)
-		} else {
-			c.unreceivedPoll.Reset(unreceivedPollEvery)
-		}
+	if len(c.unreceived) == 0 || c.outq() != 0 {
 		return false
 	}
 	for i, m := range c.unreceived {
@@ -79,40 +75,50 @@ func (c *conn) checkReceived() bool {
 		c.unreceived[i] = nil
 	}
 	c.unreceived = c.unreceived[:0]
-	if c.unreceivedPoll != nil {
-		c.unreceivedPoll.Stop()
-	}
+	c.pollEvery = 0
 	return true
 }
 
-// pollReceived is the unreceived poll: once the pages are received, the
-// waits skipped for them resume.
-func (c *conn) pollReceived() {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+// armPoll makes sure a poll will ask about the unreceived pages. c.mu is
+// held.
+func (c *conn) armPoll() {
+	if c.pollArmed || len(c.unreceived) == 0 {
 		return
 	}
-	released := c.checkReceived()
-	resume := released && len(c.parked) > 0 && !c.flushing
-	c.mu.Unlock()
-	if resume {
-		c.resumeParked()
+	c.pollEvery = min(max(2*c.pollEvery, unreceivedPollFirst), unreceivedPollMost)
+	c.pollArmed = true
+	if c.unreceivedPoll == nil {
+		c.unreceivedPoll = time.AfterFunc(c.pollEvery, c.pollReceived)
+	} else {
+		c.unreceivedPoll.Reset(c.pollEvery)
 	}
 }
 
+// pollReceived is the poll's turn: refreshReceived, then the next poll if
+// pages are still out.
+func (c *conn) pollReceived() {
+	c.mu.Lock()
+	c.pollArmed = false
+	c.mu.Unlock()
+	c.refreshReceived()
+}
+
 // refreshReceived asks the kernel whether the peer has received the pages
-// out, and resumes the waits skipped for them if so. The reader calls it
-// for each request (a peer that sends has usually read what came before),
-// and STATS for every connection.
+// out, and resumes the waits skipped for them if so; else it keeps the
+// poll going. The reader calls it for each request (a peer that sends has
+// usually read what came before), STATS for every connection, and the
+// poll.
 func (c *conn) refreshReceived() {
 	c.mu.Lock()
-	if len(c.unreceived) == 0 {
+	if c.closed || len(c.unreceived) == 0 {
 		c.mu.Unlock()
 		return
 	}
 	released := c.checkReceived()
-	resume := released && len(c.parked) > 0 && !c.closed
+	if !released {
+		c.armPoll()
+	}
+	resume := released && len(c.parked) > 0
 	c.mu.Unlock()
 	if resume {
 		c.resumeParked()
