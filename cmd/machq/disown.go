@@ -26,19 +26,13 @@ func disownCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if _, err := c.check("disown", stderr); err != nil {
 		return fail(stderr, err)
 	}
-	failed := func(err error) int {
-		if ctx.Err() != nil {
-			return reportInterrupt(ctx, stderr, "")
-		}
-		return fail(stderr, err)
-	}
 	cl, err := c.dial(ctx)
 	if err != nil {
-		return failed(err)
+		return failOrInterrupted(ctx, stderr, err)
 	}
 	defer cl.Close()
 	if err := cl.Disown(ctx, queue); err != nil {
-		return failed(err)
+		return failOrInterrupted(ctx, stderr, err)
 	}
 	fmt.Fprintf(stdout, "queue %s disowned: anyone may create it now\n", queue)
 	return exitOK

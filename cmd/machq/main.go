@@ -258,6 +258,16 @@ func fail(stderr io.Writer, err error) int {
 	return status(err)
 }
 
+// failOrInterrupted is fail, or the report of the signal that ended ctx
+// when one did: a request cut short by ^C is an interruption, not an
+// error.
+func failOrInterrupted(ctx context.Context, stderr io.Writer, err error) int {
+	if ctx.Err() != nil {
+		return reportInterrupt(ctx, stderr, "")
+	}
+	return fail(stderr, err)
+}
+
 func status(err error) int {
 	switch {
 	case errors.Is(err, errUsage), errors.Is(err, machq.ErrBadQueueName):
@@ -518,12 +528,7 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if _, err := c.check("stat", stderr); err != nil {
 		return fail(stderr, err)
 	}
-	failed := func(err error) int {
-		if ctx.Err() != nil {
-			return reportInterrupt(ctx, stderr, "")
-		}
-		return fail(stderr, err)
-	}
+	failed := func(err error) int { return failOrInterrupted(ctx, stderr, err) }
 	cl, err := c.dial(ctx)
 	if err != nil {
 		return failed(err)

@@ -112,10 +112,6 @@ func NewReader(src MsgReader) *Reader {
 // deadline), so that a peer cannot hold a buffer forever by stalling.
 func (r *Reader) OnPartial(f func()) { r.onPartial = f }
 
-// Partial reports whether the reader holds some bytes of a frame that has
-// not arrived whole.
-func (r *Reader) Partial() bool { return r.w > r.r && !r.Buffered() }
-
 // ReadFrame returns the next frame. Errors are sticky: after one, every
 // later call returns it again, except a read deadline that expired while
 // ReadFrame waited (os.ErrDeadlineExceeded): nothing is lost and ReadFrame
