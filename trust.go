@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/wire"
 )
 
 // What a client verifies before it sends anything, so that it never hands
@@ -183,20 +184,9 @@ func checkSocketFile(path string, t trust) error {
 // checkPeer checks the credentials the kernel recorded for the server
 // when it listened; service says the path was found from a service name.
 func checkPeer(uc *net.UnixConn, path string, service bool, t trust) error {
-	raw, err := uc.SyscallConn()
+	cred, err := wire.PeerCred(uc)
 	if err != nil {
-		return fmt.Errorf("machq: connection to %s: %w", path, err)
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		cerr = err
-	}
-	if cerr != nil {
-		return fmt.Errorf("%w: cannot read the credentials of the server at %s (%v), so it cannot be trusted; nothing was sent",
-			ErrUntrustedServer, path, os.NewSyscallError("getsockopt SO_PEERCRED", cerr))
+		return fmt.Errorf("%w: cannot read the credentials of the server at %s (%v), so it cannot be trusted; nothing was sent", ErrUntrustedServer, path, err)
 	}
 	if t.has(cred.Uid) {
 		return nil

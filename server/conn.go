@@ -526,21 +526,3 @@ func (c *conn) discardOutbox() {
 	c.out, c.outFDs, c.fdAt, c.outMsgs = nil, nil, nil, nil
 	c.cond.Broadcast()
 }
-
-func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if cerr != nil {
-		return nil, errors.New("getsockopt(SO_PEERCRED): " + cerr.Error())
-	}
-	return cred, nil
-}

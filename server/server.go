@@ -229,7 +229,7 @@ func (s *Server) closeListener(l *net.UnixListener) {
 // over a connection or descriptor limit (then it is refused with a LIMIT
 // error and closed). It reports false once shutdown has begun.
 func (s *Server) track(uc *net.UnixConn) bool {
-	cred, credErr := peerCred(uc)
+	cred, credErr := wire.PeerCred(uc)
 	uid := unknownUID
 	if cred != nil {
 		uid = cred.Uid

@@ -419,3 +419,24 @@ func Write(c MsgWriter, b []byte, fds []int) error {
 	}
 	return err
 }
+
+// PeerCred returns the credentials the kernel recorded for the other end
+// of uc (SO_PEERCRED): a client's when it connected, a server's when it
+// listened.
+func PeerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_PEERCRED", cerr)
+	}
+	return cred, nil
+}
