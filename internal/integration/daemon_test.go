@@ -236,17 +236,8 @@ func TestDaemonAllowUID(t *testing.T) {
 
 	as := func(uid uint32, args ...string) (string, int) {
 		c := exec.Command(cli, append(args, "--socket", socket, "--log-level", "warn")...)
-		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 		c.Stdin = strings.NewReader("from uid " + fmt.Sprint(uid))
-		out, err := c.CombinedOutput()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			return string(out), exit.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return runAs(t, c, uid)
 	}
 	if out, code := as(allowed, "send", "--queue", "shared"); code != 0 {
 		t.Fatalf("allowed uid's send: exit %d: %s", code, out)
@@ -319,6 +310,22 @@ func TestDaemonRuntimeDirOfAUser(t *testing.T) {
 	if out, err := cli.CombinedOutput(); err != nil || !strings.Contains(string(out), `"clients":1`) {
 		t.Errorf("machq stat --name svc as uid %d: %v: %s", uid, err, out)
 	}
+}
+
+// runAs runs c as user uid (group uid) and returns its combined output
+// and exit status.
+func runAs(t *testing.T, c *exec.Cmd, uid uint32) (string, int) {
+	t.Helper()
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := c.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return string(out), exit.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
 }
 
 // runCheckedIn starts cmd, a machqd checking in under a --name, and

@@ -51,17 +51,8 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	run := func(env []string, args ...string) (string, int) {
 		c := exec.Command(filepath.Join(shared, "machq"), args...)
 		c.Env = env
-		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: victim, Gid: victim}}
 		c.Stdin = strings.NewReader("secret")
-		out, err := c.CombinedOutput()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			return string(out), exit.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return runAs(t, c, victim)
 	}
 	// By path: the server's credentials give it away.
 	out, code := run(os.Environ(), "send", "--queue", "q", "--socket", socket)
