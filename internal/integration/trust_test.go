@@ -96,8 +96,12 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	if err := os.Mkdir(writable, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(writable, 0o777)
-	os.Chown(writable, victim, victim)
+	if err := os.Chmod(writable, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	if err := os.Chown(writable, victim, victim); err != nil {
+		t.Fatal(err)
+	}
 	if out, code := run(append(os.Environ(), "MACHQ_RUNTIME_DIR="+writable), "stat", "--name", "machq"); code == 0 || !strings.Contains(out, "writable by other users") {
 		t.Fatalf("runtime directory writable by others: exit %d: %s", code, out)
 	}
