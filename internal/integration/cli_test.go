@@ -318,10 +318,20 @@ func started(t *testing.T, cmd *exec.Cmd) (done chan struct{}, stdout, stderr *s
 func TestIntegrationCLIInterrupt(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "warn")
 	const deadline = 10 * time.Second
-	// connected waits until n clients besides the one asking are connected.
+	// connected waits until n clients besides the watcher are connected.
+	// One watcher asks every time: a connection per question would leave
+	// the last one's still counted while the server tears it down, and
+	// the count would be met before the command had connected.
+	watcher := dial(t, d.socket)
 	connected := func(n int) {
 		t.Helper()
-		waitFor(t, fmt.Sprintf("%d clients to connect", n), func() bool { return d.stats().Clients == n+1 })
+		waitFor(t, fmt.Sprintf("%d clients to connect", n), func() bool {
+			st, err := watcher.Stat(ctxT(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.Clients == n+1
+		})
 	}
 
 	// heldSend starts a send whose stdin the test holds open, and waits
@@ -332,6 +342,7 @@ func TestIntegrationCLIInterrupt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		connected(0) // the last subtest's command is gone
 		done, _, stderr := started(t, cmd)
 		t.Cleanup(func() { stdin.Close() }) // before started's cleanup, which waits for the exit
 		connected(1)
