@@ -400,7 +400,7 @@ func FuzzReaderDescriptors(f *testing.F) {
 		}
 		wire.CloseFDs(handed)
 
-		if conformingFDs(want, layout) {
+		if conformingFDs(stream, want, layout) {
 			// A sender that follows the rules never sees a descriptor error.
 			if len(got) != len(want) || !sameErrorClass(err, wantErr) {
 				t.Fatalf("conforming stream: %d frames and %v, want %d and %v", len(got), err, len(want), wantErr)
@@ -437,7 +437,7 @@ func referenceDecodeBytes(stream []byte) ([]wire.Frame, error) {
 // rules produce them: each read that brings descriptors starts with a whole
 // frame declaring exactly that many, and every frame declaring descriptors
 // starts such a read. Reads past where decoding stops do not matter.
-func conformingFDs(frames []wire.Frame, layout []fdChunk) bool {
+func conformingFDs(stream []byte, frames []wire.Frame, layout []fdChunk) bool {
 	starts := map[int]int{} // frame start -> declared descriptors
 	end := 0
 	for _, f := range frames {
@@ -449,8 +449,16 @@ func conformingFDs(frames []wire.Frame, layout []fdChunk) bool {
 		if len(c.fds) > wire.MaxFDsPerFrame {
 			return false // more than any frame may claim
 		}
-		if len(c.fds) == 0 || c.start == end {
-			continue // none, or for a last frame that never ends
+		if len(c.fds) == 0 {
+			continue
+		}
+		if c.start == end {
+			// For a last frame that never ends: conforming if it declares
+			// them (or its header never arrived whole).
+			if h, err := wire.ParseHeader(stream[end:]); len(stream)-end >= wire.HeaderSize && (err != nil || int(h.NFDs) != len(c.fds)) {
+				return false
+			}
+			continue
 		}
 		if c.start > end {
 			return false // inside the last frame, which cannot claim them
