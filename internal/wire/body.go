@@ -45,7 +45,20 @@ type Retrieve struct {
 	WaitMillis uint32 // 0: answer at once; WaitForever: until cancelled
 	Queue      []byte
 	Owned      bool // FlagOwned: a queue this creates is its creator's alone
+	// Ack (FlagAck, version 3) takes the message in ack mode; the
+	// fields below travel only then.
+	Ack bool
+	// LeaseMillis bounds how long the consumer may hold the message
+	// without settling or touching it: 0 means the server's default,
+	// NoLease none.
+	LeaseMillis uint32
+	// Credit is the most messages the connection may hold pending for
+	// this retrieve to be served: 0 means the server's maximum.
+	Credit uint32
 }
+
+// NoLease in a RETRIEVE's LeaseMillis asks for no lease at all.
+const NoLease = ^uint32(0)
 
 // Message is the fixed part of a MESSAGE body. For an inline message the
 // payload fills the rest of the frame.
@@ -54,14 +67,41 @@ type Message struct {
 	Size      uint64
 	DigestAlg uint8
 	Digest    []byte
+	// Ack (FlagAck, version 3) marks a delivery in ack mode; the fields
+	// below travel only then.
+	Ack bool
+	// Token names this delivery attempt in ACK, NAK, TOUCH and TERM.
+	Token uint64
+	// Deliveries counts the deliveries in ack mode, this one included:
+	// more than 1 means the message was delivered before.
+	Deliveries uint32
+	// Dead says why a dead letter is one (DeadTerm, DeadMaxDeliveries);
+	// DeadNone for a live message.
+	Dead uint8
+	// Note is the TERM reason of a dead letter, or the text of the
+	// message's last NAK; at most MaxNote bytes.
+	Note []byte
 }
+
+// Why a message is a dead letter, in a MESSAGE's Dead field.
+const (
+	DeadNone          uint8 = 0 // not a dead letter
+	DeadTerm          uint8 = 1 // a consumer TERMed it
+	DeadMaxDeliveries uint8 = 2 // it was delivered the most times allowed
+)
+
+// MaxNote is the longest text a NAK or TERM may carry, and so the longest
+// note a MESSAGE carries.
+const MaxNote = 512
 
 const (
 	helloSize       = 8
 	welcomeSize     = 28
 	storeFixed      = 12
 	retrieveFixed   = 8
+	retrieveAckFix  = 16
 	messageFixed    = 24
+	messageAckFixed = 40
 	errorFixed      = 4
 	cancelSize      = 8
 	disownFixed     = 4
@@ -220,9 +260,16 @@ func AppendRetrieve(b []byte, id uint64, r Retrieve) []byte {
 	if r.Owned {
 		flags = FlagOwned
 	}
+	if r.Ack {
+		flags |= FlagAck
+	}
 	b, s := begin(b, OpRetrieve, flags, 0, id)
 	b = binary.LittleEndian.AppendUint32(b, r.WaitMillis)
 	b = append(b, uint8(len(r.Queue)), 0, 0, 0)
+	if r.Ack {
+		b = binary.LittleEndian.AppendUint32(b, r.LeaseMillis)
+		b = binary.LittleEndian.AppendUint32(b, r.Credit)
+	}
 	b = append(b, r.Queue...)
 	return finish(b, s)
 }
@@ -244,6 +291,30 @@ func ParseRetrieve(body []byte) (Retrieve, error) {
 	return r, nil
 }
 
+// ParseAckRetrieve decodes the body of a RETRIEVE with FlagAck (version
+// 3), which carries the lease and the credit after the fixed part of a
+// plain one; Queue aliases body.
+func ParseAckRetrieve(body []byte) (Retrieve, error) {
+	if len(body) < retrieveAckFix {
+		return Retrieve{}, fmt.Errorf("%w: ack-mode RETRIEVE body is %d bytes, want at least %d", ErrMalformed, len(body), retrieveAckFix)
+	}
+	r := Retrieve{
+		WaitMillis:  binary.LittleEndian.Uint32(body),
+		Ack:         true,
+		LeaseMillis: binary.LittleEndian.Uint32(body[8:]),
+		Credit:      binary.LittleEndian.Uint32(body[12:]),
+	}
+	nl := int(body[4])
+	if body[5] != 0 || body[6] != 0 || body[7] != 0 {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE reserved bytes are not 0", ErrMalformed)
+	}
+	if len(body)-retrieveAckFix != nl {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE declares a %d-byte queue name but carries %d bytes", ErrMalformed, nl, len(body)-retrieveAckFix)
+	}
+	r.Queue = body[retrieveAckFix:]
+	return r, nil
+}
+
 // AppendMessage appends a MESSAGE frame to b. With hasFD the payload
 // travels as one descriptor and inline is ignored.
 func AppendMessage(b []byte, id uint64, m Message, inline []byte, hasFD bool) []byte {
@@ -253,11 +324,25 @@ func AppendMessage(b []byte, id uint64, m Message, inline []byte, hasFD bool) []
 	} else {
 		flags = FlagInline
 	}
+	if m.Ack {
+		flags |= FlagAck
+	}
 	b, s := begin(b, OpMessage, flags, nfds, id)
 	b = binary.LittleEndian.AppendUint64(b, m.Seq)
 	b = binary.LittleEndian.AppendUint64(b, m.Size)
-	b = append(b, m.DigestAlg, uint8(len(m.Digest)), 0, 0, 0, 0, 0, 0)
-	b = append(b, m.Digest...)
+	if m.Ack {
+		note := m.Note[:min(len(m.Note), MaxNote)]
+		b = append(b, m.DigestAlg, uint8(len(m.Digest)), m.Dead, 0)
+		b = binary.LittleEndian.AppendUint32(b, m.Deliveries)
+		b = binary.LittleEndian.AppendUint64(b, m.Token)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(note)))
+		b = append(b, 0, 0, 0, 0, 0, 0)
+		b = append(b, m.Digest...)
+		b = append(b, note...)
+	} else {
+		b = append(b, m.DigestAlg, uint8(len(m.Digest)), 0, 0, 0, 0, 0, 0)
+		b = append(b, m.Digest...)
+	}
 	if !hasFD {
 		b = append(b, inline...)
 	}
@@ -277,14 +362,32 @@ func ParseMessage(h Header, body []byte) (Message, []byte, error) {
 	}
 	dl := int(body[17])
 	rest := body[messageFixed:]
+	nl := 0
+	if h.Flags&FlagAck != 0 {
+		if len(body) < messageAckFixed {
+			return Message{}, nil, fmt.Errorf("%w: ack-mode MESSAGE body is %d bytes, want at least %d", ErrMalformed, len(body), messageAckFixed)
+		}
+		m.Ack = true
+		m.Dead = body[18]
+		m.Deliveries = binary.LittleEndian.Uint32(body[20:])
+		m.Token = binary.LittleEndian.Uint64(body[24:])
+		nl = int(binary.LittleEndian.Uint16(body[32:]))
+		if nl > MaxNote {
+			return Message{}, nil, fmt.Errorf("%w: MESSAGE note of %d bytes exceeds %d", ErrMalformed, nl, MaxNote)
+		}
+		rest = body[messageAckFixed:]
+	}
 	if dl > MaxDigestSize {
 		return Message{}, nil, fmt.Errorf("%w: MESSAGE digest length %d exceeds %d", ErrMalformed, dl, MaxDigestSize)
 	}
-	if dl > len(rest) {
-		return Message{}, nil, fmt.Errorf("%w: MESSAGE declares a %d-byte digest but %d bytes follow", ErrMalformed, dl, len(rest))
+	if dl+nl > len(rest) {
+		return Message{}, nil, fmt.Errorf("%w: MESSAGE declares a %d-byte digest and a %d-byte note but %d bytes follow", ErrMalformed, dl, nl, len(rest))
 	}
 	m.Digest = rest[:dl:dl]
-	payload := rest[dl:]
+	if m.Ack {
+		m.Note = rest[dl : dl+nl : dl+nl]
+	}
+	payload := rest[dl+nl:]
 	if h.Flags&FlagInline != 0 {
 		if uint64(len(payload)) != m.Size {
 			return Message{}, nil, fmt.Errorf("%w: inline MESSAGE declares %d payload bytes but carries %d", ErrMalformed, m.Size, len(payload))

@@ -24,6 +24,7 @@ const (
 	CodeDenied        Code = 14 // fatal: the peer's user and groups are not allowed to connect
 	CodeForbidden     Code = 15 // the named queue belongs to another user, or is not the caller's as OWNED asked
 	CodeInUse         Code = 16 // the queue still holds messages or has waiters
+	CodeStale         Code = 17 // the delivery token is not pending on this connection
 )
 
 var codeNames = map[Code]string{
@@ -43,6 +44,7 @@ var codeNames = map[Code]string{
 	CodeDenied:        "DENIED",
 	CodeForbidden:     "FORBIDDEN",
 	CodeInUse:         "IN_USE",
+	CodeStale:         "STALE",
 }
 
 // String returns the code's protocol name, such as "EMPTY".

@@ -33,7 +33,8 @@ func TestCodeStringAndFatal(t *testing.T) {
 		{wire.CodeDenied, 14, "DENIED", true},
 		{wire.CodeForbidden, 15, "FORBIDDEN", false},
 		{wire.CodeInUse, 16, "IN_USE", false},
-		{17, 17, "CODE_17", false},
+		{wire.CodeStale, 17, "STALE", false},
+		{18, 18, "CODE_18", false},
 		{0xffff, 0xffff, "CODE_65535", false},
 	} {
 		if uint16(tc.code) != tc.num {

@@ -13,11 +13,19 @@ import (
 )
 
 // Version is the newest protocol version this package speaks, and
-// MinVersion the oldest. Version 2 adds DISOWN; everything of version 1
-// is unchanged in it.
+// MinVersion the oldest. Version 2 adds DISOWN; version 3 adds
+// acknowledged delivery (RETRIEVE with FlagAck, ACK, NAK, TOUCH, TERM)
+// and KICK. Everything of an older version is unchanged in a newer one.
 const (
-	Version    = 2
+	Version    = 3
 	MinVersion = 1
+)
+
+// VersionDisown and VersionAck are the first protocol versions with
+// DISOWN and with acknowledged delivery.
+const (
+	VersionDisown = 2
+	VersionAck    = 3
 )
 
 // Magic opens the body of HELLO and WELCOME frames.
@@ -59,12 +67,19 @@ const (
 	OpCancel   Op = 0x04 // client → server: cancel a waiting RETRIEVE; no response of its own
 	OpStat     Op = 0x05 // client → server: server statistics
 	OpDisown   Op = 0x06 // client → server: give up an owned queue's name (version 2)
+	OpAck      Op = 0x07 // client → server: a delivery is done with (version 3)
+	OpNak      Op = 0x08 // client → server: put a delivery back, after a delay (version 3)
+	OpTouch    Op = 0x09 // client → server: still working on a delivery: renew its lease (version 3)
+	OpTerm     Op = 0x0A // client → server: dead-letter a delivery (version 3)
+	OpKick     Op = 0x0B // client → server: move dead letters back to their queue (version 3)
 
 	OpWelcome  Op = 0x81 // server → client: answer to HELLO
 	OpStored   Op = 0x82 // server → client: answer to STORE
 	OpMessage  Op = 0x83 // server → client: answer to RETRIEVE
 	OpStats    Op = 0x85 // server → client: answer to STAT, a JSON document
 	OpDisowned Op = 0x86 // server → client: answer to DISOWN
+	OpSettled  Op = 0x87 // server → client: answer to ACK, NAK, TOUCH and TERM
+	OpKicked   Op = 0x8B // server → client: answer to KICK
 	OpError    Op = 0xFF // server → client: a request failed
 )
 
@@ -85,6 +100,20 @@ func (o Op) String() string {
 		return "DISOWN"
 	case OpDisowned:
 		return "DISOWNED"
+	case OpAck:
+		return "ACK"
+	case OpNak:
+		return "NAK"
+	case OpTouch:
+		return "TOUCH"
+	case OpTerm:
+		return "TERM"
+	case OpKick:
+		return "KICK"
+	case OpSettled:
+		return "SETTLED"
+	case OpKicked:
+		return "KICKED"
 	case OpWelcome:
 		return "WELCOME"
 	case OpStored:
@@ -107,6 +136,10 @@ const (
 	// FlagOwned, on a STORE or RETRIEVE naming a queue that does not
 	// exist yet, creates it restricted to the sender's user id.
 	FlagOwned uint8 = 1 << 1
+	// FlagAck, on a RETRIEVE (version 3), takes the message in ack mode:
+	// it stays pending with the consumer until settled. On a MESSAGE it
+	// marks such a delivery, whose body carries the delivery's token.
+	FlagAck uint8 = 1 << 2
 )
 
 // Header is the fixed 16-byte header that starts every frame.

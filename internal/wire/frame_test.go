@@ -151,7 +151,14 @@ func TestOpString(t *testing.T) {
 		0x00:            "Op(0x00)",
 		wire.OpDisown:   "DISOWN",
 		wire.OpDisowned: "DISOWNED",
-		0x07:            "Op(0x07)",
+		wire.OpAck:      "ACK",
+		wire.OpNak:      "NAK",
+		wire.OpTouch:    "TOUCH",
+		wire.OpTerm:     "TERM",
+		wire.OpKick:     "KICK",
+		wire.OpSettled:  "SETTLED",
+		wire.OpKicked:   "KICKED",
+		0x0c:            "Op(0x0c)",
 		0x80:            "Op(0x80)",
 		0x84:            "Op(0x84)",
 		0xfe:            "Op(0xfe)",
@@ -167,6 +174,8 @@ func TestOpValues(t *testing.T) {
 	for op, want := range map[wire.Op]uint8{
 		wire.OpHello: 0x01, wire.OpStore: 0x02, wire.OpRetrieve: 0x03, wire.OpCancel: 0x04, wire.OpStat: 0x05,
 		wire.OpWelcome: 0x81, wire.OpStored: 0x82, wire.OpMessage: 0x83, wire.OpStats: 0x85, wire.OpError: 0xff,
+		wire.OpDisown: 0x06, wire.OpDisowned: 0x86, wire.OpAck: 0x07, wire.OpNak: 0x08, wire.OpTouch: 0x09,
+		wire.OpTerm: 0x0a, wire.OpKick: 0x0b, wire.OpSettled: 0x87, wire.OpKicked: 0x8b,
 	} {
 		if uint8(op) != want {
 			t.Errorf("%s = %#x, want %#x", op, uint8(op), want)

@@ -163,6 +163,16 @@ func FuzzParseBodies(f *testing.F) {
 		wire.AppendStore(nil, 1, wire.Store{Size: 1 << 30, DigestAlg: wire.DigestSHA256, Digest: bytes.Repeat([]byte{1}, 32), Queue: []byte("q")}, nil, true),
 		wire.AppendMessage(nil, 2, wire.Message{Seq: 1, Size: 1 << 30, DigestAlg: wire.DigestSHA256, Digest: bytes.Repeat([]byte{2}, 64)}, nil, true),
 		wire.AppendError(nil, 3, wire.CodeInternal, string(bytes.Repeat([]byte("e"), 5000))),
+		wire.AppendRetrieve(nil, 4, wire.Retrieve{WaitMillis: 100, Queue: []byte("jobs"), Ack: true, LeaseMillis: 30000, Credit: 8}),
+		wire.AppendMessage(nil, 5, wire.Message{Seq: 9, Size: 3, DigestAlg: wire.DigestSHA256, Digest: bytes.Repeat([]byte{3}, 32), Ack: true, Token: 77, Deliveries: 2, Dead: wire.DeadTerm, Note: []byte("bad input")}, []byte("abc"), false),
+		wire.AppendMessage(nil, 6, wire.Message{Seq: 9, Size: 1 << 20, Ack: true, Token: 78, Deliveries: 1}, nil, true),
+		wire.AppendSettle(nil, wire.OpAck, 7, wire.Settle{Token: 77}),
+		wire.AppendSettle(nil, wire.OpNak, 8, wire.Settle{Token: 77, DelayMillis: 500, Text: []byte("retry later")}),
+		wire.AppendSettle(nil, wire.OpTerm, 9, wire.Settle{Token: 77, Text: []byte("poison")}),
+		wire.AppendSettle(nil, wire.OpTouch, 10, wire.Settle{Token: 77}),
+		wire.AppendSettled(nil, 10, wire.Settled{Outcome: wire.OutcomeTouched, LeaseMillis: 30000}),
+		wire.AppendKick(nil, 11, wire.Kick{Count: 5, Queue: []byte("jobs")}),
+		wire.AppendKicked(nil, 11, 5),
 	} {
 		f.Add(frame[5], frame[wire.HeaderSize:])
 	}
@@ -221,6 +231,44 @@ func FuzzParseBodies(f *testing.F) {
 			checkParseErr(t, "ParseRetrieve", err)
 		}
 
+		if r, err := wire.ParseAckRetrieve(body); err == nil {
+			if !r.Ack {
+				t.Fatalf("ParseAckRetrieve returned a plain retrieve")
+			}
+			checkReencode(t, "ack RETRIEVE", wire.AppendRetrieve(nil, 0, r), body)
+		} else {
+			checkParseErr(t, "ParseAckRetrieve", err)
+		}
+
+		for _, op := range []wire.Op{wire.OpAck, wire.OpNak, wire.OpTouch, wire.OpTerm} {
+			if st, err := wire.ParseSettle(op, body); err == nil {
+				if len(st.Text) > wire.MaxNote || st.DelayMillis != 0 && op != wire.OpNak || len(st.Text) != 0 && op != wire.OpNak && op != wire.OpTerm {
+					t.Fatalf("%s parsed as %+v", op, st)
+				}
+				checkReencode(t, op.String(), wire.AppendSettle(nil, op, 0, st), body)
+			} else {
+				checkParseErr(t, "ParseSettle("+op.String()+")", err)
+			}
+		}
+
+		if st, err := wire.ParseSettled(body); err == nil {
+			checkReencode(t, "SETTLED", wire.AppendSettled(nil, 0, st), zeroed(body, 1, 4))
+		} else {
+			checkParseErr(t, "ParseSettled", err)
+		}
+
+		if k, err := wire.ParseKick(body); err == nil {
+			checkReencode(t, "KICK", wire.AppendKick(nil, 0, k), body)
+		} else {
+			checkParseErr(t, "ParseKick", err)
+		}
+
+		if n, err := wire.ParseKicked(body); err == nil {
+			checkReencode(t, "KICKED", wire.AppendKicked(nil, 0, n), zeroed(body, 4, 8))
+		} else {
+			checkParseErr(t, "ParseKicked", err)
+		}
+
 		h.Op = wire.OpMessage
 		if m, payload, err := wire.ParseMessage(h, body); err == nil {
 			if len(m.Digest) > wire.MaxDigestSize || cap(m.Digest) != len(m.Digest) {
@@ -229,9 +277,18 @@ func FuzzParseBodies(f *testing.F) {
 			if inline && uint64(len(payload)) != m.Size || !inline && payload != nil {
 				t.Fatalf("MESSAGE (inline %v) of size %d returned a %d-byte payload", inline, m.Size, len(payload))
 			}
-			// ParseMessage does not check the six reserved bytes after the
-			// digest length; everything else must survive.
-			checkReencode(t, "MESSAGE", wire.AppendMessage(nil, 0, m, payload, !inline), zeroed(body, 18, 24))
+			// ParseMessage does not check the reserved bytes (the six
+			// after the digest length; in ack mode the one after the dead
+			// reason and the six after the note length); everything else
+			// must survive.
+			if flags&wire.FlagAck != 0 {
+				if !m.Ack || len(m.Note) > wire.MaxNote || cap(m.Note) != len(m.Note) {
+					t.Fatalf("ack MESSAGE parsed as %+v", m)
+				}
+				checkReencode(t, "ack MESSAGE", wire.AppendMessage(nil, 0, m, payload, !inline), zeroed(zeroed(body, 19, 20), 34, 40))
+			} else {
+				checkReencode(t, "MESSAGE", wire.AppendMessage(nil, 0, m, payload, !inline), zeroed(body, 18, 24))
+			}
 		} else {
 			checkParseErr(t, "ParseMessage", err)
 		}
