@@ -7,6 +7,7 @@ package queue
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -28,6 +29,14 @@ type Message struct {
 	// Charge is the account the message is charged to, from the moment
 	// the server accepted it until Release; nil if it is charged to none.
 	Charge *quota.Account
+
+	// Deliveries counts the message's deliveries in ack mode (Hold).
+	Deliveries uint32
+	// Dead says why a dead letter is one (wire.DeadTerm,
+	// wire.DeadMaxDeliveries), 0 for a live message; Note is the TERM
+	// reason or the text of the last NAK.
+	Dead uint8
+	Note string
 
 	sent bool // Sent closed the page, whose charge stays until Release
 }
@@ -88,7 +97,12 @@ const (
 // so that an owner can keep totals across many queues. It is called with
 // the queue's lock held.
 type Counter interface {
+	// Add reports a change of what queues hold in line.
 	Add(messages, pages, bytes int64)
+	// AddOut reports a change of what queues hold out of line: messages
+	// pending with consumers in ack mode, and NAKed messages waiting out
+	// their delay.
+	AddOut(messages, pages, bytes int64)
 }
 
 // pages returns 1 if m's payload is a page, 0 if it is inline.
@@ -121,6 +135,25 @@ type Queue struct {
 	waiters []Waiter // in line, oldest first
 	parked  []Waiter // skipped while Busy, until Resume
 	listed  bool     // on the registry's list of queues that may be idle
+
+	// Messages out of line but still the queue's: pending with consumers
+	// in ack mode, and NAKed ones waiting out a delay (delayed, with the
+	// timer that brings each back). They count against the queue's
+	// limits as if they were in line.
+	out      int
+	outBytes int64
+	delayed  map[*Message]*time.Timer
+	counts   Counts
+}
+
+// Counts are the deliveries and settlements of a queue since it was
+// created.
+type Counts struct {
+	Delivered    uint64 `json:"delivered"`     // messages handed to consumers, every delivery counted
+	Redelivered  uint64 `json:"redelivered"`   // of those, deliveries of a message delivered before in ack mode
+	Acked        uint64 `json:"acked"`         // deliveries acknowledged
+	Nacked       uint64 `json:"nacked"`        // deliveries put back by NAK
+	DeadLettered uint64 `json:"dead_lettered"` // messages moved to the dead-letter queue (or dropped from a private queue)
 }
 
 // New returns an empty queue. counter may be nil.
@@ -162,7 +195,7 @@ func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 func (q *Queue) PushWithin(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.waiters) == 0 && (int64(q.n) >= maxMessages || m.Size > maxBytes-q.bytes) {
+	if len(q.waiters) == 0 && (int64(q.n+q.out) >= maxMessages || m.Size > maxBytes-q.bytes-q.outBytes) {
 		return 0, false
 	}
 	return q.push(m, stored), true
@@ -186,6 +219,7 @@ func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 		}
 		switch w.Deliver(q, m) {
 		case Delivered:
+			q.counts.Delivered++
 			q.mayBeIdle()
 			return m.Seq
 		case Busy:
@@ -225,21 +259,45 @@ func (q *Queue) grow() {
 func (q *Queue) Requeue(m *Message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.counts.Delivered-- // counted when taken
+	q.place(m, true)
+}
+
+// place hands m to the oldest waiter in line that takes it or, failing
+// that, puts it in line keeping its sequence number: at its place in the
+// order (before the first message with a greater number) when ordered,
+// else at the tail. q.mu is held on entry.
+func (q *Queue) place(m *Message, ordered bool) {
 	for len(q.waiters) > 0 {
 		w := q.waiters[0]
 		q.waiters[0] = nil
 		q.waiters = q.waiters[1:]
 		switch w.Deliver(q, m) {
 		case Delivered:
+			q.counts.Delivered++
 			q.mayBeIdle()
 			return
 		case Busy:
 			q.parked = append(q.parked, w)
 		}
 	}
+	if !ordered {
+		q.append(m)
+		return
+	}
 	q.grow()
+	// Find the place: usually the head, since a message comes back
+	// older than those that stayed.
+	at := 0
+	for at < q.n && q.items[(q.head+at)%len(q.items)].Seq < m.Seq {
+		at++
+	}
+	// Open the slot by moving the messages before it one step back.
 	q.head = (q.head - 1 + len(q.items)) % len(q.items)
-	q.items[q.head] = m
+	for i := 0; i < at; i++ {
+		q.items[(q.head+i)%len(q.items)] = q.items[(q.head+i+1)%len(q.items)]
+	}
+	q.items[(q.head+at)%len(q.items)] = m
 	q.n++
 	q.bytes += m.Size
 	if q.counter != nil {
@@ -252,7 +310,17 @@ func (q *Queue) Requeue(m *Message) {
 func (q *Queue) Pop() *Message {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.pop()
+	return q.take()
+}
+
+// take is pop for a consumer: the message counts as delivered. q.mu is
+// held on entry.
+func (q *Queue) take() *Message {
+	m := q.pop()
+	if m != nil {
+		q.counts.Delivered++
+	}
+	return m
 }
 
 // pop removes the oldest message. q.mu is held on entry.
@@ -281,7 +349,7 @@ func (q *Queue) pop() *Message {
 // idle reports whether q holds nothing, nobody waits on it and nobody
 // owns it, so that a registry may remove it. q.mu is held.
 func (q *Queue) idle() bool {
-	return q.n == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil
+	return q.n == 0 && q.out == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil
 }
 
 // mayBeIdle puts q on its registry's list of queues to look at, if it is
@@ -298,11 +366,20 @@ func (q *Queue) mayBeIdle() {
 func (q *Queue) PopOrWait(w Waiter) *Message {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if m := q.pop(); m != nil {
+	if m := q.take(); m != nil {
 		return m
 	}
 	q.waiters = append(q.waiters, w)
 	return nil
+}
+
+// Park registers w as a waiter that cannot take a message now (its
+// consumer holds as many pending messages as it may): it is skipped, as
+// if Deliver had answered Busy, until Resume.
+func (q *Queue) Park(w Waiter) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.parked = append(q.parked, w)
 }
 
 // Resume puts a parked waiter back: it returns the oldest message if
@@ -315,7 +392,7 @@ func (q *Queue) Resume(w Waiter) (m *Message, waiting bool) {
 	if !remove(&q.parked, w) {
 		return nil, false
 	}
-	if m := q.pop(); m != nil {
+	if m := q.take(); m != nil {
 		return m, false
 	}
 	q.waiters = append(q.waiters, w)
@@ -382,6 +459,14 @@ func (q *Queue) Waiting() int {
 func (q *Queue) Drain() (messages int, bytes int64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	for m, t := range q.delayed {
+		t.Stop() // a timer that fired finds m gone and does nothing
+		delete(q.delayed, m)
+		q.takeOut(m)
+		messages++
+		bytes += m.Size
+		m.Release()
+	}
 	for {
 		m := q.pop()
 		if m == nil {

@@ -24,6 +24,15 @@ type counter struct {
 	pages    int64
 	bytes    int64
 	calls    int
+	out      int64 // messages out of line (AddOut)
+	outBytes int64
+}
+
+func (c *counter) AddOut(messages, pages, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.out += messages
+	c.outBytes += bytes
 }
 
 func (c *counter) Add(messages, pages, bytes int64) {

@@ -222,7 +222,7 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 	if q.owner == nil || (*q.owner != uid && uid != 0) {
 		return ErrNotOwner
 	}
-	if q.n != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || q.refs.Load() != 0 {
+	if q.n != 0 || q.out != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || q.refs.Load() != 0 {
 		return ErrInUse
 	}
 	q.owner = nil
@@ -354,6 +354,11 @@ type Info struct {
 	Bytes    int64   `json:"bytes"`
 	Waiting  int     `json:"waiting"`
 	Owner    *uint32 `json:"owner,omitempty"` // the only user id allowed; absent: anyone
+	// Pending counts messages delivered in ack mode and not yet
+	// settled; Delayed, messages NAKed and waiting out their delay.
+	Pending int `json:"pending"`
+	Delayed int `json:"delayed"`
+	Counts
 }
 
 // Snapshot removes idle queues and describes every other named queue,
@@ -375,7 +380,8 @@ func (r *Registry) Snapshot() []Info {
 	out := make([]Info, 0, len(qs))
 	for _, q := range qs {
 		q.mu.Lock()
-		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked)}
+		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
+			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o

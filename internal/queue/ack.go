@@ -1,0 +1,146 @@
+package queue
+
+import "time"
+
+// Acknowledged delivery.
+//
+// A message taken in ack mode leaves the line but stays the queue's: it
+// is pending with its consumer until settled, and counts against the
+// queue's limits and in its statistics as if it were in line. Settling
+// it ends that: Settle (ACK) frees it; Return (the consumer left, its
+// lease ran out, or a NAK) puts it back at its original place in the
+// order; Delay (a NAK with a delay) puts it back once the delay is over;
+// TakeOut lets it go elsewhere (a dead-letter queue). The queue does not
+// know who holds a pending message: the server keeps that, per
+// connection.
+
+// Hold records that m, just taken from q (Pop, PopOrWait, Resume), is
+// delivered in ack mode: it is pending until settled, and its delivery
+// count rises.
+func (q *Queue) Hold(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.hold(m)
+}
+
+// HoldLocked is Hold for a Waiter's Deliver, which runs with q's lock
+// held; it must not be called anywhere else.
+func (q *Queue) HoldLocked(m *Message) { q.hold(m) }
+
+// hold is Hold with q.mu held.
+func (q *Queue) hold(m *Message) {
+	m.Deliveries++
+	if m.Deliveries > 1 {
+		q.counts.Redelivered++
+	}
+	q.putOut(m)
+}
+
+// putOut counts m as the queue's while out of line. q.mu is held.
+func (q *Queue) putOut(m *Message) {
+	q.out++
+	q.outBytes += m.Size
+	if q.counter != nil {
+		q.counter.AddOut(1, m.pages(), m.Size)
+	}
+}
+
+// takeOut stops counting m as the queue's out of line. q.mu is held.
+func (q *Queue) takeOut(m *Message) {
+	q.out--
+	q.outBytes -= m.Size
+	if q.counter != nil {
+		q.counter.AddOut(-1, -m.pages(), -m.Size)
+	}
+	q.mayBeIdle()
+}
+
+// Settle records that the pending message m was acknowledged: it is no
+// longer the queue's, and the caller releases it.
+func (q *Queue) Settle(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.counts.Acked++
+	q.takeOut(m)
+}
+
+// Return puts the pending message m back at its original place in the
+// order (or hands it to a waiter in line), keeping its sequence number
+// and delivery count: its consumer left, its lease ran out, or it was
+// NAKed (nacked set) without delay.
+func (q *Queue) Return(m *Message, nacked bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if nacked {
+		q.counts.Nacked++
+	}
+	q.takeOut(m)
+	q.place(m, true)
+}
+
+// Delay puts the pending message m, NAKed, back at its original place
+// once d has passed. Until then it stays out of line, counted as the
+// queue's; Drain frees it.
+func (q *Queue) Delay(m *Message, d time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.counts.Nacked++
+	if q.delayed == nil {
+		q.delayed = make(map[*Message]*time.Timer)
+	}
+	q.delayed[m] = time.AfterFunc(d, func() { q.undelay(m) })
+}
+
+// undelay brings a delayed message back, unless Drain freed it.
+func (q *Queue) undelay(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.delayed[m]; !ok {
+		return
+	}
+	delete(q.delayed, m)
+	q.takeOut(m)
+	q.place(m, true)
+}
+
+// TakeOut records that the pending message m leaves the queue for good
+// without being acknowledged (dead lettered): the caller owns it.
+func (q *Queue) TakeOut(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.counts.DeadLettered++
+	q.takeOut(m)
+}
+
+// Append stores m, keeping its sequence number and delivery record, at
+// the tail (or hands it to a waiter in line): a dead letter arriving in
+// its dead-letter queue. It is never refused: m is counted already.
+func (q *Queue) Append(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.place(m, false)
+}
+
+// Insert stores m, keeping its sequence number, at its place in the
+// order (or hands it to a waiter in line): a dead letter kicked back
+// into the queue it came from.
+func (q *Queue) Insert(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.place(m, true)
+}
+
+// Out returns the messages pending with consumers and those NAKed and
+// waiting out a delay.
+func (q *Queue) Out() (pending, delayed int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.out - len(q.delayed), len(q.delayed)
+}
+
+// Counts returns the queue's delivery counts.
+func (q *Queue) Counts() Counts {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.counts
+}
