@@ -118,6 +118,10 @@ type sentDigest struct {
 	seq    uint64
 	alg    uint8
 	digest []byte
+	// out: the message was delivered in ack mode and not yet settled:
+	// it may come back, at its place or later, without breaking the
+	// FIFO.
+	out bool
 }
 
 type call struct {
@@ -129,16 +133,20 @@ type call struct {
 	// cancelled: a CANCEL was sent for it after its caller's context
 	// ended; its answer is awaited a little longer.
 	waits, cancelled bool
+	// ack: a RETRIEVE in ack mode.
+	ack bool
 	// For a private store: the digest to remember once stored.
 	private *sentDigest
 }
 
 type result struct {
-	seq    uint64
-	msg    *Message
-	expect *sentDigest // for a private retrieve: the digest recorded at store
-	stats  []byte
-	err    error
+	seq     uint64
+	msg     *Message
+	expect  *sentDigest // for a private retrieve: the digest recorded at store
+	settled wire.Settled
+	kicked  uint32
+	stats   []byte
+	err     error
 }
 
 // Dial connects to the server registered under target: a service name
@@ -535,6 +543,12 @@ func (c *Client) dispatch(f wire.Frame) {
 		r.stats = bytes.Clone(f.Body)
 	case wire.OpDisowned:
 		wire.CloseFDs(f.FDs)
+	case wire.OpSettled:
+		wire.CloseFDs(f.FDs)
+		r.settled, r.err = wire.ParseSettled(f.Body)
+	case wire.OpKicked:
+		wire.CloseFDs(f.FDs)
+		r.kicked, r.err = wire.ParseKicked(f.Body)
 	case wire.OpError:
 		wire.CloseFDs(f.FDs)
 		code, msg, err := wire.ParseError(f.Body)
@@ -555,7 +569,8 @@ func (c *Client) dispatch(f wire.Frame) {
 		if r.msg != nil {
 			// Keep it for the next retrieve from the same queue rather
 			// than lose a message the server has already handed over.
-			c.orphans[cl.queue] = append(c.orphans[cl.queue], r)
+			k := orphanKey(cl.queue, cl.ack)
+			c.orphans[k] = append(c.orphans[k], r)
 		}
 		return
 	}
@@ -573,8 +588,22 @@ func responseOp(req wire.Op) wire.Op {
 		return wire.OpStats
 	case wire.OpDisown:
 		return wire.OpDisowned
+	case wire.OpAck, wire.OpNak, wire.OpTouch, wire.OpTerm:
+		return wire.OpSettled
+	case wire.OpKick:
+		return wire.OpKicked
 	}
 	return wire.OpError
+}
+
+// orphanKey names the orphans of retrieves of queue in one mode: a
+// message delivered in ack mode goes only to a later ack-mode retrieve,
+// which will settle it.
+func orphanKey(queue string, ack bool) string {
+	if ack {
+		return queue + "\x00ack"
+	}
+	return queue
 }
 
 // message builds the result of a MESSAGE response. It owns f.FDs.
@@ -582,6 +611,9 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 	wm, inline, err := wire.ParseMessage(f.Header, f.Body)
 	if err == nil && f.Flags&wire.FlagInline == 0 && len(f.FDs) != 1 {
 		err = fmt.Errorf("out-of-line MESSAGE carried %d descriptors", len(f.FDs))
+	}
+	if err == nil && wm.Ack != cl.ack {
+		err = fmt.Errorf("server answered a RETRIEVE (ack mode %v) with a MESSAGE in ack mode %v", cl.ack, wm.Ack)
 	}
 	if err != nil {
 		wire.CloseFDs(f.FDs)
@@ -595,6 +627,9 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 		digestAlg: Digest(wm.DigestAlg),
 		digest:    bytes.Clone(wm.Digest),
 		accept:    c.opts.accept,
+	}
+	if wm.Ack {
+		m.ack = &ackInfo{token: wm.Token, deliveries: wm.Deliveries, dead: DeadReason(wm.Dead), note: string(wm.Note), diedAfter: wm.DiedAfter}
 	}
 	r := result{msg: m}
 	if f.Flags&wire.FlagInline != 0 {
@@ -616,17 +651,52 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 		}
 	}
 	if cl.queue == "" {
-		// The private queue is this connection's alone: the oldest
-		// digest recorded at store time must describe this message.
-		c.mu.Lock()
-		if len(c.private) > 0 {
-			e := c.private[0]
-			c.private = c.private[1:]
-			r.expect = &e
-		}
-		c.mu.Unlock()
+		r.expect = c.expectPrivate(m.Seq, cl.ack)
 	}
 	return r
+}
+
+// expectPrivate returns the record of the private-queue message seq, or
+// nil if the server may not hand that message over now. The private
+// queue is this connection's alone: a message it hands over must be the
+// oldest this client stored and has not received (FIFO), or one
+// delivered before in ack mode and not settled, which comes back at its
+// place or after a delay. A message received in ack mode keeps its
+// record, marked out, until it is settled (forgetPrivate); one received
+// plainly gives its record up.
+func (c *Client) expectPrivate(seq uint64, ack bool) *sentDigest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.private {
+		e := &c.private[i]
+		if e.seq != seq {
+			if !e.out {
+				return nil // an older message has not come yet
+			}
+			continue
+		}
+		rec := *e
+		if ack {
+			e.out = true
+		} else {
+			c.private = append(c.private[:i], c.private[i+1:]...)
+		}
+		return &rec
+	}
+	return nil
+}
+
+// forgetPrivate drops the record of the private-queue message seq, once
+// it is settled for good.
+func (c *Client) forgetPrivate(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.private {
+		if c.private[i].seq == seq {
+			c.private = append(c.private[:i], c.private[i+1:]...)
+			return
+		}
+	}
 }
 
 // wait waits for cl's result or for ctx to end. While nobody else reads
@@ -928,7 +998,7 @@ func (c *Client) sendSealed(ctx context.Context, queue string, fd int) (int64, e
 // returns the message together with an error wrapping ErrTampered, so the
 // caller can still inspect it; Close it either way.
 func (c *Client) Retrieve(ctx context.Context, queue string) (*Message, error) {
-	return c.retrieve(ctx, queue, 0)
+	return c.retrieve(ctx, queue, 0, nil)
 }
 
 // RetrieveWait is Retrieve that waits for a message to arrive, until ctx
@@ -940,19 +1010,8 @@ func (c *Client) Retrieve(ctx context.Context, queue string) (*Message, error) {
 // message that comes later is not lost either: the next retrieve from the
 // same queue on this Client returns it first.
 func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, error) {
-	wait := wire.WaitForever
-	dl, hasDeadline := ctx.Deadline()
-	if hasDeadline {
-		ms := time.Until(dl).Milliseconds()
-		switch {
-		case ms <= 0:
-			ms = 1
-		case ms >= int64(wire.WaitForever):
-			ms = int64(wire.WaitForever - 1)
-		}
-		wait = uint32(ms)
-	}
-	m, err := c.retrieve(ctx, queue, wait)
+	wait, hasDeadline := waitMillis(ctx)
+	m, err := c.retrieve(ctx, queue, wait, nil)
 	switch {
 	case err == nil:
 		return m, nil
@@ -964,6 +1023,23 @@ func (c *Client) RetrieveWait(ctx context.Context, queue string) (*Message, erro
 	return m, err
 }
 
+// waitMillis returns the wait_ms of a RETRIEVE that waits until ctx
+// ends, and whether ctx has a deadline.
+func waitMillis(ctx context.Context) (uint32, bool) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return wire.WaitForever, false
+	}
+	ms := time.Until(dl).Milliseconds()
+	switch {
+	case ms <= 0:
+		ms = 1
+	case ms >= int64(wire.WaitForever):
+		ms = int64(wire.WaitForever - 1)
+	}
+	return uint32(ms), true
+}
+
 func queueLabel(q string) string {
 	if q == "" {
 		return "(private)"
@@ -971,25 +1047,31 @@ func queueLabel(q string) string {
 	return q
 }
 
-func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Message, error) {
+// retrieve takes a message from queue, waiting wait_ms (section 6.5 of
+// docs/PROTOCOL.md), in ack mode when ack is not nil.
+func (c *Client) retrieve(ctx context.Context, queue string, wait uint32, ack *wire.Retrieve) (*Message, error) {
 	if err := checkQueue(queue); err != nil {
 		return nil, err
 	}
+	key := orphanKey(queue, ack != nil)
 	var r result
 	c.mu.Lock()
-	if rs := c.orphans[queue]; len(rs) > 0 {
+	if rs := c.orphans[key]; len(rs) > 0 {
 		r = rs[0]
-		c.orphans[queue] = rs[1:]
+		c.orphans[key] = rs[1:]
 	}
 	c.mu.Unlock()
 
 	if r.msg == nil {
-		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), waits: wait != 0}
+		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), waits: wait != 0, ack: ack != nil}
 		id, err := c.register(ctx, cl)
 		if err != nil {
 			return nil, err
 		}
 		req := wire.Retrieve{WaitMillis: wait, Queue: []byte(queue), Owned: c.opts.owned}
+		if ack != nil {
+			req.Ack, req.LeaseMillis, req.Credit = true, ack.LeaseMillis, ack.Credit
+		}
 		if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }); err != nil {
 			return nil, err
 		}
@@ -998,9 +1080,9 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 				// A message for an earlier retrieve that gave up may
 				// have been read meanwhile: it is this one's.
 				c.mu.Lock()
-				if rs := c.orphans[queue]; len(rs) > 0 {
+				if rs := c.orphans[key]; len(rs) > 0 {
 					r, err = rs[0], nil
-					c.orphans[queue] = rs[1:]
+					c.orphans[key] = rs[1:]
 				}
 				c.mu.Unlock()
 			}
@@ -1012,8 +1094,8 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32) (*Mess
 		// up may have been read while this one waited: it is older, so
 		// it goes first.
 		c.mu.Lock()
-		if rs := c.orphans[queue]; len(rs) > 0 {
-			c.orphans[queue] = append(rs[1:], r)
+		if rs := c.orphans[key]; len(rs) > 0 {
+			c.orphans[key] = append(rs[1:], r)
 			r = rs[0]
 		}
 		c.mu.Unlock()

@@ -73,6 +73,7 @@ const (
 	CodeDenied        ErrorCode = 14 // fatal: this user may not connect
 	CodeForbidden     ErrorCode = 15 // the named queue belongs to another user
 	CodeInUse         ErrorCode = 16 // DISOWN: the queue still holds messages or waiters
+	CodeStale         ErrorCode = 17 // the delivery is no longer pending with this client
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -112,6 +113,8 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrDenied
 	case CodeInUse:
 		return target == ErrInUse
+	case CodeStale:
+		return target == ErrStale
 	}
 	return false
 }

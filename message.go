@@ -35,6 +35,7 @@ type Message struct {
 	digest    []byte
 	accept    []Digest // the digests the client requires; nil: any
 	closed    bool
+	ack       *ackInfo // for a delivery in ack mode
 }
 
 // Len returns the payload size in bytes.
@@ -91,9 +92,9 @@ func (m *Message) verify(expect *sentDigest) error {
 	if m.Queue == "" {
 		switch {
 		case expect == nil:
-			return tampered("the server returned a message this client never stored")
+			return tampered("the server returned message %d, which this client never stored, or ahead of an older one it has not returned", m.Seq)
 		case expect.seq != m.Seq:
-			return tampered("the server returned message %d but the oldest this client stored is %d", m.Seq, expect.seq)
+			return tampered("the server returned message %d but the record is of %d", m.Seq, expect.seq)
 		case Digest(expect.alg) != m.digestAlg || !bytes.Equal(expect.digest, m.digest):
 			return tampered("the digest the server returned differs from the one recorded at store time")
 		}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machq/machq/internal/delivery"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/wire"
@@ -64,6 +65,15 @@ type conn struct {
 	outFDs  []int
 	fdAt    []int            // byte offset in out of the frame carrying outFDs[i]
 	outMsgs []*queue.Message // messages in out or outFDs: release after sending
+	// outTokens name the ack-mode deliveries in out: once written they
+	// may be settled and their leases run.
+	outTokens []uint64
+	// acks are the deliveries this connection holds in ack mode.
+	acks delivery.Set
+	// ackUnread counts pages of ack-mode deliveries written but perhaps
+	// not yet received (the peer's socket buffer holds them): they count
+	// towards maxOutboxPages like unreceived pages.
+	ackUnread int
 	// unreceived are pages written but perhaps not yet received; see
 	// unreceived.go.
 	unreceived     []*queue.Message
@@ -83,6 +93,7 @@ type conn struct {
 	spareFDs  []int
 	spareFdAt []int
 	spareMsgs []*queue.Message
+	spareToks []uint64
 	// Warnings of failed requests logged: when, and how many left out
 	// since (see warnEvery).
 	lastWarn   time.Time
@@ -177,6 +188,11 @@ func (c *conn) serve() {
 	for _, m := range lost {
 		m.Release()
 	}
+	// Deliveries held in ack mode go back to their queues at once, to
+	// other consumers waiting there.
+	if n := c.returnPending(); n > 0 {
+		c.log.Info("pending deliveries returned to their queues", "messages", n)
+	}
 	pages := c.private.Pages()
 	n, b := c.private.Drain()
 	c.log.Info("client gone; private queue freed", "reason", reason, "messages", n, "pages", pages, "bytes", b)
@@ -235,7 +251,7 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 		}
 		c.mu.Lock()
 		c.busy = true
-		out := len(c.unreceived) > 0
+		out := c.pagesOut()
 		c.mu.Unlock()
 		if out {
 			c.refreshReceived()
@@ -278,9 +294,17 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		return c.handleHello(f)
 	}
 	switch {
-	case f.Op == wire.OpDisown && c.version >= 2:
+	case f.Op == wire.OpDisown && c.version >= wire.VersionDisown:
 		c.noFDs(f)
 		c.handleDisown(f)
+		return false
+	case wire.IsSettle(f.Op) && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handleSettle(f)
+		return false
+	case f.Op == wire.OpKick && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handleKick(f)
 		return false
 	}
 	switch f.Op {
@@ -464,14 +488,25 @@ func (c *conn) flush() bool {
 	}
 	c.flushing = true
 	for len(c.out) > 0 {
-		buf, fds, fdAt, msgs := c.out, c.outFDs, c.fdAt, c.outMsgs
-		c.out, c.outFDs, c.fdAt, c.outMsgs = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0]
+		buf, fds, fdAt, msgs, toks := c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens
+		c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0], c.spareToks[:0]
 		c.writing = len(buf)
 		c.cond.Broadcast()
 		c.mu.Unlock()
 
 		err := c.write(buf, fds, fdAt)
 		if err == nil {
+			if len(toks) > 0 {
+				// The pages among fds that are not msgs' are the
+				// deliveries'.
+				pages := len(fds)
+				for _, m := range msgs {
+					if m != nil && m.FD >= 0 {
+						pages--
+					}
+				}
+				c.ackWritten(toks, pages)
+			}
 			c.sent(msgs)
 		}
 		for i, m := range msgs {
@@ -497,7 +532,7 @@ func (c *conn) flush() bool {
 		}
 		c.mu.Lock()
 		c.writing = 0
-		c.spare, c.spareFDs, c.spareFdAt, c.spareMsgs = buf[:0], fds[:0], fdAt[:0], msgs[:0]
+		c.spare, c.spareFDs, c.spareFdAt, c.spareMsgs, c.spareToks = buf[:0], fds[:0], fdAt[:0], msgs[:0], toks[:0]
 	}
 	c.flushing = false
 	c.cond.Broadcast()
@@ -523,6 +558,8 @@ func (c *conn) discardOutbox() {
 	for _, m := range c.outMsgs {
 		m.Release()
 	}
-	c.out, c.outFDs, c.fdAt, c.outMsgs = nil, nil, nil, nil
+	// Deliveries in the outbox stay in c.acks: the teardown returns
+	// them to their queues.
+	c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens = nil, nil, nil, nil, nil
 	c.cond.Broadcast()
 }

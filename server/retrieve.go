@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/machq/machq/internal/delivery"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/wire"
@@ -16,11 +17,14 @@ type waiter struct {
 	id    uint64
 	q     *queue.Queue
 	timer *time.Timer
+	ack   *ackMode // nil for a plain retrieve
 }
 
 // Deliver implements queue.Waiter. The queue's lock is held. A consumer
-// with too much unsent is Busy: the queue keeps the message and parks the
-// wait, which the connection resumes once its outbox drains.
+// with too much unsent, or an ack-mode one holding as many deliveries as
+// its credit allows, is Busy: the queue keeps the message and parks the
+// wait, which the connection resumes once its outbox drains or a
+// delivery is settled.
 func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) queue.Delivery {
 	c := w.c
 	c.mu.Lock()
@@ -28,12 +32,17 @@ func (w *waiter) Deliver(q *queue.Queue, m *queue.Message) queue.Delivery {
 	if c.closed || c.waits[w.id] != w {
 		return queue.Gone
 	}
-	if c.outboxFull() {
+	if c.outboxFull() || w.ack != nil && !c.creditLeft(w.ack) {
 		c.parked = append(c.parked, w)
 		return queue.Busy
 	}
 	c.endWait(w)
-	c.appendMessage(w.id, q, m)
+	if w.ack != nil {
+		q.HoldLocked(m)
+		c.appendDelivery(w.id, q, m, w.ack)
+	} else {
+		c.appendMessage(w.id, q, m)
+	}
 	return queue.Delivered
 }
 
@@ -52,10 +61,24 @@ func (c *conn) endWait(w *waiter) {
 // handleRetrieve serves a RETRIEVE; it reports true when the connection
 // must close.
 func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
-	r, err := wire.ParseRetrieve(f.Body)
+	var r wire.Retrieve
+	var err error
+	var mode *ackMode
+	if f.Flags&wire.FlagAck != 0 && c.version >= wire.VersionAck {
+		r, err = wire.ParseAckRetrieve(f.Body)
+		mode = new(c.ackModeOf(r))
+	} else {
+		r, err = wire.ParseRetrieve(f.Body)
+	}
 	if err != nil {
 		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
 		return false
+	}
+	if mode != nil && len(r.Queue) > 0 {
+		if _, err := delivery.DeadLetterQueue(string(r.Queue)); err != nil {
+			c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+			return false
+		}
 	}
 	q, code, err := c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
 	if err != nil {
@@ -64,6 +87,15 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	}
 	defer c.release(q)
 	if r.WaitMillis == 0 {
+		if mode != nil {
+			c.mu.Lock()
+			held, ok := c.acks.Len(), c.creditLeft(mode)
+			c.mu.Unlock()
+			if !ok {
+				c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
+				return false
+			}
+		}
 		var m *queue.Message
 		if q != nil {
 			m = q.Pop()
@@ -76,13 +108,20 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", label))
 			return false
 		}
+		if mode != nil {
+			q.Hold(m)
+		}
 		c.mu.Lock()
-		c.appendMessage(f.ID, q, m)
+		if mode != nil {
+			c.appendDelivery(f.ID, q, m, mode)
+		} else {
+			c.appendMessage(f.ID, q, m)
+		}
 		c.mu.Unlock()
 		return false
 	}
 
-	w := &waiter{c: c, id: f.ID, q: q}
+	w := &waiter{c: c, id: f.ID, q: q, ack: mode}
 	c.mu.Lock()
 	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits) >= max {
 		n := len(c.waits)
@@ -107,12 +146,26 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 		return false
 	}
 	c.waits[f.ID] = w
+	noCredit := mode != nil && !c.creditLeft(mode)
+	if noCredit {
+		c.parked = append(c.parked, w)
+	}
 	c.mu.Unlock()
 
-	if m := q.PopOrWait(w); m != nil {
+	if noCredit {
+		// Served once a delivery is settled and the credit allows.
+		q.Park(w)
+	} else if m := q.PopOrWait(w); m != nil {
+		if mode != nil {
+			q.Hold(m)
+		}
 		c.mu.Lock()
 		c.endWait(w)
-		c.appendMessage(f.ID, q, m)
+		if mode != nil {
+			c.appendDelivery(f.ID, q, m, mode)
+		} else {
+			c.appendMessage(f.ID, q, m)
+		}
 		c.mu.Unlock()
 		return false
 	}
@@ -177,23 +230,17 @@ func (c *conn) resumeParked() {
 	c.parked = nil
 	c.mu.Unlock()
 	for i, w := range parked {
-		m, _ := w.q.Resume(w)
-		if m == nil {
-			continue // back in line, or no longer waiting
-		}
+		// Deliver, under the queue's lock, decides: a wait that ended is
+		// forgotten, one still unable to take a message parks again.
+		w.q.Resume(w)
 		c.mu.Lock()
-		if c.closed || c.waits[w.id] != w {
-			c.mu.Unlock()
-			w.q.Requeue(m) // the wait ended meanwhile: the message goes back
-			continue
-		}
-		c.endWait(w)
-		c.appendMessage(w.id, w.q, m)
-		if c.outboxFull() {
+		full := c.outboxFull()
+		if full {
 			c.parked = append(c.parked, parked[i+1:]...)
-			c.mu.Unlock()
-			return
 		}
 		c.mu.Unlock()
+		if full {
+			return
+		}
 	}
 }

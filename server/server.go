@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/machq/machq/internal/delivery"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
@@ -70,6 +71,10 @@ type Config struct {
 	// Limits bounds connections and what they may store.
 	Limits Limits
 
+	// Ack tunes acknowledged delivery: leases, credit, redeliveries and
+	// dead letters.
+	Ack AckConfig
+
 	// Access says which users besides the server's own and root may
 	// connect.
 	Access Access
@@ -103,7 +108,7 @@ func (c *Config) setDefaults() error {
 		c.FrameTimeout = DefaultFrameTimeout
 	}
 	c.Limits.setDefaults(c.Access.open())
-	return nil
+	return c.Ack.setDefaults()
 }
 
 // Server is a machq message store. Create one with New, then call Serve
@@ -115,8 +120,10 @@ type Server struct {
 	total  totals // what the queues hold
 	ledger *quota.Ledger
 	pid    uint32
+	policy delivery.Policy
 
-	nextConn atomic.Uint64
+	nextConn  atomic.Uint64
+	nextToken atomic.Uint64 // names each ack-mode delivery
 	closing  atomic.Bool
 
 	mu        sync.Mutex
@@ -134,6 +141,11 @@ type totals struct {
 	messages atomic.Int64
 	pages    atomic.Int64
 	bytes    atomic.Int64
+	// Out of line: pending with consumers in ack mode, or NAKed and
+	// waiting out a delay.
+	outMessages atomic.Int64
+	outPages    atomic.Int64
+	outBytes    atomic.Int64
 }
 
 // Add implements queue.Counter.
@@ -141,6 +153,13 @@ func (t *totals) Add(messages, pages, bytes int64) {
 	t.messages.Add(messages)
 	t.pages.Add(pages)
 	t.bytes.Add(bytes)
+}
+
+// AddOut implements queue.Counter.
+func (t *totals) AddOut(messages, pages, bytes int64) {
+	t.outMessages.Add(messages)
+	t.outPages.Add(pages)
+	t.outBytes.Add(bytes)
 }
 
 var _ queue.Counter = (*totals)(nil)
@@ -160,6 +179,7 @@ func New(cfg Config) (*Server, error) {
 		done:      make(chan struct{}),
 	}
 	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues, s.cfg.Limits.MaxQueuesPerUID)
+	s.policy = s.cfg.Ack.policy()
 	s.ledger = newLedger(&s.cfg.Limits)
 	return s, nil
 }
@@ -374,6 +394,10 @@ type Stats struct {
 	// Unsent is the part of the above taken from queues and waiting to be
 	// written to consumers that have not read them yet.
 	Unsent Held `json:"unsent"`
+	// Pending is the part of the above delivered in ack mode and not yet
+	// settled, with messages NAKed and waiting out a delay: their queues
+	// hold them until they are acknowledged or come back.
+	Pending Held `json:"pending"`
 	// Waiting counts the retrieves waiting for a message.
 	Waiting int64 `json:"waiting"`
 	// Descriptors is how many descriptors pages and connections take,
@@ -415,11 +439,23 @@ type UserStats struct {
 // QueueStats describes one named queue.
 type QueueStats struct {
 	Name     string `json:"name"`
-	Messages int    `json:"messages"`
+	Messages int    `json:"messages"` // in line
 	Bytes    int64  `json:"bytes"`
 	Waiting  int    `json:"waiting"` // consumers blocked on the queue
 	// Owner is the only user id allowed to use the queue; nil: anyone.
 	Owner *uint32 `json:"owner,omitempty"`
+	// Pending counts messages delivered in ack mode and not yet settled;
+	// Delayed, messages NAKed and waiting out their delay. Neither is in
+	// Messages; both count against the queue's limits.
+	Pending int `json:"pending"`
+	Delayed int `json:"delayed"`
+	// Delivered, Redelivered, Acked, Nacked and DeadLettered count
+	// deliveries and settlements since the queue was created.
+	Delivered    uint64 `json:"delivered"`
+	Redelivered  uint64 `json:"redelivered"`
+	Acked        uint64 `json:"acked"`
+	Nacked       uint64 `json:"nacked"`
+	DeadLettered uint64 `json:"dead_lettered"`
 }
 
 // Stats returns the server's current counts.
@@ -439,10 +475,15 @@ func (s *Server) Stats() Stats {
 	infos := s.named.Snapshot()
 	qs := make([]QueueStats, len(infos))
 	for i, in := range infos {
-		qs[i] = QueueStats(in)
+		qs[i] = QueueStats{
+			Name: in.Name, Messages: in.Messages, Bytes: in.Bytes, Waiting: in.Waiting, Owner: in.Owner,
+			Pending: in.Pending, Delayed: in.Delayed,
+			Delivered: in.Delivered, Redelivered: in.Redelivered, Acked: in.Acked, Nacked: in.Nacked, DeadLettered: in.DeadLettered,
+		}
 	}
 	held := s.ledger.Total()
-	queued := Held{Messages: s.total.messages.Load(), Bytes: s.total.bytes.Load(), Pages: s.total.pages.Load()}
+	out := Held{Messages: s.total.outMessages.Load(), Bytes: s.total.outBytes.Load(), Pages: s.total.outPages.Load()}
+	queued := Held{Messages: s.total.messages.Load() + out.Messages, Bytes: s.total.bytes.Load() + out.Bytes, Pages: s.total.pages.Load() + out.Pages}
 	fds, fdLimit := s.ledger.DescriptorsUsed()
 	st := Stats{
 		Clients:  clients,
@@ -454,6 +495,7 @@ func (s *Server) Stats() Stats {
 			Bytes:    max(held.Bytes-queued.Bytes, 0),
 			Pages:    max(held.Pages-queued.Pages, 0),
 		},
+		Pending:         out,
 		Waiting:         held.Waiting,
 		Descriptors:     fds,
 		DescriptorLimit: fdLimit,

@@ -56,20 +56,27 @@ func (c *conn) sent(msgs []*queue.Message) {
 // pagesUnreceived is the number of pages on their way to the peer: in
 // the outbox or written and not yet received. c.mu is held.
 func (c *conn) pagesUnreceived() int {
-	n := len(c.outFDs) + len(c.unreceived)
-	if n >= maxOutboxPages && len(c.unreceived) > 0 {
+	n := len(c.outFDs) + len(c.unreceived) + c.ackUnread
+	if n >= maxOutboxPages && c.pagesOut() {
 		c.checkReceived()
-		n = len(c.outFDs) + len(c.unreceived)
+		n = len(c.outFDs) + len(c.unreceived) + c.ackUnread
 	}
 	return n
+}
+
+// pagesOut reports whether pages written may not have been received yet.
+// c.mu is held.
+func (c *conn) pagesOut() bool {
+	return len(c.unreceived) > 0 || c.ackUnread > 0
 }
 
 // checkReceived releases the unreceived pages if the peer has read
 // everything written to it, and reports whether it did. c.mu is held.
 func (c *conn) checkReceived() bool {
-	if len(c.unreceived) == 0 || c.outq() != 0 {
+	if !c.pagesOut() || c.outq() != 0 {
 		return false
 	}
+	c.ackUnread = 0 // held by their deliveries, not released here
 	for i, m := range c.unreceived {
 		m.Release()
 		c.unreceived[i] = nil
@@ -82,7 +89,7 @@ func (c *conn) checkReceived() bool {
 // armPoll makes sure a poll will ask about the unreceived pages. c.mu is
 // held.
 func (c *conn) armPoll() {
-	if c.pollArmed || len(c.unreceived) == 0 {
+	if c.pollArmed || !c.pagesOut() {
 		return
 	}
 	c.pollEvery = min(max(2*c.pollEvery, unreceivedPollFirst), unreceivedPollMost)
@@ -110,7 +117,7 @@ func (c *conn) pollReceived() {
 // poll.
 func (c *conn) refreshReceived() {
 	c.mu.Lock()
-	if c.closed || len(c.unreceived) == 0 {
+	if c.closed || !c.pagesOut() {
 		c.mu.Unlock()
 		return
 	}

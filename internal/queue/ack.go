@@ -78,13 +78,16 @@ func (q *Queue) Return(m *Message, nacked bool) {
 	q.place(m, true)
 }
 
-// Delay puts the pending message m, NAKed, back at its original place
-// once d has passed. Until then it stays out of line, counted as the
-// queue's; Drain frees it.
-func (q *Queue) Delay(m *Message, d time.Duration) {
+// Delay puts the pending message m back at its original place once d
+// has passed: it was NAKed (nacked set), or has nowhere else to go for
+// now. Until then it stays out of line, counted as the queue's; Drain
+// frees it.
+func (q *Queue) Delay(m *Message, d time.Duration, nacked bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.counts.Nacked++
+	if nacked {
+		q.counts.Nacked++
+	}
 	if q.delayed == nil {
 		q.delayed = make(map[*Message]*time.Timer)
 	}
@@ -144,3 +147,28 @@ func (q *Queue) Counts() Counts {
 	defer q.mu.Unlock()
 	return q.counts
 }
+
+// MoveTo moves up to n messages (every one when n <= 0) from the head of
+// q to dst, each at its place in dst's order by sequence number, with a
+// fresh delivery record: dead letters kicked back into the queue they
+// came from. It returns how many moved.
+func (q *Queue) MoveTo(dst *Queue, n int) int {
+	q.mu.Lock()
+	var moved []*Message
+	for n <= 0 || len(moved) < n {
+		m := q.pop()
+		if m == nil {
+			break
+		}
+		moved = append(moved, m)
+	}
+	q.mu.Unlock()
+	for _, m := range moved {
+		m.Deliveries, m.Dead, m.Note, m.DiedAfter = 0, 0, "", 0
+		dst.Insert(m)
+	}
+	return len(moved)
+}
+
+// Creator returns the user id that created the queue, in a Registry.
+func (q *Queue) Creator() uint32 { return q.creator }

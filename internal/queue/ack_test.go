@@ -104,7 +104,7 @@ func TestDelayBringsBackAtThePlace(t *testing.T) {
 	q.Push(inline("b", 1), nil)
 	m := q.Pop()
 	q.Hold(m)
-	q.Delay(m, 20*time.Millisecond)
+	q.Delay(m, 20*time.Millisecond, true)
 	if p, d := q.Out(); p != 0 || d != 1 {
 		t.Fatalf("pending %d delayed %d, want 0, 1", p, d)
 	}
@@ -131,7 +131,7 @@ func TestDrainFreesDelayed(t *testing.T) {
 	q.Push(inline("a", 7), nil)
 	m := q.Pop()
 	q.Hold(m)
-	q.Delay(m, time.Hour)
+	q.Delay(m, time.Hour, true)
 	if n, b := q.Drain(); n != 1 || b != 7 {
 		t.Fatalf("drained %d messages, %d bytes; want 1, 7", n, b)
 	}

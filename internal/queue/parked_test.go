@@ -50,13 +50,28 @@ func TestBusyWaiterIsParkedNotOverfilled(t *testing.T) {
 	}
 	// Resumed, it takes the oldest message and stops waiting.
 	slow.busy = false
-	m, waiting := q.Resume(slow)
-	if m == nil || m.Digest != "0" || waiting {
-		t.Fatalf("Resume = %v, %v; want the oldest message", m, waiting)
+	if !q.Resume(slow) || len(slow.got) != 1 || slow.got[0].Digest != "0" {
+		t.Fatalf("Resume gave %v; want the oldest message", slow.got)
 	}
 	// Resuming a waiter that is not parked does nothing.
-	if m, waiting := q.Resume(slow); m != nil || waiting {
-		t.Errorf("Resume of a waiter not parked = %v, %v", m, waiting)
+	if q.Resume(slow) || len(slow.got) != 1 {
+		t.Errorf("Resume of a waiter not parked gave %v", slow.got)
+	}
+	// A waiter busy again when resumed stays parked, and the message
+	// stays at the head.
+	q2 := queue.New("q2", nil)
+	busy := &busyWaiter{busy: true}
+	q2.PopOrWait(busy)
+	q2.Push(inline("x", 1), nil) // parks it
+	q2.Push(inline("y", 1), nil)
+	if q2.Resume(busy) || len(busy.got) != 0 {
+		t.Fatal("a busy waiter took a message")
+	}
+	if n := q2.Waiting(); n != 1 {
+		t.Fatalf("Waiting = %d after a busy resume, want 1", n)
+	}
+	if m := q2.Pop(); m == nil || m.Digest != "x" {
+		t.Fatalf("the head after a busy resume is %v, want x", m)
 	}
 }
 
@@ -71,8 +86,8 @@ func TestResumeOnEmptyQueueWaitsAgain(t *testing.T) {
 		t.Fatal("the message a busy waiter could not take was not kept")
 	}
 	w.busy = false
-	if m, waiting := q.Resume(w); m != nil || !waiting {
-		t.Fatalf("Resume on an empty queue = %v, %v; want back in line", m, waiting)
+	if q.Resume(w) {
+		t.Fatalf("Resume on an empty queue delivered %v; want back in line", w.got)
 	}
 	q.Push(inline("b", 1), nil)
 	if len(w.got) != 1 || w.got[0].Digest != "b" {

@@ -37,6 +37,9 @@ type Message struct {
 	// reason or the text of the last NAK.
 	Dead uint8
 	Note string
+	// DiedAfter is, for a dead letter, its Deliveries when it became
+	// one; Deliveries then counts again in the dead-letter queue.
+	DiedAfter uint32
 
 	sent bool // Sent closed the page, whose charge stays until Release
 }
@@ -382,21 +385,44 @@ func (q *Queue) Park(w Waiter) {
 	q.parked = append(q.parked, w)
 }
 
-// Resume puts a parked waiter back: it returns the oldest message if
-// there is one (w then no longer waits, and the caller owns the message),
-// else puts w in line again and reports that it waits. It returns nil and
-// false if w is not parked (it was cancelled).
-func (q *Queue) Resume(w Waiter) (m *Message, waiting bool) {
+// Resume puts a parked waiter back: it offers w the oldest message, if
+// there is one, under the queue's lock, as Push would (Delivered: w took
+// it and no longer waits; Busy: w stays parked and the message stays;
+// Gone: w is forgotten), else puts w in line again. It reports whether w
+// took a message; a waiter that is not parked (it was cancelled) is
+// offered nothing.
+func (q *Queue) Resume(w Waiter) (delivered bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if !remove(&q.parked, w) {
-		return nil, false
+		return false
 	}
-	if m := q.take(); m != nil {
-		return m, false
+	m := q.pop()
+	if m == nil {
+		q.waiters = append(q.waiters, w)
+		return false
 	}
-	q.waiters = append(q.waiters, w)
-	return nil, true
+	switch w.Deliver(q, m) {
+	case Delivered:
+		q.counts.Delivered++
+		return true
+	case Busy:
+		q.parked = append(q.parked, w)
+	}
+	q.unpop(m)
+	return false
+}
+
+// unpop puts m, just taken by pop, back at the head. q.mu is held.
+func (q *Queue) unpop(m *Message) {
+	q.grow()
+	q.head = (q.head - 1 + len(q.items)) % len(q.items)
+	q.items[q.head] = m
+	q.n++
+	q.bytes += m.Size
+	if q.counter != nil {
+		q.counter.Add(1, m.pages(), m.Size)
+	}
 }
 
 // remove deletes w from *list, keeping the order, and reports whether it

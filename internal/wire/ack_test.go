@@ -43,7 +43,7 @@ func TestAckRetrieveRoundTrip(t *testing.T) {
 func TestAckMessageRoundTrip(t *testing.T) {
 	digest := bytes.Repeat([]byte{9}, 32)
 	for _, hasFD := range []bool{false, true} {
-		m := wire.Message{Seq: 41, Size: 5, DigestAlg: wire.DigestSHA256, Digest: digest, Ack: true, Token: 1 << 40, Deliveries: 3, Dead: wire.DeadMaxDeliveries, Note: []byte("not now")}
+		m := wire.Message{Seq: 41, Size: 5, DigestAlg: wire.DigestSHA256, Digest: digest, Ack: true, Token: 1 << 40, Deliveries: 3, Dead: wire.DeadMaxDeliveries, Note: []byte("not now"), DiedAfter: 20}
 		f := wire.AppendMessage(nil, 2, m, []byte("hello"), hasFD)
 		h, err := wire.ParseHeader(f)
 		if err != nil {

@@ -81,6 +81,10 @@ type Message struct {
 	// Note is the TERM reason of a dead letter, or the text of the
 	// message's last NAK; at most MaxNote bytes.
 	Note []byte
+	// DiedAfter is, for a dead letter, how many times it had been
+	// delivered in its queue when it became one (Deliveries counts
+	// again from 0 in the dead-letter queue).
+	DiedAfter uint32
 }
 
 // Why a message is a dead letter, in a MESSAGE's Dead field.
@@ -336,7 +340,8 @@ func AppendMessage(b []byte, id uint64, m Message, inline []byte, hasFD bool) []
 		b = binary.LittleEndian.AppendUint32(b, m.Deliveries)
 		b = binary.LittleEndian.AppendUint64(b, m.Token)
 		b = binary.LittleEndian.AppendUint16(b, uint16(len(note)))
-		b = append(b, 0, 0, 0, 0, 0, 0)
+		b = append(b, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, m.DiedAfter)
 		b = append(b, m.Digest...)
 		b = append(b, note...)
 	} else {
@@ -372,6 +377,7 @@ func ParseMessage(h Header, body []byte) (Message, []byte, error) {
 		m.Deliveries = binary.LittleEndian.Uint32(body[20:])
 		m.Token = binary.LittleEndian.Uint64(body[24:])
 		nl = int(binary.LittleEndian.Uint16(body[32:]))
+		m.DiedAfter = binary.LittleEndian.Uint32(body[36:])
 		if nl > MaxNote {
 			return Message{}, nil, fmt.Errorf("%w: MESSAGE note of %d bytes exceeds %d", ErrMalformed, nl, MaxNote)
 		}

@@ -1,0 +1,293 @@
+package machq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/machq/machq/internal/wire"
+)
+
+// ackInfo is what a delivery in ack mode carries besides the message.
+type ackInfo struct {
+	token      uint64
+	deliveries uint32
+	dead       DeadReason
+	note       string
+	diedAfter  uint32
+}
+
+// DeadReason says why a message is a dead letter.
+type DeadReason uint8
+
+// Dead-letter reasons.
+const (
+	// NotDead: the message is not a dead letter.
+	NotDead DeadReason = DeadReason(wire.DeadNone)
+	// DeadTerminated: a consumer gave up on it (Delivery.Term).
+	DeadTerminated DeadReason = DeadReason(wire.DeadTerm)
+	// DeadMaxDeliveries: it was delivered as many times as the server
+	// allows (machqd --max-deliveries) without being acknowledged.
+	DeadMaxDeliveries DeadReason = DeadReason(wire.DeadMaxDeliveries)
+)
+
+// String names the reason.
+func (r DeadReason) String() string {
+	switch r {
+	case NotDead:
+		return "not dead"
+	case DeadTerminated:
+		return "terminated"
+	case DeadMaxDeliveries:
+		return "max deliveries"
+	}
+	return fmt.Sprintf("DeadReason(%d)", uint8(r))
+}
+
+// Outcome says what settling a delivery did.
+type Outcome uint8
+
+// Outcomes of Ack, Nak, Touch and Term.
+const (
+	// Acked: the message is done with and freed.
+	Acked Outcome = Outcome(wire.OutcomeAcked)
+	// Requeued: the message goes back to its queue, at its original
+	// place, after the delay.
+	Requeued Outcome = Outcome(wire.OutcomeRequeued)
+	// DeadLettered: the message moved to its queue's dead-letter queue
+	// (Q.dlq), where Kick can bring it back from.
+	DeadLettered Outcome = Outcome(wire.OutcomeDeadLettered)
+	// Dropped: a private-queue message that would have become a dead
+	// letter was freed: a private queue has no dead-letter queue.
+	Dropped Outcome = Outcome(wire.OutcomeDropped)
+	// Touched: the lease was renewed.
+	Touched Outcome = Outcome(wire.OutcomeTouched)
+)
+
+// String names the outcome, such as "dead-lettered".
+func (o Outcome) String() string { return wire.Outcome(o).String() }
+
+// ErrStale: a delivery could not be settled because the server no longer
+// holds it for this client: its lease ran out and the message went back
+// to its queue (it may have been delivered again, to this client or
+// another, under a new token), or it was settled already. Acting on a
+// stale delivery never settles anyone else's.
+var ErrStale = errors.New("machq: delivery no longer pending")
+
+// ErrUnsupported: the server speaks an older protocol version without the
+// operation asked for; upgrade it.
+var ErrUnsupported = errors.New("machq: operation not supported by the server")
+
+// AckOptions tune a retrieve in ack mode. The zero value (or nil) takes
+// the server's defaults.
+type AckOptions struct {
+	// Lease bounds how long the message may be held without being
+	// settled or touched: once it runs out, the server takes the message
+	// back and hands it to the next consumer, and settling it fails with
+	// ErrStale. 0 takes the server's default (machqd --ack-lease; none
+	// unless set); a negative value asks for no lease at all. It is
+	// rounded down to milliseconds, at least 1.
+	Lease time.Duration
+	// Credit is the most unsettled deliveries this connection may hold
+	// for the retrieve to be served: a waiting retrieve waits for
+	// credit as well as for a message, and one that does not wait fails
+	// with ErrLimit when the credit is used up. 0 takes the server's
+	// maximum (machqd --max-pending), which also caps it.
+	Credit int
+}
+
+// wire returns the ack-mode fields of a RETRIEVE for o.
+func (o *AckOptions) wire() *wire.Retrieve {
+	r := &wire.Retrieve{Ack: true}
+	if o == nil {
+		return r
+	}
+	switch {
+	case o.Lease < 0:
+		r.LeaseMillis = wire.NoLease
+	case o.Lease > 0:
+		r.LeaseMillis = uint32(min(max(o.Lease.Milliseconds(), 1), int64(wire.NoLease-1)))
+	}
+	if o.Credit > 0 {
+		r.Credit = uint32(min(o.Credit, 1<<30))
+	}
+	return r
+}
+
+// Delivery is a message taken in ack mode (Reserve, ReserveWait): it
+// stays pending with this client until settled with Ack, Nak or Term. If
+// the connection ends first (Close, a crash, SIGKILL), or its lease runs
+// out, the server puts the message back at its original place in its
+// queue at once, for the next consumer. Settle a Delivery once; Close
+// its Message (which Ack, Nak and Term do not) when done reading it.
+type Delivery struct {
+	*Message
+	c       *Client
+	settled bool
+	outcome Outcome
+}
+
+// Token names this delivery attempt: each delivery of a message, and
+// each redelivery, has its own.
+func (d *Delivery) Token() uint64 { return d.ack.token }
+
+// Deliveries counts the times the message has been delivered in ack
+// mode, this one included.
+func (d *Delivery) Deliveries() int { return int(d.ack.deliveries) }
+
+// Redelivered reports whether the message was delivered before (and not
+// acknowledged: its consumer left, its lease ran out, or it was NAKed).
+func (d *Delivery) Redelivered() bool { return d.ack.deliveries > 1 }
+
+// DeadReason says why the message is a dead letter, when it is read from
+// a dead-letter queue.
+func (d *Delivery) DeadReason() DeadReason { return d.ack.dead }
+
+// DiedAfter is, for a dead letter, how many times it had been delivered
+// in its queue when it became one (Deliveries counts its deliveries in
+// the dead-letter queue).
+func (d *Delivery) DiedAfter() int { return int(d.ack.diedAfter) }
+
+// Note is the reason given by the TERM that made the message a dead
+// letter, or the text of its last NAK; empty if none was given.
+func (d *Delivery) Note() string { return d.ack.note }
+
+// Outcome returns what the settle did, once Ack, Nak or Term succeeded.
+func (d *Delivery) Outcome() Outcome { return d.outcome }
+
+// Ack acknowledges the delivery: the message is done with and the server
+// frees it. It fails with ErrStale if the server took the message back
+// (its lease ran out).
+func (d *Delivery) Ack(ctx context.Context) error {
+	return d.settle(ctx, wire.OpAck, wire.Settle{})
+}
+
+// Nak puts the message back at its original place in its queue, after
+// delay; with delay 0 the server chooses a delay that grows with each
+// delivery (machqd --nak-backoff), so that a message nobody can handle
+// does not spin. reason (at most 512 bytes) travels with the message,
+// and with it into the dead-letter queue if this was its last allowed
+// delivery (Outcome then reports DeadLettered).
+func (d *Delivery) Nak(ctx context.Context, delay time.Duration, reason string) error {
+	ms := uint32(0)
+	if delay > 0 {
+		ms = uint32(min(max(delay.Milliseconds(), 1), int64(^uint32(0))))
+	}
+	return d.settle(ctx, wire.OpNak, wire.Settle{DelayMillis: ms, Text: []byte(reason)})
+}
+
+// Term makes the message a dead letter at once: it moves to its queue's
+// dead-letter queue (Q.dlq) with reason (at most 512 bytes). A message
+// of the private queue, which has none, is freed (Outcome Dropped).
+func (d *Delivery) Term(ctx context.Context, reason string) error {
+	return d.settle(ctx, wire.OpTerm, wire.Settle{Text: []byte(reason)})
+}
+
+// Touch tells the server the message is still being worked on: its lease
+// starts again, and Touch returns how long it now runs (0 for a
+// delivery without a lease).
+func (d *Delivery) Touch(ctx context.Context) (time.Duration, error) {
+	r, err := d.c.roundTrip(ctx, wire.OpTouch, func(b []byte, id uint64) []byte {
+		return wire.AppendSettle(b, wire.OpTouch, id, wire.Settle{Token: d.ack.token})
+	})
+	if err != nil {
+		return 0, d.settleErr(err)
+	}
+	return time.Duration(r.settled.LeaseMillis) * time.Millisecond, nil
+}
+
+func (d *Delivery) settle(ctx context.Context, op wire.Op, s wire.Settle) error {
+	if d.settled {
+		return fmt.Errorf("%w: delivery %d was settled already (%s)", ErrStale, d.ack.token, d.outcome)
+	}
+	s.Token = d.ack.token
+	r, err := d.c.roundTrip(ctx, op, func(b []byte, id uint64) []byte { return wire.AppendSettle(b, op, id, s) })
+	if err != nil {
+		return d.settleErr(err)
+	}
+	d.settled, d.outcome = true, Outcome(r.settled.Outcome)
+	if d.Queue == "" && d.outcome != Requeued {
+		d.c.forgetPrivate(d.Seq)
+	}
+	return nil
+}
+
+func (d *Delivery) settleErr(err error) error {
+	if errors.Is(err, ErrStale) {
+		d.settled = true
+	}
+	return err
+}
+
+// roundTrip sends one request without a descriptor, encoded by encode,
+// and waits for its answer.
+func (c *Client) roundTrip(ctx context.Context, op wire.Op, encode func(b []byte, id uint64) []byte) (result, error) {
+	if c.welcome.Version < wire.VersionAck && op != wire.OpStat && op != wire.OpDisown {
+		return result{}, fmt.Errorf("%w: %s needs protocol version %d; the server at %s speaks %d", ErrUnsupported, op, wire.VersionAck, c.path, c.welcome.Version)
+	}
+	cl := &call{op: op, ch: make(chan result, 1)}
+	id, err := c.register(ctx, cl)
+	if err != nil {
+		return result{}, err
+	}
+	if err := c.enqueue(ctx, -1, func(b []byte) []byte { return encode(b, id) }); err != nil {
+		return result{}, err
+	}
+	return c.wait(ctx, id, cl)
+}
+
+// Reserve takes the oldest message of queue ("" for the private queue)
+// in ack mode, without waiting: an empty queue is an error wrapping
+// ErrEmpty. The message stays pending with this client until the
+// Delivery is settled; see Delivery. o may be nil.
+//
+// The message is verified as Retrieve verifies it; on a mismatch Reserve
+// returns the Delivery together with an error wrapping ErrTampered, so
+// that the caller can Nak it (another consumer may be able to verify it)
+// or Term it, rather than lose it.
+func (c *Client) Reserve(ctx context.Context, queue string, o *AckOptions) (*Delivery, error) {
+	return c.reserve(ctx, queue, 0, o)
+}
+
+// ReserveWait is Reserve that waits, until ctx ends, for a message to
+// arrive and for the credit to take it. As with RetrieveWait, a message
+// handed over just as ctx ends is not lost: it stays pending with this
+// client, and the next ReserveWait of the same queue returns it first.
+func (c *Client) ReserveWait(ctx context.Context, queue string, o *AckOptions) (*Delivery, error) {
+	wait, hasDeadline := waitMillis(ctx)
+	d, err := c.reserve(ctx, queue, wait, o)
+	if err != nil && d == nil && hasDeadline && (errors.Is(err, ErrEmpty) || errors.Is(err, context.DeadlineExceeded)) {
+		return nil, fmt.Errorf("%w: nothing arrived in queue %s before the deadline (%w)", ErrEmpty, queueLabel(queue), context.DeadlineExceeded)
+	}
+	return d, err
+}
+
+func (c *Client) reserve(ctx context.Context, queue string, wait uint32, o *AckOptions) (*Delivery, error) {
+	if c.welcome.Version < wire.VersionAck {
+		return nil, fmt.Errorf("%w: ack mode needs protocol version %d; the server at %s speaks %d", ErrUnsupported, wire.VersionAck, c.path, c.welcome.Version)
+	}
+	m, err := c.retrieve(ctx, queue, wait, o.wire())
+	if m == nil {
+		return nil, err
+	}
+	return &Delivery{Message: m, c: c}, err
+}
+
+// Kick moves up to n dead letters (all of them when n <= 0) from queue's
+// dead-letter queue (queue.dlq) back to queue, each at its original place
+// in the order with a fresh delivery count, and returns how many moved.
+func (c *Client) Kick(ctx context.Context, queue string, n int) (int, error) {
+	if err := ValidQueueName(queue); err != nil {
+		return 0, err
+	}
+	k := wire.Kick{Queue: []byte(queue)}
+	if n > 0 {
+		k.Count = uint32(min(n, int(^uint32(0)>>1)))
+	}
+	r, err := c.roundTrip(ctx, wire.OpKick, func(b []byte, id uint64) []byte { return wire.AppendKick(b, id, k) })
+	if err != nil {
+		return 0, err
+	}
+	return int(r.kicked), nil
+}

@@ -1,0 +1,301 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/machq/machq/internal/delivery"
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
+)
+
+// Acknowledged delivery: the connection's side.
+//
+// A message taken in ack mode stays its queue's (queue.Hold) and this
+// connection's (c.acks, under c.mu) until the consumer settles it or the
+// connection ends; its payload, page or inline bytes, stays with it, so a
+// redelivery passes the same sealed memfd again. The outbox carries the
+// delivery's token beside its bytes (outTokens): once written, the
+// delivery may be settled and its lease runs (delivery.Set.Written).
+
+// ackMode is what an ack-mode retrieve asked for, within the server's
+// bounds.
+type ackMode struct {
+	lease  time.Duration
+	credit int // the most deliveries the connection may hold for this retrieve to be served
+}
+
+// ackModeOf returns the ack mode r asks for.
+func (c *conn) ackModeOf(r wire.Retrieve) ackMode {
+	cfg := &c.s.cfg.Ack
+	m := ackMode{lease: cfg.Lease, credit: cfg.MaxPending}
+	switch r.LeaseMillis {
+	case 0:
+	case wire.NoLease:
+		m.lease = 0
+	default:
+		m.lease = time.Duration(r.LeaseMillis) * time.Millisecond
+	}
+	if r.Credit != 0 {
+		m.credit = min(m.credit, int(min(r.Credit, 1<<30)))
+	}
+	return m
+}
+
+// creditLeft reports whether the connection holds fewer deliveries than
+// mode allows. c.mu is held.
+func (c *conn) creditLeft(mode *ackMode) bool {
+	return c.acks.Len() < mode.credit
+}
+
+// appendDelivery queues an ack-mode MESSAGE for m, which q holds for this
+// connection (queue.Hold), and records the delivery. c.mu is held.
+func (c *conn) appendDelivery(id uint64, q *queue.Queue, m *queue.Message, mode *ackMode) {
+	token := c.s.nextToken.Add(1)
+	c.acks.Add(&delivery.Entry{Token: token, Queue: q, Msg: m, Lease: mode.lease})
+	if c.info {
+		c.log.Info("delivered in ack mode", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id, "token", token, "deliveries", m.Deliveries)
+	}
+	wm := wire.Message{
+		Seq: m.Seq, Size: uint64(m.Size), DigestAlg: m.DigestAlg, Digest: []byte(m.Digest),
+		Ack: true, Token: token, Deliveries: m.Deliveries, Dead: m.Dead, Note: []byte(m.Note), DiedAfter: m.DiedAfter,
+	}
+	if m.FD < 0 {
+		c.out = wire.AppendMessage(c.out, id, wm, m.Inline, false)
+	} else {
+		c.fdAt = append(c.fdAt, len(c.out))
+		c.outFDs = append(c.outFDs, m.FD)
+		c.out = wire.AppendMessage(c.out, id, wm, nil, true)
+	}
+	c.outTokens = append(c.outTokens, token)
+	c.signal()
+}
+
+// ackWritten records that the deliveries named by tokens have been
+// written, starting their leases; pages among them are on their way to
+// the peer until it has read them.
+func (c *conn) ackWritten(tokens []uint64, pages int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, t := range tokens {
+		c.acks.Written(t, c.expireLease)
+	}
+	if pages > 0 {
+		c.ackUnread += pages
+		c.armPoll()
+	}
+}
+
+// expireLease takes back a delivery whose lease ran out: the message goes
+// back to its queue (or becomes a dead letter), and the consumer's late
+// settle gets STALE.
+func (c *conn) expireLease(e *delivery.Entry) {
+	c.mu.Lock()
+	expired := c.acks.Expire(e)
+	c.mu.Unlock()
+	if !expired {
+		return
+	}
+	if c.info {
+		c.log.Info("lease ran out; message taken back", "queue", queueLabel(e.Queue), "seq", e.Msg.Seq, "token", e.Token, "lease", e.Lease)
+	}
+	c.s.putBack(e.Queue, e.Msg, "lease of "+e.Lease.String()+" ran out")
+	c.creditFreed()
+}
+
+// creditFreed resumes the waits that were parked for want of credit, now
+// that a delivery has been settled.
+func (c *conn) creditFreed() {
+	c.mu.Lock()
+	resume := len(c.parked) > 0 && !c.closed
+	c.mu.Unlock()
+	if resume {
+		c.resumeParked()
+	}
+}
+
+// returnPending puts back every delivery the connection held, for its
+// end: each message returns to its place in its queue at once, marked by
+// its delivery count, or becomes a dead letter if it has been delivered
+// the most times allowed.
+func (c *conn) returnPending() int {
+	c.mu.Lock()
+	held := c.acks.TakeAll()
+	c.mu.Unlock()
+	for _, e := range held {
+		c.s.putBack(e.Queue, e.Msg, "consumer gone")
+	}
+	return len(held)
+}
+
+// putBack returns a pending message m of q that its consumer did not
+// settle (it left, or its lease ran out): to its place in q, or to the
+// dead-letter queue once it has been delivered the most times allowed.
+func (s *Server) putBack(q *queue.Queue, m *queue.Message, why string) {
+	if s.policy.Exhausted(m) {
+		if m.Note == "" {
+			m.Note = why
+		}
+		s.deadLetter(q, m, wire.DeadMaxDeliveries)
+		return
+	}
+	q.Return(m, false)
+}
+
+// deadLetter moves the pending message m of q to q's dead-letter queue
+// Q.dlq, created if need be with q's owner. A private queue has none: the
+// message is freed (OutcomeDropped). If the dead-letter queue cannot be
+// used (it belongs to someone else, or no more queues may be created),
+// the message stays in q, coming back after the longest NAK backoff, so
+// that nothing is lost; this is logged.
+func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Outcome {
+	m.Dead = why
+	if q.Name() == "" {
+		q.TakeOut(m)
+		s.log.Info("private-queue message dropped: a private queue has no dead-letter queue", "seq", m.Seq, "deliveries", m.Deliveries, "note", m.Note)
+		m.Release()
+		return wire.OutcomeDropped
+	}
+	name, err := delivery.DeadLetterQueue(q.Name())
+	var dlq *queue.Queue
+	owner, owned := q.Owner()
+	if err == nil {
+		creator := q.Creator()
+		if owned {
+			creator = owner
+		}
+		dlq, err = s.named.Acquire([]byte(name), creator, owned)
+	}
+	if err == nil {
+		if o, ok := dlq.Owner(); ok != owned || o != owner {
+			s.named.Release(dlq)
+			err = errors.New("it exists with another owner")
+		}
+	}
+	if err != nil {
+		m.Dead = wire.DeadNone
+		s.log.Warn("dead letter kept in its queue: its dead-letter queue cannot take it", "queue", q.Name(), "dead_letter_queue", name, "seq", m.Seq, "err", err, "retry_in", s.cfg.Ack.NakBackoffMax)
+		q.Delay(m, s.cfg.Ack.NakBackoffMax, false)
+		return wire.OutcomeRequeued
+	}
+	q.TakeOut(m)
+	m.DiedAfter, m.Deliveries = m.Deliveries, 0
+	dlq.Append(m)
+	s.named.Release(dlq)
+	s.log.Info("message dead-lettered", "queue", q.Name(), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
+	return wire.OutcomeDeadLettered
+}
+
+func deadReason(why uint8) string {
+	switch why {
+	case wire.DeadTerm:
+		return "terminated"
+	case wire.DeadMaxDeliveries:
+		return "max deliveries"
+	}
+	return "none"
+}
+
+// handleSettle serves ACK, NAK, TOUCH and TERM.
+func (c *conn) handleSettle(f wire.Frame) {
+	st, err := wire.ParseSettle(f.Op, f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	c.mu.Lock()
+	var e *delivery.Entry
+	var lease time.Duration
+	if f.Op == wire.OpTouch {
+		lease, err = c.acks.Touch(st.Token)
+	} else {
+		e, err = c.acks.Settle(st.Token)
+	}
+	c.mu.Unlock()
+	switch {
+	case errors.Is(err, delivery.ErrUnknown):
+		c.sendError(f.ID, wire.CodeStale, fmt.Sprintf("delivery %d is not pending on this connection: it was settled already, its lease ran out and the message went back to its queue (it may be redelivered, to this consumer or another, under a new token), or it was never delivered here", st.Token))
+		return
+	case errors.Is(err, delivery.ErrUnsent):
+		c.sendError(f.ID, wire.CodeBadRequest, fmt.Sprintf("delivery %d has not been sent to this connection yet; settle a delivery only once its MESSAGE has arrived", st.Token))
+		return
+	case err != nil:
+		c.sendError(f.ID, wire.CodeInternal, err.Error())
+		return
+	}
+	res := wire.Settled{}
+	switch f.Op {
+	case wire.OpTouch:
+		res = wire.Settled{Outcome: wire.OutcomeTouched, LeaseMillis: uint32(min(lease.Milliseconds(), int64(wire.NoLease-1)))}
+	case wire.OpAck:
+		e.Queue.Settle(e.Msg)
+		e.Msg.Release()
+		res.Outcome = wire.OutcomeAcked
+	case wire.OpNak:
+		if len(st.Text) > 0 {
+			e.Msg.Note = string(st.Text)
+		}
+		if c.s.policy.Exhausted(e.Msg) {
+			res.Outcome = c.s.deadLetter(e.Queue, e.Msg, wire.DeadMaxDeliveries)
+		} else {
+			e.Queue.Delay(e.Msg, c.s.policy.NakDelay(e.Msg.Deliveries, time.Duration(st.DelayMillis)*time.Millisecond), true)
+			res.Outcome = wire.OutcomeRequeued
+		}
+	case wire.OpTerm:
+		e.Msg.Note = string(st.Text)
+		res.Outcome = c.s.deadLetter(e.Queue, e.Msg, wire.DeadTerm)
+	}
+	if c.info {
+		c.log.Info("settled", "op", f.Op.String(), "token", st.Token, "outcome", res.Outcome.String())
+	}
+	c.mu.Lock()
+	c.out = wire.AppendSettled(c.out, f.ID, res)
+	c.signal()
+	c.mu.Unlock()
+	if f.Op != wire.OpTouch {
+		c.creditFreed()
+	}
+}
+
+// handleKick serves a KICK: dead letters of Q move from Q.dlq back to Q,
+// each at its original place, with a fresh delivery count.
+func (c *conn) handleKick(f wire.Frame) {
+	k, err := wire.ParseKick(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	if len(k.Queue) == 0 {
+		c.sendError(f.ID, wire.CodeBadQueueName, "KICK needs a named queue: a private queue has no dead-letter queue")
+		return
+	}
+	dlqName, err := delivery.DeadLetterQueue(string(k.Queue))
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
+		return
+	}
+	dlq, code, err := c.queueFor([]byte(dlqName), 0, false)
+	if err != nil {
+		c.sendError(f.ID, code, err.Error())
+		return
+	}
+	moved := 0
+	if dlq != nil {
+		defer c.release(dlq)
+		q, code, err := c.queueFor(k.Queue, 0, true)
+		if err != nil {
+			c.sendError(f.ID, code, err.Error())
+			return
+		}
+		defer c.release(q)
+		moved = dlq.MoveTo(q, int(k.Count))
+	}
+	if c.info || moved > 0 {
+		c.log.Info("dead letters kicked back", "queue", string(k.Queue), "moved", moved)
+	}
+	c.mu.Lock()
+	c.out = wire.AppendKicked(c.out, f.ID, uint32(moved))
+	c.signal()
+	c.mu.Unlock()
+}
