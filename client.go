@@ -254,6 +254,14 @@ func (c *Client) Path() string { return c.path }
 // ServerPID returns the process id the server reported at the handshake.
 func (c *Client) ServerPID() int { return int(c.welcome.ServerPID) }
 
+// ProtocolVersion returns the protocol version agreed with the server at
+// the handshake: ProtocolAck or more for acknowledged delivery.
+func (c *Client) ProtocolVersion() int { return int(c.welcome.Version) }
+
+// ProtocolAck is the first protocol version with acknowledged delivery
+// (Reserve, Kick).
+const ProtocolAck = wire.VersionAck
+
 // MaxMessageSize returns the largest payload the server accepts.
 func (c *Client) MaxMessageSize() int64 {
 	if c.welcome.MaxMessage > math.MaxInt64 {

@@ -124,6 +124,10 @@ type TamperedError struct {
 	Queue  string // "" for the private queue
 	Seq    uint64
 	Reason string
+	// Unverifiable: the payload could not be checked (no digest, or one
+	// this client does not know or accept), rather than found not to
+	// match; another consumer may be able to check it.
+	Unverifiable bool
 }
 
 // Error says which message failed its integrity check and why.

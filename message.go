@@ -89,6 +89,9 @@ func (m *Message) verify(expect *sentDigest) error {
 	tampered := func(format string, args ...any) error {
 		return &TamperedError{Queue: m.Queue, Seq: m.Seq, Reason: fmt.Sprintf(format, args...)}
 	}
+	unverifiable := func(format string, args ...any) error {
+		return &TamperedError{Queue: m.Queue, Seq: m.Seq, Reason: fmt.Sprintf(format, args...), Unverifiable: true}
+	}
 	if m.Queue == "" {
 		switch {
 		case expect == nil:
@@ -100,17 +103,20 @@ func (m *Message) verify(expect *sentDigest) error {
 		}
 	}
 	if m.accept != nil && !slices.Contains(m.accept, m.digestAlg) {
-		const left = "it has left the queue unverified"
+		left := "it has left the queue unverified"
+		if m.ack != nil {
+			left = "it is still pending with this client"
+		}
 		if m.digestAlg == DigestNone {
-			return tampered("it carries no digest (its sender chose none) and this client requires a %s digest; %s: have its producer send one (--digest sha256 or blake3)", digestNames(m.accept), left)
+			return unverifiable("it carries no digest (its sender chose none) and this client requires a %s digest; %s: have its producer send one (--digest sha256 or blake3)", digestNames(m.accept), left)
 		}
 		if slices.Contains(verifiable, m.digestAlg) {
-			return tampered("it carries a %s digest and this client accepts only %s; %s", m.digestAlg, digestNames(m.accept), left)
+			return unverifiable("it carries a %s digest and this client accepts only %s; %s", m.digestAlg, digestNames(m.accept), left)
 		}
 	}
 	sum, err := m.digestAlg.Sum(m.data)
 	if err != nil {
-		return tampered("unknown digest algorithm %d; cannot verify", uint8(m.digestAlg))
+		return unverifiable("unknown digest algorithm %d; cannot verify", uint8(m.digestAlg))
 	}
 	if subtle.ConstantTimeCompare(sum, m.digest) != 1 {
 		return tampered("%s of the %d payload bytes does not match the sender's", m.digestAlg, m.size)

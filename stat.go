@@ -21,6 +21,9 @@ type Stats struct {
 	// Unsent is the part of the above waiting to be written to consumers
 	// that have not read it yet.
 	Unsent HeldStats `json:"unsent"`
+	// Pending is the part of the above delivered in ack mode and not yet
+	// settled, with messages NAKed and waiting out a delay.
+	Pending HeldStats `json:"pending"`
 	// Waiting counts the retrieves waiting for a message.
 	Waiting int64 `json:"waiting"`
 	// Descriptors is how many descriptors pages and connections take in
@@ -69,6 +72,19 @@ type QueueStats struct {
 	Waiting  int    `json:"waiting"` // consumers blocked on the queue
 	// Owner is the only user id allowed to use the queue; nil: anyone.
 	Owner *uint32 `json:"owner,omitempty"`
+	// Pending counts messages delivered in ack mode and not yet settled;
+	// Delayed, messages NAKed and waiting out their delay. Neither is in
+	// Messages.
+	Pending int `json:"pending"`
+	Delayed int `json:"delayed"`
+	// Delivered, Redelivered, Acked, Nacked and DeadLettered count
+	// deliveries and settlements since the queue was created (a queue
+	// removed while idle starts again from 0).
+	Delivered    uint64 `json:"delivered"`
+	Redelivered  uint64 `json:"redelivered"`
+	Acked        uint64 `json:"acked"`
+	Nacked       uint64 `json:"nacked"`
+	DeadLettered uint64 `json:"dead_lettered"`
 }
 
 // Stat returns the server's statistics.

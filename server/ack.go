@@ -16,8 +16,10 @@ import (
 // connection's (c.acks, under c.mu) until the consumer settles it or the
 // connection ends; its payload, page or inline bytes, stays with it, so a
 // redelivery passes the same sealed memfd again. The outbox carries the
-// delivery's token beside its bytes (outTokens): once written, the
-// delivery may be settled and its lease runs (delivery.Set.Written).
+// delivery's token beside its bytes (outTokens): once handed to a write,
+// the delivery may be settled and its lease runs (delivery.Set.Sending),
+// but its message is freed or redelivered only once that write has ended
+// (writeDone), since until then the write may still refer to its page.
 
 // ackMode is what an ack-mode retrieve asked for, within the server's
 // bounds.
@@ -72,18 +74,32 @@ func (c *conn) appendDelivery(id uint64, q *queue.Queue, m *queue.Message, mode 
 	c.signal()
 }
 
-// ackWritten records that the deliveries named by tokens have been
-// written, starting their leases; pages among them are on their way to
-// the peer until it has read them.
-func (c *conn) ackWritten(tokens []uint64, pages int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// ackSending records that the deliveries named by tokens are handed to
+// the write numbered batch, starting their leases. c.mu is held.
+func (c *conn) ackSending(tokens []uint64, batch uint64) {
 	for _, t := range tokens {
-		c.acks.Written(t, c.expireLease)
+		c.acks.Sending(t, batch, c.expireLease)
 	}
+}
+
+// ackWritten records that the write numbered batch has ended: its
+// deliveries may be freed or redelivered, and pages among them are on
+// their way to the peer until it has read them. c.mu is held.
+func (c *conn) ackWritten(batch uint64, pages int) {
+	c.writeDone = batch
+	c.cond.Broadcast()
 	if pages > 0 {
 		c.ackUnread += pages
 		c.armPoll()
+	}
+}
+
+// awaitWrite waits until the write carrying e has ended (or the
+// connection is closing, its writes over). c.mu is held; the reader calls
+// it, while the writer goroutine writes.
+func (c *conn) awaitWrite(e *delivery.Entry) {
+	for c.writeDone < e.Batch && !c.closed {
+		c.cond.Wait()
 	}
 }
 
@@ -92,6 +108,13 @@ func (c *conn) ackWritten(tokens []uint64, pages int) {
 // settle gets STALE.
 func (c *conn) expireLease(e *delivery.Entry) {
 	c.mu.Lock()
+	if c.writeDone < e.Batch {
+		// Still being written (a lease shorter than the write): the
+		// consumer has not had it yet.
+		c.acks.Renew(e)
+		c.mu.Unlock()
+		return
+	}
 	expired := c.acks.Expire(e)
 	c.mu.Unlock()
 	if !expired {
@@ -209,8 +232,8 @@ func (c *conn) handleSettle(f wire.Frame) {
 	var lease time.Duration
 	if f.Op == wire.OpTouch {
 		lease, err = c.acks.Touch(st.Token)
-	} else {
-		e, err = c.acks.Settle(st.Token)
+	} else if e, err = c.acks.Settle(st.Token); err == nil {
+		c.awaitWrite(e)
 	}
 	c.mu.Unlock()
 	switch {

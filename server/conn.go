@@ -74,6 +74,9 @@ type conn struct {
 	// not yet received (the peer's socket buffer holds them): they count
 	// towards maxOutboxPages like unreceived pages.
 	ackUnread int
+	// batch numbers the writes of the outbox; writeDone is the number of
+	// the last one that has ended.
+	batch, writeDone uint64
 	// unreceived are pages written but perhaps not yet received; see
 	// unreceived.go.
 	unreceived     []*queue.Message
@@ -491,22 +494,27 @@ func (c *conn) flush() bool {
 		buf, fds, fdAt, msgs, toks := c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens
 		c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0], c.spareToks[:0]
 		c.writing = len(buf)
+		c.batch++
+		batch := c.batch
+		c.ackSending(toks, batch)
 		c.cond.Broadcast()
 		c.mu.Unlock()
 
 		err := c.write(buf, fds, fdAt)
-		if err == nil {
-			if len(toks) > 0 {
-				// The pages among fds that are not msgs' are the
-				// deliveries'.
-				pages := len(fds)
-				for _, m := range msgs {
-					if m != nil && m.FD >= 0 {
-						pages--
-					}
+		// The pages among fds that are not msgs' are the deliveries'.
+		ackPages := 0
+		if err == nil && len(toks) > 0 {
+			ackPages = len(fds)
+			for _, m := range msgs {
+				if m != nil && m.FD >= 0 {
+					ackPages--
 				}
-				c.ackWritten(toks, pages)
 			}
+		}
+		c.mu.Lock()
+		c.ackWritten(batch, ackPages)
+		c.mu.Unlock()
+		if err == nil {
 			c.sent(msgs)
 		}
 		for i, m := range msgs {

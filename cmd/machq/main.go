@@ -6,6 +6,7 @@
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
 //	machq disown --queue Q                       give up an owned queue
+//	machq kick --queue Q [-n N]                  move dead letters back to Q
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
 //	machq help [COMMAND]                         the commands, or one's flags
@@ -51,11 +52,12 @@ Commands:
   retrieve  take the oldest message of --queue and write it to stdout, or --out
   stat      show clients, stored messages and bytes, and the named queues
   disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
+  kick      move dead letters of --queue (from QUEUE.dlq) back into it
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, stat and disown reach the server by --name NAME (service
+shell, send, retrieve, stat, disown and kick reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -71,7 +73,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "stat", "disown", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "stat", "disown", "kick", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -114,6 +116,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return statCmd(ctx, args, stdout, stderr)
 	case "disown":
 		return disownCmd(ctx, args, stdout, stderr)
+	case "kick":
+		return kickCmd(ctx, args, stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":
@@ -399,20 +403,27 @@ func readPayload(in *os.File, name string, limit int64) (*os.File, error) {
 func closeFD(fd int) { syscall.Close(fd) }
 
 const retrieveSummary = `Takes the oldest message of --queue and writes it to stdout, or to --out.
-An empty queue exits with status 3. --out replaces a regular file (through
-a symbolic link, its target) with a new one holding the whole payload, and
-writes to a FIFO or a device in place. A wait ended by ^C takes nothing.`
+The message leaves the queue only once it has been written whole (and, for
+--out FILE, synced to disk): if the write fails, machq is killed, or the
+payload fails its integrity check, it stays in the queue (acknowledged
+delivery; --no-ack takes it first, as servers before protocol version 3
+do). An empty queue exits with status 3. --out replaces a regular file
+(through a symbolic link, its target) with a new one holding the whole
+payload, and writes to a FIFO or a device in place. A wait ended by ^C
+takes nothing.`
 
 func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var queue, outPath string
 	var wait time.Duration
+	var noAck bool
 	cmd := newCommand("retrieve", retrieveSummary)
 	c.register(cmd, "warn")
 	c.registerConsumer(cmd)
 	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to take from (required)")
 	cmd.fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 500ms, 30s, 2m); 0 answers at once")
 	cmd.fs.StringVar(&outPath, "out", "", "write the payload to this `file` instead of stdout")
+	cmd.fs.BoolVar(&noAck, "no-ack", false, "take the message from the queue before writing it (a failed write loses it)")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
@@ -445,6 +456,12 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return fail(stderr, err)
 	}
 	defer cl.Close()
+	if !noAck && cl.ProtocolVersion() >= machq.ProtocolAck {
+		return retrieveAcked(ctx, cl, queue, wait, out, log, stderr)
+	}
+	if !noAck {
+		log.Warn("the server speaks an older protocol without acknowledged delivery: the message leaves the queue before it is written", "server_protocol", cl.ProtocolVersion())
+	}
 	var m *machq.Message
 	if wait > 0 {
 		wctx, cancel := context.WithTimeout(ctx, wait)
@@ -494,6 +511,125 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 // writeGrace is how long a payload being written when a signal comes may
 // take to finish.
 const writeGrace = time.Second
+
+// retrieveAcked is retrieve in ack mode: the message is acknowledged only
+// once it has been written whole to out; on any failure before that it
+// goes back to its queue (a NAK, or the connection's end), or, if its
+// payload does not match its digest, to the dead-letter queue.
+func retrieveAcked(ctx context.Context, cl *machq.Client, queue string, wait time.Duration, out *output, log *slog.Logger, stderr io.Writer) int {
+	const nothing = "nothing was taken"
+	var d *machq.Delivery
+	var err error
+	// One delivery at a time, and no lease: the message waits for this
+	// command as long as it runs.
+	o := &machq.AckOptions{Credit: 1, Lease: -1}
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		d, err = cl.ReserveWait(wctx, queue, o)
+		cancel()
+	} else {
+		d, err = cl.Reserve(ctx, queue, o)
+	}
+	if d == nil {
+		if ctx.Err() != nil {
+			return reportInterrupt(ctx, stderr, nothing+"; a message handed over meanwhile goes back to the queue")
+		}
+		return fail(stderr, err)
+	}
+	defer d.Close()
+	// Settles run on their own clock: a signal must not leave a message
+	// half settled, and the connection's end puts it back anyway.
+	settle := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 10*time.Second)
+	}
+	if err != nil {
+		var te *machq.TamperedError
+		sctx, cancel := settle()
+		defer cancel()
+		switch {
+		case errors.As(err, &te) && te.Unverifiable:
+			if nerr := d.Nak(sctx, 0, "machq retrieve could not verify it: "+te.Reason); nerr == nil {
+				err = fmt.Errorf("%w; it stays in queue %s for a consumer that can verify it", err, queue)
+			}
+		case errors.As(err, &te):
+			if terr := d.Term(sctx, "integrity check failed: "+te.Reason); terr == nil {
+				err = fmt.Errorf("%w; it was moved to the dead-letter queue %s.dlq", err, queue)
+			}
+		}
+		return fail(stderr, err)
+	}
+	log.Info("retrieved in ack mode", "queue", queue, "seq", d.Seq, "bytes", d.Len(), "out_of_line", d.OutOfLine(), "deliveries", d.Deliveries())
+	// A signal during the write leaves it a moment to finish; what
+	// stops at once is a write that cannot go on (to a FIFO or pipe
+	// nobody reads, say): then the message stays in the queue.
+	wctx := ctx
+	if ctx.Err() != nil {
+		wctx = context.Background()
+	}
+	_, err = awaitGrace(wctx, writeGrace, func() (int64, error) { return d.WriteTo(out.w) })
+	if isInterrupt(err) {
+		// d is still being written from: the exit ends the connection,
+		// which puts the message back.
+		return reportInterrupt(ctx, stderr, "the message was not written whole and stays in the queue")
+	}
+	if err == nil {
+		err = out.commitDurable()
+	} else {
+		err = fmt.Errorf("write payload: %w", err)
+	}
+	if err != nil {
+		out.abort()
+		sctx, cancel := settle()
+		defer cancel()
+		if nerr := d.Nak(sctx, 0, "machq retrieve could not write it: "+err.Error()); nerr == nil {
+			err = fmt.Errorf("%w; the message stays in queue %s", err, queue)
+		}
+		return fail(stderr, err)
+	}
+	sctx, cancel := settle()
+	defer cancel()
+	if err := d.Ack(sctx); err != nil {
+		return fail(stderr, fmt.Errorf("the message was written, but acknowledging it failed, so it may be delivered again: %w", err))
+	}
+	return exitOK
+}
+
+const kickSummary = `Moves dead letters of --queue (messages TERMed, or delivered the most times
+the server allows: they wait in the queue QUEUE.dlq) back to --queue, each at
+its original place with a fresh delivery count, and prints how many moved.`
+
+func kickCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c common
+	var queue string
+	var n int
+	cmd := newCommand("kick", kickSummary)
+	c.register(cmd, "warn")
+	cmd.fs.StringVar(&queue, "queue", "", "named `queue` whose dead letters to move back (required)")
+	cmd.fs.IntVar(&n, "n", 0, "move at most this many, oldest first; 0 moves them all")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
+		return st
+	}
+	if err := checkQueue("kick", queue, "dead letters belong to a named queue"); err != nil {
+		return fail(stderr, err)
+	}
+	if n < 0 {
+		return fail(stderr, usagef("kick", "-n %d: must not be negative", n))
+	}
+	if _, err := c.check("kick", stderr); err != nil {
+		return fail(stderr, err)
+	}
+	cl, err := c.dial(ctx)
+	if err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	defer cl.Close()
+	moved, err := cl.Kick(ctx, queue, n)
+	if err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	fmt.Fprintf(stdout, "%d dead letters moved from %s.dlq back to %s\n", moved, queue, queue)
+	return exitOK
+}
 
 // takenAnyway returns the message, if any, that the server handed over
 // for a retrieve on cl whose caller gave up. The server answers requests
@@ -549,13 +685,16 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "server   %s (pid %d)\n", cl.Path(), cl.ServerPID())
 	fmt.Fprintf(stdout, "clients  %d (including this one)\n", st.Clients)
 	fmt.Fprintf(stdout, "messages %d\nbytes    %d\n", st.Messages, st.Bytes)
+	if st.Pending.Messages > 0 {
+		fmt.Fprintf(stdout, "pending  %d (delivered in ack mode, not yet settled)\n", st.Pending.Messages)
+	}
 	if len(st.Queues) == 0 && st.QueuesOmitted == 0 {
 		fmt.Fprintln(stdout, "no named queues")
 		return exitOK
 	}
-	fmt.Fprintf(stdout, "\n%-32s %10s %14s %8s\n", "QUEUE", "MESSAGES", "BYTES", "WAITING")
+	fmt.Fprintf(stdout, "\n%-32s %10s %8s %14s %8s %12s\n", "QUEUE", "MESSAGES", "PENDING", "BYTES", "WAITING", "DEAD")
 	for _, q := range st.Queues {
-		fmt.Fprintf(stdout, "%-32s %10d %14d %8d\n", q.Name, q.Messages, q.Bytes, q.Waiting)
+		fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", q.Name, q.Messages, q.Pending+q.Delayed, q.Bytes, q.Waiting, q.DeadLettered)
 	}
 	if st.QueuesOmitted > 0 {
 		fmt.Fprintf(stdout, "... and %d more named queues, not listed: the server's answer holds only the first %d by name (the totals above include them all)\n", st.QueuesOmitted, len(st.Queues))

@@ -151,6 +151,33 @@ func (o *output) commit() error {
 	return nil
 }
 
+// commitDurable is commit that first syncs a regular file to disk, and
+// its directory after the rename, so that what is acknowledged next
+// survives a crash. A FIFO, device or stdout has nothing to sync.
+// On failure nothing is left behind: the message stays in its queue.
+func (o *output) commitDurable() error {
+	if o.tmp == nil {
+		return o.commit()
+	}
+	o.done = true
+	err := o.tmp.Sync()
+	if cerr := o.tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(o.tmp.Name(), o.target)
+	}
+	if err != nil {
+		os.Remove(o.tmp.Name())
+		return fmt.Errorf("write --out %s: %w", o.target, err)
+	}
+	if d, err := os.Open(filepath.Dir(o.target)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
 // abort removes the temporary file unless commit ran.
 func (o *output) abort() {
 	if o.done {

@@ -86,6 +86,12 @@ Flags:
 	fs.IntVar(&lim.MaxQueuesPerUID, "max-queues-per-uid", 0, "most named `queues` one user id has created at once, owned ones included until disowned"+perUID)
 	fs.Int64Var(&lim.MaxWaitingPerUID, "max-waiting-per-uid", 0, "most `retrieves` of one user id waiting at once"+perUID)
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
+	var ack server.AckConfig
+	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")
+	fs.DurationVar(&ack.Lease, "ack-lease", 0, "lease of an ack-mode retrieve that asks for none: a message held this `duration` without ACK, NAK or TOUCH goes back to its queue (0: no lease; it waits for its consumer's connection to end)")
+	fs.IntVar(&ack.MaxDeliveries, "max-deliveries", server.DefaultMaxDeliveries, "deliveries in ack mode after which a message not acknowledged becomes a dead letter in QUEUE.dlq")
+	fs.DurationVar(&ack.NakBackoff, "nak-backoff", server.DefaultNakBackoff, "delay of a NAK asking for none after a message's first delivery, doubled for each further one")
+	fs.DurationVar(&ack.NakBackoffMax, "nak-backoff-max", server.DefaultNakBackoffMax, "longest delay of a NAK asking for none")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
@@ -102,6 +108,10 @@ Flags:
 	fs.Visit(func(f *flag.Flag) { inlineGiven = inlineGiven || f.Name == "max-inline" })
 	if !inlineGiven && int64(*maxInline) > *maxMessage {
 		*maxInline = int(max(*maxMessage, 0)) // the default follows a small --max-message
+	}
+	if ack.MaxPending < 1 || ack.MaxDeliveries < 1 || ack.Lease < 0 || ack.NakBackoff <= 0 || ack.NakBackoffMax <= 0 {
+		fmt.Fprintf(os.Stderr, "machqd: --max-pending and --max-deliveries must be at least 1, --nak-backoff and --nak-backoff-max positive, --ack-lease 0 or positive\n")
+		return 2
 	}
 	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout, *frameTimeout); msg != "" {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
@@ -136,7 +146,7 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access})
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2

@@ -7,16 +7,19 @@
 //
 // A delivery goes through these states:
 //
-//	added ──Written──▶ written ──Settle──▶ gone (ACK, NAK, TERM)
+//	added ──Sending──▶ sending ──Settle──▶ gone (ACK, NAK, TERM)
 //	  │                   │
 //	  │                   ├──Expire (lease over)──▶ gone: back to its queue
 //	  └──── TakeAll (connection ends) ────────────▶ gone: back to its queue
 //
-// A delivery that has not been written to the consumer cannot be settled
-// (the consumer cannot have seen it; a token it names is a guess) and its
-// lease does not run out: its page may still be in the connection's
-// outbox, and freeing or redelivering it then would pass one page to two
-// consumers, or a closed descriptor to one.
+// A delivery still in the connection's outbox cannot be settled (the
+// consumer cannot have seen it; a token it names is a guess) and has no
+// lease running. Once it is handed to a write (Sending, with the number
+// of that write's batch) the consumer may receive it and answer before
+// the write returns: the server then waits for that batch's write to end
+// before it frees or redelivers the message, since until then the write
+// may still refer to its page. Freeing or redelivering it earlier would
+// pass one page to two consumers, or a closed descriptor to one.
 //
 // A Set is not safe for concurrent use: the server guards each
 // connection's with the connection's lock.
@@ -48,7 +51,10 @@ type Entry struct {
 	Msg   *queue.Message
 	// Lease is how long the consumer may hold the message without
 	// settling or touching it; 0 means no lease.
-	Lease   time.Duration
+	Lease time.Duration
+	// Batch numbers the write that carries the delivery's MESSAGE, once
+	// it is sending.
+	Batch   uint64
 	written bool
 	timer   *time.Timer
 	expires time.Time
@@ -70,15 +76,17 @@ func (s *Set) Add(e *Entry) {
 	s.byToken[e.Token] = e
 }
 
-// Written records that e's MESSAGE has been written to the consumer, and
-// starts its lease: expire is called when the lease runs out (on a
-// goroutine of its own), unless it is settled or touched first.
-func (s *Set) Written(token uint64, expire func(*Entry)) {
+// Sending records that the MESSAGE of the delivery token names is handed
+// to the write numbered batch, and starts its lease: expire is called
+// when the lease runs out (on a goroutine of its own), unless it is
+// settled or touched first.
+func (s *Set) Sending(token, batch uint64, expire func(*Entry)) {
 	e := s.byToken[token]
 	if e == nil || e.written {
 		return
 	}
 	e.written = true
+	e.Batch = batch
 	if e.Lease > 0 {
 		e.expires = time.Now().Add(e.Lease)
 		e.timer = time.AfterFunc(e.Lease, func() { expire(e) })
@@ -121,6 +129,14 @@ func (s *Set) Touch(token uint64) (time.Duration, error) {
 	e.timer.Reset(e.Lease)
 	e.expires = time.Now().Add(e.Lease)
 	return e.Lease, nil
+}
+
+// Renew starts e's lease again, if it has one and is still held.
+func (s *Set) Renew(e *Entry) {
+	if s.byToken[e.Token] == e && e.timer != nil {
+		e.timer.Reset(e.Lease)
+		e.expires = time.Now().Add(e.Lease)
+	}
 }
 
 // Expire removes e if its lease has run out, and reports whether it did:

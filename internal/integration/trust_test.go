@@ -108,16 +108,19 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 }
 
 // TestIntegrationRequireDigest: a consumer requiring a digest refuses a
-// message stored without one (exit status 5), and takes one stored with
-// one.
+// message stored without one (exit status 5), which stays in the queue
+// for a consumer that accepts it, and takes one stored with one.
 func TestIntegrationRequireDigest(t *testing.T) {
 	d := startDaemon(t, "")
 	if r := runCLI(t, strings.NewReader("plain"), "send", "--socket", d.socket, "--queue", "q", "--digest", "none"); r.code != 0 {
 		t.Fatalf("send: %+v", r)
 	}
 	r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "q", "--require-digest")
-	if r.code != 5 || !strings.Contains(r.stderr, "carries no digest") {
-		t.Fatalf("retrieve --require-digest of a message without a digest: %+v; want exit 5 saying it carries none", r)
+	if r.code != 5 || !strings.Contains(r.stderr, "carries no digest") || !strings.Contains(r.stderr, "stays in queue q") {
+		t.Fatalf("retrieve --require-digest of a message without a digest: %+v; want exit 5 saying it carries none and stays", r)
+	}
+	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "q", "--wait", "10s"); r.code != 0 || r.stdout != "plain" {
+		t.Fatalf("the refused message, retrieved without --require-digest: %+v", r)
 	}
 	if r := runCLI(t, strings.NewReader("signed"), "send", "--socket", d.socket, "--queue", "q"); r.code != 0 {
 		t.Fatalf("send: %+v", r)
