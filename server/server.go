@@ -124,7 +124,7 @@ type Server struct {
 
 	nextConn  atomic.Uint64
 	nextToken atomic.Uint64 // names each ack-mode delivery
-	closing  atomic.Bool
+	closing   atomic.Bool
 
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
