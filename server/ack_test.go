@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -454,5 +455,114 @@ func TestShutdownReturnsPending(t *testing.T) {
 	<-done
 	if st := srv.Stats(); st.Messages != 0 || st.Pages != 0 || st.Pending.Messages != 0 {
 		t.Fatalf("after shutdown the server holds %d messages, %d pages, %d pending", st.Messages, st.Pages, st.Pending.Messages)
+	}
+}
+
+// TestHostileAckAbuse is the catalogue case for acknowledged delivery: a
+// client settles tokens it was never given (others', guessed, random), a
+// delivery whose lease ran out, floods NAKs with the longest texts and
+// delays, holds pages in ack mode past its credit and then dies. Every
+// request fails alone or is bounded; nothing another client holds is
+// touched; every descriptor and goroutine is back when it is gone.
+func TestHostileAckAbuse(t *testing.T) {
+	srv, path := startServer(t, server.Config{Ack: server.AckConfig{MaxPending: 8}})
+	victim := dial(t, path)
+	ctx := testCtx(t)
+	mustSend(t, victim, "victim", []byte("keep me"))
+	held := mustReserve(t, victim, "victim", nil)
+	baseFDs := countFDs(t)
+	baseGoroutines := runtime.NumGoroutine()
+
+	raw := wiretest.DialHello(t, path)
+	// Tokens of others, guessed and random: STALE, one by one.
+	for i, tok := range []uint64{held.Token(), held.Token() + 1, 0, 1 << 63, ^uint64(0)} {
+		raw.Write(wire.AppendSettle(nil, wire.OpAck, uint64(100+i), wire.Settle{Token: tok}))
+		raw.ExpectError(wire.CodeStale)
+	}
+	// A flood of NAKs, TERMs and TOUCHes with the longest texts,
+	// pipelined: each answered STALE, the connection kept.
+	const flood = 2000
+	long := bytes.Repeat([]byte("n"), wire.MaxNote)
+	var b []byte
+	for i := range flood {
+		op := []wire.Op{wire.OpNak, wire.OpTerm, wire.OpTouch}[i%3]
+		s := wire.Settle{Token: uint64(1<<40 + i)}
+		if op != wire.OpTouch {
+			s.Text = long
+		}
+		if op == wire.OpNak {
+			s.DelayMillis = ^uint32(0)
+		}
+		b = wire.AppendSettle(b, op, uint64(1000+i), s)
+	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- wire.Write(raw.UC, b, nil) }() // the answers are read meanwhile
+	for range flood {
+		raw.ExpectError(wire.CodeStale)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	// Pages held in ack mode: the server's own limit on pending (8)
+	// bounds them, whatever credit is asked for.
+	page := bytes.Repeat([]byte("p"), 128<<10)
+	for range 20 {
+		mustSend(t, victim, "pages", page)
+	}
+	for i := range 20 {
+		raw.Write(wire.AppendRetrieve(nil, uint64(5000+i), wire.Retrieve{Queue: []byte("pages"), Ack: true, Credit: 1 << 20}))
+	}
+	got, refused := 0, 0
+	for range 20 {
+		f := raw.Read()
+		wire.CloseFDs(f.FDs)
+		switch f.Op {
+		case wire.OpMessage:
+			got++
+		case wire.OpError:
+			refused++
+		}
+	}
+	if got != 8 || refused != 12 {
+		t.Fatalf("20 ack-mode retrieves past a --max-pending of 8: %d delivered, %d refused", got, refused)
+	}
+	if qs, _ := queueStats(srv, "pages"); qs.Pending != 8 || qs.Messages != 12 {
+		t.Fatalf("pages queue %+v", qs)
+	}
+	// A lease that runs out, then a late settle: STALE.
+	mustSend(t, victim, "leased", []byte("x"))
+	other := wiretest.DialHello(t, path)
+	other.Write(wire.AppendRetrieve(nil, 1, wire.Retrieve{Queue: []byte("leased"), Ack: true, LeaseMillis: 1}))
+	f := other.Read()
+	m, _, err := wire.ParseMessage(f.Header, f.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the lease to run out", func() bool { qs, _ := queueStats(srv, "leased"); return qs.Messages == 1 })
+	other.Write(wire.AppendSettle(nil, wire.OpAck, 2, wire.Settle{Token: m.Token}))
+	other.ExpectError(wire.CodeStale)
+
+	// The abuser dies holding its pages: all back, nothing leaked.
+	raw.UC.Close()
+	other.UC.Close()
+	waitFor(t, "the abuser's deliveries back", func() bool { qs, _ := queueStats(srv, "pages"); return qs.Pending == 0 && qs.Messages == 20 })
+	for range 20 {
+		d := mustReserve(t, victim, "pages", nil)
+		if !bytes.Equal(d.Bytes(), page) {
+			t.Fatal("a page came back changed")
+		}
+		d.Ack(ctx)
+		d.Close()
+	}
+	d := mustReserve(t, victim, "leased", nil)
+	d.Ack(ctx)
+	d.Close()
+	waitFor(t, "every descriptor closed", func() bool { return countFDs(t) <= baseFDs })
+	waitFor(t, "no goroutine left behind", func() bool { return runtime.NumGoroutine() <= baseGoroutines })
+	if err := held.Ack(ctx); err != nil {
+		t.Fatalf("the victim's own delivery after the abuse: %v", err)
+	}
+	if st := srv.Stats(); st.Messages != 0 || st.Pending.Messages != 0 {
+		t.Fatalf("the server still holds %d messages (%d pending)", st.Messages, st.Pending.Messages)
 	}
 }
