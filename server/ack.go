@@ -57,7 +57,7 @@ func (c *conn) appendDelivery(id uint64, q *queue.Queue, m *queue.Message, mode 
 	token := c.s.nextToken.Add(1)
 	c.acks.Add(&delivery.Entry{Token: token, Queue: q, Msg: m, Lease: mode.lease})
 	if c.info {
-		c.log.Info("delivered in ack mode", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id, "token", token, "deliveries", m.Deliveries)
+		c.log.Info("dequeued", "mode", "ack", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id, "token", token, "deliveries", m.Deliveries)
 	}
 	wm := wire.Message{
 		Seq: m.Seq, Size: uint64(m.Size), DigestAlg: m.DigestAlg, Digest: []byte(m.Digest),

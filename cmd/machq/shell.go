@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -26,6 +27,7 @@ type shell struct {
 	stderr io.Writer
 	prompt bool // stdin is a terminal: show the menu and prompts
 	cl     *machq.Client
+	noAck  bool // --no-ack: retrieve takes the message before showing it
 
 	// The reader goroutine reads a line each time next receives, and
 	// hands it over on lines: a read of a terminal or pipe does not end on
@@ -42,9 +44,11 @@ type lineResult struct {
 const shellSummary = `The interactive client. Choose 1 (send), 2 (retrieve) or 3 (quit), by
 number or by name. Send asks for one line of data and stores it; retrieve
 prints the oldest stored message and whether its integrity was confirmed.
-Works with piped input; ends on quit, at end of input, or on ^C (status
-130). A terminal cuts a typed line at 4095 bytes; piped lines have no
-limit, and machq send takes payloads of any size.`
+A retrieved message leaves the queue once it has been shown (acknowledged
+delivery; --no-ack takes it first). Works with piped input; ends on quit,
+at end of input, or on ^C (status 130). A terminal cuts a typed line at
+4095 bytes; piped lines have no limit, and machq send takes payloads of
+any size.`
 
 func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	sh := shell{out: stdout, stderr: stderr}
@@ -52,6 +56,7 @@ func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr
 	sh.c.register(cmd, "info")
 	sh.c.registerConsumer(cmd)
 	cmd.fs.StringVar(&sh.queue, "queue", "", "use this named `queue` instead of the connection's private queue")
+	cmd.fs.BoolVar(&sh.noAck, "no-ack", false, "take each message from the queue before showing it")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
@@ -219,16 +224,63 @@ func (sh *shell) send(ctx context.Context, data []byte) {
 	fmt.Fprintf(sh.out, "stored %d bytes\n", len(data))
 }
 
+// take retrieves the oldest message: in ack mode when the server speaks
+// it (unless --no-ack), returning the delivery to settle once the message
+// is shown.
+func (sh *shell) take(ctx context.Context) (*machq.Message, *machq.Delivery, error) {
+	if sh.noAck || sh.cl.ProtocolVersion() < machq.ProtocolAck {
+		m, err := sh.cl.Retrieve(ctx, sh.queue)
+		return m, nil, err
+	}
+	d, err := sh.cl.Reserve(ctx, sh.queue, &machq.AckOptions{Credit: 1, Lease: -1})
+	if d == nil {
+		return nil, nil, err
+	}
+	return d.Message, d, err
+}
+
+// settle acknowledges a delivery shown whole, or puts it back (NAK) or
+// dead-letters it (TERM) when it was not, and says what happened.
+func (sh *shell) settle(d *machq.Delivery, shown bool, verdict error) {
+	if d == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var te *machq.TamperedError
+	var err error
+	switch {
+	case shown && verdict == nil:
+		err = d.Ack(ctx)
+	case errors.As(verdict, &te) && !te.Unverifiable:
+		err = d.Term(ctx, "integrity check failed: "+te.Reason)
+	default:
+		reason := "machq shell could not show it"
+		if verdict != nil {
+			reason = "machq shell could not verify it: " + trimPrefix(verdict)
+		}
+		err = d.Nak(ctx, 0, reason)
+	}
+	switch {
+	case err != nil:
+		sh.log.Warn("settling the delivery failed: the message may be delivered again", "seq", d.Seq, "err", err)
+	case d.Outcome() == machq.Requeued:
+		fmt.Fprintln(sh.out, "the message stays in the queue")
+	case d.Outcome() == machq.DeadLettered:
+		fmt.Fprintf(sh.out, "the message was moved to the dead-letter queue %s.dlq\n", sh.queue)
+	}
+}
+
 func (sh *shell) retrieve(ctx context.Context) {
 	sh.log.Info("retrieving the oldest message", "queue", label(sh.queue))
-	m, err := sh.cl.Retrieve(ctx, sh.queue)
+	m, d, err := sh.take(ctx)
 	if sh.lost(ctx, err) {
 		if !sh.reconnect(ctx, "retrieve") {
 			return
 		}
-		m, err = sh.cl.Retrieve(ctx, sh.queue)
+		m, d, err = sh.take(ctx)
 	}
-	if err != nil && m == nil && ctx.Err() != nil {
+	if err != nil && m == nil && ctx.Err() != nil && d == nil && (sh.noAck || sh.cl.ProtocolVersion() < machq.ProtocolAck) {
 		// The server may have handed the message over just before the
 		// signal: show it rather than lose it.
 		if m, err = takenAnyway(sh.cl, sh.queue); m == nil {
@@ -250,6 +302,7 @@ func (sh *shell) retrieve(ctx context.Context) {
 			fmt.Fprintln(sh.out)
 		}
 		fmt.Fprintf(sh.out, "%s\n", trimPrefix(err))
+		sh.settle(d, false, err)
 		return
 	case err != nil:
 		fmt.Fprintf(sh.out, "retrieve failed: %s\n", trimPrefix(err))
@@ -257,14 +310,15 @@ func (sh *shell) retrieve(ctx context.Context) {
 		return
 	}
 	sh.log.Info("received", "queue", label(sh.queue), "seq", m.Seq, "bytes", m.Len(), "out_of_line", m.OutOfLine())
-	sh.out.Write(m.Bytes())
+	_, werr := sh.out.Write(m.Bytes())
 	alg, _ := m.Digest()
 	if alg == machq.DigestNone {
-		fmt.Fprintln(sh.out, "\nno digest was sent: integrity not checked")
-		return
+		_, err = fmt.Fprintln(sh.out, "\nno digest was sent: integrity not checked")
+	} else {
+		sh.log.Info("integrity confirmed", "seq", m.Seq, "digest", alg.String())
+		_, err = fmt.Fprintln(sh.out, "\nintegrity confirmed")
 	}
-	sh.log.Info("integrity confirmed", "seq", m.Seq, "digest", alg.String())
-	fmt.Fprintln(sh.out, "\nintegrity confirmed")
+	sh.settle(d, werr == nil && err == nil, nil)
 }
 
 // lost reports whether err says the connection to the server is gone,
