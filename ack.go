@@ -132,27 +132,6 @@ type Delivery struct {
 // each redelivery, has its own.
 func (d *Delivery) Token() uint64 { return d.ack.token }
 
-// Deliveries counts the times the message has been delivered in ack
-// mode, this one included.
-func (d *Delivery) Deliveries() int { return int(d.ack.deliveries) }
-
-// Redelivered reports whether the message was delivered before (and not
-// acknowledged: its consumer left, its lease ran out, or it was NAKed).
-func (d *Delivery) Redelivered() bool { return d.ack.deliveries > 1 }
-
-// DeadReason says why the message is a dead letter, when it is read from
-// a dead-letter queue.
-func (d *Delivery) DeadReason() DeadReason { return d.ack.dead }
-
-// DiedAfter is, for a dead letter, how many times it had been delivered
-// in its queue when it became one (Deliveries counts its deliveries in
-// the dead-letter queue).
-func (d *Delivery) DiedAfter() int { return int(d.ack.diedAfter) }
-
-// Note is the reason given by the TERM that made the message a dead
-// letter, or the text of its last NAK; empty if none was given.
-func (d *Delivery) Note() string { return d.ack.note }
-
 // Outcome returns what the settle did, once Ack, Nak or Term succeeded.
 func (d *Delivery) Outcome() Outcome { return d.outcome }
 
@@ -220,13 +199,17 @@ func (d *Delivery) settleErr(err error) error {
 	return err
 }
 
-// roundTrip sends one request without a descriptor, encoded by encode,
-// and waits for its answer.
+// roundTrip sends one request of version 3 without a descriptor, encoded
+// by encode, and waits for its answer.
 func (c *Client) roundTrip(ctx context.Context, op wire.Op, encode func(b []byte, id uint64) []byte) (result, error) {
-	if c.welcome.Version < wire.VersionAck && op != wire.OpStat && op != wire.OpDisown {
-		return result{}, fmt.Errorf("%w: %s needs protocol version %d; the server at %s speaks %d", ErrUnsupported, op, wire.VersionAck, c.path, c.welcome.Version)
+	return c.roundTripCall(ctx, &call{op: op, ch: make(chan result, 1)}, encode)
+}
+
+// roundTripCall is roundTrip for a call prepared by the caller.
+func (c *Client) roundTripCall(ctx context.Context, cl *call, encode func(b []byte, id uint64) []byte) (result, error) {
+	if c.welcome.Version < wire.VersionAck {
+		return result{}, fmt.Errorf("%w: %s needs protocol version %d; the server at %s speaks %d", ErrUnsupported, cl.op, wire.VersionAck, c.path, c.welcome.Version)
 	}
-	cl := &call{op: op, ch: make(chan result, 1)}
 	id, err := c.register(ctx, cl)
 	if err != nil {
 		return result{}, err

@@ -145,6 +145,7 @@ type result struct {
 	expect  *sentDigest // for a private retrieve: the digest recorded at store
 	settled wire.Settled
 	kicked  uint32
+	dropped wire.Dropped
 	stats   []byte
 	err     error
 }
@@ -557,6 +558,9 @@ func (c *Client) dispatch(f wire.Frame) {
 	case wire.OpKicked:
 		wire.CloseFDs(f.FDs)
 		r.kicked, r.err = wire.ParseKicked(f.Body)
+	case wire.OpPurged, wire.OpDeleted:
+		wire.CloseFDs(f.FDs)
+		r.dropped, r.err = wire.ParseDropped(f.Body)
 	case wire.OpError:
 		wire.CloseFDs(f.FDs)
 		code, msg, err := wire.ParseError(f.Body)
@@ -574,6 +578,10 @@ func (c *Client) dispatch(f wire.Frame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cl.gaveUp {
+		if r.msg != nil && cl.op == wire.OpPeek {
+			r.msg.Close() // a copy nobody waits for
+			return
+		}
 		if r.msg != nil {
 			// Keep it for the next retrieve from the same queue rather
 			// than lose a message the server has already handed over.
@@ -600,6 +608,12 @@ func responseOp(req wire.Op) wire.Op {
 		return wire.OpSettled
 	case wire.OpKick:
 		return wire.OpKicked
+	case wire.OpPeek:
+		return wire.OpMessage
+	case wire.OpPurge:
+		return wire.OpPurged
+	case wire.OpDelete:
+		return wire.OpDeleted
 	}
 	return wire.OpError
 }
@@ -658,7 +672,9 @@ func (c *Client) message(cl *call, f wire.Frame) result {
 			r.msg = nil
 		}
 	}
-	if cl.queue == "" {
+	if cl.queue == "" && cl.op == wire.OpPeek {
+		r.expect = c.lookPrivate(m.Seq)
+	} else if cl.queue == "" {
 		r.expect = c.expectPrivate(m.Seq, cl.ack)
 	}
 	return r
@@ -690,6 +706,19 @@ func (c *Client) expectPrivate(seq uint64, ack bool) *sentDigest {
 			c.private = append(c.private[:i], c.private[i+1:]...)
 		}
 		return &rec
+	}
+	return nil
+}
+
+// lookPrivate returns the record of the private-queue message seq, for a
+// PEEK, which takes nothing: nil if this client never stored it.
+func (c *Client) lookPrivate(seq uint64) *sentDigest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.private {
+		if e.seq == seq {
+			return &e
+		}
 	}
 	return nil
 }

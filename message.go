@@ -38,6 +38,50 @@ type Message struct {
 	ack       *ackInfo // for a delivery in ack mode
 }
 
+// Deliveries counts the times the message has been delivered in ack
+// mode in its queue, this delivery included (Reserve), or up to now (Peek);
+// 0 for a message taken by Retrieve.
+func (m *Message) Deliveries() int {
+	if m.ack == nil {
+		return 0
+	}
+	return int(m.ack.deliveries)
+}
+
+// Redelivered reports whether the message was delivered in ack mode
+// before this delivery and not acknowledged: its consumer left, its
+// lease ran out, or it was NAKed.
+func (m *Message) Redelivered() bool { return m.ack != nil && m.ack.deliveries > 1 }
+
+// DeadReason says why the message is a dead letter, when it was read
+// from a dead-letter queue in ack mode or peeked.
+func (m *Message) DeadReason() DeadReason {
+	if m.ack == nil {
+		return NotDead
+	}
+	return m.ack.dead
+}
+
+// DiedAfter is, for a dead letter, how many times it had been delivered
+// in its queue when it became one (Deliveries counts its deliveries in
+// the dead-letter queue).
+func (m *Message) DiedAfter() int {
+	if m.ack == nil {
+		return 0
+	}
+	return int(m.ack.diedAfter)
+}
+
+// Note is the reason given by the TERM that made the message a dead
+// letter, or the text of its last NAK; empty if none was given, or for a
+// message taken by Retrieve.
+func (m *Message) Note() string {
+	if m.ack == nil {
+		return ""
+	}
+	return m.ack.note
+}
+
 // Len returns the payload size in bytes.
 func (m *Message) Len() int64 { return m.size }
 

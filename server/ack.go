@@ -156,6 +156,10 @@ func (c *conn) returnPending() int {
 // settle (it left, or its lease ran out): to its place in q, or to the
 // dead-letter queue once it has been delivered the most times allowed.
 func (s *Server) putBack(q *queue.Queue, m *queue.Message, why string) {
+	if q.Discards(m) {
+		q.Drop(m) // purged or deleted since it was delivered
+		return
+	}
 	if s.policy.Exhausted(m) {
 		if m.Note == "" {
 			m.Note = why
@@ -173,6 +177,10 @@ func (s *Server) putBack(q *queue.Queue, m *queue.Message, why string) {
 // the message stays in q, coming back after the longest NAK backoff, so
 // that nothing is lost; this is logged.
 func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Outcome {
+	if q.Discards(m) {
+		q.Drop(m) // purged or deleted since it was delivered
+		return wire.OutcomeDropped
+	}
 	m.Dead = why
 	if q.Name() == "" {
 		q.TakeOut(m)
@@ -259,9 +267,13 @@ func (c *conn) handleSettle(f wire.Frame) {
 		if len(st.Text) > 0 {
 			e.Msg.Note = string(st.Text)
 		}
-		if c.s.policy.Exhausted(e.Msg) {
+		switch {
+		case e.Queue.Discards(e.Msg):
+			e.Queue.Drop(e.Msg) // purged or deleted since it was delivered
+			res.Outcome = wire.OutcomeDropped
+		case c.s.policy.Exhausted(e.Msg):
 			res.Outcome = c.s.deadLetter(e.Queue, e.Msg, wire.DeadMaxDeliveries)
-		} else {
+		default:
 			e.Queue.Delay(e.Msg, c.s.policy.NakDelay(e.Msg.Deliveries, time.Duration(st.DelayMillis)*time.Millisecond), true)
 			res.Outcome = wire.OutcomeRequeued
 		}

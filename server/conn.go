@@ -309,6 +309,18 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.noFDs(f)
 		c.handleKick(f)
 		return false
+	case f.Op == wire.OpPeek && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handlePeek(f)
+		return false
+	case f.Op == wire.OpPurge && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handlePurge(f)
+		return false
+	case f.Op == wire.OpDelete && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handleDelete(f)
+		return false
 	}
 	switch f.Op {
 	case wire.OpStore:

@@ -6,6 +6,9 @@
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
 //	machq disown --queue Q                       give up an owned queue
+//	machq peek --queue Q [--list] [-n N]         look without taking
+//	machq purge --queue Q                        free every message of Q
+//	machq delete --queue Q                       remove Q and all it holds
 //	machq kick --queue Q [-n N]                  move dead letters back to Q
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
@@ -50,14 +53,17 @@ Commands:
   shell     the interactive client: 1) send  2) retrieve  3) quit (the default)
   send      store stdin, or --file, as one message at the tail of --queue
   retrieve  take the oldest message of --queue and write it to stdout, or --out
+  peek      show the oldest message of --queue (or list the first ones) without taking it
   stat      show clients, stored messages and bytes, and the named queues
+  purge     free every message of --queue
+  delete    remove --queue with everything it holds
   disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
   kick      move dead letters of --queue (from QUEUE.dlq) back into it
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, stat, disown and kick reach the server by --name NAME (service
+shell, send, retrieve, peek, stat, purge, delete, disown and kick reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -73,7 +79,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "stat", "disown", "kick", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "disown", "kick", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -118,6 +124,12 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return disownCmd(ctx, args, stdout, stderr)
 	case "kick":
 		return kickCmd(ctx, args, stdout, stderr)
+	case "peek":
+		return peekCmd(ctx, args, stdout, stderr)
+	case "purge":
+		return purgeCmd(ctx, args, stdout, stderr)
+	case "delete":
+		return deleteCmd(ctx, args, stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":
@@ -591,43 +603,6 @@ func retrieveAcked(ctx context.Context, cl *machq.Client, queue string, wait tim
 	if err := d.Ack(sctx); err != nil {
 		return fail(stderr, fmt.Errorf("the message was written, but acknowledging it failed, so it may be delivered again: %w", err))
 	}
-	return exitOK
-}
-
-const kickSummary = `Moves dead letters of --queue (messages TERMed, or delivered the most times
-the server allows: they wait in the queue QUEUE.dlq) back to --queue, each at
-its original place with a fresh delivery count, and prints how many moved.`
-
-func kickCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var c common
-	var queue string
-	var n int
-	cmd := newCommand("kick", kickSummary)
-	c.register(cmd, "warn")
-	cmd.fs.StringVar(&queue, "queue", "", "named `queue` whose dead letters to move back (required)")
-	cmd.fs.IntVar(&n, "n", 0, "move at most this many, oldest first; 0 moves them all")
-	if st := cmd.parse(args, stdout, stderr); st >= 0 {
-		return st
-	}
-	if err := checkQueue("kick", queue, "dead letters belong to a named queue"); err != nil {
-		return fail(stderr, err)
-	}
-	if n < 0 {
-		return fail(stderr, usagef("kick", "-n %d: must not be negative", n))
-	}
-	if _, err := c.check("kick", stderr); err != nil {
-		return fail(stderr, err)
-	}
-	cl, err := c.dial(ctx)
-	if err != nil {
-		return failOrInterrupted(ctx, stderr, err)
-	}
-	defer cl.Close()
-	moved, err := cl.Kick(ctx, queue, n)
-	if err != nil {
-		return failOrInterrupted(ctx, stderr, err)
-	}
-	fmt.Fprintf(stdout, "%d dead letters moved from %s.dlq back to %s\n", moved, queue, queue)
 	return exitOK
 }
 

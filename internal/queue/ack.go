@@ -68,6 +68,9 @@ func (q *Queue) Settle(m *Message) {
 // order (or hands it to a waiter in line), keeping its sequence number
 // and delivery count: its consumer left, its lease ran out, or it was
 // NAKed (nacked set) without delay.
+//
+// A message of a queue purged or deleted since it was delivered is freed
+// instead (Discards).
 func (q *Queue) Return(m *Message, nacked bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -75,6 +78,10 @@ func (q *Queue) Return(m *Message, nacked bool) {
 		q.counts.Nacked++
 	}
 	q.takeOut(m)
+	if q.discards(m) {
+		m.Release()
+		return
+	}
 	q.place(m, true)
 }
 
@@ -87,6 +94,11 @@ func (q *Queue) Delay(m *Message, d time.Duration, nacked bool) {
 	defer q.mu.Unlock()
 	if nacked {
 		q.counts.Nacked++
+	}
+	if q.discards(m) {
+		q.takeOut(m)
+		m.Release()
+		return
 	}
 	if q.delayed == nil {
 		q.delayed = make(map[*Message]*time.Timer)

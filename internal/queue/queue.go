@@ -147,6 +147,12 @@ type Queue struct {
 	outBytes int64
 	delayed  map[*Message]*time.Timer
 	counts   Counts
+	// purgeBelow: messages numbered below it that come back (a pending
+	// one NAKed, or whose consumer left) are freed instead: they were
+	// out when the queue was purged. deleted: the queue was deleted;
+	// everything that comes back is freed.
+	purgeBelow uint64
+	deleted    bool
 }
 
 // Counts are the deliveries and settlements of a queue since it was
@@ -480,26 +486,15 @@ func (q *Queue) Waiting() int {
 	return len(q.waiters) + len(q.parked)
 }
 
-// Drain removes every message, releases it, and returns how many messages
-// and bytes were freed. Waiters stay registered.
+// Drain removes every message in line and every NAKed one waiting out a
+// delay, releases it, and returns how many messages and bytes were freed.
+// Waiters stay registered; messages pending with consumers are theirs.
 func (q *Queue) Drain() (messages int, bytes int64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for m, t := range q.delayed {
-		t.Stop() // a timer that fired finds m gone and does nothing
-		delete(q.delayed, m)
-		q.takeOut(m)
-		messages++
+	bytes = q.bytes
+	for m := range q.delayed {
 		bytes += m.Size
-		m.Release()
 	}
-	for {
-		m := q.pop()
-		if m == nil {
-			return messages, bytes
-		}
-		messages++
-		bytes += m.Size
-		m.Release()
-	}
+	return q.drainLocked(), bytes
 }

@@ -230,6 +230,39 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 	return nil
 }
 
+// Delete removes the queue called name at once, whatever it holds: the
+// messages in line and the NAKed ones waiting out a delay are freed, the
+// ones pending with consumers will be freed when they come back (an
+// acknowledgement still settles them), and its waiters, in line and
+// parked, are returned for the caller to answer: the queue forgets them.
+// Its name is then free, as after Disown. An owned queue may be deleted
+// only by its owner or by root (uid 0): else ErrNotOwner. It fails with
+// ErrNoQueue, or with ErrInUse while a request holds the queue (holds
+// last as long as one request's handling: try again).
+func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters []Waiter, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.queues[string(name)]
+	if q == nil {
+		return 0, 0, nil, ErrNoQueue
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.owner != nil && *q.owner != uid && uid != 0 {
+		return 0, 0, nil, ErrNotOwner
+	}
+	if q.refs.Load() != 0 {
+		return 0, 0, nil, ErrInUse
+	}
+	q.deleted = true
+	freed = q.drainLocked()
+	waiters = append(append(waiters, q.waiters...), q.parked...)
+	q.waiters, q.parked = nil, nil
+	q.owner = nil
+	r.remove(q, false)
+	return freed, q.out, waiters, nil
+}
+
 // Len returns the number of named queues, idle ones included.
 func (r *Registry) Len() int {
 	r.mu.RLock()

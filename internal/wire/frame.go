@@ -14,8 +14,8 @@ import (
 
 // Version is the newest protocol version this package speaks, and
 // MinVersion the oldest. Version 2 adds DISOWN; version 3 adds
-// acknowledged delivery (RETRIEVE with FlagAck, ACK, NAK, TOUCH, TERM)
-// and KICK. Everything of an older version is unchanged in a newer one.
+// acknowledged delivery (RETRIEVE with FlagAck, ACK, NAK, TOUCH, TERM),
+// KICK, and queue management (PEEK, PURGE, DELETE). Everything of an older version is unchanged in a newer one.
 const (
 	Version    = 3
 	MinVersion = 1
@@ -72,6 +72,9 @@ const (
 	OpTouch    Op = 0x09 // client → server: still working on a delivery: renew its lease (version 3)
 	OpTerm     Op = 0x0A // client → server: dead-letter a delivery (version 3)
 	OpKick     Op = 0x0B // client → server: move dead letters back to their queue (version 3)
+	OpPeek     Op = 0x0C // client → server: look at a message without taking it (version 3)
+	OpPurge    Op = 0x0D // client → server: free every message of a queue (version 3)
+	OpDelete   Op = 0x0E // client → server: remove a named queue and all it holds (version 3)
 
 	OpWelcome  Op = 0x81 // server → client: answer to HELLO
 	OpStored   Op = 0x82 // server → client: answer to STORE
@@ -80,6 +83,8 @@ const (
 	OpDisowned Op = 0x86 // server → client: answer to DISOWN
 	OpSettled  Op = 0x87 // server → client: answer to ACK, NAK, TOUCH and TERM
 	OpKicked   Op = 0x8B // server → client: answer to KICK
+	OpPurged   Op = 0x8D // server → client: answer to PURGE
+	OpDeleted  Op = 0x8E // server → client: answer to DELETE
 	OpError    Op = 0xFF // server → client: a request failed
 )
 
@@ -114,6 +119,16 @@ func (o Op) String() string {
 		return "SETTLED"
 	case OpKicked:
 		return "KICKED"
+	case OpPeek:
+		return "PEEK"
+	case OpPurge:
+		return "PURGE"
+	case OpDelete:
+		return "DELETE"
+	case OpPurged:
+		return "PURGED"
+	case OpDeleted:
+		return "DELETED"
 	case OpWelcome:
 		return "WELCOME"
 	case OpStored:

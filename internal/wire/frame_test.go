@@ -158,7 +158,12 @@ func TestOpString(t *testing.T) {
 		wire.OpKick:     "KICK",
 		wire.OpSettled:  "SETTLED",
 		wire.OpKicked:   "KICKED",
-		0x0c:            "Op(0x0c)",
+		wire.OpPeek:     "PEEK",
+		wire.OpPurge:    "PURGE",
+		wire.OpDelete:   "DELETE",
+		wire.OpPurged:   "PURGED",
+		wire.OpDeleted:  "DELETED",
+		0x0f:            "Op(0x0f)",
 		0x80:            "Op(0x80)",
 		0x84:            "Op(0x84)",
 		0xfe:            "Op(0xfe)",
@@ -176,6 +181,7 @@ func TestOpValues(t *testing.T) {
 		wire.OpWelcome: 0x81, wire.OpStored: 0x82, wire.OpMessage: 0x83, wire.OpStats: 0x85, wire.OpError: 0xff,
 		wire.OpDisown: 0x06, wire.OpDisowned: 0x86, wire.OpAck: 0x07, wire.OpNak: 0x08, wire.OpTouch: 0x09,
 		wire.OpTerm: 0x0a, wire.OpKick: 0x0b, wire.OpSettled: 0x87, wire.OpKicked: 0x8b,
+		wire.OpPeek: 0x0c, wire.OpPurge: 0x0d, wire.OpDelete: 0x0e, wire.OpPurged: 0x8d, wire.OpDeleted: 0x8e,
 	} {
 		if uint8(op) != want {
 			t.Errorf("%s = %#x, want %#x", op, uint8(op), want)

@@ -173,6 +173,10 @@ func FuzzParseBodies(f *testing.F) {
 		wire.AppendSettled(nil, 10, wire.Settled{Outcome: wire.OutcomeTouched, LeaseMillis: 30000}),
 		wire.AppendKick(nil, 11, wire.Kick{Count: 5, Queue: []byte("jobs")}),
 		wire.AppendKicked(nil, 11, 5),
+		wire.AppendQueueOp(nil, wire.OpPeek, 12, wire.QueueOp{Index: 3, Queue: []byte("jobs")}),
+		wire.AppendQueueOp(nil, wire.OpPurge, 13, wire.QueueOp{}),
+		wire.AppendQueueOp(nil, wire.OpDelete, 14, wire.QueueOp{Queue: []byte("jobs")}),
+		wire.AppendDropped(nil, wire.OpPurged, 13, wire.Dropped{Freed: 7, Pending: 2}),
 	} {
 		f.Add(frame[5], frame[wire.HeaderSize:])
 	}
@@ -261,6 +265,23 @@ func FuzzParseBodies(f *testing.F) {
 			checkReencode(t, "KICK", wire.AppendKick(nil, 0, k), body)
 		} else {
 			checkParseErr(t, "ParseKick", err)
+		}
+
+		for _, op := range []wire.Op{wire.OpPeek, wire.OpPurge, wire.OpDelete} {
+			if q, err := wire.ParseQueueOp(op, body); err == nil {
+				if q.Index != 0 && op != wire.OpPeek {
+					t.Fatalf("%s parsed with index %d", op, q.Index)
+				}
+				checkReencode(t, op.String(), wire.AppendQueueOp(nil, op, 0, q), body)
+			} else {
+				checkParseErr(t, "ParseQueueOp("+op.String()+")", err)
+			}
+		}
+
+		if d, err := wire.ParseDropped(body); err == nil {
+			checkReencode(t, "PURGED", wire.AppendDropped(nil, wire.OpPurged, 0, d), body)
+		} else {
+			checkParseErr(t, "ParseDropped", err)
 		}
 
 		if n, err := wire.ParseKicked(body); err == nil {

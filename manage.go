@@ -1,0 +1,78 @@
+package machq
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/machq/machq/internal/wire"
+)
+
+// Peek returns a copy of the message at index i in line in queue ("" for
+// the private queue; 0: the oldest), without taking it: an index past the
+// messages in line is an error wrapping ErrEmpty. A page is the same
+// sealed memfd, mapped read-only as Retrieve maps it; Close the Message
+// when done. Its Deliveries, DeadReason, DiedAfter and Note say how it
+// fared so far. It is verified as Retrieve verifies it. Messages pending
+// with consumers, or NAKed and waiting out a delay, are not in line.
+func (c *Client) Peek(ctx context.Context, queue string, i int) (*Message, error) {
+	if err := checkQueue(queue); err != nil {
+		return nil, err
+	}
+	if i < 0 || int64(i) > int64(^uint32(0)) {
+		return nil, fmt.Errorf("machq: peek index %d is outside [0, %d]", i, ^uint32(0))
+	}
+	op := wire.QueueOp{Index: uint32(i), Queue: []byte(queue)}
+	r, err := c.roundTripCall(ctx, &call{op: wire.OpPeek, queue: queue, ack: true, ch: make(chan result, 1)},
+		func(b []byte, id uint64) []byte { return wire.AppendQueueOp(b, wire.OpPeek, id, op) })
+	if r.msg == nil {
+		return nil, err
+	}
+	if err := r.msg.load(); err != nil {
+		r.msg.Close()
+		return nil, err
+	}
+	return r.msg, r.msg.verify(r.expect)
+}
+
+// Purged is what Purge and Delete freed.
+type Purged struct {
+	// Freed counts the messages freed at once: those in line, and those
+	// NAKed and waiting out a delay.
+	Freed int64
+	// Pending counts the messages then pending with consumers in ack
+	// mode: each is freed when it comes back unacknowledged (an
+	// acknowledgement still settles it).
+	Pending int64
+}
+
+// Purge frees every message of queue ("" for the private queue): those
+// in line and those waiting out a NAK's delay at once, those pending
+// with consumers when they come back unacknowledged. Consumers waiting
+// on the queue go on waiting.
+func (c *Client) Purge(ctx context.Context, queue string) (Purged, error) {
+	return c.dropQueue(ctx, wire.OpPurge, queue)
+}
+
+// Delete removes the named queue with everything it holds, as Purge
+// frees it; consumers waiting on it get an error wrapping ErrCancelled,
+// and its name is free for anyone to create again (an owned queue may be
+// deleted only by its owner or root). Deleting a queue that does not
+// exist succeeds with nothing dropped.
+func (c *Client) Delete(ctx context.Context, queue string) (Purged, error) {
+	if err := ValidQueueName(queue); err != nil {
+		return Purged{}, err
+	}
+	return c.dropQueue(ctx, wire.OpDelete, queue)
+}
+
+func (c *Client) dropQueue(ctx context.Context, op wire.Op, queue string) (Purged, error) {
+	if err := checkQueue(queue); err != nil {
+		return Purged{}, err
+	}
+	q := wire.QueueOp{Queue: []byte(queue)}
+	r, err := c.roundTrip(ctx, op, func(b []byte, id uint64) []byte { return wire.AppendQueueOp(b, op, id, q) })
+	if err != nil {
+		return Purged{}, err
+	}
+	return Purged{Freed: int64(r.dropped.Freed), Pending: int64(r.dropped.Pending)}, nil
+}
