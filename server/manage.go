@@ -34,11 +34,21 @@ func (c *conn) handlePeek(f wire.Frame) {
 		return
 	}
 	defer c.release(q)
+	// A peeker may have at most maxOutboxPages pages on their way to
+	// it, as a consumer may.
 	c.mu.Lock()
-	pagesOut := len(c.outFDs)
+	full := c.pagesUnreceived() >= maxOutboxPages
 	c.mu.Unlock()
-	if pagesOut >= maxOutboxPages {
-		c.flush() // a peeker reading nothing is held here, as by backpressure
+	if full {
+		c.flush()
+		c.refreshReceived()
+		c.mu.Lock()
+		n := c.pagesUnreceived()
+		c.mu.Unlock()
+		if n >= maxOutboxPages {
+			c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("%d pages are on their way to this connection and not yet received, as many as one connection may have; read them before peeking more", n))
+			return
+		}
 	}
 	p, ok, err := q.Peek(int(op.Index))
 	switch {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/wire"
+	"github.com/machq/machq/internal/wiretest"
 	"github.com/machq/machq/server"
 )
 
@@ -158,5 +160,45 @@ func TestDeleteRemovesQueueAndAnswersWaiters(t *testing.T) {
 	mustSend(t, c, "other", []byte("still served"))
 	if err := <-errc; err != nil {
 		t.Fatalf("a waiter on another queue: %v", err)
+	}
+}
+
+// TestPeekerThatDoesNotRead: a client peeking pages without reading the
+// answers has at most 64 on their way to it; further peeks are refused
+// with LIMIT, and every duplicate is closed once it reads or leaves.
+func TestPeekerThatDoesNotRead(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	mustSend(t, c, "pages", bytes.Repeat([]byte("p"), 200<<10))
+	base := countFDs(t)
+	raw := wiretest.DialHello(t, path)
+	const n = 200
+	var b []byte
+	for i := range n {
+		b = wire.AppendQueueOp(b, wire.OpPeek, uint64(i+1), wire.QueueOp{Queue: []byte("pages")})
+	}
+	raw.Write(b)
+	waitFor(t, "the peeks answered", func() bool {
+		return srv.Stats().Pages >= 1+64 // the message and the copies on their way
+	})
+	pages, refused := 0, 0
+	for range n {
+		f := raw.Read()
+		if len(f.FDs) > 0 {
+			pages++
+			wire.CloseFDs(f.FDs)
+			continue
+		}
+		if code, _, _ := wire.ParseError(f.Body); f.Op == wire.OpError && code == wire.CodeLimit {
+			refused++
+		}
+	}
+	if pages+refused != n || refused == 0 || pages < 64 {
+		t.Fatalf("%d peeks of a page by a client not reading: %d pages, %d refused", n, pages, refused)
+	}
+	raw.UC.Close()
+	waitFor(t, "every copy closed", func() bool { return countFDs(t) <= base })
+	if st := srv.Stats(); st.Pages != 1 {
+		t.Fatalf("the server counts %d pages, want the one stored", st.Pages)
 	}
 }
