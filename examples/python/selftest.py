@@ -8,7 +8,15 @@ what docs/PROTOCOL.md says should happen; a failure means the client, the
 document or the server is wrong.
 
 The test uses the connection's private queue and named queues called
-selftest-PID-*, and briefly the queues "." and "..".
+selftest-PID-* (with their dead-letter queues selftest-PID-*.dlq), and
+briefly the queues "." and "..". It expects a server speaking version 3
+(acknowledged delivery), and assumes nothing of its --max-deliveries or
+--nak-backoff; a default lease (--ack-lease) must leave the checks time to
+settle what they take.
+
+Nothing waits a fixed time for the server: a NAKed message's delay (the
+server's backoff, 10 ms by default) or a lease running out is awaited by
+polling STAT, or by a waiting RETRIEVE with a deadline.
 """
 
 import json
@@ -19,13 +27,17 @@ import sys
 import time
 
 import machq
-from machq import (CANCEL, DIGEST_BLAKE3, DIGEST_SHA256, FLAG_INLINE, HEADER, HELLO,
-                   HELLO_BODY, MAGIC, RETRIEVE, STAT, STATS, STORE, STORED, WAIT_FOREVER,
-                   ConnectionClosed, IntegrityError, ServerError)
+from machq import (CANCEL, DEAD_LIVE, DEAD_MAX_DELIVERIES, DEAD_TERMED, DIGEST_BLAKE3,
+                   DIGEST_SHA256, FLAG_INLINE, HEADER, HELLO, HELLO_BODY, MAGIC, NO_LEASE,
+                   OUTCOME_ACKED, OUTCOME_DEAD_LETTERED, OUTCOME_DROPPED, OUTCOME_REQUEUED,
+                   RETRIEVE, STAT, STATS, STORE, STORED, WAIT_FOREVER, ConnectionClosed,
+                   IntegrityError, ServerError, StaleError, Unsupported, UnverifiableError)
 
 INLINE_THRESHOLD = 4096   # so that 4096 B travels inline and 4097 B as a page
 TIMEOUT = 60.0            # seconds any one socket operation may take
 SIZES = (0, 1, 4095, 4096, 4097, 1 << 20, 16 << 20)
+DEADLINE = 10.0           # seconds to wait for the server to do what it must do
+WAIT_MS = int(DEADLINE * 1000)   # the same, as a RETRIEVE's wait_ms
 
 
 class SelfTest:
@@ -66,12 +78,41 @@ class SelfTest:
     def queue(self, suffix):
         return "%s-%s" % (self.prefix, suffix)
 
+    def qstat(self, name, c=None):
+        """STATS of named queue `name`: all zeros if it is not listed (an
+        empty queue nobody waits on is removed, section 10)."""
+        for q in (c or self.c).stats()["queues"]:
+            if q["name"] == name:
+                return q
+        return {"name": name, "messages": 0, "bytes": 0, "waiting": 0, "pending": 0, "delayed": 0}
+
+    def await_queue(self, name, what, **want):
+        """Poll STAT until queue `name` shows the counts in `want` (for
+        example messages=1, delayed=0); fail after DEADLINE seconds."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            q = self.qstat(name)
+            if all(q.get(k) == v for k, v in want.items()):
+                return q
+            if time.monotonic() > deadline:
+                raise AssertionError("after %gs queue %s shows %r, want %s (%s)"
+                                     % (DEADLINE, name, q, want, what))
+            time.sleep(0.002)   # between two STATs; the condition is what ends the wait
+
+    def store_raw(self, queue, data, digest_alg, digest):
+        """Store `data` inline with any digest: the server never verifies
+        digests (sections 6.3, 9), so a message under an algorithm this
+        client cannot compute (BLAKE3), or a wrong digest, can be crafted."""
+        body = machq.store_body(len(data), digest_alg, digest, queue.encode())
+        return machq.U64.unpack(self.c.response(
+            self.c.send_frame(STORE, body + data, flags=FLAG_INLINE), STORED).body)[0]
+
     # -- checks -------------------------------------------------------------
 
     def handshake(self):
         self.c = self.connect(inline_threshold=INLINE_THRESHOLD)
         c = self.c
-        assert c.version == 1, c.version
+        assert c.version == 3, "the server chose version %d of 1 to 3" % c.version
         assert c.max_frame == machq.MAX_FRAME, c.max_frame
         return "version %d, max_inline %d, max_frame %d, max_message %d, server pid %d" % (
             c.version, c.max_inline, c.max_frame, c.max_message, c.server_pid)
@@ -189,7 +230,7 @@ class SelfTest:
         self.c.response(self.c.send_frame(STORE, body + b"hi", flags=FLAG_INLINE), STORED)
         try:
             self.c.retrieve()
-        except IntegrityError as e:
+        except UnverifiableError as e:
             return str(e)
         raise AssertionError("unverifiable payload accepted")
 
@@ -255,6 +296,294 @@ class SelfTest:
                 return "waiting RETRIEVE got %s; connection ended with %s" % (r.split(":")[0], e.error)
             raise AssertionError("connection still usable")
 
+    # -- acknowledged delivery (version 3, sections 6.5, 6.6, 6.11, 6.12, 10.1)
+
+    def older_versions(self):
+        # Section 5.1: the server chooses the highest version in the range
+        # offered; ack mode (and KICK) needs 3, DISOWN 2. The client refuses
+        # them below that without sending anything.
+        details = []
+        for hi in (1, 2):
+            with self.connect(versions=(1, hi)) as c:
+                assert c.version == hi, "offered 1-%d, the server chose %d" % (hi, c.version)
+                sent = c._next_id
+                for what, fn in (("reserve", lambda: c.reserve(self.queue("old"))),
+                                 ("kick", lambda: c.kick(self.queue("old"))),
+                                 ("ack", lambda: c.ack(1))):
+                    try:
+                        fn()
+                    except Unsupported:
+                        pass
+                    else:
+                        raise AssertionError("%s allowed on a version-%d connection" % (what, hi))
+                assert c._next_id == sent, "a request was sent"
+                c.stats()   # the connection is still usable
+            details.append("1-%d: version %d, ack mode refused unsent" % (hi, hi))
+        return "; ".join(details)
+
+    def v3_stats(self):
+        # Section 6.8: the fields a version-3 server adds.
+        q = self.queue("ack-stats")
+        self.c.store(b"x", q)
+        d = self.c.reserve(q)
+        s = self.c.stats()
+        x = self.qstat(q)
+        d.ack()
+        assert set(s["pending"]) >= {"messages", "bytes", "pages"}, s.get("pending")
+        assert s["pending"]["messages"] >= 1, s["pending"]
+        for k in ("pending", "delayed", "delivered", "redelivered", "acked", "nacked",
+                  "dead_lettered"):
+            assert isinstance(x.get(k), int), "queues[].%s is %r" % (k, x.get(k))
+        assert (x["messages"], x["pending"], x["delayed"], x["delivered"]) == (0, 1, 0, 1), x
+        return "pending %s; queue: %s" % (s["pending"], ", ".join(
+            "%s %d" % (k, x[k]) for k in ("messages", "pending", "delayed", "delivered")))
+
+    def ack_mode(self):
+        q = self.queue("ack")
+        want = [os.urandom(100), os.urandom(100_000)]   # inline, and a sealed memfd
+        seqs = [self.c.store(data, q) for data in want]
+        got = []
+        for i, data in enumerate(want):
+            d = self.c.reserve(q)
+            assert isinstance(d, machq.Delivery), type(d)
+            assert (d.seq, d.payload, d.queue) == (seqs[i], data, q), d
+            assert d.inline == (i == 0), "travelled %s" % ("inline" if d.inline else "as a page")
+            assert (d.deliveries, d.dead, d.died_after, d.note) == (1, DEAD_LIVE, 0, ""), d
+            assert d.token != 0 and d.token not in [g.token for g in got], "token %d" % d.token
+            got.append(d)
+        x = self.qstat(q)
+        assert (x["messages"], x["pending"]) == (0, 2), x
+        outcomes = [d.ack() for d in got]
+        assert outcomes == [OUTCOME_ACKED] * 2, outcomes
+        x = self.qstat(q)
+        assert (x["messages"], x["pending"], x["delayed"]) == (0, 0, 0), x
+        self.expect_error("EMPTY", self.c.reserve, q)
+        r = self.expect_error("STALE", got[0].ack)
+        return "seq %s delivered once each and acked; a second ACK: %s" % (seqs, r)
+
+    def nak_in_place(self):
+        # Section 6.11: a NAK puts the message back at its original place,
+        # after the server's backoff, which is awaited by polling STAT.
+        q = self.queue("nak")
+        a, b = self.c.store(b"a", q), self.c.store(b"b", q)
+        d = self.c.reserve(q)
+        assert d.seq == a, d
+        assert d.nak(reason="try again") == OUTCOME_REQUEUED
+        x = self.qstat(q)
+        assert (x["messages"] + x["delayed"], x["pending"]) == (2, 0), x
+        self.await_queue(q, "the NAK's backoff", messages=2, delayed=0, pending=0)
+        d = self.c.reserve(q)
+        assert (d.seq, d.data, d.deliveries, d.note) == (a, b"a", 2, "try again"), d
+        assert d.redelivered
+        e = self.c.reserve(q)
+        assert (e.seq, e.deliveries) == (b, 1), e
+        d.ack()
+        e.ack()
+        return "seq %d back before seq %d, deliveries 2, note %r" % (a, b, d.note)
+
+    def nak_delay(self):
+        # A NAK with a delay: the message stays away that long (a later one
+        # is delivered meanwhile), then a waiting RETRIEVE receives it.
+        q = self.queue("nak-delay")
+        a, b = self.c.store(b"a", q), self.c.store(b"b", q)
+        d = self.c.reserve(q)
+        t0 = time.monotonic()
+        assert d.nak(delay_ms=1000) == OUTCOME_REQUEUED
+        x = self.qstat(q)
+        assert (x["messages"], x["delayed"]) == (1, 1), x
+        e = self.c.reserve(q)
+        assert (e.seq, e.deliveries) == (b, 1), e
+        e.ack()
+        d = self.c.reserve(q, wait_ms=WAIT_MS)
+        took = time.monotonic() - t0
+        assert (d.seq, d.deliveries) == (a, 2), d
+        assert took >= 0.99, "back after %.0f ms, before its 1000 ms delay" % (took * 1000)
+        d.ack()
+        return "seq %d delivered during the delay; seq %d back after %.0f ms" % (b, a, took * 1000)
+
+    def close_returns(self):
+        # Sections 5.4, 10.1: a connection's end puts its deliveries back at
+        # once, to a RETRIEVE waiting there if any.
+        q = self.queue("close")
+        seq = self.c.store(b"held", q)
+        c2 = self.connect()
+        try:
+            d = c2.reserve(q)
+            assert (d.seq, d.deliveries) == (seq, 1), d
+            rid = self.c.start_retrieve(q, WAIT_MS, ack=True)
+            x = self.qstat(q)
+            assert (x["waiting"], x["pending"]) == (1, 1), x
+        finally:
+            c2.close()
+        d = self.c.result(rid)
+        assert (d.seq, d.data, d.deliveries) == (seq, b"held", 2), d
+        d.ack()
+        return "seq %d, held by a closed connection, handed to a waiting RETRIEVE, deliveries 2" % seq
+
+    def term_and_kick(self):
+        q = self.queue("term")
+        dlq = q + ".dlq"
+        seq = self.c.store(b"poison", q)
+        d = self.c.reserve(q)
+        assert d.term("cannot parse it") == OUTCOME_DEAD_LETTERED
+        x, y = self.qstat(q), self.qstat(dlq)
+        assert (x["messages"], x["pending"], y["messages"]) == (0, 0, 1), (x, y)
+        # Read the dead letter in ack mode on another connection, then close
+        # it, which puts it back: KICK moves what is in line in Q.dlq.
+        with self.connect() as c2:
+            dead = c2.reserve(dlq)
+        assert (dead.seq, dead.data) == (seq, b"poison"), dead
+        assert (dead.dead, dead.dead_reason, dead.note, dead.died_after, dead.deliveries) == \
+            (DEAD_TERMED, "termed", "cannot parse it", 1, 1), dead
+        self.await_queue(dlq, "the dead letter back in line", messages=1, pending=0)
+        moved = self.c.kick(q)
+        assert moved == 1, "kick moved %d" % moved
+        assert self.c.kick(q) == 0
+        d = self.c.reserve(q)
+        assert (d.seq, d.data, d.dead, d.note, d.died_after, d.deliveries) == \
+            (seq, b"poison", DEAD_LIVE, "", 0, 1), d
+        d.ack()
+        return "seq %d in %s: dead %s, note %r, died after %d; kicked back live" % (
+            seq, dlq, dead.dead_reason, dead.note, dead.died_after)
+
+    def max_deliveries(self):
+        # Section 10.1: the --max-deliveries-th delivery coming back
+        # unacknowledged makes the message a dead letter (whatever the flag).
+        q = self.queue("max-deliveries")
+        seq = self.c.store(b"again", q)
+        for _ in range(10_000):
+            d = self.c.reserve(q, wait_ms=WAIT_MS)
+            outcome = d.nak(delay_ms=1, reason="not yet")
+            if outcome != OUTCOME_REQUEUED:
+                break
+        assert outcome == OUTCOME_DEAD_LETTERED, "outcome %d" % outcome
+        dead = self.c.reserve(q + ".dlq")
+        assert (dead.seq, dead.dead, dead.died_after, dead.note) == \
+            (seq, DEAD_MAX_DELIVERIES, d.deliveries, "not yet"), dead
+        dead.ack()
+        return "dead letter after %d deliveries: dead %s" % (d.deliveries, dead.dead_reason)
+
+    def private_term(self):
+        # Section 10.1: the private queue has no dead-letter queue.
+        self.c.store(b"private", "")
+        d = self.c.reserve("")
+        assert d.term("no") == OUTCOME_DROPPED
+        self.expect_error("EMPTY", self.c.retrieve, "")
+        return "TERM outcome dropped"
+
+    def lease(self):
+        q = self.queue("lease")
+        seq = self.c.store(b"slow", q)
+        d = self.c.reserve(q, lease_ms=60_000)
+        lease = d.touch()
+        assert 0 < lease <= 60_000, "TOUCH gave lease %d" % lease
+        d.ack()
+        self.c.store(b"slow", q)
+        d = self.c.reserve(q, lease_ms=NO_LEASE)
+        assert d.touch() == 0, "a delivery without a lease has one"
+        d.ack()
+        seq = self.c.store(b"late", q)
+        d = self.c.reserve(q, lease_ms=50)
+        self.await_queue(q, "the 50 ms lease to run out", messages=1, pending=0)
+        try:
+            d.ack()
+        except StaleError as e:
+            assert e.name == "STALE" and not e.fatal, e
+            r = str(e)
+        else:
+            raise AssertionError("a late ACK was accepted")
+        d2 = self.c.reserve(q)
+        assert (d2.seq, d2.deliveries) == (seq, 2) and d2.token != d.token, d2
+        d2.ack()
+        return "TOUCH: lease %d ms; late ACK: %s" % (lease, r)
+
+    def credit(self):
+        q = self.queue("credit")
+        a, b = self.c.store(b"a", q), self.c.store(b"b", q)
+        d = self.c.reserve(q, credit=1)
+        r = self.expect_error("LIMIT", lambda: self.c.reserve(q, credit=1))
+        # A waiting one waits for credit too, and is served once an ACK frees it.
+        rid = self.c.start_retrieve(q, WAIT_MS, ack=True, credit=1)
+        x = self.qstat(q)
+        assert (x["waiting"], x["messages"]) == (1, 1), x
+        d.ack()
+        e = self.c.result(rid)
+        assert (d.seq, e.seq) == (a, b), (d, e)
+        e.ack()
+        return "second RETRIEVE with credit 1: %s; a waiting one served after the ACK" % r
+
+    def stale_other(self):
+        # Section 6.11: nobody can settle another connection's delivery.
+        q = self.queue("other")
+        self.c.store(b"mine", q)
+        with self.connect() as c2:
+            d = c2.reserve(q)
+            r = self.expect_error("STALE", self.c.ack, d.token)
+            assert d.ack() == OUTCOME_ACKED
+        return r
+
+    def ack_bad_name(self):
+        # Section 6.5: a named queue read in ack mode has at most 251 bytes.
+        return self.expect_error("BAD_QUEUE_NAME", self.c.reserve, "q" * 252)
+
+    def unverifiable_nak(self):
+        # Section 9: a message this client cannot verify (BLAKE3, which the
+        # standard library lacks) is NAKed in ack mode, not consumed. It is
+        # stored with digest_alg 2 and 32 arbitrary bytes: the server never
+        # verifies digests.
+        q = self.queue("blake3")
+        seq = self.store_raw(q, b"from a BLAKE3 sender", DIGEST_BLAKE3, os.urandom(32))
+        try:
+            self.c.reserve(q)
+        except UnverifiableError as e:
+            err = e
+        else:
+            raise AssertionError("unverifiable payload accepted")
+        assert err.outcome == OUTCOME_REQUEUED and err.settle_error is None, err
+        d = err.message
+        assert (d.seq, d.deliveries, d.digest_alg) == (seq, 1, DIGEST_BLAKE3), d
+        x = self.qstat(q)
+        assert (x["messages"] + x["delayed"], x["pending"]) == (1, 0), x
+        self.await_queue(q, "the NAK's backoff", messages=1, delayed=0, pending=0)
+        try:
+            self.c.reserve(q)
+        except UnverifiableError as e:
+            again = e.message
+        else:
+            raise AssertionError("unverifiable payload accepted")
+        assert (again.seq, again.deliveries, again.note) == (seq, 2, err.reason), again
+        # Clean up: a plain RETRIEVE takes it (and refuses it).
+        self.await_queue(q, "the NAK's backoff", messages=1, delayed=0, pending=0)
+        try:
+            self.c.retrieve(q)
+        except UnverifiableError:
+            pass
+        x = self.qstat(q)
+        assert (x["messages"], x["delayed"], x["pending"]) == (0, 0, 0), x
+        return "%s; delivered again with deliveries 2, note %r" % (err, again.note)
+
+    def mismatch_term(self):
+        # Section 9: a message that does not match its digest is TERMed in
+        # ack mode: it waits in the dead-letter queue.
+        q = self.queue("mismatch")
+        seq = self.store_raw(q, b"not what the digest says", DIGEST_SHA256, bytes(32))
+        try:
+            self.c.reserve(q)
+        except UnverifiableError:
+            raise
+        except IntegrityError as e:
+            err = e
+        else:
+            raise AssertionError("tampered payload accepted")
+        assert err.outcome == OUTCOME_DEAD_LETTERED and err.message.seq == seq, err
+        x, y = self.qstat(q), self.qstat(q + ".dlq")
+        assert (x["messages"], x["pending"], x["delayed"], y["messages"]) == (0, 0, 0, 1), (x, y)
+        try:
+            self.c.retrieve(q + ".dlq")   # clean up
+        except IntegrityError:
+            pass
+        return str(err)
+
     # -- driver -------------------------------------------------------------
 
     def run(self):
@@ -294,6 +623,23 @@ class SelfTest:
         self.check("bad frame header gives MALFORMED id 0 and closes", self.bad_header)
         self.check("duplicate id of a waiting retrieve ends the connection",
                    self.duplicate_waiting_id)
+        self.check("versions 1 and 2 chosen when offered; ack mode refused there, unsent",
+                   self.older_versions)
+        self.check("STATS has the version-3 fields", self.v3_stats)
+        self.check("ack mode: delivered once, ACKed; a second ACK gives STALE", self.ack_mode)
+        self.check("NAK puts the message back at its place", self.nak_in_place)
+        self.check("NAK with a delay: away that long, then to a waiting RETRIEVE", self.nak_delay)
+        self.check("a closed connection's delivery goes back at once", self.close_returns)
+        self.check("TERM moves to Q.dlq; read there in ack mode; KICK brings it back",
+                   self.term_and_kick)
+        self.check("the last allowed delivery NAKed becomes a dead letter", self.max_deliveries)
+        self.check("TERM on the private queue drops the message", self.private_term)
+        self.check("TOUCH; a late ACK after the lease ran out gives STALE", self.lease)
+        self.check("credit 1: a second RETRIEVE gives LIMIT, a waiting one waits", self.credit)
+        self.check("settling another connection's delivery gives STALE", self.stale_other)
+        self.check("ack mode on a 252-byte name gives BAD_QUEUE_NAME", self.ack_bad_name)
+        self.check("unverifiable (BLAKE3) message NAKed, stays in its queue", self.unverifiable_nak)
+        self.check("digest mismatch in ack mode TERMed to Q.dlq", self.mismatch_term)
         self.check("connection still open after the failed requests",
                    lambda: "%d client(s)" % self.c.stats()["clients"])
         self.c.close()

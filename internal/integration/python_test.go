@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -203,6 +204,167 @@ func TestIntegrationPythonInterop(t *testing.T) {
 			case form != wantForm:
 				t.Errorf("message %d (%d bytes): travelled %s, want %s", i, size, form, wantForm)
 			}
+		}
+	})
+}
+
+// pyReserve takes the number of messages given after the socket and queue
+// in ack mode (version 3), waiting up to 10 s for each, verifies each
+// digest (Client.reserve does), then settles them all as told: "ack", or
+// "nak" with the reason given after it. (Holding them all first keeps a
+// NAKed message from coming back before the next is taken.) It prints,
+// per message, "size sha256hex seq deliveries outcome" and, last, the
+// note of the last message (an empty line if none).
+const pyReserve = `
+import hashlib, sys
+import machq
+
+sock, queue, n, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+reason = sys.argv[5] if len(sys.argv) > 5 else ""
+with machq.connect(sock, timeout=60) as c:
+    assert c.version == 3, c.version
+    held = [c.reserve(queue, wait_ms=10000) for _ in range(n)]
+    for d in held:
+        outcome = d.ack() if how == "ack" else d.nak(reason=reason)
+        print(len(d.payload), hashlib.sha256(d.payload).hexdigest(), d.seq, d.deliveries, outcome)
+    print(held[-1].note)
+`
+
+// TestIntegrationPythonAckInterop passes messages between the Go library
+// and the Python client in ack mode: what Python acknowledges is gone for
+// Go, what Python NAKs comes back to Go at its place as a redelivery with
+// Python's reason, and what Go NAKs comes to Python marked likewise.
+func TestIntegrationPythonAckInterop(t *testing.T) {
+	python := testtool.Path(t, "python3", "apt-get install python3")
+	dir := pythonExamples(t)
+	d := startDaemon(t, "", "--log-level", "warn")
+	ctx, cancel := context.WithTimeout(context.Background(), pythonTimeout)
+	defer cancel()
+	c, err := machq.Dial(ctx, d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// send stores 100 B (inline) and 200 KiB (a page) into queue.
+	send := func(t *testing.T, queue string) [][]byte {
+		t.Helper()
+		payloads := [][]byte{make([]byte, 100), make([]byte, 200<<10)}
+		for _, p := range payloads {
+			rand.Read(p)
+			if err := c.Send(ctx, queue, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return payloads
+	}
+	// reserve runs pyReserve and returns its message lines and the note.
+	reserve := func(t *testing.T, queue string, n int, how ...string) ([]string, string) {
+		t.Helper()
+		args := append([]string{"-c", pyReserve, d.socket, queue, strconv.Itoa(n)}, how...)
+		out := runPython(t, python, dir, args...)
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if len(lines) != n+1 {
+			t.Fatalf("Python printed %d lines, want %d:\n%s", len(lines), n+1, out)
+		}
+		return lines[:n], lines[n]
+	}
+	// check compares a pyReserve line with the payload Go sent.
+	check := func(t *testing.T, i int, line string, payload []byte, deliveries, outcome int) {
+		t.Helper()
+		var size, n, o int
+		var sum string
+		var seq uint64
+		if _, err := fmt.Sscan(line, &size, &sum, &seq, &n, &o); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		want := sha256.Sum256(payload)
+		switch {
+		case size != len(payload) || sum != hex.EncodeToString(want[:]):
+			t.Errorf("message %d: Python got %d bytes, SHA-256 %s; Go sent %d, %x", i, size, sum, len(payload), want)
+		case n != deliveries:
+			t.Errorf("message %d: Python saw deliveries %d, want %d", i, n, deliveries)
+		case o != outcome:
+			t.Errorf("message %d: settled with outcome %d, want %d", i, o, outcome)
+		}
+	}
+	queueStats := func(t *testing.T, name string) machq.QueueStats {
+		t.Helper()
+		st, err := c.Stat(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range st.Queues {
+			if q.Name == name {
+				return q
+			}
+		}
+		return machq.QueueStats{Name: name} // empty, and removed
+	}
+
+	t.Run("PythonAcks", func(t *testing.T) {
+		payloads := send(t, "ack-py-acks")
+		lines, _ := reserve(t, "ack-py-acks", len(payloads), "ack")
+		for i, line := range lines {
+			check(t, i, line, payloads[i], 1, 0)
+		}
+		if q := queueStats(t, "ack-py-acks"); q.Messages != 0 || q.Pending != 0 || q.Delayed != 0 {
+			t.Errorf("after Python's ACKs the queue holds %+v, want nothing", q)
+		}
+		if _, err := c.Reserve(ctx, "ack-py-acks", nil); !errors.Is(err, machq.ErrEmpty) {
+			t.Errorf("Reserve after Python's ACKs: %v, want ErrEmpty", err)
+		}
+	})
+
+	t.Run("PythonNaks", func(t *testing.T) {
+		payloads := send(t, "ack-py-naks")
+		lines, _ := reserve(t, "ack-py-naks", len(payloads), "nak", "python cannot use it")
+		for i, line := range lines {
+			check(t, i, line, payloads[i], 1, 1)
+		}
+		// Back at their places after the server's backoff, in order.
+		for i, p := range payloads {
+			dl, err := c.ReserveWait(ctx, "ack-py-naks", nil)
+			if err != nil {
+				t.Fatalf("message %d NAKed by Python: %v", i, err)
+			}
+			switch {
+			case !bytes.Equal(dl.Bytes(), p):
+				t.Errorf("message %d: Go got other bytes back than it sent", i)
+			case dl.Deliveries() != 2:
+				t.Errorf("message %d: Deliveries() = %d, want 2", i, dl.Deliveries())
+			case dl.Note() != "python cannot use it":
+				t.Errorf("message %d: Note() = %q, want Python's NAK reason", i, dl.Note())
+			}
+			if err := dl.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+			dl.Close()
+		}
+	})
+
+	t.Run("GoNaks", func(t *testing.T) {
+		payloads := send(t, "ack-go-naks")
+		var held []*machq.Delivery
+		for range payloads { // all held before the first NAK: none comes back meanwhile
+			dl, err := c.ReserveWait(ctx, "ack-go-naks", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, dl)
+		}
+		for _, dl := range held {
+			if err := dl.Nak(ctx, 0, "go says later"); err != nil {
+				t.Fatal(err)
+			}
+			dl.Close()
+		}
+		lines, note := reserve(t, "ack-go-naks", len(payloads), "ack")
+		for i, line := range lines {
+			check(t, i, line, payloads[i], 2, 0)
+		}
+		if note != "go says later" {
+			t.Errorf("Python saw note %q, want Go's NAK reason", note)
 		}
 	})
 }
