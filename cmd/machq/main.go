@@ -15,8 +15,8 @@
 //	machq help [COMMAND]                         the commands, or one's flags
 //
 // Exit status: 0 success, 1 error, 2 bad usage, 3 queue empty, 4 no
-// server, 5 integrity check failed, 130 interrupted (SIGINT), 143
-// terminated (SIGTERM).
+// server, 5 integrity check failed, 6 refused by a server limit, 130
+// interrupted (SIGINT), 143 terminated (SIGTERM).
 package main
 
 import (
@@ -45,6 +45,7 @@ const (
 	exitEmpty    = 3
 	exitNoServer = 4
 	exitTampered = 5
+	exitLimit    = 6
 )
 
 const usage = `Usage: machq [command] [flags]
@@ -75,6 +76,7 @@ Exit status:
   3    the queue is empty (or stayed empty for the whole --wait)
   4    no server at the name or socket
   5    integrity check failed: the payload does not match its digest
+  6    a server limit refused the request (a full queue, a quota): nothing was stored
   130  interrupted (SIGINT, ^C); 143: terminated (SIGTERM)
 `
 
@@ -294,6 +296,8 @@ func status(err error) int {
 		return exitNoServer
 	case errors.Is(err, machq.ErrTampered):
 		return exitTampered
+	case errors.Is(err, machq.ErrLimit):
+		return exitLimit
 	}
 	return exitError
 }
