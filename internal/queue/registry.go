@@ -72,6 +72,7 @@ type Registry struct {
 // removed is what a Registry remembers of a queue it removed.
 type removed struct {
 	nextSeq uint64
+	counts  Counts // its delivery counts, which continue too
 	n       uint64 // which removal this was
 }
 
@@ -169,6 +170,7 @@ func (r *Registry) create(s string, creator uint32, owned bool) *Queue {
 	if was, ok := r.gone[s]; ok {
 		delete(r.gone, s)
 		q.nextSeq = was.nextSeq // remembered: comes back open
+		q.counts = was.counts
 	} else {
 		q.nextSeq = r.nextStart
 		if owned {
@@ -348,7 +350,7 @@ func (r *Registry) remove(q *Queue, remember bool) {
 		delete(r.perUID, q.creator)
 	}
 	if remember {
-		r.remember(q.name, removed{nextSeq: q.nextSeq})
+		r.remember(q.name, removed{nextSeq: q.nextSeq, counts: q.counts})
 	} else {
 		r.nextStart = max(r.nextStart, q.nextSeq)
 		if was, ok := r.gone[q.name]; ok {
