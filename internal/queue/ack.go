@@ -40,7 +40,7 @@ func (q *Queue) hold(m *Message) {
 func (q *Queue) putOut(m *Message) {
 	q.out++
 	q.outBytes += m.Size
-	if q.counter != nil {
+	if q.counter != nil && m.shared == nil {
 		q.counter.AddOut(1, m.pages(), m.Size)
 	}
 }
@@ -49,7 +49,7 @@ func (q *Queue) putOut(m *Message) {
 func (q *Queue) takeOut(m *Message) {
 	q.out--
 	q.outBytes -= m.Size
-	if q.counter != nil {
+	if q.counter != nil && m.shared == nil {
 		q.counter.AddOut(-1, -m.pages(), -m.Size)
 	}
 	q.mayBeIdle()

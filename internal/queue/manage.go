@@ -44,12 +44,23 @@ func (q *Queue) Peek(i int) (p Peeked, ok bool, err error) {
 // delay, and marks the messages pending with consumers to be freed if
 // they come back instead of being acknowledged. It returns how many were
 // freed and how many pending ones are so marked.
+//
+// Purging a queue with consumer groups purges every group too: a message
+// the groups held is counted once per group.
 func (q *Queue) Purge() (freed, pending int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.purgeBelow = q.nextSeq
 	freed = q.drainLocked()
-	return freed, q.out
+	pending = q.out
+	for _, g := range q.groups {
+		g.mu.Lock()
+		g.purgeBelow = q.nextSeq
+		freed += g.drainLocked()
+		pending += g.out
+		g.mu.Unlock()
+	}
+	return freed, pending
 }
 
 // discards reports whether m, coming back to q, is to be freed: the queue

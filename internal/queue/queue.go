@@ -41,13 +41,21 @@ type Message struct {
 	// one; Deliveries then counts again in the dead-letter queue.
 	DiedAfter uint32
 
-	sent bool // Sent closed the page, whose charge stays until Release
+	// Group is the consumer group the message was delivered through, for
+	// a dead letter of one: KICK gives it back to that group.
+	Group string
+
+	sent   bool    // Sent closed the page, whose charge stays until Release
+	shared *shared // for a view: the payload it shares with other groups' views
 }
 
 // Sent closes the message's page once a write to a socket has handed the
 // kernel a reference of its own, but keeps the page's charge until
 // Release: the page exists until the peer has received it.
 func (m *Message) Sent() {
+	if m.shared != nil {
+		return // the page is the views'; the last Release closes it
+	}
 	if m.FD >= 0 {
 		unix.Close(m.FD)
 		m.FD = -1
@@ -58,6 +66,12 @@ func (m *Message) Sent() {
 // Release discharges the message from its account and closes its page,
 // if it has one. It is safe to call more than once.
 func (m *Message) Release() {
+	if m.shared != nil {
+		sh := m.shared
+		m.shared, m.FD, m.Inline = nil, -1, nil
+		sh.release()
+		return
+	}
 	if m.Charge != nil {
 		m.Charge.Unhold(m.Size, m.FD >= 0 || m.sent)
 		m.Charge = nil
@@ -108,6 +122,15 @@ type Counter interface {
 	AddOut(messages, pages, bytes int64)
 }
 
+// count tells the queue's Counter that m joined (sign 1) or left (-1)
+// its line. A view is not counted: its shared payload is, once, for all
+// the groups. q.mu is held.
+func (q *Queue) count(sign int64, m *Message) {
+	if q.counter != nil && m.shared == nil {
+		q.counter.Add(sign, sign*m.pages(), sign*m.Size)
+	}
+}
+
 // pages returns 1 if m's payload is a page, 0 if it is inline.
 func (m *Message) pages() int64 {
 	if m.FD >= 0 {
@@ -153,6 +176,8 @@ type Queue struct {
 	// everything that comes back is freed.
 	purgeBelow uint64
 	deleted    bool
+
+	groupState
 }
 
 // Counts are the deliveries and settlements of a queue since it was
@@ -204,14 +229,26 @@ func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 func (q *Queue) PushWithin(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if len(q.groups) > 0 {
+		// Each group holds the message until it is done with it: none
+		// may pass the limits.
+		if q.groupsFull(m.Size, maxMessages, maxBytes) {
+			return 0, false
+		}
+		return q.fanOut(m, stored), true
+	}
 	if len(q.waiters) == 0 && (int64(q.n+q.out) >= maxMessages || m.Size > maxBytes-q.bytes-q.outBytes) {
 		return 0, false
 	}
 	return q.push(m, stored), true
 }
 
-// push is Push with q.mu held.
+// push is Push with q.mu held. A queue with consumer groups stores the
+// message in every group instead of its own line.
 func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
+	if len(q.groups) > 0 {
+		return q.fanOut(m, stored)
+	}
 	m.Seq = q.nextSeq
 	q.nextSeq++
 	if stored != nil {
@@ -245,9 +282,7 @@ func (q *Queue) append(m *Message) {
 	q.items[(q.head+q.n)%len(q.items)] = m
 	q.n++
 	q.bytes += m.Size
-	if q.counter != nil {
-		q.counter.Add(1, m.pages(), m.Size)
-	}
+	q.count(1, m)
 }
 
 // grow makes room for one more message. q.mu is held on entry.
@@ -309,9 +344,7 @@ func (q *Queue) place(m *Message, ordered bool) {
 	q.items[(q.head+at)%len(q.items)] = m
 	q.n++
 	q.bytes += m.Size
-	if q.counter != nil {
-		q.counter.Add(1, m.pages(), m.Size)
-	}
+	q.count(1, m)
 }
 
 // Pop removes and returns the oldest message, or nil when the queue is
@@ -342,9 +375,7 @@ func (q *Queue) pop() *Message {
 	q.head = (q.head + 1) % len(q.items)
 	q.n--
 	q.bytes -= m.Size
-	if q.counter != nil {
-		q.counter.Add(-1, -m.pages(), -m.Size)
-	}
+	q.count(-1, m)
 	if q.n == 0 {
 		q.head = 0
 		if len(q.items) > 1024 {
@@ -358,7 +389,7 @@ func (q *Queue) pop() *Message {
 // idle reports whether q holds nothing, nobody waits on it and nobody
 // owns it, so that a registry may remove it. q.mu is held.
 func (q *Queue) idle() bool {
-	return q.n == 0 && q.out == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil
+	return q.n == 0 && q.out == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil && len(q.groups) == 0
 }
 
 // mayBeIdle puts q on its registry's list of queues to look at, if it is
@@ -426,9 +457,7 @@ func (q *Queue) unpop(m *Message) {
 	q.items[q.head] = m
 	q.n++
 	q.bytes += m.Size
-	if q.counter != nil {
-		q.counter.Add(1, m.pages(), m.Size)
-	}
+	q.count(1, m)
 }
 
 // remove deletes w from *list, keeping the order, and reports whether it

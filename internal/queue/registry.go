@@ -224,7 +224,7 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 	if q.owner == nil || (*q.owner != uid && uid != 0) {
 		return ErrNotOwner
 	}
-	if q.n != 0 || q.out != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || q.refs.Load() != 0 {
+	if q.n != 0 || q.out != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || len(q.groups) != 0 || q.refs.Load() != 0 {
 		return ErrInUse
 	}
 	q.owner = nil
@@ -258,11 +258,50 @@ func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters 
 	}
 	q.deleted = true
 	freed = q.drainLocked()
+	pending = q.out
 	waiters = append(append(waiters, q.waiters...), q.parked...)
 	q.waiters, q.parked = nil, nil
+	for name := range q.groups {
+		f, p, w, _ := q.deleteGroup(name)
+		freed, pending, waiters = freed+f, pending+p, append(waiters, w...)
+	}
 	q.owner = nil
 	r.remove(q, false)
-	return freed, q.out, waiters, nil
+	return freed, pending, waiters, nil
+}
+
+// CreateGroup gives the queue called name (created if need be, by
+// creator, as Acquire does, but never owned by this) a consumer group;
+// see Queue.CreateGroup. The caller has checked the queue's owner.
+func (r *Registry) CreateGroup(name []byte, group string, creator uint32, fromOldest bool) (adopted int, err error) {
+	q, err := r.Acquire(name, creator, false)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Release(q)
+	return q.CreateGroup(group, fromOldest)
+}
+
+// DeleteGroup removes the consumer group called group of the queue
+// called name: its line is freed, its pending messages are freed as they
+// come back, and its waiters are returned for the caller to answer. It
+// fails with ErrNoQueue, ErrNoGroup, or ErrInUse while a request holds
+// the queue (try again).
+func (r *Registry) DeleteGroup(name []byte, group string) (freed, pending int, waiters []Waiter, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.queues[string(name)]
+	if q == nil {
+		return 0, 0, nil, ErrNoQueue
+	}
+	if q.refs.Load() != 0 {
+		return 0, 0, nil, ErrInUse
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	freed, pending, waiters, err = q.deleteGroup(group)
+	q.mayBeIdle()
+	return freed, pending, waiters, err
 }
 
 // Len returns the number of named queues, idle ones included.
@@ -394,6 +433,8 @@ type Info struct {
 	Pending int `json:"pending"`
 	Delayed int `json:"delayed"`
 	Counts
+	// Groups are the queue's consumer groups, by name.
+	Groups []GroupInfo `json:"groups,omitempty"`
 }
 
 // Snapshot removes idle queues and describes every other named queue,
@@ -416,7 +457,7 @@ func (r *Registry) Snapshot() []Info {
 	for _, q := range qs {
 		q.mu.Lock()
 		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
-			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts}
+			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos()}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o

@@ -1,0 +1,301 @@
+package queue
+
+import (
+	"errors"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/quota"
+)
+
+// Consumer groups.
+//
+// A named queue may have consumer groups. Each group is a Queue of its
+// own (its line, waiters, pending deliveries, counts), held by the queue
+// and reached by name; a RETRIEVE through a group works on it exactly as
+// on a queue. Once a queue has a group, a message stored into it goes to
+// every group instead of the queue's own line: each group gets a view of
+// it, a Message of its own (its own delivery count, note, pending state)
+// sharing one payload, the same inline bytes or the same page descriptor.
+// The payload is freed, and discharged from its storer's account, when
+// the last view is released: when every group has acknowledged it (or
+// taken it plainly, or dropped it). A queue without groups behaves as if
+// groups did not exist; the messages in its own line when the first
+// group is created stay there for plain consumers, unless the group is
+// created from the oldest, which adopts them.
+//
+// Lock order: the queue's mu, then a group's mu, then Queue.liveMu (taken
+// when a shared payload is created or freed, with any of them held or
+// none).
+
+// Errors of CreateGroup and DeleteGroup.
+var (
+	// ErrGroupExists: the queue has a group of that name already.
+	ErrGroupExists = errors.New("queue: consumer group exists")
+	// ErrNoGroup: the queue has no group of that name.
+	ErrNoGroup = errors.New("queue: no such consumer group")
+	// ErrTooManyGroups: the queue has as many groups as allowed.
+	ErrTooManyGroups = errors.New("queue: too many consumer groups")
+)
+
+// MaxGroups is the most consumer groups one queue may have.
+const MaxGroups = 256
+
+// shared is a payload several views hold: one per consumer group.
+type shared struct {
+	refs    atomic.Int32
+	seq     uint64
+	fd      int
+	inline  []byte
+	size    int64
+	digest  string
+	alg     uint8
+	charge  *quota.Account
+	counter Counter // told once, for every view together
+	owner   *Queue  // the queue whose live set holds it
+}
+
+// share turns m, accepted for q, into a shared payload with no view yet,
+// counted once by q's counter. m must not be used afterwards.
+func (q *Queue) share(m *Message) *shared {
+	sh := &shared{
+		seq: m.Seq, fd: m.FD, inline: m.Inline, size: m.Size, digest: m.Digest, alg: m.DigestAlg,
+		charge: m.Charge, counter: q.counter, owner: q,
+	}
+	if sh.counter != nil {
+		sh.counter.Add(1, m.pages(), m.Size)
+	}
+	m.FD, m.Inline, m.Charge = -1, nil, nil
+	q.liveMu.Lock()
+	if q.live == nil {
+		q.live = make(map[*shared]struct{})
+	}
+	q.live[sh] = struct{}{}
+	q.liveMu.Unlock()
+	return sh
+}
+
+// view returns a new view of sh.
+func (sh *shared) view() *Message {
+	sh.refs.Add(1)
+	return &Message{Seq: sh.seq, Size: sh.size, FD: sh.fd, Inline: sh.inline, DigestAlg: sh.alg, Digest: sh.digest, shared: sh}
+}
+
+// release drops one view; the last frees the payload. The count falls
+// under the owner's liveMu, so that CreateGroup, adopting live payloads
+// under it, never revives one being freed.
+func (sh *shared) release() {
+	sh.owner.liveMu.Lock()
+	last := sh.refs.Add(-1) == 0
+	if last {
+		delete(sh.owner.live, sh)
+	}
+	sh.owner.liveMu.Unlock()
+	if !last {
+		return
+	}
+	page := sh.fd >= 0
+	var pages int64
+	if page {
+		pages = 1
+	}
+	if sh.counter != nil {
+		sh.counter.Add(-1, -pages, -sh.size)
+	}
+	if sh.charge != nil {
+		sh.charge.Unhold(sh.size, page)
+	}
+	if page {
+		unix.Close(sh.fd)
+	}
+}
+
+// Group returns the consumer group called name of q, or nil.
+func (q *Queue) Group(name string) *Queue {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.groups[name]
+}
+
+// GroupName returns the name of the consumer group q is; "" for a queue.
+func (q *Queue) GroupName() string { return q.group }
+
+// HasGroups reports whether q has consumer groups.
+func (q *Queue) HasGroups() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.groups) > 0
+}
+
+// CreateGroup gives q a consumer group called name, which receives every
+// message stored from now on; with fromOldest it also takes every message
+// q still holds: those in q's own line (taken from it) and those other
+// groups hold and have not acknowledged. It returns how many messages it
+// took that way.
+func (q *Queue) CreateGroup(name string, fromOldest bool) (adopted int, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.groups[name] != nil {
+		return 0, ErrGroupExists
+	}
+	if len(q.groups) >= MaxGroups {
+		return 0, ErrTooManyGroups
+	}
+	g := New(q.name, nil)
+	g.group = name
+	g.parent = q
+	if fromOldest {
+		// The payloads other groups still hold, and the messages of the
+		// queue's own line (taken from it, shared from now on), make the
+		// group's line, in order.
+		var views []*Message
+		q.liveMu.Lock()
+		for sh := range q.live {
+			if sh.refs.Load() > 0 { // 0: its last view is freeing it
+				views = append(views, sh.view())
+			}
+		}
+		q.liveMu.Unlock()
+		for m := q.pop(); m != nil; m = q.pop() {
+			views = append(views, q.share(m).view())
+		}
+		sort.Slice(views, func(i, j int) bool { return views[i].Seq < views[j].Seq })
+		g.mu.Lock()
+		for _, v := range views {
+			g.append(v)
+		}
+		g.mu.Unlock()
+		adopted = len(views)
+	}
+	if q.groups == nil {
+		q.groups = make(map[string]*Queue)
+	}
+	q.groups[name] = g
+	return adopted, nil
+}
+
+// deleteGroup removes the group called name: its line is freed, its
+// pending messages are freed as they come back, and its waiters are
+// returned for the caller to answer. q.mu is held.
+func (q *Queue) deleteGroup(name string) (freed, pending int, waiters []Waiter, err error) {
+	g := q.groups[name]
+	if g == nil {
+		return 0, 0, nil, ErrNoGroup
+	}
+	delete(q.groups, name)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deleted = true
+	freed = g.drainLocked()
+	waiters = append(append(waiters, g.waiters...), g.parked...)
+	g.waiters, g.parked = nil, nil
+	return freed, g.out, waiters, nil
+}
+
+// fanOut stores m, accepted for q, in every group of q, keeping q's
+// sequence number, as views of one shared payload. q.mu is held.
+func (q *Queue) fanOut(m *Message, stored func(seq uint64)) uint64 {
+	m.Seq = q.nextSeq
+	q.nextSeq++
+	if stored != nil {
+		stored(m.Seq)
+	}
+	sh := q.share(m)
+	// Every view exists before any is delivered: a consumer that takes
+	// and acknowledges one at once must not free the payload under the
+	// other groups.
+	views := make([]*Message, 0, len(q.groups))
+	for range q.groups {
+		views = append(views, sh.view())
+	}
+	i := 0
+	for _, g := range q.sortedGroups() {
+		g.mu.Lock()
+		g.place(views[i], false)
+		g.mu.Unlock()
+		i++
+	}
+	return m.Seq
+}
+
+// sortedGroups returns q's groups by name. q.mu is held.
+func (q *Queue) sortedGroups() []*Queue {
+	gs := make([]*Queue, 0, len(q.groups))
+	for _, g := range q.groups {
+		gs = append(gs, g)
+	}
+	slices.SortFunc(gs, func(a, b *Queue) int {
+		switch {
+		case a.group < b.group:
+			return -1
+		case a.group > b.group:
+			return 1
+		}
+		return 0
+	})
+	return gs
+}
+
+// groupsFull reports whether a group of q holds maxMessages messages, or
+// would pass maxBytes with size more. q.mu is held.
+func (q *Queue) groupsFull(size, maxMessages, maxBytes int64) bool {
+	for _, g := range q.groups {
+		g.mu.Lock()
+		full := len(g.waiters) == 0 && (int64(g.n+g.out) >= maxMessages || size > maxBytes-g.bytes-g.outBytes)
+		g.mu.Unlock()
+		if full {
+			return true
+		}
+	}
+	return false
+}
+
+// GroupInfo describes one consumer group of a queue.
+type GroupInfo struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"` // in the group's line
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"`
+	Pending  int    `json:"pending"`
+	Delayed  int    `json:"delayed"`
+	// Position is the sequence number of the next message the group
+	// delivers (the oldest in its line), 0 when its line is empty.
+	Position uint64 `json:"position"`
+	Counts
+}
+
+// groupInfos describes q's groups, by name. q.mu is held.
+func (q *Queue) groupInfos() []GroupInfo {
+	if len(q.groups) == 0 {
+		return nil
+	}
+	out := make([]GroupInfo, 0, len(q.groups))
+	for _, g := range q.sortedGroups() {
+		g.mu.Lock()
+		in := GroupInfo{
+			Name: g.group, Messages: g.n, Bytes: g.bytes, Waiting: len(g.waiters) + len(g.parked),
+			Pending: g.out - len(g.delayed), Delayed: len(g.delayed), Counts: g.counts,
+		}
+		if g.n > 0 {
+			in.Position = g.items[g.head].Seq
+		}
+		g.mu.Unlock()
+		out = append(out, in)
+	}
+	return out
+}
+
+// groupState is what a queue keeps for consumer groups, and what a group
+// keeps of its queue.
+type groupState struct {
+	groups map[string]*Queue // the queue's groups, by name
+	group  string            // for a group: its name
+	parent *Queue            // for a group: its queue
+
+	liveMu sync.Mutex
+	live   map[*shared]struct{} // payloads the groups' views share
+}
