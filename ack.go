@@ -79,6 +79,10 @@ var ErrStale = errors.New("machq: delivery no longer pending")
 // operation asked for; upgrade it.
 var ErrUnsupported = errors.New("machq: operation not supported by the server")
 
+// ErrNoGroup: the queue has no consumer group of that name; create it
+// with CreateGroup.
+var ErrNoGroup = errors.New("machq: no such consumer group")
+
 // AckOptions tune a retrieve in ack mode. The zero value (or nil) takes
 // the server's defaults.
 type AckOptions struct {
@@ -95,6 +99,10 @@ type AckOptions struct {
 	// with ErrLimit when the credit is used up. 0 takes the server's
 	// maximum (machqd --max-pending), which also caps it.
 	Credit int
+	// Group takes the message through the queue's consumer group of that
+	// name (see CreateGroup): each group receives every message, and its
+	// consumers compete for them. Empty: the queue itself.
+	Group string
 }
 
 // wire returns the ack-mode fields of a RETRIEVE for o.
@@ -112,6 +120,7 @@ func (o *AckOptions) wire() *wire.Retrieve {
 	if o.Credit > 0 {
 		r.Credit = uint32(min(o.Credit, 1<<30))
 	}
+	r.Group = []byte(o.Group)
 	return r
 }
 
@@ -247,6 +256,14 @@ func (c *Client) ReserveWait(ctx context.Context, queue string, o *AckOptions) (
 }
 
 func (c *Client) reserve(ctx context.Context, queue string, wait uint32, o *AckOptions) (*Delivery, error) {
+	if o != nil && o.Group != "" {
+		if queue == "" {
+			return nil, fmt.Errorf("%w: a private queue has no consumer groups", ErrBadQueueName)
+		}
+		if err := ValidQueueName(o.Group); err != nil {
+			return nil, fmt.Errorf("group name: %w", err)
+		}
+	}
 	if c.welcome.Version < wire.VersionAck {
 		return nil, fmt.Errorf("%w: ack mode needs protocol version %d; the server at %s speaks %d", ErrUnsupported, wire.VersionAck, c.path, c.welcome.Version)
 	}
@@ -273,4 +290,59 @@ func (c *Client) Kick(ctx context.Context, queue string, n int) (int, error) {
 		return 0, err
 	}
 	return int(r.kicked), nil
+}
+
+// CreateGroup gives queue a consumer group called group (a name with the
+// rules of queue names), creating the queue if need be: from then on,
+// every message stored into queue goes to each of its groups, and is
+// freed once every group has acknowledged it; consumers take messages
+// through a group with AckOptions.Group, competing for them within it.
+// With fromOldest the group also takes every message the queue still
+// holds (those in its own line, which leave it, and those other groups
+// have not acknowledged), returned as adopted. created is false if the
+// group existed already (nothing changes then).
+func (c *Client) CreateGroup(ctx context.Context, queue, group string, fromOldest bool) (adopted int, created bool, err error) {
+	if err := ValidQueueName(queue); err != nil {
+		return 0, false, err
+	}
+	if err := ValidQueueName(group); err != nil {
+		return 0, false, fmt.Errorf("group name: %w", err)
+	}
+	action := wire.GroupCreate
+	if fromOldest {
+		action = wire.GroupCreateFromOldest
+	}
+	r, err := c.groupRequest(ctx, wire.Group{Action: action, Queue: []byte(queue), Group: []byte(group)})
+	return int(r.Count), r.Changed, err
+}
+
+// DeleteGroup removes the consumer group called group of queue: the
+// messages in its line are freed at once (unless other groups still hold
+// them), those pending with its consumers when they come back
+// unacknowledged; consumers waiting on it get an error wrapping
+// ErrCancelled. Deleting a group that does not exist succeeds with
+// nothing freed.
+func (c *Client) DeleteGroup(ctx context.Context, queue, group string) (Purged, error) {
+	if err := ValidQueueName(queue); err != nil {
+		return Purged{}, err
+	}
+	if err := ValidQueueName(group); err != nil {
+		return Purged{}, fmt.Errorf("group name: %w", err)
+	}
+	r, err := c.groupRequest(ctx, wire.Group{Action: wire.GroupDelete, Queue: []byte(queue), Group: []byte(group)})
+	return Purged{Freed: int64(r.Count), Pending: int64(r.Pending)}, err
+}
+
+func (c *Client) groupRequest(ctx context.Context, g wire.Group) (wire.Grouped, error) {
+	r, err := c.roundTrip(ctx, wire.OpGroup, func(b []byte, id uint64) []byte {
+		start := len(b)
+		b = wire.AppendGroup(b, id, g)
+		if c.opts.owned {
+			// A queue this creates is the client's user's alone, as a
+			// store would make it.
+			b[start+5] |= wire.FlagOwned
+		}
+		return b
+	})
+	return r.grouped, err
 }

@@ -107,7 +107,7 @@ func (c *Client) RetrieveBatch(ctx context.Context, queue string, n int) ([]*Mes
 		frames := make([]outFrame, want)
 		req := wire.Retrieve{Queue: []byte(queue), Owned: c.opts.owned}
 		for i := range calls {
-			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1)}
+			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), orphan: queue}
 			id, err := c.register(ctx, cl)
 			if err != nil {
 				for _, id := range ids[:i] {

@@ -135,6 +135,9 @@ type call struct {
 	waits, cancelled bool
 	// ack: a RETRIEVE in ack mode.
 	ack bool
+	// orphan: where a MESSAGE that comes after the caller gave up is
+	// kept (orphanKey, with the consumer group).
+	orphan string
 	// For a private store: the digest to remember once stored.
 	private *sentDigest
 }
@@ -146,6 +149,7 @@ type result struct {
 	settled wire.Settled
 	kicked  uint32
 	dropped wire.Dropped
+	grouped wire.Grouped
 	stats   []byte
 	err     error
 }
@@ -561,6 +565,9 @@ func (c *Client) dispatch(f wire.Frame) {
 	case wire.OpPurged, wire.OpDeleted:
 		wire.CloseFDs(f.FDs)
 		r.dropped, r.err = wire.ParseDropped(f.Body)
+	case wire.OpGrouped:
+		wire.CloseFDs(f.FDs)
+		r.grouped, r.err = wire.ParseGrouped(f.Body)
 	case wire.OpError:
 		wire.CloseFDs(f.FDs)
 		code, msg, err := wire.ParseError(f.Body)
@@ -585,8 +592,7 @@ func (c *Client) dispatch(f wire.Frame) {
 		if r.msg != nil {
 			// Keep it for the next retrieve from the same queue rather
 			// than lose a message the server has already handed over.
-			k := orphanKey(cl.queue, cl.ack)
-			c.orphans[k] = append(c.orphans[k], r)
+			c.orphans[cl.orphan] = append(c.orphans[cl.orphan], r)
 		}
 		return
 	}
@@ -614,6 +620,8 @@ func responseOp(req wire.Op) wire.Op {
 		return wire.OpPurged
 	case wire.OpDelete:
 		return wire.OpDeleted
+	case wire.OpGroup:
+		return wire.OpGrouped
 	}
 	return wire.OpError
 }
@@ -1091,6 +1099,9 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32, ack *w
 		return nil, err
 	}
 	key := orphanKey(queue, ack != nil)
+	if ack != nil && len(ack.Group) > 0 {
+		key += "\x00" + string(ack.Group)
+	}
 	var r result
 	c.mu.Lock()
 	if rs := c.orphans[key]; len(rs) > 0 {
@@ -1100,14 +1111,14 @@ func (c *Client) retrieve(ctx context.Context, queue string, wait uint32, ack *w
 	c.mu.Unlock()
 
 	if r.msg == nil {
-		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), waits: wait != 0, ack: ack != nil}
+		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), waits: wait != 0, ack: ack != nil, orphan: key}
 		id, err := c.register(ctx, cl)
 		if err != nil {
 			return nil, err
 		}
 		req := wire.Retrieve{WaitMillis: wait, Queue: []byte(queue), Owned: c.opts.owned}
 		if ack != nil {
-			req.Ack, req.LeaseMillis, req.Credit = true, ack.LeaseMillis, ack.Credit
+			req.Ack, req.LeaseMillis, req.Credit, req.Group = true, ack.LeaseMillis, ack.Credit, ack.Group
 		}
 		if err := c.enqueue(ctx, -1, func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }); err != nil {
 			return nil, err

@@ -74,6 +74,7 @@ const (
 	CodeForbidden     ErrorCode = 15 // the named queue belongs to another user
 	CodeInUse         ErrorCode = 16 // DISOWN: the queue still holds messages or waiters
 	CodeStale         ErrorCode = 17 // the delivery is no longer pending with this client
+	CodeNoGroup       ErrorCode = 18 // the queue has no consumer group of that name
 )
 
 // String returns the code's protocol name, such as "EMPTY".
@@ -115,6 +116,8 @@ func (e *ServerError) Is(target error) bool {
 		return target == ErrInUse
 	case CodeStale:
 		return target == ErrStale
+	case CodeNoGroup:
+		return target == ErrNoGroup
 	}
 	return false
 }

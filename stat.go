@@ -85,6 +85,26 @@ type QueueStats struct {
 	Acked        uint64 `json:"acked"`
 	Nacked       uint64 `json:"nacked"`
 	DeadLettered uint64 `json:"dead_lettered"`
+	// Groups are the queue's consumer groups, by name.
+	Groups []GroupStats `json:"groups,omitempty"`
+}
+
+// GroupStats describes one consumer group of a queue.
+type GroupStats struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"` // in the group's line
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"`
+	Pending  int    `json:"pending"`
+	Delayed  int    `json:"delayed"`
+	// Position is the sequence number of the next message the group
+	// delivers, 0 when its line is empty.
+	Position     uint64 `json:"position"`
+	Delivered    uint64 `json:"delivered"`
+	Redelivered  uint64 `json:"redelivered"`
+	Acked        uint64 `json:"acked"`
+	Nacked       uint64 `json:"nacked"`
+	DeadLettered uint64 `json:"dead_lettered"`
 }
 
 // Stat returns the server's statistics.

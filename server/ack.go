@@ -190,9 +190,13 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	}
 	name, err := delivery.DeadLetterQueue(q.Name())
 	var dlq *queue.Queue
-	owner, owned := q.Owner()
+	root := q // a consumer group's dead letters go to its queue's
+	if p := q.Parent(); p != nil {
+		root = p
+	}
+	owner, owned := root.Owner()
 	if err == nil {
-		creator := q.Creator()
+		creator := root.Creator()
 		if owned {
 			creator = owner
 		}
@@ -212,9 +216,10 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	}
 	q.TakeOut(m)
 	m.DiedAfter, m.Deliveries = m.Deliveries, 0
+	m.Group = q.GroupName()
 	dlq.Append(m)
 	s.named.Release(dlq)
-	s.log.Info("message dead-lettered", "queue", q.Name(), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
+	s.log.Info("message dead-lettered", "queue", queueLabel(q), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
 	return wire.OutcomeDeadLettered
 }
 

@@ -321,6 +321,10 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.noFDs(f)
 		c.handleDelete(f)
 		return false
+	case f.Op == wire.OpGroup && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handleGroup(f)
+		return false
 	}
 	switch f.Op {
 	case wire.OpStore:

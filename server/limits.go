@@ -80,6 +80,11 @@ type Limits struct {
 	// error from ever failing for want of a descriptor: near the limit,
 	// new pages and connections are refused with LIMIT instead.
 	MaxDescriptors int64
+	// MaxGroups bounds the consumer groups of all queues together, and
+	// MaxGroupsPerUID those one user id created. Default 65,536 in all
+	// (a queue has at most 256).
+	MaxGroups       int
+	MaxGroupsPerUID int
 }
 
 // Limit defaults; see Limits.
@@ -91,6 +96,7 @@ const (
 	DefaultMaxWaiting           = 4096
 	DefaultMaxWaitingTotal      = 1 << 16
 	DefaultMaxQueues            = 1 << 16
+	DefaultMaxGroups            = 1 << 16
 	// DescriptorReserve is how many descriptors of the process's limit
 	// the default MaxDescriptors keeps back for listeners, logs and the
 	// moments between accepting or receiving a descriptor and refusing
@@ -130,6 +136,8 @@ func (l *Limits) setDefaults(shared bool) {
 	pickInt(&l.MaxWaiting, DefaultMaxWaiting)
 	pickInt(&l.MaxQueues, DefaultMaxQueues)
 	pickInt(&l.MaxQueuesPerUID, int(share(int64(l.MaxQueues))))
+	pickInt(&l.MaxGroups, DefaultMaxGroups)
+	pickInt(&l.MaxGroupsPerUID, int(share(int64(l.MaxGroups))))
 	pick(&l.MaxStoredMessages, DefaultMaxStoredMessages)
 	pick(&l.MaxStoredBytes, halfOfMemory())
 	pick(&l.MaxQueueMessages, l.MaxStoredMessages)

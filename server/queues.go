@@ -56,14 +56,17 @@ func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wi
 
 // release ends the hold queueFor took on q.
 func (c *conn) release(q *queue.Queue) {
-	if q != nil && q != c.private {
+	if q != nil && q != c.private && q.GroupName() == "" {
 		c.s.named.Release(q)
 	}
 }
 
 func queueLabel(q *queue.Queue) string {
-	if q.Name() == "" {
+	switch {
+	case q.Name() == "":
 		return "(private)"
+	case q.GroupName() != "":
+		return q.Name() + " (group " + q.GroupName() + ")"
 	}
 	return q.Name()
 }

@@ -80,12 +80,20 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			return false
 		}
 	}
-	q, code, err := c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
+	var q *queue.Queue
+	var code wire.Code
+	if len(r.Group) > 0 {
+		var parent *queue.Queue
+		q, parent, code, err = c.groupFor(r.Queue, r.Group)
+		defer c.release(parent)
+	} else {
+		q, code, err = c.queueFor(r.Queue, f.Flags, r.WaitMillis != 0)
+		defer c.release(q)
+	}
 	if err != nil {
 		c.sendError(f.ID, code, err.Error())
 		return false
 	}
-	defer c.release(q)
 	if r.WaitMillis == 0 {
 		if mode != nil {
 			c.mu.Lock()

@@ -179,6 +179,7 @@ func New(cfg Config) (*Server, error) {
 		done:      make(chan struct{}),
 	}
 	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues, s.cfg.Limits.MaxQueuesPerUID)
+	s.named.SetGroupLimits(s.cfg.Limits.MaxGroups, s.cfg.Limits.MaxGroupsPerUID)
 	s.policy = s.cfg.Ack.policy()
 	s.ledger = newLedger(&s.cfg.Limits)
 	return s, nil
@@ -456,6 +457,27 @@ type QueueStats struct {
 	Acked        uint64 `json:"acked"`
 	Nacked       uint64 `json:"nacked"`
 	DeadLettered uint64 `json:"dead_lettered"`
+	// Groups are the queue's consumer groups, by name; absent if none.
+	Groups []GroupStats `json:"groups,omitempty"`
+}
+
+// GroupStats describes one consumer group of a queue: its own line,
+// waiters, pending deliveries and counts.
+type GroupStats struct {
+	Name     string `json:"name"`
+	Messages int    `json:"messages"` // in the group's line
+	Bytes    int64  `json:"bytes"`
+	Waiting  int    `json:"waiting"`
+	Pending  int    `json:"pending"`
+	Delayed  int    `json:"delayed"`
+	// Position is the sequence number of the next message the group
+	// delivers, 0 when its line is empty.
+	Position     uint64 `json:"position"`
+	Delivered    uint64 `json:"delivered"`
+	Redelivered  uint64 `json:"redelivered"`
+	Acked        uint64 `json:"acked"`
+	Nacked       uint64 `json:"nacked"`
+	DeadLettered uint64 `json:"dead_lettered"`
 }
 
 // Stats returns the server's current counts.
@@ -479,6 +501,12 @@ func (s *Server) Stats() Stats {
 			Name: in.Name, Messages: in.Messages, Bytes: in.Bytes, Waiting: in.Waiting, Owner: in.Owner,
 			Pending: in.Pending, Delayed: in.Delayed,
 			Delivered: in.Delivered, Redelivered: in.Redelivered, Acked: in.Acked, Nacked: in.Nacked, DeadLettered: in.DeadLettered,
+		}
+		for _, g := range in.Groups {
+			qs[i].Groups = append(qs[i].Groups, GroupStats{
+				Name: g.Name, Messages: g.Messages, Bytes: g.Bytes, Waiting: g.Waiting, Pending: g.Pending, Delayed: g.Delayed,
+				Position: g.Position, Delivered: g.Delivered, Redelivered: g.Redelivered, Acked: g.Acked, Nacked: g.Nacked, DeadLettered: g.DeadLettered,
+			})
 		}
 	}
 	held := s.ledger.Total()

@@ -85,6 +85,8 @@ Flags:
 	fs.Int64Var(&lim.MaxStoredPagesPerUID, "max-stored-pages-per-uid", 0, "most out-of-line `messages` one user id's stores make the server hold"+perUID)
 	fs.IntVar(&lim.MaxQueuesPerUID, "max-queues-per-uid", 0, "most named `queues` one user id has created at once, owned ones included until disowned"+perUID)
 	fs.Int64Var(&lim.MaxWaitingPerUID, "max-waiting-per-uid", 0, "most `retrieves` of one user id waiting at once"+perUID)
+	fs.IntVar(&lim.MaxGroups, "max-groups", server.DefaultMaxGroups, "most consumer `groups` of all queues together (a queue has at most 256; -1: no limit)")
+	fs.IntVar(&lim.MaxGroupsPerUID, "max-groups-per-uid", 0, "most consumer `groups` one user id has created at once"+perUID)
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
 	var ack server.AckConfig
 	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")

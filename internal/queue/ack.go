@@ -163,7 +163,8 @@ func (q *Queue) Counts() Counts {
 // MoveTo moves up to n messages (every one when n <= 0) from the head of
 // q to dst, each at its place in dst's order by sequence number, with a
 // fresh delivery record: dead letters kicked back into the queue they
-// came from. It returns how many moved.
+// came from (a consumer group's into that group). It returns how many
+// moved.
 func (q *Queue) MoveTo(dst *Queue, n int) int {
 	q.mu.Lock()
 	var moved []*Message
@@ -177,10 +178,22 @@ func (q *Queue) MoveTo(dst *Queue, n int) int {
 	q.mu.Unlock()
 	for _, m := range moved {
 		m.Deliveries, m.Dead, m.Note, m.DiedAfter = 0, 0, "", 0
-		dst.Insert(m)
+		to := dst
+		if m.Group != "" {
+			// A dead letter of a consumer group goes back to that group,
+			// if it still exists; else to the queue's own line.
+			if g := dst.Group(m.Group); g != nil {
+				to = g
+			}
+			m.Group = ""
+		}
+		to.Insert(m)
 	}
 	return len(moved)
 }
+
+// Parent returns the queue a consumer group belongs to; nil for a queue.
+func (q *Queue) Parent() *Queue { return q.parent }
 
 // Creator returns the user id that created the queue, in a Registry.
 func (q *Queue) Creator() uint32 { return q.creator }

@@ -137,6 +137,11 @@ func (q *Queue) HasGroups() bool {
 // groups hold and have not acknowledged. It returns how many messages it
 // took that way.
 func (q *Queue) CreateGroup(name string, fromOldest bool) (adopted int, err error) {
+	return q.createGroup(name, fromOldest, 0)
+}
+
+// createGroup is CreateGroup recording the user id that creates it.
+func (q *Queue) createGroup(name string, fromOldest bool, creator uint32) (adopted int, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.groups[name] != nil {
@@ -148,6 +153,7 @@ func (q *Queue) CreateGroup(name string, fromOldest bool) (adopted int, err erro
 	g := New(q.name, nil)
 	g.group = name
 	g.parent = q
+	g.creator = creator
 	if fromOldest {
 		// The payloads other groups still hold, and the messages of the
 		// queue's own line (taken from it, shared from now on), make the

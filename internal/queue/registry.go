@@ -67,6 +67,10 @@ type Registry struct {
 
 	idleMu   sync.Mutex
 	idleList []*Queue // queues that may be idle, oldest first
+
+	// Consumer groups, in all and by creator, and their limits.
+	groupCount, maxGroups, maxGroupsPerUID int
+	groupsBy                               map[uint32]int
 }
 
 // removed is what a Registry remembers of a queue it removed.
@@ -105,6 +109,7 @@ func NewRegistry(counter Counter, maxQueues, maxPerUID int) *Registry {
 		sweepAt:   minSweep,
 		gone:      make(map[string]removed),
 		nextStart: 1,
+		groupsBy:  make(map[uint32]int),
 	}
 }
 
@@ -261,9 +266,10 @@ func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters 
 	pending = q.out
 	waiters = append(append(waiters, q.waiters...), q.parked...)
 	q.waiters, q.parked = nil, nil
-	for name := range q.groups {
+	for name, g := range q.groups {
 		f, p, w, _ := q.deleteGroup(name)
 		freed, pending, waiters = freed+f, pending+p, append(waiters, w...)
+		r.groupGone(g.creator)
 	}
 	q.owner = nil
 	r.remove(q, false)
@@ -272,14 +278,64 @@ func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters 
 
 // CreateGroup gives the queue called name (created if need be, by
 // creator, as Acquire does, but never owned by this) a consumer group;
-// see Queue.CreateGroup. The caller has checked the queue's owner.
+// see AddGroup.
 func (r *Registry) CreateGroup(name []byte, group string, creator uint32, fromOldest bool) (adopted int, err error) {
 	q, err := r.Acquire(name, creator, false)
 	if err != nil {
 		return 0, err
 	}
 	defer r.Release(q)
-	return q.CreateGroup(group, fromOldest)
+	return r.AddGroup(q, group, creator, fromOldest)
+}
+
+// SetGroupLimits bounds the consumer groups of all queues together, and
+// those one user id creates (<= 0: no limit).
+func (r *Registry) SetGroupLimits(total, perUID int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.maxGroups, r.maxGroupsPerUID = total, perUID
+}
+
+// AddGroup gives q, a queue the caller holds (Acquire, Lookup), a
+// consumer group created by creator; see Queue.CreateGroup. It fails with
+// ErrTooManyGroups past the registry's group limits, or ErrGroupExists.
+func (r *Registry) AddGroup(q *Queue, group string, creator uint32, fromOldest bool) (adopted int, err error) {
+	r.mu.Lock()
+	if r.maxGroups > 0 && r.groupCount >= r.maxGroups || r.maxGroupsPerUID > 0 && r.groupsBy[creator] >= r.maxGroupsPerUID {
+		r.mu.Unlock()
+		return 0, ErrTooManyGroups
+	}
+	r.groupCount++
+	r.groupsBy[creator]++
+	r.mu.Unlock()
+	adopted, err = q.createGroup(group, fromOldest, creator)
+	if err != nil {
+		r.mu.Lock()
+		r.groupGone(creator)
+		r.mu.Unlock()
+		return 0, err
+	}
+	return adopted, nil
+}
+
+// Groups returns how many consumer groups exist, and how many each user
+// id created.
+func (r *Registry) Groups() (total int, byUID map[uint32]int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	byUID = make(map[uint32]int, len(r.groupsBy))
+	for uid, n := range r.groupsBy {
+		byUID[uid] = n
+	}
+	return r.groupCount, byUID
+}
+
+// groupGone uncounts a group creator created. r.mu is held for writing.
+func (r *Registry) groupGone(creator uint32) {
+	r.groupCount--
+	if r.groupsBy[creator]--; r.groupsBy[creator] <= 0 {
+		delete(r.groupsBy, creator)
+	}
 }
 
 // DeleteGroup removes the consumer group called group of the queue
@@ -299,7 +355,11 @@ func (r *Registry) DeleteGroup(name []byte, group string) (freed, pending int, w
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	g := q.groups[group]
 	freed, pending, waiters, err = q.deleteGroup(group)
+	if err == nil {
+		r.groupGone(g.creator)
+	}
 	q.mayBeIdle()
 	return freed, pending, waiters, err
 }

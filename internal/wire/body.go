@@ -55,6 +55,9 @@ type Retrieve struct {
 	// Credit is the most messages the connection may hold pending for
 	// this retrieve to be served: 0 means the server's maximum.
 	Credit uint32
+	// Group is the consumer group of Queue to take the message
+	// through; empty: the queue itself.
+	Group []byte
 }
 
 // NoLease in a RETRIEVE's LeaseMillis asks for no lease at all.
@@ -269,11 +272,15 @@ func AppendRetrieve(b []byte, id uint64, r Retrieve) []byte {
 	}
 	b, s := begin(b, OpRetrieve, flags, 0, id)
 	b = binary.LittleEndian.AppendUint32(b, r.WaitMillis)
-	b = append(b, uint8(len(r.Queue)), 0, 0, 0)
 	if r.Ack {
+		b = append(b, uint8(len(r.Queue)), uint8(len(r.Group)), 0, 0)
 		b = binary.LittleEndian.AppendUint32(b, r.LeaseMillis)
 		b = binary.LittleEndian.AppendUint32(b, r.Credit)
+		b = append(b, r.Queue...)
+		b = append(b, r.Group...)
+		return finish(b, s)
 	}
+	b = append(b, uint8(len(r.Queue)), 0, 0, 0)
 	b = append(b, r.Queue...)
 	return finish(b, s)
 }
@@ -297,7 +304,8 @@ func ParseRetrieve(body []byte) (Retrieve, error) {
 
 // ParseAckRetrieve decodes the body of a RETRIEVE with FlagAck (version
 // 3), which carries the lease and the credit after the fixed part of a
-// plain one; Queue aliases body.
+// plain one, and a consumer group's name after the queue's; Queue and
+// Group alias body.
 func ParseAckRetrieve(body []byte) (Retrieve, error) {
 	if len(body) < retrieveAckFix {
 		return Retrieve{}, fmt.Errorf("%w: ack-mode RETRIEVE body is %d bytes, want at least %d", ErrMalformed, len(body), retrieveAckFix)
@@ -308,14 +316,18 @@ func ParseAckRetrieve(body []byte) (Retrieve, error) {
 		LeaseMillis: binary.LittleEndian.Uint32(body[8:]),
 		Credit:      binary.LittleEndian.Uint32(body[12:]),
 	}
-	nl := int(body[4])
-	if body[5] != 0 || body[6] != 0 || body[7] != 0 {
+	nl, gl := int(body[4]), int(body[5])
+	if body[6] != 0 || body[7] != 0 {
 		return Retrieve{}, fmt.Errorf("%w: RETRIEVE reserved bytes are not 0", ErrMalformed)
 	}
-	if len(body)-retrieveAckFix != nl {
-		return Retrieve{}, fmt.Errorf("%w: RETRIEVE declares a %d-byte queue name but carries %d bytes", ErrMalformed, nl, len(body)-retrieveAckFix)
+	if len(body)-retrieveAckFix != nl+gl {
+		return Retrieve{}, fmt.Errorf("%w: RETRIEVE declares a %d-byte queue name and a %d-byte group name but carries %d bytes", ErrMalformed, nl, gl, len(body)-retrieveAckFix)
 	}
-	r.Queue = body[retrieveAckFix:]
+	r.Queue = body[retrieveAckFix : retrieveAckFix+nl : retrieveAckFix+nl]
+	r.Group = body[retrieveAckFix+nl:]
+	if gl == 0 {
+		r.Group = nil
+	}
 	return r, nil
 }
 

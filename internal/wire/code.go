@@ -25,6 +25,7 @@ const (
 	CodeForbidden     Code = 15 // the named queue belongs to another user, or is not the caller's as OWNED asked
 	CodeInUse         Code = 16 // the queue still holds messages or has waiters
 	CodeStale         Code = 17 // the delivery token is not pending on this connection
+	CodeNoGroup       Code = 18 // the queue has no consumer group of that name
 )
 
 var codeNames = map[Code]string{
@@ -45,6 +46,7 @@ var codeNames = map[Code]string{
 	CodeForbidden:     "FORBIDDEN",
 	CodeInUse:         "IN_USE",
 	CodeStale:         "STALE",
+	CodeNoGroup:       "NO_GROUP",
 }
 
 // String returns the code's protocol name, such as "EMPTY".

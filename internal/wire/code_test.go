@@ -34,7 +34,8 @@ func TestCodeStringAndFatal(t *testing.T) {
 		{wire.CodeForbidden, 15, "FORBIDDEN", false},
 		{wire.CodeInUse, 16, "IN_USE", false},
 		{wire.CodeStale, 17, "STALE", false},
-		{18, 18, "CODE_18", false},
+		{wire.CodeNoGroup, 18, "NO_GROUP", false},
+		{19, 19, "CODE_19", false},
 		{0xffff, 0xffff, "CODE_65535", false},
 	} {
 		if uint16(tc.code) != tc.num {

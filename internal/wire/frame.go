@@ -75,6 +75,7 @@ const (
 	OpPeek     Op = 0x0C // client → server: look at a message without taking it (version 3)
 	OpPurge    Op = 0x0D // client → server: free every message of a queue (version 3)
 	OpDelete   Op = 0x0E // client → server: remove a named queue and all it holds (version 3)
+	OpGroup    Op = 0x0F // client → server: create or delete a consumer group (version 3)
 
 	OpWelcome  Op = 0x81 // server → client: answer to HELLO
 	OpStored   Op = 0x82 // server → client: answer to STORE
@@ -85,6 +86,7 @@ const (
 	OpKicked   Op = 0x8B // server → client: answer to KICK
 	OpPurged   Op = 0x8D // server → client: answer to PURGE
 	OpDeleted  Op = 0x8E // server → client: answer to DELETE
+	OpGrouped  Op = 0x8F // server → client: answer to GROUP
 	OpError    Op = 0xFF // server → client: a request failed
 )
 
@@ -129,6 +131,10 @@ func (o Op) String() string {
 		return "PURGED"
 	case OpDeleted:
 		return "DELETED"
+	case OpGroup:
+		return "GROUP"
+	case OpGrouped:
+		return "GROUPED"
 	case OpWelcome:
 		return "WELCOME"
 	case OpStored:

@@ -163,7 +163,9 @@ func TestOpString(t *testing.T) {
 		wire.OpDelete:   "DELETE",
 		wire.OpPurged:   "PURGED",
 		wire.OpDeleted:  "DELETED",
-		0x0f:            "Op(0x0f)",
+		wire.OpGroup:    "GROUP",
+		wire.OpGrouped:  "GROUPED",
+		0x10:            "Op(0x10)",
 		0x80:            "Op(0x80)",
 		0x84:            "Op(0x84)",
 		0xfe:            "Op(0xfe)",
@@ -182,6 +184,7 @@ func TestOpValues(t *testing.T) {
 		wire.OpDisown: 0x06, wire.OpDisowned: 0x86, wire.OpAck: 0x07, wire.OpNak: 0x08, wire.OpTouch: 0x09,
 		wire.OpTerm: 0x0a, wire.OpKick: 0x0b, wire.OpSettled: 0x87, wire.OpKicked: 0x8b,
 		wire.OpPeek: 0x0c, wire.OpPurge: 0x0d, wire.OpDelete: 0x0e, wire.OpPurged: 0x8d, wire.OpDeleted: 0x8e,
+		wire.OpGroup: 0x0f, wire.OpGrouped: 0x8f,
 	} {
 		if uint8(op) != want {
 			t.Errorf("%s = %#x, want %#x", op, uint8(op), want)

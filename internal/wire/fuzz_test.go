@@ -177,6 +177,9 @@ func FuzzParseBodies(f *testing.F) {
 		wire.AppendQueueOp(nil, wire.OpPurge, 13, wire.QueueOp{}),
 		wire.AppendQueueOp(nil, wire.OpDelete, 14, wire.QueueOp{Queue: []byte("jobs")}),
 		wire.AppendDropped(nil, wire.OpPurged, 13, wire.Dropped{Freed: 7, Pending: 2}),
+		wire.AppendRetrieve(nil, 15, wire.Retrieve{WaitMillis: 1, Queue: []byte("jobs"), Group: []byte("billing"), Ack: true}),
+		wire.AppendGroup(nil, 16, wire.Group{Action: wire.GroupCreateFromOldest, Queue: []byte("jobs"), Group: []byte("billing")}),
+		wire.AppendGrouped(nil, 16, wire.Grouped{Changed: true, Count: 3}),
 	} {
 		f.Add(frame[5], frame[wire.HeaderSize:])
 	}
@@ -276,6 +279,22 @@ func FuzzParseBodies(f *testing.F) {
 			} else {
 				checkParseErr(t, "ParseQueueOp("+op.String()+")", err)
 			}
+		}
+
+		if g, err := wire.ParseGroup(body); err == nil {
+			checkReencode(t, "GROUP", wire.AppendGroup(nil, 0, g), body)
+		} else {
+			checkParseErr(t, "ParseGroup", err)
+		}
+
+		if g, err := wire.ParseGrouped(body); err == nil {
+			b := zeroed(body, 1, 8)
+			if b[0] != 0 {
+				b[0] = 1
+			}
+			checkReencode(t, "GROUPED", wire.AppendGrouped(nil, 0, g), b)
+		} else {
+			checkParseErr(t, "ParseGrouped", err)
 		}
 
 		if d, err := wire.ParseDropped(body); err == nil {
