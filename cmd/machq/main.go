@@ -10,6 +10,7 @@
 //	machq purge --queue Q                        free every message of Q
 //	machq delete --queue Q                       remove Q and all it holds
 //	machq kick --queue Q [-n N]                  move dead letters back to Q
+//	machq group create|delete --queue Q --group G  consumer groups (fan-out)
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
 //	machq help [COMMAND]                         the commands, or one's flags
@@ -58,13 +59,15 @@ Commands:
   stat      show clients, stored messages and bytes, and the named queues
   purge     free every message of --queue
   delete    remove --queue with everything it holds
+  group     create or delete a consumer group of --queue (fan-out: each group gets every message)
   disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
   kick      move dead letters of --queue (from QUEUE.dlq) back into it
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, peek, stat, purge, delete, disown and kick reach the server by --name NAME (service
+shell, send, retrieve, peek, stat, purge, delete, group, disown and kick reach
+the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -81,7 +84,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "disown", "kick", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "disown", "kick", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -132,6 +135,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return purgeCmd(ctx, args, stdout, stderr)
 	case "delete":
 		return deleteCmd(ctx, args, stdout, stderr)
+	case "group":
+		return groupCmd(ctx, args, stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":
@@ -433,6 +438,7 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	var queue, outPath string
 	var wait time.Duration
 	var noAck bool
+	var group string
 	cmd := newCommand("retrieve", retrieveSummary)
 	c.register(cmd, "warn")
 	c.registerConsumer(cmd)
@@ -440,6 +446,7 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	cmd.fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 500ms, 30s, 2m); 0 answers at once")
 	cmd.fs.StringVar(&outPath, "out", "", "write the payload to this `file` instead of stdout")
 	cmd.fs.BoolVar(&noAck, "no-ack", false, "take the message from the queue before writing it (a failed write loses it)")
+	cmd.fs.StringVar(&group, "group", "", "take the message through this consumer `group` of --queue (see machq group)")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
@@ -448,6 +455,14 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	if wait < 0 {
 		return fail(stderr, usagef("retrieve", "--wait %v: must not be negative", wait))
+	}
+	if group != "" {
+		if noAck {
+			return fail(stderr, usagef("retrieve", "--group takes messages in ack mode: drop --no-ack"))
+		}
+		if err := machq.ValidQueueName(group); err != nil {
+			return fail(stderr, usagef("retrieve", "--group: %s", strings.TrimPrefix(trimPrefix(err), "bad queue name: ")))
+		}
 	}
 	log, err := c.check("retrieve", stderr)
 	if err != nil {
@@ -473,7 +488,10 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	defer cl.Close()
 	if !noAck && cl.ProtocolVersion() >= machq.ProtocolAck {
-		return retrieveAcked(ctx, cl, queue, wait, out, log, stderr)
+		return retrieveAcked(ctx, cl, queue, group, wait, out, log, stderr)
+	}
+	if group != "" {
+		return fail(stderr, fmt.Errorf("%w: consumer groups need protocol version %d; the server speaks %d", machq.ErrUnsupported, machq.ProtocolAck, cl.ProtocolVersion()))
 	}
 	if !noAck {
 		log.Warn("the server speaks an older protocol without acknowledged delivery: the message leaves the queue before it is written", "server_protocol", cl.ProtocolVersion())
@@ -532,13 +550,13 @@ const writeGrace = time.Second
 // once it has been written whole to out; on any failure before that it
 // goes back to its queue (a NAK, or the connection's end), or, if its
 // payload does not match its digest, to the dead-letter queue.
-func retrieveAcked(ctx context.Context, cl *machq.Client, queue string, wait time.Duration, out *output, log *slog.Logger, stderr io.Writer) int {
+func retrieveAcked(ctx context.Context, cl *machq.Client, queue, group string, wait time.Duration, out *output, log *slog.Logger, stderr io.Writer) int {
 	const nothing = "nothing was taken"
 	var d *machq.Delivery
 	var err error
 	// One delivery at a time, and no lease: the message waits for this
 	// command as long as it runs.
-	o := &machq.AckOptions{Credit: 1, Lease: -1}
+	o := &machq.AckOptions{Credit: 1, Lease: -1, Group: group}
 	if wait > 0 {
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		d, err = cl.ReserveWait(wctx, queue, o)
@@ -674,6 +692,9 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "\n%-32s %10s %8s %14s %8s %12s\n", "QUEUE", "MESSAGES", "PENDING", "BYTES", "WAITING", "DEAD")
 	for _, q := range st.Queues {
 		fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", q.Name, q.Messages, q.Pending+q.Delayed, q.Bytes, q.Waiting, q.DeadLettered)
+		for _, g := range q.Groups {
+			fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", "  group "+g.Name, g.Messages, g.Pending+g.Delayed, g.Bytes, g.Waiting, g.DeadLettered)
+		}
 	}
 	if st.QueuesOmitted > 0 {
 		fmt.Fprintf(stdout, "... and %d more named queues, not listed: the server's answer holds only the first %d by name (the totals above include them all)\n", st.QueuesOmitted, len(st.Queues))

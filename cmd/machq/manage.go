@@ -171,3 +171,80 @@ func dropCmd(ctx context.Context, name, summary string, args []string, stdout, s
 	fmt.Fprintln(stdout)
 	return exitOK
 }
+
+const groupSummary = `Creates or deletes a consumer group of --queue:
+
+  machq group create --queue Q --group G [--from-oldest]
+  machq group delete --queue Q --group G
+
+Once a queue has groups, every message stored into it goes to each group,
+and is freed once every group has acknowledged it; the consumers of one
+group compete for its messages (machq retrieve --queue Q --group G). A
+group receives the messages stored after it was created; --from-oldest
+also gives it every message the queue still holds. Deleting a group frees
+what only it held.`
+
+func groupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "create" && args[0] != "delete" && args[0] != "-h" && args[0] != "--help" && args[0] != "-help") {
+		return printUsageError(stderr, &usageError{msg: "group: say create or delete: machq group create --queue Q --group G", hint: true, cmd: "group"})
+	}
+	action := "create"
+	if args[0] == "create" || args[0] == "delete" {
+		action, args = args[0], args[1:]
+	}
+	var c common
+	var queue, group string
+	var fromOldest bool
+	cmd := newCommand("group", groupSummary)
+	c.register(cmd, "warn")
+	cmd.fs.StringVar(&queue, "queue", "", "named `queue` (required)")
+	cmd.fs.StringVar(&group, "group", "", "consumer `group` name (required): the rules of queue names")
+	cmd.fs.BoolVar(&fromOldest, "from-oldest", false, "create: also give the group every message the queue still holds")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
+		return st
+	}
+	if err := checkQueue("group", queue, "consumer groups belong to a named queue"); err != nil {
+		return fail(stderr, err)
+	}
+	if group == "" {
+		return fail(stderr, usagef("group", "--group is required"))
+	}
+	if err := machq.ValidQueueName(group); err != nil {
+		return fail(stderr, usagef("group", "--group: %s", trimPrefix(err)))
+	}
+	if action == "delete" && fromOldest {
+		return fail(stderr, usagef("group", "--from-oldest is for create"))
+	}
+	if _, err := c.check("group", stderr); err != nil {
+		return fail(stderr, err)
+	}
+	cl, err := c.dial(ctx)
+	if err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	defer cl.Close()
+	if action == "create" {
+		adopted, created, err := cl.CreateGroup(ctx, queue, group, fromOldest)
+		switch {
+		case err != nil:
+			return failOrInterrupted(ctx, stderr, err)
+		case !created:
+			fmt.Fprintf(stdout, "queue %s has a group %s already\n", queue, group)
+		case fromOldest:
+			fmt.Fprintf(stdout, "created group %s of %s with the %d messages it still holds\n", group, queue, adopted)
+		default:
+			fmt.Fprintf(stdout, "created group %s of %s\n", group, queue)
+		}
+		return exitOK
+	}
+	p, err := cl.DeleteGroup(ctx, queue, group)
+	if err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	fmt.Fprintf(stdout, "deleted group %s of %s: %d messages freed", group, queue, p.Freed)
+	if p.Pending > 0 {
+		fmt.Fprintf(stdout, "; %d pending with its consumers are freed when they come back unacknowledged", p.Pending)
+	}
+	fmt.Fprintln(stdout)
+	return exitOK
+}
