@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 
 	"github.com/machq/machq/internal/page"
@@ -17,6 +18,11 @@ type Page struct {
 	fd   int
 	buf  []byte
 	size int64
+	// After a SendPage that failed for a reason not the page's own, the
+	// page is sealed (buf nil) and keeps its digest for the next try.
+	sealed bool
+	alg    Digest
+	sum    []byte
 }
 
 // ErrPageUsed is returned when a Page is used after SendPage or Close.
@@ -47,7 +53,7 @@ func NewPage(size int) (*Page, error) {
 }
 
 // Bytes returns the page's memory, to be written before SendPage. It is
-// nil after SendPage or Close.
+// nil once the page is sealed: after SendPage, or Close.
 func (p *Page) Bytes() []byte { return p.buf }
 
 // Len returns the page size in bytes.
@@ -65,51 +71,92 @@ func (p *Page) Close() error {
 	return err
 }
 
-// seal unmaps and seals the page and hands over its descriptor.
-func (p *Page) seal() (int, error) {
-	if p.fd < 0 {
-		return -1, ErrPageUsed
-	}
-	fd := p.fd
+// seal unmaps and seals the page; it keeps its descriptor.
+func (p *Page) seal() error {
 	err := page.Unmap(p.buf)
-	p.fd, p.buf = -1, nil
+	p.buf = nil
 	if err == nil {
-		err = page.Seal(fd)
+		err = page.Seal(p.fd)
 	}
 	if err != nil {
-		syscall.Close(fd)
-		return -1, fmt.Errorf("machq: %w", err)
+		p.Close()
+		return fmt.Errorf("machq: %w", err)
 	}
-	return fd, nil
+	p.sealed = true
+	return nil
 }
 
 // SendPage seals p against any further change and stores it at the tail
 // of queue ("" for the private queue) without copying its bytes: the
-// server keeps the very memfd. p cannot be used afterwards, whatever the
-// outcome. The digest, if enabled, is computed over the page before it is
-// sealed.
+// server keeps the very memfd. The digest, if enabled, is computed over
+// the page before it is sealed.
+//
+// Once stored, p is used up. If the store fails for a reason that is not
+// the page's own (a full queue or another limit, a lost connection, an
+// ended context, a bad queue name), p stays valid, sealed, with its
+// digest, for SendPage to try again, on this client or another; Close it
+// to give up. A page the server refuses as such (ErrBadPage, ErrTooLarge)
+// is closed.
 func (c *Client) SendPage(ctx context.Context, queue string, p *Page) error {
+	if p.fd < 0 {
+		return ErrPageUsed
+	}
 	if err := checkQueue(queue); err != nil {
-		p.Close()
 		return err
 	}
 	if p.size > c.MaxMessageSize() {
 		p.Close()
 		return c.tooLarge(p.size)
 	}
-	sum, err := c.opts.digest.Sum(p.buf)
+	switch {
+	case !p.sealed:
+		sum, err := c.opts.digest.Sum(p.buf)
+		if err != nil {
+			return err
+		}
+		if err := p.seal(); err != nil {
+			return err
+		}
+		p.alg, p.sum = c.opts.digest, sum
+	case p.alg != c.opts.digest:
+		// Sealed under another client's digest: compute this one's from
+		// a read-only mapping.
+		sum, err := c.sealedDigest(p)
+		if err != nil {
+			return err
+		}
+		p.alg, p.sum = c.opts.digest, sum
+	}
+	if p.size == 0 {
+		err := c.storeDigest(ctx, queue, nil, -1, 0, p.sum)
+		if err == nil {
+			p.Close()
+		}
+		return err
+	}
+	// The store takes a descriptor of its own: the page keeps p.fd for a
+	// retry until the server has it.
+	fd, err := syscall.Dup(p.fd)
 	if err != nil {
+		return fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
+	}
+	syscall.CloseOnExec(fd)
+	err = c.storeDigest(ctx, queue, nil, fd, p.size, p.sum)
+	if err == nil || errors.Is(err, ErrBadPage) || errors.Is(err, ErrTooLarge) {
 		p.Close()
-		return err
 	}
-	size := p.size
-	fd, err := p.seal()
+	return err
+}
+
+// sealedDigest computes this client's digest of a sealed page.
+func (c *Client) sealedDigest(p *Page) ([]byte, error) {
+	if p.size == 0 {
+		return c.opts.digest.Sum(nil)
+	}
+	b, err := page.MapReadOnly(p.fd, p.size, true)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("machq: %w", err)
 	}
-	if size == 0 {
-		syscall.Close(fd)
-		return c.storeDigest(ctx, queue, nil, -1, 0, sum)
-	}
-	return c.storeDigest(ctx, queue, nil, fd, size, sum)
+	defer page.Unmap(b)
+	return c.opts.digest.Sum(b)
 }

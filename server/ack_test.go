@@ -566,3 +566,40 @@ func TestHostileAckAbuse(t *testing.T) {
 		t.Fatalf("the server still holds %d messages (%d pending)", st.Messages, st.Pending.Messages)
 	}
 }
+
+// TestSendPageRefusedByALimitCanBeRetried: a page refused because its
+// queue is full stays valid, sealed, for another SendPage.
+func TestSendPageRefusedByALimitCanBeRetried(t *testing.T) {
+	_, path := startServer(t, server.Config{Limits: server.Limits{MaxQueueMessages: 1}})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	mustSend(t, c, "full", []byte("first"))
+	p, err := machq.NewPage(200 << 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(p.Bytes(), bytes.Repeat([]byte("r"), 200<<10))
+	if err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrLimit) {
+		t.Fatalf("SendPage into a full queue: %v, want ErrLimit", err)
+	}
+	if p.Bytes() != nil {
+		t.Fatal("the refused page is still writable: it must be sealed")
+	}
+	d := mustReserve(t, c, "full", nil)
+	d.Ack(ctx)
+	other := dial(t, path, machq.WithDigest(machq.DigestBLAKE3))
+	if err := other.SendPage(ctx, "full", p); err != nil {
+		t.Fatalf("the retry, from a client with another digest: %v", err)
+	}
+	if err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrPageUsed) {
+		t.Fatalf("a stored page sent again: %v, want ErrPageUsed", err)
+	}
+	m, err := c.Retrieve(ctx, "full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if !bytes.Equal(m.Bytes(), bytes.Repeat([]byte("r"), 200<<10)) {
+		t.Fatal("the retried page arrived changed")
+	}
+}
