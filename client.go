@@ -47,6 +47,23 @@ type options struct {
 	spare      int64
 	owned      bool
 	serverUIDs []uint32 // WithServerUID
+	waitRoom   bool     // WithWaitForRoom
+}
+
+// WithWaitForRoom makes every store into a full queue wait for room
+// instead of failing with ErrLimit (backpressure): the server keeps the
+// store, first come first served, and stores it as soon as a message
+// leaves the queue. If the caller's context ends first, the client
+// cancels the wait and reports the context's error; a store the server
+// made just then is reported as done. Only the queue's own limits
+// (--max-queue-*, --max-private-*) are waited on; the server's totals and
+// per-user quotas still fail at once. Servers before protocol version 3
+// ignore it.
+func WithWaitForRoom() Option {
+	return func(o *options) error {
+		o.waitRoom = true
+		return nil
+	}
 }
 
 // WithInlineThreshold sets the largest payload sent inline; larger
@@ -806,6 +823,8 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 		switch {
 		case r.msg != nil:
 			return r, r.err
+		case answered && err == nil:
+			return r, nil // a store done just as its caller gave up
 		case errors.As(err, &se) && (se.Code == CodeCancelled || se.Code == CodeEmpty):
 			return result{}, ctx.Err() // answered: no message came
 		case answered && err != nil:
@@ -892,7 +911,8 @@ func (c *Client) store(ctx context.Context, queue string, inline []byte, fd int,
 
 // storeDigest is store with the digest already computed.
 func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, fd int, size int64, sum []byte) error {
-	cl := &call{op: wire.OpStore, queue: queue, ch: make(chan result, 1)}
+	wait := c.opts.waitRoom && c.welcome.Version >= wire.VersionAck
+	cl := &call{op: wire.OpStore, queue: queue, ch: make(chan result, 1), waits: wait}
 	if queue == "" {
 		cl.private = &sentDigest{alg: uint8(c.opts.digest), digest: sum}
 	}
@@ -901,7 +921,7 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 		closeFD(fd)
 		return err
 	}
-	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned}
+	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned, Wait: wait}
 	// Encoded straight into the write buffer: an inline payload is copied
 	// once, into the frame.
 	if err := c.enqueue(ctx, fd, func(b []byte) []byte { return wire.AppendStore(b, id, st, inline, fd >= 0) }); err != nil {

@@ -85,6 +85,8 @@ type QueueStats struct {
 	Acked        uint64 `json:"acked"`
 	Nacked       uint64 `json:"nacked"`
 	DeadLettered uint64 `json:"dead_lettered"`
+	// Blocked counts stores waiting for room (WithWaitForRoom).
+	Blocked int `json:"blocked"`
 	// Groups are the queue's consumer groups, by name.
 	Groups []GroupStats `json:"groups,omitempty"`
 }

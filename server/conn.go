@@ -102,7 +102,8 @@ type conn struct {
 	lastWarn   time.Time
 	suppressed int
 	waits      map[uint64]*waiter
-	parked     []*waiter // waits skipped as Busy, to resume once the outbox drains
+	blocked    map[uint64]*blockedStore // stores waiting for room, by request id
+	parked     []*waiter                // waits skipped as Busy, to resume once the outbox drains
 	wake       chan struct{}
 	quit       chan struct{} // closed when the writer must flush and exit
 }
@@ -116,6 +117,7 @@ func newConn(s *Server, uc *net.UnixConn, cred *unix.Ucred, credErr error, acct 
 		cred:    cred,
 		credErr: credErr,
 		waits:   make(map[uint64]*waiter),
+		blocked: make(map[uint64]*blockedStore),
 		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 	}
@@ -172,6 +174,7 @@ func (c *conn) serve() {
 			c.sendError(id, code, msg)
 		}
 	}
+	c.cancelAllStores(code, msg)
 	c.mu.Lock()
 	c.closed = true
 	c.cond.Broadcast()

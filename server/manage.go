@@ -149,8 +149,9 @@ func (c *conn) handleDelete(f wire.Frame) {
 	uid := c.acct.UID()
 	var freed, pending int
 	var waiters []queue.Waiter
+	var blocked []*queue.WaitingStore
 	for range deleteAttempts {
-		freed, pending, waiters, err = c.s.named.Delete(op.Queue, uid)
+		freed, pending, waiters, blocked, err = c.s.named.Delete(op.Queue, uid)
 		if !errors.Is(err, queue.ErrInUse) {
 			break
 		}
@@ -173,6 +174,7 @@ func (c *conn) handleDelete(f wire.Frame) {
 			w.c.endDeleted(w, string(op.Queue))
 		}
 	}
+	failBlocked(blocked, string(op.Queue))
 	if err == nil {
 		c.log.Info("queue deleted", "queue", string(op.Queue), "freed", freed, "pending", pending, "waiters", len(waiters))
 	}

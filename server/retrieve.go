@@ -131,13 +131,13 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 
 	w := &waiter{c: c, id: f.ID, q: q, ack: mode}
 	c.mu.Lock()
-	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits) >= max {
-		n := len(c.waits)
+	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits)+len(c.blocked) >= max {
+		n := len(c.waits) + len(c.blocked)
 		c.mu.Unlock()
 		c.sendError(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
 		return false
 	}
-	if _, dup := c.waits[f.ID]; dup {
+	if _, dup := c.waits[f.ID]; dup || c.blocked[f.ID] != nil {
 		c.mu.Unlock()
 		// An answer with this id would be ambiguous: end the connection.
 		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", f.ID))
@@ -215,6 +215,9 @@ func (c *conn) handleCancel(f wire.Frame) {
 	target, err := wire.ParseCancel(f.Body)
 	if err != nil {
 		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	if c.cancelStore(target, wire.CodeCancelled, "store cancelled by the client; nothing was stored") {
 		return
 	}
 	c.mu.Lock()

@@ -457,6 +457,8 @@ type QueueStats struct {
 	Acked        uint64 `json:"acked"`
 	Nacked       uint64 `json:"nacked"`
 	DeadLettered uint64 `json:"dead_lettered"`
+	// Blocked counts stores waiting for room (machq.WithWaitForRoom).
+	Blocked int `json:"blocked"`
 	// Groups are the queue's consumer groups, by name; absent if none.
 	Groups []GroupStats `json:"groups,omitempty"`
 }
@@ -499,7 +501,7 @@ func (s *Server) Stats() Stats {
 	for i, in := range infos {
 		qs[i] = QueueStats{
 			Name: in.Name, Messages: in.Messages, Bytes: in.Bytes, Waiting: in.Waiting, Owner: in.Owner,
-			Pending: in.Pending, Delayed: in.Delayed,
+			Pending: in.Pending, Delayed: in.Delayed, Blocked: in.Blocked,
 			Delivered: in.Delivered, Redelivered: in.Redelivered, Acked: in.Acked, Nacked: in.Nacked, DeadLettered: in.DeadLettered,
 		}
 		for _, g := range in.Groups {

@@ -41,6 +41,10 @@ func (c *conn) handleStore(f wire.Frame) {
 	if q == c.private {
 		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"
 	}
+	if st.Wait && c.version >= wire.VersionAck {
+		c.storeOrWait(f.ID, q, m, maxMessages, maxBytes, flags)
+		return
+	}
 	// STORED goes into the outbox before a waiter on this very connection
 	// (a RETRIEVE of the private queue) can be handed the message, so the
 	// client always learns of a store before it receives what it stored.
@@ -53,14 +57,7 @@ func (c *conn) handleStore(f wire.Frame) {
 	if !ok {
 		size := m.Size
 		m.Release()
-		n, b := q.Len()
-		var err error
-		if int64(n) >= maxMessages {
-			err = limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+flags+"-messages", "retrieve some, or raise the limit")
-		} else {
-			err = limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+flags+"-bytes", "retrieve some, or raise the limit")
-		}
-		c.sendError(f.ID, wire.CodeLimit, err.Error())
+		c.sendError(f.ID, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, flags).Error())
 		return
 	}
 	if c.info {
@@ -101,4 +98,16 @@ func (c *conn) admit(f wire.Frame, st wire.Store, inline []byte) (*queue.Message
 	}
 	m.FD = f.FDs[0]
 	return m, 0, nil
+}
+
+// queueFullError says why a store of size bytes does not fit in q, whose
+// limits come from the flags named by which ("queue" or "private").
+func queueFullError(q *queue.Queue, size, maxMessages, maxBytes int64, which string) error {
+	n, b := q.Len()
+	pending, delayed := q.Out()
+	n += pending + delayed
+	if int64(n) >= maxMessages || q.HasGroups() {
+		return limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+which+"-messages", "retrieve some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")
+	}
+	return limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+which+"-bytes", "retrieve some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")
 }

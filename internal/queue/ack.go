@@ -58,6 +58,7 @@ func (q *Queue) takeOut(m *Message) {
 // Settle records that the pending message m was acknowledged: it is no
 // longer the queue's, and the caller releases it.
 func (q *Queue) Settle(m *Message) {
+	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.counts.Acked++
@@ -121,6 +122,7 @@ func (q *Queue) undelay(m *Message) {
 // TakeOut records that the pending message m leaves the queue for good
 // without being acknowledged (dead lettered): the caller owns it.
 func (q *Queue) TakeOut(m *Message) {
+	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.counts.DeadLettered++
@@ -176,6 +178,9 @@ func (q *Queue) MoveTo(dst *Queue, n int) int {
 		moved = append(moved, m)
 	}
 	q.mu.Unlock()
+	if len(moved) > 0 {
+		q.roomFreed()
+	}
 	for _, m := range moved {
 		m.Deliveries, m.Dead, m.Note, m.DiedAfter = 0, 0, "", 0
 		to := dst

@@ -125,7 +125,7 @@ func TestDeleteGroupFreesItsShare(t *testing.T) {
 	if infos := r.Snapshot(); len(infos) != 1 || len(infos[0].Groups) != 1 || infos[0].Groups[0].Name != "a" {
 		t.Fatalf("snapshot %+v", infos)
 	}
-	_, _, waiters, err = r.Delete([]byte("q"), 1)
+	_, _, waiters, _, err = r.Delete([]byte("q"), 1)
 	if err != nil || len(waiters) != 1 {
 		t.Fatalf("delete: %d waiters, %v", len(waiters), err)
 	}

@@ -48,6 +48,7 @@ func (q *Queue) Peek(i int) (p Peeked, ok bool, err error) {
 // Purging a queue with consumer groups purges every group too: a message
 // the groups held is counted once per group.
 func (q *Queue) Purge() (freed, pending int) {
+	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.purgeBelow = q.nextSeq
@@ -80,6 +81,7 @@ func (q *Queue) Discards(m *Message) bool {
 // Drop frees m, a pending message of q that Discards, and stops counting
 // it.
 func (q *Queue) Drop(m *Message) {
+	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.takeOut(m)

@@ -13,19 +13,19 @@ func TestDeleteChecksOwnerAndHolds(t *testing.T) {
 	r := queue.NewRegistry(nil, 0, 0)
 	q, _ := r.Acquire([]byte("mine"), 1000, true)
 	q.Push(inline("m", 3), nil)
-	if _, _, _, err := r.Delete([]byte("mine"), 1000); !errors.Is(err, queue.ErrInUse) {
+	if _, _, _, _, err := r.Delete([]byte("mine"), 1000); !errors.Is(err, queue.ErrInUse) {
 		t.Fatalf("delete of a held queue: %v, want ErrInUse", err)
 	}
 	r.Release(q)
-	if _, _, _, err := r.Delete([]byte("mine"), 666); !errors.Is(err, queue.ErrNotOwner) {
+	if _, _, _, _, err := r.Delete([]byte("mine"), 666); !errors.Is(err, queue.ErrNotOwner) {
 		t.Fatalf("delete by another user: %v, want ErrNotOwner", err)
 	}
 	w := &waiter{accept: true}
-	freed, pending, waiters, err := r.Delete([]byte("mine"), 1000)
+	freed, pending, waiters, _, err := r.Delete([]byte("mine"), 1000)
 	if err != nil || freed != 1 || pending != 0 || len(waiters) != 0 {
 		t.Fatalf("delete by the owner: %d %d %v %v", freed, pending, waiters, err)
 	}
-	if _, _, _, err := r.Delete([]byte("mine"), 1000); !errors.Is(err, queue.ErrNoQueue) {
+	if _, _, _, _, err := r.Delete([]byte("mine"), 1000); !errors.Is(err, queue.ErrNoQueue) {
 		t.Fatalf("delete of nothing: %v", err)
 	}
 	// Waiters come back to the caller; a pending message that comes back
@@ -35,7 +35,7 @@ func TestDeleteChecksOwnerAndHolds(t *testing.T) {
 	m := q2.Pop()
 	q2.Hold(m)
 	q2.PopOrWait(w)
-	freed, pending, waiters, err = r.Delete([]byte("open"), 5)
+	freed, pending, waiters, _, err = r.Delete([]byte("open"), 5)
 	if err != nil || freed != 0 || pending != 1 || len(waiters) != 1 {
 		t.Fatalf("delete of an open queue: %d %d %d %v", freed, pending, len(waiters), err)
 	}

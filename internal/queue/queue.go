@@ -177,6 +177,9 @@ type Queue struct {
 	purgeBelow uint64
 	deleted    bool
 
+	blocked    []*WaitingStore // stores waiting for room, oldest first
+	hasBlocked atomic.Bool     // len(blocked) > 0, read without the lock
+
 	groupState
 }
 
@@ -351,8 +354,12 @@ func (q *Queue) place(m *Message, ordered bool) {
 // empty. The caller owns the message.
 func (q *Queue) Pop() *Message {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.take()
+	m := q.take()
+	q.mu.Unlock()
+	if m != nil {
+		q.roomFreed()
+	}
+	return m
 }
 
 // take is pop for a consumer: the message counts as delivered. q.mu is
@@ -389,7 +396,7 @@ func (q *Queue) pop() *Message {
 // idle reports whether q holds nothing, nobody waits on it and nobody
 // owns it, so that a registry may remove it. q.mu is held.
 func (q *Queue) idle() bool {
-	return q.n == 0 && q.out == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil && len(q.groups) == 0
+	return q.n == 0 && q.out == 0 && len(q.waiters) == 0 && len(q.parked) == 0 && q.owner == nil && len(q.groups) == 0 && len(q.blocked) == 0
 }
 
 // mayBeIdle puts q on its registry's list of queues to look at, if it is
@@ -405,12 +412,15 @@ func (q *Queue) mayBeIdle() {
 // empty it registers w to receive the next message pushed and returns nil.
 func (q *Queue) PopOrWait(w Waiter) *Message {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	if m := q.take(); m != nil {
-		return m
+	m := q.take()
+	if m == nil {
+		q.waiters = append(q.waiters, w)
 	}
-	q.waiters = append(q.waiters, w)
-	return nil
+	q.mu.Unlock()
+	if m != nil {
+		q.roomFreed()
+	}
+	return m
 }
 
 // Park registers w as a waiter that cannot take a message now (its
@@ -429,6 +439,11 @@ func (q *Queue) Park(w Waiter) {
 // took a message; a waiter that is not parked (it was cancelled) is
 // offered nothing.
 func (q *Queue) Resume(w Waiter) (delivered bool) {
+	defer func() {
+		if delivered {
+			q.roomFreed()
+		}
+	}()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if !remove(&q.parked, w) {
@@ -519,6 +534,7 @@ func (q *Queue) Waiting() int {
 // delay, releases it, and returns how many messages and bytes were freed.
 // Waiters stay registered; messages pending with consumers are theirs.
 func (q *Queue) Drain() (messages int, bytes int64) {
+	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	bytes = q.bytes

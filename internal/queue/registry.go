@@ -229,7 +229,7 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 	if q.owner == nil || (*q.owner != uid && uid != 0) {
 		return ErrNotOwner
 	}
-	if q.n != 0 || q.out != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || len(q.groups) != 0 || q.refs.Load() != 0 {
+	if q.n != 0 || q.out != 0 || len(q.waiters) != 0 || len(q.parked) != 0 || len(q.groups) != 0 || len(q.blocked) != 0 || q.refs.Load() != 0 {
 		return ErrInUse
 	}
 	q.owner = nil
@@ -245,23 +245,26 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 // Its name is then free, as after Disown. An owned queue may be deleted
 // only by its owner or by root (uid 0): else ErrNotOwner. It fails with
 // ErrNoQueue, or with ErrInUse while a request holds the queue (holds
-// last as long as one request's handling: try again).
-func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters []Waiter, err error) {
+// last as long as one request's handling: try again). The stores waiting
+// for room in it are returned too (blocked), for the caller to answer and
+// free.
+func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters []Waiter, blocked []*WaitingStore, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	q := r.queues[string(name)]
 	if q == nil {
-		return 0, 0, nil, ErrNoQueue
+		return 0, 0, nil, nil, ErrNoQueue
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.owner != nil && *q.owner != uid && uid != 0 {
-		return 0, 0, nil, ErrNotOwner
+		return 0, 0, nil, nil, ErrNotOwner
 	}
 	if q.refs.Load() != 0 {
-		return 0, 0, nil, ErrInUse
+		return 0, 0, nil, nil, ErrInUse
 	}
 	q.deleted = true
+	blocked = q.takeBlocked()
 	freed = q.drainLocked()
 	pending = q.out
 	waiters = append(append(waiters, q.waiters...), q.parked...)
@@ -273,7 +276,7 @@ func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters 
 	}
 	q.owner = nil
 	r.remove(q, false)
-	return freed, pending, waiters, nil
+	return freed, pending, waiters, blocked, nil
 }
 
 // CreateGroup gives the queue called name (created if need be, by
@@ -493,6 +496,8 @@ type Info struct {
 	Pending int `json:"pending"`
 	Delayed int `json:"delayed"`
 	Counts
+	// Blocked counts stores waiting for room.
+	Blocked int `json:"blocked"`
 	// Groups are the queue's consumer groups, by name.
 	Groups []GroupInfo `json:"groups,omitempty"`
 }
@@ -517,7 +522,7 @@ func (r *Registry) Snapshot() []Info {
 	for _, q := range qs {
 		q.mu.Lock()
 		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
-			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos()}
+			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked)}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o

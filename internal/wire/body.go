@@ -38,6 +38,7 @@ type Store struct {
 	Digest    []byte
 	Queue     []byte // empty: the connection's private queue
 	Owned     bool   // FlagOwned: a queue this creates is its creator's alone
+	Wait      bool   // FlagWait (version 3): wait for room in a full queue
 }
 
 // Retrieve is the body of a RETRIEVE frame.
@@ -198,6 +199,9 @@ func AppendStore(b []byte, id uint64, s Store, inline []byte, hasFD bool) []byte
 	if s.Owned {
 		flags |= FlagOwned
 	}
+	if s.Wait {
+		flags |= FlagWait
+	}
 	b, st := begin(b, OpStore, flags, nfds, id)
 	b = binary.LittleEndian.AppendUint64(b, s.Size)
 	b = append(b, s.DigestAlg, uint8(len(s.Digest)), uint8(len(s.Queue)), 0)
@@ -219,6 +223,7 @@ func ParseStore(h Header, body []byte) (Store, []byte, error) {
 		Size:      binary.LittleEndian.Uint64(body[0:]),
 		DigestAlg: body[8],
 		Owned:     h.Flags&FlagOwned != 0,
+		Wait:      h.Flags&FlagWait != 0,
 	}
 	dl, nl := int(body[9]), int(body[10])
 	if body[11] != 0 {

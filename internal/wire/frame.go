@@ -161,6 +161,10 @@ const (
 	// it stays pending with the consumer until settled. On a MESSAGE it
 	// marks such a delivery, whose body carries the delivery's token.
 	FlagAck uint8 = 1 << 2
+	// FlagWait, on a STORE (version 3), waits for room in a full queue
+	// instead of failing with LIMIT: the STORE is answered once stored,
+	// or CANCELLED.
+	FlagWait uint8 = 1 << 3
 )
 
 // Header is the fixed 16-byte header that starts every frame.
