@@ -333,7 +333,7 @@ func (c *Client) register(ctx context.Context, cl *call) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
-		return 0, c.err
+		return 0, &notSentError{c.err}
 	}
 	c.nextID++
 	c.pending[c.nextID] = cl
