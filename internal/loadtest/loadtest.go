@@ -1,8 +1,12 @@
 // Package loadtest runs many client processes against one machq server,
 // kills some of them with SIGKILL at random points, and checks that every
 // message a surviving client stored came back exactly once, in order and
-// unchanged, and that the server then returns to its idle footprint. It
-// is the engine of `machq load`; docs/RELIABILITY.md reports its figures.
+// unchanged, and that the server then returns to its idle footprint. In
+// ack mode (Config.Ack) producer processes store into shared queues and
+// consumer processes take the messages in acknowledged delivery, some of
+// them killed while they hold deliveries: every message must then be
+// acknowledged exactly once. It is the engine of `machq load`;
+// docs/RELIABILITY.md reports its figures.
 package loadtest
 
 import (
@@ -32,17 +36,22 @@ type Config struct {
 	// Socket is a running server to load; empty starts one.
 	Socket string
 	// Clients is how many client processes run at once; default 200.
+	// In ack mode, the consumer processes.
 	Clients int
 	// Messages is how many messages each client stores and retrieves;
-	// default 2000.
+	// default 2000. In ack mode, how many each producer stores.
 	Messages int
 	// MaxSize is the largest payload; default 16 MiB. Sizes are mostly
 	// small: see payloadSize.
 	MaxSize int
 	// KillFraction of the clients are killed with SIGKILL; default 0.1.
+	// In ack mode, of the consumers, each while it holds deliveries.
 	KillFraction float64
 	// KillWindow is how long after the start the kills are spread over;
-	// default 2s.
+	// default 2s. In ack mode, default 10s: each consumer to be killed
+	// starts holding its deliveries at a random moment of the window
+	// (or when a message first reaches it after that moment) and is
+	// killed then.
 	KillWindow time.Duration
 	// Seed makes a run repeatable; 0 picks one.
 	Seed uint64
@@ -51,6 +60,27 @@ type Config struct {
 	// be whole and right, the server must exit and remove its socket
 	// file, and the clients it stopped are counted, not failed.
 	SigtermAfter time.Duration
+	// Ack runs the ack mode: Producers processes store numbered messages
+	// into Queues shared named queues, Clients consumer processes take
+	// them with ReserveWait in acknowledged delivery (each from one
+	// queue, holding up to Credit at once) and acknowledge them, and a
+	// KillFraction of the consumers are killed while they hold
+	// deliveries. Every message stored must be acknowledged exactly
+	// once, first deliveries must come in order, and no message may stay
+	// pending. It cannot be combined with SigtermAfter.
+	Ack bool
+	// Producers is how many producer processes an ack-mode run has;
+	// default 50.
+	Producers int
+	// Queues is how many shared queues an ack-mode run uses; default 8.
+	Queues int
+	// Credit bounds the deliveries an ack-mode consumer holds unsettled
+	// at once (AckOptions.Credit); default 8.
+	Credit int
+	// StallTimeout ends an ack-mode run that waits for acknowledgements
+	// and sees none for this long: the messages not acknowledged are
+	// then counted as lost. Default 30s.
+	StallTimeout time.Duration
 	// Command returns the command that runs this program with args
 	// ("load-client ..." or "bench-peer machqd SOCKET"). Required.
 	Command func(args ...string) *exec.Cmd
@@ -65,6 +95,9 @@ type Footprint struct {
 	Goroutines int   `json:"goroutines"`
 	Messages   int64 `json:"messages"`
 	Bytes      int64 `json:"bytes"`
+	// Pending counts the messages delivered in ack mode and not yet
+	// settled (part of Messages).
+	Pending int64 `json:"pending"`
 }
 
 // Report is the outcome of a load run.
@@ -74,7 +107,7 @@ type Report struct {
 	Killed    int    `json:"killed"`
 	Survivors int    `json:"survivors"`
 	// Messages and Bytes are what the surviving clients stored (each
-	// also retrieved it).
+	// also retrieved it); in ack mode, what the producers stored.
 	Messages   int64 `json:"messages"`
 	Bytes      int64 `json:"bytes"`
 	Losses     int   `json:"losses"`
@@ -87,14 +120,16 @@ type Report struct {
 	// With SigtermAfter: clients the shutdown stopped before they were
 	// done, whether the server process exited, and whether its socket
 	// file is gone.
-	Sigterm       bool      `json:"sigterm,omitempty"`
-	Stopped       int       `json:"stopped,omitempty"`
-	ServerExited  bool      `json:"server_exited,omitempty"`
-	SocketRemoved bool      `json:"socket_removed,omitempty"`
-	Baseline      Footprint `json:"baseline"`
-	Peak          Footprint `json:"peak"`
-	After         Footprint `json:"after"`
-	Elapsed       float64   `json:"elapsed_s"`
+	Sigterm       bool `json:"sigterm,omitempty"`
+	Stopped       int  `json:"stopped,omitempty"`
+	ServerExited  bool `json:"server_exited,omitempty"`
+	SocketRemoved bool `json:"socket_removed,omitempty"`
+	// Ack is the outcome particular to an ack-mode run.
+	Ack      *AckReport `json:"ack,omitempty"`
+	Baseline Footprint  `json:"baseline"`
+	Peak     Footprint  `json:"peak"`
+	After    Footprint  `json:"after"`
+	Elapsed  float64    `json:"elapsed_s"`
 }
 
 // rssSlack is how far above its idle RSS the server may stay after a run:
@@ -107,9 +142,15 @@ func (r *Report) Ok() bool {
 	if r.Sigterm {
 		return r.Losses == 0 && r.Duplicates == 0 && len(r.Failures) == 0 && r.ServerExited && r.SocketRemoved
 	}
+	// The ack mode does not hold the server's RSS to its idle value: its
+	// consumers all leave at once, and a server that then allocates
+	// nothing keeps the heap they left until Go's forced collection,
+	// every two minutes (see AckReport).
+	rssOK := r.After.RSS <= r.Baseline.RSS+rssSlack || r.Ack != nil
 	return r.Losses == 0 && r.Duplicates == 0 && len(r.Failures) == 0 &&
 		r.After.FDs <= r.Baseline.FDs && r.After.Goroutines <= r.Baseline.Goroutines &&
-		r.After.Messages == 0 && r.After.Bytes == 0 && r.After.RSS <= r.Baseline.RSS+rssSlack
+		r.After.Messages == 0 && r.After.Bytes == 0 && r.After.Pending == 0 &&
+		rssOK && (r.Ack == nil || r.Ack.ok())
 }
 
 func (c *Config) setDefaults() error {
@@ -131,6 +172,14 @@ func (c *Config) setDefaults() error {
 	}
 	if c.KillWindow <= 0 {
 		c.KillWindow = 2 * time.Second
+		if c.Ack {
+			c.KillWindow = 10 * time.Second
+		}
+	}
+	if c.Ack {
+		if err := c.setAckDefaults(); err != nil {
+			return err
+		}
 	}
 	if c.Seed == 0 {
 		c.Seed = rand.Uint64()
@@ -174,11 +223,23 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer monitor.Close()
 	pid := monitor.ServerPID()
-	if rep.Baseline, err = footprint(ctx, monitor, pid); err != nil {
+	if rep.Baseline, _, err = footprint(ctx, monitor, pid); err != nil {
 		return nil, err
 	}
+	run := runMixed
+	if cfg.Ack {
+		run = runAck
+	}
+	if err := run(ctx, cfg, rep, socket, monitor); err != nil {
+		return nil, err
+	}
+	rep.Elapsed = time.Since(start).Seconds()
+	return rep, nil
+}
 
-	// Watch the server's peak footprint while the clients run.
+// samplePeak watches the server's peak footprint, into rep.Peak, until
+// the function it returns is called.
+func samplePeak(pid int, rep *Report) (stop func()) {
 	sampling := make(chan struct{})
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
@@ -196,6 +257,39 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 		}
 	})
+	return func() {
+		close(sampling)
+		sampler.Wait()
+	}
+}
+
+// settle gives the server until a deadline to come back to its idle
+// footprint (it frees a dead client's queue when it sees the connection
+// end), reading it into rep.After; check, when not nil, also looks at
+// each STATS answer.
+func settle(ctx context.Context, monitor *machq.Client, rep *Report, check func(*machq.Stats)) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after, st, err := footprint(ctx, monitor, monitor.ServerPID())
+		if err != nil {
+			return err
+		}
+		rep.After = after
+		if check != nil {
+			check(st)
+		}
+		if rep.Ok() || time.Now().After(deadline) || len(rep.Failures) > 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runMixed is the load test of private and named queues: every client
+// stores and retrieves its own messages.
+func runMixed(ctx context.Context, cfg Config, rep *Report, socket string, monitor *machq.Client) error {
+	pid := monitor.ServerPID()
+	stopSampling := samplePeak(pid, rep)
 
 	r := rand.New(rand.NewPCG(cfg.Seed, 1))
 	kill := map[int]time.Duration{}
@@ -227,12 +321,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cmd := cfg.Command(args...)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("loadtest: start client %d: %w", i, err)
+			return fmt.Errorf("loadtest: start client %d: %w", i, err)
 		}
 		var timer *time.Timer
 		if d, ok := kill[i]; ok {
@@ -266,8 +360,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		})
 	}
 	wg.Wait()
-	close(sampling)
-	sampler.Wait()
+	stopSampling()
 
 	for _, o := range outcomes {
 		switch {
@@ -306,8 +399,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		_, err := os.Lstat(socket)
 		rep.SocketRemoved = errors.Is(err, os.ErrNotExist)
-		rep.Elapsed = time.Since(start).Seconds()
-		return rep, nil
+		return nil
 	}
 
 	// Killed clients may have left messages in their named queues.
@@ -322,38 +414,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				break
 			}
 			if err != nil {
-				return nil, fmt.Errorf("loadtest: drain %s: %w", namedQueue(i), err)
+				return fmt.Errorf("loadtest: drain %s: %w", namedQueue(i), err)
 			}
 		}
 	}
-
-	// The server frees a dead client's queue when it sees the connection
-	// end; give it until a deadline to come back to its idle footprint.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if rep.After, err = footprint(ctx, monitor, pid); err != nil {
-			return nil, err
-		}
-		if rep.Ok() || time.Now().After(deadline) || len(rep.Failures) > 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	rep.Elapsed = time.Since(start).Seconds()
-	return rep, nil
+	return settle(ctx, monitor, rep, nil)
 }
 
-// footprint reads the server's resources and counts.
-func footprint(ctx context.Context, c *machq.Client, pid int) (Footprint, error) {
+// footprint reads the server's resources and counts, and returns the
+// STATS answer they came from.
+func footprint(ctx context.Context, c *machq.Client, pid int) (Footprint, *machq.Stats, error) {
 	st, err := c.Stat(ctx)
 	if err != nil {
-		return Footprint{}, err
+		return Footprint{}, nil, err
 	}
 	rss, fds, err := procfs.Status(pid)
 	if err != nil {
-		return Footprint{}, fmt.Errorf("loadtest: read the server's /proc entry (it must run on this host): %w", err)
+		return Footprint{}, nil, fmt.Errorf("loadtest: read the server's /proc entry (it must run on this host): %w", err)
 	}
-	return Footprint{RSS: rss, FDs: fds, Goroutines: st.Goroutines, Messages: st.Messages, Bytes: st.Bytes}, nil
+	return Footprint{RSS: rss, FDs: fds, Goroutines: st.Goroutines, Messages: st.Messages, Bytes: st.Bytes,
+		Pending: st.Pending.Messages}, st, nil
 }
 
 // startServer starts a server process on socket and returns how to stop
