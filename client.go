@@ -585,6 +585,8 @@ func (c *Client) dispatch(f wire.Frame) {
 	case wire.OpGrouped:
 		wire.CloseFDs(f.FDs)
 		r.grouped, r.err = wire.ParseGrouped(f.Body)
+	case wire.OpConfigured:
+		wire.CloseFDs(f.FDs)
 	case wire.OpError:
 		wire.CloseFDs(f.FDs)
 		code, msg, err := wire.ParseError(f.Body)
@@ -639,6 +641,8 @@ func responseOp(req wire.Op) wire.Op {
 		return wire.OpDeleted
 	case wire.OpGroup:
 		return wire.OpGrouped
+	case wire.OpConfig:
+		return wire.OpConfigured
 	}
 	return wire.OpError
 }

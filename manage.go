@@ -3,6 +3,7 @@ package machq
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/machq/machq/internal/wire"
 )
@@ -75,4 +76,43 @@ func (c *Client) dropQueue(ctx context.Context, op wire.Op, queue string) (Purge
 		return Purged{}, err
 	}
 	return Purged{Freed: int64(r.dropped.Freed), Pending: int64(r.dropped.Pending)}, nil
+}
+
+// QueueConfig is a named queue's own acknowledged-delivery settings.
+type QueueConfig struct {
+	// MaxDeliveries is how many deliveries in ack mode a message may have
+	// before it becomes a dead letter; 0 takes the server's
+	// (--max-deliveries).
+	MaxDeliveries int
+	// Lease is the lease of a Reserve of the queue that asks for none; 0
+	// takes the server's (--ack-lease); a negative value means none.
+	Lease time.Duration
+}
+
+// Configure sets queue's own acknowledged-delivery settings (its consumer
+// groups share them), creating the queue if need be; they last as long
+// as the queue and replace any set before.
+func (c *Client) Configure(ctx context.Context, queue string, cfg QueueConfig) error {
+	if err := ValidQueueName(queue); err != nil {
+		return err
+	}
+	if cfg.MaxDeliveries < 0 {
+		return fmt.Errorf("machq: MaxDeliveries %d is negative", cfg.MaxDeliveries)
+	}
+	w := wire.Config{MaxDeliveries: uint32(min(cfg.MaxDeliveries, 1<<31)), Queue: []byte(queue)}
+	switch {
+	case cfg.Lease < 0:
+		w.LeaseMillis = wire.NoLease
+	case cfg.Lease > 0:
+		w.LeaseMillis = uint32(min(max(cfg.Lease.Milliseconds(), 1), int64(wire.NoLease-1)))
+	}
+	_, err := c.roundTrip(ctx, wire.OpConfig, func(b []byte, id uint64) []byte {
+		start := len(b)
+		b = wire.AppendConfig(b, id, w)
+		if c.opts.owned {
+			b[start+5] |= wire.FlagOwned
+		}
+		return b
+	})
+	return err
 }

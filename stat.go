@@ -87,6 +87,11 @@ type QueueStats struct {
 	DeadLettered uint64 `json:"dead_lettered"`
 	// Blocked counts stores waiting for room (WithWaitForRoom).
 	Blocked int `json:"blocked"`
+	// MaxDeliveries and LeaseMillis are the queue's own settings
+	// (Client.Configure); 0 when it takes the server's (a LeaseMillis of
+	// 0xFFFFFFFF means no lease).
+	MaxDeliveries uint32 `json:"max_deliveries,omitempty"`
+	LeaseMillis   uint32 `json:"lease_ms,omitempty"`
 	// Groups are the queue's consumer groups, by name.
 	Groups []GroupStats `json:"groups,omitempty"`
 }

@@ -28,16 +28,21 @@ type ackMode struct {
 	credit int // the most deliveries the connection may hold for this retrieve to be served
 }
 
-// ackModeOf returns the ack mode r asks for.
-func (c *conn) ackModeOf(r wire.Retrieve) ackMode {
+// ackModeOf returns the ack mode r asks for of q: a lease of its own, or
+// else the queue's (CONFIG), or else the server's.
+func (c *conn) ackModeOf(r wire.Retrieve, q *queue.Queue) ackMode {
 	cfg := &c.s.cfg.Ack
 	m := ackMode{lease: cfg.Lease, credit: cfg.MaxPending}
-	switch r.LeaseMillis {
+	lease := r.LeaseMillis
+	if lease == 0 && q != nil {
+		lease = q.Policy().LeaseMillis
+	}
+	switch lease {
 	case 0:
 	case wire.NoLease:
 		m.lease = 0
 	default:
-		m.lease = time.Duration(r.LeaseMillis) * time.Millisecond
+		m.lease = time.Duration(lease) * time.Millisecond
 	}
 	if r.Credit != 0 {
 		m.credit = min(m.credit, int(min(r.Credit, 1<<30)))
@@ -152,6 +157,16 @@ func (c *conn) returnPending() int {
 	return len(held)
 }
 
+// exhausted reports whether m, of q, has been delivered the most times
+// q's settings (or else the server's) allow.
+func (s *Server) exhausted(q *queue.Queue, m *queue.Message) bool {
+	p := s.policy
+	if n := q.Policy().MaxDeliveries; n > 0 {
+		p.MaxDeliveries = n
+	}
+	return p.Exhausted(m)
+}
+
 // putBack returns a pending message m of q that its consumer did not
 // settle (it left, or its lease ran out): to its place in q, or to the
 // dead-letter queue once it has been delivered the most times allowed.
@@ -160,7 +175,7 @@ func (s *Server) putBack(q *queue.Queue, m *queue.Message, why string) {
 		q.Drop(m) // purged or deleted since it was delivered
 		return
 	}
-	if s.policy.Exhausted(m) {
+	if s.exhausted(q, m) {
 		if m.Note == "" {
 			m.Note = why
 		}
@@ -276,7 +291,7 @@ func (c *conn) handleSettle(f wire.Frame) {
 		case e.Queue.Discards(e.Msg):
 			e.Queue.Drop(e.Msg) // purged or deleted since it was delivered
 			res.Outcome = wire.OutcomeDropped
-		case c.s.policy.Exhausted(e.Msg):
+		case c.s.exhausted(e.Queue, e.Msg):
 			res.Outcome = c.s.deadLetter(e.Queue, e.Msg, wire.DeadMaxDeliveries)
 		default:
 			e.Queue.Delay(e.Msg, c.s.policy.NakDelay(e.Msg.Deliveries, time.Duration(st.DelayMillis)*time.Millisecond), true)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -601,5 +602,54 @@ func TestSendPageRefusedByALimitCanBeRetried(t *testing.T) {
 	defer m.Close()
 	if !bytes.Equal(m.Bytes(), bytes.Repeat([]byte("r"), 200<<10)) {
 		t.Fatal("the retried page arrived changed")
+	}
+}
+
+// TestQueueConfig: a queue's own max deliveries and default lease rule
+// its ack-mode retrieves, its groups' too, and outlive an idle removal.
+func TestQueueConfig(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	if err := c.Configure(ctx, "tight", machq.QueueConfig{MaxDeliveries: 2, Lease: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, c, "tight", []byte("x"))
+	if qs, _ := queueStats(srv, "tight"); qs.MaxDeliveries != 2 || qs.LeaseMillis != 50 {
+		t.Fatalf("stats %+v", qs)
+	}
+	// The queue's lease returns a delivery nobody settles.
+	first := mustReserve(t, c, "tight", nil)
+	again, err := c.ReserveWait(ctx, "tight", nil)
+	if err != nil || again.Deliveries() != 2 {
+		t.Fatalf("after the queue's lease: %v, deliveries %d", err, again.Deliveries())
+	}
+	if err := first.Ack(ctx); !errors.Is(err, machq.ErrStale) {
+		t.Fatalf("a late ack: %v", err)
+	}
+	// Its second delivery was its last.
+	if err := again.Nak(ctx, 0, "no"); err != nil || again.Outcome() != machq.DeadLettered {
+		t.Fatalf("NAK of the second delivery with max 2: %v, %s", err, again.Outcome())
+	}
+	again.Close()
+	// A lease of the retrieve's own wins over the queue's.
+	mustSend(t, c, "tight", []byte("y"))
+	held := mustReserve(t, c, "tight", &machq.AckOptions{Lease: -1})
+	if left, err := held.Touch(ctx); err != nil || left != 0 {
+		t.Fatalf("touch of a delivery asking for no lease: %s %v", left, err)
+	}
+	held.Ack(ctx)
+	// The settings outlive the queue's removal while idle.
+	for i := range 3 {
+		mustSend(t, c, fmt.Sprint("churn", i), []byte("z"))
+		mustReserve(t, c, fmt.Sprint("churn", i), nil).Ack(ctx)
+	}
+	srv.Stats() // sweeps idle queues
+	if _, ok := queueStats(srv, "tight"); ok {
+		t.Fatal("the idle configured queue stayed")
+	}
+	mustSend(t, c, "tight", []byte("back"))
+	if qs, _ := queueStats(srv, "tight"); qs.MaxDeliveries != 2 {
+		t.Fatalf("after its removal the queue's settings are %+v", qs)
 	}
 }

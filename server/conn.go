@@ -328,6 +328,10 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.noFDs(f)
 		c.handleGroup(f)
 		return false
+	case f.Op == wire.OpConfig && c.version >= wire.VersionAck:
+		c.noFDs(f)
+		c.handleConfig(f)
+		return false
 	}
 	switch f.Op {
 	case wire.OpStore:

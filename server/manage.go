@@ -196,3 +196,29 @@ func (c *conn) endDeleted(w *waiter, name string) {
 	c.mu.Unlock()
 	c.sendError(w.id, wire.CodeCancelled, fmt.Sprintf("queue %s was deleted", name))
 }
+
+// handleConfig serves a CONFIG: a named queue's own acknowledged-delivery
+// settings, which its consumer groups share.
+func (c *conn) handleConfig(f wire.Frame) {
+	cfg, err := wire.ParseConfig(f.Body)
+	if err != nil {
+		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
+		return
+	}
+	if len(cfg.Queue) == 0 {
+		c.sendError(f.ID, wire.CodeBadQueueName, "CONFIG needs a named queue")
+		return
+	}
+	q, code, err := c.queueFor(cfg.Queue, f.Flags&wire.FlagOwned, true)
+	if err != nil {
+		c.sendError(f.ID, code, err.Error())
+		return
+	}
+	q.SetPolicy(queue.Policy{MaxDeliveries: cfg.MaxDeliveries, LeaseMillis: cfg.LeaseMillis})
+	c.release(q)
+	c.log.Info("queue configured", "queue", string(cfg.Queue), "max_deliveries", cfg.MaxDeliveries, "lease_ms", cfg.LeaseMillis)
+	c.mu.Lock()
+	c.out = wire.AppendConfigured(c.out, f.ID)
+	c.signal()
+	c.mu.Unlock()
+}

@@ -66,7 +66,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	var mode *ackMode
 	if f.Flags&wire.FlagAck != 0 && c.version >= wire.VersionAck {
 		r, err = wire.ParseAckRetrieve(f.Body)
-		mode = new(c.ackModeOf(r))
+		mode = &ackMode{} // set once the queue is known
 	} else {
 		r, err = wire.ParseRetrieve(f.Body)
 	}
@@ -93,6 +93,9 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	if err != nil {
 		c.sendError(f.ID, code, err.Error())
 		return false
+	}
+	if mode != nil {
+		*mode = c.ackModeOf(r, q)
 	}
 	if r.WaitMillis == 0 {
 		if mode != nil {

@@ -459,6 +459,10 @@ type QueueStats struct {
 	DeadLettered uint64 `json:"dead_lettered"`
 	// Blocked counts stores waiting for room (machq.WithWaitForRoom).
 	Blocked int `json:"blocked"`
+	// MaxDeliveries and LeaseMillis are the queue's own settings
+	// (CONFIG), absent when it takes the server's.
+	MaxDeliveries uint32 `json:"max_deliveries,omitempty"`
+	LeaseMillis   uint32 `json:"lease_ms,omitempty"`
 	// Groups are the queue's consumer groups, by name; absent if none.
 	Groups []GroupStats `json:"groups,omitempty"`
 }
@@ -502,6 +506,7 @@ func (s *Server) Stats() Stats {
 		qs[i] = QueueStats{
 			Name: in.Name, Messages: in.Messages, Bytes: in.Bytes, Waiting: in.Waiting, Owner: in.Owner,
 			Pending: in.Pending, Delayed: in.Delayed, Blocked: in.Blocked,
+			MaxDeliveries: in.Policy.MaxDeliveries, LeaseMillis: in.Policy.LeaseMillis,
 			Delivered: in.Delivered, Redelivered: in.Redelivered, Acked: in.Acked, Nacked: in.Nacked, DeadLettered: in.DeadLettered,
 		}
 		for _, g := range in.Groups {

@@ -11,6 +11,7 @@
 //	machq delete --queue Q                       remove Q and all it holds
 //	machq kick --queue Q [-n N]                  move dead letters back to Q
 //	machq group create|delete --queue Q --group G  consumer groups (fan-out)
+//	machq config --queue Q [--max-deliveries N] [--lease D]  a queue's own settings
 //	machq bench [--json] [--plot F.png]          compare against the alternatives
 //	machq load [--clients N] [--messages N]      load test with SIGKILLed clients
 //	machq help [COMMAND]                         the commands, or one's flags
@@ -60,14 +61,15 @@ Commands:
   purge     free every message of --queue
   delete    remove --queue with everything it holds
   group     create or delete a consumer group of --queue (fan-out: each group gets every message)
+  config    set --queue's own max deliveries and lease
   disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
   kick      move dead letters of --queue (from QUEUE.dlq) back into it
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, peek, stat, purge, delete, group, disown and kick reach
-the server by --name NAME (service
+shell, send, retrieve, peek, stat, purge, delete, group, config, disown and
+kick reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -84,7 +86,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "disown", "kick", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -137,6 +139,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return deleteCmd(ctx, args, stdout, stderr)
 	case "group":
 		return groupCmd(ctx, args, stdout, stderr)
+	case "config":
+		return configCmd(ctx, args, stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "bench-peer":

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/machq/machq"
 )
@@ -246,5 +247,53 @@ func groupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, "; %d pending with its consumers are freed when they come back unacknowledged", p.Pending)
 	}
 	fmt.Fprintln(stdout)
+	return exitOK
+}
+
+const configSummary = `Sets a named queue's own acknowledged-delivery settings, which its consumer
+groups share: how many deliveries a message may have before it becomes a dead
+letter, and the lease of a retrieve that asks for none. 0 (the default of each
+flag) takes the server's setting. The queue is created if need be.`
+
+func configCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c common
+	var queue string
+	var maxDeliveries int
+	var lease time.Duration
+	var noLease bool
+	cmd := newCommand("config", configSummary)
+	c.register(cmd, "warn")
+	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to configure (required)")
+	cmd.fs.IntVar(&maxDeliveries, "max-deliveries", 0, "deliveries in ack mode before a message becomes a dead letter (0: the server's)")
+	cmd.fs.DurationVar(&lease, "lease", 0, "lease of an ack-mode retrieve that asks for none (0: the server's)")
+	cmd.fs.BoolVar(&noLease, "no-lease", false, "no lease at all, whatever the server's default")
+	if st := cmd.parse(args, stdout, stderr); st >= 0 {
+		return st
+	}
+	if err := checkQueue("config", queue, "settings belong to a named queue"); err != nil {
+		return fail(stderr, err)
+	}
+	if maxDeliveries < 0 || lease < 0 {
+		return fail(stderr, usagef("config", "--max-deliveries and --lease must not be negative"))
+	}
+	if noLease && lease != 0 {
+		return fail(stderr, usagef("config", "--lease and --no-lease contradict each other"))
+	}
+	if _, err := c.check("config", stderr); err != nil {
+		return fail(stderr, err)
+	}
+	cl, err := c.dial(ctx)
+	if err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	defer cl.Close()
+	cfg := machq.QueueConfig{MaxDeliveries: maxDeliveries, Lease: lease}
+	if noLease {
+		cfg.Lease = -1
+	}
+	if err := cl.Configure(ctx, queue, cfg); err != nil {
+		return failOrInterrupted(ctx, stderr, err)
+	}
+	fmt.Fprintf(stdout, "configured %s\n", queue)
 	return exitOK
 }

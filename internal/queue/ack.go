@@ -202,3 +202,28 @@ func (q *Queue) Parent() *Queue { return q.parent }
 
 // Creator returns the user id that created the queue, in a Registry.
 func (q *Queue) Creator() uint32 { return q.creator }
+
+// Policy is a queue's own acknowledged-delivery settings (CONFIG); a zero
+// field takes the server's.
+type Policy struct {
+	MaxDeliveries uint32 // deliveries before a dead letter; 0: the server's
+	LeaseMillis   uint32 // default lease of its ack-mode retrieves; 0: the server's; NoLease: none
+}
+
+// SetPolicy sets q's own settings.
+func (q *Queue) SetPolicy(p Policy) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.policy = p
+}
+
+// Policy returns q's own settings: for a consumer group, its queue's.
+func (q *Queue) Policy() Policy {
+	t := q
+	if q.parent != nil {
+		t = q.parent
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.policy
+}

@@ -177,6 +177,7 @@ type Queue struct {
 	purgeBelow uint64
 	deleted    bool
 
+	policy     Policy          // its own settings (CONFIG)
 	blocked    []*WaitingStore // stores waiting for room, oldest first
 	hasBlocked atomic.Bool     // len(blocked) > 0, read without the lock
 

@@ -77,6 +77,7 @@ type Registry struct {
 type removed struct {
 	nextSeq uint64
 	counts  Counts // its delivery counts, which continue too
+	policy  Policy // its own settings, which stay
 	n       uint64 // which removal this was
 }
 
@@ -176,6 +177,7 @@ func (r *Registry) create(s string, creator uint32, owned bool) *Queue {
 		delete(r.gone, s)
 		q.nextSeq = was.nextSeq // remembered: comes back open
 		q.counts = was.counts
+		q.policy = was.policy
 	} else {
 		q.nextSeq = r.nextStart
 		if owned {
@@ -452,7 +454,7 @@ func (r *Registry) remove(q *Queue, remember bool) {
 		delete(r.perUID, q.creator)
 	}
 	if remember {
-		r.remember(q.name, removed{nextSeq: q.nextSeq, counts: q.counts})
+		r.remember(q.name, removed{nextSeq: q.nextSeq, counts: q.counts, policy: q.policy})
 	} else {
 		r.nextStart = max(r.nextStart, q.nextSeq)
 		if was, ok := r.gone[q.name]; ok {
@@ -498,6 +500,8 @@ type Info struct {
 	Counts
 	// Blocked counts stores waiting for room.
 	Blocked int `json:"blocked"`
+	// Policy is the queue's own acknowledged-delivery settings.
+	Policy Policy `json:"-"`
 	// Groups are the queue's consumer groups, by name.
 	Groups []GroupInfo `json:"groups,omitempty"`
 }
@@ -522,7 +526,7 @@ func (r *Registry) Snapshot() []Info {
 	for _, q := range qs {
 		q.mu.Lock()
 		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
-			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked)}
+			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked), Policy: q.policy}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o

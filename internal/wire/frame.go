@@ -76,18 +76,20 @@ const (
 	OpPurge    Op = 0x0D // client → server: free every message of a queue (version 3)
 	OpDelete   Op = 0x0E // client → server: remove a named queue and all it holds (version 3)
 	OpGroup    Op = 0x0F // client → server: create or delete a consumer group (version 3)
+	OpConfig   Op = 0x10 // client → server: a queue's own acknowledged-delivery settings (version 3)
 
-	OpWelcome  Op = 0x81 // server → client: answer to HELLO
-	OpStored   Op = 0x82 // server → client: answer to STORE
-	OpMessage  Op = 0x83 // server → client: answer to RETRIEVE
-	OpStats    Op = 0x85 // server → client: answer to STAT, a JSON document
-	OpDisowned Op = 0x86 // server → client: answer to DISOWN
-	OpSettled  Op = 0x87 // server → client: answer to ACK, NAK, TOUCH and TERM
-	OpKicked   Op = 0x8B // server → client: answer to KICK
-	OpPurged   Op = 0x8D // server → client: answer to PURGE
-	OpDeleted  Op = 0x8E // server → client: answer to DELETE
-	OpGrouped  Op = 0x8F // server → client: answer to GROUP
-	OpError    Op = 0xFF // server → client: a request failed
+	OpWelcome    Op = 0x81 // server → client: answer to HELLO
+	OpStored     Op = 0x82 // server → client: answer to STORE
+	OpMessage    Op = 0x83 // server → client: answer to RETRIEVE
+	OpStats      Op = 0x85 // server → client: answer to STAT, a JSON document
+	OpDisowned   Op = 0x86 // server → client: answer to DISOWN
+	OpSettled    Op = 0x87 // server → client: answer to ACK, NAK, TOUCH and TERM
+	OpKicked     Op = 0x8B // server → client: answer to KICK
+	OpPurged     Op = 0x8D // server → client: answer to PURGE
+	OpDeleted    Op = 0x8E // server → client: answer to DELETE
+	OpGrouped    Op = 0x8F // server → client: answer to GROUP
+	OpConfigured Op = 0x90 // server → client: answer to CONFIG
+	OpError      Op = 0xFF // server → client: a request failed
 )
 
 // String returns the operation's protocol name.
@@ -135,6 +137,10 @@ func (o Op) String() string {
 		return "GROUP"
 	case OpGrouped:
 		return "GROUPED"
+	case OpConfig:
+		return "CONFIG"
+	case OpConfigured:
+		return "CONFIGURED"
 	case OpWelcome:
 		return "WELCOME"
 	case OpStored:

@@ -180,6 +180,7 @@ func FuzzParseBodies(f *testing.F) {
 		wire.AppendRetrieve(nil, 15, wire.Retrieve{WaitMillis: 1, Queue: []byte("jobs"), Group: []byte("billing"), Ack: true}),
 		wire.AppendGroup(nil, 16, wire.Group{Action: wire.GroupCreateFromOldest, Queue: []byte("jobs"), Group: []byte("billing")}),
 		wire.AppendGrouped(nil, 16, wire.Grouped{Changed: true, Count: 3}),
+		wire.AppendConfig(nil, 17, wire.Config{MaxDeliveries: 5, LeaseMillis: wire.NoLease, Queue: []byte("jobs")}),
 	} {
 		f.Add(frame[5], frame[wire.HeaderSize:])
 	}
@@ -279,6 +280,12 @@ func FuzzParseBodies(f *testing.F) {
 			} else {
 				checkParseErr(t, "ParseQueueOp("+op.String()+")", err)
 			}
+		}
+
+		if c, err := wire.ParseConfig(body); err == nil {
+			checkReencode(t, "CONFIG", wire.AppendConfig(nil, 0, c), body)
+		} else {
+			checkParseErr(t, "ParseConfig", err)
 		}
 
 		if g, err := wire.ParseGroup(body); err == nil {

@@ -70,3 +70,53 @@ func ParseDropped(body []byte) (Dropped, error) {
 	}
 	return Dropped{Freed: binary.LittleEndian.Uint64(body), Pending: binary.LittleEndian.Uint64(body[8:])}, nil
 }
+
+// Config is the body of a CONFIG frame (version 3): a named queue's own
+// acknowledged-delivery settings.
+type Config struct {
+	// MaxDeliveries is how many deliveries in ack mode a message of the
+	// queue may have before it becomes a dead letter; 0: the server's.
+	MaxDeliveries uint32
+	// LeaseMillis is the lease of an ack-mode RETRIEVE of the queue that
+	// asks for none; 0: the server's default, NoLease: none.
+	LeaseMillis uint32
+	Queue       []byte
+}
+
+const configFixed = 16
+
+// AppendConfig appends a CONFIG frame to b.
+func AppendConfig(b []byte, id uint64, c Config) []byte {
+	b, st := begin(b, OpConfig, 0, 0, id)
+	b = binary.LittleEndian.AppendUint32(b, c.MaxDeliveries)
+	b = binary.LittleEndian.AppendUint32(b, c.LeaseMillis)
+	b = append(b, uint8(len(c.Queue)), 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, c.Queue...)
+	return finish(b, st)
+}
+
+// ParseConfig decodes a CONFIG body; Queue aliases body.
+func ParseConfig(body []byte) (Config, error) {
+	if len(body) < configFixed {
+		return Config{}, fmt.Errorf("%w: CONFIG body is %d bytes, want at least %d", ErrMalformed, len(body), configFixed)
+	}
+	for _, r := range body[9:configFixed] {
+		if r != 0 {
+			return Config{}, fmt.Errorf("%w: CONFIG reserved bytes are not 0", ErrMalformed)
+		}
+	}
+	if nl := int(body[8]); len(body)-configFixed != nl {
+		return Config{}, fmt.Errorf("%w: CONFIG declares a %d-byte queue name but carries %d bytes", ErrMalformed, nl, len(body)-configFixed)
+	}
+	return Config{
+		MaxDeliveries: binary.LittleEndian.Uint32(body),
+		LeaseMillis:   binary.LittleEndian.Uint32(body[4:]),
+		Queue:         body[configFixed:],
+	}, nil
+}
+
+// AppendConfigured appends a CONFIGURED frame, the answer to CONFIG, to b.
+func AppendConfigured(b []byte, id uint64) []byte {
+	b, st := begin(b, OpConfigured, 0, 0, id)
+	return finish(b, st)
+}
