@@ -28,6 +28,7 @@ import (
 
 	"github.com/machq/machq/internal/activation"
 	"github.com/machq/machq/internal/naming"
+	"github.com/machq/machq/internal/ratelog"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
@@ -58,6 +59,7 @@ Flags:
 	socket := fs.String("socket", "", "listen on this socket `path` instead of the service name's")
 	level := fs.String("log-level", "info", "least severe log `level` shown: debug, info, warn or error")
 	format := fs.String("log-format", "text", "log `format`: text or json")
+	logRate := fs.Int("log-rate", 100, "most log `records` of one message per second; past it they are counted and summarised once a second (0: no bound)")
 	maxMessage := fs.Int64("max-message", server.DefaultMaxMessageSize, "largest payload in `bytes` the server stores")
 	maxInline := fs.Int("max-inline", 1<<20, "largest payload in `bytes` accepted inline instead of as a memfd (at most 1048576; 0: every payload but an empty one as a memfd)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
@@ -139,6 +141,15 @@ Flags:
 	default:
 		fmt.Fprintf(os.Stderr, "machqd: --log-format %q: use text or json\n", *format)
 		return 2
+	}
+	if *logRate < 0 {
+		fmt.Fprintf(os.Stderr, "machqd: --log-rate %d: give 0 (no bound) or more\n", *logRate)
+		return 2
+	}
+	if *logRate > 0 {
+		// A flood of hostile connections or failed requests cannot flood
+		// the journal.
+		h = ratelog.New(h, *logRate)
 	}
 	log := slog.New(h)
 
