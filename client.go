@@ -241,6 +241,9 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 			code, msg, _ := wire.ParseError(f.Body)
 			return &ServerError{Code: ErrorCode(code), Message: msg}
 		}
+		if peerGone(err) {
+			return fmt.Errorf("%w: server at %s closed the connection during the handshake (stopping or restarting?): %w", ErrClosed, c.path, err)
+		}
 		return fmt.Errorf("machq: handshake with %s: %w", c.path, err)
 	}
 	f, err := rd.ReadFrame()
@@ -248,7 +251,10 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("machq: handshake with %s: %w", c.path, ctx.Err())
 		}
-		return fmt.Errorf("%w: handshake with %s: %v", ErrProtocol, c.path, err)
+		if peerGone(err) {
+			return fmt.Errorf("%w: server at %s closed the connection during the handshake (stopping or restarting?): %w", ErrClosed, c.path, err)
+		}
+		return fmt.Errorf("%w: handshake with %s: %w", ErrProtocol, c.path, err)
 	}
 	wire.CloseFDs(f.FDs)
 	switch f.Op {
@@ -268,6 +274,11 @@ func (c *Client) handshake(ctx context.Context, rd *wire.Reader) error {
 		return &ServerError{Code: ErrorCode(code), Message: msg}
 	}
 	return fmt.Errorf("%w: server answered HELLO with %s", ErrProtocol, f.Op)
+}
+
+// peerGone reports errors that mean the server closed the connection.
+func peerGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // Path returns the socket path the client is connected to.

@@ -179,7 +179,7 @@ func TestClientDyingMidRequest(t *testing.T) {
 	raw.Write(frame[:len(frame)/2], pg) // the descriptor travels with the first byte
 	unix.Close(pg)
 	raw.UC.Close()
-	waitFor(t, "the connection and its page released", func() bool { return countFDs(t) == base })
+	waitFor(t, "the connection and its page released", func() bool { return countFDs(t) == base && srv.Stats().Clients == 0 })
 	if st := srv.Stats(); st.Messages != 0 || st.Clients != 0 {
 		t.Fatalf("after a client died mid-request: %d messages, %d clients", st.Messages, st.Clients)
 	}
