@@ -299,38 +299,9 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		}
 		return c.handleHello(f)
 	}
-	switch {
-	case f.Op == wire.OpDisown && c.version >= wire.VersionDisown:
+	if h := laterOps[f.Op]; h.handle != nil && c.version >= h.since {
 		c.noFDs(f)
-		c.handleDisown(f)
-		return false
-	case wire.IsSettle(f.Op) && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handleSettle(f)
-		return false
-	case f.Op == wire.OpKick && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handleKick(f)
-		return false
-	case f.Op == wire.OpPeek && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handlePeek(f)
-		return false
-	case f.Op == wire.OpPurge && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handlePurge(f)
-		return false
-	case f.Op == wire.OpDelete && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handleDelete(f)
-		return false
-	case f.Op == wire.OpGroup && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handleGroup(f)
-		return false
-	case f.Op == wire.OpConfig && c.version >= wire.VersionAck:
-		c.noFDs(f)
-		c.handleConfig(f)
+		h.handle(c, f)
 		return false
 	}
 	switch f.Op {
@@ -354,6 +325,26 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 		c.sendError(f.ID, wire.CodeUnknownOp, fmt.Sprintf("unknown operation %s; this server speaks protocol version %d", f.Op, wire.Version))
 	}
 	return false
+}
+
+// laterOps are the requests of protocol versions after the first, by
+// operation, with the version that has each: on an older connection they
+// are unknown operations. None takes a descriptor.
+var laterOps = [256]struct {
+	since  uint16
+	handle func(*conn, wire.Frame)
+}{
+	wire.OpDisown: {wire.VersionDisown, (*conn).handleDisown},
+	wire.OpAck:    {wire.VersionAck, (*conn).handleSettle},
+	wire.OpNak:    {wire.VersionAck, (*conn).handleSettle},
+	wire.OpTouch:  {wire.VersionAck, (*conn).handleSettle},
+	wire.OpTerm:   {wire.VersionAck, (*conn).handleSettle},
+	wire.OpKick:   {wire.VersionAck, (*conn).handleKick},
+	wire.OpPeek:   {wire.VersionAck, (*conn).handlePeek},
+	wire.OpPurge:  {wire.VersionAck, (*conn).handlePurge},
+	wire.OpDelete: {wire.VersionAck, (*conn).handleDelete},
+	wire.OpGroup:  {wire.VersionAck, (*conn).handleGroup},
+	wire.OpConfig: {wire.VersionAck, (*conn).handleConfig},
 }
 
 // noFDs closes descriptors sent with a request that takes none. The

@@ -20,6 +20,7 @@ import (
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/stats"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -383,108 +384,21 @@ func (s *Server) freeAll() {
 	}
 }
 
-// Stats describes the server at one instant.
-type Stats struct {
-	Clients int `json:"clients"` // connected clients
-	// Messages, Bytes and Pages count everything the server holds:
-	// messages in private and named queues and messages on their way to
-	// consumers (Unsent), which count against the same limits.
-	Messages int64 `json:"messages"`
-	Bytes    int64 `json:"bytes"`
-	Pages    int64 `json:"pages"` // messages held as pages (each an open descriptor)
-	// Unsent is the part of the above taken from queues and waiting to be
-	// written to consumers that have not read them yet.
-	Unsent Held `json:"unsent"`
-	// Pending is the part of the above delivered in ack mode and not yet
-	// settled, with messages NAKed and waiting out a delay: their queues
-	// hold them until they are acknowledged or come back.
-	Pending Held `json:"pending"`
-	// Waiting counts the retrieves waiting for a message.
-	Waiting int64 `json:"waiting"`
-	// Descriptors is how many descriptors pages and connections take,
-	// DescriptorLimit how many they may (Limits.MaxDescriptors).
-	Descriptors     int64 `json:"descriptors"`
-	DescriptorLimit int64 `json:"descriptor_limit"`
-	// Goroutines is the number of goroutines of the server's process: it
-	// returns to its idle value once every client has left.
-	Goroutines int          `json:"goroutines"`
-	Queues     []QueueStats `json:"queues"` // each named queue, sorted by name
-	// QueuesOmitted counts named queues left out of Queues because the
-	// STATS frame could not hold them all.
-	QueuesOmitted int `json:"queues_omitted,omitempty"`
-	// Users is what each user id that is connected or has something
-	// stored holds, sorted by uid.
-	Users []UserStats `json:"users"`
-}
+// Stats describes the server at one instant: the STATS document
+// (docs/PROTOCOL.md section 6.8).
+type Stats = stats.Stats
 
 // Held counts messages, their bytes and the pages among them.
-type Held struct {
-	Messages int64 `json:"messages"`
-	Bytes    int64 `json:"bytes"`
-	Pages    int64 `json:"pages"`
-}
+type Held = stats.Held
 
-// UserStats is one user id's share of what the server holds: what its
-// stores hold, wherever the messages are, the named queues it created,
-// and its connections and waiting retrieves.
-type UserStats struct {
-	UID         uint32 `json:"uid"`
-	Connections int64  `json:"connections"`
-	Messages    int64  `json:"messages"`
-	Bytes       int64  `json:"bytes"`
-	Pages       int64  `json:"pages"`
-	Queues      int    `json:"queues"`
-	Waiting     int64  `json:"waiting"`
-}
+// UserStats is one user id's share of what the server holds.
+type UserStats = stats.User
 
 // QueueStats describes one named queue.
-type QueueStats struct {
-	Name     string `json:"name"`
-	Messages int    `json:"messages"` // in line
-	Bytes    int64  `json:"bytes"`
-	Waiting  int    `json:"waiting"` // consumers blocked on the queue
-	// Owner is the only user id allowed to use the queue; nil: anyone.
-	Owner *uint32 `json:"owner,omitempty"`
-	// Pending counts messages delivered in ack mode and not yet settled;
-	// Delayed, messages NAKed and waiting out their delay. Neither is in
-	// Messages; both count against the queue's limits.
-	Pending int `json:"pending"`
-	Delayed int `json:"delayed"`
-	// Delivered, Redelivered, Acked, Nacked and DeadLettered count
-	// deliveries and settlements since the queue was created.
-	Delivered    uint64 `json:"delivered"`
-	Redelivered  uint64 `json:"redelivered"`
-	Acked        uint64 `json:"acked"`
-	Nacked       uint64 `json:"nacked"`
-	DeadLettered uint64 `json:"dead_lettered"`
-	// Blocked counts stores waiting for room (machq.WithWaitForRoom).
-	Blocked int `json:"blocked"`
-	// MaxDeliveries and LeaseMillis are the queue's own settings
-	// (CONFIG), absent when it takes the server's.
-	MaxDeliveries uint32 `json:"max_deliveries,omitempty"`
-	LeaseMillis   uint32 `json:"lease_ms,omitempty"`
-	// Groups are the queue's consumer groups, by name; absent if none.
-	Groups []GroupStats `json:"groups,omitempty"`
-}
+type QueueStats = stats.Queue
 
-// GroupStats describes one consumer group of a queue: its own line,
-// waiters, pending deliveries and counts.
-type GroupStats struct {
-	Name     string `json:"name"`
-	Messages int    `json:"messages"` // in the group's line
-	Bytes    int64  `json:"bytes"`
-	Waiting  int    `json:"waiting"`
-	Pending  int    `json:"pending"`
-	Delayed  int    `json:"delayed"`
-	// Position is the sequence number of the next message the group
-	// delivers, 0 when its line is empty.
-	Position     uint64 `json:"position"`
-	Delivered    uint64 `json:"delivered"`
-	Redelivered  uint64 `json:"redelivered"`
-	Acked        uint64 `json:"acked"`
-	Nacked       uint64 `json:"nacked"`
-	DeadLettered uint64 `json:"dead_lettered"`
-}
+// GroupStats describes one consumer group of a queue.
+type GroupStats = stats.Group
 
 // Stats returns the server's current counts.
 func (s *Server) Stats() Stats {
@@ -500,22 +414,7 @@ func (s *Server) Stats() Stats {
 	for _, c := range conns {
 		c.refreshReceived()
 	}
-	infos := s.named.Snapshot()
-	qs := make([]QueueStats, len(infos))
-	for i, in := range infos {
-		qs[i] = QueueStats{
-			Name: in.Name, Messages: in.Messages, Bytes: in.Bytes, Waiting: in.Waiting, Owner: in.Owner,
-			Pending: in.Pending, Delayed: in.Delayed, Blocked: in.Blocked,
-			MaxDeliveries: in.Policy.MaxDeliveries, LeaseMillis: in.Policy.LeaseMillis,
-			Delivered: in.Delivered, Redelivered: in.Redelivered, Acked: in.Acked, Nacked: in.Nacked, DeadLettered: in.DeadLettered,
-		}
-		for _, g := range in.Groups {
-			qs[i].Groups = append(qs[i].Groups, GroupStats{
-				Name: g.Name, Messages: g.Messages, Bytes: g.Bytes, Waiting: g.Waiting, Pending: g.Pending, Delayed: g.Delayed,
-				Position: g.Position, Delivered: g.Delivered, Redelivered: g.Redelivered, Acked: g.Acked, Nacked: g.Nacked, DeadLettered: g.DeadLettered,
-			})
-		}
-	}
+	qs := s.named.Snapshot()
 	held := s.ledger.Total()
 	out := Held{Messages: s.total.outMessages.Load(), Bytes: s.total.outBytes.Load(), Pages: s.total.outPages.Load()}
 	queued := Held{Messages: s.total.messages.Load() + out.Messages, Bytes: s.total.bytes.Load() + out.Bytes, Pages: s.total.pages.Load() + out.Pages}

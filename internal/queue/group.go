@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/stats"
 )
 
 // Consumer groups.
@@ -261,18 +262,7 @@ func (q *Queue) groupsFull(size, maxMessages, maxBytes int64) bool {
 }
 
 // GroupInfo describes one consumer group of a queue.
-type GroupInfo struct {
-	Name     string `json:"name"`
-	Messages int    `json:"messages"` // in the group's line
-	Bytes    int64  `json:"bytes"`
-	Waiting  int    `json:"waiting"`
-	Pending  int    `json:"pending"`
-	Delayed  int    `json:"delayed"`
-	// Position is the sequence number of the next message the group
-	// delivers (the oldest in its line), 0 when its line is empty.
-	Position uint64 `json:"position"`
-	Counts
-}
+type GroupInfo = stats.Group
 
 // groupInfos describes q's groups, by name. q.mu is held.
 func (q *Queue) groupInfos() []GroupInfo {

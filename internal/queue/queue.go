@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/stats"
 )
 
 // Message is one stored payload. A Message is owned by exactly one place
@@ -184,15 +185,8 @@ type Queue struct {
 	groupState
 }
 
-// Counts are the deliveries and settlements of a queue since it was
-// created.
-type Counts struct {
-	Delivered    uint64 `json:"delivered"`     // messages handed to consumers, every delivery counted
-	Redelivered  uint64 `json:"redelivered"`   // of those, deliveries of a message delivered before in ack mode
-	Acked        uint64 `json:"acked"`         // deliveries acknowledged
-	Nacked       uint64 `json:"nacked"`        // deliveries put back by NAK
-	DeadLettered uint64 `json:"dead_lettered"` // messages moved to the dead-letter queue (or dropped from a private queue)
-}
+// Counts are a queue's deliveries and settlements.
+type Counts = stats.Counts
 
 // New returns an empty queue. counter may be nil.
 func New(name string, counter Counter) *Queue {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"sort"
 	"sync"
+
+	"github.com/machq/machq/internal/stats"
 )
 
 // Errors of Acquire and Disown.
@@ -487,24 +489,7 @@ func (r *Registry) remember(name string, was removed) {
 }
 
 // Info describes one queue at one instant.
-type Info struct {
-	Name     string  `json:"name"`
-	Messages int     `json:"messages"`
-	Bytes    int64   `json:"bytes"`
-	Waiting  int     `json:"waiting"`
-	Owner    *uint32 `json:"owner,omitempty"` // the only user id allowed; absent: anyone
-	// Pending counts messages delivered in ack mode and not yet
-	// settled; Delayed, messages NAKed and waiting out their delay.
-	Pending int `json:"pending"`
-	Delayed int `json:"delayed"`
-	Counts
-	// Blocked counts stores waiting for room.
-	Blocked int `json:"blocked"`
-	// Policy is the queue's own acknowledged-delivery settings.
-	Policy Policy `json:"-"`
-	// Groups are the queue's consumer groups, by name.
-	Groups []GroupInfo `json:"groups,omitempty"`
-}
+type Info = stats.Queue
 
 // Snapshot removes idle queues and describes every other named queue,
 // sorted by name. It sweeps in batches, releasing the lock between them,
@@ -526,7 +511,8 @@ func (r *Registry) Snapshot() []Info {
 	for _, q := range qs {
 		q.mu.Lock()
 		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
-			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked), Policy: q.policy}
+			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked),
+			MaxDeliveries: q.policy.MaxDeliveries, LeaseMillis: q.policy.LeaseMillis}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o
