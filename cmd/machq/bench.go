@@ -18,11 +18,12 @@ import (
 const benchSummary = `Measures machq's store + retrieve round trip against the bare kernel
 mechanisms (a sealed memfd passed with SCM_RIGHTS, a copy through a stream
 socket), Redis lists over a Unix socket and POSIX message queues, in one
-run, interleaved, and reports each as a ratio to machq. Then the zero-copy
-view, where the time goes, digest costs, small-message throughput with
-many clients and with pipelining, and the server's memory with many
-messages stored. Every system runs as its own server process; redis-server
-is used when installed.`
+run, interleaved, and reports each as a ratio to machq; and machq's ack
+mode (store + reserve + ack) against Redis Streams (XADD + XREADGROUP +
+XACK). Then the zero-copy view, where the time goes, digest costs,
+small-message throughput with many clients and with pipelining, and the
+server's memory with many messages stored. Every system runs as its own
+server process; redis-server is used when installed.`
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var (

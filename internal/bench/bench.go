@@ -2,16 +2,19 @@
 // otherwise pick, in one run, so that drift of a shared machine cancels
 // out: the bare kernel mechanisms machq is built on (a sealed memfd passed
 // with SCM_RIGHTS, and bytes copied through a Unix stream socket), Redis
-// lists over a Unix socket, and POSIX message queues. It is the engine of
+// lists over a Unix socket, and POSIX message queues; and machq's ack mode
+// against Redis Streams read through a consumer group. It is the engine of
 // `machq bench`; docs/PERFORMANCE.md explains what each figure means.
 //
 // Every system runs as a separate server process, started by the
 // benchmark through Config.PeerCommand (machq re-executes itself), and is
 // driven from the benchmark process. One round trip is the same for all:
 // store a payload and wait for the acknowledgement, then retrieve it and
-// hold the bytes. Latencies are measured in rounds that rotate through the
-// systems at each size, and each system's median is reported as a ratio
-// to machq's.
+// read every byte. The ack-mode systems (machq-ack, redis-streams) then
+// also acknowledge the message and wait for the answer. Latencies are
+// measured in rounds that rotate through the systems at each size, and
+// each system's median is reported as a ratio to machq's and, for the
+// ack-mode systems, to machq-ack's.
 package bench
 
 import (

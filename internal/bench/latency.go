@@ -172,24 +172,31 @@ func viewOf(runs []*samples) string {
 	return fmt.Sprint(names)
 }
 
-// summarize turns samples into report rows, with ratios to machq.
+// summarize turns samples into report rows, with ratios to machq and,
+// for the ack-mode systems, to machq-ack.
 func summarize(view string, size int, runs []*samples) []Latency {
 	var rows []Latency
-	var base time.Duration
+	var base, ackBase time.Duration
 	for _, r := range runs {
 		med, p99 := percentiles(r.d)
 		l := Latency{System: r.sys.name, View: view, Size: size, N: len(r.d), Median: Duration(med), P99: Duration(p99)}
 		if med > 0 {
 			l.MBps = float64(size) / med.Seconds() / 1e6
 		}
-		if r.sys.name == sysMachq {
+		switch r.sys.name {
+		case sysMachq:
 			base = med
+		case sysMachqAck:
+			ackBase = med
 		}
 		rows = append(rows, l)
 	}
-	if base > 0 {
-		for i := range rows {
+	for i := range rows {
+		if base > 0 {
 			rows[i].Ratio = float64(rows[i].Median) / float64(base)
+		}
+		if ackBase > 0 && slices.Contains(ackSystems, rows[i].System) {
+			rows[i].RatioAck = float64(rows[i].Median) / float64(ackBase)
 		}
 	}
 	return rows

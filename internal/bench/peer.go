@@ -25,7 +25,7 @@ const (
 // args[0] names until ctx ends, stdin reaches end of file (the benchmark
 // exited) or SIGTERM arrives. It writes "ready" on stdout once serving.
 //
-//	machqd SOCKET        a machq server (inline limit 1 MiB)
+//	machqd SOCKET        a machq server (inline limit 1 MiB, stored bytes unlimited)
 //	floor copy|memfd SOCKET  a bare store/echo server
 //	mqueue CONTROL       a POSIX message queue store/echo server
 func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -61,7 +61,12 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 }
 
 func serveMachq(ctx context.Context, path string, ready func()) error {
-	s, err := server.New(server.Config{MaxInline: wire.MaxInline})
+	// No limit on stored bytes: the memory test stores its large messages
+	// as one shared memfd sent again and again, which counts its size
+	// once per message against the byte limits (half of the machine's
+	// memory by default) while it takes its memory once. The limits are
+	// counters, so lifting them changes no other figure.
+	s, err := server.New(server.Config{MaxInline: wire.MaxInline, Limits: server.Limits{MaxStoredBytes: -1}})
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func (d Duration) String() string { return fmtDuration(time.Duration(d)) }
 
 // Report is the outcome of a run. Every ratio is a system's figure divided
-// by machq's at the same point, so that above 1 machq is faster.
+// by machq's at the same point (in the RatioAck fields, by machq-ack's),
+// so that above 1 machq (machq-ack) is faster.
 type Report struct {
 	Machine Machine   `json:"machine"`
 	Started time.Time `json:"started"`
@@ -83,6 +84,9 @@ type Latency struct {
 	MBps float64 `json:"mb_per_s,omitempty"`
 	// Ratio is this system's median over machq's (above 1: machq faster).
 	Ratio float64 `json:"ratio_to_machq,omitempty"`
+	// RatioAck is, for a system whose receiver acknowledges each message
+	// (machq-ack, redis-streams), its median over machq-ack's.
+	RatioAck float64 `json:"ratio_to_machq_ack,omitempty"`
 }
 
 // Phases is where the time of one out-of-line round trip goes, by phase
@@ -135,6 +139,9 @@ type Throughput struct {
 	PerSecond  float64 `json:"round_trips_per_s,omitempty"`
 	// Ratio is machq's rate over this system's (above 1: machq faster).
 	Ratio float64 `json:"ratio_to_machq,omitempty"`
+	// RatioAck is, for a system whose receiver acknowledges each message
+	// (machq-ack, redis-streams), machq-ack's rate over its own.
+	RatioAck float64 `json:"ratio_to_machq_ack,omitempty"`
 }
 
 // Memory is the server's footprint with many messages stored.
@@ -198,8 +205,13 @@ func (r *Report) writeLatency(w io.Writer, view string) {
 		fmt.Fprintln(w, "\nstore + retrieve round trip, zero-copy (filled page to the receiver's mapping)")
 	}
 	fmt.Fprintln(w, "x machq: the system's median over machq's; above 1, machq is faster")
+	ack := slices.ContainsFunc(rows, func(l Latency) bool { return l.RatioAck > 0 })
+	if ack {
+		fmt.Fprintln(w, ackLegend)
+		fmt.Fprintln(w, "x ack: the system's median over machq-ack's; above 1, machq-ack is faster")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "size\tsystem\tmedian\tp99\tMB/s\tx machq\tn\t")
+	fmt.Fprintf(tw, "size\tsystem\tmedian\tp99\tMB/s\tx machq\t%sn\t\n", ackColumn(ack, "x ack"))
 	last := -1
 	for _, l := range rows {
 		size := ""
@@ -207,12 +219,25 @@ func (r *Report) writeLatency(w io.Writer, view string) {
 			size, last = fmtSize(l.Size), l.Size
 		}
 		if l.Skipped != "" {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t  %s\n", size, l.System, l.Skipped)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t%s-\t  %s\n", size, l.System, ackColumn(ack, "-"), l.Skipped)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", size, l.System, l.Median, l.P99, fmtRate(l.MBps), fmtRatio(l.Ratio), l.N)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s%d\t\n", size, l.System, l.Median, l.P99, fmtRate(l.MBps), fmtRatio(l.Ratio),
+			ackColumn(ack, fmtRatio(l.RatioAck)), l.N)
 	}
 	tw.Flush()
+}
+
+// ackLegend says what the round trip of the ack-mode systems is.
+const ackLegend = "machq-ack, redis-streams: store + take + acknowledge (Send + Reserve + Ack; XADD + XREADGROUP + XACK)"
+
+// ackColumn returns the cell s and its separator when the table has a
+// column comparing with machq-ack, and nothing when it has none.
+func ackColumn(ack bool, s string) string {
+	if !ack {
+		return ""
+	}
+	return s + "\t"
 }
 
 func (r *Report) writePhases(w io.Writer) {
@@ -267,8 +292,13 @@ func (r *Report) writeThroughput(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nsmall-message throughput (store + retrieve round trips per second)")
 	fmt.Fprintln(w, "x machq: machq's rate over the system's; above 1, machq is faster")
+	ack := slices.ContainsFunc(r.Throughput, func(t Throughput) bool { return t.RatioAck > 0 })
+	if ack {
+		fmt.Fprintln(w, ackLegend)
+		fmt.Fprintln(w, "x ack: machq-ack's rate over the system's; above 1, machq-ack is faster")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "size\tclients\tdepth\tsystem\tround trips/s\tx machq\t")
+	fmt.Fprintf(tw, "size\tclients\tdepth\tsystem\tround trips/s\tx machq\t%s\n", ackColumn(ack, "x ack"))
 	type key struct{ c, d int }
 	var last key
 	for i, t := range r.Throughput {
@@ -277,10 +307,11 @@ func (r *Report) writeThroughput(w io.Writer) {
 			c, d, last = fmt.Sprint(t.Clients), fmt.Sprint(t.Depth), k
 		}
 		if t.Skipped != "" {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t  %s\n", fmtSize(t.Size), c, d, t.System, t.Skipped)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t%s  %s\n", fmtSize(t.Size), c, d, t.System, ackColumn(ack, "-"), t.Skipped)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%s\t\n", fmtSize(t.Size), c, d, t.System, t.PerSecond, fmtRatio(t.Ratio))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\n", fmtSize(t.Size), c, d, t.System, t.PerSecond, fmtRatio(t.Ratio),
+			ackColumn(ack, fmtRatio(t.RatioAck)))
 	}
 	tw.Flush()
 }

@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/machq/machq"
@@ -18,27 +21,36 @@ import (
 
 // System names, in the order they are reported.
 const (
-	sysMachq       = "machq"
-	sysMachqInline = "machq-inline"
-	sysMachqMemfd  = "machq-memfd"
-	sysMemfd       = "memfd"
-	sysCopy        = "copy"
-	sysRedis       = "redis"
-	sysMqueue      = "mqueue"
+	sysMachq        = "machq"
+	sysMachqInline  = "machq-inline"
+	sysMachqMemfd   = "machq-memfd"
+	sysMachqAck     = "machq-ack"
+	sysMemfd        = "memfd"
+	sysCopy         = "copy"
+	sysRedis        = "redis"
+	sysRedisStreams = "redis-streams"
+	sysMqueue       = "mqueue"
 )
 
 // SystemNames lists the systems a run can measure:
 //
-//	machq         machq as shipped: inline up to 64 KiB, memfd above
-//	machq-inline  machq with every payload inline (up to 1 MiB)
-//	machq-memfd   machq with every non-empty payload in a memfd
-//	memfd         bare floor: a sealed memfd passed with SCM_RIGHTS
-//	copy          bare floor: the bytes copied through a stream socket
-//	redis         Redis RPUSH + LPOP over a Unix socket
-//	mqueue        POSIX message queues between two processes
+//	machq          machq as shipped: inline up to 64 KiB, memfd above
+//	machq-inline   machq with every payload inline (up to 1 MiB)
+//	machq-memfd    machq with every non-empty payload in a memfd
+//	machq-ack      machq in ack mode: Send + Reserve + Ack
+//	memfd          bare floor: a sealed memfd passed with SCM_RIGHTS
+//	copy           bare floor: the bytes copied through a stream socket
+//	redis          Redis RPUSH + LPOP over a Unix socket
+//	redis-streams  Redis Streams XADD + XREADGROUP + XACK over a Unix socket
+//	mqueue         POSIX message queues between two processes
 func SystemNames() []string {
-	return []string{sysMachq, sysMachqInline, sysMachqMemfd, sysMemfd, sysCopy, sysRedis, sysMqueue}
+	return []string{sysMachq, sysMachqInline, sysMachqMemfd, sysMachqAck, sysMemfd, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
 }
+
+// ackSystems are the systems whose round trip ends with the receiver
+// acknowledging the message, which the report also compares with
+// machq-ack.
+var ackSystems = []string{sysMachqAck, sysRedisStreams}
 
 func knownSystem(name string) bool { return slices.Contains(SystemNames(), name) }
 
@@ -94,20 +106,26 @@ func (e *environment) start(ctx context.Context) error {
 		}
 		e.machqPID = p.PID()
 	}
-	// The server's own inline limit bounds machq-inline.
-	maxInline := wire.MaxInline
+	// The server's own inline limit bounds machq-inline; its protocol
+	// version says whether it has ack mode.
+	maxInline, version := wire.MaxInline, 0
 	if c, err := e.dialMachq(ctx, machq.WithInlineThreshold(0)); err != nil {
 		return err
 	} else {
-		maxInline = c.MaxInline()
+		maxInline, version = c.MaxInline(), c.ProtocolVersion()
 		c.Close()
 	}
 	e.systems = append(e.systems,
-		&system{name: sysMachq, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold)},
+		&system{name: sysMachq, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold, false)},
 		&system{name: sysMachqInline, maxSize: maxInline, limit: fmt.Sprintf("larger than the server's inline limit (%s)", fmtSize(maxInline)),
-			dial: e.machqDialer(maxInline)},
-		&system{name: sysMachqMemfd, maxSize: unlimited, dial: e.machqDialer(0)},
+			dial: e.machqDialer(maxInline, false)},
+		&system{name: sysMachqMemfd, maxSize: unlimited, dial: e.machqDialer(0, false)},
 	)
+	if version >= wire.VersionAck {
+		e.systems = append(e.systems, &system{name: sysMachqAck, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold, true)})
+	} else if e.wanted(sysMachqAck) {
+		e.report.note("machq-ack: skipped: the server speaks protocol version %d; ack mode needs %d", version, wire.VersionAck)
+	}
 
 	e.floors = map[floor.Mechanism]string{}
 	for _, m := range []floor.Mechanism{floor.Memfd, floor.Copy} {
@@ -128,7 +146,7 @@ func (e *environment) start(ctx context.Context) error {
 		}})
 	}
 
-	if e.wanted(sysRedis) {
+	if e.wanted(sysRedis) || e.wanted(sysRedisStreams) {
 		dir := filepath.Join(e.dir, "redis")
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return err
@@ -145,6 +163,16 @@ func (e *environment) start(ctx context.Context) error {
 			e.systems = append(e.systems, &system{name: sysRedis, maxSize: unlimited, dial: func(context.Context, int) (target, error) {
 				return redis.Dial(srv.Path())
 			}})
+			switch {
+			case !e.wanted(sysRedisStreams):
+			case redisMajor(srv.Version()) < 5:
+				e.report.note("redis-streams: skipped: redis-server %s has no streams (5.0 or later has)", srv.Version())
+			default:
+				e.report.note("redis-streams: each client's own stream, read through a consumer group; every XADD trims the stream (MAXLEN ~ the entries it adds), since XACK leaves acknowledged entries in it")
+				e.systems = append(e.systems, &system{name: sysRedisStreams, maxSize: unlimited, dial: func(context.Context, int) (target, error) {
+					return redis.DialStream(srv.Path())
+				}})
+			}
 		}
 	}
 
@@ -159,6 +187,17 @@ func (e *environment) start(ctx context.Context) error {
 	}
 	e.systems = slices.DeleteFunc(e.systems, func(s *system) bool { return !e.wanted(s.name) })
 	return nil
+}
+
+// redisMajor returns the major version of a Redis version such as
+// "7.0.15", or 0 if it has none.
+func redisMajor(version string) int {
+	major, _, _ := strings.Cut(version, ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func (e *environment) close() {
@@ -177,24 +216,29 @@ func (e *environment) dialMachq(ctx context.Context, opts ...machq.Option) (*mac
 	return machq.Dial(dctx, e.machqPath, opts...)
 }
 
-func (e *environment) machqDialer(inline int) func(context.Context, int) (target, error) {
+// machqDialer returns the dial function of a machq system with the
+// inline threshold inline, in ack mode if ack.
+func (e *environment) machqDialer(inline int, ack bool) func(context.Context, int) (target, error) {
 	return func(ctx context.Context, _ int) (target, error) {
 		dial := func() (*machq.Client, error) { return e.dialMachq(ctx, machq.WithInlineThreshold(inline)) }
 		c, err := dial()
 		if err != nil {
 			return nil, err
 		}
-		return &machqTarget{ctx: ctx, c: c, dial: dial}, nil
+		return &machqTarget{ctx: ctx, c: c, dial: dial, ack: ack}, nil
 	}
 }
 
 // machqTarget drives machq through its client library, in the private
-// queue, as an application would.
+// queue, as an application would. In ack mode it takes each message with
+// Reserve and, once the bytes are read, acknowledges it with Ack.
 type machqTarget struct {
 	ctx   context.Context
 	c     *machq.Client
 	dial  func() (*machq.Client, error)
+	ack   bool
 	batch [][]byte
+	errs  []error
 }
 
 // settle reconnects: Close waits for a spare page being allocated in the
@@ -214,7 +258,24 @@ func (t *machqTarget) RoundTrip(p []byte, got func([]byte)) error {
 	if err := t.c.Send(t.ctx, "", p); err != nil {
 		return err
 	}
+	if t.ack {
+		return t.reserve(got)
+	}
 	return t.retrieve(got)
+}
+
+// reserve takes the oldest message in ack mode, hands its bytes to got
+// and acknowledges it.
+func (t *machqTarget) reserve(got func([]byte)) error {
+	d, err := t.c.Reserve(t.ctx, "", nil)
+	if d != nil {
+		defer d.Close()
+	}
+	if err != nil {
+		return err
+	}
+	got(d.Bytes())
+	return d.Ack(t.ctx)
 }
 
 func (t *machqTarget) retrieve(got func([]byte)) error {
@@ -230,7 +291,10 @@ func (t *machqTarget) retrieve(got func([]byte)) error {
 }
 
 // Pipeline stores depth copies of p with one SendBatch, then takes them
-// back with one RetrieveBatch: each is one write and one wait.
+// back with one RetrieveBatch: each is one write and one wait. In ack
+// mode, which has no batch of its own, depth goroutines then each reserve
+// a message, read it and acknowledge it, so that their requests travel
+// together on the connection.
 func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 	if cap(t.batch) < depth {
 		t.batch = make([][]byte, depth)
@@ -242,6 +306,9 @@ func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 	if err := t.c.SendBatch(t.ctx, "", batch); err != nil {
 		return err
 	}
+	if t.ack {
+		return t.reserveConcurrently(depth, got)
+	}
 	msgs, err := t.c.RetrieveBatch(t.ctx, "", depth)
 	for _, m := range msgs {
 		if err == nil {
@@ -252,6 +319,30 @@ func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 	if err == nil && len(msgs) != depth {
 		err = fmt.Errorf("retrieved %d of the %d messages stored", len(msgs), depth)
 	}
+	return err
+}
+
+// reserveConcurrently runs n reserves, each followed by the read of its
+// message and its Ack, at once; got is called by one at a time.
+func (t *machqTarget) reserveConcurrently(n int, got func([]byte)) error {
+	if cap(t.errs) < n {
+		t.errs = make([]error, n)
+	}
+	errs := t.errs[:n]
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() {
+			errs[i] = t.reserve(func(b []byte) {
+				mu.Lock()
+				defer mu.Unlock()
+				got(b)
+			})
+		})
+	}
+	wg.Wait()
+	err := errors.Join(errs...)
+	clear(errs)
 	return err
 }
 

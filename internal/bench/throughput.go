@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,7 +14,7 @@ const throughputSize = 64
 
 // throughputSystems are the systems the throughput test compares: machq
 // and the systems its small-message targets name.
-var throughputSystems = []string{sysMachq, sysCopy, sysRedis, sysMqueue}
+var throughputSystems = []string{sysMachq, sysMachqAck, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
 
 // throughput measures small-message round trips per second: with each
 // client count in Config.Clients one request at a time, and with one
@@ -62,7 +63,7 @@ func (e *environment) throughput(ctx context.Context) error {
 				elapsed[k] += d
 			}
 		}
-		var base float64
+		var base, ackBase float64
 		rows := make([]Throughput, len(systems))
 		for k, s := range systems {
 			rows[k] = Throughput{System: s.name, Size: throughputSize, Clients: sh.clients, Depth: sh.depth, Skipped: skipped[k]}
@@ -70,13 +71,19 @@ func (e *environment) throughput(ctx context.Context) error {
 				rows[k].RoundTrips = counts[k]
 				rows[k].PerSecond = float64(counts[k]) / elapsed[k].Seconds()
 			}
-			if s.name == sysMachq {
+			switch s.name {
+			case sysMachq:
 				base = rows[k].PerSecond
+			case sysMachqAck:
+				ackBase = rows[k].PerSecond
 			}
 		}
 		for k := range rows {
 			if rows[k].PerSecond > 0 {
 				rows[k].Ratio = base / rows[k].PerSecond
+				if slices.Contains(ackSystems, rows[k].System) {
+					rows[k].RatioAck = ackBase / rows[k].PerSecond
+				}
 			}
 		}
 		e.report.Throughput = append(e.report.Throughput, rows...)

@@ -22,18 +22,29 @@ var (
 	errClosed = errors.New("redis: client closed")
 )
 
+// conn is what every client here is made of: a RESP2 connection to a
+// redis-server, the reader of its replies and the buffers commands are
+// built in, all reused from one command to the next.
+type conn struct {
+	t    transport
+	rd   *reader
+	wbuf []byte   // commands being built
+	vec  [][]byte // what one write sends
+	err  error    // set once the connection is unusable
+}
+
+func newConn(t transport) conn {
+	return conn{t: t, rd: newReader(t, readBufSize)}
+}
+
 // Client is a RESP2 connection to a redis-server over its Unix socket,
 // using one list of its own as a FIFO queue. A Client is not safe for
 // concurrent use; open one per goroutine.
 type Client struct {
-	t    transport
-	rd   *reader
+	conn
 	key  string
-	push []byte   // "RPUSH key" up to the payload's length
-	pop  []byte   // the whole "LPOP key" command
-	wbuf []byte   // commands being built
-	vec  [][]byte // what one write sends
-	err  error    // set once the connection is unusable
+	push []byte // "RPUSH key" up to the payload's length
+	pop  []byte // the whole "LPOP key" command
 }
 
 // Dial connects to the redis-server listening on the Unix socket at path and
@@ -53,7 +64,7 @@ func Dial(path string) (*Client, error) {
 }
 
 func newClient(t transport) *Client {
-	return &Client{t: t, rd: newReader(t, readBufSize)}
+	return &Client{conn: newConn(t)}
 }
 
 // setKey sets the list's key and builds the commands that name it.
@@ -132,13 +143,16 @@ func (c *Client) Pipeline(p []byte, depth int, got func([]byte)) error {
 }
 
 // Close deletes the Client's list and closes the connection.
-func (c *Client) Close() error {
+func (c *Client) Close() error { return c.close(c.key) }
+
+// close deletes key, unless it is empty, and closes the connection.
+func (c *conn) close(key string) error {
 	if c.err == errClosed {
 		return nil
 	}
 	var err error
-	if c.err == nil && c.key != "" {
-		_, err = c.do("DEL", c.key)
+	if c.err == nil && key != "" {
+		_, err = c.do("DEL", key)
 	}
 	if cerr := c.t.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("redis: %w", cerr)
@@ -149,11 +163,19 @@ func (c *Client) Close() error {
 
 // writePush sends n RPUSHes of p in one write.
 func (c *Client) writePush(p []byte, n int) error {
-	// The command is push, the length, CRLF, p and CRLF; c.wbuf holds
-	// CRLF, push, the length and CRLF, so that it also serves as the
-	// separator between two commands.
 	c.wbuf = append(c.wbuf[:0], crlf...)
 	c.wbuf = append(c.wbuf, c.push...)
+	return c.writeRepeated(p, n)
+}
+
+// writeRepeated sends n copies of a command whose last argument is the
+// bulk string p, in one write. c.wbuf holds CRLF and then the command up
+// to that argument: the array header, the other arguments and the '$'
+// that begins p's length.
+func (c *conn) writeRepeated(p []byte, n int) error {
+	// The command is the header, the length, CRLF, p and CRLF; c.wbuf
+	// holds CRLF, the header, the length and CRLF, so that it also serves
+	// as the separator between two commands.
 	c.wbuf = strconv.AppendInt(c.wbuf, int64(len(p)), 10)
 	c.wbuf = append(c.wbuf, crlf...)
 	hdr := len(c.wbuf)
@@ -175,12 +197,12 @@ func (c *Client) writePush(p []byte, n int) error {
 	return err
 }
 
-func (c *Client) write(b []byte) error {
+func (c *conn) write(b []byte) error {
 	c.vec = append(c.vec[:0], b)
 	return c.writev(c.vec)
 }
 
-func (c *Client) writev(bufs [][]byte) error {
+func (c *conn) writev(bufs [][]byte) error {
 	if err := c.t.writeAll(bufs); err != nil {
 		return c.fail(err)
 	}
@@ -188,7 +210,7 @@ func (c *Client) writev(bufs [][]byte) error {
 }
 
 // fail makes the connection unusable after an I/O or protocol error.
-func (c *Client) fail(err error) error {
+func (c *conn) fail(err error) error {
 	if !errors.Is(err, errProtocol) {
 		err = fmt.Errorf("redis: %w", err)
 	}
@@ -233,7 +255,7 @@ func (c *Client) readPopped(got func([]byte)) error {
 
 // do sends one command and reads its reply, turning an error reply into a
 // *ServerError. The reply's data is valid until the next call.
-func (c *Client) do(args ...string) (reply, error) {
+func (c *conn) do(args ...string) (reply, error) {
 	if c.err != nil {
 		return reply{}, c.err
 	}
@@ -255,8 +277,13 @@ func (c *Client) do(args ...string) (reply, error) {
 }
 
 func unexpected(cmd string, r reply) error {
-	if r.kind == kindNil {
+	switch r.kind {
+	case kindNil:
 		return fmt.Errorf("%w: nil reply to %s", errProtocol, cmd)
+	case kindNilArray:
+		return fmt.Errorf("%w: nil array reply to %s", errProtocol, cmd)
+	case kindArray:
+		return fmt.Errorf("%w: unexpected array of %d reply to %s", errProtocol, r.n, cmd)
 	}
 	return fmt.Errorf("%w: unexpected %q reply to %s", errProtocol, r.kind, cmd)
 }

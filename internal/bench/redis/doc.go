@@ -1,6 +1,7 @@
 // Package redis runs a private redis-server and talks to it with a minimal
 // RESP2 client, so that machq's benchmark can compare machq with Redis
-// lists used as a FIFO queue on the same host.
+// lists used as a FIFO queue on the same host, and machq's ack mode with
+// Redis Streams read through a consumer group.
 //
 // # What is measured
 //
@@ -10,6 +11,15 @@
 // Unix socket, the same shape as a machq send followed by a retrieve.
 // Pipeline sends depth RPUSHes in one write, reads their depth replies, then
 // sends depth LPOPs in one write and reads the depth payloads back.
+//
+// A Stream adds a payload to a stream of its own with XADD, takes it with
+// XREADGROUP (COUNT 1) through a consumer group created once, and
+// acknowledges it with XACK: three request/reply exchanges, the same shape
+// as a machq send, reserve and ack. Its Pipeline sends depth of each
+// command in one write per kind. XACK leaves an entry in the stream, so
+// each XADD trims it (MAXLEN ~) to about the number of entries the call
+// adds, keeping the stream, and Redis's memory, from growing with every
+// round trip.
 //
 // The client is built for Redis's best case. Commands go out in a single
 // write: for small payloads the command and the payload are copied into one

@@ -14,6 +14,11 @@ const (
 	// maxBulk bounds a bulk string's length. The server refuses larger
 	// values (proto-max-bulk-len), so a larger length is a broken stream.
 	maxBulk = 1 << 30
+	// maxArray bounds an array's element count. The reader hands out an
+	// array's elements one at a time and allocates nothing for the count,
+	// but no reply to a command of this client comes near it, so a larger
+	// count is a broken stream.
+	maxArray = 1 << 30
 	// minGrow is the smallest size the read buffer grows to.
 	minGrow = 4 << 10
 )
@@ -37,16 +42,24 @@ func (e *ServerError) Error() string { return "redis: " + e.Msg }
 
 // Reply kinds, named by their RESP2 type byte.
 const (
-	kindSimple  = '+'
-	kindError   = '-'
-	kindInteger = ':'
-	kindBulk    = '$'
-	kindNil     = 0 // a nil bulk string, "$-1"
+	kindSimple   = '+'
+	kindError    = '-'
+	kindInteger  = ':'
+	kindBulk     = '$'
+	kindArray    = '*'
+	kindNil      = 0 // a nil bulk string, "$-1"
+	kindNilArray = 1 // a nil array, "*-1"
 )
 
 // reply is one parsed RESP2 reply. data is the simple string, the error
 // message or the bulk string's bytes; it points into the reader's buffer and
-// is valid only until the reader's next call.
+// is valid only until the reader's next call. n is the integer, the bulk
+// string's length, or the array's element count (-1 for the nil kinds).
+//
+// An array is returned as its header alone: its n elements are the next n
+// replies, each of which may be an array in turn, so that a nested reply
+// such as XREADGROUP's is read one element at a time, without building a
+// tree.
 type reply struct {
 	kind byte
 	n    int64
@@ -113,6 +126,17 @@ func (rd *reader) next() (reply, error) {
 		data := rd.buf[rd.r:end:end]
 		rd.r = end + 2
 		return reply{kind: kindBulk, n: n, data: data}, nil
+	case kindArray:
+		n, ok := parseInt(line[1:])
+		switch {
+		case !ok || n < -1:
+			return reply{}, protoErr("bad array length %q", clip(line))
+		case n == -1:
+			return reply{kind: kindNilArray, n: -1}, nil
+		case n > maxArray:
+			return reply{}, protoErr("array length %d exceeds %d", n, maxArray)
+		}
+		return reply{kind: kindArray, n: n}, nil
 	default:
 		return reply{}, protoErr("unexpected reply type %q", line[0])
 	}

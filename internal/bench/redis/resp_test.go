@@ -57,6 +57,27 @@ func TestParseReply(t *testing.T) {
 			{kind: kindNil, n: -1},
 			{kind: kindSimple, data: []byte("PONG")},
 		}},
+		// Arrays come as their header, then their elements.
+		{"*0\r\n*-1\r\n*2\r\n:1\r\n$1\r\na\r\n", []reply{
+			{kind: kindArray},
+			{kind: kindNilArray, n: -1},
+			{kind: kindArray, n: 2},
+			{kind: kindInteger, n: 1},
+			{kind: kindBulk, n: 1, data: []byte("a")},
+		}},
+		// An XREADGROUP reply: [[key, [[id, [field, value]]]]].
+		{xreadgroupReply("s", "1-0", "p", "he\r\nllo"), []reply{
+			{kind: kindArray, n: 1},
+			{kind: kindArray, n: 2},
+			{kind: kindBulk, n: 1, data: []byte("s")},
+			{kind: kindArray, n: 1},
+			{kind: kindArray, n: 2},
+			{kind: kindBulk, n: 3, data: []byte("1-0")},
+			{kind: kindArray, n: 2},
+			{kind: kindBulk, n: 1, data: []byte("p")},
+			{kind: kindBulk, n: 7, data: []byte("he\r\nllo")},
+		}},
+		{"*1073741824\r\n", []reply{{kind: kindArray, n: maxArray}}},
 	}
 	for _, tc := range good {
 		for name, src := range readers([]byte(tc.in)) {
@@ -77,7 +98,13 @@ func TestParseReply(t *testing.T) {
 		{"\r\n", "empty reply line"},
 		{"\n", "LF without CR"},
 		{"hello\r\n", "unexpected reply type"},
-		{"*1\r\n$1\r\na\r\n", "unexpected reply type"},
+		{"%1\r\n+a\r\n+b\r\n", "unexpected reply type"}, // a RESP3 map
+		{"*\r\n", "bad array length"},
+		{"*x\r\n", "bad array length"},
+		{"*+1\r\n", "bad array length"},
+		{"*-2\r\n", "bad array length"},
+		{"*99999999999999999999\r\n", "bad array length"},
+		{"*1073741825\r\n", "exceeds"},
 		{":\r\n", "bad integer"},
 		{":12x\r\n", "bad integer"},
 		{":+1\r\n", "bad integer"},
@@ -190,7 +217,7 @@ func referenceParse(in []byte) (replies []reply, clean bool) {
 		switch line[0] {
 		case '+', '-':
 			replies = append(replies, reply{kind: line[0], data: line[1:]})
-		case ':', '$':
+		case ':', '$', '*':
 			s := string(line[1:])
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil || strings.HasPrefix(s, "+") {
@@ -198,6 +225,17 @@ func referenceParse(in []byte) (replies []reply, clean bool) {
 			}
 			if line[0] == ':' {
 				replies = append(replies, reply{kind: kindInteger, n: n})
+				break
+			}
+			if line[0] == '*' {
+				switch {
+				case n == -1:
+					replies = append(replies, reply{kind: kindNilArray, n: -1})
+				case n < -1 || n > maxArray:
+					return replies, false
+				default:
+					replies = append(replies, reply{kind: kindArray, n: n})
+				}
 				break
 			}
 			switch {
@@ -221,6 +259,7 @@ func FuzzParseReply(f *testing.F) {
 	for _, s := range []string{
 		"+OK\r\n", "-ERR unknown command\r\n", ":42\r\n", "$3\r\nabc\r\n", "$-1\r\n", "$0\r\n\r\n",
 		"$3\r\nab", "$5\r\nabc\r\n", ":1\r\n$-1\r\n+PONG\r\n", "$99999999999\r\n", "*2\r\n:1\r\n:2\r\n",
+		"*-1\r\n", "*0\r\n", "*-2\r\n", "*1073741825\r\n", xreadgroupReply("s", "1-0", "p", "abc"),
 	} {
 		f.Add([]byte(s))
 	}

@@ -1,0 +1,342 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/testtool"
+	"github.com/machq/machq/server"
+)
+
+// peerEnv makes the test binary run as a benchmark peer (RunPeer) instead
+// of running the tests, as `machq bench-peer` does for the benchmark.
+const peerEnv = "MACHQ_BENCH_TEST_PEER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(peerEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		err := RunPeer(ctx, os.Args[1:], os.Stdin, os.Stdout)
+		stop()
+		if err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Fprintf(os.Stderr, "bench peer: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// peerCommand runs a benchmark peer in a copy of the test binary.
+func peerCommand(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), peerEnv+"=1")
+	return cmd
+}
+
+// startServer runs a machq server in the test process and returns its
+// socket path.
+func startServer(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "s.sock")
+	s, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		<-done
+	})
+	return path
+}
+
+// TestMachqAckTarget checks machq-ack's round trip and pipeline: every
+// payload comes back whole, and every message is acknowledged, so that
+// the server holds nothing afterwards, pending or queued.
+func TestMachqAckTarget(t *testing.T) {
+	ctx := context.Background()
+	e := &environment{cfg: &Config{Digest: machq.DigestNone}, machqPath: startServer(t)}
+	for _, size := range []int{0, 64, 4 << 10, 100 << 10} {
+		t.Run(fmtSize(size), func(t *testing.T) {
+			tg, err := e.machqDialer(machq.DefaultInlineThreshold, true)(ctx, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tg.Close()
+			mt := tg.(*machqTarget)
+			want := payload(size)
+			chk := newChecker(want)
+			calls := 0
+			got := func(b []byte) {
+				calls++
+				chk.got(b)
+			}
+			for range 3 {
+				if err := tg.RoundTrip(want, got); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, depth := range []int{1, 16, 3} {
+				if err := tg.Pipeline(want, depth, got); err != nil {
+					t.Fatalf("depth %d: %v", depth, err)
+				}
+			}
+			if chk.err != nil {
+				t.Fatal(chk.err)
+			}
+			if want := 3 + 1 + 16 + 3; calls != want {
+				t.Errorf("read %d payloads, want %d", calls, want)
+			}
+			st, err := mt.c.Stat(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Messages != 0 || st.Pending.Messages != 0 {
+				t.Errorf("server holds %d messages, %d of them pending, after the round trips", st.Messages, st.Pending.Messages)
+			}
+			// settle reconnects; the target works on.
+			if err := mt.settle(); err != nil {
+				t.Fatal(err)
+			}
+			if err := tg.RoundTrip(want, got); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestMachqAckTargetError checks that a failed reserve in a pipeline is
+// reported: with nothing stored for some of the reserves, they find the
+// queue empty.
+func TestMachqAckTargetError(t *testing.T) {
+	ctx := context.Background()
+	e := &environment{cfg: &Config{Digest: machq.DigestNone}, machqPath: startServer(t)}
+	tg, err := e.machqDialer(machq.DefaultInlineThreshold, true)(ctx, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	mt := tg.(*machqTarget)
+	calls := 0
+	err = mt.reserveConcurrently(4, func([]byte) { calls++ })
+	if !errors.Is(err, machq.ErrEmpty) || calls != 0 {
+		t.Errorf("reserves of an empty queue: %v, %d payloads read; want ErrEmpty", err, calls)
+	}
+	if err := tg.Pipeline(payload(64), 4, func([]byte) { calls++ }); err != nil || calls != 4 {
+		t.Errorf("Pipeline after the failed reserves: %v, %d payloads read", err, calls)
+	}
+}
+
+// TestRunAckSystems runs a small benchmark of machq beside machq-ack and
+// redis-streams, with their peers in processes of their own, and checks
+// that both ack-mode systems are measured everywhere, with their ratios.
+func TestRunAckSystems(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	_, noRedis := exec.LookPath("redis-server")
+	cfg := Config{
+		Sizes:        []int{0, 64, 96 << 10},
+		Time:         40 * time.Millisecond,
+		Rounds:       2,
+		MinIters:     2,
+		Systems:      []string{sysMachq, sysMachqAck, sysRedisStreams},
+		Clients:      []int{1, 2},
+		Depth:        4,
+		SkipZeroCopy: true,
+		SkipPhases:   true,
+		SkipMemory:   true,
+		PeerCommand:  peerCommand,
+	}
+	r, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	measured := map[string]int{}
+	for _, l := range r.Latency {
+		if l.Skipped != "" {
+			t.Errorf("%s at %s skipped: %s", l.System, fmtSize(l.Size), l.Skipped)
+			continue
+		}
+		measured[l.System]++
+		if l.N < 2 || l.Median <= 0 || l.P99 < l.Median || l.Ratio <= 0 {
+			t.Errorf("%s at %s: n %d, median %v, p99 %v, ratio %v", l.System, fmtSize(l.Size), l.N, l.Median, l.P99, l.Ratio)
+		}
+		switch l.System {
+		case sysMachq:
+			if l.RatioAck != 0 {
+				t.Errorf("machq at %s has a ratio to machq-ack: %v", fmtSize(l.Size), l.RatioAck)
+			}
+		case sysMachqAck:
+			if l.RatioAck != 1 {
+				t.Errorf("machq-ack's ratio to itself at %s is %v", fmtSize(l.Size), l.RatioAck)
+			}
+		case sysRedisStreams:
+			if l.RatioAck <= 0 {
+				t.Errorf("redis-streams at %s has no ratio to machq-ack", fmtSize(l.Size))
+			}
+		}
+	}
+	rates := map[string]int{}
+	for _, tp := range r.Throughput {
+		if tp.Skipped != "" || tp.PerSecond <= 0 || tp.Ratio <= 0 {
+			t.Errorf("throughput row %+v", tp)
+			continue
+		}
+		rates[tp.System]++
+		if isAck := tp.System != sysMachq; isAck != (tp.RatioAck > 0) {
+			t.Errorf("throughput row %+v: ratio to machq-ack %v", tp, tp.RatioAck)
+		}
+	}
+	for _, sys := range []string{sysMachq, sysMachqAck} {
+		if measured[sys] != 3 || rates[sys] != 3 { // 1 and 2 clients, and depth 4
+			t.Errorf("%s: latency at %d sizes, throughput at %d shapes; want 3 and 3", sys, measured[sys], rates[sys])
+		}
+	}
+
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Latency) != len(r.Latency) || len(back.Throughput) != len(r.Throughput) {
+		t.Errorf("JSON report does not read back whole")
+	}
+	for _, want := range []string{"machq-ack", "x ack", ackLegend} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text report lacks %q:\n%s", want, text.String())
+		}
+	}
+	if !strings.Contains(js.String(), `"ratio_to_machq_ack"`) {
+		t.Errorf("JSON report has no ratio_to_machq_ack")
+	}
+
+	if noRedis != nil {
+		testtool.Missing(t, "redis-server", "scripts/install-redis.sh, or apt-get install redis-server")
+	}
+	if measured[sysRedisStreams] != 3 || rates[sysRedisStreams] != 3 {
+		t.Errorf("redis-streams: latency at %d sizes, throughput at %d shapes; want 3 and 3 (notes: %q)",
+			measured[sysRedisStreams], rates[sysRedisStreams], r.Notes)
+	}
+	if !strings.Contains(text.String(), "redis-streams") {
+		t.Errorf("text report lacks redis-streams:\n%s", text.String())
+	}
+}
+
+// TestWriteTextAckColumn checks that the tables have a column comparing
+// with machq-ack only when an ack-mode system was measured.
+func TestWriteTextAckColumn(t *testing.T) {
+	plain := &Report{
+		Latency:    []Latency{{System: sysMachq, View: EndToEnd, Size: 64, N: 5, Median: 1000, P99: 2000, Ratio: 1}},
+		Throughput: []Throughput{{System: sysMachq, Size: 64, Clients: 1, Depth: 1, RoundTrips: 10, PerSecond: 100, Ratio: 1}},
+	}
+	var b bytes.Buffer
+	if err := plain.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "x ack") || strings.Contains(b.String(), ackLegend) {
+		t.Errorf("report without ack-mode systems has an ack column:\n%s", b.String())
+	}
+
+	withAck := &Report{
+		Latency: []Latency{
+			{System: sysMachq, View: EndToEnd, Size: 64, N: 5, Median: 1000, P99: 2000, Ratio: 1},
+			{System: sysMachqAck, View: EndToEnd, Size: 64, N: 5, Median: 2000, P99: 3000, Ratio: 2, RatioAck: 1},
+			{System: sysRedisStreams, View: EndToEnd, Size: 64, N: 5, Median: 3000, P99: 4000, Ratio: 3, RatioAck: 1.5},
+			{System: sysMqueue, View: EndToEnd, Size: 64, Skipped: "too large"},
+		},
+		Throughput: []Throughput{
+			{System: sysMachq, Size: 64, Clients: 1, Depth: 16, PerSecond: 300, Ratio: 1},
+			{System: sysMachqAck, Size: 64, Clients: 1, Depth: 16, PerSecond: 100, Ratio: 3, RatioAck: 1},
+			{System: sysRedisStreams, Size: 64, Clients: 1, Depth: 16, PerSecond: 200, Ratio: 1.5, RatioAck: 0.5},
+			{System: sysRedis, Size: 64, Clients: 1, Depth: 16, Skipped: "failed"},
+		},
+	}
+	b.Reset()
+	if err := withAck.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, re := range []string{
+		`size +system +median +p99 +MB/s +x machq +x ack +n`,
+		`redis-streams +3µs +4µs +- +3\.00 +1\.50 +5`,
+		`machq +1µs +2µs +- +1\.00 +- +5`,
+		`mqueue +- +- +- +- +- +- +too large`,
+		`size +clients +depth +system +round trips/s +x machq +x ack`,
+		`redis-streams +200 +1\.50 +0\.50`,
+		`redis +- +- +- +failed`,
+	} {
+		if !matchLine(out, re) {
+			t.Errorf("no line matches %q in:\n%s", re, out)
+		}
+	}
+}
+
+// matchLine reports whether a line of s contains a match of the regular
+// expression re.
+func matchLine(s, re string) bool {
+	for line := range strings.Lines(s) {
+		if ok, _ := regexp.MatchString(re, line); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSummarizeAckRatio(t *testing.T) {
+	runs := []*samples{
+		{sys: &system{name: sysMachq}, d: []time.Duration{10, 10, 10}},
+		{sys: &system{name: sysMachqAck}, d: []time.Duration{20, 20, 20}},
+		{sys: &system{name: sysRedis}, d: []time.Duration{5, 5, 5}},
+		{sys: &system{name: sysRedisStreams}, d: []time.Duration{30, 30, 30}},
+	}
+	rows := summarize(EndToEnd, 64, runs)
+	want := map[string][2]float64{sysMachq: {1, 0}, sysMachqAck: {2, 1}, sysRedis: {0.5, 0}, sysRedisStreams: {3, 1.5}}
+	for _, r := range rows {
+		if w := want[r.System]; r.Ratio != w[0] || r.RatioAck != w[1] {
+			t.Errorf("%s: ratio %v, to machq-ack %v; want %v and %v", r.System, r.Ratio, r.RatioAck, w[0], w[1])
+		}
+	}
+}
+
+func TestRedisMajor(t *testing.T) {
+	for v, want := range map[string]int{"7.0.15": 7, "5.0.0": 5, "4.0.14": 4, "10.2": 10, "": 0, "unstable": 0} {
+		if got := redisMajor(v); got != want {
+			t.Errorf("redisMajor(%q) = %d, want %d", v, got, want)
+		}
+	}
+}
