@@ -1280,7 +1280,12 @@ func TestGivenUpRetrievesKeepFIFO(t *testing.T) {
 	consumer, producer := dial(t, path), dial(t, path)
 	ctx := testCtx(t)
 	const n = 300
+	produced := make(chan struct{})
+	// The consumer may take the last message before its STORED reaches
+	// the producer: the test ends only once the producer has its answers.
+	defer func() { <-produced }()
 	go func() {
+		defer close(produced)
 		for i := range n {
 			if err := producer.Send(ctx, "fifo", []byte(strconv.Itoa(i))); err != nil {
 				t.Error(err)

@@ -381,7 +381,7 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 // flushed, here to a client that never reads; a second SIGTERM cuts it
 // short, and machqd still exits 0 and removes its socket.
 func TestDaemonSecondSignal(t *testing.T) {
-	d := startDaemon(t, "", "--log-level", "info", "--shutdown-timeout", "1h")
+	d := startDaemon(t, "", "--log-level", "info", "--log-rate", "0", "--shutdown-timeout", "1h")
 	conn, err := net.Dial("unix", d.socket)
 	if err != nil {
 		t.Fatal(err)

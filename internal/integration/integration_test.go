@@ -564,8 +564,8 @@ func TestDaemonLimitFlags(t *testing.T) {
 		}
 	}
 	r := runCLI(t, strings.NewReader("one too many"), "send", "--socket", d.socket, "--queue", "jobs")
-	if r.code != 1 || !strings.Contains(r.stderr, "--max-queue-messages") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
-		t.Fatalf("third send: exit %d, stderr %q; want 1 and one line naming --max-queue-messages", r.code, r.stderr)
+	if r.code != 6 || !strings.Contains(r.stderr, "--max-queue-messages") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("third send: exit %d, stderr %q; want 6 (refused by a limit) and one line naming --max-queue-messages", r.code, r.stderr)
 	}
 	if st := d.stats(); st.Messages != 2 {
 		t.Fatalf("server holds %d messages after the refusal, want 2", st.Messages)
