@@ -33,7 +33,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := c.Send(ctx, "bench", data); err != nil {
+					if _, err := c.Send(ctx, "bench", data); err != nil {
 						b.Fatal(err)
 					}
 					m, err := c.Retrieve(ctx, "bench")

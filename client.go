@@ -862,17 +862,18 @@ func (c *Client) wait(ctx context.Context, id uint64, cl *call) (result, error) 
 // Send stores a copy of data at the tail of queue ("" for the private
 // queue). Small payloads travel inline; larger ones are written into a new
 // sealed memfd with pwrite(2), the kernel's copy, and passed to the server
-// as a descriptor. Send returns once the server has stored the message.
+// as a descriptor. Send returns once the server has stored the message,
+// with the sequence number the queue gave it.
 //
 // If ctx ends first, Send returns ctx's error; the message may still have
 // been stored.
-func (c *Client) Send(ctx context.Context, queue string, data []byte) error {
+func (c *Client) Send(ctx context.Context, queue string, data []byte) (uint64, error) {
 	if err := checkQueue(queue); err != nil {
-		return err
+		return 0, err
 	}
 	fd, err := c.pageFor(data)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if fd < 0 {
 		return c.store(ctx, queue, data, -1, int64(len(data)), data)
@@ -914,18 +915,19 @@ func (c *Client) tooLarge(n int64) error {
 }
 
 // store sends a STORE of size bytes, inline or as the page fd (owned), with
-// the digest of content, and waits for it to be stored.
-func (c *Client) store(ctx context.Context, queue string, inline []byte, fd int, size int64, content []byte) error {
+// the digest of content, and waits for it to be stored; it returns the
+// message's sequence number.
+func (c *Client) store(ctx context.Context, queue string, inline []byte, fd int, size int64, content []byte) (uint64, error) {
 	sum, err := c.opts.digest.Sum(content)
 	if err != nil {
 		closeFD(fd)
-		return err
+		return 0, err
 	}
 	return c.storeDigest(ctx, queue, inline, fd, size, sum)
 }
 
 // storeDigest is store with the digest already computed.
-func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, fd int, size int64, sum []byte) error {
+func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, fd int, size int64, sum []byte) (uint64, error) {
 	wait := c.opts.waitRoom && c.welcome.Version >= wire.VersionAck
 	cl := &call{op: wire.OpStore, queue: queue, ch: make(chan result, 1), waits: wait}
 	if queue == "" {
@@ -934,16 +936,19 @@ func (c *Client) storeDigest(ctx context.Context, queue string, inline []byte, f
 	id, err := c.register(ctx, cl)
 	if err != nil {
 		closeFD(fd)
-		return err
+		return 0, err
 	}
 	st := wire.Store{Size: uint64(size), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned, Wait: wait}
 	// Encoded straight into the write buffer: an inline payload is copied
 	// once, into the frame.
 	if err := c.enqueue(ctx, fd, func(b []byte) []byte { return wire.AppendStore(b, id, st, inline, fd >= 0) }); err != nil {
-		return err
+		return 0, err
 	}
-	_, err = c.wait(ctx, id, cl)
-	return err
+	r, err := c.wait(ctx, id, cl)
+	if err != nil {
+		return 0, err
+	}
+	return r.seq, nil
 }
 
 func closeFD(fd int) {
@@ -954,7 +959,7 @@ func closeFD(fd int) {
 
 // SendFile stores the rest of f's content, from its current offset, at
 // the tail of queue ("" for the private queue) and returns the number of
-// bytes stored (0 on error). Content small enough to travel inline is
+// bytes stored and the message's sequence number (0 and 0 on error). Content small enough to travel inline is
 // read and sent inline, like Send's; larger content is copied into a new
 // sealed memfd inside the kernel (copy_file_range(2) or sendfile(2));
 // only pipes, other streams and files whose size says nothing of their
@@ -964,22 +969,22 @@ func closeFD(fd int) {
 // already a memfd sealed against write, grow and shrink is sent whole, as
 // it is, with no copy at all, unless it is small enough to travel inline.
 // SendFile does not close f.
-func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, error) {
+func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64, uint64, error) {
 	if err := checkQueue(queue); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	limit, inline := c.MaxMessageSize(), c.opts.inline
 	if seals, err := page.Seals(int(f.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
 		if size, err := page.Size(int(f.Fd())); err == nil && size <= int64(inline) {
 			buf := make([]byte, size)
 			if _, err := page.ReadAt(int(f.Fd()), buf, 0); err != nil {
-				return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
+				return 0, 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
 			}
-			return sent(size, c.Send(ctx, queue, buf))
+			return sent(size)(c.Send(ctx, queue, buf))
 		}
 		fd, err := syscall.Dup(int(f.Fd()))
 		if err != nil {
-			return 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
+			return 0, 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
 		}
 		syscall.CloseOnExec(fd)
 		return c.sendSealed(ctx, queue, fd)
@@ -989,7 +994,7 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
 			rest := max(st.Size()-off, 0)
 			if rest > limit {
-				return 0, fmt.Errorf("%w: %s holds %d bytes, more than the server's maximum of %d", ErrTooLarge, f.Name(), rest, limit)
+				return 0, 0, fmt.Errorf("%w: %s holds %d bytes, more than the server's maximum of %d", ErrTooLarge, f.Name(), rest, limit)
 			}
 			inKernel = rest > int64(inline)
 		}
@@ -1002,15 +1007,15 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 		n, err := io.ReadFull(f, head)
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return sent(int64(n), c.Send(ctx, queue, head[:n]))
+			return sent(int64(n))(c.Send(ctx, queue, head[:n]))
 		case err != nil:
-			return 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
+			return 0, 0, fmt.Errorf("machq: read %s: %w", f.Name(), err)
 		}
 		src = io.MultiReader(bytes.NewReader(head), f)
 	}
 	fd, err := page.Create("machq-file")
 	if err != nil {
-		return 0, fmt.Errorf("machq: %w", err)
+		return 0, 0, fmt.Errorf("machq: %w", err)
 	}
 	var n int64
 	if inKernel {
@@ -1020,53 +1025,56 @@ func (c *Client) SendFile(ctx context.Context, queue string, f *os.File) (int64,
 	}
 	if err != nil {
 		syscall.Close(fd)
-		return 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
+		return 0, 0, fmt.Errorf("machq: copy %s: %w", f.Name(), err)
 	}
 	if n > limit {
 		syscall.Close(fd)
-		return 0, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", ErrTooLarge, f.Name(), limit)
+		return 0, 0, fmt.Errorf("%w: %s holds more than the server's maximum of %d bytes", ErrTooLarge, f.Name(), limit)
 	}
 	if err := page.Seal(fd); err != nil {
 		syscall.Close(fd)
-		return 0, fmt.Errorf("machq: %w", err)
+		return 0, 0, fmt.Errorf("machq: %w", err)
 	}
 	return c.sendSealed(ctx, queue, fd)
 }
 
-// sent returns n, or 0 with err when err is not nil.
-func sent(n int64, err error) (int64, error) {
-	if err != nil {
-		return 0, err
+// sent returns a function that adds the byte count n to a store's
+// result, or 0 with its error.
+func sent(n int64) func(uint64, error) (int64, uint64, error) {
+	return func(seq uint64, err error) (int64, uint64, error) {
+		if err != nil {
+			return 0, 0, err
+		}
+		return n, seq, nil
 	}
-	return n, nil
 }
 
 // sendSealed stores the sealed memfd fd (owned), computing its digest
 // from a read-only mapping.
-func (c *Client) sendSealed(ctx context.Context, queue string, fd int) (int64, error) {
+func (c *Client) sendSealed(ctx context.Context, queue string, fd int) (int64, uint64, error) {
 	size, err := page.Size(fd)
 	if err != nil {
 		syscall.Close(fd)
-		return 0, fmt.Errorf("machq: %w", err)
+		return 0, 0, fmt.Errorf("machq: %w", err)
 	}
 	if size > c.MaxMessageSize() {
 		syscall.Close(fd)
-		return 0, c.tooLarge(size)
+		return 0, 0, c.tooLarge(size)
 	}
 	var content []byte
 	if c.opts.digest != DigestNone {
 		content, err = page.MapReadOnly(fd, size, true)
 		if err != nil {
 			syscall.Close(fd)
-			return 0, fmt.Errorf("machq: %w", err)
+			return 0, 0, fmt.Errorf("machq: %w", err)
 		}
 		defer page.Unmap(content)
 	}
 	if size == 0 {
 		syscall.Close(fd)
-		return 0, c.store(ctx, queue, nil, -1, 0, nil)
+		return sent(0)(c.store(ctx, queue, nil, -1, 0, nil))
 	}
-	return sent(size, c.store(ctx, queue, nil, fd, size, content))
+	return sent(size)(c.store(ctx, queue, nil, fd, size, content))
 }
 
 // Retrieve takes the oldest message from queue ("" for the private queue)

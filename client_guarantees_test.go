@@ -244,7 +244,7 @@ func TestGuaranteePrivateDigestFIFO(t *testing.T) {
 	store := func(t *testing.T, c *machq.Client) {
 		t.Helper()
 		for _, p := range [][]byte{small[0], big, small[2]} {
-			if err := c.Send(guarCtx(t), "", p); err != nil {
+			if _, err := c.Send(guarCtx(t), "", p); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -362,7 +362,7 @@ func TestGuaranteePrivateDigestFIFO(t *testing.T) {
 			return guarHonest(k, fifo)
 		}))
 		for _, p := range small[:2] {
-			if err := c.Send(guarCtx(t), "", p); err != nil {
+			if _, err := c.Send(guarCtx(t), "", p); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -399,7 +399,7 @@ func TestGuaranteePrivateDigestFIFORealServer(t *testing.T) {
 			var want [][]byte
 			send := func(p []byte) {
 				t.Helper()
-				if err := c.Send(ctx, "", p); err != nil {
+				if _, err := c.Send(ctx, "", p); err != nil {
 					t.Fatal(err)
 				}
 				want = append(want, p)
@@ -414,7 +414,7 @@ func TestGuaranteePrivateDigestFIFORealServer(t *testing.T) {
 			}
 			copy(pg.Bytes(), guarRandom(4, 300<<10))
 			want = append(want, bytes.Clone(pg.Bytes()))
-			if err := c.SendPage(ctx, "", pg); err != nil {
+			if _, err := c.SendPage(ctx, "", pg); err != nil {
 				t.Fatal(err)
 			}
 
@@ -428,7 +428,7 @@ func TestGuaranteePrivateDigestFIFORealServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			if _, err := c.SendFile(ctx, "", f); err != nil {
+			if _, _, err := c.SendFile(ctx, "", f); err != nil {
 				t.Fatal(err)
 			}
 			want = append(want, fileData)
@@ -548,7 +548,7 @@ func TestGuaranteeSendPageHandsOverTheSendersMemfd(t *testing.T) {
 	// reused within a test run, so an equal inode is the same file.
 	for _, q := range []string{"", "guar-page"} {
 		p, data, dev, ino := newPage(10)
-		if err := c.SendPage(ctx, q, p); err != nil {
+		if _, err := c.SendPage(ctx, q, p); err != nil {
 			t.Fatal(err)
 		}
 		if p.Bytes() != nil {
@@ -571,7 +571,7 @@ func TestGuaranteeSendPageHandsOverTheSendersMemfd(t *testing.T) {
 
 	// Raw: the descriptor the server passes back is the one stored.
 	p, _, dev, ino := newPage(11)
-	if err := c.SendPage(ctx, "guar-raw", p); err != nil {
+	if _, err := c.SendPage(ctx, "guar-raw", p); err != nil {
 		t.Fatal(err)
 	}
 	rc := wiretest.DialHello(t, path)
@@ -748,7 +748,7 @@ func TestGuaranteeSendFileCopiesInTheKernel(t *testing.T) {
 		// reads; the peak's own reads of /proc/self/status are not.
 		reads0, _ := guarIO(t)
 		allocs0 := guarHeapAllocs()
-		n, err = c.SendFile(ctx, "guar-file", f)
+		n, _, err = c.SendFile(ctx, "guar-file", f)
 		allocs = guarHeapAllocs() - allocs0
 		reads1, _ := guarIO(t)
 		reads = reads1 - reads0
@@ -811,7 +811,7 @@ func TestGuaranteeSendWritesThePageWithoutMappingIt(t *testing.T) {
 		name string
 		fn   func() error
 	}{
-		{"Send", func() error { return c.Send(ctx, "guar-send", data) }},
+		{"Send", func() error { _, err := c.Send(ctx, "guar-send", data); return err }},
 		{"SendBatch", func() error { return c.SendBatch(ctx, "guar-send", [][]byte{data}) }},
 	} {
 		debug.FreeOSMemory() // nothing left for the scavenger to return while measuring

@@ -101,7 +101,7 @@ func TestSendHonoursContextWhenTheServerDoesNotRead(t *testing.T) {
 	go func() {
 		for {
 			// Fill the socket buffers until a write blocks.
-			if err := c.Send(ctx, "q", make([]byte, 1<<20)); err != nil {
+			if _, err := c.Send(ctx, "q", make([]byte, 1<<20)); err != nil {
 				errc <- err
 				return
 			}
@@ -115,7 +115,7 @@ func TestSendHonoursContextWhenTheServerDoesNotRead(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Send ignored its context")
 	}
-	if err := c.Send(context.Background(), "q", nil); !errors.Is(err, machq.ErrClosed) {
+	if _, err := c.Send(context.Background(), "q", nil); !errors.Is(err, machq.ErrClosed) {
 		t.Fatalf("after an abandoned write: %v; want ErrClosed", err)
 	}
 }

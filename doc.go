@@ -20,7 +20,7 @@
 //		return err
 //	}
 //	defer c.Close()
-//	if err := c.Send(ctx, "jobs", []byte("hello")); err != nil {
+//	if _, err := c.Send(ctx, "jobs", []byte("hello")); err != nil {
 //		return err
 //	}
 //	m, err := c.Retrieve(ctx, "jobs")

@@ -88,8 +88,8 @@ func (p *Page) seal() error {
 
 // SendPage seals p against any further change and stores it at the tail
 // of queue ("" for the private queue) without copying its bytes: the
-// server keeps the very memfd. The digest, if enabled, is computed over
-// the page before it is sealed.
+// server keeps the very memfd, and returns the message's sequence number.
+// The digest, if enabled, is computed over the page before it is sealed.
 //
 // Once stored, p is used up. If the store fails for a reason that is not
 // the page's own (a full queue or another limit, a lost connection, an
@@ -97,25 +97,25 @@ func (p *Page) seal() error {
 // digest, for SendPage to try again, on this client or another; Close it
 // to give up. A page the server refuses as such (ErrBadPage, ErrTooLarge)
 // is closed.
-func (c *Client) SendPage(ctx context.Context, queue string, p *Page) error {
+func (c *Client) SendPage(ctx context.Context, queue string, p *Page) (uint64, error) {
 	if p.fd < 0 {
-		return ErrPageUsed
+		return 0, ErrPageUsed
 	}
 	if err := checkQueue(queue); err != nil {
-		return err
+		return 0, err
 	}
 	if p.size > c.MaxMessageSize() {
 		p.Close()
-		return c.tooLarge(p.size)
+		return 0, c.tooLarge(p.size)
 	}
 	switch {
 	case !p.sealed:
 		sum, err := c.opts.digest.Sum(p.buf)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if err := p.seal(); err != nil {
-			return err
+			return 0, err
 		}
 		p.alg, p.sum = c.opts.digest, sum
 	case p.alg != c.opts.digest:
@@ -123,29 +123,29 @@ func (c *Client) SendPage(ctx context.Context, queue string, p *Page) error {
 		// a read-only mapping.
 		sum, err := c.sealedDigest(p)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		p.alg, p.sum = c.opts.digest, sum
 	}
 	if p.size == 0 {
-		err := c.storeDigest(ctx, queue, nil, -1, 0, p.sum)
+		seq, err := c.storeDigest(ctx, queue, nil, -1, 0, p.sum)
 		if err == nil {
 			p.Close()
 		}
-		return err
+		return seq, err
 	}
 	// The store takes a descriptor of its own: the page keeps p.fd for a
 	// retry until the server has it.
 	fd, err := syscall.Dup(p.fd)
 	if err != nil {
-		return fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
+		return 0, fmt.Errorf("machq: %w", os.NewSyscallError("dup", err))
 	}
 	syscall.CloseOnExec(fd)
-	err = c.storeDigest(ctx, queue, nil, fd, p.size, p.sum)
+	seq, err := c.storeDigest(ctx, queue, nil, fd, p.size, p.sum)
 	if err == nil || errors.Is(err, ErrBadPage) || errors.Is(err, ErrTooLarge) {
 		p.Close()
 	}
-	return err
+	return seq, err
 }
 
 // sealedDigest computes this client's digest of a sealed page.

@@ -203,15 +203,17 @@ func (r *Reconnecting) do(ctx context.Context, safe bool, op func(*Client) error
 }
 
 // Send is Client.Send on the current connection.
-func (r *Reconnecting) Send(ctx context.Context, queue string, data []byte) error {
-	return r.do(ctx, false, func(c *Client) error { return c.Send(ctx, queue, data) })
+func (r *Reconnecting) Send(ctx context.Context, queue string, data []byte) (seq uint64, err error) {
+	err = r.do(ctx, false, func(c *Client) error { seq, err = c.Send(ctx, queue, data); return err })
+	return seq, err
 }
 
 // SendPage is Client.SendPage on the current connection. A page whose
 // outcome is unknown stays valid for a retry, as after any failure that
 // is not the page's own.
-func (r *Reconnecting) SendPage(ctx context.Context, queue string, p *Page) error {
-	return r.do(ctx, false, func(c *Client) error { return c.SendPage(ctx, queue, p) })
+func (r *Reconnecting) SendPage(ctx context.Context, queue string, p *Page) (seq uint64, err error) {
+	err = r.do(ctx, false, func(c *Client) error { seq, err = c.SendPage(ctx, queue, p); return err })
+	return seq, err
 }
 
 // Retrieve is Client.Retrieve on the current connection.

@@ -104,7 +104,7 @@ func TestCancelledRetrievesLoseNothing(t *testing.T) {
 			b = make([]byte, 70<<10) // a page
 		}
 		binary.LittleEndian.PutUint64(b, uint64(i))
-		if err := producer.Send(context.Background(), "s", b); err != nil {
+		if _, err := producer.Send(context.Background(), "s", b); err != nil {
 			t.Fatal(err)
 		}
 		if i%64 == 0 {

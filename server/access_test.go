@@ -78,7 +78,7 @@ func TestAccessAdmitsListedUsersOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("listed uid 4242: %v", err)
 	}
-	if err := allowed.Send(ctx, "", []byte("hello")); err != nil {
+	if _, err := allowed.Send(ctx, "", []byte("hello")); err != nil {
 		t.Fatalf("listed uid 4242 storing: %v", err)
 	}
 	if _, err := dialAs(t, path, 4343, 777); err != nil {
@@ -89,7 +89,7 @@ func TestAccessAdmitsListedUsersOnly(t *testing.T) {
 		t.Fatalf("unlisted uid 4343: %v; want ErrDenied saying what to ask for", err)
 	}
 	// The refusal harmed nobody.
-	if err := allowed.Send(ctx, "", []byte("again")); err != nil {
+	if _, err := allowed.Send(ctx, "", []byte("again")); err != nil {
 		t.Fatalf("listed uid after a refusal: %v", err)
 	}
 }
@@ -112,16 +112,16 @@ func TestOwnedQueues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := owner.Send(ctx, "mine", []byte("secret")); err != nil {
+	if _, err := owner.Send(ctx, "mine", []byte("secret")); err != nil {
 		t.Fatal(err)
 	}
-	if err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "uid 4242") {
+	if _, err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "uid 4242") {
 		t.Fatalf("another user storing into an owned queue: %v; want ErrDenied naming the owner", err)
 	}
 	if _, err := stranger.Retrieve(ctx, "mine"); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("another user retrieving from an owned queue: %v; want ErrDenied", err)
 	}
-	if err := stranger.Send(ctx, "theirs", []byte("fine")); err != nil {
+	if _, err := stranger.Send(ctx, "theirs", []byte("fine")); err != nil {
 		t.Fatalf("the other user's own owned queue: %v", err)
 	}
 	st := srv.Stats()
@@ -136,10 +136,10 @@ func TestOwnedQueues(t *testing.T) {
 	// A queue made without the flag stays open to all, and an owned
 	// request on it is refused: a store that insists on a queue of its
 	// own never lands in one others read.
-	if err := root.Send(ctx, "shared", []byte("x")); err != nil {
+	if _, err := root.Send(ctx, "shared", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := owner.Send(ctx, "shared", []byte("y")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "open to every user") {
+	if _, err := owner.Send(ctx, "shared", []byte("y")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "open to every user") {
 		t.Fatalf("an owned request on an existing open queue: %v; want ErrDenied saying the queue is open", err)
 	}
 	if _, err := owner.Retrieve(ctx, "shared"); !errors.Is(err, machq.ErrDenied) {
@@ -149,7 +149,7 @@ func TestOwnedQueues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := plain.Send(ctx, "shared", []byte("z")); err != nil {
+	if _, err := plain.Send(ctx, "shared", []byte("z")); err != nil {
 		t.Fatalf("an open queue refused a plain store: %v", err)
 	}
 
@@ -170,18 +170,18 @@ func TestOwnedQueues(t *testing.T) {
 			t.Fatalf("idle owned queue mine lost its owner: %v", q.Owner)
 		}
 	}
-	if err := stranger.Send(ctx, "shared", []byte("claim?")); !errors.Is(err, machq.ErrDenied) {
+	if _, err := stranger.Send(ctx, "shared", []byte("claim?")); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("an idle open queue the server remembers was claimed as an owned one: %v", err)
 	}
-	if err := plain.Send(ctx, "shared", []byte("still open")); err != nil {
+	if _, err := plain.Send(ctx, "shared", []byte("still open")); err != nil {
 		t.Fatalf("an idle open queue was taken over: %v", err)
 	}
-	if err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) {
+	if _, err := stranger.Send(ctx, "mine", []byte("intrusion")); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("an idle owned queue lost its owner: %v", err)
 	}
 	// Root may use an owned queue, but not insist on it as its own.
 	rootOwned := dial(t, path, machq.WithOwnedQueues())
-	if err := rootOwned.Send(ctx, "mine", []byte("root")); !errors.Is(err, machq.ErrDenied) {
+	if _, err := rootOwned.Send(ctx, "mine", []byte("root")); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("root's owned store into uid 4242's queue: %v; want ErrDenied", err)
 	}
 
@@ -190,7 +190,7 @@ func TestOwnedQueues(t *testing.T) {
 	if _, err := stranger.Retrieve(ctx, "unclaimed"); !errors.Is(err, machq.ErrEmpty) {
 		t.Fatal(err)
 	}
-	if err := owner.Send(ctx, "unclaimed", []byte("mine now")); err != nil {
+	if _, err := owner.Send(ctx, "unclaimed", []byte("mine now")); err != nil {
 		t.Fatalf("a name a RETRIEVE touched was claimed by it: %v", err)
 	}
 }

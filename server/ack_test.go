@@ -30,7 +30,7 @@ func queueStats(srv *server.Server, name string) (server.QueueStats, bool) {
 
 func mustSend(t *testing.T, c *machq.Client, queue string, data []byte) {
 	t.Helper()
-	if err := c.Send(testCtx(t), queue, data); err != nil {
+	if _, err := c.Send(testCtx(t), queue, data); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -580,7 +580,7 @@ func TestSendPageRefusedByALimitCanBeRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	copy(p.Bytes(), bytes.Repeat([]byte("r"), 200<<10))
-	if err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrLimit) {
+	if _, err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrLimit) {
 		t.Fatalf("SendPage into a full queue: %v, want ErrLimit", err)
 	}
 	if p.Bytes() != nil {
@@ -589,10 +589,10 @@ func TestSendPageRefusedByALimitCanBeRetried(t *testing.T) {
 	d := mustReserve(t, c, "full", nil)
 	d.Ack(ctx)
 	other := dial(t, path, machq.WithDigest(machq.DigestBLAKE3))
-	if err := other.SendPage(ctx, "full", p); err != nil {
+	if _, err := other.SendPage(ctx, "full", p); err != nil {
 		t.Fatalf("the retry, from a client with another digest: %v", err)
 	}
-	if err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrPageUsed) {
+	if _, err := c.SendPage(ctx, "full", p); !errors.Is(err, machq.ErrPageUsed) {
 		t.Fatalf("a stored page sent again: %v, want ErrPageUsed", err)
 	}
 	m, err := c.Retrieve(ctx, "full")

@@ -45,7 +45,7 @@ func TestHostileDescriptors(t *testing.T) {
 	srv, path := startServer(t, server.Config{Limits: server.Limits{MaxStoredBytes: 1 << 30}})
 	other := dial(t, path)
 	ctx := testCtx(t)
-	if err := other.Send(ctx, "others", []byte("keep me")); err != nil {
+	if _, err := other.Send(ctx, "others", []byte("keep me")); err != nil {
 		t.Fatal(err)
 	}
 	raw := wiretest.DialHello(t, path)
@@ -162,7 +162,7 @@ func TestSilentClientIsDisconnected(t *testing.T) {
 	}
 	// The polite client connected before the silent one and has idled
 	// past the timeout since.
-	if err := polite.Send(testCtx(t), "", []byte("still here")); err != nil {
+	if _, err := polite.Send(testCtx(t), "", []byte("still here")); err != nil {
 		t.Fatalf("client that said HELLO, after the timeout: %v", err)
 	}
 }
@@ -253,11 +253,11 @@ func TestRefusalsDoNotFloodTheLog(t *testing.T) {
 	})
 	c := dial(t, path)
 	ctx := testCtx(t)
-	if err := c.Send(ctx, "full", []byte("x")); err != nil {
+	if _, err := c.Send(ctx, "full", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 200 {
-		if err := c.Send(ctx, "full", []byte("y")); !errors.Is(err, machq.ErrLimit) {
+		if _, err := c.Send(ctx, "full", []byte("y")); !errors.Is(err, machq.ErrLimit) {
 			t.Fatalf("store %d into a full queue: %v", i, err)
 		}
 	}

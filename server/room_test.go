@@ -19,17 +19,17 @@ func TestStoresWaitForRoom(t *testing.T) {
 	producer := dial(t, path, machq.WithWaitForRoom())
 	ctx := testCtx(t)
 	mustSend(t, producer, "narrow", []byte("0"))
-	if err := consumer.Send(ctx, "narrow", []byte("x")); !errors.Is(err, machq.ErrLimit) {
+	if _, err := consumer.Send(ctx, "narrow", []byte("x")); !errors.Is(err, machq.ErrLimit) {
 		t.Fatalf("a store without the option into a full queue: %v, want ErrLimit", err)
 	}
 	done := make(chan error, 2)
-	go func() { done <- producer.Send(testCtx(t), "narrow", []byte("1")) }()
+	go func() { _, err := producer.Send(testCtx(t), "narrow", []byte("1")); done <- err }()
 	waitFor(t, "the first store waiting", func() bool { qs, _ := queueStats(srv, "narrow"); return qs.Blocked == 1 })
-	go func() { done <- producer.Send(testCtx(t), "narrow", []byte("2")) }()
+	go func() { _, err := producer.Send(testCtx(t), "narrow", []byte("2")); done <- err }()
 	waitFor(t, "the second store waiting", func() bool { qs, _ := queueStats(srv, "narrow"); return qs.Blocked == 2 })
 	// A third gives up: nothing is stored.
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	err := producer.Send(short, "narrow", []byte("never"))
+	_, err := producer.Send(short, "narrow", []byte("never"))
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a waiting store whose context ended: %v", err)
@@ -75,7 +75,7 @@ func TestWaitingStoreEndsWithItsConnection(t *testing.T) {
 	// Deleting a queue answers its waiting stores.
 	other := dial(t, path, machq.WithWaitForRoom())
 	errc := make(chan error, 1)
-	go func() { errc <- other.Send(testCtx(t), "narrow", []byte("blocked")) }()
+	go func() { _, err := other.Send(testCtx(t), "narrow", []byte("blocked")); errc <- err }()
 	waitFor(t, "the store waiting", func() bool { qs, _ := queueStats(srv, "narrow"); return qs.Blocked == 1 })
 	if _, err := c.Delete(testCtx(t), "narrow"); err != nil {
 		t.Fatal(err)

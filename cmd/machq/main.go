@@ -384,14 +384,14 @@ func sendCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr 
 	if payload != in {
 		defer payload.Close()
 	}
-	n, err := cl.SendFile(ctx, queue, payload)
+	n, seq, err := cl.SendFile(ctx, queue, payload)
 	if err != nil {
 		if ctx.Err() != nil {
 			return reportInterrupt(ctx, stderr, "the message may or may not have been stored")
 		}
 		return fail(stderr, err)
 	}
-	log.Info("stored", "queue", queue, "bytes", n)
+	log.Info("stored", "queue", queue, "bytes", n, "seq", seq)
 	return exitOK
 }
 

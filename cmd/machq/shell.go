@@ -204,12 +204,12 @@ func trailingNewline(b []byte) []byte {
 
 func (sh *shell) send(ctx context.Context, data []byte) {
 	sh.log.Info("sending", "queue", label(sh.queue), "bytes", len(data), "out_of_line", len(data) > sh.c.inline, "digest", sh.c.digestName)
-	err := sh.cl.Send(ctx, sh.queue, data)
+	_, err := sh.cl.Send(ctx, sh.queue, data)
 	if sh.lost(ctx, err) {
 		if !sh.reconnect(ctx, "send") {
 			return
 		}
-		err = sh.cl.Send(ctx, sh.queue, data)
+		_, err = sh.cl.Send(ctx, sh.queue, data)
 	}
 	if err != nil {
 		if ctx.Err() != nil {

@@ -51,7 +51,7 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 	defer c.Close()
 	// Warm the server up so that the baseline includes its steady state.
 	for range 100 {
-		if err := c.Send(ctx, "", make([]byte, min(size, 64))); err != nil {
+		if _, err := c.Send(ctx, "", make([]byte, min(size, 64))); err != nil {
 			return nil, err
 		}
 		if m, err := c.Retrieve(ctx, ""); err != nil {
@@ -73,12 +73,12 @@ func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (
 		}
 		defer f.Close()
 		store = func() error {
-			_, err := c.SendFile(ctx, "", f)
+			_, _, err := c.SendFile(ctx, "", f)
 			return err
 		}
 	} else {
 		data := payload(size)
-		store = func() error { return c.Send(ctx, "", data) }
+		store = func() error { _, err := c.Send(ctx, "", data); return err }
 	}
 
 	start := time.Now()

@@ -255,7 +255,7 @@ func (t *machqTarget) settle() error {
 }
 
 func (t *machqTarget) RoundTrip(p []byte, got func([]byte)) error {
-	if err := t.c.Send(t.ctx, "", p); err != nil {
+	if _, err := t.c.Send(t.ctx, "", p); err != nil {
 		return err
 	}
 	if t.ack {

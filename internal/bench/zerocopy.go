@@ -63,7 +63,7 @@ func machqPageRoundTrip(ctx context.Context, c *machq.Client, size int, fill, go
 	}
 	fill(p.Bytes())
 	start := time.Now()
-	if err := c.SendPage(ctx, "", p); err != nil {
+	if _, err := c.SendPage(ctx, "", p); err != nil {
 		return 0, err
 	}
 	m, err := c.Retrieve(ctx, "")

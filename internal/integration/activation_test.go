@@ -68,7 +68,7 @@ func TestIntegrationSystemdSocketActivate(t *testing.T) {
 	// The first client's connection starts the server.
 	ctx := ctxT(t)
 	ca := dial(t, a)
-	if err := ca.Send(ctx, "shared", []byte("through a")); err != nil {
+	if _, err := ca.Send(ctx, "shared", []byte("through a")); err != nil {
 		t.Fatalf("send through the first socket: %v", err)
 	}
 	cb := dial(t, b)

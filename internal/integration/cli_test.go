@@ -50,7 +50,7 @@ func runCmd(t testing.TB, cmd *exec.Cmd) result {
 // store puts payload into queue through the library.
 func store(t testing.TB, socket, queue string, payload []byte) {
 	t.Helper()
-	if err := dial(t, socket).Send(ctxT(t), queue, payload); err != nil {
+	if _, err := dial(t, socket).Send(ctxT(t), queue, payload); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -504,7 +504,7 @@ func TestIntegrationCLIStatOmittedQueues(t *testing.T) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			name := fmt.Sprintf("%s-%05d", strings.Repeat("q", 249), i)
-			if err := c.Send(ctx, name, []byte("x")); err != nil {
+			if _, err := c.Send(ctx, name, []byte("x")); err != nil {
 				errs <- err
 			}
 		}()
@@ -601,7 +601,7 @@ func TestIntegrationCLIWaitEndsAsAMessageArrives(t *testing.T) {
 				return
 			case <-time.After(time.Duration(i%5) * 10 * time.Millisecond): // pacing, not synchronisation
 			}
-			if err := producer.Send(ctx, "edge", []byte(fmt.Sprint("m", i))); err != nil {
+			if _, err := producer.Send(ctx, "edge", []byte(fmt.Sprint("m", i))); err != nil {
 				t.Error(err)
 				return
 			}

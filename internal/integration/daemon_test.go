@@ -24,7 +24,7 @@ func TestDaemonLogs(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "info")
 	ctx := ctxT(t)
 	c := dial(t, d.socket)
-	if err := c.Send(ctx, "logged", []byte("x")); err != nil {
+	if _, err := c.Send(ctx, "logged", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	m, err := c.Retrieve(ctx, "logged")
@@ -47,7 +47,7 @@ func TestDaemonLogs(t *testing.T) {
 
 	quiet := startDaemon(t, "", "--log-level", "warn")
 	c = dial(t, quiet.socket)
-	if err := c.Send(ctx, "quiet", []byte("x")); err != nil {
+	if _, err := c.Send(ctx, "quiet", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Retrieve(ctx, "nothing-here"); !errors.Is(err, machq.ErrEmpty) {
@@ -106,7 +106,7 @@ func TestDaemonNoInline(t *testing.T) {
 		t.Fatalf("client learned max inline %d, want 0", c.MaxInline())
 	}
 	for _, p := range [][]byte{nil, []byte("x"), []byte("tiny")} {
-		if err := c.Send(ctx, "q", p); err != nil {
+		if _, err := c.Send(ctx, "q", p); err != nil {
 			t.Fatalf("send %d bytes: %v", len(p), err)
 		}
 	}
@@ -131,7 +131,7 @@ func TestDaemonLargestPayload(t *testing.T) {
 	if got := c.MaxMessageSize(); got != max {
 		t.Fatalf("server's maximum is %d, want the documented default %d", got, max)
 	}
-	n, err := c.SendFile(ctx, "huge", sealedSparse(t, max, "first", "last"))
+	n, _, err := c.SendFile(ctx, "huge", sealedSparse(t, max, "first", "last"))
 	if err != nil || n != max {
 		t.Fatalf("send %d bytes: %d, %v", max, n, err)
 	}
@@ -151,10 +151,10 @@ func TestDaemonLargestPayload(t *testing.T) {
 	}
 	m.Close()
 
-	if _, err := c.SendFile(ctx, "huge", sealedSparse(t, max+1, "", "")); !errors.Is(err, machq.ErrTooLarge) {
+	if _, _, err := c.SendFile(ctx, "huge", sealedSparse(t, max+1, "", "")); !errors.Is(err, machq.ErrTooLarge) {
 		t.Fatalf("send a %d-byte memfd: %v, want ErrTooLarge", max+1, err)
 	}
-	if _, err := c.SendFile(ctx, "huge", sparseFile(t, max+1)); !errors.Is(err, machq.ErrTooLarge) {
+	if _, _, err := c.SendFile(ctx, "huge", sparseFile(t, max+1)); !errors.Is(err, machq.ErrTooLarge) {
 		t.Fatalf("SendFile of a %d-byte file: %v, want ErrTooLarge", max+1, err)
 	}
 	if st := d.stats(); st.Messages != 0 {
@@ -438,7 +438,7 @@ func TestDaemonNeverMapsPages(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.Bytes()[i] = byte(i + 1)
-		if err := c.SendPage(ctx, "big", p); err != nil {
+		if _, err := c.SendPage(ctx, "big", p); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -471,10 +471,10 @@ func TestDaemonSmallMaxMessage(t *testing.T) {
 	if c.MaxMessageSize() != 1000 || c.MaxInline() > 1000 {
 		t.Fatalf("max message %d, max inline %d; want 1000 and at most 1000", c.MaxMessageSize(), c.MaxInline())
 	}
-	if err := c.Send(ctx, "q", make([]byte, 1000)); err != nil {
+	if _, err := c.Send(ctx, "q", make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Send(ctx, "q", make([]byte, 1001)); !errors.Is(err, machq.ErrTooLarge) {
+	if _, err := c.Send(ctx, "q", make([]byte, 1001)); !errors.Is(err, machq.ErrTooLarge) {
 		t.Fatalf("send past --max-message: %v, want ErrTooLarge", err)
 	}
 }

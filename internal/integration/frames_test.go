@@ -39,7 +39,7 @@ func TestIntegrationStalledFrames(t *testing.T) {
 		t.Errorf("server memory grew by %d MiB for %d connections that sent 4 KiB each of a frame declaring 1 MiB", grown>>20, conns)
 	}
 	innocent := dial(t, d.socket)
-	if err := innocent.Send(ctx, "q", []byte("served")); err != nil {
+	if _, err := innocent.Send(ctx, "q", []byte("served")); err != nil {
 		t.Fatalf("a client sending whole frames, beside stalled ones: %v", err)
 	}
 	for i, c := range stalled {

@@ -47,7 +47,7 @@ func TestIntegrationGroupFanOutHoldsThePageOnce(t *testing.T) {
 	for i := range p.Bytes() {
 		p.Bytes()[i] = byte(i)
 	}
-	if err := c.SendPage(ctx, "wide", p); err != nil {
+	if _, err := c.SendPage(ctx, "wide", p); err != nil {
 		t.Fatal(err)
 	}
 	if n := d.memfds(); n != 1 {

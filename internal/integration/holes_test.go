@@ -98,7 +98,7 @@ func TestIntegrationSlowConsumerCountsAndIsSkipped(t *testing.T) {
 	payload := make([]byte, 1<<20)
 	stored, refused := 0, 0
 	for range 512 {
-		err := producer.Send(ctx, "jobs", payload)
+		_, err := producer.Send(ctx, "jobs", payload)
 		switch {
 		case err == nil:
 			stored++
@@ -175,7 +175,7 @@ func TestIntegrationSlowConsumerPagesCount(t *testing.T) {
 	f := sealedSparse(t, 1<<20, "head", "tail")
 	stored := 0
 	for range 2000 {
-		_, err := producer.SendFile(ctx, "jobs", f)
+		_, _, err := producer.SendFile(ctx, "jobs", f)
 		if err == nil {
 			stored++
 		} else if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "max-stored-pages") {
@@ -219,14 +219,14 @@ func TestIntegrationDescriptorHeadroom(t *testing.T) {
 	ctx := ctxT(t)
 
 	innocent := dial(t, socket)
-	if err := innocent.Send(ctx, "innocent", []byte("kept")); err != nil {
+	if _, err := innocent.Send(ctx, "innocent", []byte("kept")); err != nil {
 		t.Fatal(err)
 	}
 	page := sealedSparse(t, 1<<20, "head", "tail")
 	attacker := dial(t, socket)
 	pages := 0
 	for range 400 {
-		if _, err := attacker.SendFile(ctx, "hoard", page); err != nil {
+		if _, _, err := attacker.SendFile(ctx, "hoard", page); err != nil {
 			if !errors.Is(err, machq.ErrLimit) {
 				t.Fatalf("page store near the descriptor limit: %v", err)
 			}
@@ -262,11 +262,11 @@ func TestIntegrationDescriptorHeadroom(t *testing.T) {
 	}
 	// The client connected before is still served: its page store is
 	// refused with LIMIT (not dropped), and the rest works.
-	if _, err := innocent.SendFile(ctx, "innocent", page); !errors.Is(err, machq.ErrLimit) {
+	if _, _, err := innocent.SendFile(ctx, "innocent", page); !errors.Is(err, machq.ErrLimit) {
 		t.Fatalf("innocent page store at the limit: %v; want LIMIT", err)
 	}
 	clienttest.ExpectMessage(t, ctx, innocent, "innocent", "kept", "innocent client at the limit")
-	if err := innocent.Send(ctx, "innocent", []byte("inline still works")); err != nil {
+	if _, err := innocent.Send(ctx, "innocent", []byte("inline still works")); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(logs.String(), "too many open files") {
@@ -280,7 +280,7 @@ func TestIntegrationDescriptorHeadroom(t *testing.T) {
 		}
 		m.Close()
 	}
-	if _, err := innocent.SendFile(ctx, "innocent", page); err != nil {
+	if _, _, err := innocent.SendFile(ctx, "innocent", page); err != nil {
 		t.Fatalf("page store after the pages were retrieved: %v", err)
 	}
 }
@@ -295,7 +295,7 @@ func TestIntegrationOwnedQueueNeverLapses(t *testing.T) {
 	d := sharedDaemon(t, []int{victim, mallory}, "--log-level", "warn")
 	ctx := ctxT(t)
 	v := dialUser(t, d.socket, victim, machq.WithOwnedQueues())
-	if err := v.Send(ctx, "payroll", []byte("salary")); err != nil {
+	if _, err := v.Send(ctx, "payroll", []byte("salary")); err != nil {
 		t.Fatal(err)
 	}
 	clienttest.ExpectMessage(t, ctx, v, "payroll", "salary", "owner")
@@ -330,7 +330,7 @@ func TestIntegrationOwnedQueueNeverLapses(t *testing.T) {
 	if msg := m.ExpectError(wire.CodeForbidden); !strings.Contains(msg, fmt.Sprint(victim)) {
 		t.Errorf("refusal does not name the owner: %s", msg)
 	}
-	if err := v.Send(ctx, "payroll", []byte("next salary")); err != nil {
+	if _, err := v.Send(ctx, "payroll", []byte("next salary")); err != nil {
 		t.Fatal(err)
 	}
 	clienttest.ExpectMessage(t, ctx, v, "payroll", "next salary", "owner after the churn")
@@ -345,7 +345,7 @@ func TestIntegrationOwnedQueueNeverLapses(t *testing.T) {
 		}
 		return false
 	})
-	if err := v.Send(ctx, "bonus", []byte("secret")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "open to every user") {
+	if _, err := v.Send(ctx, "bonus", []byte("secret")); !errors.Is(err, machq.ErrDenied) || !strings.Contains(err.Error(), "open to every user") {
 		t.Fatalf("owned store into an open queue another user waits on: %v; want ErrDenied", err)
 	}
 }
@@ -363,7 +363,7 @@ func TestIntegrationPerUIDLimits(t *testing.T) {
 
 	created := 0
 	for i := range 100 {
-		err := m.Send(ctx, fmt.Sprint("m-", i), nil)
+		_, err := m.Send(ctx, fmt.Sprint("m-", i), nil)
 		if err != nil {
 			if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "max-queues-per-uid") {
 				t.Fatalf("queue %d: %v", i, err)
@@ -375,20 +375,20 @@ func TestIntegrationPerUIDLimits(t *testing.T) {
 	if created != 50 {
 		t.Errorf("one user created %d of 100 queues; the per-uid default with others admitted is half", created)
 	}
-	if err := a.Send(ctx, "alice", []byte("room left")); err != nil {
+	if _, err := a.Send(ctx, "alice", []byte("room left")); err != nil {
 		t.Fatalf("another user's new queue: %v", err)
 	}
 
 	chunk := make([]byte, 1<<20)
 	for {
-		if err := m.Send(ctx, "", chunk); err != nil {
+		if _, err := m.Send(ctx, "", chunk); err != nil {
 			if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "per-uid") {
 				t.Fatalf("filling the private queue: %v", err)
 			}
 			break
 		}
 	}
-	if err := a.Send(ctx, "", make([]byte, 3<<20)); err != nil {
+	if _, err := a.Send(ctx, "", make([]byte, 3<<20)); err != nil {
 		t.Fatalf("another user's private store after one filled its share: %v", err)
 	}
 

@@ -208,7 +208,7 @@ func TestIntegrationZeroCopyKeepsServerMemorySmall(t *testing.T) {
 		for j := 0; j < len(b); j += 4096 {
 			b[j] = byte(i + j)
 		}
-		if err := c.SendPage(ctx, "big", p); err != nil {
+		if _, err := c.SendPage(ctx, "big", p); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -270,7 +270,7 @@ func TestIntegrationBadPagesRefused(t *testing.T) {
 	baseline := d.idleFDs() + 2 // and the two connections below
 	other := dial(t, d.socket)
 	ctx := ctxT(t)
-	if err := other.Send(ctx, "", []byte("bystander data")); err != nil {
+	if _, err := other.Send(ctx, "", []byte("bystander data")); err != nil {
 		t.Fatal(err)
 	}
 	raw := wiretest.DialHello(t, d.socket)
@@ -324,7 +324,7 @@ func TestIntegrationServerRestart(t *testing.T) {
 	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file left after SIGTERM: %v", err)
 	}
-	err = c.Send(ctxT(t), "", []byte("x"))
+	_, err = c.Send(ctxT(t), "", []byte("x"))
 	if !errors.Is(err, machq.ErrClosed) || !strings.Contains(err.Error(), "Dial again") {
 		t.Fatalf("send after the server stopped: %v; want ErrClosed telling to dial again", err)
 	}
@@ -338,7 +338,7 @@ func TestIntegrationServerRestart(t *testing.T) {
 		t.Fatalf("reconnect: %v", err)
 	}
 	defer c2.Close()
-	if err := c2.Send(ctxT(t), "", []byte("after")); err != nil {
+	if _, err := c2.Send(ctxT(t), "", []byte("after")); err != nil {
 		t.Fatal(err)
 	}
 	// The shell notices, says so, reconnects and carries on.
@@ -436,7 +436,7 @@ func TestIntegrationSocketActivation(t *testing.T) {
 
 	c := dial(t, socket)
 	ctx := ctxT(t)
-	if err := c.Send(ctx, "act", []byte("activated")); err != nil {
+	if _, err := c.Send(ctx, "act", []byte("activated")); err != nil {
 		t.Fatalf("send through the activated socket: %v\n%s", err, &logs)
 	}
 	m, err := c.Retrieve(ctx, "act")

@@ -173,7 +173,7 @@ func TestIntegrationPythonInterop(t *testing.T) {
 		payloads := [][]byte{make([]byte, 5<<20), make([]byte, 100)}
 		for _, p := range payloads {
 			rand.Read(p)
-			if err := c.Send(ctx, "go-to-py", p); err != nil {
+			if _, err := c.Send(ctx, "go-to-py", p); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -252,7 +252,7 @@ func TestIntegrationPythonAckInterop(t *testing.T) {
 		payloads := [][]byte{make([]byte, 100), make([]byte, 200<<10)}
 		for _, p := range payloads {
 			rand.Read(p)
-			if err := c.Send(ctx, queue, p); err != nil {
+			if _, err := c.Send(ctx, queue, p); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -57,7 +57,7 @@ func TestIntegrationReconnectAcrossRestarts(t *testing.T) {
 		for i := 0; !stop.Load(); i++ {
 			g := gen.Load()
 			sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-			err := producer.Send(sctx, "jobs", []byte(fmt.Sprint("m-", i)))
+			_, err := producer.Send(sctx, "jobs", []byte(fmt.Sprint("m-", i)))
 			scancel()
 			o := outcome{ok: err == nil, unknown: errors.Is(err, machq.ErrUnknownOutcome), gen: -1}
 			if g == gen.Load() {

@@ -138,7 +138,7 @@ func TestIntegrationDisown(t *testing.T) {
 	ctx := ctxT(t)
 	a := dialUser(t, d.socket, alice, machq.WithOwnedQueues())
 	b := dialUser(t, d.socket, bob, machq.WithOwnedQueues())
-	if err := a.Send(ctx, "name", []byte("x")); err != nil {
+	if _, err := a.Send(ctx, "name", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Disown(ctx, "name"); !errors.Is(err, machq.ErrDenied) {
@@ -153,10 +153,10 @@ func TestIntegrationDisown(t *testing.T) {
 	if err := a.Disown(ctx, "name"); err != nil {
 		t.Fatalf("disown of the empty queue: %v", err)
 	}
-	if err := b.Send(ctx, "name", []byte("bob's now")); err != nil {
+	if _, err := b.Send(ctx, "name", []byte("bob's now")); err != nil {
 		t.Fatalf("another user's store after the disown: %v", err)
 	}
-	if err := a.Send(ctx, "name", []byte("x")); !errors.Is(err, machq.ErrDenied) {
+	if _, err := a.Send(ctx, "name", []byte("x")); !errors.Is(err, machq.ErrDenied) {
 		t.Fatalf("the old owner's store into the new owner's queue: %v; want ErrDenied", err)
 	}
 	// Root may disown any owned queue, with the CLI too.
@@ -164,7 +164,7 @@ func TestIntegrationDisown(t *testing.T) {
 	if r := runCLI(t, nil, "disown", "--socket", d.socket, "--queue", "name"); r.code != 0 || !strings.Contains(r.stdout, "disowned") {
 		t.Fatalf("machq disown as root: %+v", r)
 	}
-	if err := a.Send(ctx, "name", []byte("alice again")); err != nil {
+	if _, err := a.Send(ctx, "name", []byte("alice again")); err != nil {
 		t.Fatalf("store after root disowned the queue: %v", err)
 	}
 }

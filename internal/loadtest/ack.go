@@ -618,7 +618,7 @@ func holdSentinels(ctx context.Context, monitor *machq.Client, cfg Config) ([]*m
 	var held []*machq.Delivery
 	for q := range cfg.Queues {
 		name := ackQueue(q)
-		if err := monitor.Send(ctx, name, payload); err != nil {
+		if _, err := monitor.Send(ctx, name, payload); err != nil {
 			return nil, fmt.Errorf("loadtest: store the sentinel of %s: %w", name, err)
 		}
 		d, err := monitor.Reserve(ctx, name, &machq.AckOptions{Lease: -1})

@@ -182,7 +182,7 @@ func produce(ctx context.Context, c *machq.Client, cfg AckClientConfig, rep *Cli
 	for n := range cfg.Messages {
 		q, size := ackShape(cfg.Seed, cfg.ID, n, cfg.Queues, cfg.MaxSize)
 		fill(buf[:size], cfg.ID, n)
-		if err := c.Send(ctx, ackQueue(q), buf[:size]); err != nil {
+		if _, err := c.Send(ctx, ackQueue(q), buf[:size]); err != nil {
 			return fmt.Errorf("producer %d: store message %d in %s: %w", cfg.ID, n, ackQueue(q), err)
 		}
 		rep.Stored++

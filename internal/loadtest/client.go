@@ -123,7 +123,7 @@ func exchange(ctx context.Context, c *machq.Client, cfg ClientConfig, rep *Clien
 		for range k {
 			n := max(payloadSize(r, cfg.MaxSize), 16)
 			fill(buf[:n], cfg.ID, next[q])
-			if err := c.Send(ctx, q, buf[:n]); err != nil {
+			if _, err := c.Send(ctx, q, buf[:n]); err != nil {
 				return fmt.Errorf("client %d: store %d in %q: %w", cfg.ID, next[q], q, err)
 			}
 			sizes[q] = append(sizes[q], n)
