@@ -346,3 +346,155 @@ func (c *Client) groupRequest(ctx context.Context, g wire.Group) (wire.Grouped, 
 	})
 	return r.grouped, err
 }
+
+// ReserveBatch takes up to n of the oldest messages of queue in ack mode,
+// as Reserve would, sending the n requests in one write: fewer come back
+// when the queue runs empty or the credit (o.Credit, machqd
+// --max-pending) is used up; none at all is that error (wrapping ErrEmpty
+// or ErrLimit). Every message is verified as Retrieve verifies it; the
+// Deliveries returned must be settled and closed even when the error is
+// not nil (one that fails verification comes back with an error wrapping
+// ErrTampered).
+func (c *Client) ReserveBatch(ctx context.Context, queue string, n int, o *AckOptions) ([]*Delivery, error) {
+	if err := checkQueue(queue); err != nil {
+		return nil, err
+	}
+	if n <= 0 {
+		return nil, fmt.Errorf("machq: ReserveBatch of %d messages; ask for at least 1", n)
+	}
+	if c.welcome.Version < wire.VersionAck {
+		return nil, fmt.Errorf("%w: ack mode needs protocol version %d; the server at %s speaks %d", ErrUnsupported, wire.VersionAck, c.path, c.welcome.Version)
+	}
+	req := o.wire()
+	req.Queue, req.Owned = []byte(queue), c.opts.owned
+	key := orphanKey(queue, true)
+	if len(req.Group) > 0 {
+		key += "\x00" + string(req.Group)
+	}
+	var got []result
+	c.mu.Lock()
+	if rs := c.orphans[key]; len(rs) > 0 {
+		k := min(n, len(rs))
+		got = append(got, rs[:k]...)
+		c.orphans[key] = rs[k:]
+	}
+	c.mu.Unlock()
+	var first error // why the batch came back short, if nothing came
+	var errs []error
+	if want := n - len(got); want > 0 {
+		calls := make([]*call, want)
+		ids := make([]uint64, want)
+		frames := make([]outFrame, want)
+		for i := range calls {
+			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), ack: true, orphan: key}
+			id, err := c.register(ctx, cl)
+			if err != nil {
+				for _, id := range ids[:i] {
+					c.unregister(id)
+				}
+				return c.deliverDeliveries(got, err)
+			}
+			calls[i], ids[i] = cl, id
+			r := *req
+			frames[i] = outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendRetrieve(b, id, r) }}
+		}
+		if err := c.enqueueFrames(ctx, frames); err != nil {
+			return c.deliverDeliveries(got, err)
+		}
+		for i, cl := range calls {
+			r, err := c.wait(ctx, ids[i], cl)
+			switch {
+			case err == nil:
+				got = append(got, r)
+			case ctx.Err() != nil:
+				for j := i + 1; j < len(calls); j++ {
+					if r, err := c.wait(ctx, ids[j], calls[j]); err == nil && r.msg != nil {
+						got = append(got, r)
+					}
+				}
+				return c.deliverDeliveries(got, err)
+			case errors.Is(err, ErrEmpty), errors.Is(err, ErrLimit):
+				if first == nil {
+					first = err
+				}
+			default:
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(got) == 0 && len(errs) == 0 {
+		return nil, first
+	}
+	return c.deliverDeliveries(got, errors.Join(errs...))
+}
+
+// deliverDeliveries is deliverBatch for ack-mode messages.
+func (c *Client) deliverDeliveries(rs []result, err error) ([]*Delivery, error) {
+	msgs, err := c.deliverBatch(rs, err)
+	ds := make([]*Delivery, len(msgs))
+	for i, m := range msgs {
+		ds[i] = &Delivery{Message: m, c: c}
+	}
+	return ds, err
+}
+
+// AckBatch acknowledges every delivery of ds taken on this client, as
+// Ack would, in one write and one wait for all the answers. The error
+// joins one error per delivery that could not be acknowledged, naming its
+// index; the others were.
+func (c *Client) AckBatch(ctx context.Context, ds []*Delivery) error {
+	if c.welcome.Version < wire.VersionAck {
+		return fmt.Errorf("%w: ack mode needs protocol version %d; the server at %s speaks %d", ErrUnsupported, wire.VersionAck, c.path, c.welcome.Version)
+	}
+	calls := make([]*call, len(ds))
+	ids := make([]uint64, len(ds))
+	var frames []outFrame
+	var errs []error
+	for i, d := range ds {
+		switch {
+		case d.c != c:
+			errs = append(errs, fmt.Errorf("delivery %d: taken on another client", i))
+			continue
+		case d.settled:
+			errs = append(errs, fmt.Errorf("delivery %d: %w: settled already (%s)", i, ErrStale, d.outcome))
+			continue
+		}
+		cl := &call{op: wire.OpAck, ch: make(chan result, 1)}
+		id, err := c.register(ctx, cl)
+		if err != nil {
+			for _, id := range ids[:i] {
+				if id != 0 {
+					c.unregister(id)
+				}
+			}
+			return err
+		}
+		calls[i], ids[i] = cl, id
+		s := wire.Settle{Token: d.ack.token}
+		frames = append(frames, outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendSettle(b, wire.OpAck, id, s) }})
+	}
+	if len(frames) > 0 {
+		if err := c.enqueueFrames(ctx, frames); err != nil {
+			return err
+		}
+	}
+	for i, cl := range calls {
+		if cl == nil {
+			continue
+		}
+		r, err := c.wait(ctx, ids[i], cl)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			errs = append(errs, fmt.Errorf("delivery %d: %w", i, ds[i].settleErr(err)))
+			continue
+		}
+		d := ds[i]
+		d.settled, d.outcome = true, Outcome(r.settled.Outcome)
+		if d.Queue == "" {
+			d.c.forgetPrivate(d.Seq)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -257,8 +257,9 @@ func TestLeaseRunsOutAndLateAckIsStale(t *testing.T) {
 	hung, other := dial(t, path), dial(t, path)
 	ctx := testCtx(t)
 	mustSend(t, other, "q", []byte("job"))
-	d := mustReserve(t, hung, "q", &machq.AckOptions{Lease: 100 * time.Millisecond})
-	if left, err := d.Touch(ctx); err != nil || left != 100*time.Millisecond {
+	// Long enough for the TOUCH to come first on a loaded machine.
+	d := mustReserve(t, hung, "q", &machq.AckOptions{Lease: time.Second})
+	if left, err := d.Touch(ctx); err != nil || left != time.Second {
 		t.Fatalf("touch: %s, %v", left, err)
 	}
 	again, err := other.ReserveWait(ctx, "q", nil)
@@ -651,5 +652,52 @@ func TestQueueConfig(t *testing.T) {
 	mustSend(t, c, "tight", []byte("back"))
 	if qs, _ := queueStats(srv, "tight"); qs.MaxDeliveries != 2 {
 		t.Fatalf("after its removal the queue's settings are %+v", qs)
+	}
+}
+
+// TestReserveAndAckInBatches: many deliveries taken and acknowledged in
+// one write each; a batch stops short at the credit or the queue's end.
+func TestReserveAndAckInBatches(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	for i := range 30 {
+		mustSend(t, c, "b", []byte(fmt.Sprint(i)))
+	}
+	ds, err := c.ReserveBatch(ctx, "b", 20, nil)
+	if err != nil || len(ds) != 20 {
+		t.Fatalf("ReserveBatch of 20: %d, %v", len(ds), err)
+	}
+	for i, d := range ds {
+		if string(d.Bytes()) != fmt.Sprint(i) {
+			t.Fatalf("delivery %d is %q", i, d.Bytes())
+		}
+	}
+	if err := c.AckBatch(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AckBatch(ctx, ds[:1]); !errors.Is(err, machq.ErrStale) {
+		t.Fatalf("acking again: %v", err)
+	}
+	short, err := c.ReserveBatch(ctx, "b", 20, &machq.AckOptions{Credit: 4})
+	if err != nil || len(short) != 4 {
+		t.Fatalf("ReserveBatch past a credit of 4: %d, %v", len(short), err)
+	}
+	if err := c.AckBatch(ctx, short); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := c.ReserveBatch(ctx, "b", 20, nil)
+	if err != nil || len(rest) != 6 {
+		t.Fatalf("ReserveBatch of the last 6: %d, %v", len(rest), err)
+	}
+	c.AckBatch(ctx, rest)
+	if _, err := c.ReserveBatch(ctx, "b", 5, nil); !errors.Is(err, machq.ErrEmpty) {
+		t.Fatalf("ReserveBatch of an empty queue: %v", err)
+	}
+	if st := srv.Stats(); st.Messages != 0 || st.Pending.Messages != 0 {
+		t.Fatalf("after every ack the server holds %d messages (%d pending)", st.Messages, st.Pending.Messages)
+	}
+	for _, d := range append(append(ds, short...), rest...) {
+		d.Close()
 	}
 }

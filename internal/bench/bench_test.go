@@ -144,7 +144,7 @@ func TestMachqAckTargetError(t *testing.T) {
 	defer tg.Close()
 	mt := tg.(*machqTarget)
 	calls := 0
-	err = mt.reserveConcurrently(4, func([]byte) { calls++ })
+	err = mt.reserveBatch(4, func([]byte) { calls++ })
 	if !errors.Is(err, machq.ErrEmpty) || calls != 0 {
 		t.Errorf("reserves of an empty queue: %v, %d payloads read; want ErrEmpty", err, calls)
 	}

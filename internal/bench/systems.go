@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/machq/machq"
@@ -238,7 +237,6 @@ type machqTarget struct {
 	dial  func() (*machq.Client, error)
 	ack   bool
 	batch [][]byte
-	errs  []error
 }
 
 // settle reconnects: Close waits for a spare page being allocated in the
@@ -292,9 +290,8 @@ func (t *machqTarget) retrieve(got func([]byte)) error {
 
 // Pipeline stores depth copies of p with one SendBatch, then takes them
 // back with one RetrieveBatch: each is one write and one wait. In ack
-// mode, which has no batch of its own, depth goroutines then each reserve
-// a message, read it and acknowledge it, so that their requests travel
-// together on the connection.
+// mode it takes them with one ReserveBatch, reads them, and acknowledges
+// them with one AckBatch.
 func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 	if cap(t.batch) < depth {
 		t.batch = make([][]byte, depth)
@@ -307,7 +304,7 @@ func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 		return err
 	}
 	if t.ack {
-		return t.reserveConcurrently(depth, got)
+		return t.reserveBatch(depth, got)
 	}
 	msgs, err := t.c.RetrieveBatch(t.ctx, "", depth)
 	for _, m := range msgs {
@@ -322,27 +319,22 @@ func (t *machqTarget) Pipeline(p []byte, depth int, got func([]byte)) error {
 	return err
 }
 
-// reserveConcurrently runs n reserves, each followed by the read of its
-// message and its Ack, at once; got is called by one at a time.
-func (t *machqTarget) reserveConcurrently(n int, got func([]byte)) error {
-	if cap(t.errs) < n {
-		t.errs = make([]error, n)
+// reserveBatch takes n messages in ack mode in one write, reads each,
+// and acknowledges them all in another.
+func (t *machqTarget) reserveBatch(n int, got func([]byte)) error {
+	ds, err := t.c.ReserveBatch(t.ctx, "", n, nil)
+	if err == nil {
+		for _, d := range ds {
+			got(d.Bytes())
+		}
+		err = t.c.AckBatch(t.ctx, ds)
 	}
-	errs := t.errs[:n]
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for i := range errs {
-		wg.Go(func() {
-			errs[i] = t.reserve(func(b []byte) {
-				mu.Lock()
-				defer mu.Unlock()
-				got(b)
-			})
-		})
+	for _, d := range ds {
+		d.Close()
 	}
-	wg.Wait()
-	err := errors.Join(errs...)
-	clear(errs)
+	if err == nil && len(ds) != n {
+		err = fmt.Errorf("reserved %d of the %d messages stored", len(ds), n)
+	}
 	return err
 }
 
