@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,13 @@ func TestIntegrationRetrieveIntoClosedPipeLeavesTheMessage(t *testing.T) {
 	if q := queueStats(d, "big"); q.Redelivered != 0 || q.Delivered != 1 {
 		t.Fatalf("stats after the broken pipe: %+v", q)
 	}
+	// machq peek shows it, whole, without taking it.
+	if r := runCLI(t, nil, "peek", "--socket", d.socket, "--queue", "big"); r.code != 0 || !bytes.Equal([]byte(r.stdout), payload) {
+		t.Fatalf("peek: exit %d, %d bytes, stderr %q", r.code, len(r.stdout), r.stderr)
+	}
+	if r := runCLI(t, nil, "peek", "--socket", d.socket, "--queue", "big", "--list"); r.code != 0 || !strings.Contains(r.stdout, fmt.Sprint(len(payload))) {
+		t.Fatalf("peek --list: %+v", r)
+	}
 	// The whole payload is still there, intact.
 	out := filepath.Join(t.TempDir(), "out")
 	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "big", "--out", out); r.code != 0 {
@@ -57,6 +65,16 @@ func TestIntegrationRetrieveIntoClosedPipeLeavesTheMessage(t *testing.T) {
 	store(t, d.socket, "big", payload)
 	run(" --no-ack")
 	waitFor(t, "the queue empty", func() bool { return queueStats(d, "big").Messages == 0 && queueStats(d, "big").Pending == 0 })
+	// machq purge empties a queue and says how many it freed.
+	for range 3 {
+		store(t, d.socket, "big", payload)
+	}
+	if r := runCLI(t, nil, "purge", "--socket", d.socket, "--queue", "big"); r.code != 0 || !strings.Contains(r.stdout, "3 messages freed") {
+		t.Fatalf("purge: %+v", r)
+	}
+	if q := queueStats(d, "big"); q.Messages != 0 {
+		t.Fatalf("after the purge: %+v", q)
+	}
 }
 
 // TestIntegrationSIGKILLedConsumerRedeliveredAtOnce: a consumer process
