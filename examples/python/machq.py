@@ -14,6 +14,12 @@ specifies it, and was written from that document alone:
 * acknowledged delivery (version 3): RETRIEVE in ack mode (reserve), with
   a lease and a credit, returning a Delivery to ACK, NAK, TOUCH or TERM,
   and KICK of dead letters back into their queue;
+* queue management (version 3): PEEK, PURGE, DELETE, and CONFIG of a
+  queue's own max-deliveries and lease;
+* consumer groups (version 3): GROUP to create or delete one, and
+  reserve through a group;
+* STORE with the WAIT flag (version 3): a store into a full queue waits
+  for room, and can be cancelled like a waiting RETRIEVE;
 * SHA-256 digests: computed for every payload stored, verified (in
   constant time) for every payload retrieved. In ack mode a message this
   client cannot verify (BLAKE3, or an unknown algorithm) is NAKed, and one
@@ -38,6 +44,11 @@ Example::
         print(d.seq, d.payload, d.deliveries)
         d.ack()   # or d.nak(delay_ms=..., reason=...), d.term(reason)
 
+        c.create_group("events", "audit")             # each group gets every message
+        c.store(b"e1", "events")
+        d = c.reserve("events", group="audit")
+        d.ack()
+
 A Client is not thread-safe: use one per thread.
 """
 
@@ -53,9 +64,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = [
-    "Client", "Message", "Delivery", "connect", "socket_path",
+    "Client", "Message", "Delivery", "Peeked", "connect", "socket_path",
     "MachqError", "ProtocolError", "ConnectionClosed", "ServerError", "StaleError",
-    "IntegrityError", "UnverifiableError", "Unsupported",
+    "NoGroupError", "IntegrityError", "UnverifiableError", "Unsupported",
     "DIGEST_NONE", "DIGEST_SHA256", "DIGEST_BLAKE3", "WAIT_FOREVER", "NO_LEASE",
     "OUTCOME_ACKED", "OUTCOME_REQUEUED", "OUTCOME_DEAD_LETTERED", "OUTCOME_DROPPED",
     "OUTCOME_TOUCHED", "DEAD_LIVE", "DEAD_TERMED", "DEAD_MAX_DELIVERIES",
@@ -71,14 +82,17 @@ MAGIC = b"MCHQ"
 HELLO, STORE, RETRIEVE, CANCEL, STAT = 0x01, 0x02, 0x03, 0x04, 0x05
 DISOWN = 0x06                                          # version 2
 ACK, NAK, TOUCH, TERM, KICK = 0x07, 0x08, 0x09, 0x0A, 0x0B   # version 3
+PEEK, PURGE, DELETE, GROUP, CONFIG = 0x0C, 0x0D, 0x0E, 0x0F, 0x10   # version 3
 WELCOME, STORED, MESSAGE, STATS, ERROR = 0x81, 0x82, 0x83, 0x85, 0xFF
 DISOWNED = 0x86                                        # version 2
 SETTLED, KICKED = 0x87, 0x8B                           # version 3
+PURGED, DELETED, GROUPED, CONFIGURED = 0x8D, 0x8E, 0x8F, 0x90   # version 3
 
 # Header flags.
 FLAG_INLINE = 0x01   # STORE and MESSAGE: the payload is in the frame
-FLAG_OWNED = 0x02    # STORE and RETRIEVE: a named queue this creates is the sender's
+FLAG_OWNED = 0x02    # STORE, RETRIEVE, GROUP, CONFIG: a named queue this creates is the sender's
 FLAG_ACK = 0x04      # RETRIEVE and MESSAGE, version 3: ack mode
+FLAG_WAIT = 0x08     # STORE, version 3: wait for room in a full queue
 
 MAX_FRAME = (1 << 20) + 1024   # largest frame either side sends
 MAX_INLINE = 1 << 20           # largest inline payload any server accepts
@@ -95,6 +109,9 @@ OUTCOME_ACKED, OUTCOME_REQUEUED, OUTCOME_DEAD_LETTERED, OUTCOME_DROPPED, OUTCOME
 OUTCOME_NAMES = {OUTCOME_ACKED: "acked", OUTCOME_REQUEUED: "requeued",
                  OUTCOME_DEAD_LETTERED: "dead-lettered", OUTCOME_DROPPED: "dropped",
                  OUTCOME_TOUCHED: "touched"}
+
+# GROUP actions (section 6.14).
+GROUP_CREATE, GROUP_CREATE_FROM_OLDEST, GROUP_DELETE = 1, 2, 3
 
 # Why a message is a dead letter: MESSAGE `dead` (section 6.6).
 DEAD_LIVE, DEAD_TERMED, DEAD_MAX_DELIVERIES = 0, 1, 2
@@ -113,7 +130,8 @@ HELLO_BODY = struct.Struct("<4sHH")      # magic, min_version, max_version
 WELCOME_BODY = struct.Struct("<4sHHIIQI")  # magic, version, rsv, max_inline, max_frame, max_message, pid
 STORE_FIXED = struct.Struct("<QBBBB")    # size, digest_alg, digest_len, name_len, reserved
 RETRIEVE_FIXED = struct.Struct("<IBBBB")  # wait_ms, name_len, 3 reserved
-RETRIEVE_ACK_FIXED = struct.Struct("<IBBBBII")  # wait_ms, name_len, 3 reserved, lease_ms, credit
+# Ack mode: wait_ms, name_len, group_len, 2 reserved, lease_ms, credit.
+RETRIEVE_ACK_FIXED = struct.Struct("<IBBBBII")
 MESSAGE_FIXED = struct.Struct("<QQBB6x")  # seq, size, digest_alg, digest_len, reserved
 # Ack mode: seq, size, digest_alg, digest_len, dead, reserved, deliveries,
 # token, note_len, reserved, died_after.
@@ -123,6 +141,11 @@ SETTLED_BODY = struct.Struct("<B3xI")    # outcome, reserved, lease_ms
 KICK_FIXED = struct.Struct("<IBBBB")     # count, name_len, 3 reserved
 KICKED_BODY = struct.Struct("<I4x")      # moved, reserved
 DISOWN_FIXED = struct.Struct("<BBBB")    # name_len, 3 reserved
+QUEUE_OP_FIXED = struct.Struct("<IBBBB")  # PEEK, PURGE, DELETE: index, name_len, 3 reserved
+PURGED_BODY = struct.Struct("<QQ")       # PURGED, DELETED: freed, pending
+GROUP_FIXED = struct.Struct("<BBBB")     # action, name_len, group_len, reserved
+GROUPED_BODY = struct.Struct("<B7xQQ")   # changed, reserved, count, pending
+CONFIG_FIXED = struct.Struct("<IIB7x")   # max_deliveries, lease_ms, name_len, reserved
 ERROR_FIXED = struct.Struct("<HH")       # code, reserved
 U64 = struct.Struct("<Q")
 
@@ -132,8 +155,9 @@ ERROR_NAMES = {
     5: "TOO_LARGE", 6: "EMPTY", 7: "BAD_PAGE", 8: "CANCELLED",
     9: "SHUTTING_DOWN", 10: "LIMIT", 11: "INTERNAL", 12: "BAD_DESCRIPTOR",
     13: "BAD_REQUEST", 14: "DENIED", 15: "FORBIDDEN", 16: "IN_USE", 17: "STALE",
+    18: "NO_GROUP",
 }
-STALE = 17
+STALE, NO_GROUP = 17, 18
 # Codes after which the server closes the connection, whatever their id.
 FATAL_CODES = frozenset((1, 2, 9, 14))
 
@@ -182,6 +206,14 @@ class StaleError(ServerError):
     The delivery was settled already, or its lease ran out and the message
     went back to its queue, or it was never delivered on this connection.
     Nothing was settled: do not count the message as processed.
+    """
+
+
+class NoGroupError(ServerError):
+    """ERROR NO_GROUP (version 3): a reserve named a consumer group that the
+    queue does not have, or a queue that does not exist (section 6.5).
+
+    A RETRIEVE never creates a group: create it with Client.create_group.
     """
 
 
@@ -258,6 +290,7 @@ class Delivery(Message):
     died_after: int = 0   # a dead letter's deliveries in its queue when it became one
     note: str = ""        # a TERM's reason, or the last NAK's text; "" if none
     outcome: Optional[int] = None   # OUTCOME_* once settled by this client
+    group: str = ""       # the consumer group it came through; "" for the queue itself
     client: "Optional[Client]" = field(default=None, repr=False, compare=False)
 
     @property
@@ -302,6 +335,31 @@ class Delivery(Message):
         if self.client is None:
             raise MachqError("this delivery belongs to no client")
         return self.client
+
+
+@dataclass
+class Peeked(Message):
+    """A message looked at with peek() (version 3): a copy of what is at
+    `index` in its queue's line, which stays there.
+
+    A peek is not a delivery: there is nothing to settle. A page comes as
+    a new descriptor of the same sealed memfd, read and closed by peek().
+    """
+    deliveries: int = 0   # deliveries of the message in ack mode in its queue so far
+    dead: int = DEAD_LIVE   # DEAD_LIVE, or why a dead letter is one (in a .dlq queue)
+    died_after: int = 0   # a dead letter's deliveries in its queue when it became one
+    note: str = ""        # a TERM's reason, or the last NAK's text; "" if none
+    index: int = 0        # its position in line when peeked, 0 = the oldest
+
+    @property
+    def redelivered(self) -> bool:
+        """Whether the message was delivered before in ack mode and not acknowledged."""
+        return self.deliveries > 0
+
+    @property
+    def dead_reason(self) -> str:
+        """Why the message is a dead letter: "live", "termed", "max-deliveries" or "dead N"."""
+        return DEAD_NAMES.get(self.dead, "dead %d" % self.dead)
 
 
 @dataclass
@@ -354,9 +412,14 @@ def retrieve_body(queue: bytes, wait_ms: int = 0) -> bytes:
     return RETRIEVE_FIXED.pack(wait_ms, len(queue), 0, 0, 0) + queue
 
 
-def retrieve_ack_body(queue: bytes, wait_ms: int = 0, lease_ms: int = 0, credit: int = 0) -> bytes:
-    """Encode the body of a RETRIEVE in ack mode, sent with FLAG_ACK (section 6.5)."""
-    return RETRIEVE_ACK_FIXED.pack(wait_ms, len(queue), 0, 0, 0, lease_ms, credit) + queue
+def retrieve_ack_body(queue: bytes, wait_ms: int = 0, lease_ms: int = 0, credit: int = 0,
+                      group: bytes = b"") -> bytes:
+    """Encode the body of a RETRIEVE in ack mode, sent with FLAG_ACK (section 6.5).
+
+    A non-empty `group` takes through the queue's consumer group of that name.
+    """
+    return RETRIEVE_ACK_FIXED.pack(wait_ms, len(queue), len(group), 0, 0, lease_ms, credit) \
+        + queue + group
 
 
 def settle_body(token: int, delay_ms: int = 0, text: bytes = b"") -> bytes:
@@ -367,6 +430,21 @@ def settle_body(token: int, delay_ms: int = 0, text: bytes = b"") -> bytes:
 def kick_body(queue: bytes, count: int = 0) -> bytes:
     """Encode a KICK body (section 6.12)."""
     return KICK_FIXED.pack(count, len(queue), 0, 0, 0) + queue
+
+
+def queue_op_body(queue: bytes, index: int = 0) -> bytes:
+    """Encode the body of PEEK, PURGE or DELETE (section 6.13)."""
+    return QUEUE_OP_FIXED.pack(index, len(queue), 0, 0, 0) + queue
+
+
+def group_body(action: int, queue: bytes, group: bytes) -> bytes:
+    """Encode a GROUP body (section 6.14)."""
+    return GROUP_FIXED.pack(action, len(queue), len(group), 0) + queue + group
+
+
+def config_body(queue: bytes, max_deliveries: int = 0, lease_ms: int = 0) -> bytes:
+    """Encode a CONFIG body (section 6.15)."""
+    return CONFIG_FIXED.pack(max_deliveries, lease_ms, len(queue)) + queue
 
 
 def make_page(data) -> int:
@@ -459,10 +537,10 @@ def _text(what: str, text: Union[str, bytes]) -> bytes:
     return raw
 
 
-def _queue_name(queue: Union[str, bytes]) -> bytes:
+def _queue_name(queue: Union[str, bytes], what: str = "queue name") -> bytes:
     name = queue.encode("ascii") if isinstance(queue, str) else bytes(queue)
     if len(name) > MAX_NAME:
-        raise ValueError("queue name is %d bytes, at most %d" % (len(name), MAX_NAME))
+        raise ValueError("%s is %d bytes, at most %d" % (what, len(name), MAX_NAME))
     return name
 
 
@@ -500,8 +578,8 @@ class Client:
         # of the bytes that came with them (section 4).
         self._batches: List[list] = []
         self._responses: Dict[int, _Response] = {}   # arrived, not yet collected
-        # Queue and mode (True: ack mode) of each RETRIEVE not yet collected.
-        self._queues: Dict[int, Tuple[str, bool]] = {}
+        # Queue, mode (True: ack mode) and group of each RETRIEVE not yet collected.
+        self._queues: Dict[int, Tuple[str, bool, str]] = {}
         # The fatal ERROR the server sent, if any. The server closes the
         # connection after it, so no request may be sent any more, but the
         # responses that follow it (CANCELLED for each waiting RETRIEVE) are
@@ -550,7 +628,7 @@ class Client:
     # -- requests ---------------------------------------------------------
 
     def store(self, data, queue: Union[str, bytes] = "", *, inline: Optional[bool] = None,
-              owned: bool = False) -> int:
+              owned: bool = False, wait: bool = False) -> int:
         """Store `data` at the tail of `queue` ("" = this connection's private queue).
 
         Returns the message's sequence number. `inline` forces the form
@@ -558,7 +636,31 @@ class Client:
         queue this store creates belongs to this user (section 10). Raises
         ValueError, before sending anything, for a payload larger than the
         server's max_message (or than its max_inline, when forced inline).
+
+        With `wait` (version 3) a store into a queue that is full by its
+        own limits (--max-queue-messages, --max-queue-bytes, the private
+        queue's; with consumer groups, any group's) waits for room instead
+        of failing with ServerError LIMIT, for as long as it takes (on a
+        connection with a `timeout`, a wait that outlasts it raises
+        socket.timeout): use start_store() and cancel() to be able to give
+        up. The server's totals and quotas still fail at once with LIMIT.
         """
+        return self.store_result(self.start_store(data, queue, inline=inline, owned=owned,
+                                                  wait=wait))
+
+    def start_store(self, data, queue: Union[str, bytes] = "", *, inline: Optional[bool] = None,
+                    owned: bool = False, wait: bool = False) -> int:
+        """Send a STORE and return its id, without waiting for the answer.
+
+        Collect the answer with store_result(id). A store sent with `wait`
+        (version 3; Unsupported, without sending, below it) that waits for
+        room can be cancelled with cancel(id): store_result() then raises
+        ServerError CANCELLED, and nothing was stored (unless STORED came
+        first: then the message is stored and store_result() returns its
+        sequence number). See store() for the other arguments.
+        """
+        if wait:
+            self._require(3, "a waiting STORE")
         view = memoryview(data).cast("B")
         size = len(view)
         if inline is None:
@@ -570,15 +672,21 @@ class Client:
             raise ValueError("a payload of %d bytes exceeds the server's max_message of %d"
                              % (size, self.max_message))
         body = store_body(size, self.digest_alg, digest_of(self.digest_alg, view), _queue_name(queue))
-        flags = FLAG_OWNED if owned else 0
+        flags = (FLAG_OWNED if owned else 0) | (FLAG_WAIT if wait else 0)
         if inline:
-            rid = self.send_frame(STORE, body + view, flags=flags | FLAG_INLINE)
-        else:
-            fd = make_page(view)
-            try:
-                rid = self.send_frame(STORE, body, flags=flags, fd=fd)
-            finally:
-                os.close(fd)   # the kernel holds its own reference
+            return self.send_frame(STORE, body + view, flags=flags | FLAG_INLINE)
+        fd = make_page(view)
+        try:
+            return self.send_frame(STORE, body, flags=flags, fd=fd)
+        finally:
+            os.close(fd)   # the kernel holds its own reference
+
+    def store_result(self, rid: int) -> int:
+        """Wait for the answer to STORE `rid` and return the message's sequence number.
+
+        Raises ServerError (LIMIT, CANCELLED for a cancelled waiting store,
+        SHUTTING_DOWN, ...) for an ERROR.
+        """
         r = self.response(rid, STORED)
         if len(r.body) != U64.size:
             self._abort("STORED body is %d bytes, want 8" % len(r.body))
@@ -586,91 +694,55 @@ class Client:
 
     def start_retrieve(self, queue: Union[str, bytes] = "", wait_ms: int = 0, *,
                        owned: bool = False, ack: bool = False, lease_ms: int = 0,
-                       credit: int = 0) -> int:
+                       credit: int = 0, group: Union[str, bytes] = "") -> int:
         """Send a RETRIEVE and return its id, without waiting for the answer.
 
         Collect the answer with result(id); cancel a waiting one with
         cancel(id). `wait_ms`: 0 answers at once, WAIT_FOREVER waits until
         cancelled. With `ack` the RETRIEVE is in ack mode (version 3; see
-        reserve() for `lease_ms` and `credit`) and result() returns a
-        Delivery; on a connection below version 3 it raises Unsupported
-        without sending anything.
+        reserve() for `lease_ms`, `credit` and `group`) and result()
+        returns a Delivery; on a connection below version 3 it raises
+        Unsupported without sending anything.
         """
         _u32("wait_ms", wait_ms)
         name = _queue_name(queue)
+        gname = _queue_name(group, "group name")
         flags = FLAG_OWNED if owned else 0
         if ack:
             self._require(3, "ack mode")
-            body = retrieve_ack_body(name, wait_ms, _u32("lease_ms", lease_ms), _u32("credit", credit))
+            body = retrieve_ack_body(name, wait_ms, _u32("lease_ms", lease_ms),
+                                     _u32("credit", credit), gname)
             flags |= FLAG_ACK
-        elif lease_ms or credit:
-            raise ValueError("lease_ms and credit apply only to ack mode")
+        elif lease_ms or credit or gname:
+            raise ValueError("lease_ms, credit and group apply only to ack mode")
         else:
             body = retrieve_body(name, wait_ms)
         rid = self.send_frame(RETRIEVE, body, flags=flags)
-        self._queues[rid] = (name.decode("ascii", "replace"), ack)
+        self._queues[rid] = (name.decode("ascii", "replace"), ack, gname.decode("ascii", "replace"))
         return rid
 
     def result(self, rid: int) -> Message:
         """Wait for the answer to RETRIEVE `rid` and return its verified message.
 
-        Raises ServerError (EMPTY, CANCELLED, ...) for an ERROR, and
-        IntegrityError if the payload does not match its digest (its
-        subclass UnverifiableError if this client cannot verify it). For a
-        RETRIEVE in ack mode it returns a Delivery; a delivery that fails
-        verification is settled first: NAKed if it cannot be verified,
-        TERMed on a mismatch (section 9), and the error says how.
+        Raises ServerError (EMPTY, CANCELLED, NoGroupError, ...) for an
+        ERROR, and IntegrityError if the payload does not match its digest
+        (its subclass UnverifiableError if this client cannot verify it).
+        For a RETRIEVE in ack mode it returns a Delivery; a delivery that
+        fails verification is settled first: NAKed if it cannot be
+        verified, TERMed on a mismatch (section 9), and the error says how.
         """
-        queue, ack = self._queues.pop(rid, ("", False))
+        queue, ack, group = self._queues.pop(rid, ("", False, ""))
         r = self.response(rid, MESSAGE)
-        try:
-            if bool(r.flags & FLAG_ACK) != ack:
-                raise ValueError("the ACK flag is %s on the answer to a RETRIEVE %s it"
-                                 % ("set" if r.flags & FLAG_ACK else "missing",
-                                    "with" if ack else "without"))
-            if ack:
-                (seq, size, alg, dlen, dead, deliveries, token, note_len,
-                 died_after) = MESSAGE_ACK_FIXED.unpack_from(r.body)
-                fixed = MESSAGE_ACK_FIXED.size
-                if token == 0:
-                    raise ValueError("token 0")
-                if note_len > MAX_TEXT:
-                    raise ValueError("note of %d bytes" % note_len)
-            else:
-                seq, size, alg, dlen = MESSAGE_FIXED.unpack_from(r.body)
-                fixed, note_len = MESSAGE_FIXED.size, 0
-            if dlen > MAX_DIGEST:
-                raise ValueError("digest of %d bytes" % dlen)
-            end = fixed + dlen + note_len
-            if len(r.body) < end:
-                raise ValueError("digest and note do not fit")
-            digest = bytes(r.body[fixed:fixed + dlen])
-            note = bytes(r.body[fixed + dlen:end]).decode("utf-8", "replace")
-            inline = bool(r.flags & FLAG_INLINE)
-            if inline and (r.fds or len(r.body) - end != size):
-                raise ValueError("inline MESSAGE carries a descriptor or the wrong payload size")
-            if not inline and (len(r.fds) != 1 or len(r.body) != end):
-                raise ValueError("out-of-line MESSAGE without exactly one descriptor")
-        except (struct.error, ValueError) as e:
-            # Closing the connection also puts an ack-mode delivery back.
-            _close_fds(r.fds)
-            self._abort("bad MESSAGE: %s" % e)
+        seq, size, alg, digest, inline, extra, end = self._decode_message(r, ack, False)
         if ack:
+            deliveries, token, dead, died_after, note = extra
             msg: Message = Delivery(seq, b"", alg, digest, inline, queue, deliveries, token,
-                                    dead, died_after, note, client=self)
+                                    dead, died_after, note, group=group, client=self)
         else:
             msg = Message(seq, b"", alg, digest, inline, queue)
         try:
-            if inline:
-                msg.data = bytes(r.body[end:])
-            else:
-                try:
-                    msg.data = read_page(r.fds[0], size)
-                finally:
-                    os.close(r.fds[0])   # the retriever owns the received descriptor
-            verify(alg, digest, msg.data)
+            self._load(msg, r, end, size)
         except IntegrityError as e:
-            e.message = msg
             if isinstance(msg, Delivery):
                 self._refuse(msg, e)
             raise
@@ -684,6 +756,70 @@ class Client:
             raise
         return msg
 
+    def _decode_message(self, r: _Response, ack: bool, peek: bool):
+        """Check and decode a MESSAGE's fixed part, digest and note (section 6.6).
+
+        Returns (seq, size, digest_alg, digest, inline, extra, end): `extra`
+        is (deliveries, token, dead, died_after, note) for the ack-mode
+        layout, else None; `end` is where the payload starts. A MESSAGE that
+        breaks the protocol closes the connection (which also puts an
+        ack-mode delivery back) and raises ProtocolError.
+        """
+        try:
+            if bool(r.flags & FLAG_ACK) != ack:
+                raise ValueError("the ACK flag is %s on the answer to a %s"
+                                 % ("set" if r.flags & FLAG_ACK else "missing",
+                                    "PEEK" if peek else "RETRIEVE %s it" % ("with" if ack else "without")))
+            extra = None
+            if ack:
+                (seq, size, alg, dlen, dead, deliveries, token, note_len,
+                 died_after) = MESSAGE_ACK_FIXED.unpack_from(r.body)
+                fixed = MESSAGE_ACK_FIXED.size
+                if peek and token != 0:
+                    raise ValueError("token %d on the answer to a PEEK, want 0" % token)
+                if not peek and token == 0:
+                    raise ValueError("token 0")
+                if note_len > MAX_TEXT:
+                    raise ValueError("note of %d bytes" % note_len)
+            else:
+                seq, size, alg, dlen = MESSAGE_FIXED.unpack_from(r.body)
+                fixed, note_len = MESSAGE_FIXED.size, 0
+            if dlen > MAX_DIGEST:
+                raise ValueError("digest of %d bytes" % dlen)
+            end = fixed + dlen + note_len
+            if len(r.body) < end:
+                raise ValueError("digest and note do not fit")
+            digest = bytes(r.body[fixed:fixed + dlen])
+            if ack:
+                note = bytes(r.body[fixed + dlen:end]).decode("utf-8", "replace")
+                extra = (deliveries, token, dead, died_after, note)
+            inline = bool(r.flags & FLAG_INLINE)
+            if inline and (r.fds or len(r.body) - end != size):
+                raise ValueError("inline MESSAGE carries a descriptor or the wrong payload size")
+            if not inline and (len(r.fds) != 1 or len(r.body) != end):
+                raise ValueError("out-of-line MESSAGE without exactly one descriptor")
+        except (struct.error, ValueError) as e:
+            _close_fds(r.fds)
+            self._abort("bad MESSAGE: %s" % e)
+        return seq, size, alg, digest, inline, extra, end
+
+    @staticmethod
+    def _load(msg: Message, r: _Response, end: int, size: int) -> None:
+        """Fill in msg.data from a decoded MESSAGE, close its descriptor,
+        and verify the payload; an IntegrityError carries `msg`."""
+        try:
+            if msg.inline:
+                msg.data = bytes(r.body[end:])
+            else:
+                try:
+                    msg.data = read_page(r.fds[0], size)
+                finally:
+                    os.close(r.fds[0])   # the receiver owns the received descriptor
+            verify(msg.digest_alg, msg.digest, msg.data)
+        except IntegrityError as e:
+            e.message = msg
+            raise
+
     def retrieve(self, queue: Union[str, bytes] = "", wait_ms: int = 0, *,
                  owned: bool = False) -> Message:
         """Take the oldest message of `queue`.
@@ -693,7 +829,7 @@ class Client:
         return self.result(self.start_retrieve(queue, wait_ms, owned=owned))
 
     def reserve(self, queue: Union[str, bytes] = "", wait_ms: int = 0, *, lease_ms: int = 0,
-                credit: int = 0, owned: bool = False) -> Delivery:
+                credit: int = 0, owned: bool = False, group: Union[str, bytes] = "") -> Delivery:
         """Take the oldest message of `queue` in ack mode (version 3).
 
         The message stays pending with this connection until the returned
@@ -705,14 +841,20 @@ class Client:
         most unsettled deliveries this connection may hold for this request
         to be served (0 = the server's maximum); over it, a request without
         a wait fails with ServerError LIMIT and a waiting one waits for
-        credit as well as for a message.
+        credit as well as for a message. `group`: take through the named
+        queue's consumer group of that name (section 10.2), which must
+        exist (create_group); each group receives every message stored
+        into the queue, and the consumers of one group share its messages.
 
         Raises ServerError EMPTY when there is none (within `wait_ms`),
-        Unsupported (without sending) on a connection below version 3, and
-        IntegrityError / UnverifiableError as result() describes.
+        NoGroupError for a group the queue does not have (or a queue that
+        does not exist), CANCELLED if the group or the queue is deleted
+        while the request waits, Unsupported (without sending) on a
+        connection below version 3, and IntegrityError /
+        UnverifiableError as result() describes.
         """
         return self.result(self.start_retrieve(queue, wait_ms, owned=owned, ack=True,
-                                               lease_ms=lease_ms, credit=credit))
+                                               lease_ms=lease_ms, credit=credit, group=group))
 
     def ack(self, token: int) -> int:
         """ACK the delivery named `token`; returns the SETTLED outcome (section 6.11).
@@ -772,6 +914,123 @@ class Client:
             self._abort("KICKED body is %d bytes, want 8" % len(r.body))
         return KICKED_BODY.unpack(r.body)[0]
 
+    def peek(self, queue: Union[str, bytes] = "", index: int = 0) -> Peeked:
+        """Look at the message at `index` in `queue`'s line (0 = the oldest)
+        without taking it (version 3, section 6.13).
+
+        Returns a verified Peeked message, with its deliveries so far, and
+        for a dead letter (in a .dlq queue) why it is one, after how many
+        deliveries, and its note. Messages pending with consumers, or NAKed
+        and waiting out a delay, are not in line. Raises ServerError EMPTY
+        for a queue that does not exist or holds no more than `index`
+        messages in line; IntegrityError / UnverifiableError (carrying the
+        message) if the payload fails verification: nothing is settled, the
+        message stays in its queue. Unsupported, without sending, below
+        version 3.
+        """
+        self._require(3, "PEEK")
+        name = _queue_name(queue)
+        r = self.response(self.send_frame(PEEK, queue_op_body(name, _u32("index", index))), MESSAGE)
+        seq, size, alg, digest, inline, extra, end = self._decode_message(r, True, True)
+        deliveries, _, dead, died_after, note = extra
+        msg = Peeked(seq, b"", alg, digest, inline, name.decode("ascii", "replace"),
+                     deliveries, dead, died_after, note, index)
+        self._load(msg, r, end, size)
+        return msg
+
+    def purge(self, queue: Union[str, bytes] = "") -> Tuple[int, int]:
+        """Free every message of `queue` (version 3, section 6.13).
+
+        Those in line and those NAKed and waiting out a delay are freed at
+        once; those pending with consumers are freed when they come back
+        unacknowledged (a NAK of one answers OUTCOME_DROPPED). Waiting
+        RETRIEVEs go on waiting. Returns (freed, pending): the messages
+        freed at once, and those pending then. Unsupported, without sending,
+        below version 3.
+        """
+        return self._queue_op(PURGE, PURGED, "PURGE", queue)
+
+    def delete(self, queue: Union[str, bytes]) -> Tuple[int, int]:
+        """Remove named queue `queue` with everything it holds, its consumer
+        groups included (version 3, section 6.13).
+
+        What it holds is freed as purge() frees it; each RETRIEVE waiting on
+        it (or on one of its groups), and each STORE waiting for room in it,
+        is answered with ServerError CANCELLED. Its dead-letter queue is
+        left alone. Returns (freed, pending) as purge() does. The private
+        queue cannot be deleted (ServerError BAD_QUEUE_NAME). Unsupported,
+        without sending, below version 3.
+        """
+        return self._queue_op(DELETE, DELETED, "DELETE", queue)
+
+    def _queue_op(self, op: int, want: int, what: str, queue: Union[str, bytes]) -> Tuple[int, int]:
+        self._require(3, what)
+        r = self.response(self.send_frame(op, queue_op_body(_queue_name(queue))), want)
+        if len(r.body) != PURGED_BODY.size:
+            self._abort("%sD body is %d bytes, want %d" % (what, len(r.body), PURGED_BODY.size))
+        return PURGED_BODY.unpack(r.body)
+
+    def create_group(self, queue: Union[str, bytes], group: Union[str, bytes],
+                     from_oldest: bool = False, *, owned: bool = False) -> Tuple[bool, int]:
+        """Create consumer group `group` of named queue `queue` (version 3,
+        sections 6.14, 10.2).
+
+        From then on every message stored into the queue goes to each of
+        its groups, read with reserve(queue, group=...). A new group
+        receives the messages stored from now on; with `from_oldest` it
+        also takes every message the queue still holds. The queue is
+        created if need be (with `owned`, as this user's). Returns
+        (changed, adopted): whether the group was created (False: it
+        existed already), and how many messages it took with `from_oldest`.
+        Unsupported, without sending, below version 3.
+        """
+        action = GROUP_CREATE_FROM_OLDEST if from_oldest else GROUP_CREATE
+        changed, count, _ = self._group(action, queue, group, FLAG_OWNED if owned else 0)
+        return changed, count
+
+    def delete_group(self, queue: Union[str, bytes], group: Union[str, bytes]) -> Tuple[bool, int, int]:
+        """Delete consumer group `group` of `queue` (version 3, section 6.14).
+
+        The messages in its line that no other group holds are freed, those
+        pending with its consumers are freed when they come back
+        unacknowledged, and each RETRIEVE waiting on the group is answered
+        with ServerError CANCELLED. Returns (changed, freed, pending):
+        whether the group existed, the messages in its line freed at once,
+        and those then pending with its consumers. Unsupported, without
+        sending, below version 3.
+        """
+        return self._group(GROUP_DELETE, queue, group, 0)
+
+    def _group(self, action: int, queue, group, flags: int) -> Tuple[bool, int, int]:
+        self._require(3, "GROUP")
+        body = group_body(action, _queue_name(queue), _queue_name(group, "group name"))
+        r = self.response(self.send_frame(GROUP, body, flags=flags), GROUPED)
+        if len(r.body) != GROUPED_BODY.size:
+            self._abort("GROUPED body is %d bytes, want %d" % (len(r.body), GROUPED_BODY.size))
+        changed, count, pending = GROUPED_BODY.unpack(r.body)
+        return bool(changed), count, pending
+
+    def configure(self, queue: Union[str, bytes], max_deliveries: int = 0, lease_ms: int = 0, *,
+                  owned: bool = False) -> None:
+        """Set named queue `queue`'s own acknowledged-delivery settings,
+        shared by its consumer groups (version 3, section 6.15).
+
+        `max_deliveries`: deliveries in ack mode before a message becomes a
+        dead letter (0 = the server's --max-deliveries). `lease_ms`: the
+        lease of a reserve of the queue that asks for none (0 = the
+        server's --ack-lease, NO_LEASE = none). The settings replace any set
+        before, and STATS shows them. The queue is created if need be (with
+        `owned`, as this user's). Unsupported, without sending, below
+        version 3.
+        """
+        self._require(3, "CONFIG")
+        body = config_body(_queue_name(queue), _u32("max_deliveries", max_deliveries),
+                           _u32("lease_ms", lease_ms))
+        r = self.response(self.send_frame(CONFIG, body, flags=FLAG_OWNED if owned else 0),
+                          CONFIGURED)
+        if r.body:
+            self._abort("CONFIGURED body is %d bytes, want 0" % len(r.body))
+
     def disown(self, queue: Union[str, bytes]) -> None:
         """Give up the name of an owned named queue (version 2, section 6.10).
 
@@ -787,13 +1046,17 @@ class Client:
             self._abort("DISOWNED body is %d bytes, want 0" % len(r.body))
 
     def cancel(self, rid: int) -> None:
-        """Ask the server to end waiting RETRIEVE `rid`.
+        """Ask the server to end waiting RETRIEVE `rid`, or STORE `rid`
+        waiting for room (start_store with `wait`).
 
-        CANCEL has no response. The RETRIEVE still gets exactly one answer,
-        which must be collected with result(rid): ServerError CANCELLED, or
-        a message that arrived first (keep it; it has left the queue).
-        CANCEL gets a fresh id like any request, so that an ERROR answering
-        a refused CANCEL can never look like a connection-level error.
+        CANCEL has no response. The request still gets exactly one answer,
+        which must be collected: with result(rid) for a RETRIEVE,
+        ServerError CANCELLED, or a message that arrived first (keep it; it
+        has left the queue); with store_result(rid) for a STORE,
+        ServerError CANCELLED (nothing stored), or the sequence number if it
+        was stored first. CANCEL gets a fresh id like any request, so that
+        an ERROR answering a refused CANCEL can never look like a
+        connection-level error.
         """
         self.send_frame(CANCEL, U64.pack(rid))
 
@@ -938,7 +1201,7 @@ class Client:
         # 0 only for HELLO, so an ERROR with id 0 is either the answer to
         # HELLO (VERSION, MALFORMED, or DENIED / LIMIT in place of WELCOME)
         # or a connection-level error (section 7): the server closes.
-        cls = StaleError if code == STALE else ServerError
+        cls = {STALE: StaleError, NO_GROUP: NoGroupError}.get(code, ServerError)
         return cls(code, text, rid, code in FATAL_CODES or rid == 0)
 
     def _receive(self) -> None:

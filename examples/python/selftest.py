@@ -1,18 +1,25 @@
 """Self-test of machq.py against a running machq server.
 
     python3 selftest.py SOCKET_PATH
+    python3 selftest.py --max-queue-messages N SOCKET_PATH
 
 Prints one line per check ("ok" or "FAIL", the check, details) and exits
 with status 1 if any check failed (2 on a usage error). Each check states
 what docs/PROTOCOL.md says should happen; a failure means the client, the
 document or the server is wrong.
 
+The first form expects a server without per-queue limits. The second runs
+only the checks of STORE's WAIT flag (waiting for room in a full queue),
+against a server started with --max-queue-messages N.
+
 The test uses the connection's private queue and named queues called
 selftest-PID-* (with their dead-letter queues selftest-PID-*.dlq), and
 briefly the queues "." and "..". It expects a server speaking version 3
 (acknowledged delivery), and assumes nothing of its --max-deliveries or
 --nak-backoff; a default lease (--ack-lease) must leave the checks time to
-settle what they take.
+settle what they take. It should be the server's only client while it
+runs: the consumer-group checks compare the server's totals (STATS
+messages and bytes) before and after.
 
 Nothing waits a fixed time for the server: a NAKed message's delay (the
 server's backoff, 10 ms by default) or a lease running out is awaited by
@@ -61,10 +68,10 @@ class SelfTest:
         return True
 
     @staticmethod
-    def expect_error(name, fn, *args):
+    def expect_error(name, fn, *args, **kwargs):
         """Call fn, which must raise ServerError `name`; describe the error."""
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except ServerError as e:
             if e.name != name:
                 raise AssertionError("got %s, want %s" % (e, name)) from e
@@ -84,8 +91,20 @@ class SelfTest:
         for q in (c or self.c).stats()["queues"]:
             if q["name"] == name:
                 return q
-        return {"name": name, "messages": 0, "bytes": 0, "waiting": 0, "pending": 0, "delayed": 0}
+        return {"name": name, "messages": 0, "bytes": 0, "waiting": 0, "pending": 0, "delayed": 0,
+                "blocked": 0}
 
+    def gstat(self, name, group, c=None):
+        """STATS of consumer group `group` of queue `name`, or None."""
+        for g in self.qstat(name, c).get("groups", []):
+            if g["name"] == group:
+                return g
+        return None
+
+    def held(self):
+        """The server's top-level (messages, bytes): every message it holds."""
+        s = self.c.stats()
+        return s["messages"], s["bytes"]
     def await_queue(self, name, what, **want):
         """Poll STAT until queue `name` shows the counts in `want` (for
         example messages=1, delayed=0); fail after DEADLINE seconds."""
@@ -307,9 +326,17 @@ class SelfTest:
             with self.connect(versions=(1, hi)) as c:
                 assert c.version == hi, "offered 1-%d, the server chose %d" % (hi, c.version)
                 sent = c._next_id
-                for what, fn in (("reserve", lambda: c.reserve(self.queue("old"))),
-                                 ("kick", lambda: c.kick(self.queue("old"))),
-                                 ("ack", lambda: c.ack(1))):
+                old = self.queue("old")
+                for what, fn in (("reserve", lambda: c.reserve(old)),
+                                 ("kick", lambda: c.kick(old)),
+                                 ("ack", lambda: c.ack(1)),
+                                 ("peek", lambda: c.peek(old)),
+                                 ("purge", lambda: c.purge(old)),
+                                 ("delete", lambda: c.delete(old)),
+                                 ("create_group", lambda: c.create_group(old, "g")),
+                                 ("delete_group", lambda: c.delete_group(old, "g")),
+                                 ("configure", lambda: c.configure(old, 1)),
+                                 ("a waiting store", lambda: c.store(b"x", old, wait=True))):
                     try:
                         fn()
                     except Unsupported:
@@ -318,7 +345,12 @@ class SelfTest:
                         raise AssertionError("%s allowed on a version-%d connection" % (what, hi))
                 assert c._next_id == sent, "a request was sent"
                 c.stats()   # the connection is still usable
-            details.append("1-%d: version %d, ack mode refused unsent" % (hi, hi))
+                # Section 6.13: sent anyway, PEEK is UNKNOWN_OP below version 3.
+                rid = c.send_frame(machq.PEEK, machq.queue_op_body(old.encode()))
+                self.expect_error("UNKNOWN_OP", c.response, rid, machq.MESSAGE)
+                c.stats()
+            details.append("1-%d: version %d, version-3 operations refused unsent; "
+                           "a raw PEEK gives UNKNOWN_OP" % (hi, hi))
         return "; ".join(details)
 
     def v3_stats(self):
@@ -332,9 +364,12 @@ class SelfTest:
         assert set(s["pending"]) >= {"messages", "bytes", "pages"}, s.get("pending")
         assert s["pending"]["messages"] >= 1, s["pending"]
         for k in ("pending", "delayed", "delivered", "redelivered", "acked", "nacked",
-                  "dead_lettered"):
+                  "dead_lettered", "blocked"):
             assert isinstance(x.get(k), int), "queues[].%s is %r" % (k, x.get(k))
-        assert (x["messages"], x["pending"], x["delayed"], x["delivered"]) == (0, 1, 0, 1), x
+        assert (x["messages"], x["pending"], x["delayed"], x["delivered"], x["blocked"]) == \
+            (0, 1, 0, 1, 0), x
+        # Optional fields: absent while the queue has no groups and no settings.
+        assert not {"groups", "max_deliveries", "lease_ms"} & set(x), x
         return "pending %s; queue: %s" % (s["pending"], ", ".join(
             "%s %d" % (k, x[k]) for k in ("messages", "pending", "delayed", "delivered")))
 
@@ -584,6 +619,398 @@ class SelfTest:
             pass
         return str(err)
 
+    # -- queue management (version 3, section 6.13) --------------------------
+
+    def peek(self):
+        # PEEK describes a message in line without taking it: STAT shows
+        # the same before and after; past the end, EMPTY.
+        q = self.queue("peek")
+        want = [os.urandom(100), os.urandom(100_000)]   # inline, and a sealed memfd
+        seqs = [self.c.store(data, q) for data in want]
+        before = self.qstat(q)
+        for i, data in enumerate(want):
+            p = self.c.peek(q, i)
+            assert isinstance(p, machq.Peeked), type(p)
+            assert (p.seq, p.data, p.queue, p.index) == (seqs[i], data, q, i), p
+            assert p.inline == (i == 0), "travelled %s" % ("inline" if p.inline else "as a page")
+            assert (p.deliveries, p.dead, p.died_after, p.note) == (0, DEAD_LIVE, 0, ""), p
+        again = self.c.peek(q)   # the same message again: nothing was taken
+        assert again.seq == seqs[0], again
+        after = self.qstat(q)
+        assert after == before, "STAT before %r, after %r" % (before, after)
+        r = self.expect_error("EMPTY", self.c.peek, q, 2)
+        self.expect_error("EMPTY", self.c.peek, self.queue("peek-none"))
+        got = [self.c.retrieve(q) for _ in want]
+        assert [(m.seq, m.data) for m in got] == list(zip(seqs, want)), "retrieved other messages"
+        self.c.store(b"mine", "")   # the private queue too
+        assert self.c.peek("").data == b"mine"
+        self.c.retrieve("")
+        return "seq %s peeked (inline, page), STAT unchanged; index 2: %s" % (seqs, r)
+
+    def peek_history(self):
+        # PEEK says how a message fared: a NAKed one its deliveries and
+        # note, a dead letter why, after how many deliveries, and its reason.
+        q = self.queue("peek-history")
+        seq = self.c.store(b"tried", q)
+        self.c.reserve(q).nak(reason="busy")
+        self.await_queue(q, "the NAK's backoff", messages=1, delayed=0, pending=0)
+        p = self.c.peek(q)
+        assert (p.seq, p.deliveries, p.dead, p.note) == (seq, 1, DEAD_LIVE, "busy"), p
+        d = self.c.reserve(q)
+        assert d.term("broken") == OUTCOME_DEAD_LETTERED
+        p = self.c.peek(q + ".dlq")
+        assert (p.seq, p.data, p.dead, p.died_after, p.note, p.deliveries) == \
+            (seq, b"tried", DEAD_TERMED, 2, "broken", 0), p
+        self.c.retrieve(q + ".dlq")
+        return "after a NAK: deliveries %d, note %r; in %s.dlq: dead %s after %d, note %r" % (
+            1, "busy", q, p.dead_reason, p.died_after, p.note)
+
+    def purge(self):
+        # PURGE frees what is in line and what is delayed at once; a
+        # pending delivery is freed when it comes back (a NAK: dropped).
+        q = self.queue("purge")
+        a = self.c.store(b"a", q)
+        self.c.store(b"b", q)
+        self.c.store(b"c", q)
+        d = self.c.reserve(q)
+        e = self.c.reserve(q)
+        assert e.nak(delay_ms=600_000) == OUTCOME_REQUEUED   # away ten minutes
+        x = self.qstat(q)
+        assert (x["messages"], x["pending"], x["delayed"]) == (1, 1, 1), x
+        freed, pending = self.c.purge(q)
+        assert (freed, pending) == (2, 1), "purge: freed %d, pending %d" % (freed, pending)
+        x = self.qstat(q)
+        assert (x["messages"], x["pending"], x["delayed"]) == (0, 1, 0), x
+        outcome = d.nak(reason="too late")
+        assert outcome == OUTCOME_DROPPED, "NAK after PURGE: outcome %d" % outcome
+        x = self.qstat(q)
+        assert (x["messages"], x["pending"], x["delayed"]) == (0, 0, 0), x
+        self.expect_error("EMPTY", self.c.retrieve, q)
+        # A waiting RETRIEVE goes on waiting; what is stored after is kept.
+        rid = self.c.start_retrieve(q, WAIT_MS)
+        assert self.c.purge(q) == (0, 0)
+        assert self.qstat(q)["waiting"] == 1, self.qstat(q)
+        with self.connect() as other:
+            later = other.store(b"after", q)
+        m = self.c.result(rid)
+        assert (m.seq, m.data) == (later, b"after"), m
+        assert self.c.purge(self.queue("purge-none")) == (0, 0)
+        self.c.store(b"1", "")
+        self.c.store(b"2", "")
+        assert self.c.purge("") == (2, 0), "private queue"
+        self.expect_error("EMPTY", self.c.retrieve, "")
+        return "freed 2 (in line, delayed), pending 1 (seq %d), NAKed then: dropped" % a
+
+    def delete(self):
+        # DELETE removes a queue with what it holds; a RETRIEVE waiting on
+        # it is answered CANCELLED; its numbers continue above.
+        q = self.queue("delete")
+        with self.connect() as c2:
+            rid = c2.start_retrieve(q, WAIT_FOREVER)
+            self.await_queue(q, "the RETRIEVE to wait", waiting=1)
+            assert self.c.delete(q) == (0, 0)
+            r = self.expect_error("CANCELLED", c2.result, rid)
+            c2.stats()   # the connection stays open
+            self.c.store(b"a", q)
+            last = self.c.store(b"b", q)
+            d = c2.reserve(q)
+            freed, pending = self.c.delete(q)
+            assert (freed, pending) == (1, 1), "delete: freed %d, pending %d" % (freed, pending)
+            assert d.nak() == OUTCOME_DROPPED, "NAK after DELETE"
+        self.expect_error("EMPTY", self.c.retrieve, q)
+        seq = self.c.store(b"new", q)
+        assert seq > last, "seq %d after DELETE, the deleted queue's last was %d" % (seq, last)
+        self.c.retrieve(q)
+        assert self.c.delete(self.queue("delete-none")) == (0, 0)
+        b = self.expect_error("BAD_QUEUE_NAME", self.c.delete, "")
+        return "waiting RETRIEVE: %s; freed 1, pending 1; new seq %d > %d; private queue: %s" % (
+            r.split(":")[0], seq, last, b.split(":")[0])
+
+    # -- consumer groups (version 3, sections 6.14, 10.2) ---------------------
+
+    def groups_fan_out(self):
+        # Each group receives every message; a message is freed only once
+        # every group has acknowledged it.
+        q = self.queue("fan-out")
+        assert self.c.create_group(q, "a") == (True, 0)
+        assert self.c.create_group(q, "b") == (True, 0)
+        assert self.c.create_group(q, "a") == (False, 0), "created twice"
+        base = self.held()
+        data = [os.urandom(1000), os.urandom(200_000)]
+        seqs = [self.c.store(x, q) for x in data]
+        size = sum(map(len, data))
+        assert self.held() == (base[0] + 2, base[1] + size), "held %r, base %r" % (self.held(), base)
+        x = self.qstat(q)
+        assert x["messages"] == 0, "the queue's own line holds %r" % x
+        got = {}
+        for g in ("a", "b"):
+            st = self.gstat(q, g)
+            assert (st["messages"], st["bytes"], st["position"]) == (2, size, seqs[0]), st
+            got[g] = [self.c.reserve(q, group=g) for _ in data]
+            assert [(d.seq, d.data, d.group, d.deliveries) for d in got[g]] == \
+                [(s, x, g, 1) for s, x in zip(seqs, data)], got[g]
+            self.expect_error("EMPTY", self.c.reserve, q, group=g)
+        for d in got["a"]:
+            assert d.ack() == OUTCOME_ACKED
+        assert self.held() == (base[0] + 2, base[1] + size), "freed before group b acked"
+        assert self.gstat(q, "b")["pending"] == 2, self.gstat(q, "b")
+        got["b"][0].ack()
+        assert self.held() == (base[0] + 1, base[1] + len(data[1])), self.held()
+        got["b"][1].ack()
+        assert self.held() == base, "held %r after both groups acked, base %r" % (self.held(), base)
+        assert self.c.delete(q) == (0, 0)
+        return "seq %s to groups a and b; freed only after both ACKed (STAT messages, bytes)" % seqs
+
+    def groups_compete(self):
+        # The consumers of one group share its messages; a closed
+        # connection's delivery goes back to the group's line.
+        q = self.queue("compete")
+        self.c.create_group(q, "workers")
+        seqs = [self.c.store(b"job%d" % i, q) for i in range(2)]
+        c2 = self.connect()
+        try:
+            d1 = self.c.reserve(q, group="workers")
+            d2 = c2.reserve(q, group="workers")
+            assert sorted([d1.seq, d2.seq]) == seqs, (d1, d2)
+            self.expect_error("EMPTY", self.c.reserve, q, group="workers")
+            st = self.gstat(q, "workers")
+            assert (st["messages"], st["pending"]) == (0, 2), st
+        finally:
+            c2.close()
+        d3 = self.c.reserve(q, group="workers", wait_ms=WAIT_MS)
+        assert (d3.seq, d3.deliveries) == (d2.seq, 2), d3
+        d1.ack()
+        d3.ack()
+        self.c.delete(q)
+        return "seq %d and %d to two consumers; the closed one's back with deliveries 2" % (
+            d1.seq, d2.seq)
+
+    def groups_from_oldest(self):
+        # Action 1 leaves what the queue holds to plain consumers; action 2
+        # adopts it.
+        q = self.queue("oldest")
+        seqs = [self.c.store(b"old%d" % i, q) for i in range(2)]
+        assert self.c.create_group(q, "new") == (True, 0)
+        assert self.qstat(q)["messages"] == 2, "the queue's own line lost its messages"
+        self.expect_error("EMPTY", self.c.reserve, q, group="new")
+        changed, adopted = self.c.create_group(q, "all", from_oldest=True)
+        assert (changed, adopted) == (True, 2), (changed, adopted)
+        assert self.qstat(q)["messages"] == 0, self.qstat(q)
+        got = [self.c.reserve(q, group="all") for _ in seqs]
+        assert [d.seq for d in got] == seqs, got
+        for d in got:
+            d.ack()
+        assert self.c.create_group(q, "all", from_oldest=True) == (False, 0)
+        self.c.delete(q)
+        return "from oldest adopted seq %s; a plain group took none" % seqs
+
+    def no_group(self):
+        q = self.queue("no-group")
+        self.c.store(b"x", q)
+        try:
+            self.c.reserve(q, group="nobody")
+        except machq.NoGroupError as e:
+            assert e.name == "NO_GROUP" and not e.fatal, e
+            r = "%s, id %d: %s" % (e.name, e.rid, e.text)
+        else:
+            raise AssertionError("no error, want NO_GROUP")
+        self.expect_error("NO_GROUP", self.c.reserve, self.queue("no-queue"), group="g")
+        self.expect_error("NO_GROUP", self.c.reserve, q, WAIT_MS, group="nobody")   # at once
+        self.expect_error("BAD_QUEUE_NAME", self.c.reserve, "", group="g")
+        self.expect_error("BAD_QUEUE_NAME", self.c.create_group, q, "bad name")
+        self.c.retrieve(q)
+        return r
+
+    def group_delete(self):
+        # Deleting a group answers its waiting RETRIEVE with CANCELLED,
+        # frees its line, and drops its pending delivery when NAKed.
+        q = self.queue("group-delete")
+        self.c.create_group(q, "keep")
+        self.c.create_group(q, "gone")
+        with self.connect() as c2:
+            rid = c2.start_retrieve(q, WAIT_FOREVER, ack=True, group="gone")
+            deadline = time.monotonic() + DEADLINE
+            while self.gstat(q, "gone")["waiting"] != 1:
+                assert time.monotonic() < deadline, "the RETRIEVE never waited"
+                time.sleep(0.002)
+            assert self.c.delete_group(q, "gone") == (True, 0, 0)
+            r = self.expect_error("CANCELLED", c2.result, rid)
+            c2.stats()
+        self.c.create_group(q, "gone")
+        for i in range(3):
+            self.c.store(b"m%d" % i, q)
+        d = self.c.reserve(q, group="gone")
+        assert self.c.delete_group(q, "gone") == (True, 2, 1)
+        assert d.nak() == OUTCOME_DROPPED, "NAK after the group's deletion"
+        assert self.c.delete_group(q, "gone") == (False, 0, 0)
+        self.expect_error("NO_GROUP", self.c.reserve, q, group="gone")
+        assert self.gstat(q, "keep")["messages"] == 3, self.gstat(q, "keep")
+        # DELETE of the queue answers a RETRIEVE waiting on one of its groups.
+        for _ in range(3):
+            self.c.reserve(q, group="keep").ack()
+        with self.connect() as c2:
+            rid = c2.start_retrieve(q, WAIT_FOREVER, ack=True, group="keep")
+            deadline = time.monotonic() + DEADLINE
+            while self.gstat(q, "keep")["waiting"] != 1:
+                assert time.monotonic() < deadline, "the RETRIEVE never waited"
+                time.sleep(0.002)
+            self.c.delete(q)
+            self.expect_error("CANCELLED", c2.result, rid)
+        return "waiting RETRIEVE: %s; deleted with 2 in line, 1 pending (NAKed: dropped)" % (
+            r.split(":")[0])
+
+    def group_dead_letter(self):
+        # A group's dead letter remembers its group: KICK moves it back there.
+        q = self.queue("group-dlq")
+        self.c.configure(q, max_deliveries=1)
+        self.c.create_group(q, "g")
+        self.c.create_group(q, "h")
+        seq = self.c.store(b"once", q)
+        assert self.c.reserve(q, group="g").nak(reason="no") == OUTCOME_DEAD_LETTERED
+        p = self.c.peek(q + ".dlq")
+        assert (p.seq, p.dead, p.died_after, p.note) == (seq, DEAD_MAX_DELIVERIES, 1, "no"), p
+        assert self.c.kick(q) == 1
+        assert (self.gstat(q, "g")["messages"], self.gstat(q, "h")["messages"]) == (1, 1)
+        for g in ("g", "h"):
+            d = self.c.reserve(q, group=g)
+            assert (d.seq, d.deliveries) == (seq, 1), d
+            d.ack()
+        self.c.delete(q)
+        return "seq %d dead-lettered from group g, kicked back into g" % seq
+
+    # -- queue settings (version 3, section 6.15) ------------------------------
+
+    def configure(self):
+        q = self.queue("config")
+        self.c.configure(q, max_deliveries=1, lease_ms=60_000)
+        seq = self.c.store(b"fragile", q)
+        x = self.qstat(q)
+        assert (x.get("max_deliveries"), x.get("lease_ms")) == (1, 60_000), x
+        d = self.c.reserve(q)   # lease_ms 0: the queue's lease
+        lease = d.touch()
+        assert 0 < lease <= 60_000, "TOUCH gave lease %d, want the queue's 60000" % lease
+        outcome = d.nak(reason="once is enough")
+        assert outcome == OUTCOME_DEAD_LETTERED, "NAK of delivery 1 of 1: outcome %d" % outcome
+        dead = self.c.reserve(q + ".dlq")
+        assert (dead.seq, dead.dead, dead.died_after, dead.note) == \
+            (seq, DEAD_MAX_DELIVERIES, 1, "once is enough"), dead
+        dead.ack()
+        self.c.configure(q, lease_ms=NO_LEASE)   # replaces both settings
+        self.c.store(b"sturdy", q)
+        x = self.qstat(q)
+        assert (x.get("max_deliveries"), x.get("lease_ms")) == (None, NO_LEASE), x
+        d = self.c.reserve(q)
+        assert d.touch() == 0, "the queue's lease is none, yet the delivery has one"
+        assert d.nak(delay_ms=1) == OUTCOME_REQUEUED, "max_deliveries is the server's again"
+        self.await_queue(q, "the NAK's delay", messages=1, delayed=0)
+        self.c.configure(q)   # back to the server's settings
+        x = self.qstat(q)
+        assert not {"max_deliveries", "lease_ms"} & set(x), x
+        self.c.retrieve(q)
+        self.expect_error("BAD_QUEUE_NAME", self.c.configure, "", 1)
+        return "max_deliveries 1: the first NAK dead-letters (dead %s); lease %d ms" % (
+            dead.dead_reason, lease)
+
+    # -- waiting for room (version 3, section 6.3): a server with
+    # --max-queue-messages N ---------------------------------------------------
+
+    def fill(self, q, n):
+        return [self.c.store(b"fill%d" % i, q) for i in range(n)]
+
+    def await_blocked(self, q, n):
+        return self.await_queue(q, "STOREs waiting for room", blocked=n)
+
+    def wait_store(self):
+        q = self.queue("room")
+        seqs = self.fill(q, self.limit)
+        r = self.expect_error("LIMIT", self.c.store, b"more", q)
+        with self.connect() as w:
+            rid = w.start_store(b"waited", q, wait=True)
+            self.await_blocked(q, 1)
+            m = self.c.retrieve(q)
+            assert m.seq == seqs[0], m
+            seq = w.store_result(rid)
+        x = self.qstat(q)
+        assert (x["messages"], x["blocked"]) == (self.limit, 0), x
+        got = [self.c.retrieve(q) for _ in range(self.limit)]
+        assert (got[-1].seq, got[-1].data) == (seq, b"waited"), got[-1]
+        return "without WAIT: %s; with WAIT stored as seq %d once one was retrieved" % (
+            r.split(":")[0], seq)
+
+    def wait_store_cancel(self):
+        q = self.queue("room-cancel")
+        seqs = self.fill(q, self.limit)
+        rid = self.c.start_store(b"never", q, wait=True)
+        self.await_blocked(q, 1)
+        self.c.cancel(rid)
+        r = self.expect_error("CANCELLED", self.c.store_result, rid)
+        x = self.qstat(q)
+        assert (x["messages"], x["blocked"]) == (self.limit, 0), x
+        got = [self.c.retrieve(q) for _ in seqs]
+        assert [m.seq for m in got] == seqs and b"never" not in [m.data for m in got], got
+        self.expect_error("EMPTY", self.c.retrieve, q)
+        self.c.stats()   # the connection stays open
+        return r
+
+    def wait_store_order(self):
+        # First come, first served; a connection's end drops its waiting store.
+        q = self.queue("room-order")
+        self.fill(q, self.limit)
+        w1, w2, w3 = self.connect(), self.connect(), self.connect()
+        try:
+            r1 = w1.start_store(b"first", q, wait=True)
+            self.await_blocked(q, 1)
+            r2 = w2.start_store(b"second", q, wait=True)
+            self.await_blocked(q, 2)
+            w3.start_store(b"dropped", q, wait=True)
+            self.await_blocked(q, 3)
+            w3.close()
+            self.await_blocked(q, 2)
+            self.c.retrieve(q)
+            s1 = w1.store_result(r1)
+            x = self.await_blocked(q, 1)
+            assert x["messages"] == self.limit, x
+            self.c.retrieve(q)
+            s2 = w2.store_result(r2)
+            assert s1 < s2, (s1, s2)
+        finally:
+            for w in (w1, w2, w3):
+                w.close()
+        got = [self.c.retrieve(q) for _ in range(self.limit)]
+        assert [m.data for m in got][-2:] == [b"first", b"second"], got
+        self.expect_error("EMPTY", self.c.retrieve, q)
+        return "stored in the order they waited (seq %d, %d); a closed connection's dropped" % (s1, s2)
+
+    def wait_store_delete(self):
+        q = self.queue("room-delete")
+        self.fill(q, self.limit)
+        rid = self.c.start_store(b"never", q, wait=True)
+        self.await_blocked(q, 1)
+        assert self.c.delete(q) == (self.limit, 0)
+        r = self.expect_error("CANCELLED", self.c.store_result, rid)
+        self.expect_error("EMPTY", self.c.retrieve, q)
+        return r
+
+    def wait_store_groups(self):
+        # With consumer groups, a store waits while any group is full.
+        q = self.queue("room-groups")
+        self.c.create_group(q, "fast")
+        self.c.create_group(q, "slow")
+        self.fill(q, self.limit)
+        for _ in range(self.limit):
+            self.c.reserve(q, group="fast").ack()
+        assert self.gstat(q, "fast")["messages"] == 0
+        rid = self.c.start_store(b"waited", q, wait=True)
+        self.await_blocked(q, 1)
+        d = self.c.reserve(q, group="slow")
+        d.ack()
+        seq = self.c.store_result(rid)
+        for g in ("fast", "slow"):
+            st = self.gstat(q, g)
+            assert st["messages"] == (1 if g == "fast" else self.limit), st
+        self.c.delete(q)
+        return "waited while group slow held %d; stored as seq %d after its ACK" % (self.limit, seq)
+
     # -- driver -------------------------------------------------------------
 
     def run(self):
@@ -640,8 +1067,44 @@ class SelfTest:
         self.check("ack mode on a 252-byte name gives BAD_QUEUE_NAME", self.ack_bad_name)
         self.check("unverifiable (BLAKE3) message NAKed, stays in its queue", self.unverifiable_nak)
         self.check("digest mismatch in ack mode TERMed to Q.dlq", self.mismatch_term)
+        self.check("PEEK takes nothing (STAT unchanged); past the end gives EMPTY", self.peek)
+        self.check("PEEK shows deliveries and note, and a dead letter's why", self.peek_history)
+        self.check("PURGE frees and counts; a pending delivery NAKed after it is dropped",
+                   self.purge)
+        self.check("DELETE answers a waiting RETRIEVE with CANCELLED; numbers continue",
+                   self.delete)
+        self.check("two groups each receive every message; freed after both ACK",
+                   self.groups_fan_out)
+        self.check("consumers of one group get distinct messages", self.groups_compete)
+        self.check("a group created from the oldest adopts what the queue holds",
+                   self.groups_from_oldest)
+        self.check("a group the queue lacks gives NO_GROUP", self.no_group)
+        self.check("deleting a group answers its waiting RETRIEVE with CANCELLED",
+                   self.group_delete)
+        self.check("a group's dead letter is kicked back into its group", self.group_dead_letter)
+        self.check("CONFIG max_deliveries 1: a NAKed message is a dead letter at once; "
+                   "the queue's lease", self.configure)
         self.check("connection still open after the failed requests",
                    lambda: "%d client(s)" % self.c.stats()["clients"])
+        return self.finish()
+
+    def run_limited(self, limit):
+        """The checks of STORE's WAIT flag, against a server started with
+        --max-queue-messages `limit`."""
+        self.limit = limit
+        if not self.check("handshake", self.handshake):
+            return 1
+        self.check("WAIT: a store into a full queue waits, stored once one is retrieved",
+                   self.wait_store)
+        self.check("WAIT: a cancelled waiting store stores nothing", self.wait_store_cancel)
+        self.check("WAIT: waiting stores served in order; a closed connection's dropped",
+                   self.wait_store_order)
+        self.check("WAIT: DELETE answers a waiting store with CANCELLED", self.wait_store_delete)
+        self.check("WAIT: with consumer groups a store waits while any group is full",
+                   self.wait_store_groups)
+        return self.finish()
+
+    def finish(self):
         self.c.close()
         print("%d failure(s)" % self.failures, flush=True)
         return 1 if self.failures else 0
@@ -682,10 +1145,17 @@ def raw_exchange(path, data):
 
 
 def main(argv):
-    if len(argv) != 2:
-        print("usage: python3 %s SOCKET_PATH" % os.path.basename(argv[0]), file=sys.stderr)
+    args = argv[1:]
+    limit = None
+    if len(args) == 3 and args[0] == "--max-queue-messages" and args[1].isdigit() \
+            and int(args[1]) >= 1:
+        limit, args = int(args[1]), args[2:]
+    if len(args) != 1:
+        print("usage: python3 %s [--max-queue-messages N] SOCKET_PATH"
+              % os.path.basename(argv[0]), file=sys.stderr)
         return 2
-    return SelfTest(argv[1]).run()
+    t = SelfTest(args[0])
+    return t.run() if limit is None else t.run_limited(limit)
 
 
 if __name__ == "__main__":

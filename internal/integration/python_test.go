@@ -67,7 +67,8 @@ func runPython(t *testing.T, python, dir string, args ...string) string {
 // TestIntegrationPythonClient runs examples/python/selftest.py, which
 // checks the Python client and the protocol document against the server:
 // round trips inline and as sealed memfds, errors, waiting, CANCEL, STATS,
-// digest checks.
+// digest checks, acknowledged delivery, PEEK, PURGE, DELETE, consumer
+// groups and CONFIG.
 func TestIntegrationPythonClient(t *testing.T) {
 	python := testtool.Path(t, "python3", "apt-get install python3")
 	dir := pythonExamples(t)
@@ -79,6 +80,31 @@ func TestIntegrationPythonClient(t *testing.T) {
 		t.Fatalf("selftest.py exited 0 but did not report success:\n%s", out)
 	}
 	t.Logf("selftest.py: %d checks passed", strings.Count(lines, "\nok "))
+}
+
+// TestIntegrationPythonWaitingStore runs the checks of examples/python/
+// selftest.py for STORE's WAIT flag (section 6.3 of docs/PROTOCOL.md)
+// against a server whose named queues hold at most two messages: a store
+// into a full queue waits for room and is stored once a message leaves,
+// in the order the stores came; a cancelled one, one whose queue is
+// deleted and one whose connection ends store nothing; with consumer
+// groups a store waits while any group is full.
+func TestIntegrationPythonWaitingStore(t *testing.T) {
+	python := testtool.Path(t, "python3", "apt-get install python3")
+	dir := pythonExamples(t)
+	const limit = "2"
+	d := startDaemon(t, "", "--log-level", "warn", "--max-queue-messages", limit)
+
+	out := runPython(t, python, dir, filepath.Join(dir, "selftest.py"),
+		"--max-queue-messages", limit, d.socket)
+	lines := "\n" + out
+	if !strings.Contains(lines, "\n0 failure(s)\n") || strings.Contains(lines, "\nFAIL") {
+		t.Fatalf("selftest.py --max-queue-messages %s exited 0 but did not report success:\n%s", limit, out)
+	}
+	if n := strings.Count(lines, "\nok    WAIT:"); n < 5 {
+		t.Fatalf("selftest.py ran %d checks of the WAIT flag, want 5:\n%s", n, out)
+	}
+	t.Logf("selftest.py --max-queue-messages %s: %d checks passed", limit, strings.Count(lines, "\nok "))
 }
 
 // pyStore stores each size given after the socket and queue: a payload of
