@@ -290,7 +290,7 @@ func (c *conn) handle(f wire.Frame) (fatal bool) {
 	}
 	switch f.Op {
 	case wire.OpStore:
-		c.handleStore(f)
+		return c.handleStore(f)
 	case wire.OpRetrieve:
 		c.noFDs(f)
 		return c.handleRetrieve(f)

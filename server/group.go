@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/machq/machq/internal/delivery"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/wire"
@@ -65,6 +66,11 @@ func (c *conn) handleGroup(f wire.Frame) {
 	}
 	if err := naming.ValidQueueName(req.Group); err != nil {
 		c.sendError(f.ID, wire.CodeBadQueueName, "group name: "+err.Error())
+		return
+	}
+	// Groups are read in ack mode, whose queues need room for .dlq.
+	if _, err := delivery.DeadLetterQueue(string(req.Queue)); err != nil {
+		c.sendError(f.ID, wire.CodeBadQueueName, err.Error())
 		return
 	}
 	var res wire.Grouped

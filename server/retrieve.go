@@ -109,7 +109,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 		}
 		var m *queue.Message
 		if q != nil {
-			m = q.Pop()
+			m = q.PopMode(mode != nil)
 		}
 		if m == nil {
 			label := string(r.Queue)
@@ -118,9 +118,6 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			}
 			c.sendError(f.ID, wire.CodeEmpty, fmt.Sprintf("queue %s is empty", label))
 			return false
-		}
-		if mode != nil {
-			q.Hold(m)
 		}
 		c.mu.Lock()
 		if mode != nil {
@@ -166,10 +163,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	if noCredit {
 		// Served once a delivery is settled and the credit allows.
 		q.Park(w)
-	} else if m := q.PopOrWait(w); m != nil {
-		if mode != nil {
-			q.Hold(m)
-		}
+	} else if m := q.PopOrWaitMode(w, mode != nil); m != nil {
 		c.mu.Lock()
 		c.endWait(w)
 		if mode != nil {

@@ -23,19 +23,22 @@ type blockedStore struct {
 }
 
 // storeOrWait stores m into q, or waits for room. m is charged already.
-func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessages, maxBytes int64, which string) {
+// It reports true when the connection must close: id is the id of
+// another request waiting already, so any answer under it would be
+// ambiguous.
+func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessages, maxBytes int64, which string) (fatal bool) {
 	c.mu.Lock()
 	if n, max := len(c.waits)+len(c.blocked), c.s.cfg.Limits.MaxWaiting; n >= max {
 		c.mu.Unlock()
 		m.Release()
 		c.sendError(id, wire.CodeLimit, limitError("too many requests waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
-		return
+		return false
 	}
 	if _, dup := c.blocked[id]; dup || c.waits[id] != nil {
 		c.mu.Unlock()
 		m.Release()
-		c.sendError(id, wire.CodeBadRequest, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", id))
-		return
+		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", id))
+		return true
 	}
 	if err := c.acct.Wait(); err != nil {
 		c.mu.Unlock()
@@ -43,10 +46,10 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 		var e *quota.Exceeded
 		if !errors.As(err, &e) {
 			c.sendError(id, wire.CodeInternal, err.Error())
-			return
+			return false
 		}
 		c.sendError(id, wire.CodeLimit, refusalError(err, 0).Error())
-		return
+		return false
 	}
 	b := &blockedStore{q: q}
 	b.ws = &queue.WaitingStore{Msg: m, MaxMessages: maxMessages, MaxBytes: maxBytes, Stored: func(seq uint64) {
@@ -91,6 +94,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 		m.Release()
 		c.sendError(id, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, which).Error())
 	}
+	return false
 }
 
 // cancelStore ends the wait of the blocked store id, if it still waits,

@@ -84,3 +84,45 @@ func TestWaitingStoreEndsWithItsConnection(t *testing.T) {
 		t.Fatalf("a store waiting on a deleted queue: %v, want ErrCancelled", err)
 	}
 }
+
+// TestAckModeTakeMakesNoRoom: a message taken in ack mode still counts
+// against its queue's limits, so a store waiting for room waits for its
+// acknowledgement, not for its delivery; through a consumer group too.
+func TestAckModeTakeMakesNoRoom(t *testing.T) {
+	srv, path := startServer(t, server.Config{Limits: server.Limits{MaxQueueMessages: 1}})
+	c := dial(t, path)
+	producer := dial(t, path, machq.WithWaitForRoom())
+	ctx := testCtx(t)
+	for _, group := range []string{"", "g"} {
+		q := "plain"
+		if group != "" {
+			q = "grouped"
+			if _, _, err := c.CreateGroup(ctx, q, group, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustSend(t, c, q, []byte("first"))
+		done := make(chan error, 1)
+		go func() { _, err := producer.Send(testCtx(t), q, []byte("second")); done <- err }()
+		waitFor(t, "the store waiting", func() bool { qs, _ := queueStats(srv, q); return qs.Blocked == 1 })
+		d := mustReserve(t, c, q, &machq.AckOptions{Group: group})
+		select {
+		case err := <-done:
+			t.Fatalf("%s: a store waiting for room went in when a message was only delivered in ack mode: %v", q, err)
+		case <-time.After(50 * time.Millisecond):
+			// Not synchronisation: a check that nothing happens early.
+		}
+		if qs, _ := queueStats(srv, q); qs.Blocked != 1 {
+			t.Fatalf("%s: blocked %d after an ack-mode take", q, qs.Blocked)
+		}
+		d.Ack(ctx)
+		if err := <-done; err != nil {
+			t.Fatalf("%s: the waiting store after the ack: %v", q, err)
+		}
+		d2 := mustReserve(t, c, q, &machq.AckOptions{Group: group})
+		if string(d2.Bytes()) != "second" {
+			t.Fatalf("%s: got %q", q, d2.Bytes())
+		}
+		d2.Ack(ctx)
+	}
+}

@@ -8,17 +8,19 @@ import (
 	"github.com/machq/machq/internal/wire"
 )
 
-func (c *conn) handleStore(f wire.Frame) {
+// handleStore serves a STORE; it reports true when the connection must
+// close.
+func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 	st, inline, err := wire.ParseStore(f.Header, f.Body)
 	if err != nil {
 		wire.CloseFDs(f.FDs)
 		c.sendError(f.ID, wire.CodeBadRequest, err.Error())
-		return
+		return false
 	}
 	m, code, err := c.admit(f, st, inline)
 	if err != nil {
 		c.sendError(f.ID, code, err.Error())
-		return
+		return false
 	}
 	isPage := m.FD >= 0
 	// From here on the message counts against the totals and its
@@ -26,14 +28,14 @@ func (c *conn) handleStore(f wire.Frame) {
 	if err := c.acct.Hold(m.Size, isPage); err != nil {
 		m.Release()
 		c.sendError(f.ID, wire.CodeLimit, refusalError(err, m.Size).Error())
-		return
+		return false
 	}
 	m.Charge = c.acct
 	q, code, err := c.queueFor(st.Queue, f.Flags, true)
 	if err != nil {
 		m.Release()
 		c.sendError(f.ID, code, err.Error())
-		return
+		return false
 	}
 	defer c.release(q)
 	lim := &c.s.cfg.Limits
@@ -42,8 +44,7 @@ func (c *conn) handleStore(f wire.Frame) {
 		maxMessages, maxBytes, flags = lim.MaxPrivateMessages, lim.MaxPrivateBytes, "private"
 	}
 	if st.Wait && c.version >= wire.VersionAck {
-		c.storeOrWait(f.ID, q, m, maxMessages, maxBytes, flags)
-		return
+		return c.storeOrWait(f.ID, q, m, maxMessages, maxBytes, flags)
 	}
 	// STORED goes into the outbox before a waiter on this very connection
 	// (a RETRIEVE of the private queue) can be handed the message, so the
@@ -58,11 +59,12 @@ func (c *conn) handleStore(f wire.Frame) {
 		size := m.Size
 		m.Release()
 		c.sendError(f.ID, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, flags).Error())
-		return
+		return false
 	}
 	if c.info {
 		c.log.Info("enqueued", "queue", queueLabel(q), "seq", seq, "bytes", st.Size, "page", isPage)
 	}
+	return false
 }
 
 // admit checks a STORE's payload and turns it into a queue.Message. It
@@ -106,7 +108,14 @@ func queueFullError(q *queue.Queue, size, maxMessages, maxBytes int64, which str
 	n, b := q.Len()
 	pending, delayed := q.Out()
 	n += pending + delayed
-	if int64(n) >= maxMessages || q.HasGroups() {
+	if q.HasGroups() {
+		gn, gb := q.FullestGroup()
+		if int64(gn) >= maxMessages {
+			return limitError(fmt.Sprintf("a consumer group of queue %s is full", queueLabel(q)), int64(gn), maxMessages, "max-"+which+"-messages", "have its consumers take some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")
+		}
+		return limitError(fmt.Sprintf("storing %d more bytes would overfill a consumer group of queue %s", size, queueLabel(q)), gb, maxBytes, "max-"+which+"-bytes", "have its consumers take some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")
+	}
+	if int64(n) >= maxMessages {
 		return limitError(fmt.Sprintf("queue %s is full", queueLabel(q)), int64(n), maxMessages, "max-"+which+"-messages", "retrieve some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")
 	}
 	return limitError(fmt.Sprintf("storing %d more bytes would overfill queue %s", size, queueLabel(q)), b, maxBytes, "max-"+which+"-bytes", "retrieve some, store with the wait flag to wait for room (machq.WithWaitForRoom), or raise the limit")

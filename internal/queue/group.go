@@ -261,6 +261,21 @@ func (q *Queue) groupsFull(size, maxMessages, maxBytes int64) bool {
 	return false
 }
 
+// FullestGroup returns the messages (in line, pending and delayed) and
+// bytes of q's fullest group, by messages; zeros without groups.
+func (q *Queue) FullestGroup() (messages int, bytes int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, g := range q.groups {
+		g.mu.Lock()
+		if n := g.n + g.out; n > messages {
+			messages, bytes = n, g.bytes+g.outBytes
+		}
+		g.mu.Unlock()
+	}
+	return messages, bytes
+}
+
 // GroupInfo describes one consumer group of a queue.
 type GroupInfo = stats.Group
 

@@ -348,10 +348,21 @@ func (q *Queue) place(m *Message, ordered bool) {
 // Pop removes and returns the oldest message, or nil when the queue is
 // empty. The caller owns the message.
 func (q *Queue) Pop() *Message {
+	return q.PopMode(false)
+}
+
+// PopMode is Pop, holding the message in ack mode (as Hold does, in the
+// same step) when ack is set: a message taken in ack mode leaves the line
+// but still counts against the queue's limits, so it makes no room for a
+// store waiting for it.
+func (q *Queue) PopMode(ack bool) *Message {
 	q.mu.Lock()
 	m := q.take()
+	if m != nil && ack {
+		q.hold(m)
+	}
 	q.mu.Unlock()
-	if m != nil {
+	if m != nil && !ack {
 		q.roomFreed()
 	}
 	return m
@@ -406,13 +417,22 @@ func (q *Queue) mayBeIdle() {
 // PopOrWait removes and returns the oldest message; when the queue is
 // empty it registers w to receive the next message pushed and returns nil.
 func (q *Queue) PopOrWait(w Waiter) *Message {
+	return q.PopOrWaitMode(w, false)
+}
+
+// PopOrWaitMode is PopOrWait, holding a message it takes in ack mode (as
+// Hold does, in the same step) when ack is set.
+func (q *Queue) PopOrWaitMode(w Waiter, ack bool) *Message {
 	q.mu.Lock()
 	m := q.take()
-	if m == nil {
+	switch {
+	case m == nil:
 		q.waiters = append(q.waiters, w)
+	case ack:
+		q.hold(m)
 	}
 	q.mu.Unlock()
-	if m != nil {
+	if m != nil && !ack {
 		q.roomFreed()
 	}
 	return m
