@@ -120,6 +120,14 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			return false
 		}
 		c.mu.Lock()
+		if mode != nil && !c.creditLeft(mode) {
+			// A waiting retrieve took the last credit meanwhile.
+			held := c.acks.Len()
+			c.mu.Unlock()
+			q.Unhold(m)
+			c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
+			return false
+		}
 		if mode != nil {
 			c.appendDelivery(f.ID, q, m, mode)
 		} else {
@@ -155,14 +163,21 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	}
 	c.waits[f.ID] = w
 	noCredit := mode != nil && !c.creditLeft(mode)
-	if noCredit {
-		c.parked = append(c.parked, w)
-	}
 	c.mu.Unlock()
 
 	if noCredit {
-		// Served once a delivery is settled and the credit allows.
+		// Served once a delivery is settled and the credit allows: parked
+		// in its queue first, then on the connection, so that a resume
+		// never finds it half parked; and if credit came back meanwhile,
+		// resumed at once.
 		q.Park(w)
+		c.mu.Lock()
+		c.parked = append(c.parked, w)
+		again := c.creditLeft(mode)
+		c.mu.Unlock()
+		if again {
+			c.resumeParked()
+		}
 	} else if m := q.PopOrWaitMode(w, mode != nil); m != nil {
 		c.mu.Lock()
 		c.endWait(w)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/machq/machq/internal/page"
@@ -49,16 +50,21 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 	// STORED goes into the outbox before a waiter on this very connection
 	// (a RETRIEVE of the private queue) can be handed the message, so the
 	// client always learns of a store before it receives what it stored.
-	seq, ok := q.PushWithin(m, maxMessages, maxBytes, func(seq uint64) {
+	seq, err := q.PushLimited(m, maxMessages, maxBytes, func(seq uint64) {
 		c.mu.Lock()
 		c.out = wire.AppendStored(c.out, f.ID, seq)
 		c.signal()
 		c.mu.Unlock()
 	})
-	if !ok {
+	if err != nil {
 		size := m.Size
 		m.Release()
-		c.sendError(f.ID, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, flags).Error())
+		if errors.Is(err, queue.ErrFull) {
+			err = queueFullError(q, size, maxMessages, maxBytes, flags)
+		} else {
+			err = refusalError(err, size) // the views of a queue with groups
+		}
+		c.sendError(f.ID, wire.CodeLimit, err.Error())
 		return false
 	}
 	if c.info {

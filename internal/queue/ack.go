@@ -29,6 +29,7 @@ func (q *Queue) HoldLocked(m *Message) { q.hold(m) }
 
 // hold is Hold with q.mu held.
 func (q *Queue) hold(m *Message) {
+	m.heldIn = q.purges
 	m.Deliveries++
 	if m.Deliveries > 1 {
 		q.counts.Redelivered++
@@ -74,16 +75,18 @@ func (q *Queue) Settle(m *Message) {
 // instead (Discards).
 func (q *Queue) Return(m *Message, nacked bool) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if nacked {
 		q.counts.Nacked++
 	}
 	q.takeOut(m)
 	if q.discards(m) {
 		m.Release()
+		q.mu.Unlock()
+		q.roomFreed()
 		return
 	}
 	q.place(m, true)
+	q.mu.Unlock()
 }
 
 // Delay puts the pending message m back at its original place once d
@@ -92,19 +95,21 @@ func (q *Queue) Return(m *Message, nacked bool) {
 // frees it.
 func (q *Queue) Delay(m *Message, d time.Duration, nacked bool) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if nacked {
 		q.counts.Nacked++
 	}
 	if q.discards(m) {
 		q.takeOut(m)
 		m.Release()
+		q.mu.Unlock()
+		q.roomFreed()
 		return
 	}
 	if q.delayed == nil {
 		q.delayed = make(map[*Message]*time.Timer)
 	}
 	q.delayed[m] = time.AfterFunc(d, func() { q.undelay(m) })
+	q.mu.Unlock()
 }
 
 // undelay brings a delayed message back, unless Drain freed it.
@@ -226,4 +231,23 @@ func (q *Queue) Policy() Policy {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.policy
+}
+
+// Unhold undoes the Hold (or PopMode with ack) of m, just taken from q by
+// a consumer that could not take it after all: m goes back to its place,
+// as if never taken.
+func (q *Queue) Unhold(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	m.Deliveries--
+	if m.Deliveries > 0 {
+		q.counts.Redelivered--
+	}
+	q.counts.Delivered--
+	q.out--
+	q.outBytes -= m.Size
+	if q.counter != nil && m.shared == nil {
+		q.counter.AddOut(-1, -m.pages(), -m.Size)
+	}
+	q.place(m, true)
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"slices"
 	"sort"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -24,14 +23,15 @@ import (
 // sharing one payload, the same inline bytes or the same page descriptor.
 // The payload is freed, and discharged from its storer's account, when
 // the last view is released: when every group has acknowledged it (or
-// taken it plainly, or dropped it). A queue without groups behaves as if
+// taken it plainly, or dropped it). Each view beyond the first counts as
+// one more message, of no bytes, against the storer's quotas: a view
+// costs the server memory, and groups must not multiply what one user
+// can make the server hold beyond what is counted. A queue without groups behaves as if
 // groups did not exist; the messages in its own line when the first
 // group is created stay there for plain consumers, unless the group is
 // created from the oldest, which adopts them.
 //
-// Lock order: the queue's mu, then a group's mu, then Queue.liveMu (taken
-// when a shared payload is created or freed, with any of them held or
-// none).
+// Lock order: the queue's mu, then a group's mu.
 
 // Errors of CreateGroup and DeleteGroup.
 var (
@@ -57,46 +57,41 @@ type shared struct {
 	alg     uint8
 	charge  *quota.Account
 	counter Counter // told once, for every view together
-	owner   *Queue  // the queue whose live set holds it
 }
 
 // share turns m, accepted for q, into a shared payload with no view yet,
-// counted once by q's counter. m must not be used afterwards.
+// counted once by q's counter. m must not be used afterwards, and must
+// not be a view.
 func (q *Queue) share(m *Message) *shared {
+	if m.shared != nil {
+		panic("queue: sharing a view")
+	}
 	sh := &shared{
 		seq: m.Seq, fd: m.FD, inline: m.Inline, size: m.Size, digest: m.Digest, alg: m.DigestAlg,
-		charge: m.Charge, counter: q.counter, owner: q,
+		charge: m.Charge, counter: q.counter,
 	}
 	if sh.counter != nil {
 		sh.counter.Add(1, m.pages(), m.Size)
 	}
 	m.FD, m.Inline, m.Charge = -1, nil, nil
-	q.liveMu.Lock()
-	if q.live == nil {
-		q.live = make(map[*shared]struct{})
-	}
-	q.live[sh] = struct{}{}
-	q.liveMu.Unlock()
 	return sh
 }
 
-// view returns a new view of sh.
+// view returns a new view of sh. The caller holds a view of sh (or sh
+// has none yet), so that sh cannot be freed meanwhile; every view but
+// the first is charged as one more message by extraViews.
 func (sh *shared) view() *Message {
 	sh.refs.Add(1)
 	return &Message{Seq: sh.seq, Size: sh.size, FD: sh.fd, Inline: sh.inline, DigestAlg: sh.alg, Digest: sh.digest, shared: sh}
 }
 
-// release drops one view; the last frees the payload. The count falls
-// under the owner's liveMu, so that CreateGroup, adopting live payloads
-// under it, never revives one being freed.
+// release drops one view; the last frees the payload, each other one
+// its charge of one message.
 func (sh *shared) release() {
-	sh.owner.liveMu.Lock()
-	last := sh.refs.Add(-1) == 0
-	if last {
-		delete(sh.owner.live, sh)
-	}
-	sh.owner.liveMu.Unlock()
-	if !last {
+	if sh.refs.Add(-1) != 0 {
+		if sh.charge != nil {
+			sh.charge.UnholdMessages(1)
+		}
 		return
 	}
 	page := sh.fd >= 0
@@ -134,9 +129,10 @@ func (q *Queue) HasGroups() bool {
 
 // CreateGroup gives q a consumer group called name, which receives every
 // message stored from now on; with fromOldest it also takes every message
-// q still holds: those in q's own line (taken from it) and those other
-// groups hold and have not acknowledged. It returns how many messages it
-// took that way.
+// in line in q: those in q's own line (taken from it) and those in the
+// other groups' lines (a message pending with another group's consumer,
+// or waiting out a NAK's delay, is not taken). It returns how many
+// messages it took that way.
 func (q *Queue) CreateGroup(name string, fromOldest bool) (adopted int, err error) {
 	return q.createGroup(name, fromOldest, 0)
 }
@@ -156,21 +152,7 @@ func (q *Queue) createGroup(name string, fromOldest bool, creator uint32) (adopt
 	g.parent = q
 	g.creator = creator
 	if fromOldest {
-		// The payloads other groups still hold, and the messages of the
-		// queue's own line (taken from it, shared from now on), make the
-		// group's line, in order.
-		var views []*Message
-		q.liveMu.Lock()
-		for sh := range q.live {
-			if sh.refs.Load() > 0 { // 0: its last view is freeing it
-				views = append(views, sh.view())
-			}
-		}
-		q.liveMu.Unlock()
-		for m := q.pop(); m != nil; m = q.pop() {
-			views = append(views, q.share(m).view())
-		}
-		sort.Slice(views, func(i, j int) bool { return views[i].Seq < views[j].Seq })
+		views := q.adoptable()
 		g.mu.Lock()
 		for _, v := range views {
 			g.append(v)
@@ -183,6 +165,45 @@ func (q *Queue) createGroup(name string, fromOldest bool, creator uint32) (adopt
 	}
 	q.groups[name] = g
 	return adopted, nil
+}
+
+// adoptable returns, in order, a view of every message in line in q: the
+// messages of q's own line, taken from it (a view there, a dead letter of
+// a group since deleted, is used as it is), and one of each payload in
+// the other groups' lines, once whatever the number of groups holding
+// it. q.mu is held.
+func (q *Queue) adoptable() []*Message {
+	var views []*Message
+	seen := make(map[*shared]bool)
+	for m := q.pop(); m != nil; m = q.pop() {
+		if m.shared == nil {
+			m = q.share(m).view() // its first view: charged already
+		}
+		if seen[m.shared] {
+			m.Release() // two views of one payload in the line
+			continue
+		}
+		seen[m.shared] = true
+		views = append(views, m)
+	}
+	for _, g := range q.groups {
+		g.mu.Lock()
+		for i := range g.n {
+			v := g.items[(g.head+i)%len(g.items)]
+			if seen[v.shared] {
+				continue
+			}
+			seen[v.shared] = true
+			// v, in g's line under g's lock, keeps the payload alive.
+			if v.shared.charge != nil {
+				v.shared.charge.ForceHoldMessages(1)
+			}
+			views = append(views, v.shared.view())
+		}
+		g.mu.Unlock()
+	}
+	sort.Slice(views, func(i, j int) bool { return views[i].Seq < views[j].Seq })
+	return views
 }
 
 // deleteGroup removes the group called name: its line is freed, its
@@ -203,9 +224,24 @@ func (q *Queue) deleteGroup(name string) (freed, pending int, waiters []Waiter, 
 	return freed, g.out, waiters, nil
 }
 
+// chargeViews charges the views a message of q's groups needs beyond its
+// first, one message each, to m's account, within its limits. q.mu is
+// held.
+func (q *Queue) chargeViews(m *Message) error {
+	if m.Charge == nil || len(q.groups) < 2 {
+		return nil
+	}
+	return m.Charge.HoldMessages(int64(len(q.groups) - 1))
+}
+
 // fanOut stores m, accepted for q, in every group of q, keeping q's
-// sequence number, as views of one shared payload. q.mu is held.
-func (q *Queue) fanOut(m *Message, stored func(seq uint64)) uint64 {
+// sequence number, as views of one shared payload; the views beyond the
+// first are charged here unless charged is set (chargeViews). q.mu is
+// held.
+func (q *Queue) fanOut(m *Message, stored func(seq uint64), charged bool) uint64 {
+	if !charged && m.Charge != nil && len(q.groups) > 1 {
+		m.Charge.ForceHoldMessages(int64(len(q.groups) - 1))
+	}
 	m.Seq = q.nextSeq
 	q.nextSeq++
 	if stored != nil {
@@ -252,7 +288,7 @@ func (q *Queue) sortedGroups() []*Queue {
 func (q *Queue) groupsFull(size, maxMessages, maxBytes int64) bool {
 	for _, g := range q.groups {
 		g.mu.Lock()
-		full := len(g.waiters) == 0 && (int64(g.n+g.out) >= maxMessages || size > maxBytes-g.bytes-g.outBytes)
+		full := !(len(g.waiters) > 0 && g.out == 0) && (int64(g.n+g.out) >= maxMessages || size > maxBytes-g.bytes-g.outBytes)
 		g.mu.Unlock()
 		if full {
 			return true
@@ -306,7 +342,4 @@ type groupState struct {
 	groups map[string]*Queue // the queue's groups, by name
 	group  string            // for a group: its name
 	parent *Queue            // for a group: its queue
-
-	liveMu sync.Mutex
-	live   map[*shared]struct{} // payloads the groups' views share
 }

@@ -51,12 +51,12 @@ func (q *Queue) Purge() (freed, pending int) {
 	defer q.roomFreed()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.purgeBelow = q.nextSeq
+	q.purges++
 	freed = q.drainLocked()
 	pending = q.out
 	for _, g := range q.groups {
 		g.mu.Lock()
-		g.purgeBelow = q.nextSeq
+		g.purges++
 		freed += g.drainLocked()
 		pending += g.out
 		g.mu.Unlock()
@@ -65,9 +65,9 @@ func (q *Queue) Purge() (freed, pending int) {
 }
 
 // discards reports whether m, coming back to q, is to be freed: the queue
-// was deleted, or purged since m was delivered. q.mu is held.
+// was deleted, or purged since m was taken in ack mode. q.mu is held.
 func (q *Queue) discards(m *Message) bool {
-	return q.deleted || m.Seq < q.purgeBelow
+	return q.deleted || m.heldIn < q.purges
 }
 
 // Discards reports whether m, a message of q pending with a consumer, is

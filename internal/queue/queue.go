@@ -5,6 +5,7 @@
 package queue
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type Message struct {
 
 	sent   bool    // Sent closed the page, whose charge stays until Release
 	shared *shared // for a view: the payload it shares with other groups' views
+	heldIn uint32  // the queue's purges when it was last held in ack mode
 }
 
 // Sent closes the message's page once a write to a socket has handed the
@@ -171,11 +173,11 @@ type Queue struct {
 	outBytes int64
 	delayed  map[*Message]*time.Timer
 	counts   Counts
-	// purgeBelow: messages numbered below it that come back (a pending
-	// one NAKed, or whose consumer left) are freed instead: they were
-	// out when the queue was purged. deleted: the queue was deleted;
-	// everything that comes back is freed.
-	purgeBelow uint64
+	// purges counts the queue's purges: a message held in ack mode
+	// before the last one (its heldIn is smaller) is freed if it comes
+	// back. deleted: the queue was deleted; everything that comes back
+	// is freed.
+	purges uint32
 	deleted    bool
 
 	policy     Policy          // its own settings (CONFIG)
@@ -225,27 +227,37 @@ func (q *Queue) Push(m *Message, stored func(seq uint64)) uint64 {
 // out unable to take it, and then stored past the limit by that one
 // message.
 func (q *Queue) PushWithin(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, bool) {
+	seq, err := q.PushLimited(m, maxMessages, maxBytes, stored)
+	return seq, err == nil
+}
+
+// ErrFull reports a message refused because its queue (or a consumer
+// group of it) is at its limits.
+var ErrFull = errors.New("queue: full")
+
+// PushLimited is PushWithin, saying why a message is refused: ErrFull,
+// or, for a queue with consumer groups, the *quota.Exceeded of charging
+// the views the message needs beyond its first.
+func (q *Queue) PushLimited(m *Message, maxMessages, maxBytes int64, stored func(seq uint64)) (uint64, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if !q.fits(m.Size, maxMessages, maxBytes) {
+		return 0, ErrFull
+	}
 	if len(q.groups) > 0 {
-		// Each group holds the message until it is done with it: none
-		// may pass the limits.
-		if q.groupsFull(m.Size, maxMessages, maxBytes) {
-			return 0, false
+		if err := q.chargeViews(m); err != nil {
+			return 0, err
 		}
-		return q.fanOut(m, stored), true
+		return q.fanOut(m, stored, true), nil
 	}
-	if len(q.waiters) == 0 && (int64(q.n+q.out) >= maxMessages || m.Size > maxBytes-q.bytes-q.outBytes) {
-		return 0, false
-	}
-	return q.push(m, stored), true
+	return q.push(m, stored), nil
 }
 
 // push is Push with q.mu held. A queue with consumer groups stores the
 // message in every group instead of its own line.
 func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 	if len(q.groups) > 0 {
-		return q.fanOut(m, stored)
+		return q.fanOut(m, stored, false)
 	}
 	m.Seq = q.nextSeq
 	q.nextSeq++
@@ -546,7 +558,8 @@ func (q *Queue) Waiting() int {
 }
 
 // Drain removes every message in line and every NAKed one waiting out a
-// delay, releases it, and returns how many messages and bytes were freed.
+// delay, in q and in its consumer groups, releases it, and returns how
+// many messages (a view of a group counted as one) and bytes were freed.
 // Waiters stay registered; messages pending with consumers are theirs.
 func (q *Queue) Drain() (messages int, bytes int64) {
 	defer q.roomFreed()
@@ -556,5 +569,15 @@ func (q *Queue) Drain() (messages int, bytes int64) {
 	for m := range q.delayed {
 		bytes += m.Size
 	}
-	return q.drainLocked(), bytes
+	messages = q.drainLocked()
+	for _, g := range q.groups {
+		g.mu.Lock()
+		bytes += g.bytes
+		for m := range g.delayed {
+			bytes += m.Size
+		}
+		messages += g.drainLocked()
+		g.mu.Unlock()
+	}
+	return messages, bytes
 }

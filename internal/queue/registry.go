@@ -366,6 +366,7 @@ func (r *Registry) DeleteGroup(name []byte, group string) (freed, pending int, w
 	freed, pending, waiters, err = q.deleteGroup(group)
 	if err == nil {
 		r.groupGone(g.creator)
+		q.unblock() // the group was perhaps the full one
 	}
 	q.mayBeIdle()
 	return freed, pending, waiters, err

@@ -44,13 +44,18 @@ func (q *Queue) PushOrWait(ws *WaitingStore) (seq uint64, stored, waiting bool) 
 }
 
 // fits reports whether a message of size bytes may be stored under the
-// limits: in q's line, or in every group of q. A waiter in line takes it
-// whatever the limits. q.mu is held.
+// limits: in q's line, or in every group of q. Messages taken in ack mode
+// and not yet settled count as the queue's; a message for a waiter in
+// line is handed over, not kept, so it fits when nothing is pending. q.mu
+// is held.
 func (q *Queue) fits(size, maxMessages, maxBytes int64) bool {
 	if len(q.groups) > 0 {
 		return !q.groupsFull(size, maxMessages, maxBytes)
 	}
-	return len(q.waiters) > 0 || int64(q.n+q.out) < maxMessages && size <= maxBytes-q.bytes-q.outBytes
+	if len(q.waiters) > 0 && q.out == 0 {
+		return true
+	}
+	return int64(q.n+q.out) < maxMessages && size <= maxBytes-q.bytes-q.outBytes
 }
 
 // CancelStore takes ws out of the line of blocked stores, and reports
@@ -63,6 +68,7 @@ func (q *Queue) CancelStore(ws *WaitingStore) bool {
 		if b == ws {
 			q.blocked = append(q.blocked[:i], q.blocked[i+1:]...)
 			q.hasBlocked.Store(len(q.blocked) > 0)
+			q.unblock() // the stores behind it may fit
 			return true
 		}
 	}

@@ -247,6 +247,34 @@ func (a *Account) Unhold(size int64, page bool) {
 	}
 }
 
+// HoldMessages charges n more messages, of no bytes, to the user and to
+// the totals (the views of a message fanned out to consumer groups), or
+// returns an *Exceeded and charges nothing.
+func (a *Account) HoldMessages(n int64) error {
+	l := a.l
+	if have, ok := take(&l.total.messages, n, l.cfg.Total.Messages); !ok {
+		return &Exceeded{Kind: TotalMessages, UID: a.uid, Have: have, Max: l.cfg.Total.Messages, Want: n}
+	}
+	if have, ok := take(&a.c.messages, n, l.cfg.PerUID.Messages); !ok {
+		l.total.messages.Add(-n)
+		return &Exceeded{Kind: UIDMessages, UID: a.uid, Have: have, Max: l.cfg.PerUID.Messages, Want: n}
+	}
+	return nil
+}
+
+// ForceHoldMessages is HoldMessages whatever the limits: for views made
+// of messages stored already.
+func (a *Account) ForceHoldMessages(n int64) {
+	a.l.total.messages.Add(n)
+	a.c.messages.Add(n)
+}
+
+// UnholdMessages discharges what HoldMessages charged.
+func (a *Account) UnholdMessages(n int64) {
+	a.l.total.messages.Add(-n)
+	a.c.messages.Add(-n)
+}
+
 // Wait charges one waiting retrieve, or returns an *Exceeded.
 func (a *Account) Wait() error {
 	l := a.l
