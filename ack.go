@@ -297,10 +297,12 @@ func (c *Client) Kick(ctx context.Context, queue string, n int) (int, error) {
 // every message stored into queue goes to each of its groups, and is
 // freed once every group has acknowledged it; consumers take messages
 // through a group with AckOptions.Group, competing for them within it.
-// With fromOldest the group also takes every message the queue still
-// holds (those in its own line, which leave it, and those other groups
-// have not acknowledged), returned as adopted. created is false if the
-// group existed already (nothing changes then).
+// With fromOldest the group also takes every message in line in the
+// queue (those in its own line, which leave it, and those in the other
+// groups' lines, each once; not those pending with other groups'
+// consumers), returned as adopted. created is false if the group existed
+// already (nothing changes then). Each group's copy of a message counts
+// as one message against its storer's quotas.
 func (c *Client) CreateGroup(ctx context.Context, queue, group string, fromOldest bool) (adopted int, created bool, err error) {
 	if err := ValidQueueName(queue); err != nil {
 		return 0, false, err

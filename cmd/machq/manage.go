@@ -182,8 +182,8 @@ Once a queue has groups, every message stored into it goes to each group,
 and is freed once every group has acknowledged it; the consumers of one
 group compete for its messages (machq retrieve --queue Q --group G). A
 group receives the messages stored after it was created; --from-oldest
-also gives it every message the queue still holds. Deleting a group frees
-what only it held.`
+also gives it every message in line in the queue (its own line and its
+other groups' lines, each once). Deleting a group frees what only it held.`
 
 func groupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "create" && args[0] != "delete" && args[0] != "-h" && args[0] != "--help" && args[0] != "-help") {
@@ -200,7 +200,7 @@ func groupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.register(cmd, "warn")
 	cmd.fs.StringVar(&queue, "queue", "", "named `queue` (required)")
 	cmd.fs.StringVar(&group, "group", "", "consumer `group` name (required): the rules of queue names")
-	cmd.fs.BoolVar(&fromOldest, "from-oldest", false, "create: also give the group every message the queue still holds")
+	cmd.fs.BoolVar(&fromOldest, "from-oldest", false, "create: also give the group every message in line in the queue and its other groups")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
@@ -232,7 +232,7 @@ func groupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		case !created:
 			fmt.Fprintf(stdout, "queue %s has a group %s already\n", queue, group)
 		case fromOldest:
-			fmt.Fprintf(stdout, "created group %s of %s with the %d messages it still holds\n", group, queue, adopted)
+			fmt.Fprintf(stdout, "created group %s of %s with the %d messages in line\n", group, queue, adopted)
 		default:
 			fmt.Fprintf(stdout, "created group %s of %s\n", group, queue)
 		}
