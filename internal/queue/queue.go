@@ -177,8 +177,8 @@ type Queue struct {
 	// before the last one (its heldIn is smaller) is freed if it comes
 	// back. deleted: the queue was deleted; everything that comes back
 	// is freed.
-	purges uint32
-	deleted    bool
+	purges  uint32
+	deleted bool
 
 	policy     Policy          // its own settings (CONFIG)
 	blocked    []*WaitingStore // stores waiting for room, oldest first
