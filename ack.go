@@ -373,61 +373,11 @@ func (c *Client) ReserveBatch(ctx context.Context, queue string, n int, o *AckOp
 	if len(req.Group) > 0 {
 		key += "\x00" + string(req.Group)
 	}
-	var got []result
-	c.mu.Lock()
-	if rs := c.orphans[key]; len(rs) > 0 {
-		k := min(n, len(rs))
-		got = append(got, rs[:k]...)
-		c.orphans[key] = rs[k:]
+	got, short, err := c.retrieveBatch(ctx, queue, n, *req, key, ErrEmpty, ErrLimit)
+	if len(got) == 0 && err == nil {
+		return nil, short
 	}
-	c.mu.Unlock()
-	var first error // why the batch came back short, if nothing came
-	var errs []error
-	if want := n - len(got); want > 0 {
-		calls := make([]*call, want)
-		ids := make([]uint64, want)
-		frames := make([]outFrame, want)
-		for i := range calls {
-			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), ack: true, orphan: key}
-			id, err := c.register(ctx, cl)
-			if err != nil {
-				for _, id := range ids[:i] {
-					c.unregister(id)
-				}
-				return c.deliverDeliveries(got, err)
-			}
-			calls[i], ids[i] = cl, id
-			r := *req
-			frames[i] = outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendRetrieve(b, id, r) }}
-		}
-		if err := c.enqueueFrames(ctx, frames); err != nil {
-			return c.deliverDeliveries(got, err)
-		}
-		for i, cl := range calls {
-			r, err := c.wait(ctx, ids[i], cl)
-			switch {
-			case err == nil:
-				got = append(got, r)
-			case ctx.Err() != nil:
-				for j := i + 1; j < len(calls); j++ {
-					if r, err := c.wait(ctx, ids[j], calls[j]); err == nil && r.msg != nil {
-						got = append(got, r)
-					}
-				}
-				return c.deliverDeliveries(got, err)
-			case errors.Is(err, ErrEmpty), errors.Is(err, ErrLimit):
-				if first == nil {
-					first = err
-				}
-			default:
-				errs = append(errs, err)
-			}
-		}
-	}
-	if len(got) == 0 && len(errs) == 0 {
-		return nil, first
-	}
-	return c.deliverDeliveries(got, errors.Join(errs...))
+	return c.deliverDeliveries(got, err)
 }
 
 // deliverDeliveries is deliverBatch for ack-mode messages.

@@ -90,55 +90,8 @@ func (c *Client) RetrieveBatch(ctx context.Context, queue string, n int) ([]*Mes
 	if n <= 0 {
 		return nil, fmt.Errorf("machq: RetrieveBatch of %d messages; ask for at least 1", n)
 	}
-	// Messages handed over after their callers gave up come first.
-	var got []result
-	c.mu.Lock()
-	if rs := c.orphans[queue]; len(rs) > 0 {
-		k := min(n, len(rs))
-		got = append(got, rs[:k]...)
-		c.orphans[queue] = rs[k:]
-	}
-	c.mu.Unlock()
-
-	var errs []error
-	if want := n - len(got); want > 0 {
-		calls := make([]*call, want)
-		ids := make([]uint64, want)
-		frames := make([]outFrame, want)
-		req := wire.Retrieve{Queue: []byte(queue), Owned: c.opts.owned}
-		for i := range calls {
-			cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), orphan: queue}
-			id, err := c.register(ctx, cl)
-			if err != nil {
-				for _, id := range ids[:i] {
-					c.unregister(id)
-				}
-				return c.deliverBatch(got, err)
-			}
-			calls[i], ids[i] = cl, id
-			frames[i] = outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }}
-		}
-		if err := c.enqueueFrames(ctx, frames); err != nil {
-			return c.deliverBatch(got, err)
-		}
-		for i, cl := range calls {
-			r, err := c.wait(ctx, ids[i], cl)
-			switch {
-			case err == nil:
-				got = append(got, r)
-			case ctx.Err() != nil:
-				// The rest gave up too; what they receive is kept for
-				// the next retrieve.
-				for j := i + 1; j < len(calls); j++ {
-					if r, err := c.wait(ctx, ids[j], calls[j]); err == nil && r.msg != nil {
-						got = append(got, r) // arrived already: never dropped
-					}
-				}
-				return c.deliverBatch(got, err)
-			case !errors.Is(err, ErrEmpty):
-				errs = append(errs, err)
-			}
-		}
+	got, short, err := c.retrieveBatch(ctx, queue, n, wire.Retrieve{Queue: []byte(queue), Owned: c.opts.owned}, queue, ErrEmpty)
+	if err == nil && len(got) > 0 {
 		// Messages for earlier retrieves that gave up, read meanwhile,
 		// are older than these: they go first, and the newest beyond n
 		// wait for the next retrieve.
@@ -153,10 +106,86 @@ func (c *Client) RetrieveBatch(ctx context.Context, queue string, n int) ([]*Mes
 		}
 		c.mu.Unlock()
 	}
-	if len(got) == 0 && len(errs) == 0 {
-		return nil, fmt.Errorf("%w: queue %s is empty", ErrEmpty, queueLabel(queue))
+	if len(got) == 0 && err == nil {
+		if short == nil {
+			short = fmt.Errorf("%w: queue %s is empty", ErrEmpty, queueLabel(queue))
+		}
+		return nil, short
 	}
-	return c.deliverBatch(got, errors.Join(errs...))
+	return c.deliverBatch(got, err)
+}
+
+// retrieveBatch takes up to n messages from queue with RETRIEVEs like
+// req, sent in one write, first those kept under the orphan key key. A
+// RETRIEVE answered with an error wrapping one of the ends (the queue is
+// empty, or the credit used up) only makes the batch short, and the first
+// such error is returned as short; other errors are joined in err, with
+// ctx's error if it ended (the answers of those that gave up are kept
+// then, or returned if they came already).
+func (c *Client) retrieveBatch(ctx context.Context, queue string, n int, req wire.Retrieve, key string, ends ...error) (got []result, short, err error) {
+	c.mu.Lock()
+	if rs := c.orphans[key]; len(rs) > 0 {
+		k := min(n, len(rs))
+		got = append(got, rs[:k]...)
+		c.orphans[key] = rs[k:]
+	}
+	c.mu.Unlock()
+	want := n - len(got)
+	if want <= 0 {
+		return got, nil, nil
+	}
+	calls := make([]*call, want)
+	ids := make([]uint64, want)
+	frames := make([]outFrame, want)
+	for i := range calls {
+		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), ack: req.Ack, orphan: key}
+		id, err := c.register(ctx, cl)
+		if err != nil {
+			for _, id := range ids[:i] {
+				c.unregister(id)
+			}
+			return got, nil, err
+		}
+		calls[i], ids[i] = cl, id
+		frames[i] = outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }}
+	}
+	if err := c.enqueueFrames(ctx, frames); err != nil {
+		return got, nil, err
+	}
+	var errs []error
+	for i, cl := range calls {
+		r, err := c.wait(ctx, ids[i], cl)
+		switch {
+		case err == nil:
+			got = append(got, r)
+		case ctx.Err() != nil:
+			// The rest gave up too; what they receive is kept for the
+			// next retrieve.
+			for j := i + 1; j < len(calls); j++ {
+				if r, err := c.wait(ctx, ids[j], calls[j]); err == nil && r.msg != nil {
+					got = append(got, r) // arrived already: never dropped
+				}
+			}
+			return got, nil, err
+		case isAny(err, ends):
+			if short == nil {
+				short = err
+			}
+		default:
+			errs = append(errs, err)
+		}
+	}
+	return got, short, errors.Join(errs...)
+}
+
+// isAny reports whether err wraps one of targets.
+func isAny(err error, targets []error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // deliverBatch loads and verifies the messages in rs and returns them
