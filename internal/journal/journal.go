@@ -1,0 +1,551 @@
+package journal
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// Errors of a journal.
+var (
+	// ErrCorrupt: recovery found a damaged record with valid ones after
+	// it; Options.SkipCorrupt quarantines the damage instead.
+	ErrCorrupt = errors.New("journal: corrupt record in the middle of the journal")
+	// ErrForeign: a segment belongs to another journal (its directory id
+	// differs), or the id file is missing while segments exist.
+	ErrForeign = errors.New("journal: segment of another journal")
+	// ErrFailed: a write or sync failed; the journal acknowledges nothing
+	// more (a failed sync is never retried and taken for success).
+	ErrFailed = errors.New("journal: write or sync failed; nothing more is acknowledged")
+	// ErrClosed: the journal is closed.
+	ErrClosed = errors.New("journal: closed")
+)
+
+// Options configures a journal.
+type Options struct {
+	// FS is the directory the journal lives in.
+	FS FS
+	// SegmentSize bounds a segment file: a new one begins once a write
+	// would pass it. Default 64 MiB.
+	SegmentSize int64
+	// SkipCorrupt lets recovery go past damaged records with valid ones
+	// after them: their bytes are kept in a quarantine file and the
+	// records in them are lost (the report says which). Without it,
+	// Open refuses.
+	SkipCorrupt bool
+}
+
+// Report says what recovery found.
+type Report struct {
+	Segments int
+	Records  int
+	Bytes    int64 // of the records replayed
+	// NextLSN is the number the next record written gets.
+	NextLSN uint64
+	// TornTail names the segment and offset where a torn last write was
+	// cut off ("" if none), and how many bytes went.
+	TornTail      string
+	TornBytes     int64
+	Quarantined   []Quarantine
+	Took          time.Duration
+	SegmentsFound []string
+}
+
+// Quarantine is a damaged range of a segment that recovery went past.
+type Quarantine struct {
+	Segment    string
+	From, To   int64  // byte range in the segment
+	File       string // where its bytes were kept
+	LostBefore uint64 // the first record number found after it
+}
+
+// Journal is an open write-ahead log. Write is safe for concurrent use.
+type Journal struct {
+	opts  Options
+	dirID uint64
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending []*write // records to write, in order
+	nextLSN uint64
+	err     error // sticky: a write or sync failed, or closed
+	closed  bool
+	done    chan struct{}
+
+	// Owned by the writer goroutine.
+	seg      File
+	segName  string
+	segSalt  uint64
+	segSize  int64
+	segments []segInfo // every segment, oldest first
+	buf      []byte
+}
+
+type segInfo struct {
+	name  string
+	first uint64
+}
+
+// write is one record waiting to be made durable.
+type write struct {
+	typ  uint8
+	data []byte
+	lsn  uint64
+	err  error
+	done chan struct{}
+}
+
+// Open recovers the journal in opts.FS, calling replay for every record in
+// order, and returns it ready to write, with the report of what it found.
+// A torn tail is cut off; corruption with valid records after it fails
+// with ErrCorrupt unless opts.SkipCorrupt.
+func Open(opts Options, replay func(Record) error) (*Journal, Report, error) {
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = 64 << 20
+	}
+	j := &Journal{opts: opts, done: make(chan struct{})}
+	j.cond = sync.NewCond(&j.mu)
+	start := time.Now()
+	rep, err := j.recover(replay)
+	rep.Took = time.Since(start)
+	if err != nil {
+		if j.seg != nil {
+			j.seg.Close()
+		}
+		return nil, rep, err
+	}
+	j.nextLSN = rep.NextLSN
+	go j.writer()
+	return j, rep, nil
+}
+
+// random64 returns a random number, for ids and salts.
+func random64() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+// recover reads the id and every segment.
+func (j *Journal) recover(replay func(Record) error) (Report, error) {
+	var rep Report
+	names, err := j.opts.FS.List()
+	if err != nil {
+		return rep, err
+	}
+	var segs []segInfo
+	hasID := false
+	for _, n := range names {
+		if n == IDFile {
+			hasID = true
+		}
+		if first, ok := parseSegmentName(n); ok {
+			segs = append(segs, segInfo{name: n, first: first})
+		}
+	}
+	rep.SegmentsFound = make([]string, len(segs))
+	for i, s := range segs {
+		rep.SegmentsFound[i] = s.name
+	}
+	if err := j.loadID(hasID, len(segs) > 0); err != nil {
+		return rep, err
+	}
+	next := uint64(1)
+	if len(segs) > 0 {
+		next = segs[0].first
+	}
+	for i, s := range segs {
+		last := i == len(segs)-1
+		n, err := j.recoverSegment(s, last, &next, &rep, replay)
+		if err != nil {
+			return rep, err
+		}
+		if last {
+			j.segName, j.segSize = s.name, n
+		}
+	}
+	j.segments = segs
+	rep.Segments = len(segs)
+	rep.NextLSN = next
+	if len(segs) == 0 {
+		return rep, nil
+	}
+	f, err := j.opts.FS.Open(j.segName)
+	if err != nil {
+		return rep, err
+	}
+	j.seg = f
+	return rep, nil
+}
+
+// loadID reads the journal's directory id, or makes one for a new
+// journal.
+func (j *Journal) loadID(hasID, hasSegments bool) error {
+	fs := j.opts.FS
+	if !hasID {
+		if hasSegments {
+			return fmt.Errorf("%w: segments exist but the id file %s is missing", ErrForeign, IDFile)
+		}
+		j.dirID = random64()
+		f, err := fs.Create(IDFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b := make([]byte, 16)
+		copy(b, Magic)
+		binary.LittleEndian.PutUint64(b[8:], j.dirID)
+		if _, err := f.Write(b); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		return fs.SyncDir()
+	}
+	f, err := fs.Open(IDFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := make([]byte, 16)
+	if _, err := f.ReadAt(b, 0); err != nil || string(b[:8]) != Magic {
+		return fmt.Errorf("%w: the id file %s is damaged", ErrForeign, IDFile)
+	}
+	j.dirID = binary.LittleEndian.Uint64(b[8:])
+	return nil
+}
+
+// recoverSegment replays the records of one segment and returns the
+// length of its valid part. next is the number the next record must have.
+func (j *Journal) recoverSegment(s segInfo, last bool, next *uint64, rep *Report, replay func(Record) error) (int64, error) {
+	f, err := j.opts.FS.Open(s.name)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return 0, err
+	}
+	data := make([]byte, size)
+	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	h, err := decodeHeader(data)
+	switch {
+	case err != nil && last && int64(len(data)) < HeaderSize:
+		// A segment whose header never became durable: created, then
+		// the power went. Nothing in it was acknowledged.
+		if err := f.Truncate(0); err != nil {
+			return 0, err
+		}
+		rep.TornTail, rep.TornBytes = fmt.Sprintf("%s at 0", s.name), int64(len(data))
+		return HeaderSize, j.rewriteHeader(f, s)
+	case err != nil:
+		return 0, fmt.Errorf("segment %s: %w", s.name, err)
+	case h.dirID != j.dirID:
+		return 0, fmt.Errorf("%w: segment %s has directory id %016x, this journal's is %016x", ErrForeign, s.name, h.dirID, j.dirID)
+	case h.first != s.first || h.first != *next:
+		return 0, fmt.Errorf("%w: segment %s begins at record %d; %d was expected", ErrCorrupt, s.name, h.first, *next)
+	}
+	if last {
+		j.segSalt = h.salt
+	}
+	off := HeaderSize
+	for off < len(data) {
+		r, n, ok := decodeRecord(data[off:], h.salt)
+		if ok && r.LSN == *next {
+			if err := replay(r); err != nil {
+				return 0, err
+			}
+			rep.Records++
+			rep.Bytes += int64(len(r.Data))
+			*next = r.LSN + 1
+			off += n
+			continue
+		}
+		// Damaged, or torn. Is there a valid record after it?
+		at, found := findRecord(data, off+1, h.salt, *next)
+		if !found && last {
+			if err := f.Truncate(int64(off)); err != nil {
+				return 0, err
+			}
+			rep.TornTail = fmt.Sprintf("%s at %d", s.name, off)
+			rep.TornBytes = int64(len(data) - off)
+			return int64(off), nil
+		}
+		end := at
+		if !found {
+			end = len(data)
+		}
+		if !j.opts.SkipCorrupt {
+			return 0, fmt.Errorf("%w: segment %s, bytes %d to %d are not records; the records in them, from %d on, would be lost: start with the flag that skips corruption to go on without them", ErrCorrupt, s.name, off, end, *next)
+		}
+		q, err := j.quarantine(s.name, data[off:end], int64(off), int64(end))
+		if err != nil {
+			return 0, err
+		}
+		if found {
+			r, _, _ := decodeRecord(data[at:], h.salt)
+			q.LostBefore = r.LSN
+			*next = r.LSN
+		}
+		rep.Quarantined = append(rep.Quarantined, q)
+		off = end
+	}
+	return int64(off), nil
+}
+
+// findRecord looks for a valid record at or after from whose number is at
+// least next: the first valid one after damage.
+func findRecord(data []byte, from int, salt, next uint64) (int, bool) {
+	for at := from; at+RecordHeaderSize <= len(data); at++ {
+		if r, _, ok := decodeRecord(data[at:], salt); ok && r.LSN >= next {
+			return at, true
+		}
+	}
+	return 0, false
+}
+
+// quarantine keeps damaged bytes of a segment in a file of their own.
+func (j *Journal) quarantine(seg string, b []byte, from, to int64) (Quarantine, error) {
+	name := fmt.Sprintf("quarantine-%s-%d.bin", seg, from)
+	f, err := j.opts.FS.Create(name)
+	if err != nil {
+		return Quarantine{}, err
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		return Quarantine{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return Quarantine{}, err
+	}
+	return Quarantine{Segment: seg, From: from, To: to, File: name}, j.opts.FS.SyncDir()
+}
+
+// rewriteHeader writes a fresh header into an emptied last segment.
+func (j *Journal) rewriteHeader(f File, s segInfo) error {
+	j.segSalt = random64()
+	if _, err := f.Write(segmentHeader{dirID: j.dirID, salt: j.segSalt, first: s.first}.encode()); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// Write appends a record of type typ (not 0) holding data and returns its
+// number once it is durable. Records of concurrent calls share syncs. If
+// ctx ends first, Write returns ctx's error; the record may still become
+// durable.
+func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, error) {
+	w, err := j.Append(typ, data)
+	if err != nil {
+		return 0, err
+	}
+	return w.Wait(ctx)
+}
+
+// Pending is a record appended and perhaps not yet durable.
+type Pending struct{ w *write }
+
+// Wait waits until the record is durable and returns its number, or the
+// error that stopped the journal.
+func (p Pending) Wait(ctx context.Context) (uint64, error) {
+	select {
+	case <-p.w.done:
+		return p.w.lsn, p.w.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Append queues a record for the writer and returns at once; Wait on the
+// result for its durability. Records are written in the order appended.
+func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
+	if typ == 0 {
+		return Pending{}, errors.New("journal: record type 0 is reserved")
+	}
+	if len(data) > MaxRecord {
+		return Pending{}, fmt.Errorf("journal: record of %d bytes exceeds %d", len(data), MaxRecord)
+	}
+	w := &write{typ: typ, data: data, done: make(chan struct{})}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return Pending{}, j.err
+	}
+	j.pending = append(j.pending, w)
+	j.cond.Signal()
+	return Pending{w}, nil
+}
+
+// Err returns the error that stopped the journal, if one did.
+func (j *Journal) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
+}
+
+// Close writes what was appended, then closes the journal.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil
+	}
+	j.closed = true
+	j.cond.Signal()
+	j.mu.Unlock()
+	<-j.done
+	if j.seg != nil {
+		return j.seg.Close()
+	}
+	return nil
+}
+
+// writer writes and syncs what was appended, batch after batch: every
+// record appended while a sync runs shares the next one.
+func (j *Journal) writer() {
+	defer close(j.done)
+	for {
+		j.mu.Lock()
+		for len(j.pending) == 0 && !j.closed {
+			j.cond.Wait()
+		}
+		batch := j.pending
+		j.pending = nil
+		closing := j.closed && len(batch) == 0
+		if closing && j.err == nil {
+			j.err = ErrClosed
+		}
+		j.mu.Unlock()
+		if closing {
+			return
+		}
+		err := j.writeBatch(batch)
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrFailed, err)
+			j.mu.Lock()
+			if j.err == nil {
+				j.err = err
+			}
+			rest := j.pending
+			j.pending = nil
+			j.mu.Unlock()
+			batch = append(batch, rest...)
+		}
+		for _, w := range batch {
+			w.err = err
+			close(w.done)
+		}
+		if err != nil {
+			// Stop: nothing more is written or acknowledged.
+			j.mu.Lock()
+			for !j.closed {
+				for _, w := range j.pending {
+					w.err = j.err
+					close(w.done)
+				}
+				j.pending = nil
+				j.cond.Wait()
+			}
+			j.mu.Unlock()
+			return
+		}
+	}
+}
+
+// writeBatch numbers, writes and syncs a batch, starting new segments as
+// the segment size requires.
+func (j *Journal) writeBatch(batch []*write) error {
+	j.mu.Lock()
+	lsn := j.nextLSN
+	j.mu.Unlock()
+	for len(batch) > 0 {
+		if j.seg == nil || j.segSize >= j.opts.SegmentSize {
+			if err := j.rotate(lsn); err != nil {
+				return err
+			}
+		}
+		j.buf = j.buf[:0]
+		n := 0
+		for n < len(batch) && (n == 0 || j.segSize+int64(len(j.buf)) < j.opts.SegmentSize) {
+			w := batch[n]
+			w.lsn = lsn
+			j.buf = appendRecord(j.buf, j.segSalt, lsn, w.typ, w.data)
+			lsn++
+			n++
+		}
+		if _, err := j.seg.Write(j.buf); err != nil {
+			return err
+		}
+		j.segSize += int64(len(j.buf))
+		if err := j.seg.Sync(); err != nil {
+			return err
+		}
+		batch = batch[n:]
+	}
+	j.mu.Lock()
+	j.nextLSN = lsn
+	j.mu.Unlock()
+	return nil
+}
+
+// rotate begins a new segment whose first record is first.
+func (j *Journal) rotate(first uint64) error {
+	name := segmentName(first)
+	f, err := j.opts.FS.Create(name)
+	if err != nil {
+		return err
+	}
+	salt := random64()
+	if _, err := f.Write(segmentHeader{dirID: j.dirID, salt: salt, first: first}.encode()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := j.opts.FS.SyncDir(); err != nil {
+		f.Close()
+		return err
+	}
+	if j.seg != nil {
+		j.seg.Close()
+	}
+	j.seg, j.segName, j.segSalt, j.segSize = f, name, salt, HeaderSize
+	j.mu.Lock()
+	j.segments = append(j.segments, segInfo{name: name, first: first})
+	j.mu.Unlock()
+	return nil
+}
+
+// Release deletes the segments all of whose records are numbered below
+// before (their records are consumed): recovery then starts from the
+// oldest segment kept. The segment being written is never deleted.
+func (j *Journal) Release(before uint64) (int, error) {
+	j.mu.Lock()
+	var gone []segInfo
+	for len(j.segments) > 1 && j.segments[1].first <= before {
+		gone = append(gone, j.segments[0])
+		j.segments = j.segments[1:]
+	}
+	j.mu.Unlock()
+	for _, s := range gone {
+		if err := j.opts.FS.Remove(s.name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, err
+		}
+	}
+	if len(gone) > 0 {
+		return len(gone), j.opts.FS.SyncDir()
+	}
+	return 0, nil
+}
