@@ -115,8 +115,25 @@ type MemFS struct {
 	// durable; a file created and not yet so is lost in a crash.
 	dirSynced map[string]bool
 	last      *memFile
-	// Fail, when set, is returned by writes and syncs: a failing disk.
-	Fail error
+	fail      error // returned by writes and syncs: a failing disk
+	failSync  error // returned by syncs: writes reach the cache, never the disk
+}
+
+// PowerOff makes every sync fail with err from now on while writes still
+// land in the cache: what is written from here is lost, or torn, by the
+// next Crash, as when the power goes while writes are under way.
+func (m *MemFS) PowerOff(err error) {
+	m.mu.Lock()
+	m.failSync = err
+	m.mu.Unlock()
+}
+
+// SetFail makes every write and sync fail with err from now on, as a
+// failing disk; nil heals it.
+func (m *MemFS) SetFail(err error) {
+	m.mu.Lock()
+	m.fail = err
+	m.mu.Unlock()
 }
 
 type memFile struct {
@@ -182,8 +199,11 @@ func (m *MemFS) List() ([]string, error) {
 func (m *MemFS) SyncDir() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.Fail != nil {
-		return m.Fail
+	if m.fail != nil {
+		return m.fail
+	}
+	if m.failSync != nil {
+		return m.failSync
 	}
 	for n := range m.files {
 		m.dirSynced[n] = true
@@ -191,7 +211,7 @@ func (m *MemFS) SyncDir() error {
 	return nil
 }
 
-// Crash simulates a power loss: files whose creation was not synced are
+// Crash simulates a power loss (and the power coming back): files whose creation was not synced are
 // gone, the others keep what was synced, and the file written last keeps
 // in addition the first torn bytes of what followed (torn may be 0).
 func (m *MemFS) Crash(torn int) {
@@ -210,6 +230,7 @@ func (m *MemFS) Crash(torn int) {
 		f.synced = keep
 	}
 	m.last = nil
+	m.failSync = nil // the power is back
 }
 
 // Corrupt applies fn to the bytes of the file name, as a damaged disk.
@@ -238,8 +259,8 @@ func (f *memFile) ReadAt(p []byte, off int64) (int, error) {
 func (f *memFile) Write(p []byte) (int, error) {
 	f.fs.mu.Lock()
 	defer f.fs.mu.Unlock()
-	if f.fs.Fail != nil {
-		return 0, f.fs.Fail
+	if f.fs.fail != nil {
+		return 0, f.fs.fail
 	}
 	if f.removed {
 		return 0, errors.New("memfs: write to a removed file")
@@ -252,8 +273,11 @@ func (f *memFile) Write(p []byte) (int, error) {
 func (f *memFile) Sync() error {
 	f.fs.mu.Lock()
 	defer f.fs.mu.Unlock()
-	if f.fs.Fail != nil {
-		return f.fs.Fail
+	if f.fs.fail != nil {
+		return f.fs.fail
+	}
+	if f.fs.failSync != nil {
+		return f.fs.failSync
 	}
 	f.synced = len(f.data)
 	return nil

@@ -73,8 +73,9 @@ type Journal struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	pending []*write // records to write, in order
-	nextLSN uint64
-	err     error // sticky: a write or sync failed, or closed
+	nextLSN uint64   // the number of the next record written
+	nextApp uint64   // the number of the next record appended
+	err     error    // sticky: a write or sync failed, or closed
 	closed  bool
 	done    chan struct{}
 
@@ -121,6 +122,7 @@ func Open(opts Options, replay func(Record) error) (*Journal, Report, error) {
 		return nil, rep, err
 	}
 	j.nextLSN = rep.NextLSN
+	j.nextApp = rep.NextLSN
 	go j.writer()
 	return j, rep, nil
 }
@@ -355,6 +357,10 @@ func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, er
 // Pending is a record appended and perhaps not yet durable.
 type Pending struct{ w *write }
 
+// LSN returns the number the record gets once written: records are
+// numbered in the order appended.
+func (p Pending) LSN() uint64 { return p.w.lsn }
+
 // Wait waits until the record is durable and returns its number, or the
 // error that stopped the journal.
 func (p Pending) Wait(ctx context.Context) (uint64, error) {
@@ -381,6 +387,8 @@ func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
 	if j.err != nil {
 		return Pending{}, j.err
 	}
+	w.lsn = j.nextApp
+	j.nextApp++
 	j.pending = append(j.pending, w)
 	j.cond.Signal()
 	return Pending{w}, nil
@@ -465,9 +473,7 @@ func (j *Journal) writer() {
 // writeBatch numbers, writes and syncs a batch, starting new segments as
 // the segment size requires.
 func (j *Journal) writeBatch(batch []*write) error {
-	j.mu.Lock()
-	lsn := j.nextLSN
-	j.mu.Unlock()
+	lsn := batch[0].lsn
 	for len(batch) > 0 {
 		if j.seg == nil || j.segSize >= j.opts.SegmentSize {
 			if err := j.rotate(lsn); err != nil {
@@ -478,7 +484,6 @@ func (j *Journal) writeBatch(batch []*write) error {
 		n := 0
 		for n < len(batch) && (n == 0 || j.segSize+int64(len(j.buf)) < j.opts.SegmentSize) {
 			w := batch[n]
-			w.lsn = lsn
 			j.buf = appendRecord(j.buf, j.segSalt, lsn, w.typ, w.data)
 			lsn++
 			n++
@@ -539,13 +544,28 @@ func (j *Journal) Release(before uint64) (int, error) {
 		j.segments = j.segments[1:]
 	}
 	j.mu.Unlock()
-	for _, s := range gone {
+	// Oldest first, each removal made durable before the next: a crash
+	// leaves the journal without a prefix of its segments, never with a
+	// gap between two it kept.
+	for i, s := range gone {
 		if err := j.opts.FS.Remove(s.name); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return 0, err
+			return i, err
+		}
+		if err := j.opts.FS.SyncDir(); err != nil {
+			return i, err
 		}
 	}
-	if len(gone) > 0 {
-		return len(gone), j.opts.FS.SyncDir()
+	return len(gone), nil
+}
+
+// Segments returns the number of the first record of every segment,
+// oldest first: the last is the segment being written.
+func (j *Journal) Segments() []uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	firsts := make([]uint64, len(j.segments))
+	for i, s := range j.segments {
+		firsts[i] = s.first
 	}
-	return 0, nil
+	return firsts
 }

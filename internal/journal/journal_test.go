@@ -183,15 +183,10 @@ func TestCrashPoints(t *testing.T) {
 					runtime.Gosched()
 				}
 			}
-			fs.mu.Lock()
-			fs.Fail = errCrash
-			fs.mu.Unlock()
+			fs.PowerOff(errCrash)
 			wg.Wait()
 			j.Close()
 			fs.Crash(rng.IntN(200))
-			fs.mu.Lock()
-			fs.Fail = nil
-			fs.mu.Unlock()
 		}
 		j, _, got := open(t, fs, Options{})
 		for lsn := range acked {
@@ -299,15 +294,11 @@ func TestFailedSyncIsSticky(t *testing.T) {
 	if _, err := j.Write(context.Background(), 1, []byte("ok")); err != nil {
 		t.Fatal(err)
 	}
-	fs.mu.Lock()
-	fs.Fail = errors.New("EIO")
-	fs.mu.Unlock()
+	fs.SetFail(errors.New("EIO"))
 	if _, err := j.Write(context.Background(), 1, []byte("lost")); !errors.Is(err, ErrFailed) {
 		t.Fatalf("a write whose sync failed: %v, want ErrFailed", err)
 	}
-	fs.mu.Lock()
-	fs.Fail = nil
-	fs.mu.Unlock()
+	fs.SetFail(nil)
 	// The disk is back, but a failed sync is never taken for success.
 	if _, err := j.Write(context.Background(), 1, []byte("after")); !errors.Is(err, ErrFailed) {
 		t.Fatalf("a write after a failed sync: %v, want ErrFailed", err)
