@@ -1,0 +1,404 @@
+// Package durable keeps machq's durable queues on disk: every message
+// stored in one, every message taken from one, every delivery in ack mode
+// and every queue deleted or purged is a record of the write-ahead log
+// (internal/journal), durable before the server answers. At start the
+// log is replayed into the queues it describes; segments whose messages
+// are all gone are deleted, and live messages pinning an old segment are
+// copied forward so it can be (compaction). The records are specified in
+// docs/STORAGE.md.
+package durable
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/journal"
+)
+
+// ErrLocked: another server holds the data directory.
+var ErrLocked = errors.New("durable: the data directory is in use by another server")
+
+// LockFile is the file of the data directory a server holds an flock on.
+const LockFile = "LOCK"
+
+// Options configures a store.
+type Options struct {
+	// Dir is the data directory: created if missing (mode 0700), locked
+	// with flock so that two servers never share it.
+	Dir string
+	// FS overrides the file system of the journal (tests); Dir is then
+	// only locked if set.
+	FS journal.FS
+	// SegmentSize bounds a segment file (default 64 MiB).
+	SegmentSize int64
+	// SkipCorrupt lets recovery go past damaged records in the middle of
+	// the log, keeping their bytes in a quarantine file; the messages in
+	// them are lost. Without it a damaged log refuses to open.
+	SkipCorrupt bool
+}
+
+// Message is a message of a durable queue, as recovered.
+type Message struct {
+	ID uint64
+	// Deliveries counts the times it was handed to a consumer in ack
+	// mode without being settled: more than 0 means it comes back
+	// redelivered.
+	Deliveries uint32
+	Payload    []byte
+}
+
+// Queue is a durable queue as recovered: its messages in id order.
+type Queue struct {
+	Name     string
+	Messages []Message
+	// LastID is the highest message id the log holds for it, taken or
+	// not: new messages get higher ones.
+	LastID uint64
+}
+
+// Report says what opening the store found.
+type Report struct {
+	journal.Report
+	Queues       int
+	Messages     int
+	PayloadBytes int64
+}
+
+// String renders the report as the server logs it.
+func (r Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d queues, %d messages, %d payload bytes from %d records in %d segments, in %v",
+		r.Queues, r.Messages, r.PayloadBytes, r.Records, r.Segments, r.Took.Round(time.Millisecond))
+	if r.TornTail != "" {
+		fmt.Fprintf(&b, "; torn tail cut at %s (%d bytes, never acknowledged)", r.TornTail, r.TornBytes)
+	}
+	for _, q := range r.Quarantined {
+		fmt.Fprintf(&b, "; DAMAGE skipped: %s bytes %d-%d kept in %s, records before %d lost",
+			q.Segment, q.From, q.To, q.File, q.LostBefore)
+	}
+	return b.String()
+}
+
+// entry is a live message: the record that holds it now, and what a
+// copy forward must write again.
+type entry struct {
+	lsn        uint64
+	deliveries uint32
+	payload    []byte
+}
+
+// Store is an open set of durable queues. It is safe for concurrent use.
+type Store struct {
+	j    *journal.Journal
+	lock *os.File
+	size int64
+
+	// mu orders the records appended with the live set they change: the
+	// log's order is the order of these changes.
+	mu     sync.Mutex
+	queues map[string]map[uint64]*entry
+	buf    []byte
+}
+
+// Open locks the data directory, replays its log and returns the store
+// with every durable queue it holds.
+func Open(opts Options) (*Store, []Queue, Report, error) {
+	s := &Store{queues: make(map[string]map[uint64]*entry), size: opts.SegmentSize}
+	if s.size <= 0 {
+		s.size = 64 << 20
+	}
+	if opts.Dir != "" {
+		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+			return nil, nil, Report{}, fmt.Errorf("durable: data directory: %w", err)
+		}
+		f, err := lockDir(opts.Dir)
+		if err != nil {
+			return nil, nil, Report{}, err
+		}
+		s.lock = f
+	}
+	fs := opts.FS
+	if fs == nil {
+		fs = journal.OSFS{Dir: opts.Dir}
+	}
+	last := map[string]uint64{}
+	j, jrep, err := journal.Open(journal.Options{FS: fs, SegmentSize: s.size, SkipCorrupt: opts.SkipCorrupt},
+		func(r journal.Record) error {
+			op, err := Decode(r.Type, r.Data)
+			if err != nil {
+				return fmt.Errorf("record %d: %w", r.LSN, err)
+			}
+			s.apply(op, r.LSN, true)
+			if op.Type == TypeStore || op.Type == TypeTake || op.Type == TypeDeliver {
+				last[op.Queue] = max(last[op.Queue], op.ID)
+			}
+			return nil
+		})
+	rep := Report{Report: jrep}
+	if err != nil {
+		s.unlock()
+		return nil, nil, rep, fmt.Errorf("durable: recovering %s: %w", opts.Dir, err)
+	}
+	s.j = j
+	queues := make([]Queue, 0, len(s.queues))
+	for name, live := range s.queues {
+		q := Queue{Name: name, LastID: last[name], Messages: make([]Message, 0, len(live))}
+		for id, e := range live {
+			q.Messages = append(q.Messages, Message{ID: id, Deliveries: e.deliveries, Payload: e.payload})
+			rep.PayloadBytes += int64(len(e.payload))
+		}
+		slices.SortFunc(q.Messages, func(a, b Message) int { return cmp.Compare(a.ID, b.ID) })
+		rep.Messages += len(q.Messages)
+		queues = append(queues, q)
+	}
+	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
+	rep.Queues = len(queues)
+	return s, queues, rep, nil
+}
+
+// lockDir takes the data directory's lock, or says who has it.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, LockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("durable: data directory lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is locked (stop that server, or give this one another --data-dir)", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("durable: locking %s: %w", path, err)
+	}
+	return f, nil
+}
+
+func (s *Store) unlock() {
+	if s.lock != nil {
+		s.lock.Close()
+		s.lock = nil
+	}
+}
+
+// apply changes the live set as op says. In replay the payload is copied
+// out of the journal's buffer.
+func (s *Store) apply(op Op, lsn uint64, replay bool) {
+	switch op.Type {
+	case TypeStore:
+		live := s.queues[op.Queue]
+		if live == nil {
+			live = make(map[uint64]*entry)
+			s.queues[op.Queue] = live
+		}
+		p := op.Payload
+		if replay {
+			p = append([]byte(nil), p...)
+		}
+		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, payload: p}
+	case TypeTake:
+		if live := s.queues[op.Queue]; live != nil {
+			delete(live, op.ID)
+			if len(live) == 0 {
+				delete(s.queues, op.Queue)
+			}
+		}
+	case TypeDeliver:
+		if e := s.queues[op.Queue][op.ID]; e != nil {
+			e.deliveries++
+		}
+	case TypeDrop:
+		delete(s.queues, op.Queue)
+	case TypePurge:
+		if live := s.queues[op.Queue]; live != nil {
+			for id := range live {
+				if id < op.ID {
+					delete(live, id)
+				}
+			}
+			if len(live) == 0 {
+				delete(s.queues, op.Queue)
+			}
+		}
+	}
+}
+
+// appendLocked appends op's record and applies it; s.mu is held.
+func (s *Store) appendLocked(op Op) (journal.Pending, error) {
+	if op.Queue == "" || len(op.Queue) > maxName {
+		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
+	}
+	s.buf = encode(s.buf[:0], op)
+	// The journal keeps the slice until it is written: give it its own.
+	p, err := s.j.Append(op.Type, append([]byte(nil), s.buf...))
+	if err != nil {
+		return p, err
+	}
+	s.apply(op, p.LSN(), false)
+	return p, nil
+}
+
+// write appends ops in order and waits until they are durable.
+func (s *Store) write(ctx context.Context, ops ...Op) error {
+	s.mu.Lock()
+	var last journal.Pending
+	for _, op := range ops {
+		p, err := s.appendLocked(op)
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		last = p
+	}
+	s.mu.Unlock()
+	if len(ops) == 0 {
+		return nil
+	}
+	// Records are written in order: the last durable means all are.
+	_, err := last.Wait(ctx)
+	return err
+}
+
+// Store records message id of queue, returning once it is durable. The
+// store keeps payload (to copy it forward): the caller must not change
+// it.
+func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, payload []byte) error {
+	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Payload: payload})
+}
+
+// Take records messages of queue gone (retrieved, acknowledged, moved),
+// returning once that is durable: they never come back.
+func (s *Store) Take(ctx context.Context, queue string, ids ...uint64) error {
+	ops := make([]Op, len(ids))
+	for i, id := range ids {
+		ops[i] = Op{Type: TypeTake, Queue: queue, ID: id}
+	}
+	return s.write(ctx, ops...)
+}
+
+// Deliver records message id of queue handed to a consumer in ack mode.
+// It does not wait: a delivery the log lost only means the message comes
+// back after a restart without the redelivered mark.
+func (s *Store) Deliver(queue string, id uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err := s.appendLocked(Op{Type: TypeDeliver, Queue: queue, ID: id})
+	return err
+}
+
+// Drop records queue deleted with all its messages.
+func (s *Store) Drop(ctx context.Context, queue string) error {
+	return s.write(ctx, Op{Type: TypeDrop, Queue: queue})
+}
+
+// Purge records every message of queue with an id below below gone.
+func (s *Store) Purge(ctx context.Context, queue string, below uint64) error {
+	return s.write(ctx, Op{Type: TypePurge, Queue: queue, ID: below})
+}
+
+// Err returns the error that stopped the log, if one did: then nothing
+// more is durable and the store must be reopened.
+func (s *Store) Err() error { return s.j.Err() }
+
+// CompactReport says what a compaction did.
+type CompactReport struct {
+	Copied         int   // live messages written again at the head of the log
+	CopiedBytes    int64 // their payload bytes
+	SegmentsFreed  int
+	SegmentsBefore int
+}
+
+// Compact frees the log's space: segments whose messages are all gone are
+// deleted, and while the oldest segment holds little that is live (at
+// most a quarter of a segment's size), its live messages are copied
+// forward so it can go too. It returns once the copies are durable and
+// the segments deleted.
+func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
+	segs := s.j.Segments()
+	rep := CompactReport{SegmentsBefore: len(segs)}
+	if len(segs) < 2 {
+		return rep, nil
+	}
+	s.mu.Lock()
+	// Live messages in closed segments, oldest segment first, and how
+	// many bytes each segment still holds live.
+	head := segs[len(segs)-1]
+	type ref struct {
+		queue string
+		id    uint64
+	}
+	var old []ref
+	liveBytes := make([]int64, len(segs))
+	for q, live := range s.queues {
+		for id, e := range live {
+			if e.lsn < head {
+				old = append(old, ref{q, id})
+				i, _ := slices.BinarySearch(segs, e.lsn+1)
+				liveBytes[i-1] += int64(len(e.payload)) + 64
+			}
+		}
+	}
+	// Copy forward the messages of the oldest segments while each holds
+	// little that is live; stop at the first worth keeping.
+	var upTo uint64 // copy messages whose record is below this
+	for i := 0; i+1 < len(segs); i++ {
+		if liveBytes[i] > s.size/4 {
+			break
+		}
+		upTo = segs[i+1]
+	}
+	var last journal.Pending
+	for _, r := range old {
+		e := s.queues[r.queue][r.id]
+		if e.lsn >= upTo {
+			continue
+		}
+		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Payload: e.payload})
+		if err != nil {
+			s.mu.Unlock()
+			return rep, err
+		}
+		last = p
+		rep.Copied++
+		rep.CopiedBytes += int64(len(e.payload))
+	}
+	oldest := uint64(math.MaxUint64) // nothing live: all but the head may go
+	for _, live := range s.queues {
+		for _, e := range live {
+			oldest = min(oldest, e.lsn)
+		}
+	}
+	s.mu.Unlock()
+	if rep.Copied > 0 {
+		if _, err := last.Wait(ctx); err != nil {
+			return rep, err
+		}
+	}
+	n, err := s.j.Release(oldest)
+	rep.SegmentsFreed = n
+	return rep, err
+}
+
+// Close writes what was appended, closes the log and releases the data
+// directory.
+func (s *Store) Close() error {
+	err := s.j.Close()
+	s.unlock()
+	return err
+}

@@ -1,0 +1,267 @@
+package durable
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/machq/machq/internal/journal"
+)
+
+var ctx = context.Background()
+
+func mustOpen(t *testing.T, opts Options) (*Store, map[string]Queue, Report) {
+	t.Helper()
+	s, qs, rep, err := Open(opts)
+	if err != nil {
+		t.Fatalf("open: %v (report %v)", err, rep)
+	}
+	t.Cleanup(func() { s.Close() })
+	m := map[string]Queue{}
+	for _, q := range qs {
+		m[q.Name] = q
+	}
+	return s, m, rep
+}
+
+func ids(q Queue) []uint64 {
+	var out []uint64
+	for _, m := range q.Messages {
+		out = append(out, m.ID)
+	}
+	return out
+}
+
+func TestRecoverWhatWasDone(t *testing.T) {
+	dir := t.TempDir()
+	s, qs, _ := mustOpen(t, Options{Dir: dir})
+	if len(qs) != 0 {
+		t.Fatalf("a new data directory holds %d queues", len(qs))
+	}
+	for id := uint64(1); id <= 6; id++ {
+		if err := s.Store(ctx, "jobs", id, 0, []byte(fmt.Sprint("job ", id))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Store(ctx, "gone", id, 0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, s.Take(ctx, "jobs", 3, 5))
+	must(t, s.Deliver("jobs", 4))
+	must(t, s.Deliver("jobs", 4))
+	must(t, s.Purge(ctx, "jobs", 2))
+	must(t, s.Drop(ctx, "gone"))
+	must(t, s.Close())
+
+	s, qs, rep := mustOpen(t, Options{Dir: dir})
+	if _, ok := qs["gone"]; ok || len(qs) != 1 {
+		t.Fatalf("queues after recovery: %v, want only jobs", qs)
+	}
+	jobs := qs["jobs"]
+	if got := ids(jobs); fmt.Sprint(got) != "[2 4 6]" {
+		t.Fatalf("jobs holds %v, want [2 4 6]", got)
+	}
+	if jobs.LastID != 6 {
+		t.Errorf("LastID %d, want 6", jobs.LastID)
+	}
+	if m := jobs.Messages[1]; m.Deliveries != 2 || string(m.Payload) != "job 4" {
+		t.Errorf("message 4: %d deliveries, %q; want 2, \"job 4\"", m.Deliveries, m.Payload)
+	}
+	if rep.Queues != 1 || rep.Messages != 3 || rep.PayloadBytes != 15 {
+		t.Errorf("report %v: want 1 queue, 3 messages, 15 bytes", rep)
+	}
+	// Writing goes on after recovery.
+	must(t, s.Store(ctx, "jobs", 7, 0, []byte("job 7")))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecondServerIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	mustOpen(t, Options{Dir: dir})
+	_, _, _, err := Open(Options{Dir: dir})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("a second open of a data directory in use: %v, want ErrLocked", err)
+	}
+}
+
+func TestUnknownRecordRefusesToStart(t *testing.T) {
+	fs := journal.NewMemFS()
+	j, _, err := journal.Open(journal.Options{FS: fs}, func(journal.Record) error { return nil })
+	must(t, err)
+	if _, err := j.Write(ctx, 77, []byte("from a later version")); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if _, _, _, err := Open(Options{FS: fs}); !errors.Is(err, ErrBadRecord) {
+		t.Fatalf("a log with a record of an unknown type: %v, want ErrBadRecord", err)
+	}
+}
+
+// TestCrashPoints loses the power at random moments while producers store
+// and consumers take, on several queues, then recovers: every store that
+// was acknowledged and not taken is there with its bytes, nothing whose
+// take was acknowledged comes back, and nothing never stored appears.
+func TestCrashPoints(t *testing.T) {
+	iterations := 300
+	if testing.Short() {
+		iterations = 50
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	queues := []string{"a", "b", "c"}
+	for it := range iterations {
+		fs := journal.NewMemFS()
+		var mu sync.Mutex
+		stored := map[string][]byte{} // acknowledged stores, by queue/id
+		taken := map[string]bool{}    // acknowledged takes
+		tried := map[string][]byte{}  // every store attempted
+		taking := map[string]bool{}   // every take attempted
+		nextID := map[string]uint64{}
+		crashes := 1 + rng.IntN(3)
+		for c := range crashes {
+			s, qs, _ := mustOpen(t, Options{FS: fs, SegmentSize: int64(512 + rng.IntN(8192))})
+			seen := map[string]bool{}
+			for _, q := range qs {
+				for _, m := range q.Messages {
+					key := fmt.Sprintf("%s/%d", q.Name, m.ID)
+					seen[key] = true
+					want, ok := tried[key]
+					if !ok {
+						t.Fatalf("iteration %d crash %d: %s recovered, never stored", it, c, key)
+					}
+					if !bytes.Equal(want, m.Payload) {
+						t.Fatalf("iteration %d crash %d: %s holds %q, %q was stored", it, c, key, m.Payload, want)
+					}
+					if taken[key] {
+						t.Fatalf("iteration %d crash %d: %s came back after its take was acknowledged", it, c, key)
+					}
+				}
+				nextID[q.Name] = max(nextID[q.Name], q.LastID)
+			}
+			for key := range stored {
+				if !seen[key] && !taking[key] {
+					t.Fatalf("iteration %d crash %d: acknowledged %s lost", it, c, key)
+				}
+			}
+			// Messages present now and never taken must stay: forget
+			// takes that did not happen.
+			for key := range taking {
+				if seen[key] {
+					delete(taking, key)
+				}
+			}
+			var wg sync.WaitGroup
+			producers := 1 + rng.IntN(4)
+			per := rng.IntN(30)
+			for p := range producers {
+				q := queues[p%len(queues)]
+				wg.Go(func() {
+					for k := range per {
+						mu.Lock()
+						nextID[q]++
+						id := nextID[q]
+						key := fmt.Sprintf("%s/%d", q, id)
+						payload := fmt.Appendf(nil, "it %d %s %d", it, key, k)
+						tried[key] = payload
+						mu.Unlock()
+						if err := s.Store(ctx, q, id, 0, payload); err != nil {
+							return
+						}
+						mu.Lock()
+						stored[key] = payload
+						mu.Unlock()
+						if k%3 == 0 {
+							mu.Lock()
+							taking[key] = true
+							mu.Unlock()
+							if err := s.Take(ctx, q, id); err != nil {
+								return
+							}
+							mu.Lock()
+							taken[key] = true
+							mu.Unlock()
+						}
+						if k%7 == 0 {
+							s.Compact(ctx)
+						}
+					}
+				})
+			}
+			// Lose the power once some stores are acknowledged, while
+			// others are being written: a wait on that condition.
+			mu.Lock()
+			before := len(stored)
+			mu.Unlock()
+			crashAfter := rng.IntN(producers*per + 1)
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+		wait:
+			for {
+				mu.Lock()
+				n := len(stored) - before
+				mu.Unlock()
+				if n >= crashAfter {
+					break
+				}
+				select {
+				case <-done:
+					break wait
+				default:
+					runtime.Gosched()
+				}
+			}
+			fs.PowerOff(errors.New("power lost"))
+			wg.Wait()
+			s.Close()
+			fs.Crash(rng.IntN(300))
+		}
+	}
+}
+
+// TestCompactionBoundsTheLog keeps one message from the start while many
+// pass through: compaction copies it forward, the log stays a few
+// segments long, and the message survives with its deliveries.
+func TestCompactionBoundsTheLog(t *testing.T) {
+	dir := t.TempDir()
+	const seg = 16 << 10
+	s, _, _ := mustOpen(t, Options{Dir: dir, SegmentSize: seg})
+	must(t, s.Store(ctx, "q", 1, 0, []byte("the long-lived one")))
+	must(t, s.Deliver("q", 1))
+	payload := bytes.Repeat([]byte("p"), 200)
+	most := 0
+	for id := uint64(2); id < 3000; id++ {
+		must(t, s.Store(ctx, "q", id, 0, payload))
+		must(t, s.Take(ctx, "q", id))
+		if id%100 == 0 {
+			if _, err := s.Compact(ctx); err != nil {
+				t.Fatal(err)
+			}
+			most = max(most, len(s.j.Segments()))
+		}
+	}
+	if most > 4 {
+		t.Errorf("the log grew to %d segments of %d bytes holding one live message", most, seg)
+	}
+	must(t, s.Close())
+	_, qs, rep := mustOpen(t, Options{Dir: dir, SegmentSize: seg})
+	q := qs["q"]
+	if len(q.Messages) != 1 || q.Messages[0].ID != 1 || string(q.Messages[0].Payload) != "the long-lived one" || q.Messages[0].Deliveries != 1 {
+		t.Fatalf("after compaction and recovery q holds %+v, want message 1 delivered once", q.Messages)
+	}
+	if q.LastID < 2999 {
+		t.Errorf("LastID %d: ids the log has seen would be reused", q.LastID)
+	}
+	if rep.Segments > 4 {
+		t.Errorf("recovery read %d segments", rep.Segments)
+	}
+}
