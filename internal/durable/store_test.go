@@ -265,3 +265,40 @@ func TestCompactionBoundsTheLog(t *testing.T) {
 		t.Errorf("recovery read %d segments", rep.Segments)
 	}
 }
+
+// BenchmarkRecover1M measures the recovery of a million small stored
+// messages (the target is under 2 s): go test -run '^$' -bench Recover1M.
+func BenchmarkRecover1M(b *testing.B) {
+	dir := b.TempDir()
+	s, _, _, err := Open(Options{Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 1_000_000
+	payload := bytes.Repeat([]byte("m"), 64)
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Go(func() {
+			for id := uint64(w); id < n; id += 64 {
+				if err := s.Store(ctx, fmt.Sprint("q", w%8), id+1, 0, payload); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	s.Close()
+	b.ResetTimer()
+	for b.Loop() {
+		s, qs, rep, err := Open(Options{Dir: dir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rep.Messages != n || len(qs) != 8 {
+			b.Fatalf("recovered %d messages in %d queues", rep.Messages, len(qs))
+		}
+		b.ReportMetric(rep.Took.Seconds(), "journal-s")
+		s.Close()
+	}
+}
