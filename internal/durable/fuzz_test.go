@@ -11,6 +11,7 @@ func FuzzDecode(f *testing.F) {
 	for _, op := range []Op{
 		{Type: TypeStore, Queue: "jobs", ID: 7, Deliveries: 2, Payload: []byte("hello")},
 		{Type: TypeStore, Queue: "q", ID: 1},
+		{Type: TypeStore, Queue: "big", ID: 9, File: "00ff00ff00ff00ff.page", Size: 64 << 20},
 		{Type: TypeTake, Queue: "jobs", ID: 7},
 		{Type: TypeDeliver, Queue: "jobs", ID: 7},
 		{Type: TypeDrop, Queue: "jobs"},

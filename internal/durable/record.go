@@ -42,8 +42,30 @@ type Op struct {
 	// Deliveries is how often the message was delivered before it was
 	// stored or copied forward (Store).
 	Deliveries uint32
-	// Payload is the message's bytes (Store).
+	// Payload is the message's bytes (Store of an inline message).
 	Payload []byte
+	// File names the payload file of a page message in the data
+	// directory's payloads/ (Store with flag FlagFile), Size its bytes.
+	File string
+	Size int64
+}
+
+// FlagFile marks a Store whose payload is in a file of payloads/.
+const FlagFile = 1
+
+// validFile reports whether name can be a payload file's name: 1 to 64
+// bytes of 0-9, a-z and '.', not beginning with '.': never a path.
+func validFile(name string) bool {
+	if name == "" || len(name) > 64 || name[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // encode appends op's record data to b.
@@ -57,7 +79,13 @@ func encode(b []byte, op Op) []byte {
 	if op.Type != TypeStore {
 		return b
 	}
-	b = append(b, 0) // flags: 0, the payload follows inline
+	if op.File != "" {
+		b = append(b, FlagFile)
+		b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
+		b = binary.LittleEndian.AppendUint64(b, uint64(op.Size))
+		return append(b, op.File...)
+	}
+	b = append(b, 0) // the payload follows inline
 	b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
 	return append(b, op.Payload...)
 }
@@ -95,10 +123,24 @@ func Decode(typ uint8, data []byte) (Op, error) {
 	if len(rest) < 5 {
 		return op, fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue)
 	}
-	if rest[0] != 0 {
-		return op, fmt.Errorf("%w: store to %q: unknown flags %#x", ErrBadRecord, op.Queue, rest[0])
-	}
+	flags := rest[0]
 	op.Deliveries = binary.LittleEndian.Uint32(rest[1:])
-	op.Payload = rest[5:]
+	rest = rest[5:]
+	switch flags {
+	case 0:
+		op.Payload = rest
+	case FlagFile:
+		if len(rest) < 8 {
+			return op, fmt.Errorf("%w: store to %q: short payload file reference", ErrBadRecord, op.Queue)
+		}
+		size := binary.LittleEndian.Uint64(rest)
+		op.File = string(rest[8:])
+		if size > 1<<62 || !validFile(op.File) {
+			return op, fmt.Errorf("%w: store to %q: bad payload file %q of %d bytes", ErrBadRecord, op.Queue, op.File, size)
+		}
+		op.Size = int64(size)
+	default:
+		return op, fmt.Errorf("%w: store to %q: unknown flags %#x", ErrBadRecord, op.Queue, flags)
+	}
 	return op, nil
 }

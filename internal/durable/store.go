@@ -11,6 +11,8 @@ package durable
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -55,7 +57,12 @@ type Message struct {
 	// mode without being settled: more than 0 means it comes back
 	// redelivered.
 	Deliveries uint32
-	Payload    []byte
+	// Payload is an inline message's bytes; a page message has File
+	// instead, the path of its payload file (OpenPayload makes a page of
+	// it), and Size.
+	Payload []byte
+	File    string
+	Size    int64
 }
 
 // Queue is a durable queue as recovered: its messages in id order.
@@ -73,13 +80,22 @@ type Report struct {
 	Queues       int
 	Messages     int
 	PayloadBytes int64
+	// PayloadFiles counts the messages whose payload is a file;
+	// OrphansRemoved the payload files no message refers to (written
+	// before a crash took their record, or taken before it took their
+	// removal), deleted.
+	PayloadFiles   int
+	OrphansRemoved int
 }
 
 // String renders the report as the server logs it.
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d queues, %d messages, %d payload bytes from %d records in %d segments, in %v",
-		r.Queues, r.Messages, r.PayloadBytes, r.Records, r.Segments, r.Took.Round(time.Millisecond))
+	fmt.Fprintf(&b, "%d queues, %d messages (%d in payload files), %d payload bytes from %d records in %d segments, in %v",
+		r.Queues, r.Messages, r.PayloadFiles, r.PayloadBytes, r.Records, r.Segments, r.Took.Round(time.Millisecond))
+	if r.OrphansRemoved > 0 {
+		fmt.Fprintf(&b, "; %d unreferenced payload files removed", r.OrphansRemoved)
+	}
 	if r.TornTail != "" {
 		fmt.Fprintf(&b, "; torn tail cut at %s (%d bytes, never acknowledged)", r.TornTail, r.TornBytes)
 	}
@@ -96,13 +112,16 @@ type entry struct {
 	lsn        uint64
 	deliveries uint32
 	payload    []byte
+	file       string // payload file of a page message
+	size       int64
 }
 
 // Store is an open set of durable queues. It is safe for concurrent use.
 type Store struct {
-	j    *journal.Journal
-	lock *os.File
-	size int64
+	j     *journal.Journal
+	lock  *os.File
+	size  int64
+	files string // the payload directory; "" without a data directory
 
 	// mu orders the records appended with the live set they change: the
 	// log's order is the order of these changes.
@@ -127,6 +146,11 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			return nil, nil, Report{}, err
 		}
 		s.lock = f
+		s.files = filepath.Join(opts.Dir, PayloadDir)
+		if err := os.MkdirAll(s.files, 0o700); err != nil {
+			s.unlock()
+			return nil, nil, Report{}, fmt.Errorf("durable: payload directory: %w", err)
+		}
 	}
 	fs := opts.FS
 	if fs == nil {
@@ -139,7 +163,7 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			if err != nil {
 				return fmt.Errorf("record %d: %w", r.LSN, err)
 			}
-			s.apply(op, r.LSN, true)
+			s.apply(op, r.LSN, true, nil)
 			if op.Type == TypeStore || op.Type == TypeTake || op.Type == TypeDeliver {
 				last[op.Queue] = max(last[op.Queue], op.ID)
 			}
@@ -155,8 +179,14 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 	for name, live := range s.queues {
 		q := Queue{Name: name, LastID: last[name], Messages: make([]Message, 0, len(live))}
 		for id, e := range live {
-			q.Messages = append(q.Messages, Message{ID: id, Deliveries: e.deliveries, Payload: e.payload})
+			m := Message{ID: id, Deliveries: e.deliveries, Payload: e.payload}
 			rep.PayloadBytes += int64(len(e.payload))
+			if e.file != "" {
+				m.File, m.Size = filepath.Join(s.files, e.file), e.size
+				rep.PayloadBytes += e.size
+				rep.PayloadFiles++
+			}
+			q.Messages = append(q.Messages, m)
 		}
 		slices.SortFunc(q.Messages, func(a, b Message) int { return cmp.Compare(a.ID, b.ID) })
 		rep.Messages += len(q.Messages)
@@ -164,7 +194,41 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 	}
 	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
 	rep.Queues = len(queues)
+	if rep.OrphansRemoved, err = s.removeOrphans(); err != nil {
+		s.Close()
+		return nil, nil, rep, err
+	}
 	return s, queues, rep, nil
+}
+
+// removeOrphans deletes the payload files no live message refers to.
+func (s *Store) removeOrphans() (int, error) {
+	if s.files == "" {
+		return 0, nil
+	}
+	names, err := os.ReadDir(s.files)
+	if err != nil {
+		return 0, fmt.Errorf("durable: payload directory: %w", err)
+	}
+	used := map[string]bool{}
+	for _, live := range s.queues {
+		for _, e := range live {
+			if e.file != "" {
+				used[e.file] = true
+			}
+		}
+	}
+	n := 0
+	for _, d := range names {
+		if used[d.Name()] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.files, d.Name())); err != nil {
+			return n, fmt.Errorf("durable: removing an unreferenced payload: %w", err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // lockDir takes the data directory's lock, or says who has it.
@@ -197,9 +261,15 @@ func (s *Store) unlock() {
 	}
 }
 
-// apply changes the live set as op says. In replay the payload is copied
-// out of the journal's buffer.
-func (s *Store) apply(op Op, lsn uint64, replay bool) {
+// apply changes the live set as op says, adding to gone the payload files
+// of the messages it removes. In replay the payload is copied out of the
+// journal's buffer.
+func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
+	drop := func(e *entry) {
+		if e.file != "" && gone != nil {
+			*gone = append(*gone, e.file)
+		}
+	}
 	switch op.Type {
 	case TypeStore:
 		live := s.queues[op.Queue]
@@ -211,9 +281,15 @@ func (s *Store) apply(op Op, lsn uint64, replay bool) {
 		if replay {
 			p = append([]byte(nil), p...)
 		}
-		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, payload: p}
+		if old := live[op.ID]; old != nil && old.file != op.File {
+			drop(old)
+		}
+		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, payload: p, file: op.File, size: op.Size}
 	case TypeTake:
 		if live := s.queues[op.Queue]; live != nil {
+			if e := live[op.ID]; e != nil {
+				drop(e)
+			}
 			delete(live, op.ID)
 			if len(live) == 0 {
 				delete(s.queues, op.Queue)
@@ -224,11 +300,15 @@ func (s *Store) apply(op Op, lsn uint64, replay bool) {
 			e.deliveries++
 		}
 	case TypeDrop:
+		for _, e := range s.queues[op.Queue] {
+			drop(e)
+		}
 		delete(s.queues, op.Queue)
 	case TypePurge:
 		if live := s.queues[op.Queue]; live != nil {
-			for id := range live {
+			for id, e := range live {
 				if id < op.ID {
+					drop(e)
 					delete(live, id)
 				}
 			}
@@ -239,8 +319,9 @@ func (s *Store) apply(op Op, lsn uint64, replay bool) {
 	}
 }
 
-// appendLocked appends op's record and applies it; s.mu is held.
-func (s *Store) appendLocked(op Op) (journal.Pending, error) {
+// appendLocked appends op's record and applies it, adding to gone the
+// payload files it makes unreferenced; s.mu is held.
+func (s *Store) appendLocked(op Op, gone *[]string) (journal.Pending, error) {
 	if op.Queue == "" || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
@@ -250,16 +331,18 @@ func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 	if err != nil {
 		return p, err
 	}
-	s.apply(op, p.LSN(), false)
+	s.apply(op, p.LSN(), false, gone)
 	return p, nil
 }
 
-// write appends ops in order and waits until they are durable.
+// write appends ops in order and waits until they are durable, then
+// deletes the payload files of the messages they removed.
 func (s *Store) write(ctx context.Context, ops ...Op) error {
 	s.mu.Lock()
 	var last journal.Pending
+	var gone []string
 	for _, op := range ops {
-		p, err := s.appendLocked(op)
+		p, err := s.appendLocked(op, &gone)
 		if err != nil {
 			s.mu.Unlock()
 			return err
@@ -271,8 +354,17 @@ func (s *Store) write(ctx context.Context, ops ...Op) error {
 		return nil
 	}
 	// Records are written in order: the last durable means all are.
-	_, err := last.Wait(ctx)
-	return err
+	if _, err := last.Wait(ctx); err != nil {
+		// The files stay: if the records never reach the disk, their
+		// messages come back at the next start, with their payloads.
+		return err
+	}
+	for _, name := range gone {
+		// A file left by a failed removal is an orphan the next start
+		// removes.
+		os.Remove(filepath.Join(s.files, name))
+	}
+	return nil
 }
 
 // Store records message id of queue, returning once it is durable. The
@@ -280,6 +372,29 @@ func (s *Store) write(ctx context.Context, ops ...Op) error {
 // it.
 func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, payload []byte) error {
 	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Payload: payload})
+}
+
+// StoreFile records message id of queue whose payload is the sealed page
+// fd of size bytes: the page is copied by the kernel into a payload file
+// of the data directory, made durable, and then the record. It returns
+// once both are durable. The caller keeps fd.
+func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveries uint32, fd int, size int64) error {
+	if s.files == "" {
+		return errors.New("durable: page messages need a data directory")
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	name := hex.EncodeToString(b[:]) + ".page"
+	if err := writePayload(filepath.Join(s.files, name), fd, size); err != nil {
+		return err
+	}
+	if err := syncDir(s.files); err != nil {
+		os.Remove(filepath.Join(s.files, name))
+		return err
+	}
+	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, File: name, Size: size})
 }
 
 // Take records messages of queue gone (retrieved, acknowledged, moved),
@@ -298,7 +413,7 @@ func (s *Store) Take(ctx context.Context, queue string, ids ...uint64) error {
 func (s *Store) Deliver(queue string, id uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, err := s.appendLocked(Op{Type: TypeDeliver, Queue: queue, ID: id})
+	_, err := s.appendLocked(Op{Type: TypeDeliver, Queue: queue, ID: id}, nil)
 	return err
 }
 
@@ -350,7 +465,7 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 			if e.lsn < head {
 				old = append(old, ref{q, id})
 				i, _ := slices.BinarySearch(segs, e.lsn+1)
-				liveBytes[i-1] += int64(len(e.payload)) + 64
+				liveBytes[i-1] += int64(len(e.payload)+len(e.file)) + 64
 			}
 		}
 	}
@@ -369,7 +484,7 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		if e.lsn >= upTo {
 			continue
 		}
-		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Payload: e.payload})
+		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Payload: e.payload, File: e.file, Size: e.size}, nil)
 		if err != nil {
 			s.mu.Unlock()
 			return rep, err

@@ -1,0 +1,119 @@
+package durable
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/page"
+)
+
+// PayloadDir is the subdirectory of the data directory holding the
+// payloads of page messages, one file each.
+const PayloadDir = "payloads"
+
+// writePayload copies size bytes of the page src, from offset 0, into the
+// new file path by kernel copy, and makes the file durable. The bytes
+// never pass through this process: copy_file_range(2) where the two
+// files share a file system, else sendfile(2) (copy_file_range from tmpfs
+// to another file system fails with EXDEV, and a copy through user
+// memory is what must not happen). Explicit offsets leave src's file
+// position, which other holders of the page share, alone.
+func writePayload(path string, src int, size int64) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("durable: payload file: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	dst := int(f.Fd())
+	var off int64
+	useSendfile := false
+	for off < size {
+		chunk := int(min(size-off, 1<<30))
+		var n int
+		var e error
+		if useSendfile {
+			n, e = unix.Sendfile(dst, src, &off, chunk)
+		} else {
+			n, e = unix.CopyFileRange(src, &off, dst, nil, chunk, 0)
+		}
+		switch {
+		case e == unix.EINTR || e == unix.EAGAIN:
+			continue
+		case e != nil && !useSendfile && (e == unix.EXDEV || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP):
+			useSendfile = true
+			continue
+		case e != nil:
+			call := "copy_file_range"
+			if useSendfile {
+				call = "sendfile"
+			}
+			return fmt.Errorf("durable: writing payload %s: %w", path, os.NewSyscallError(call, e))
+		case n == 0:
+			return fmt.Errorf("durable: writing payload %s: the page ended at %d of %d bytes", path, off, size)
+		}
+	}
+	for {
+		e := unix.Fdatasync(dst)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != nil {
+			return fmt.Errorf("durable: payload %s: %w", path, os.NewSyscallError("fdatasync", e))
+		}
+		return nil
+	}
+}
+
+// OpenPayload returns a sealed page holding the payload file path, filled
+// by the kernel (sendfile or copy_file_range: the bytes never pass
+// through this process), and its size. The caller owns the descriptor.
+func OpenPayload(path string) (int, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1, 0, fmt.Errorf("durable: payload: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return -1, 0, fmt.Errorf("durable: payload: %w", err)
+	}
+	fd, err := page.Create("machq-durable")
+	if err != nil {
+		return -1, 0, err
+	}
+	n, err := page.CopyFrom(fd, f, st.Size())
+	if err == nil && n != st.Size() {
+		err = fmt.Errorf("durable: payload %s: read %d of %d bytes", path, n, st.Size())
+	}
+	if err == nil {
+		err = page.Seal(fd)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, err
+	}
+	return fd, n, nil
+}
+
+// syncDir makes the entries of dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("durable: syncing %s: %w", dir, err)
+	}
+	return nil
+}
