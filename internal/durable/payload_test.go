@@ -53,12 +53,12 @@ func TestPageMessagesSurviveAndGo(t *testing.T) {
 	if _, err := unix.Seek(fd, 123, 0); err != nil {
 		t.Fatal(err)
 	}
-	must(t, s.StoreFile(ctx, "big", 1, 0, fd, int64(len(data))))
-	must(t, s.StoreFile(ctx, "big", 2, 0, fd, int64(len(data))))
+	must(t, s.StoreFile(ctx, "big", 1, 0, Attrs{}, fd, int64(len(data))))
+	must(t, s.StoreFile(ctx, "big", 2, 0, Attrs{}, fd, int64(len(data))))
 	if off, _ := unix.Seek(fd, 0, 1); off != 123 {
 		t.Errorf("the page's file position moved to %d", off)
 	}
-	must(t, s.Store(ctx, "big", 3, 0, []byte("small")))
+	must(t, s.Store(ctx, "big", 3, 0, Attrs{}, []byte("small")))
 	must(t, s.Close())
 	// A payload file whose record a crash took: an orphan.
 	must(t, os.WriteFile(filepath.Join(dir, PayloadDir, "0123.page"), []byte("orphan"), 0o600))
@@ -162,7 +162,7 @@ func TestPayloadBytesNeverPassThroughTheProcess(t *testing.T) {
 	var calls [2]int64
 	rise := peakRise(t, func() {
 		r0, w0 := procIO(t)
-		must(t, s.StoreFile(ctx, "big", 1, 0, src, size))
+		must(t, s.StoreFile(ctx, "big", 1, 0, Attrs{}, src, size))
 		r1, w1 := procIO(t)
 		calls[0] = (r1 - r0) + (w1 - w0)
 	})

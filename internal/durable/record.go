@@ -42,12 +42,32 @@ type Op struct {
 	// Deliveries is how often the message was delivered before it was
 	// stored or copied forward (Store).
 	Deliveries uint32
+	// Attrs are what the server knows of the message besides its
+	// payload (Store).
+	Attrs Attrs
 	// Payload is the message's bytes (Store of an inline message).
 	Payload []byte
 	// File names the payload file of a page message in the data
 	// directory's payloads/ (Store with flag FlagFile), Size its bytes.
 	File string
 	Size int64
+}
+
+// Attrs are a stored message's attributes the log keeps with it.
+type Attrs struct {
+	// UID is the user the message is charged to.
+	UID uint32
+	// DigestAlg and Digest are the digest its sender gave (at most 255
+	// bytes).
+	DigestAlg uint8
+	Digest    []byte
+	// Dead, DiedAfter, Note and Group describe a dead letter: why it is
+	// one, its deliveries when it died, the TERM or last NAK's text (at
+	// most 65535 bytes) and the consumer group it went through.
+	Dead      uint8
+	DiedAfter uint32
+	Note      string
+	Group     string
 }
 
 // FlagFile marks a Store whose payload is in a file of payloads/.
@@ -79,14 +99,26 @@ func encode(b []byte, op Op) []byte {
 	if op.Type != TypeStore {
 		return b
 	}
+	flags := byte(0) // the payload follows inline
 	if op.File != "" {
-		b = append(b, FlagFile)
-		b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
+		flags = FlagFile
+	}
+	a := op.Attrs
+	b = append(b, flags)
+	b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
+	b = binary.LittleEndian.AppendUint32(b, a.UID)
+	b = append(b, a.DigestAlg, byte(len(a.Digest)))
+	b = append(b, a.Digest...)
+	b = append(b, a.Dead)
+	b = binary.LittleEndian.AppendUint32(b, a.DiedAfter)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(a.Note)))
+	b = append(b, a.Note...)
+	b = append(b, byte(len(a.Group)))
+	b = append(b, a.Group...)
+	if op.File != "" {
 		b = binary.LittleEndian.AppendUint64(b, uint64(op.Size))
 		return append(b, op.File...)
 	}
-	b = append(b, 0) // the payload follows inline
-	b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
 	return append(b, op.Payload...)
 }
 
@@ -120,12 +152,39 @@ func Decode(typ uint8, data []byte) (Op, error) {
 		}
 		return op, nil
 	}
-	if len(rest) < 5 {
-		return op, fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue)
+	short := fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue)
+	if len(rest) < 11 {
+		return op, short
 	}
 	flags := rest[0]
 	op.Deliveries = binary.LittleEndian.Uint32(rest[1:])
-	rest = rest[5:]
+	a := &op.Attrs
+	a.UID = binary.LittleEndian.Uint32(rest[5:])
+	a.DigestAlg = rest[9]
+	dl := int(rest[10])
+	rest = rest[11:]
+	if len(rest) < dl+7 {
+		return op, short
+	}
+	if dl > 0 {
+		a.Digest = rest[:dl]
+	}
+	rest = rest[dl:]
+	a.Dead = rest[0]
+	a.DiedAfter = binary.LittleEndian.Uint32(rest[1:])
+	nl := int(binary.LittleEndian.Uint16(rest[5:]))
+	rest = rest[7:]
+	if len(rest) < nl+1 {
+		return op, short
+	}
+	a.Note = string(rest[:nl])
+	gl := int(rest[nl])
+	rest = rest[nl+1:]
+	if len(rest) < gl {
+		return op, short
+	}
+	a.Group = string(rest[:gl])
+	rest = rest[gl:]
 	switch flags {
 	case 0:
 		op.Payload = rest

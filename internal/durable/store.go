@@ -57,6 +57,7 @@ type Message struct {
 	// mode without being settled: more than 0 means it comes back
 	// redelivered.
 	Deliveries uint32
+	Attrs      Attrs
 	// Payload is an inline message's bytes; a page message has File
 	// instead, the path of its payload file (OpenPayload makes a page of
 	// it), and Size.
@@ -111,6 +112,7 @@ func (r Report) String() string {
 type entry struct {
 	lsn        uint64
 	deliveries uint32
+	attrs      Attrs
 	payload    []byte
 	file       string // payload file of a page message
 	size       int64
@@ -179,7 +181,7 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 	for name, live := range s.queues {
 		q := Queue{Name: name, LastID: last[name], Messages: make([]Message, 0, len(live))}
 		for id, e := range live {
-			m := Message{ID: id, Deliveries: e.deliveries, Payload: e.payload}
+			m := Message{ID: id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload}
 			rep.PayloadBytes += int64(len(e.payload))
 			if e.file != "" {
 				m.File, m.Size = filepath.Join(s.files, e.file), e.size
@@ -277,14 +279,15 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 			live = make(map[uint64]*entry)
 			s.queues[op.Queue] = live
 		}
-		p := op.Payload
+		p, a := op.Payload, op.Attrs
 		if replay {
 			p = append([]byte(nil), p...)
+			a.Digest = append([]byte(nil), a.Digest...)
 		}
 		if old := live[op.ID]; old != nil && old.file != op.File {
 			drop(old)
 		}
-		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, payload: p, file: op.File, size: op.Size}
+		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, attrs: a, payload: p, file: op.File, size: op.Size}
 	case TypeTake:
 		if live := s.queues[op.Queue]; live != nil {
 			if e := live[op.ID]; e != nil {
@@ -368,19 +371,33 @@ func (s *Store) write(ctx context.Context, ops ...Op) error {
 }
 
 // Store records message id of queue, returning once it is durable. The
-// store keeps payload (to copy it forward): the caller must not change
-// it.
-func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, payload []byte) error {
-	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Payload: payload})
+// store keeps payload and a's slices (to copy them forward): the caller
+// must not change them.
+func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, payload []byte) error {
+	if err := a.check(); err != nil {
+		return err
+	}
+	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, Payload: payload})
+}
+
+// check refuses attributes the record cannot hold.
+func (a Attrs) check() error {
+	if len(a.Digest) > 255 || len(a.Note) > 65535 || len(a.Group) > 255 {
+		return fmt.Errorf("durable: attributes too long: digest %d, note %d, group %d bytes", len(a.Digest), len(a.Note), len(a.Group))
+	}
+	return nil
 }
 
 // StoreFile records message id of queue whose payload is the sealed page
 // fd of size bytes: the page is copied by the kernel into a payload file
 // of the data directory, made durable, and then the record. It returns
 // once both are durable. The caller keeps fd.
-func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveries uint32, fd int, size int64) error {
+func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, fd int, size int64) error {
 	if s.files == "" {
 		return errors.New("durable: page messages need a data directory")
+	}
+	if err := a.check(); err != nil {
+		return err
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -394,7 +411,7 @@ func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveri
 		os.Remove(filepath.Join(s.files, name))
 		return err
 	}
-	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, File: name, Size: size})
+	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, File: name, Size: size})
 }
 
 // Take records messages of queue gone (retrieved, acknowledged, moved),
@@ -484,7 +501,7 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		if e.lsn >= upTo {
 			continue
 		}
-		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Payload: e.payload, File: e.file, Size: e.size}, nil)
+		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size}, nil)
 		if err != nil {
 			s.mu.Unlock()
 			return rep, err

@@ -43,11 +43,16 @@ func TestRecoverWhatWasDone(t *testing.T) {
 	if len(qs) != 0 {
 		t.Fatalf("a new data directory holds %d queues", len(qs))
 	}
+	dead := Attrs{UID: 1000, DigestAlg: 1, Digest: bytes.Repeat([]byte{7}, 32), Dead: 2, DiedAfter: 5, Note: "bad input", Group: "billing"}
 	for id := uint64(1); id <= 6; id++ {
-		if err := s.Store(ctx, "jobs", id, 0, []byte(fmt.Sprint("job ", id))); err != nil {
+		a := Attrs{UID: uint32(id)}
+		if id == 4 {
+			a = dead
+		}
+		if err := s.Store(ctx, "jobs", id, 0, a, []byte(fmt.Sprint("job ", id))); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Store(ctx, "gone", id, 0, []byte("x")); err != nil {
+		if err := s.Store(ctx, "gone", id, 0, Attrs{}, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -72,11 +77,17 @@ func TestRecoverWhatWasDone(t *testing.T) {
 	if m := jobs.Messages[1]; m.Deliveries != 2 || string(m.Payload) != "job 4" {
 		t.Errorf("message 4: %d deliveries, %q; want 2, \"job 4\"", m.Deliveries, m.Payload)
 	}
+	if m := jobs.Messages[1]; fmt.Sprint(m.Attrs) != fmt.Sprint(dead) {
+		t.Errorf("message 4's attributes: %+v, want %+v", m.Attrs, dead)
+	}
+	if m := jobs.Messages[2]; m.Attrs.UID != 6 {
+		t.Errorf("message 6 is charged to uid %d, want 6", m.Attrs.UID)
+	}
 	if rep.Queues != 1 || rep.Messages != 3 || rep.PayloadBytes != 15 {
 		t.Errorf("report %v: want 1 queue, 3 messages, 15 bytes", rep)
 	}
 	// Writing goes on after recovery.
-	must(t, s.Store(ctx, "jobs", 7, 0, []byte("job 7")))
+	must(t, s.Store(ctx, "jobs", 7, 0, Attrs{}, []byte("job 7")))
 }
 
 func must(t *testing.T, err error) {
@@ -174,7 +185,7 @@ func TestCrashPoints(t *testing.T) {
 						payload := fmt.Appendf(nil, "it %d %s %d", it, key, k)
 						tried[key] = payload
 						mu.Unlock()
-						if err := s.Store(ctx, q, id, 0, payload); err != nil {
+						if err := s.Store(ctx, q, id, 0, Attrs{}, payload); err != nil {
 							return
 						}
 						mu.Lock()
@@ -235,12 +246,12 @@ func TestCompactionBoundsTheLog(t *testing.T) {
 	dir := t.TempDir()
 	const seg = 16 << 10
 	s, _, _ := mustOpen(t, Options{Dir: dir, SegmentSize: seg})
-	must(t, s.Store(ctx, "q", 1, 0, []byte("the long-lived one")))
+	must(t, s.Store(ctx, "q", 1, 0, Attrs{}, []byte("the long-lived one")))
 	must(t, s.Deliver("q", 1))
 	payload := bytes.Repeat([]byte("p"), 200)
 	most := 0
 	for id := uint64(2); id < 3000; id++ {
-		must(t, s.Store(ctx, "q", id, 0, payload))
+		must(t, s.Store(ctx, "q", id, 0, Attrs{}, payload))
 		must(t, s.Take(ctx, "q", id))
 		if id%100 == 0 {
 			if _, err := s.Compact(ctx); err != nil {
@@ -280,7 +291,7 @@ func BenchmarkRecover1M(b *testing.B) {
 	for w := range 64 {
 		wg.Go(func() {
 			for id := uint64(w); id < n; id += 64 {
-				if err := s.Store(ctx, fmt.Sprint("q", w%8), id+1, 0, payload); err != nil {
+				if err := s.Store(ctx, fmt.Sprint("q", w%8), id+1, 0, Attrs{UID: 1000}, payload); err != nil {
 					b.Error(err)
 					return
 				}
