@@ -6,7 +6,9 @@
 //
 // It checks in under a service name (a socket in the runtime directory),
 // or serves the listening socket a service manager passes it (systemd
-// socket activation), and stops gracefully on SIGINT or SIGTERM.
+// socket activation), tells a service manager when it is ready and when
+// it stops (sd_notify, NOTIFY_SOCKET), and stops gracefully on SIGINT or
+// SIGTERM.
 package main
 
 import (
@@ -29,6 +31,7 @@ import (
 	"github.com/machq/machq/internal/activation"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/ratelog"
+	"github.com/machq/machq/internal/sdnotify"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
@@ -49,7 +52,9 @@ func run(args []string) int {
 
 machqd is the machq server. It listens on the socket of its service name
 (or the socket a service manager passes it) and keeps per-client and named
-FIFO queues of messages.
+FIFO queues of messages. Under a service manager that sets NOTIFY_SOCKET
+(systemd's Type=notify) it sends READY=1 once serving and STOPPING=1 when
+a shutdown begins.
 
 Flags:
 `)
@@ -173,10 +178,19 @@ Flags:
 		return 1
 	}
 
+	// Under a service manager (Type=notify), say when the socket is
+	// served and when a shutdown begins.
+	notify, err := sdnotify.FromEnv()
+	if err != nil {
+		log.Warn("cannot notify the service manager", "err", err)
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	errc := make(chan error, 1)
 	go func() { errc <- serve() }()
+	if err := notify.Ready("serving"); err != nil {
+		log.Warn("cannot notify the service manager", "err", err)
+	}
 
 	select {
 	case err := <-errc:
@@ -187,6 +201,9 @@ Flags:
 		return 1
 	case sig := <-sigs:
 		log.Info("signal received; shutting down (signal again to stop at once)", "signal", sig.String())
+	}
+	if err := notify.Stopping("shutting down"); err != nil {
+		log.Warn("cannot notify the service manager", "err", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 	defer cancel()

@@ -1,0 +1,109 @@
+package integration_test
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// notifySocket is a test double of systemd's notification socket: a Unix
+// datagram socket that learns each sender's pid from its credentials, as
+// the service manager does.
+type notifySocket struct {
+	path string
+	c    *net.UnixConn
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &notifySocket{path: path, c: c}
+}
+
+// next returns the next notification's assignments and its sender's pid.
+func (n *notifySocket) next(t *testing.T) (map[string]string, int) {
+	t.Helper()
+	n.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	b := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	k, oobn, _, _, err := n.c.ReadMsgUnix(b, oob)
+	if err != nil {
+		t.Fatalf("no notification from machqd: %v", err)
+	}
+	pid := 0
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			if cred, err := unix.ParseUnixCredentials(&m); err == nil {
+				pid = int(cred.Pid)
+			}
+		}
+	}
+	kv := map[string]string{}
+	for line := range strings.SplitSeq(string(b[:k]), "\n") {
+		key, v, _ := strings.Cut(line, "=")
+		kv[key] = v
+	}
+	return kv, pid
+}
+
+// TestDaemonNotifiesTheServiceManager runs machqd as systemd runs a
+// Type=notify unit: READY=1 comes from machqd itself once its socket
+// serves, and STOPPING=1 when SIGTERM begins the shutdown.
+func TestDaemonNotifiesTheServiceManager(t *testing.T) {
+	ns := newNotifySocket(t)
+	socket := filepath.Join(t.TempDir(), "machq.sock")
+	cmd := exec.Command(bin.machqd, "--socket", socket)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+
+	kv, pid := ns.next(t)
+	if kv["READY"] != "1" || kv["MAINPID"] != strconv.Itoa(cmd.Process.Pid) || pid != cmd.Process.Pid {
+		t.Fatalf("first notification %v from pid %d; want READY=1 and MAINPID from machqd (pid %d)\n%s", kv, pid, cmd.Process.Pid, logs)
+	}
+	// Ready means served: a client gets through at once.
+	c := dial(t, socket)
+	if _, err := c.Send(ctxT(t), "ready", []byte("x")); err != nil {
+		t.Fatalf("a store right after READY=1: %v", err)
+	}
+	c.Close()
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	if kv, _ := ns.next(t); kv["STOPPING"] != "1" {
+		t.Fatalf("after SIGTERM machqd sent %v, want STOPPING=1", kv)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("machqd: %v\n%s", err, logs)
+	}
+	exited <- nil
+}
