@@ -18,6 +18,7 @@ func FuzzDecode(f *testing.F) {
 		{Type: TypeDeliver, Queue: "jobs", ID: 7},
 		{Type: TypeDrop, Queue: "jobs"},
 		{Type: TypePurge, Queue: "jobs", ID: 100},
+		{Type: TypeQueue, Queue: "jobs", Meta: QueueMeta{Creator: 1000, Owned: true, MaxDeliveries: 5, LeaseMillis: 30000}},
 	} {
 		f.Add(op.Type, encode(nil, op))
 	}

@@ -22,7 +22,23 @@ const (
 	TypeDrop uint8 = 4
 	// TypePurge: every message of a queue with an id below a bound gone.
 	TypePurge uint8 = 5
+	// TypeQueue: what a queue is besides its messages (its creator,
+	// whether it is its creator's alone, its delivery settings); it
+	// lasts as long as the queue holds messages.
+	TypeQueue uint8 = 6
 )
+
+// QueueMeta is what the log keeps of a queue besides its messages.
+type QueueMeta struct {
+	// Creator is the user id that created the queue; Owned restricts
+	// it to that user.
+	Creator uint32
+	Owned   bool
+	// MaxDeliveries and LeaseMillis are the queue's own delivery
+	// settings (CONFIG), 0 for the server's.
+	MaxDeliveries uint32
+	LeaseMillis   uint32
+}
 
 // maxName is the longest queue name (naming.MaxName).
 const maxName = 255
@@ -51,6 +67,8 @@ type Op struct {
 	// directory's payloads/ (Store with flag FlagFile), Size its bytes.
 	File string
 	Size int64
+	// Meta is the queue's description (Queue).
+	Meta QueueMeta
 }
 
 // Attrs are a stored message's attributes the log keeps with it.
@@ -95,6 +113,17 @@ func encode(b []byte, op Op) []byte {
 	if op.Type == TypeDrop {
 		return b
 	}
+	if op.Type == TypeQueue {
+		m := op.Meta
+		b = binary.LittleEndian.AppendUint32(b, m.Creator)
+		owned := byte(0)
+		if m.Owned {
+			owned = 1
+		}
+		b = append(b, owned)
+		b = binary.LittleEndian.AppendUint32(b, m.MaxDeliveries)
+		return binary.LittleEndian.AppendUint32(b, m.LeaseMillis)
+	}
 	b = binary.LittleEndian.AppendUint64(b, op.ID)
 	if op.Type != TypeStore {
 		return b
@@ -126,7 +155,7 @@ func encode(b []byte, op Op) []byte {
 // of a Store aliases data.
 func Decode(typ uint8, data []byte) (Op, error) {
 	op := Op{Type: typ}
-	if typ < TypeStore || typ > TypePurge {
+	if typ < TypeStore || typ > TypeQueue {
 		return op, fmt.Errorf("%w: unknown type %d", ErrBadRecord, typ)
 	}
 	if len(data) < 1 || int(data[0]) == 0 || len(data) < 1+int(data[0]) {
@@ -138,6 +167,18 @@ func Decode(typ uint8, data []byte) (Op, error) {
 	if typ == TypeDrop {
 		if len(rest) != 0 {
 			return op, fmt.Errorf("%w: drop of %q: %d trailing bytes", ErrBadRecord, op.Queue, len(rest))
+		}
+		return op, nil
+	}
+	if typ == TypeQueue {
+		if len(rest) != 13 || rest[4] > 1 {
+			return op, fmt.Errorf("%w: queue %q: bad description", ErrBadRecord, op.Queue)
+		}
+		op.Meta = QueueMeta{
+			Creator:       binary.LittleEndian.Uint32(rest),
+			Owned:         rest[4] == 1,
+			MaxDeliveries: binary.LittleEndian.Uint32(rest[5:]),
+			LeaseMillis:   binary.LittleEndian.Uint32(rest[9:]),
 		}
 		return op, nil
 	}

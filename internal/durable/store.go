@@ -73,6 +73,8 @@ type Queue struct {
 	// LastID is the highest message id the log holds for it, taken or
 	// not: new messages get higher ones.
 	LastID uint64
+	// Meta is the queue's description, as last recorded.
+	Meta QueueMeta
 }
 
 // Report says what opening the store found.
@@ -129,13 +131,27 @@ type Store struct {
 	// log's order is the order of these changes.
 	mu     sync.Mutex
 	queues map[string]map[uint64]*entry
+	meta   map[string]*metaEntry
+	gone   []goneFile // payload files to delete once their removal is durable
 	buf    []byte
+}
+
+// metaEntry is a queue's description and the record holding it.
+type metaEntry struct {
+	lsn  uint64
+	meta QueueMeta
+}
+
+// goneFile is a payload file whose message a record numbered lsn removed.
+type goneFile struct {
+	lsn  uint64
+	name string
 }
 
 // Open locks the data directory, replays its log and returns the store
 // with every durable queue it holds.
 func Open(opts Options) (*Store, []Queue, Report, error) {
-	s := &Store{queues: make(map[string]map[uint64]*entry), size: opts.SegmentSize}
+	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), size: opts.SegmentSize}
 	if s.size <= 0 {
 		s.size = 64 << 20
 	}
@@ -180,6 +196,9 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 	queues := make([]Queue, 0, len(s.queues))
 	for name, live := range s.queues {
 		q := Queue{Name: name, LastID: last[name], Messages: make([]Message, 0, len(live))}
+		if m := s.meta[name]; m != nil {
+			q.Meta = m.meta
+		}
 		for id, e := range live {
 			m := Message{ID: id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload}
 			rep.PayloadBytes += int64(len(e.payload))
@@ -295,7 +314,7 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 			}
 			delete(live, op.ID)
 			if len(live) == 0 {
-				delete(s.queues, op.Queue)
+				s.forget(op.Queue)
 			}
 		}
 	case TypeDeliver:
@@ -306,7 +325,7 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 		for _, e := range s.queues[op.Queue] {
 			drop(e)
 		}
-		delete(s.queues, op.Queue)
+		s.forget(op.Queue)
 	case TypePurge:
 		if live := s.queues[op.Queue]; live != nil {
 			for id, e := range live {
@@ -316,15 +335,25 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 				}
 			}
 			if len(live) == 0 {
-				delete(s.queues, op.Queue)
+				s.forget(op.Queue)
 			}
 		}
+	case TypeQueue:
+		s.meta[op.Queue] = &metaEntry{lsn: lsn, meta: op.Meta}
 	}
 }
 
-// appendLocked appends op's record and applies it, adding to gone the
-// payload files it makes unreferenced; s.mu is held.
-func (s *Store) appendLocked(op Op, gone *[]string) (journal.Pending, error) {
+// forget drops an empty or deleted queue: the log keeps nothing of a
+// queue without messages.
+func (s *Store) forget(queue string) {
+	delete(s.queues, queue)
+	delete(s.meta, queue)
+}
+
+// appendLocked appends op's record and applies it, noting the payload
+// files it makes unreferenced for deletion once it is durable; s.mu is
+// held.
+func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 	if op.Queue == "" || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
@@ -334,35 +363,72 @@ func (s *Store) appendLocked(op Op, gone *[]string) (journal.Pending, error) {
 	if err != nil {
 		return p, err
 	}
-	s.apply(op, p.LSN(), false, gone)
+	var gone []string
+	s.apply(op, p.LSN(), false, &gone)
+	for _, name := range gone {
+		s.gone = append(s.gone, goneFile{p.LSN(), name})
+	}
 	return p, nil
 }
 
-// write appends ops in order and waits until they are durable, then
-// deletes the payload files of the messages they removed.
-func (s *Store) write(ctx context.Context, ops ...Op) error {
+// Append appends ops' records in order and applies them, without
+// waiting: it returns the number of the last, for WaitDurable. An answer
+// that speaks of these records must wait for it.
+func (s *Store) Append(ops ...Op) (uint64, error) {
 	s.mu.Lock()
-	var last journal.Pending
-	var gone []string
+	defer s.mu.Unlock()
+	var last uint64
 	for _, op := range ops {
-		p, err := s.appendLocked(op, &gone)
-		if err != nil {
-			s.mu.Unlock()
-			return err
+		if op.Type == TypeStore {
+			if err := op.Attrs.check(); err != nil {
+				return last, err
+			}
 		}
-		last = p
+		p, err := s.appendLocked(op)
+		if err != nil {
+			return last, err
+		}
+		last = p.LSN()
 	}
+	return last, nil
+}
+
+// AppendStore is Append of a message stored in queue, described by meta:
+// a description differing from the one recorded (or none) is recorded
+// first.
+func (s *Store) AppendStore(queue string, meta QueueMeta, m Op) (uint64, error) {
+	s.mu.Lock()
+	e := s.meta[queue]
 	s.mu.Unlock()
-	if len(ops) == 0 {
-		return nil
+	m.Type, m.Queue = TypeStore, queue
+	if e == nil || e.meta != meta {
+		return s.Append(Op{Type: TypeQueue, Queue: queue, Meta: meta}, m)
 	}
-	// Records are written in order: the last durable means all are.
-	if _, err := last.Wait(ctx); err != nil {
+	return s.Append(m)
+}
+
+// WaitDurable waits until record lsn, and every one before it, is
+// durable, then deletes the payload files of messages those records
+// removed.
+func (s *Store) WaitDurable(ctx context.Context, lsn uint64) error {
+	if err := s.j.WaitDurable(ctx, lsn); err != nil {
 		// The files stay: if the records never reach the disk, their
 		// messages come back at the next start, with their payloads.
 		return err
 	}
-	for _, name := range gone {
+	s.mu.Lock()
+	var names []string
+	keep := s.gone[:0]
+	for _, g := range s.gone {
+		if g.lsn <= lsn {
+			names = append(names, g.name)
+		} else {
+			keep = append(keep, g)
+		}
+	}
+	s.gone = keep
+	s.mu.Unlock()
+	for _, name := range names {
 		// A file left by a failed removal is an orphan the next start
 		// removes.
 		os.Remove(filepath.Join(s.files, name))
@@ -370,13 +436,23 @@ func (s *Store) write(ctx context.Context, ops ...Op) error {
 	return nil
 }
 
+// LastAppended returns the number of the last record appended: waiting
+// for it covers everything appended so far.
+func (s *Store) LastAppended() uint64 { return s.j.LastAppended() }
+
+// write appends ops in order and waits until they are durable.
+func (s *Store) write(ctx context.Context, ops ...Op) error {
+	lsn, err := s.Append(ops...)
+	if err != nil || len(ops) == 0 {
+		return err
+	}
+	return s.WaitDurable(ctx, lsn)
+}
+
 // Store records message id of queue, returning once it is durable. The
 // store keeps payload and a's slices (to copy them forward): the caller
 // must not change them.
 func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, payload []byte) error {
-	if err := a.check(); err != nil {
-		return err
-	}
 	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, Payload: payload})
 }
 
@@ -393,25 +469,47 @@ func (a Attrs) check() error {
 // of the data directory, made durable, and then the record. It returns
 // once both are durable. The caller keeps fd.
 func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, fd int, size int64) error {
-	if s.files == "" {
-		return errors.New("durable: page messages need a data directory")
-	}
-	if err := a.check(); err != nil {
+	name, err := s.PreparePayload(fd, size)
+	if err != nil {
 		return err
+	}
+	lsn, err := s.Append(Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, File: name, Size: size})
+	if err != nil {
+		s.DiscardPayload(name) // no record names it
+		return err
+	}
+	return s.WaitDurable(ctx, lsn)
+}
+
+// PreparePayload copies the sealed page fd of size bytes, by the kernel,
+// into a new payload file of the data directory and makes it durable,
+// name and all, returning its name for the Store record (Op.File) that
+// must follow. The caller keeps fd.
+func (s *Store) PreparePayload(fd int, size int64) (string, error) {
+	if s.files == "" {
+		return "", errors.New("durable: page messages need a data directory")
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return err
+		return "", err
 	}
 	name := hex.EncodeToString(b[:]) + ".page"
 	if err := writePayload(filepath.Join(s.files, name), fd, size); err != nil {
-		return err
+		return "", err
 	}
 	if err := syncDir(s.files); err != nil {
 		os.Remove(filepath.Join(s.files, name))
-		return err
+		return "", err
 	}
-	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, File: name, Size: size})
+	return name, nil
+}
+
+// DiscardPayload deletes a payload file PreparePayload made whose record
+// was never appended (its store was refused).
+func (s *Store) DiscardPayload(name string) {
+	if validFile(name) {
+		os.Remove(filepath.Join(s.files, name))
+	}
 }
 
 // Take records messages of queue gone (retrieved, acknowledged, moved),
@@ -430,7 +528,7 @@ func (s *Store) Take(ctx context.Context, queue string, ids ...uint64) error {
 func (s *Store) Deliver(queue string, id uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, err := s.appendLocked(Op{Type: TypeDeliver, Queue: queue, ID: id}, nil)
+	_, err := s.appendLocked(Op{Type: TypeDeliver, Queue: queue, ID: id})
 	return err
 }
 
@@ -496,17 +594,28 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		upTo = segs[i+1]
 	}
 	var last journal.Pending
+	copied := false
+	for q, m := range s.meta {
+		if m.lsn < upTo {
+			p, err := s.appendLocked(Op{Type: TypeQueue, Queue: q, Meta: m.meta})
+			if err != nil {
+				s.mu.Unlock()
+				return rep, err
+			}
+			last, copied = p, true
+		}
+	}
 	for _, r := range old {
 		e := s.queues[r.queue][r.id]
 		if e.lsn >= upTo {
 			continue
 		}
-		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size}, nil)
+		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size})
 		if err != nil {
 			s.mu.Unlock()
 			return rep, err
 		}
-		last = p
+		last, copied = p, true
 		rep.Copied++
 		rep.CopiedBytes += int64(len(e.payload))
 	}
@@ -516,8 +625,11 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 			oldest = min(oldest, e.lsn)
 		}
 	}
+	for _, m := range s.meta {
+		oldest = min(oldest, m.lsn)
+	}
 	s.mu.Unlock()
-	if rep.Copied > 0 {
+	if copied {
 		if _, err := last.Wait(ctx); err != nil {
 			return rep, err
 		}

@@ -250,7 +250,10 @@ func TestCompactionBoundsTheLog(t *testing.T) {
 	dir := t.TempDir()
 	const seg = 16 << 10
 	s, _, _ := mustOpen(t, Options{Dir: dir, SegmentSize: seg})
-	must(t, s.Store(ctx, "q", 1, 0, Attrs{}, []byte("the long-lived one")))
+	meta := QueueMeta{Creator: 1000, Owned: true, MaxDeliveries: 3, LeaseMillis: 5000}
+	lsn, err := s.AppendStore("q", meta, Op{ID: 1, Payload: []byte("the long-lived one")})
+	must(t, err)
+	must(t, s.WaitDurable(ctx, lsn))
 	must(t, s.Deliver("q", 1))
 	payload := bytes.Repeat([]byte("p"), 200)
 	most := 0
@@ -272,6 +275,9 @@ func TestCompactionBoundsTheLog(t *testing.T) {
 	q := qs["q"]
 	if len(q.Messages) != 1 || q.Messages[0].ID != 1 || string(q.Messages[0].Payload) != "the long-lived one" || q.Messages[0].Deliveries != 1 {
 		t.Fatalf("after compaction and recovery q holds %+v, want message 1 delivered once", q.Messages)
+	}
+	if q.Meta != meta {
+		t.Errorf("the queue's description after compaction: %+v, want %+v", q.Meta, meta)
 	}
 	if q.LastID < 2999 {
 		t.Errorf("LastID %d: ids the log has seen would be reused", q.LastID)
@@ -430,5 +436,40 @@ func BenchmarkStore(b *testing.B) {
 			wg.Wait()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "stores/s")
 		})
+	}
+}
+
+// TestQueueDescriptionLastsWithItsMessages: a queue's description is
+// recorded with its first message, again when it changes, and forgotten
+// with its last.
+func TestQueueDescriptionLastsWithItsMessages(t *testing.T) {
+	dir := t.TempDir()
+	s, _, _ := mustOpen(t, Options{Dir: dir})
+	owned := QueueMeta{Creator: 42, Owned: true}
+	for id := uint64(1); id <= 3; id++ {
+		lsn, err := s.AppendStore("mine", owned, Op{ID: id, Payload: []byte("x")})
+		must(t, err)
+		must(t, s.WaitDurable(ctx, lsn))
+	}
+	set := owned
+	set.MaxDeliveries = 9
+	lsn, err := s.AppendStore("mine", set, Op{ID: 4, Payload: []byte("x")})
+	must(t, err)
+	must(t, s.WaitDurable(ctx, lsn))
+	lsn, err = s.AppendStore("emptied", owned, Op{ID: 1, Payload: []byte("x")})
+	must(t, err)
+	must(t, s.WaitDurable(ctx, lsn))
+	must(t, s.Take(ctx, "emptied", 1))
+	// Described once, and again on the change: not with every store.
+	if recs := s.LastAppended(); recs != 9 {
+		t.Errorf("%d records appended; want 9 (3 descriptions, 5 stores, 1 take)", recs)
+	}
+	must(t, s.Close())
+	_, qs, _ := mustOpen(t, Options{Dir: dir})
+	if got := qs["mine"].Meta; got != set {
+		t.Errorf("mine is described as %+v, want %+v", got, set)
+	}
+	if _, ok := qs["emptied"]; ok {
+		t.Error("a queue emptied before the restart came back")
 	}
 }

@@ -78,6 +78,9 @@ type Journal struct {
 	err     error    // sticky: a write or sync failed, or closed
 	closed  bool
 	done    chan struct{}
+	// synced is closed, and replaced, whenever nextLSN advances or err
+	// is set: WaitDurable's wake-up.
+	synced chan struct{}
 
 	// Owned by the writer goroutine.
 	seg      File
@@ -110,7 +113,7 @@ func Open(opts Options, replay func(Record) error) (*Journal, Report, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 64 << 20
 	}
-	j := &Journal{opts: opts, done: make(chan struct{})}
+	j := &Journal{opts: opts, done: make(chan struct{}), synced: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	start := time.Now()
 	rep, err := j.recover(replay)
@@ -432,6 +435,7 @@ func (j *Journal) writer() {
 		closing := j.closed && len(batch) == 0
 		if closing && j.err == nil {
 			j.err = ErrClosed
+			j.wake()
 		}
 		j.mu.Unlock()
 		if closing {
@@ -444,6 +448,7 @@ func (j *Journal) writer() {
 			if j.err == nil {
 				j.err = err
 			}
+			j.wake()
 			rest := j.pending
 			j.pending = nil
 			j.mu.Unlock()
@@ -499,8 +504,52 @@ func (j *Journal) writeBatch(batch []*write) error {
 	}
 	j.mu.Lock()
 	j.nextLSN = lsn
+	j.wake()
 	j.mu.Unlock()
 	return nil
+}
+
+// wake tells WaitDurable callers that something changed; j.mu is held.
+func (j *Journal) wake() {
+	close(j.synced)
+	j.synced = make(chan struct{})
+}
+
+// WaitDurable waits until the record numbered lsn, and so every record
+// before it, is durable, or the journal stopped (its error). A server
+// uses it to hold back answers that speak of records until they are.
+func (j *Journal) WaitDurable(ctx context.Context, lsn uint64) error {
+	for {
+		j.mu.Lock()
+		switch {
+		case j.nextLSN > lsn:
+			j.mu.Unlock()
+			return nil
+		case j.err != nil:
+			err := j.err
+			j.mu.Unlock()
+			return err
+		case lsn >= j.nextApp:
+			j.mu.Unlock()
+			return fmt.Errorf("journal: record %d was never appended", lsn)
+		}
+		ch := j.synced
+		j.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// LastAppended returns the number of the last record appended (0 if
+// none): waiting for it to be durable covers every record appended so
+// far.
+func (j *Journal) LastAppended() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.nextApp - 1
 }
 
 // rotate begins a new segment whose first record is first.

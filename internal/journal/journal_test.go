@@ -339,3 +339,47 @@ func TestOSFS(t *testing.T) {
 		t.Fatalf("after writing on: %d records", len(got))
 	}
 }
+
+func TestWaitDurable(t *testing.T) {
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{})
+	ctx := context.Background()
+	if j.LastAppended() != 0 {
+		t.Fatalf("an empty journal's last appended record is %d", j.LastAppended())
+	}
+	var last Pending
+	for i := range 100 {
+		p, err := j.Append(1, payload(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = p
+	}
+	if j.LastAppended() != last.LSN() || last.LSN() != 100 {
+		t.Fatalf("last appended %d, the last record %d; want 100", j.LastAppended(), last.LSN())
+	}
+	if err := j.WaitDurable(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	// Durable means synced: a power loss now keeps all 100.
+	fs.Crash(0)
+	j.Close()
+	_, _, got := open(t, fs, Options{})
+	if len(got) != 100 {
+		t.Fatalf("WaitDurable returned, then a crash kept %d of 100 records", len(got))
+	}
+	if err := j.WaitDurable(ctx, 1000); err == nil {
+		t.Fatal("waiting for a record never appended succeeded")
+	}
+	// A failed sync wakes the waiters with the failure.
+	fs2 := NewMemFS()
+	j2, _, _ := open(t, fs2, Options{})
+	fs2.SetFail(errors.New("EIO"))
+	p, err := j2.Append(1, []byte("doomed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j2.WaitDurable(ctx, p.LSN()); !errors.Is(err, ErrFailed) {
+		t.Fatalf("waiting on a record whose sync failed: %v, want ErrFailed", err)
+	}
+}
