@@ -48,6 +48,10 @@ type Options struct {
 	// the log, keeping their bytes in a quarantine file; the messages in
 	// them are lost. Without it a damaged log refuses to open.
 	SkipCorrupt bool
+	// MinFree is the free space of Dir's file system kept in reserve:
+	// stores that would leave less are refused with ErrNoSpace. 0 means
+	// DefaultMinFree; a negative value disables the check.
+	MinFree int64
 }
 
 // Message is a message of a durable queue, as recovered.
@@ -126,6 +130,7 @@ type Store struct {
 	lock  *os.File
 	size  int64
 	files string // the payload directory; "" without a data directory
+	space *space // nil: no free-space check
 
 	// mu orders the records appended with the live set they change: the
 	// log's order is the order of these changes.
@@ -165,6 +170,9 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		}
 		s.lock = f
 		s.files = filepath.Join(opts.Dir, PayloadDir)
+		if opts.MinFree >= 0 {
+			s.space = &space{dir: opts.Dir, minFree: cmp.Or(opts.MinFree, DefaultMinFree), statfs: freeBytes}
+		}
 		if err := os.MkdirAll(s.files, 0o700); err != nil {
 			s.unlock()
 			return nil, nil, Report{}, fmt.Errorf("durable: payload directory: %w", err)
@@ -383,6 +391,9 @@ func (s *Store) Append(ops ...Op) (uint64, error) {
 			if err := op.Attrs.check(); err != nil {
 				return last, err
 			}
+			if err := s.space.room(int64(len(op.Payload)) + 64); err != nil {
+				return last, err
+			}
 		}
 		p, err := s.appendLocked(op)
 		if err != nil {
@@ -488,6 +499,9 @@ func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveri
 func (s *Store) PreparePayload(fd int, size int64) (string, error) {
 	if s.files == "" {
 		return "", errors.New("durable: page messages need a data directory")
+	}
+	if err := s.space.room(size); err != nil {
+		return "", err
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {

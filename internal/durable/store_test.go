@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/machq/machq/internal/journal"
 )
@@ -471,5 +472,39 @@ func TestQueueDescriptionLastsWithItsMessages(t *testing.T) {
 	}
 	if _, ok := qs["emptied"]; ok {
 		t.Error("a queue emptied before the restart came back")
+	}
+}
+
+// TestFullDiskRefusesStores: a store that would eat into the reserve is
+// refused with ErrNoSpace naming the data directory, nothing stored is
+// lost, and stores go on once space is freed.
+func TestFullDiskRefusesStores(t *testing.T) {
+	dir := t.TempDir()
+	s, _, _ := mustOpen(t, Options{Dir: dir, MinFree: 1 << 20})
+	var mu sync.Mutex
+	free := int64(1<<20 + 10_000)
+	s.space.statfs = func(string) (int64, error) { mu.Lock(); defer mu.Unlock(); return free, nil }
+	s.space.checked = time.Time{}
+	must(t, s.Store(ctx, "q", 1, 0, Attrs{}, make([]byte, 1000)))
+	err := s.Store(ctx, "q", 2, 0, Attrs{}, make([]byte, 20_000))
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("a store past the reserve: %v, want ErrNoSpace naming %s", err, dir)
+	}
+	fd := sealedPage(t, make([]byte, 50_000))
+	if err := s.StoreFile(ctx, "q", 3, 0, Attrs{}, fd, 50_000); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a page store past the reserve: %v, want ErrNoSpace", err)
+	}
+	if s.Err() != nil {
+		t.Fatalf("a refused store stopped the log: %v", s.Err())
+	}
+	mu.Lock()
+	free = 1 << 30
+	mu.Unlock()
+	s.space.checked = time.Time{}
+	must(t, s.Store(ctx, "q", 2, 0, Attrs{}, make([]byte, 20_000)))
+	must(t, s.Close())
+	_, qs, _ := mustOpen(t, Options{Dir: dir, MinFree: -1})
+	if got := ids(qs["q"]); fmt.Sprint(got) != "[1 2]" {
+		t.Fatalf("after a full disk the queue holds %v, want [1 2]", got)
 	}
 }
