@@ -73,6 +73,11 @@ type Op struct {
 
 // Attrs are a stored message's attributes the log keeps with it.
 type Attrs struct {
+	// Seq is the message's place in its queue, which orders the queue's
+	// messages when they are recovered; 0 means its id. The id names
+	// the message in the log and is never given twice, while a place
+	// may be (a dead letter keeps the one it had in its queue).
+	Seq uint64
 	// UID is the user the message is charged to.
 	UID uint32
 	// DigestAlg and Digest are the digest its sender gave (at most 255
@@ -135,6 +140,7 @@ func encode(b []byte, op Op) []byte {
 	a := op.Attrs
 	b = append(b, flags)
 	b = binary.LittleEndian.AppendUint32(b, op.Deliveries)
+	b = binary.LittleEndian.AppendUint64(b, a.Seq)
 	b = binary.LittleEndian.AppendUint32(b, a.UID)
 	b = append(b, a.DigestAlg, byte(len(a.Digest)))
 	b = append(b, a.Digest...)
@@ -194,16 +200,17 @@ func Decode(typ uint8, data []byte) (Op, error) {
 		return op, nil
 	}
 	short := fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue)
-	if len(rest) < 11 {
+	if len(rest) < 19 {
 		return op, short
 	}
 	flags := rest[0]
 	op.Deliveries = binary.LittleEndian.Uint32(rest[1:])
 	a := &op.Attrs
-	a.UID = binary.LittleEndian.Uint32(rest[5:])
-	a.DigestAlg = rest[9]
-	dl := int(rest[10])
-	rest = rest[11:]
+	a.Seq = binary.LittleEndian.Uint64(rest[5:])
+	a.UID = binary.LittleEndian.Uint32(rest[13:])
+	a.DigestAlg = rest[17]
+	dl := int(rest[18])
+	rest = rest[19:]
 	if len(rest) < dl+7 {
 		return op, short
 	}

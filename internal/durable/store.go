@@ -70,7 +70,11 @@ type Message struct {
 	Size    int64
 }
 
-// Queue is a durable queue as recovered: its messages in id order.
+// place is where m goes in its queue: its Seq, or else its id.
+func (m Message) place() uint64 { return cmp.Or(m.Attrs.Seq, m.ID) }
+
+// Queue is a durable queue as recovered: its messages in order of
+// place (Attrs.Seq, or the id), then id.
 type Queue struct {
 	Name     string
 	Messages []Message
@@ -217,7 +221,9 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			}
 			q.Messages = append(q.Messages, m)
 		}
-		slices.SortFunc(q.Messages, func(a, b Message) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortFunc(q.Messages, func(a, b Message) int {
+			return cmp.Or(cmp.Compare(a.place(), b.place()), cmp.Compare(a.ID, b.ID))
+		})
 		rep.Messages += len(q.Messages)
 		queues = append(queues, q)
 	}

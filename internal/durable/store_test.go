@@ -348,7 +348,7 @@ func TestDamagedDataDirectory(t *testing.T) {
 		must(t, err)
 		must(t, os.WriteFile(path, fn(b), 0o600))
 	}
-	recordSize := journal.RecordHeaderSize + 1 + 1 + 8 + 1 + 4 + 4 + 1 + 1 + 1 + 4 + 2 + 1 + 100
+	recordSize := journal.RecordHeaderSize + 1 + 1 + 8 + 1 + 4 + 8 + 4 + 1 + 1 + 1 + 4 + 2 + 1 + 100
 
 	t.Run("bit flip in the middle", func(t *testing.T) {
 		dir, seg := fill(t)
@@ -506,5 +506,21 @@ func TestFullDiskRefusesStores(t *testing.T) {
 	_, qs, _ := mustOpen(t, Options{Dir: dir, MinFree: -1})
 	if got := ids(qs["q"]); fmt.Sprint(got) != "[1 2]" {
 		t.Fatalf("after a full disk the queue holds %v, want [1 2]", got)
+	}
+}
+
+// TestRecoveredOrderIsTheQueuesOrder: messages come back in the order of
+// their place in the queue (a dead letter keeps the place it had), not
+// of their ids in the log.
+func TestRecoveredOrderIsTheQueuesOrder(t *testing.T) {
+	dir := t.TempDir()
+	s, _, _ := mustOpen(t, Options{Dir: dir})
+	for _, m := range []struct{ id, seq uint64 }{{10, 3}, {11, 1}, {12, 2}, {13, 0}, {14, 2}} {
+		must(t, s.Store(ctx, "jobs.dlq", m.id, 0, Attrs{Seq: m.seq}, []byte("x")))
+	}
+	must(t, s.Close())
+	_, qs, _ := mustOpen(t, Options{Dir: dir})
+	if got := ids(qs["jobs.dlq"]); fmt.Sprint(got) != "[11 12 14 10 13]" {
+		t.Fatalf("recovered in the order %v, want [11 12 14 10 13] (by place, then id)", got)
 	}
 }
