@@ -61,6 +61,7 @@ func (c *conn) creditLeft(mode *ackMode) bool {
 func (c *conn) appendDelivery(id uint64, q *queue.Queue, m *queue.Message, mode *ackMode) {
 	token := c.s.nextToken.Add(1)
 	c.acks.Add(&delivery.Entry{Token: token, Queue: q, Msg: m, Lease: mode.lease})
+	c.s.logDeliver(q, m)
 	if c.info {
 		c.log.Info("dequeued", "mode", "ack", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id, "token", token, "deliveries", m.Deliveries)
 	}
@@ -232,7 +233,12 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	q.TakeOut(m)
 	m.DiedAfter, m.Deliveries = m.Deliveries, 0
 	m.Group = q.GroupName()
+	was := m.LogID
+	// Logged in its dead-letter queue (by Append) before it is logged
+	// gone from q: a crash in between keeps it twice, never loses it.
+	m.LogID = 0
 	dlq.Append(m)
+	s.logTake(q, was)
 	s.named.Release(dlq)
 	s.log.Info("message dead-lettered", "queue", queueLabel(q), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
 	return wire.OutcomeDeadLettered
@@ -276,11 +282,13 @@ func (c *conn) handleSettle(f wire.Frame) {
 		return
 	}
 	res := wire.Settled{}
+	var lsn uint64 // of the records this answer speaks of
 	switch f.Op {
 	case wire.OpTouch:
 		res = wire.Settled{Outcome: wire.OutcomeTouched, LeaseMillis: uint32(min(lease.Milliseconds(), int64(wire.NoLease-1)))}
 	case wire.OpAck:
 		e.Queue.Settle(e.Msg)
+		lsn = c.s.logTake(e.Queue, e.Msg.LogID)
 		e.Msg.Release()
 		res.Outcome = wire.OutcomeAcked
 	case wire.OpNak:
@@ -306,6 +314,7 @@ func (c *conn) handleSettle(f wire.Frame) {
 	}
 	c.mu.Lock()
 	c.out = wire.AppendSettled(c.out, f.ID, res)
+	c.durableMark(lsn)
 	c.signal()
 	c.mu.Unlock()
 	if f.Op != wire.OpTouch {
@@ -344,13 +353,14 @@ func (c *conn) handleKick(f wire.Frame) {
 			return
 		}
 		defer c.release(q)
-		moved = dlq.MoveTo(q, int(k.Count))
+		moved = dlq.MoveTo(q, int(k.Count), func(was uint64) { c.s.logTake(dlq, was) })
 	}
 	if c.info || moved > 0 {
 		c.log.Info("dead letters kicked back", "queue", string(k.Queue), "moved", moved)
 	}
 	c.mu.Lock()
 	c.out = wire.AppendKicked(c.out, f.ID, uint32(moved))
+	c.durableMark(0)
 	c.signal()
 	c.mu.Unlock()
 }

@@ -68,6 +68,9 @@ type conn struct {
 	// outTokens name the ack-mode deliveries in out: once written they
 	// may be settled and their leases run.
 	outTokens []uint64
+	// outLSN is the last record of the durable queues' log that the
+	// answers in out speak of: they are written once it is durable.
+	outLSN uint64
 	// acks are the deliveries this connection holds in ack mode.
 	acks delivery.Set
 	// ackUnread counts pages of ack-mode deliveries written but perhaps

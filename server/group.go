@@ -81,6 +81,11 @@ func (c *conn) handleGroup(f wire.Frame) {
 			c.sendError(f.ID, code, err.Error())
 			return
 		}
+		if q.Logged() {
+			c.release(q)
+			c.sendError(f.ID, wire.CodeBadRequest, fmt.Sprintf("queue %s is durable, and consumer groups of durable queues are not supported yet: use a queue the server's durable pattern (machqd --durable) does not select", req.Queue))
+			return
+		}
 		uid := c.acct.UID()
 		adopted, err := c.s.named.AddGroup(q, string(req.Group), uid, req.Action == wire.GroupCreateFromOldest)
 		c.release(q)

@@ -112,6 +112,7 @@ func (c *conn) handlePurge(f wire.Frame) {
 	}
 	c.mu.Lock()
 	c.out = wire.AppendDropped(c.out, wire.OpPurged, f.ID, d)
+	c.durableMark(0)
 	c.signal()
 	c.mu.Unlock()
 }
@@ -180,6 +181,7 @@ func (c *conn) handleDelete(f wire.Frame) {
 	}
 	c.mu.Lock()
 	c.out = wire.AppendDropped(c.out, wire.OpDeleted, f.ID, wire.Dropped{Freed: uint64(freed), Pending: uint64(pending)})
+	c.durableMark(0)
 	c.signal()
 	c.mu.Unlock()
 }
@@ -215,10 +217,12 @@ func (c *conn) handleConfig(f wire.Frame) {
 		return
 	}
 	q.SetPolicy(queue.Policy{MaxDeliveries: cfg.MaxDeliveries, LeaseMillis: cfg.LeaseMillis})
+	c.s.logMeta(q)
 	c.release(q)
 	c.log.Info("queue configured", "queue", string(cfg.Queue), "max_deliveries", cfg.MaxDeliveries, "lease_ms", cfg.LeaseMillis)
 	c.mu.Lock()
 	c.out = wire.AppendConfigured(c.out, f.ID)
+	c.durableMark(0)
 	c.signal()
 	c.mu.Unlock()
 }

@@ -36,6 +36,11 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 		c.log.Info("dequeued", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id)
 	}
 	wm := wire.Message{Seq: m.Seq, Size: uint64(m.Size), DigestAlg: m.DigestAlg, Digest: []byte(m.Digest)}
+	if m.LogID != 0 {
+		// Taken from a durable queue: the answer waits until that is
+		// on disk, so the message never comes back once received.
+		c.durableMark(c.s.logTake(q, m.LogID))
+	}
 	if m.FD < 0 {
 		c.out = wire.AppendMessage(c.out, id, wm, m.Inline, false)
 		m.Inline = nil
@@ -46,6 +51,16 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 	}
 	c.outMsgs = append(c.outMsgs, m)
 	c.signal()
+}
+
+// durableMark makes the answers in the outbox wait until every record
+// of the durable queues' log appended so far is durable; lsn, if not 0,
+// is one they need. c.mu is held.
+func (c *conn) durableMark(lsn uint64) {
+	if c.s.store == nil {
+		return
+	}
+	c.outLSN = max(c.outLSN, lsn, c.s.store.LastAppended())
 }
 
 // outboxFull reports whether the client has so much unsent that it must
@@ -100,6 +115,8 @@ func (c *conn) flush() bool {
 	for len(c.out) > 0 {
 		buf, fds, fdAt, msgs, toks := c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens
 		c.out, c.outFDs, c.fdAt, c.outMsgs, c.outTokens = c.spare[:0], c.spareFDs[:0], c.spareFdAt[:0], c.spareMsgs[:0], c.spareToks[:0]
+		need := c.outLSN
+		c.outLSN = 0
 		c.writing = len(buf)
 		c.batch++
 		batch := c.batch
@@ -107,7 +124,15 @@ func (c *conn) flush() bool {
 		c.cond.Broadcast()
 		c.mu.Unlock()
 
-		err := c.write(buf, fds, fdAt)
+		var err error
+		if need > 0 {
+			// Answers about durable queues go out once the records
+			// they speak of are on disk; if that fails, none goes out.
+			err = c.s.waitDurable(need)
+		}
+		if err == nil {
+			err = c.write(buf, fds, fdAt)
+		}
 		// The pages among fds that are not msgs' are the deliveries'.
 		ackPages := 0
 		if err == nil && len(toks) > 0 {
@@ -131,7 +156,9 @@ func (c *conn) flush() bool {
 			}
 		}
 		if err != nil {
-			if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {
+			if errors.Is(err, ErrDurable) {
+				c.log.Error("answers withheld: the durable queues' log failed; closing connection", "err", err)
+			} else if !isPeerGone(err) && !errors.Is(err, unix.EPIPE) {
 				c.log.Warn("write failed; closing connection", "err", err)
 			}
 			c.uc.Close() // the reader notices and tears down

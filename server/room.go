@@ -60,6 +60,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 			c.acct.Unwait(1)
 		}
 		c.out = wire.AppendStored(c.out, id, seq)
+		c.durableMark(0)
 		c.signal()
 		c.mu.Unlock()
 		if c.info {
@@ -73,6 +74,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 			c.acct.Unwait(1)
 		}
 		c.mu.Unlock()
+		c.s.discardPage(m)
 		m.Release()
 		c.sendError(id, wire.CodeCancelled, why)
 	}
@@ -91,6 +93,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 		delete(c.blocked, id)
 		c.acct.Unwait(1)
 		c.mu.Unlock()
+		c.s.discardPage(m)
 		m.Release()
 		c.sendError(id, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, which).Error())
 	}
@@ -115,6 +118,7 @@ func (c *conn) cancelStore(id uint64, code wire.Code, msg string) bool {
 		c.acct.Unwait(1)
 	}
 	c.mu.Unlock()
+	c.s.discardPage(b.ws.Msg)
 	b.ws.Msg.Release()
 	c.sendError(id, code, msg)
 	return true

@@ -79,6 +79,10 @@ type Config struct {
 	// Access says which users besides the server's own and root may
 	// connect.
 	Access Access
+
+	// Durable, if not nil, makes named queues durable in a data
+	// directory (docs/STORAGE.md).
+	Durable *DurableConfig
 }
 
 func (c *Config) setDefaults() error {
@@ -122,6 +126,8 @@ type Server struct {
 	ledger *quota.Ledger
 	pid    uint32
 	policy delivery.Policy
+
+	logState // durable queues; zero without Config.Durable
 
 	nextConn  atomic.Uint64
 	nextToken atomic.Uint64 // names each ack-mode delivery
@@ -183,6 +189,11 @@ func New(cfg Config) (*Server, error) {
 	s.named.SetGroupLimits(s.cfg.Limits.MaxGroups, s.cfg.Limits.MaxGroupsPerUID)
 	s.policy = s.cfg.Ack.policy()
 	s.ledger = newLedger(&s.cfg.Limits)
+	if cfg.Durable != nil {
+		if err := s.openDurable(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -382,6 +393,7 @@ func (s *Server) freeAll() {
 	if n, b := s.named.DrainAll(); n > 0 {
 		s.log.Info("named queues freed", "messages", n, "bytes", b)
 	}
+	s.closeDurable()
 }
 
 // Stats describes the server at one instant: the STATS document

@@ -39,6 +39,16 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 		return false
 	}
 	defer c.release(q)
+	if err := c.s.durableRefusal(q, m.Size); err != nil {
+		m.Release()
+		c.sendError(f.ID, durableCode(err), err.Error())
+		return false
+	}
+	if err := c.s.preparePage(q, m); err != nil {
+		m.Release()
+		c.sendError(f.ID, durableCode(err), err.Error())
+		return false
+	}
 	lim := &c.s.cfg.Limits
 	maxMessages, maxBytes, flags := lim.MaxQueueMessages, lim.MaxQueueBytes, "queue"
 	if q == c.private {
@@ -53,11 +63,13 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 	seq, err := q.PushLimited(m, maxMessages, maxBytes, func(seq uint64) {
 		c.mu.Lock()
 		c.out = wire.AppendStored(c.out, f.ID, seq)
+		c.durableMark(0)
 		c.signal()
 		c.mu.Unlock()
 	})
 	if err != nil {
 		size := m.Size
+		c.s.discardPage(m)
 		m.Release()
 		if errors.Is(err, queue.ErrFull) {
 			err = queueFullError(q, size, maxMessages, maxBytes, flags)

@@ -94,6 +94,9 @@ Flags:
 	fs.Int64Var(&lim.MaxWaitingPerUID, "max-waiting-per-uid", 0, "most `retrieves` of one user id waiting at once"+perUID)
 	fs.IntVar(&lim.MaxGroups, "max-groups", server.DefaultMaxGroups, "most consumer `groups` of all queues together (a queue has at most 256; -1: no limit)")
 	fs.IntVar(&lim.MaxGroupsPerUID, "max-groups-per-uid", 0, "most consumer `groups` one user id has created at once"+perUID)
+	dataDir := fs.String("data-dir", "", "keep durable named queues in this `directory` (created 0700, locked while the server runs): they survive a restart, a crash and a power loss, each store on disk before it is acknowledged (docs/STORAGE.md); without it every queue is in memory only")
+	durablePattern := fs.String("durable", "*", "with --data-dir, the named queues that are durable, as a `pattern` (* ? [...], as path.Match): others stay in memory")
+	skipCorrupt := fs.Bool("skip-corrupt", false, "with --data-dir, start past damage in the middle of the log, losing the messages in it (the report names them and keeps the bytes in a quarantine file); without it such damage refuses to start")
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
 	var ack server.AckConfig
 	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")
@@ -164,7 +167,11 @@ Flags:
 	} else {
 		log.Info("descriptor limit", "nofile", nofile)
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack})
+	var dur *server.DurableConfig
+	if *dataDir != "" {
+		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt}
+	}
+	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack, Durable: dur})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 		return 2

@@ -397,9 +397,6 @@ func (s *Store) Append(ops ...Op) (uint64, error) {
 			if err := op.Attrs.check(); err != nil {
 				return last, err
 			}
-			if err := s.space.room(int64(len(op.Payload)) + 64); err != nil {
-				return last, err
-			}
 		}
 		p, err := s.appendLocked(op)
 		if err != nil {
@@ -453,6 +450,14 @@ func (s *Store) WaitDurable(ctx context.Context, lsn uint64) error {
 	return nil
 }
 
+// Room reports ErrNoSpace, saying what to do, when storing a message of
+// size payload bytes would leave the data directory's file system below
+// its reserve. Append does not check: a server calls Room before it
+// accepts a store. PreparePayload checks itself.
+func (s *Store) Room(size int64) error {
+	return s.space.room(size + 64)
+}
+
 // LastAppended returns the number of the last record appended: waiting
 // for it covers everything appended so far.
 func (s *Store) LastAppended() uint64 { return s.j.LastAppended() }
@@ -470,6 +475,9 @@ func (s *Store) write(ctx context.Context, ops ...Op) error {
 // store keeps payload and a's slices (to copy them forward): the caller
 // must not change them.
 func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, payload []byte) error {
+	if err := s.Room(int64(len(payload))); err != nil {
+		return err
+	}
 	return s.write(ctx, Op{Type: TypeStore, Queue: queue, ID: id, Deliveries: deliveries, Attrs: a, Payload: payload})
 }
 

@@ -140,6 +140,9 @@ func (q *Queue) TakeOut(m *Message) {
 func (q *Queue) Append(m *Message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.log != nil {
+		q.log.Stored(q, m)
+	}
 	q.place(m, false)
 }
 
@@ -149,6 +152,9 @@ func (q *Queue) Append(m *Message) {
 func (q *Queue) Insert(m *Message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.log != nil {
+		q.log.Stored(q, m)
+	}
 	q.place(m, true)
 }
 
@@ -172,7 +178,11 @@ func (q *Queue) Counts() Counts {
 // fresh delivery record: dead letters kicked back into the queue they
 // came from (a consumer group's into that group). It returns how many
 // moved.
-func (q *Queue) MoveTo(dst *Queue, n int) int {
+//
+// arrived, if not nil, is called with each message's former LogID once it
+// is in its new queue: the server logs it gone from q then, after its
+// arrival, so that a crash in between keeps it twice rather than lose it.
+func (q *Queue) MoveTo(dst *Queue, n int, arrived func(logID uint64)) int {
 	q.mu.Lock()
 	var moved []*Message
 	for n <= 0 || len(moved) < n {
@@ -197,7 +207,12 @@ func (q *Queue) MoveTo(dst *Queue, n int) int {
 			}
 			m.Group = ""
 		}
+		was := m.LogID
+		m.LogID = 0 // named anew by dst's log, if it has one
 		to.Insert(m)
+		if arrived != nil {
+			arrived(was)
+		}
 	}
 	return len(moved)
 }

@@ -52,6 +52,9 @@ func (q *Queue) Purge() (freed, pending int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.purges++
+	if q.log != nil {
+		q.log.Purged(q)
+	}
 	freed = q.drainLocked()
 	pending = q.out
 	for _, g := range q.groups {

@@ -47,6 +47,13 @@ type Message struct {
 	// a dead letter of one: KICK gives it back to that group.
 	Group string
 
+	// LogID names the message in its queue's log (Log.Stored sets it);
+	// 0 for a message of a queue that is not logged. PayloadFile is the
+	// payload file a server prepared for a page bound for a logged
+	// queue, for Log.Stored to name.
+	LogID       uint64
+	PayloadFile string
+
 	sent   bool    // Sent closed the page, whose charge stays until Release
 	shared *shared // for a view: the payload it shares with other groups' views
 	heldIn uint32  // the queue's purges when it was last held in ack mode
@@ -153,6 +160,7 @@ type Queue struct {
 	reg     *Registry    // nil outside a Registry
 	refs    atomic.Int64 // holds taken through a Registry
 	creator uint32       // the user id that created it, in a Registry
+	log     Log          // nil: not logged
 
 	mu      sync.Mutex
 	owner   *uint32 // the only user id that may use the queue; nil: anyone
@@ -261,6 +269,9 @@ func (q *Queue) push(m *Message, stored func(seq uint64)) uint64 {
 	}
 	m.Seq = q.nextSeq
 	q.nextSeq++
+	if q.log != nil {
+		q.log.Stored(q, m)
+	}
 	if stored != nil {
 		stored(m.Seq)
 	}

@@ -54,8 +54,9 @@ var (
 // Lock order: Registry.mu, then Queue.mu, then Registry.idleMu.
 type Registry struct {
 	counter   Counter
-	max       int // most queues at once; <= 0: no limit
-	maxPerUID int // most queues one creator may have; <= 0: no limit
+	logFor    func(name string) Log // nil: no queue is logged
+	max       int                   // most queues at once; <= 0: no limit
+	maxPerUID int                   // most queues one creator may have; <= 0: no limit
 
 	mu        sync.RWMutex
 	queues    map[string]*Queue
@@ -175,6 +176,9 @@ func (r *Registry) create(s string, creator uint32, owned bool) *Queue {
 	q := New(s, r.counter)
 	q.reg = r
 	q.creator = creator
+	if r.logFor != nil {
+		q.log = r.logFor(s)
+	}
 	if was, ok := r.gone[s]; ok {
 		delete(r.gone, s)
 		q.nextSeq = was.nextSeq // remembered: comes back open
@@ -268,6 +272,9 @@ func (r *Registry) Delete(name []byte, uid uint32) (freed, pending int, waiters 
 		return 0, 0, nil, nil, ErrInUse
 	}
 	q.deleted = true
+	if q.log != nil {
+		q.log.Dropped(q)
+	}
 	blocked = q.takeBlocked()
 	freed = q.drainLocked()
 	pending = q.out

@@ -233,6 +233,23 @@ func (a *Account) Hold(size int64, page bool) error {
 	return nil
 }
 
+// ForceHold is Hold whatever the limits: for messages recovered from a
+// durable queue's log, which were accepted within the limits once and
+// are never dropped for them (a server restarted with lower limits holds
+// them past the limits until they are consumed).
+func (a *Account) ForceHold(size int64, page bool) {
+	l := a.l
+	l.total.messages.Add(1)
+	l.total.bytes.Add(size)
+	a.c.messages.Add(1)
+	a.c.bytes.Add(size)
+	if page {
+		l.total.pages.Add(1)
+		a.c.pages.Add(1)
+		l.fds.Add(1)
+	}
+}
+
 // Unhold discharges what Hold charged for a message of size bytes.
 func (a *Account) Unhold(size int64, page bool) {
 	l := a.l

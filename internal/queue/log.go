@@ -1,0 +1,51 @@
+package queue
+
+// Log records what happens to the messages of a durable queue, in the
+// order it happens: the server implements it over its write-ahead log
+// (internal/durable). Its methods are called with the queue's lock held,
+// before anyone else can see the change, and must not wait for the disk:
+// the server holds back the answers that speak of these records until
+// they are durable.
+type Log interface {
+	// Stored: m enters q (a store, a dead letter arriving, a dead letter
+	// kicked back). The log names m by setting m.LogID.
+	Stored(q *Queue, m *Message)
+	// Purged: every message q holds, in line, pending or delayed, is
+	// gone.
+	Purged(q *Queue)
+	// Dropped: q is deleted with what it holds.
+	Dropped(q *Queue)
+}
+
+// SetLog makes the registry give every queue it creates from now on the
+// log logFor returns for its name (nil: the queue is not logged).
+func (r *Registry) SetLog(logFor func(name string) Log) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logFor = logFor
+}
+
+// Described returns what a log keeps of q besides its messages: the user
+// id that created it or owns it, whether it is owned, and its own
+// settings. It is for a Log's methods, which run with q's lock held (q
+// is not a consumer group: those are not logged).
+func (q *Queue) Described() (creator uint32, owned bool, p Policy) {
+	creator = q.creator
+	if q.owner != nil {
+		creator, owned = *q.owner, true
+	}
+	return creator, owned, q.policy
+}
+
+// Logged reports whether q's messages are logged.
+func (q *Queue) Logged() bool { return q.log != nil }
+
+// Restore puts m, recovered from the log with its sequence number, its
+// LogID and its delivery record, at its place in q without logging it
+// again; later stores get greater sequence numbers.
+func (q *Queue) Restore(m *Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.nextSeq = max(q.nextSeq, m.Seq+1)
+	q.place(m, true)
+}

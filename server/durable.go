@@ -1,0 +1,330 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/durable"
+	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
+)
+
+// Durable named queues (docs/STORAGE.md): with Config.Durable, what
+// happens to the messages of a durable queue is a record of the data
+// directory's log, appended where it happens (queue.Log, under the
+// queue's lock) and durable before the answer that speaks of it is
+// written: each connection's outbox carries the number of the last record
+// its contents depend on, and the writer waits for it (group commit makes
+// one sync serve every connection waiting).
+
+// DurableConfig turns durable named queues on.
+type DurableConfig struct {
+	// Dir is the data directory, locked while the server runs.
+	Dir string
+	// Queues selects the durable named queues by a path.Match pattern
+	// ("*", every one, when empty). Private queues and consumer groups
+	// never are.
+	Queues string
+	// SkipCorrupt lets the server start past damage in the middle of the
+	// log, losing the messages in it (the report names them).
+	SkipCorrupt bool
+	// MinFree is the free space kept in reserve on the data directory's
+	// file system (0: durable.DefaultMinFree).
+	MinFree int64
+}
+
+// ErrDurable wraps a failure of the data directory: a failed write or
+// sync stops durable stores until the server is restarted.
+var ErrDurable = errors.New("durable queues failed")
+
+// durableLog is the server's queue.Log of one durable queue.
+type durableLog struct {
+	s *Server
+}
+
+// nextLogID names messages in the log: never twice in one run, and
+// started above every id recovered.
+func (s *Server) newLogID() uint64 { return s.logIDs.Add(1) }
+
+// openDurable opens the data directory, recovers its queues into the
+// registry and logs the report. Called by New.
+func (s *Server) openDurable() error {
+	d := s.cfg.Durable
+	if d.Queues == "" {
+		d.Queues = "*"
+	}
+	if _, err := path.Match(d.Queues, ""); err != nil {
+		return fmt.Errorf("machq: durable queue pattern %q: %w", d.Queues, err)
+	}
+	st, queues, rep, err := durable.Open(durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree})
+	if err != nil {
+		return fmt.Errorf("machq: data directory %s: %w", d.Dir, err)
+	}
+	s.store = st
+	s.durablePattern = d.Queues
+	log := &durableLog{s: s}
+	s.named.SetLog(func(name string) queue.Log {
+		if ok, _ := path.Match(s.durablePattern, name); ok {
+			return log
+		}
+		return nil
+	})
+	var last uint64
+	for _, dq := range queues {
+		last = max(last, dq.LastID)
+		for _, m := range dq.Messages {
+			last = max(last, m.ID)
+		}
+	}
+	s.logIDs.Store(last)
+	for _, dq := range queues {
+		if err := s.restoreQueue(dq); err != nil {
+			st.Close()
+			return err
+		}
+	}
+	s.log.Info("durable queues recovered", "dir", d.Dir, "queues", rep.Queues, "messages", rep.Messages, "bytes", rep.PayloadBytes,
+		"payload_files", rep.PayloadFiles, "segments", rep.Segments, "records", rep.Records, "took", rep.Took, "report", rep.String())
+	if rep.TornTail != "" {
+		s.log.Warn("durable log: torn tail cut (records never acknowledged)", "at", rep.TornTail, "bytes", rep.TornBytes)
+	}
+	for _, q := range rep.Quarantined {
+		s.log.Error("durable log: DAMAGE skipped; the messages in it are lost", "segment", q.Segment, "from", q.From, "to", q.To, "kept_in", q.File, "lost_before_record", q.LostBefore)
+	}
+	return nil
+}
+
+// restoreQueue puts a recovered queue and its messages back.
+func (s *Server) restoreQueue(dq durable.Queue) error {
+	q, err := s.named.Acquire([]byte(dq.Name), dq.Meta.Creator, dq.Meta.Owned)
+	if err != nil {
+		return fmt.Errorf("machq: recovering queue %s: %w (raise --max-queues)", dq.Name, err)
+	}
+	defer s.named.Release(q)
+	if !q.Logged() {
+		// The pattern no longer selects it: it stays a durable queue
+		// until it is empty, rather than lose what it holds.
+		return fmt.Errorf("machq: the data directory holds %d messages of queue %s, which the durable queue pattern %q does not select: widen it, or consume them first", len(dq.Messages), dq.Name, s.durablePattern)
+	}
+	q.SetPolicy(queue.Policy{MaxDeliveries: dq.Meta.MaxDeliveries, LeaseMillis: dq.Meta.LeaseMillis})
+	for _, dm := range dq.Messages {
+		a := dm.Attrs
+		m := &queue.Message{
+			Seq: a.Seq, LogID: dm.ID, FD: -1, Inline: dm.Payload, Size: int64(len(dm.Payload)),
+			DigestAlg: a.DigestAlg, Digest: string(a.Digest), Deliveries: dm.Deliveries,
+			Dead: a.Dead, Note: a.Note, DiedAfter: a.DiedAfter, Group: a.Group,
+		}
+		if m.Seq == 0 {
+			m.Seq = dm.ID
+		}
+		if dm.File != "" {
+			fd, size, err := durable.OpenPayload(dm.File)
+			if err != nil {
+				return fmt.Errorf("machq: recovering message %d of queue %s: %w", dm.ID, dq.Name, err)
+			}
+			m.FD, m.Size, m.Inline = fd, size, nil
+		}
+		acct := s.ledger.Account(a.UID)
+		acct.ForceHold(m.Size, m.FD >= 0)
+		m.Charge = acct
+		q.Restore(m)
+	}
+	return nil
+}
+
+// Stored implements queue.Log.
+func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
+	s := l.s
+	m.LogID = s.newLogID()
+	uid := uint32(0)
+	if m.Charge != nil {
+		uid = m.Charge.UID()
+	}
+	op := durable.Op{ID: m.LogID, Deliveries: m.Deliveries, Attrs: durable.Attrs{
+		Seq: m.Seq, UID: uid, DigestAlg: m.DigestAlg, Digest: []byte(m.Digest),
+		Dead: m.Dead, DiedAfter: m.DiedAfter, Note: m.Note, Group: m.Group,
+	}}
+	switch {
+	case m.FD < 0:
+		op.Payload = m.Inline
+	case m.PayloadFile != "":
+		op.File, op.Size = m.PayloadFile, m.Size
+		m.PayloadFile = ""
+	default:
+		// A page that reached this queue without a payload file (a dead
+		// letter or a kicked one of a queue whose file is gone): copy it
+		// now. This blocks the queue for the copy; it is rare.
+		name, err := s.store.PreparePayload(m.FD, m.Size)
+		if err != nil {
+			s.durableFailed(err)
+			return
+		}
+		op.File, op.Size = name, m.Size
+	}
+	if _, err := s.store.AppendStore(q.Name(), metaOf(q), op); err != nil {
+		s.durableFailed(err)
+	}
+}
+
+// Purged implements queue.Log: every message stored so far is gone.
+func (l *durableLog) Purged(q *queue.Queue) {
+	s := l.s
+	if _, err := s.store.Append(durable.Op{Type: durable.TypePurge, Queue: q.Name(), ID: s.logIDs.Load() + 1}); err != nil {
+		s.durableFailed(err)
+	}
+}
+
+// Dropped implements queue.Log.
+func (l *durableLog) Dropped(q *queue.Queue) {
+	if _, err := l.s.store.Append(durable.Op{Type: durable.TypeDrop, Queue: q.Name()}); err != nil {
+		l.s.durableFailed(err)
+	}
+}
+
+// metaOf describes q for the log; q's lock is held (in a queue.Log
+// method).
+func metaOf(q *queue.Queue) durable.QueueMeta {
+	creator, owned, p := q.Described()
+	return durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
+}
+
+// logMeta records the description of the durable queue q now (CONFIG
+// changed it).
+func (s *Server) logMeta(q *queue.Queue) {
+	if s.store == nil || !q.Logged() {
+		return
+	}
+	creator := q.Creator()
+	owner, owned := q.Owner()
+	if owned {
+		creator = owner
+	}
+	p := q.Policy()
+	meta := durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
+	if _, err := s.store.Append(durable.Op{Type: durable.TypeQueue, Queue: q.Name(), Meta: meta}); err != nil {
+		s.durableFailed(err)
+	}
+}
+
+// logTake records m, of the durable queue q, gone, returning the record's
+// number (0 if q is not durable).
+func (s *Server) logTake(q *queue.Queue, logID uint64) uint64 {
+	if s.store == nil || logID == 0 || !q.Logged() {
+		return 0
+	}
+	lsn, err := s.store.Append(durable.Op{Type: durable.TypeTake, Queue: q.Name(), ID: logID})
+	if err != nil {
+		s.durableFailed(err)
+		return failedLSN
+	}
+	return lsn
+}
+
+// logDeliver records m, of the durable queue q, delivered in ack mode.
+func (s *Server) logDeliver(q *queue.Queue, m *queue.Message) {
+	if s.store == nil || m.LogID == 0 || !q.Logged() {
+		return
+	}
+	if _, err := s.store.Append(durable.Op{Type: durable.TypeDeliver, Queue: q.Name(), ID: m.LogID}); err != nil {
+		s.durableFailed(err)
+	}
+}
+
+// waitDurable waits until record lsn of the log is durable.
+func (s *Server) waitDurable(lsn uint64) error {
+	if lsn == failedLSN {
+		return fmt.Errorf("%w: a record could not be appended", ErrDurable)
+	}
+	if err := s.store.WaitDurable(context.Background(), lsn); err != nil {
+		s.durableFailed(err)
+		return fmt.Errorf("%w: %w", ErrDurable, err)
+	}
+	return nil
+}
+
+// failedLSN is an outbox watermark no record reaches: the outbox waiting
+// on it fails, and the connection closes rather than answer as if a
+// record had been written.
+const failedLSN = ^uint64(0)
+
+// durableFailed logs a failure of the data directory, once.
+func (s *Server) durableFailed(err error) {
+	if s.durableBroken.CompareAndSwap(false, true) {
+		s.log.Error("DURABLE QUEUES FAILED: stores to durable queues are refused until the server is restarted", "dir", s.cfg.Durable.Dir, "err", err)
+	}
+}
+
+// durableRefusal says why a store of size bytes to the durable queue q
+// cannot be accepted now, or nil.
+func (s *Server) durableRefusal(q *queue.Queue, size int64) error {
+	if s.store == nil || !q.Logged() {
+		return nil
+	}
+	if err := s.store.Err(); err != nil {
+		s.durableFailed(err)
+		return fmt.Errorf("%w: the data directory %s failed (%v); the server must be restarted to store durably again", ErrDurable, s.cfg.Durable.Dir, err)
+	}
+	if s.durableBroken.Load() {
+		return fmt.Errorf("%w: the data directory %s failed; the server must be restarted to store durably again", ErrDurable, s.cfg.Durable.Dir)
+	}
+	return s.store.Room(size)
+}
+
+// durableCode is the error code of a durable store refused: LIMIT for a
+// full data directory (the store can be retried once space is freed),
+// INTERNAL for a failed one.
+func durableCode(err error) wire.Code {
+	if errors.Is(err, durable.ErrNoSpace) {
+		return wire.CodeLimit
+	}
+	return wire.CodeInternal
+}
+
+// preparePage copies the page of m, bound for the durable queue q, into
+// its payload file before the store, so that the record appended under
+// the queue's lock only names it.
+func (s *Server) preparePage(q *queue.Queue, m *queue.Message) error {
+	if s.store == nil || m.FD < 0 || !q.Logged() {
+		return nil
+	}
+	name, err := s.store.PreparePayload(m.FD, m.Size)
+	if err != nil {
+		return err
+	}
+	m.PayloadFile = name
+	return nil
+}
+
+// discardPage deletes the payload file prepared for m if its store was
+// refused.
+func (s *Server) discardPage(m *queue.Message) {
+	if m.PayloadFile != "" && s.store != nil {
+		s.store.DiscardPayload(m.PayloadFile)
+		m.PayloadFile = ""
+	}
+}
+
+// closeDurable closes the data directory at the end of Shutdown or Close.
+func (s *Server) closeDurable() {
+	if s.store == nil {
+		return
+	}
+	if err := s.store.Close(); err != nil && !errors.Is(err, unix.EBADF) {
+		s.log.Warn("closing the data directory", "err", err)
+	}
+}
+
+var _ queue.Log = (*durableLog)(nil)
+
+// logState is the part of Server the durable queues use.
+type logState struct {
+	store          *durable.Store
+	durablePattern string
+	logIDs         atomic.Uint64
+	durableBroken  atomic.Bool
+}
