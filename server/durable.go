@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq/internal/durable"
+	"github.com/machq/machq/internal/journal"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/wire"
 )
@@ -62,6 +63,9 @@ func (s *Server) openDurable() error {
 		return fmt.Errorf("machq: durable queue pattern %q: %w", d.Queues, err)
 	}
 	st, queues, rep, err := durable.Open(durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree})
+	if errors.Is(err, journal.ErrCorrupt) {
+		return fmt.Errorf("machq: data directory %s: %w (machqd --skip-corrupt starts without the damaged records, keeping their bytes in a quarantine file)", d.Dir, err)
+	}
 	if err != nil {
 		return fmt.Errorf("machq: data directory %s: %w", d.Dir, err)
 	}
