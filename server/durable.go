@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -100,7 +101,36 @@ func (s *Server) openDurable() error {
 	for _, q := range rep.Quarantined {
 		s.log.Error("durable log: DAMAGE skipped; the messages in it are lost", "segment", q.Segment, "from", q.From, "to", q.To, "kept_in", q.File, "lost_before_record", q.LostBefore)
 	}
+	s.compacted = make(chan struct{})
+	go s.compactLoop()
 	return nil
+}
+
+// compactInterval is how often the log's consumed segments are deleted
+// (and the few live messages pinning old ones copied forward).
+const compactInterval = 5 * time.Second
+
+// compactLoop keeps the log about as large as what is live, until the
+// server closes.
+func (s *Server) compactLoop() {
+	defer close(s.compacted)
+	t := time.NewTicker(compactInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		rep, err := s.store.Compact(context.Background())
+		if err != nil {
+			s.durableFailed(err)
+			return
+		}
+		if rep.SegmentsFreed > 0 || rep.Copied > 0 {
+			s.log.Info("durable log compacted", "segments_freed", rep.SegmentsFreed, "copied", rep.Copied, "copied_bytes", rep.CopiedBytes)
+		}
+	}
 }
 
 // restoreQueue puts a recovered queue and its messages back.
@@ -318,6 +348,7 @@ func (s *Server) closeDurable() {
 	if s.store == nil {
 		return
 	}
+	<-s.compacted // s.done is closed: the loop ends
 	if err := s.store.Close(); err != nil && !errors.Is(err, unix.EBADF) {
 		s.log.Warn("closing the data directory", "err", err)
 	}
@@ -331,4 +362,5 @@ type logState struct {
 	durablePattern string
 	logIDs         atomic.Uint64
 	durableBroken  atomic.Bool
+	compacted      chan struct{} // closed when compactLoop returns
 }
