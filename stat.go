@@ -27,6 +27,9 @@ type QueueStats = stats.Queue
 // GroupStats describes one consumer group of a queue.
 type GroupStats = stats.Group
 
+// DurableStats describes a server's data directory (machqd --data-dir).
+type DurableStats = stats.Durable
+
 // Stat returns the server's statistics.
 func (c *Client) Stat(ctx context.Context) (*Stats, error) {
 	raw, err := c.StatJSON(ctx)

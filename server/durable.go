@@ -13,6 +13,7 @@ import (
 	"github.com/machq/machq/internal/durable"
 	"github.com/machq/machq/internal/journal"
 	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/stats"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -341,6 +342,21 @@ func (s *Server) discardPage(m *queue.Message) {
 		s.store.DiscardPayload(m.PayloadFile)
 		m.PayloadFile = ""
 	}
+}
+
+// durableStats describes the data directory for STATS; nil without one.
+func (s *Server) durableStats() *stats.Durable {
+	if s.store == nil {
+		return nil
+	}
+	d := &stats.Durable{Dir: s.cfg.Durable.Dir, Queues: s.durablePattern, Sync: "every-store",
+		Segments: s.store.Segments(), Records: s.store.LastAppended()}
+	if err := s.store.Err(); err != nil && !errors.Is(err, journal.ErrClosed) {
+		d.Failed = err.Error()
+	} else if s.durableBroken.Load() {
+		d.Failed = "a write to the data directory failed"
+	}
+	return d
 }
 
 // closeDurable closes the data directory at the end of Shutdown or Close.

@@ -409,6 +409,9 @@ type UserStats = stats.User
 // QueueStats describes one named queue.
 type QueueStats = stats.Queue
 
+// DurableStats describes the data directory of durable queues.
+type DurableStats = stats.Durable
+
 // GroupStats describes one consumer group of a queue.
 type GroupStats = stats.Group
 
@@ -457,6 +460,7 @@ func (s *Server) Stats() Stats {
 		st.Users = append(st.Users, UserStats{UID: uid, Queues: n})
 	}
 	slices.SortFunc(st.Users, func(a, b UserStats) int { return cmp.Compare(a.UID, b.UID) })
+	st.Durable = s.durableStats()
 	return st
 }
 

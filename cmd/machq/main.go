@@ -689,13 +689,25 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if st.Pending.Messages > 0 {
 		fmt.Fprintf(stdout, "pending  %d (delivered in ack mode, not yet settled)\n", st.Pending.Messages)
 	}
+	if d := st.Durable; d != nil {
+		fmt.Fprintf(stdout, "durable  queues %q in %s, synced %s (%d segments, %d records)\n", d.Queues, d.Dir, d.Sync, d.Segments, d.Records)
+		if d.Failed != "" {
+			fmt.Fprintf(stdout, "         FAILED: %s; durable stores are refused until the server is restarted\n", d.Failed)
+		}
+	} else {
+		fmt.Fprintln(stdout, "durable  no (every queue is in memory: machqd --data-dir keeps named queues)")
+	}
 	if len(st.Queues) == 0 && st.QueuesOmitted == 0 {
 		fmt.Fprintln(stdout, "no named queues")
 		return exitOK
 	}
 	fmt.Fprintf(stdout, "\n%-32s %10s %8s %14s %8s %12s\n", "QUEUE", "MESSAGES", "PENDING", "BYTES", "WAITING", "DEAD")
 	for _, q := range st.Queues {
-		fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", q.Name, q.Messages, q.Pending+q.Delayed, q.Bytes, q.Waiting, q.DeadLettered)
+		name := q.Name
+		if q.Durable {
+			name += " (durable)"
+		}
+		fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", name, q.Messages, q.Pending+q.Delayed, q.Bytes, q.Waiting, q.DeadLettered)
 		for _, g := range q.Groups {
 			fmt.Fprintf(stdout, "%-32s %10d %8d %14d %8d %12d\n", "  group "+g.Name, g.Messages, g.Pending+g.Delayed, g.Bytes, g.Waiting, g.DeadLettered)
 		}

@@ -458,6 +458,9 @@ func (s *Store) Room(size int64) error {
 	return s.space.room(size + 64)
 }
 
+// Segments returns the number of the log's segment files.
+func (s *Store) Segments() int { return len(s.j.Segments()) }
+
 // LastAppended returns the number of the last record appended: waiting
 // for it covers everything appended so far.
 func (s *Store) LastAppended() uint64 { return s.j.LastAppended() }

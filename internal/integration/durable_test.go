@@ -79,6 +79,18 @@ func TestDurableQueuesSurviveSIGKILL(t *testing.T) {
 		t.Errorf("no recovery report in the logs:\n%s", d.logs)
 	}
 	c = dial(t, socket)
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Durable == nil || st.Durable.Dir != dir || st.Durable.Sync != "every-store" || st.Durable.Failed != "" {
+		t.Errorf("STATS durable: %+v", st.Durable)
+	}
+	for _, q := range st.Queues {
+		if q.Name == "jobs" && (!q.Durable || q.Messages != 5) {
+			t.Errorf("STATS of jobs after the restart: %+v; want durable, 5 messages", q)
+		}
+	}
 	again, err := c.Reserve(ctx, "jobs", nil)
 	if err != nil || string(again.Bytes()) != "job 2" {
 		t.Fatalf("after the restart the first message: %v", err)

@@ -520,7 +520,7 @@ func (r *Registry) Snapshot() []Info {
 		q.mu.Lock()
 		in := Info{Name: q.name, Messages: q.n, Bytes: q.bytes, Waiting: len(q.waiters) + len(q.parked),
 			Pending: q.out - len(q.delayed), Delayed: len(q.delayed), Counts: q.counts, Groups: q.groupInfos(), Blocked: len(q.blocked),
-			MaxDeliveries: q.policy.MaxDeliveries, LeaseMillis: q.policy.LeaseMillis}
+			MaxDeliveries: q.policy.MaxDeliveries, LeaseMillis: q.policy.LeaseMillis, Durable: q.log != nil}
 		if q.owner != nil {
 			o := *q.owner
 			in.Owner = &o

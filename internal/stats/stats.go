@@ -37,6 +37,8 @@ type Stats struct {
 	// Users is what each user id that is connected or has something
 	// stored holds, sorted by uid.
 	Users []User `json:"users"`
+	// Durable describes the data directory; absent without one.
+	Durable *Durable `json:"durable,omitempty"`
 }
 
 // Held counts messages, their payload bytes and the pages among them.
@@ -94,6 +96,25 @@ type Queue struct {
 	LeaseMillis   uint32 `json:"lease_ms,omitempty"`
 	// Groups are the queue's consumer groups, by name; absent if none.
 	Groups []Group `json:"groups,omitempty"`
+	// Durable: the queue is kept in the data directory.
+	Durable bool `json:"durable,omitempty"`
+}
+
+// Durable describes the data directory of a server with durable queues.
+type Durable struct {
+	Dir string `json:"dir"`
+	// Queues is the pattern selecting the durable named queues.
+	Queues string `json:"queues"`
+	// Sync is when stores are synced: "every-store" (each store is
+	// answered once on disk; nothing answered can be lost).
+	Sync string `json:"sync"`
+	// Segments is the number of the log's segment files, Records the
+	// records appended since the log began.
+	Segments int    `json:"segments"`
+	Records  uint64 `json:"records"`
+	// Failed, when not empty, says why durable stores are refused until
+	// the server is restarted.
+	Failed string `json:"failed,omitempty"`
 }
 
 // Group describes one consumer group of a queue: its own line, waiters,
