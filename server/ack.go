@@ -237,8 +237,9 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	// Logged in its dead-letter queue (by Append) before it is logged
 	// gone from q: a crash in between keeps it twice, never loses it.
 	m.LogID = 0
+	failures := s.storeFailures.Load()
 	dlq.Append(m)
-	s.logTake(q, was)
+	s.moved(q, dlq, was, failures)
 	s.named.Release(dlq)
 	s.log.Info("message dead-lettered", "queue", queueLabel(q), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
 	return wire.OutcomeDeadLettered
@@ -353,7 +354,8 @@ func (c *conn) handleKick(f wire.Frame) {
 			return
 		}
 		defer c.release(q)
-		moved = dlq.MoveTo(q, int(k.Count), func(was uint64) { c.s.logTake(dlq, was) })
+		failures := c.s.storeFailures.Load()
+		moved = dlq.MoveTo(q, int(k.Count), func(was uint64) { c.s.moved(dlq, q, was, failures) })
 	}
 	if c.info || moved > 0 {
 		c.log.Info("dead letters kicked back", "queue", string(k.Queue), "moved", moved)

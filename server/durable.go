@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -75,7 +76,7 @@ func (s *Server) openDurable() error {
 	s.durablePattern = d.Queues
 	log := &durableLog{s: s}
 	s.named.SetLog(func(name string) queue.Log {
-		if ok, _ := path.Match(s.durablePattern, name); ok {
+		if s.selects(name) {
 			return log
 		}
 		return nil
@@ -132,6 +133,23 @@ func (s *Server) compactLoop() {
 			s.log.Info("durable log compacted", "segments_freed", rep.SegmentsFreed, "copied", rep.Copied, "copied_bytes", rep.CopiedBytes)
 		}
 	}
+}
+
+// selects reports whether the named queue is durable: its name matches
+// the pattern, or, for a dead-letter queue (NAME.dlq, NAME.dlq.dlq, ...),
+// the name of the queue it serves does. A dead letter of a durable queue
+// must stay durable: else moving it would lose it in a crash.
+func (s *Server) selects(name string) bool {
+	base := name
+	for {
+		b, ok := strings.CutSuffix(base, ".dlq")
+		if !ok || b == "" {
+			break
+		}
+		base = b
+	}
+	ok, _ := path.Match(s.durablePattern, base)
+	return ok
 }
 
 // restoreQueue puts a recovered queue and its messages back.
@@ -196,14 +214,45 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 		// now. This blocks the queue for the copy; it is rare.
 		name, err := s.store.PreparePayload(m.FD, m.Size)
 		if err != nil {
-			s.durableFailed(err)
+			s.storedFailed(q, m, err)
 			return
 		}
 		op.File, op.Size = name, m.Size
 	}
 	if _, err := s.store.AppendStore(q.Name(), metaOf(q), op); err != nil {
-		s.durableFailed(err)
+		s.storedFailed(q, m, err)
 	}
+}
+
+// storedFailed handles a message that entered a durable queue without its
+// record: it is in memory only. The counter tells a mover not to log the
+// message gone from where it came (it would then be in neither queue
+// after a crash); a full disk is logged, anything else stops durable
+// stores.
+func (s *Server) storedFailed(q *queue.Queue, m *queue.Message, err error) {
+	m.LogID = 0
+	s.storeFailures.Add(1)
+	if errors.Is(err, durable.ErrNoSpace) {
+		s.log.Warn("a message entered a durable queue in memory only: the data directory is full", "queue", q.Name(), "seq", m.Seq, "err", err)
+		return
+	}
+	s.durableFailed(err)
+}
+
+// moved logs the message named was gone from the durable queue from,
+// once it has entered the queue to, unless to is not durable or a record
+// of some arrival failed meanwhile (failures, read before the move, changed): then the
+// message stays recorded in from too, and comes back there after a
+// crash rather than be lost.
+func (s *Server) moved(from, to *queue.Queue, was, failures uint64) {
+	if s.store == nil || was == 0 {
+		return
+	}
+	if !to.Logged() || s.storeFailures.Load() != failures {
+		s.log.Warn("a moved message stays recorded in its old queue: its arrival was not recorded", "queue", from.Name())
+		return
+	}
+	s.logTake(from, was)
 }
 
 // Purged implements queue.Log: every message stored so far is gone.
@@ -378,5 +427,6 @@ type logState struct {
 	durablePattern string
 	logIDs         atomic.Uint64
 	durableBroken  atomic.Bool
+	storeFailures  atomic.Uint64 // arrivals in durable queues not recorded
 	compacted      chan struct{} // closed when compactLoop returns
 }

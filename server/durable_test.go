@@ -35,6 +35,42 @@ func TestDurableRefusals(t *testing.T) {
 	}
 }
 
+// TestDeadLettersOfDurableQueuesAreDurable: NAME.dlq is durable exactly
+// when NAME is, whatever the pattern says of the name NAME.dlq.
+func TestDeadLettersOfDurableQueuesAreDurable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, path := startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir, Queues: "d-*"}})
+	c := dial(t, path)
+	ctx := context.Background()
+	for _, q := range []string{"d-jobs", "memory"} {
+		if _, err := c.Send(ctx, q, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		dv, err := c.Reserve(ctx, q, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dv.Term(ctx, "bad"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	durable := map[string]bool{}
+	for _, q := range st.Queues {
+		durable[q.Name] = q.Durable
+	}
+	// The emptied queues themselves are gone from STATS; their dead
+	// letters are there.
+	d, ok := durable["d-jobs.dlq"]
+	m, ok2 := durable["memory.dlq"]
+	if !ok || !ok2 || !d || m {
+		t.Fatalf("durable queues: %v; want d-jobs.dlq durable, memory.dlq not", durable)
+	}
+}
+
 // TestDurableDataDirectoryIsLocked: a second server on the same data
 // directory is refused at New, saying so.
 func TestDurableDataDirectoryIsLocked(t *testing.T) {

@@ -30,18 +30,21 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 	c.mu.Lock()
 	if n, max := len(c.waits)+len(c.blocked), c.s.cfg.Limits.MaxWaiting; n >= max {
 		c.mu.Unlock()
+		c.s.discardPage(m)
 		m.Release()
 		c.sendError(id, wire.CodeLimit, limitError("too many requests waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
 		return false
 	}
 	if _, dup := c.blocked[id]; dup || c.waits[id] != nil {
 		c.mu.Unlock()
+		c.s.discardPage(m)
 		m.Release()
 		c.sendError(0, wire.CodeMalformed, fmt.Sprintf("request id %d is already waiting; ids of outstanding requests must be unique", id))
 		return true
 	}
 	if err := c.acct.Wait(); err != nil {
 		c.mu.Unlock()
+		c.s.discardPage(m)
 		m.Release()
 		var e *quota.Exceeded
 		if !errors.As(err, &e) {

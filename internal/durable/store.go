@@ -391,6 +391,11 @@ func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 func (s *Store) Append(ops ...Op) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.appendOpsLocked(ops...)
+}
+
+// appendOpsLocked is Append with s.mu held.
+func (s *Store) appendOpsLocked(ops ...Op) (uint64, error) {
 	var last uint64
 	for _, op := range ops {
 		if op.Type == TypeStore {
@@ -411,14 +416,15 @@ func (s *Store) Append(ops ...Op) (uint64, error) {
 // a description differing from the one recorded (or none) is recorded
 // first.
 func (s *Store) AppendStore(queue string, meta QueueMeta, m Op) (uint64, error) {
+	// One critical section: a take emptying the queue meanwhile would
+	// otherwise forget the description this store relies on.
 	s.mu.Lock()
-	e := s.meta[queue]
-	s.mu.Unlock()
+	defer s.mu.Unlock()
 	m.Type, m.Queue = TypeStore, queue
-	if e == nil || e.meta != meta {
-		return s.Append(Op{Type: TypeQueue, Queue: queue, Meta: meta}, m)
+	if e := s.meta[queue]; e == nil || e.meta != meta {
+		return s.appendOpsLocked(Op{Type: TypeQueue, Queue: queue, Meta: meta}, m)
 	}
-	return s.Append(m)
+	return s.appendOpsLocked(m)
 }
 
 // WaitDurable waits until record lsn, and every one before it, is
@@ -588,8 +594,9 @@ type CompactReport struct {
 // Compact frees the log's space: segments whose messages are all gone are
 // deleted, and while the oldest segment holds little that is live (at
 // most a quarter of a segment's size), its live messages are copied
-// forward so it can go too. It returns once the copies are durable and
-// the segments deleted.
+// forward so it can go too (if the copies fit in the free-space
+// reserve). It returns once everything appended before it is durable
+// and the segments are deleted.
 func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	segs := s.j.Segments()
 	rep := CompactReport{SegmentsBefore: len(segs)}
@@ -624,16 +631,23 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		}
 		upTo = segs[i+1]
 	}
-	var last journal.Pending
-	copied := false
+	// The copies must fit in the reserve: a write failing for want of
+	// space would stop the log.
+	var need int64
+	for _, r := range old {
+		if e := s.queues[r.queue][r.id]; e.lsn < upTo {
+			need += int64(len(e.payload)+len(e.file)) + 64
+		}
+	}
+	if need > 0 && s.space.room(need) != nil {
+		upTo = 0
+	}
 	for q, m := range s.meta {
 		if m.lsn < upTo {
-			p, err := s.appendLocked(Op{Type: TypeQueue, Queue: q, Meta: m.meta})
-			if err != nil {
+			if _, err := s.appendLocked(Op{Type: TypeQueue, Queue: q, Meta: m.meta}); err != nil {
 				s.mu.Unlock()
 				return rep, err
 			}
-			last, copied = p, true
 		}
 	}
 	for _, r := range old {
@@ -641,12 +655,10 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		if e.lsn >= upTo {
 			continue
 		}
-		p, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size})
-		if err != nil {
+		if _, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size}); err != nil {
 			s.mu.Unlock()
 			return rep, err
 		}
-		last, copied = p, true
 		rep.Copied++
 		rep.CopiedBytes += int64(len(e.payload))
 	}
@@ -659,11 +671,13 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	for _, m := range s.meta {
 		oldest = min(oldest, m.lsn)
 	}
+	// Segments may go only once every record that emptied them (and the
+	// copies) is durable: a take still in the writer's hands must not
+	// outlive the store it removes.
+	through := s.j.LastAppended()
 	s.mu.Unlock()
-	if copied {
-		if _, err := last.Wait(ctx); err != nil {
-			return rep, err
-		}
+	if err := s.j.WaitDurable(ctx, through); err != nil {
+		return rep, err
 	}
 	n, err := s.j.Release(oldest)
 	rep.SegmentsFreed = n

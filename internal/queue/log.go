@@ -42,10 +42,16 @@ func (q *Queue) Logged() bool { return q.log != nil }
 
 // Restore puts m, recovered from the log with its sequence number, its
 // LogID and its delivery record, at its place in q without logging it
-// again; later stores get greater sequence numbers.
+// again; later stores get greater sequence numbers. Messages restored in
+// order of sequence number (as recovery gives them) each go to the tail
+// at once, in the order given when numbers repeat.
 func (q *Queue) Restore(m *Message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.nextSeq = max(q.nextSeq, m.Seq+1)
+	if q.n == 0 || q.items[(q.head+q.n-1)%len(q.items)].Seq <= m.Seq {
+		q.append(m)
+		return
+	}
 	q.place(m, true)
 }
