@@ -199,9 +199,9 @@ func Decode(typ uint8, data []byte) (Op, error) {
 		}
 		return op, nil
 	}
-	short := fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue)
+	short := func() error { return fmt.Errorf("%w: store to %q: short header", ErrBadRecord, op.Queue) }
 	if len(rest) < 19 {
-		return op, short
+		return op, short()
 	}
 	flags := rest[0]
 	op.Deliveries = binary.LittleEndian.Uint32(rest[1:])
@@ -212,7 +212,7 @@ func Decode(typ uint8, data []byte) (Op, error) {
 	dl := int(rest[18])
 	rest = rest[19:]
 	if len(rest) < dl+7 {
-		return op, short
+		return op, short()
 	}
 	if dl > 0 {
 		a.Digest = rest[:dl]
@@ -223,13 +223,13 @@ func Decode(typ uint8, data []byte) (Op, error) {
 	nl := int(binary.LittleEndian.Uint16(rest[5:]))
 	rest = rest[7:]
 	if len(rest) < nl+1 {
-		return op, short
+		return op, short()
 	}
 	a.Note = string(rest[:nl])
 	gl := int(rest[nl])
 	rest = rest[nl+1:]
 	if len(rest) < gl {
-		return op, short
+		return op, short()
 	}
 	a.Group = string(rest[:gl])
 	rest = rest[gl:]

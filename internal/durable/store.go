@@ -70,9 +70,6 @@ type Message struct {
 	Size    int64
 }
 
-// place is where m goes in its queue: its Seq, or else its id.
-func (m Message) place() uint64 { return cmp.Or(m.Attrs.Seq, m.ID) }
-
 // Queue is a durable queue as recovered: its messages in order of
 // place (Attrs.Seq, or the id), then id.
 type Queue struct {
@@ -211,8 +208,22 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		if m := s.meta[name]; m != nil {
 			q.Meta = m.meta
 		}
+		// Sort small keys, not the messages: a map gives them in no
+		// order, and moving whole messages would cost more than the sort.
+		type key struct {
+			place, id uint64
+			e         *entry
+		}
+		keys := make([]key, 0, len(live))
 		for id, e := range live {
-			m := Message{ID: id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload}
+			keys = append(keys, key{cmp.Or(e.attrs.Seq, id), id, e})
+		}
+		slices.SortFunc(keys, func(a, b key) int {
+			return cmp.Or(cmp.Compare(a.place, b.place), cmp.Compare(a.id, b.id))
+		})
+		for _, k := range keys {
+			e := k.e
+			m := Message{ID: k.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload}
 			rep.PayloadBytes += int64(len(e.payload))
 			if e.file != "" {
 				m.File, m.Size = filepath.Join(s.files, e.file), e.size
@@ -221,9 +232,6 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			}
 			q.Messages = append(q.Messages, m)
 		}
-		slices.SortFunc(q.Messages, func(a, b Message) int {
-			return cmp.Or(cmp.Compare(a.place(), b.place()), cmp.Compare(a.ID, b.ID))
-		})
 		rep.Messages += len(q.Messages)
 		queues = append(queues, q)
 	}
