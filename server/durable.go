@@ -169,7 +169,7 @@ func (s *Server) restoreQueue(dq durable.Queue) error {
 		a := dm.Attrs
 		m := &queue.Message{
 			Seq: a.Seq, LogID: dm.ID, FD: -1, Inline: dm.Payload, Size: int64(len(dm.Payload)),
-			DigestAlg: a.DigestAlg, Digest: string(a.Digest), Deliveries: dm.Deliveries,
+			DigestAlg: a.DigestAlg, Digest: a.Digest, Deliveries: dm.Deliveries,
 			Dead: a.Dead, Note: a.Note, DiedAfter: a.DiedAfter, Group: a.Group,
 		}
 		if m.Seq == 0 {
@@ -199,7 +199,7 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 		uid = m.Charge.UID()
 	}
 	op := durable.Op{ID: m.LogID, Deliveries: m.Deliveries, Attrs: durable.Attrs{
-		Seq: m.Seq, UID: uid, DigestAlg: m.DigestAlg, Digest: []byte(m.Digest),
+		Seq: m.Seq, UID: uid, DigestAlg: m.DigestAlg, Digest: m.Digest,
 		Dead: m.Dead, DiedAfter: m.DiedAfter, Note: m.Note, Group: m.Group,
 	}}
 	switch {

@@ -13,7 +13,7 @@ func FuzzDecode(f *testing.F) {
 		{Type: TypeStore, Queue: "q", ID: 1},
 		{Type: TypeStore, Queue: "big", ID: 9, File: "00ff00ff00ff00ff.page", Size: 64 << 20},
 		{Type: TypeStore, Queue: "jobs.dlq", ID: 3, Deliveries: 1, Payload: []byte("x"),
-			Attrs: Attrs{Seq: 77, UID: 1000, DigestAlg: 1, Digest: []byte("0123456789abcdef0123456789abcdef"), Dead: 1, DiedAfter: 4, Note: "no", Group: "g"}},
+			Attrs: Attrs{Seq: 77, UID: 1000, DigestAlg: 1, Digest: "0123456789abcdef0123456789abcdef", Dead: 1, DiedAfter: 4, Note: "no", Group: "g"}},
 		{Type: TypeTake, Queue: "jobs", ID: 7},
 		{Type: TypeDeliver, Queue: "jobs", ID: 7},
 		{Type: TypeDrop, Queue: "jobs"},
@@ -30,8 +30,12 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if again := encode(nil, op); !bytes.Equal(again, data) {
+		again := encode(nil, op)
+		if !bytes.Equal(again, data) {
 			t.Fatalf("decoded %+v from %x, which encodes as %x", op, data, again)
+		}
+		if len(again) > encodedSize(op) {
+			t.Fatalf("%+v encodes in %d bytes, more than the %d encodedSize reserves", op, len(again), encodedSize(op))
 		}
 	})
 }

@@ -14,13 +14,9 @@ import (
 // payloads of page messages, one file each.
 const PayloadDir = "payloads"
 
-// writePayload copies size bytes of the page src, from offset 0, into the
-// new file path by kernel copy, and makes the file durable. The bytes
-// never pass through this process: copy_file_range(2) where the two
-// files share a file system, else sendfile(2) (copy_file_range from tmpfs
-// to another file system fails with EXDEV, and a copy through user
-// memory is what must not happen). Explicit offsets leave src's file
-// position, which other holders of the page share, alone.
+// writePayload copies size bytes of the page src into the new file path
+// by kernel copy (page.CopyOut: the bytes never pass through this
+// process), and makes the file durable.
 func writePayload(path string, src int, size int64) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -35,32 +31,8 @@ func writePayload(path string, src int, size int64) (err error) {
 		}
 	}()
 	dst := int(f.Fd())
-	var off int64
-	useSendfile := false
-	for off < size {
-		chunk := int(min(size-off, 1<<30))
-		var n int
-		var e error
-		if useSendfile {
-			n, e = unix.Sendfile(dst, src, &off, chunk)
-		} else {
-			n, e = unix.CopyFileRange(src, &off, dst, nil, chunk, 0)
-		}
-		switch {
-		case e == unix.EINTR || e == unix.EAGAIN:
-			continue
-		case e != nil && !useSendfile && (e == unix.EXDEV || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP):
-			useSendfile = true
-			continue
-		case e != nil:
-			call := "copy_file_range"
-			if useSendfile {
-				call = "sendfile"
-			}
-			return fmt.Errorf("durable: writing payload %s: %w", path, os.NewSyscallError(call, e))
-		case n == 0:
-			return fmt.Errorf("durable: writing payload %s: the page ended at %d of %d bytes", path, off, size)
-		}
+	if err := page.CopyOut(dst, src, size); err != nil {
+		return fmt.Errorf("durable: writing payload %s: %w", path, err)
 	}
 	for {
 		e := unix.Fdatasync(dst)

@@ -83,7 +83,7 @@ type Attrs struct {
 	// DigestAlg and Digest are the digest its sender gave (at most 255
 	// bytes).
 	DigestAlg uint8
-	Digest    []byte
+	Digest    string
 	// Dead, DiedAfter, Note and Group describe a dead letter: why it is
 	// one, its deliveries when it died, the TERM or last NAK's text (at
 	// most 65535 bytes) and the consumer group it went through.
@@ -109,6 +109,14 @@ func validFile(name string) bool {
 		}
 	}
 	return true
+}
+
+// encodedSize is the length of op's record data.
+func encodedSize(op Op) int {
+	a := op.Attrs
+	// name, id, flags, deliveries, seq, uid, digest, dead, died_after,
+	// note, group, and the file's size.
+	return 1 + len(op.Queue) + 8 + 1 + 4 + 8 + 4 + 2 + len(a.Digest) + 1 + 4 + 2 + len(a.Note) + 1 + len(a.Group) + 8 + len(op.File) + len(op.Payload)
 }
 
 // encode appends op's record data to b.
@@ -214,9 +222,7 @@ func Decode(typ uint8, data []byte) (Op, error) {
 	if len(rest) < dl+7 {
 		return op, short()
 	}
-	if dl > 0 {
-		a.Digest = rest[:dl]
-	}
+	a.Digest = string(rest[:dl])
 	rest = rest[dl:]
 	a.Dead = rest[0]
 	a.DiedAfter = binary.LittleEndian.Uint32(rest[1:])

@@ -139,7 +139,6 @@ type Store struct {
 	queues map[string]map[uint64]*entry
 	meta   map[string]*metaEntry
 	gone   []goneFile // payload files to delete once their removal is durable
-	buf    []byte
 }
 
 // metaEntry is a queue's description and the record holding it.
@@ -323,7 +322,6 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 		p, a := op.Payload, op.Attrs
 		if replay {
 			p = append([]byte(nil), p...)
-			a.Digest = append([]byte(nil), a.Digest...)
 		}
 		if old := live[op.ID]; old != nil && old.file != op.File {
 			drop(old)
@@ -379,9 +377,9 @@ func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 	if op.Queue == "" || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
-	s.buf = encode(s.buf[:0], op)
-	// The journal keeps the slice until it is written: give it its own.
-	p, err := s.j.Append(op.Type, append([]byte(nil), s.buf...))
+	// The journal keeps the slice until it is written: a new one, of
+	// the record's size, so the payload is copied once here.
+	p, err := s.j.Append(op.Type, encode(make([]byte, 0, encodedSize(op)), op))
 	if err != nil {
 		return p, err
 	}

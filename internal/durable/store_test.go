@@ -48,7 +48,7 @@ func TestRecoverWhatWasDone(t *testing.T) {
 	if len(qs) != 0 {
 		t.Fatalf("a new data directory holds %d queues", len(qs))
 	}
-	dead := Attrs{UID: 1000, DigestAlg: 1, Digest: bytes.Repeat([]byte{7}, 32), Dead: 2, DiedAfter: 5, Note: "bad input", Group: "billing"}
+	dead := Attrs{UID: 1000, DigestAlg: 1, Digest: strings.Repeat("\x07", 32), Dead: 2, DiedAfter: 5, Note: "bad input", Group: "billing"}
 	for id := uint64(1); id <= 6; id++ {
 		a := Attrs{UID: uint32(id)}
 		if id == 4 {

@@ -291,45 +291,68 @@ func kernelCopy(dst int, src *os.File, max int64) (n int64, ok bool, err error) 
 	}
 	var opErr error
 	cerr := rc.Read(func(sfd uintptr) bool {
-		useSendfile := false
-		for n < max {
-			chunk := int(min(max-n, 1<<30))
-			var c int
-			var e error
-			if useSendfile {
-				c, e = unix.Sendfile(dst, int(sfd), nil, chunk)
-			} else {
-				c, e = unix.CopyFileRange(int(sfd), nil, dst, nil, chunk, 0)
-			}
-			switch {
-			case e == unix.EINTR || e == unix.EAGAIN:
-				continue
-			case e != nil && n == 0 && !useSendfile && (e == unix.EXDEV || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP):
-				useSendfile = true
-				continue
-			case e != nil && n == 0 && useSendfile && (e == unix.EINVAL || e == unix.ENOSYS):
-				return true // neither works: ok stays false
-			case e != nil && useSendfile:
-				opErr = os.NewSyscallError("sendfile", e)
-				ok = true
-				return true
-			case e != nil:
-				opErr = os.NewSyscallError("copy_file_range", e)
-				ok = true
-				return true
-			case c == 0:
-				ok = true
-				return true
-			}
-			n += int64(c)
-		}
-		ok = true
+		n, ok, opErr = copyFD(dst, int(sfd), nil, max)
 		return true
 	})
 	if cerr != nil && opErr == nil {
 		opErr = cerr
 	}
 	return n, ok || opErr != nil, opErr
+}
+
+// CopyOut writes size bytes of the page src, from its start, to the end
+// of dst by kernel copy: copy_file_range where the two files share a
+// file system, else sendfile (copy_file_range from tmpfs to another file
+// system fails with EXDEV, and a copy through user memory is what this
+// must not do). It reads at explicit offsets, leaving src's file
+// position, which every holder of the page shares, alone.
+func CopyOut(dst, src int, size int64) error {
+	var off int64
+	n, ok, err := copyFD(dst, src, &off, size)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errors.New("page: neither copy_file_range nor sendfile can copy this page")
+	case n != size:
+		return fmt.Errorf("page: the page ended at %d of %d bytes", n, size)
+	}
+	return nil
+}
+
+// copyFD copies up to max bytes from src (at *off, advanced, or at its
+// file position when off is nil) to dst with copy_file_range, falling
+// back to sendfile. ok is false when neither applies and nothing was
+// copied.
+func copyFD(dst, src int, off *int64, max int64) (n int64, ok bool, err error) {
+	useSendfile := false
+	for n < max {
+		chunk := int(min(max-n, 1<<30))
+		var c int
+		var e error
+		if useSendfile {
+			c, e = unix.Sendfile(dst, src, off, chunk)
+		} else {
+			c, e = unix.CopyFileRange(src, off, dst, nil, chunk, 0)
+		}
+		switch {
+		case e == unix.EINTR || e == unix.EAGAIN:
+			continue
+		case e != nil && n == 0 && !useSendfile && (e == unix.EXDEV || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP):
+			useSendfile = true
+			continue
+		case e != nil && n == 0 && useSendfile && (e == unix.EINVAL || e == unix.ENOSYS):
+			return 0, false, nil // neither works
+		case e != nil && useSendfile:
+			return n, true, os.NewSyscallError("sendfile", e)
+		case e != nil:
+			return n, true, os.NewSyscallError("copy_file_range", e)
+		case c == 0:
+			return n, true, nil
+		}
+		n += int64(c)
+	}
+	return n, true, nil
 }
 
 func streamCopy(dst int, src io.Reader, max int64) (int64, error) {

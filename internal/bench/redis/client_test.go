@@ -266,27 +266,36 @@ func TestClientCloseDeletesKey(t *testing.T) {
 	}
 }
 
+// transport is what the list Client and the Stream have in common.
+type roundTripper interface {
+	RoundTrip(p []byte, got func([]byte)) error
+	Pipeline(p []byte, depth int, got func([]byte)) error
+}
+
+// TestRoundTripAllocations: both clients' round trips and pipelines
+// allocate nothing once their buffers have grown.
 func TestRoundTripAllocations(t *testing.T) {
 	s := startServer(t)
-	c := dial(t, s)
-	for _, n := range []int{64, 1 << 20} {
-		p := payload(n, 3)
-		got := func([]byte) {}
-		if err := c.RoundTrip(p, got); err != nil { // warm up the buffers
-			t.Fatal(err)
-		}
-		if err := c.Pipeline(p, 8, got); err != nil {
-			t.Fatal(err)
-		}
-		var err error
-		if a := testing.AllocsPerRun(20, func() { err = c.RoundTrip(p, got) }); a > 0 {
-			t.Errorf("RoundTrip of %d bytes: %v allocations", n, a)
-		}
-		if a := testing.AllocsPerRun(20, func() { err = c.Pipeline(p, 8, got) }); a > 0 {
-			t.Errorf("Pipeline of %d bytes: %v allocations", n, a)
-		}
-		if err != nil {
-			t.Fatal(err)
+	for name, c := range map[string]roundTripper{"list": dial(t, s), "stream": dialStream(t, s)} {
+		for _, n := range []int{64, 1 << 20} {
+			p := payload(n, 3)
+			got := func([]byte) {}
+			if err := c.RoundTrip(p, got); err != nil { // warm up the buffers
+				t.Fatal(err)
+			}
+			if err := c.Pipeline(p, 8, got); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if a := testing.AllocsPerRun(20, func() { err = c.RoundTrip(p, got) }); a > 0 {
+				t.Errorf("%s: RoundTrip of %d bytes: %v allocations", name, n, a)
+			}
+			if a := testing.AllocsPerRun(20, func() { err = c.Pipeline(p, 8, got) }); a > 0 {
+				t.Errorf("%s: Pipeline of %d bytes: %v allocations", name, n, a)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 }

@@ -295,31 +295,6 @@ func TestStreamCloseDeletesKey(t *testing.T) {
 	}
 }
 
-func TestStreamAllocations(t *testing.T) {
-	s := startServer(t)
-	c := dialStream(t, s)
-	for _, n := range []int{64, 1 << 20} {
-		p := payload(n, 3)
-		got := func([]byte) {}
-		if err := c.RoundTrip(p, got); err != nil { // warm up the buffers
-			t.Fatal(err)
-		}
-		if err := c.Pipeline(p, 8, got); err != nil {
-			t.Fatal(err)
-		}
-		var err error
-		if a := testing.AllocsPerRun(20, func() { err = c.RoundTrip(p, got) }); a > 0 {
-			t.Errorf("RoundTrip of %d bytes: %v allocations", n, a)
-		}
-		if a := testing.AllocsPerRun(20, func() { err = c.Pipeline(p, 8, got) }); a > 0 {
-			t.Errorf("Pipeline of %d bytes: %v allocations", n, a)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func TestStreamAfterServerExit(t *testing.T) {
 	s := startServer(t)
 	c, err := DialStream(s.Path())
