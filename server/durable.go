@@ -51,7 +51,7 @@ type durableLog struct {
 	s *Server
 }
 
-// nextLogID names messages in the log: never twice in one run, and
+// newLogID names messages in the log: never twice in one run, and
 // started above every id recovered.
 func (s *Server) newLogID() uint64 { return s.logIDs.Add(1) }
 
