@@ -1,6 +1,10 @@
 package queue
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 // Acknowledged delivery.
 //
@@ -106,22 +110,43 @@ func (q *Queue) Delay(m *Message, d time.Duration, nacked bool) {
 		return
 	}
 	if q.delayed == nil {
-		q.delayed = make(map[*Message]*time.Timer)
+		q.delayed = make(map[*Message]delay)
 	}
-	q.delayed[m] = time.AfterFunc(d, func() { q.undelay(m) })
+	q.delayed[m] = delay{due: time.Now().Add(d), timer: time.AfterFunc(d, func() { q.undelay(m) })}
 	q.mu.Unlock()
 }
 
-// undelay brings a delayed message back, unless Drain freed it.
+// delay is a delayed message's timer and the time it is due back.
+type delay struct {
+	due   time.Time
+	timer *time.Timer
+}
+
+// undelay brings a delayed message back, unless Drain freed it, and with
+// it every other delayed message already due, oldest sequence number
+// first. Timers due together fire in no particular order: without this,
+// a waiting consumer could be handed a later message before the earlier
+// one whose timer happened to run second.
 func (q *Queue) undelay(m *Message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if _, ok := q.delayed[m]; !ok {
 		return
 	}
-	delete(q.delayed, m)
-	q.takeOut(m)
-	q.place(m, true)
+	now := time.Now()
+	due := []*Message{m}
+	for o, d := range q.delayed {
+		if o != m && !d.due.After(now) {
+			due = append(due, o)
+		}
+	}
+	slices.SortFunc(due, func(a, b *Message) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, o := range due {
+		q.delayed[o].timer.Stop() // if it fires, it finds o gone
+		delete(q.delayed, o)
+		q.takeOut(o)
+		q.place(o, true)
+	}
 }
 
 // TakeOut records that the pending message m leaves the queue for good

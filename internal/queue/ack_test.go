@@ -181,3 +181,32 @@ func TestPendingQueueIsNotIdle(t *testing.T) {
 		t.Fatalf("snapshot %+v: the idle queue stayed", infos)
 	}
 }
+
+// Timers due together fire in no particular order. Whichever runs first
+// brings back every message due, oldest first, so a waiting consumer gets
+// the earliest, never one behind it.
+func TestDelayedDueTogetherComeBackInOrder(t *testing.T) {
+	q := queue.New("jobs", &counter{})
+	var held []*queue.Message
+	for _, tag := range []string{"a", "b", "c"} {
+		q.Push(inline(tag, 1), nil)
+		m := q.Pop()
+		q.Hold(m)
+		held = append(held, m)
+	}
+	for _, m := range held {
+		q.Delay(m, time.Hour, true)
+	}
+	w := &ackWaiter{}
+	if m := q.PopOrWaitMode(w, true); m != nil {
+		t.Fatalf("an empty queue gave message %d", m.Seq)
+	}
+	q.FireDelayed(held[2]) // the last message's timer runs first
+	if len(w.got) != 1 || w.got[0].Seq != 1 {
+		t.Fatalf("the waiter got %d messages, first %v; want message 1", len(w.got), w.got)
+	}
+	if _, d := q.Out(); d != 0 {
+		t.Fatalf("%d messages still delayed, want every due one back", d)
+	}
+	equalSeqs(t, seqs(q), 2, 3)
+}

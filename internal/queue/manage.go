@@ -95,8 +95,8 @@ func (q *Queue) Drop(m *Message) {
 // returns how many. q.mu is held.
 func (q *Queue) drainLocked() int {
 	n := 0
-	for m, t := range q.delayed {
-		t.Stop() // a timer that fired finds m gone and does nothing
+	for m, d := range q.delayed {
+		d.timer.Stop() // a timer that fired finds m gone and does nothing
 		delete(q.delayed, m)
 		q.takeOut(m)
 		m.Release()

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -179,7 +178,7 @@ type Queue struct {
 	// limits as if they were in line.
 	out      int
 	outBytes int64
-	delayed  map[*Message]*time.Timer
+	delayed  map[*Message]delay
 	counts   Counts
 	// purges counts the queue's purges: a message held in ack mode
 	// before the last one (its heldIn is smaller) is freed if it comes
