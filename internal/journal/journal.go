@@ -39,6 +39,16 @@ type Options struct {
 	// records in them are lost (the report says which). Without it,
 	// Open refuses.
 	SkipCorrupt bool
+	// SyncInterval chooses the sync policy. 0, the default, syncs every
+	// batch before any record of it is committed: a committed record
+	// survives a power loss. A positive interval commits a record once
+	// it is written to the segment (write(2) returned: it survives the
+	// process, not the power), and syncs what was written every
+	// SyncInterval, before a segment is closed, and at Close: a power
+	// loss may take the records committed in the last SyncInterval (a
+	// suffix of them, never one without those before it). Negative is
+	// refused.
+	SyncInterval time.Duration
 }
 
 // Report says what recovery found.
@@ -73,20 +83,34 @@ type Journal struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	pending []*write // records to write, in order
-	nextLSN uint64   // the number of the next record written
-	nextApp uint64   // the number of the next record appended
-	err     error    // sticky: a write or sync failed, or closed
-	closed  bool
-	done    chan struct{}
-	// synced is closed, and replaced, whenever nextLSN advances or err
-	// is set: WaitDurable's wake-up.
+	// Records below nextSynced are durable (written and synced), those
+	// below nextWritten written; bytesSynced and bytesWritten count the
+	// bytes of the records of this run each holds.
+	nextSynced   uint64
+	nextWritten  uint64
+	bytesSynced  int64
+	bytesWritten int64
+	nextApp      uint64 // the number of the next record appended
+	err          error  // sticky: a write or sync failed, or closed
+	closeErr     error  // the failure of the last sync at Close
+	closed       bool
+	done         chan struct{}
+	syncDone     chan struct{} // closed when the syncer returns (nil: no syncer)
+	// synced is closed, and replaced, whenever nextSynced or nextWritten
+	// advances or err is set: WaitDurable's and WaitCommitted's wake-up.
 	synced chan struct{}
 
-	// Owned by the writer goroutine.
+	// segMu keeps the segment being written from changing while the
+	// syncer (SyncInterval) syncs it: the writer holds it to rotate.
+	segMu sync.Mutex
+
+	// Owned by the writer goroutine; seg is also read by the syncer,
+	// with segMu held.
 	seg      File
 	segName  string
 	segSalt  uint64
 	segSize  int64
+	wBytes   int64     // bytes of records written in this run
 	segments []segInfo // every segment, oldest first
 	buf      []byte
 }
@@ -113,6 +137,9 @@ func Open(opts Options, replay func(Record) error) (*Journal, Report, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 64 << 20
 	}
+	if opts.SyncInterval < 0 {
+		return nil, Report{}, fmt.Errorf("journal: negative sync interval %v", opts.SyncInterval)
+	}
 	j := &Journal{opts: opts, done: make(chan struct{}), synced: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	start := time.Now()
@@ -124,9 +151,14 @@ func Open(opts Options, replay func(Record) error) (*Journal, Report, error) {
 		}
 		return nil, rep, err
 	}
-	j.nextLSN = rep.NextLSN
+	j.nextSynced = rep.NextLSN
+	j.nextWritten = rep.NextLSN
 	j.nextApp = rep.NextLSN
 	go j.writer()
+	if opts.SyncInterval > 0 {
+		j.syncDone = make(chan struct{})
+		go j.syncer()
+	}
 	return j, rep, nil
 }
 
@@ -346,9 +378,9 @@ func (j *Journal) rewriteHeader(f File, s segInfo) error {
 }
 
 // Write appends a record of type typ (not 0) holding data and returns its
-// number once it is durable. Records of concurrent calls share syncs. If
-// ctx ends first, Write returns ctx's error; the record may still become
-// durable.
+// number once it is committed: durable, or, under Options.SyncInterval,
+// written. Records of concurrent calls share syncs. If ctx ends first,
+// Write returns ctx's error; the record may still be committed.
 func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, error) {
 	w, err := j.Append(typ, data)
 	if err != nil {
@@ -357,15 +389,16 @@ func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, er
 	return w.Wait(ctx)
 }
 
-// Pending is a record appended and perhaps not yet durable.
+// Pending is a record appended and perhaps not yet committed.
 type Pending struct{ w *write }
 
 // LSN returns the number the record gets once written: records are
 // numbered in the order appended.
 func (p Pending) LSN() uint64 { return p.w.lsn }
 
-// Wait waits until the record is durable and returns its number, or the
-// error that stopped the journal.
+// Wait waits until the record is committed (durable, or under
+// Options.SyncInterval written) and returns its number, or the error
+// that stopped the journal.
 func (p Pending) Wait(ctx context.Context) (uint64, error) {
 	select {
 	case <-p.w.done:
@@ -376,7 +409,7 @@ func (p Pending) Wait(ctx context.Context) (uint64, error) {
 }
 
 // Append queues a record for the writer and returns at once; Wait on the
-// result for its durability. Records are written in the order appended.
+// result for its commit. Records are written in the order appended.
 func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
 	if typ == 0 {
 		return Pending{}, errors.New("journal: record type 0 is reserved")
@@ -415,39 +448,57 @@ func (j *Journal) Close() error {
 	j.cond.Signal()
 	j.mu.Unlock()
 	<-j.done
-	if j.seg != nil {
-		return j.seg.Close()
+	if j.syncDone != nil {
+		<-j.syncDone
 	}
-	return nil
+	if j.seg != nil {
+		if err := j.seg.Close(); err != nil && j.closeErr == nil {
+			return err
+		}
+	}
+	return j.closeErr
 }
 
 // writer writes and syncs what was appended, batch after batch: every
-// record appended while a sync runs shares the next one.
+// record appended while a sync runs shares the next one. Under
+// SyncInterval it only writes; the syncer syncs.
 func (j *Journal) writer() {
 	defer close(j.done)
 	for {
 		j.mu.Lock()
-		for len(j.pending) == 0 && !j.closed {
+		for len(j.pending) == 0 && !j.closed && j.err == nil {
 			j.cond.Wait()
+		}
+		if j.err != nil {
+			// The syncer failed: nothing more is written.
+			j.mu.Unlock()
+			j.stop()
+			return
 		}
 		batch := j.pending
 		j.pending = nil
 		closing := j.closed && len(batch) == 0
-		if closing && j.err == nil {
-			j.err = ErrClosed
-			j.wake()
-		}
 		j.mu.Unlock()
 		if closing {
+			// What was written is synced before the journal closes.
+			err := j.syncWritten()
+			j.mu.Lock()
+			if err != nil {
+				j.closeErr = j.err
+			} else if j.err == nil {
+				j.err = ErrClosed
+			}
+			j.wake()
+			j.mu.Unlock()
 			return
 		}
 		err := j.writeBatch(batch)
 		if err != nil {
-			err = fmt.Errorf("%w: %w", ErrFailed, err)
 			j.mu.Lock()
 			if j.err == nil {
-				j.err = err
+				j.err = fmt.Errorf("%w: %w", ErrFailed, err)
 			}
+			err = j.err
 			j.wake()
 			rest := j.pending
 			j.pending = nil
@@ -459,26 +510,35 @@ func (j *Journal) writer() {
 			close(w.done)
 		}
 		if err != nil {
-			// Stop: nothing more is written or acknowledged.
-			j.mu.Lock()
-			for !j.closed {
-				for _, w := range j.pending {
-					w.err = j.err
-					close(w.done)
-				}
-				j.pending = nil
-				j.cond.Wait()
-			}
-			j.mu.Unlock()
+			j.stop()
 			return
 		}
 	}
 }
 
-// writeBatch numbers, writes and syncs a batch, starting new segments as
-// the segment size requires.
+// stop answers every record appended with the error that stopped the
+// journal until it is closed: nothing more is written or acknowledged.
+func (j *Journal) stop() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for {
+		for _, w := range j.pending {
+			w.err = j.err
+			close(w.done)
+		}
+		j.pending = nil
+		if j.closed {
+			return
+		}
+		j.cond.Wait()
+	}
+}
+
+// writeBatch numbers, writes and (without SyncInterval) syncs a batch,
+// starting new segments as the segment size requires, then commits it.
 func (j *Journal) writeBatch(batch []*write) error {
 	lsn := batch[0].lsn
+	always := j.opts.SyncInterval == 0
 	for len(batch) > 0 {
 		if j.seg == nil || j.segSize >= j.opts.SegmentSize {
 			if err := j.rotate(lsn); err != nil {
@@ -497,15 +557,78 @@ func (j *Journal) writeBatch(batch []*write) error {
 			return err
 		}
 		j.segSize += int64(len(j.buf))
-		if err := j.seg.Sync(); err != nil {
-			return err
+		j.wBytes += int64(len(j.buf))
+		if always {
+			if err := j.seg.Sync(); err != nil {
+				return err
+			}
 		}
 		batch = batch[n:]
 	}
 	j.mu.Lock()
-	j.nextLSN = lsn
+	defer j.mu.Unlock()
+	if j.err != nil {
+		// The syncer failed meanwhile: what was written since its last
+		// sync may be lost, so none of it is committed.
+		return j.err
+	}
+	j.nextWritten, j.bytesWritten = lsn, j.wBytes
+	if always {
+		j.nextSynced, j.bytesSynced = lsn, j.wBytes
+	}
 	j.wake()
+	return nil
+}
+
+// syncer syncs what was written every SyncInterval until the writer
+// returns (it syncs one last time itself), or a sync fails.
+func (j *Journal) syncer() {
+	defer close(j.syncDone)
+	t := time.NewTicker(j.opts.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-j.done:
+			return
+		case <-t.C:
+		}
+		if j.syncWritten() != nil {
+			return
+		}
+	}
+}
+
+// syncWritten makes every record written so far durable (under
+// SyncInterval; without it they already are). A failure stops the
+// journal, as a failed write does.
+func (j *Journal) syncWritten() error {
+	if j.opts.SyncInterval == 0 {
+		return nil
+	}
+	j.segMu.Lock()
+	defer j.segMu.Unlock()
+	j.mu.Lock()
+	lsn, bytes, stopped := j.nextWritten, j.bytesWritten, j.err != nil
+	todo := lsn > j.nextSynced
 	j.mu.Unlock()
+	if stopped || !todo || j.seg == nil {
+		return nil
+	}
+	// Records below lsn are in j.seg, or in segments synced before they
+	// were closed: rotate holds segMu.
+	err := j.seg.Sync()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err != nil {
+		if j.err == nil {
+			j.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		}
+		j.wake()
+		j.cond.Signal() // the writer stops
+		return err
+	}
+	j.nextSynced, j.bytesSynced = max(j.nextSynced, lsn), max(j.bytesSynced, bytes)
+	j.wake()
 	return nil
 }
 
@@ -516,19 +639,40 @@ func (j *Journal) wake() {
 }
 
 // WaitDurable waits until the record numbered lsn, and so every record
-// before it, is durable, or the journal stopped (its error). A server
-// uses it to hold back answers that speak of records until they are.
+// before it, is durable (synced), or the journal stopped (its error).
+// What may be deleted once records are durable (segments they consume,
+// files they make unreferenced) waits for this; under SyncInterval it
+// may take the interval.
 func (j *Journal) WaitDurable(ctx context.Context, lsn uint64) error {
+	return j.wait(ctx, lsn, false)
+}
+
+// WaitCommitted waits until the record numbered lsn, and so every record
+// before it, is committed as the sync policy says, or the journal
+// stopped (its error): durable without Options.SyncInterval (it is then
+// WaitDurable), written under it. A server uses it to hold back answers
+// that speak of records until the policy lets it acknowledge them. Once
+// a write or sync failed, records written and not synced are no longer
+// committed: waiting for them returns the failure.
+func (j *Journal) WaitCommitted(ctx context.Context, lsn uint64) error {
+	return j.wait(ctx, lsn, true)
+}
+
+// wait is WaitDurable, or with written WaitCommitted.
+func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 	for {
 		j.mu.Lock()
 		switch {
-		case j.nextLSN > lsn:
+		case j.nextSynced > lsn:
 			j.mu.Unlock()
 			return nil
 		case j.err != nil:
 			err := j.err
 			j.mu.Unlock()
 			return err
+		case written && j.nextWritten > lsn:
+			j.mu.Unlock()
+			return nil
 		case lsn >= j.nextApp:
 			j.mu.Unlock()
 			return fmt.Errorf("journal: record %d was never appended", lsn)
@@ -543,6 +687,24 @@ func (j *Journal) WaitDurable(ctx context.Context, lsn uint64) error {
 	}
 }
 
+// LastDurable returns the number of the last record known durable (0 if
+// none): every record up to it survives a power loss.
+func (j *Journal) LastDurable() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.nextSynced - 1
+}
+
+// Unsynced returns the records written and not yet synced, and their
+// bytes: under SyncInterval, what a power loss now could take of what
+// was committed. Without it, records are committed only once synced, and
+// this is what a batch in flight has written before its sync.
+func (j *Journal) Unsynced() (records uint64, bytes int64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.nextWritten - j.nextSynced, j.bytesWritten - j.bytesSynced
+}
+
 // LastAppended returns the number of the last record appended (0 if
 // none): waiting for it to be durable covers every record appended so
 // far.
@@ -552,8 +714,22 @@ func (j *Journal) LastAppended() uint64 {
 	return j.nextApp - 1
 }
 
-// rotate begins a new segment whose first record is first.
+// rotate begins a new segment whose first record is first. Under
+// SyncInterval the segment it closes is synced first: a segment after one
+// with a torn tail would be refused as damage in the middle.
 func (j *Journal) rotate(first uint64) error {
+	j.segMu.Lock()
+	defer j.segMu.Unlock()
+	if j.seg != nil && j.opts.SyncInterval > 0 {
+		if err := j.seg.Sync(); err != nil {
+			return err
+		}
+		j.mu.Lock()
+		j.nextWritten, j.bytesWritten = first, j.wBytes
+		j.nextSynced, j.bytesSynced = first, j.wBytes
+		j.wake()
+		j.mu.Unlock()
+	}
 	name := segmentName(first)
 	f, err := j.opts.FS.Create(name)
 	if err != nil {
@@ -584,7 +760,9 @@ func (j *Journal) rotate(first uint64) error {
 
 // Release deletes the segments all of whose records are numbered below
 // before (their records are consumed): recovery then starts from the
-// oldest segment kept. The segment being written is never deleted.
+// oldest segment kept. The segment being written is never deleted. The
+// records that consumed them must be durable first (WaitDurable; under
+// SyncInterval, committed is not enough).
 func (j *Journal) Release(before uint64) (int, error) {
 	j.mu.Lock()
 	var gone []segInfo

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func open(t *testing.T, fs FS, opts Options) (*Journal, Report, []Record) {
@@ -381,5 +382,232 @@ func TestWaitDurable(t *testing.T) {
 	}
 	if err := j2.WaitDurable(ctx, p.LSN()); !errors.Is(err, ErrFailed) {
 		t.Fatalf("waiting on a record whose sync failed: %v, want ErrFailed", err)
+	}
+}
+
+// TestIntervalCrashPoints: under SyncInterval a power loss may take
+// records that were committed (written, not yet synced), but only a
+// suffix of them: what is recovered is records 1 … n without a gap, each
+// holding what was appended under its number, every record durable
+// before the loss among them, and the journal writes on after recovery.
+func TestIntervalCrashPoints(t *testing.T) {
+	iterations := 300
+	if testing.Short() {
+		iterations = 60
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	errCrash := errors.New("power lost")
+	lostCommitted := 0 // committed records a loss took: the test must reach some
+	for it := range iterations {
+		fs := NewMemFS()
+		var mu sync.Mutex
+		appended := map[uint64][]byte{} // every record, by number
+		committed := map[uint64]bool{}
+		var durable uint64 // every record up to it survived a loss
+		crashes := 1 + rng.IntN(3)
+		for c := range crashes {
+			interval := time.Duration(1+rng.IntN(20)) * time.Millisecond
+			if rng.IntN(3) == 0 {
+				interval = time.Hour // only segment changes sync
+			}
+			opts := Options{SegmentSize: int64(256 + rng.IntN(4096)), SyncInterval: interval}
+			j, rep, got := open(t, fs, opts)
+			for i, r := range got {
+				if r.LSN != uint64(i+1) {
+					t.Fatalf("iteration %d crash %d: record %d where %d was expected: order or numbering broken", it, c, r.LSN, i+1)
+				}
+				if want, ok := appended[r.LSN]; !ok || !bytes.Equal(want, r.Data) {
+					t.Fatalf("iteration %d crash %d: record %d holds %q, %q was appended", it, c, r.LSN, r.Data, want)
+				}
+			}
+			if uint64(len(got)) < durable {
+				t.Fatalf("iteration %d crash %d: %d records recovered, %d were durable (report %+v)", it, c, len(got), durable, rep)
+			}
+			for lsn := range committed {
+				if lsn > uint64(len(got)) {
+					lostCommitted++
+					delete(committed, lsn)
+				}
+			}
+			// Numbers above what was recovered are given again.
+			for lsn := range appended {
+				if lsn > uint64(len(got)) {
+					delete(appended, lsn)
+				}
+			}
+			var wg sync.WaitGroup
+			writers := 1 + rng.IntN(4)
+			per := rng.IntN(40)
+			for w := range writers {
+				wg.Go(func() {
+					for k := range per {
+						p := fmt.Appendf(nil, "it %d c %d w %d k %d %s", it, c, w, k, strings.Repeat("y", k%97))
+						mu.Lock() // numbered in the order appended
+						pend, err := j.Append(3, p)
+						if err == nil {
+							appended[pend.LSN()] = p
+						}
+						mu.Unlock()
+						if err != nil {
+							return
+						}
+						if _, err := pend.Wait(context.Background()); err != nil {
+							return
+						}
+						mu.Lock()
+						committed[pend.LSN()] = true
+						mu.Unlock()
+					}
+				})
+			}
+			// Lose the power once some records are committed.
+			crashAfter := rng.IntN(per*writers + 1)
+			wgDone := make(chan struct{})
+			go func() { wg.Wait(); close(wgDone) }()
+		wait:
+			for {
+				mu.Lock()
+				n := len(committed)
+				mu.Unlock()
+				if n >= crashAfter {
+					break
+				}
+				select {
+				case <-wgDone:
+					break wait
+				default:
+					runtime.Gosched()
+				}
+			}
+			durable = j.LastDurable()
+			fs.PowerOff(errCrash)
+			wg.Wait()
+			if err := j.Close(); err != nil && !errors.Is(err, ErrFailed) {
+				t.Fatalf("iteration %d crash %d: close: %v", it, c, err)
+			}
+			fs.Crash(rng.IntN(200))
+		}
+		j, _, got := open(t, fs, Options{})
+		if uint64(len(got)) < durable {
+			t.Fatalf("iteration %d: %d records recovered at the end, %d were durable", it, len(got), durable)
+		}
+		if _, err := j.Write(context.Background(), 4, []byte("after")); err != nil {
+			t.Fatalf("iteration %d: writing after recovery: %v", it, err)
+		}
+		j.Close()
+	}
+	if lostCommitted == 0 {
+		t.Error("no power loss took a committed record: the test does not exercise the interval's window")
+	}
+}
+
+// TestIntervalCommitsBeforeTheSync: under SyncInterval a record is
+// committed once written, Unsynced counts it, a power loss takes it, and
+// Close syncs it.
+func TestIntervalCommitsBeforeTheSync(t *testing.T) {
+	ctx := context.Background()
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{SyncInterval: time.Hour})
+	var size int64
+	for i := range 10 {
+		if _, err := j.Write(ctx, 1, payload(i)); err != nil {
+			t.Fatal(err)
+		}
+		size += RecordHeaderSize + int64(len(payload(i)))
+	}
+	if err := j.WaitCommitted(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	if n, b := j.Unsynced(); n != 10 || b != size || j.LastDurable() != 0 {
+		t.Fatalf("10 records committed, none synced: unsynced %d records %d bytes (want 10, %d), last durable %d", n, b, size, j.LastDurable())
+	}
+	fs.PowerOff(errors.New("power lost"))
+	if err := j.Close(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("close after the power went: %v, want ErrFailed", err)
+	}
+	fs.Crash(0)
+	_, _, got := open(t, fs, Options{})
+	if len(got) != 0 {
+		t.Fatalf("%d records survived a power loss before any sync", len(got))
+	}
+
+	// Closing syncs what was written.
+	fs = NewMemFS()
+	j, _, _ = open(t, fs, Options{SyncInterval: time.Hour})
+	for i := range 10 {
+		j.Write(ctx, 1, payload(i))
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.Crash(0)
+	_, _, got = open(t, fs, Options{})
+	if len(got) != 10 {
+		t.Fatalf("closed, then a power loss: %d of 10 records", len(got))
+	}
+}
+
+// TestIntervalSyncsEverything: once an interval has passed, everything
+// written is durable without any further append or Close.
+func TestIntervalSyncsEverything(t *testing.T) {
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{SyncInterval: 10 * time.Millisecond, SegmentSize: 2048})
+	for i := range 100 {
+		if _, err := j.Append(1, payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := j.WaitDurable(ctx, 100); err != nil {
+		t.Fatalf("waiting for the interval's sync: %v", err)
+	}
+	if n, b := j.Unsynced(); n != 0 || b != 0 || j.LastDurable() != 100 {
+		t.Fatalf("after the sync: unsynced %d records %d bytes, last durable %d", n, b, j.LastDurable())
+	}
+	fs.PowerOff(errors.New("power lost"))
+	j.Close()
+	fs.Crash(0)
+	_, _, got := open(t, fs, Options{})
+	if len(got) != 100 {
+		t.Fatalf("%d of 100 records survived a power loss after the interval's sync", len(got))
+	}
+}
+
+// TestIntervalFailedSyncIsSticky: under SyncInterval a failed sync stops
+// the journal: records written and not synced are no longer committed,
+// and nothing more is.
+func TestIntervalFailedSyncIsSticky(t *testing.T) {
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{SyncInterval: 5 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first, err := j.Write(ctx, 1, []byte("the first: its segment is created and synced"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.WaitDurable(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	fs.PowerOff(errors.New("EIO"))
+	lsn, err := j.Write(ctx, 1, []byte("written, never synced"))
+	if err != nil {
+		t.Fatalf("a write under the interval policy waits for no sync: %v", err)
+	}
+	if err := j.WaitDurable(ctx, lsn); !errors.Is(err, ErrFailed) {
+		t.Fatalf("waiting for the sync that failed: %v, want ErrFailed", err)
+	}
+	if err := j.WaitCommitted(ctx, lsn); !errors.Is(err, ErrFailed) {
+		t.Fatalf("a record written before the failed sync: %v, want ErrFailed", err)
+	}
+	fs.Crash(0) // the power is back; the failure stays
+	if _, err := j.Write(ctx, 1, []byte("after")); !errors.Is(err, ErrFailed) {
+		t.Fatalf("a write after a failed sync: %v, want ErrFailed", err)
+	}
+}
+
+func TestNegativeSyncIntervalIsRefused(t *testing.T) {
+	if _, _, err := Open(Options{FS: NewMemFS(), SyncInterval: -time.Second}, func(Record) error { return nil }); err == nil {
+		t.Fatal("a negative sync interval was accepted")
 	}
 }
