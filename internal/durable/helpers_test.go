@@ -3,19 +3,20 @@ package durable
 import "context"
 
 // The blocking operations the tests drive the store with: each appends
-// and waits, as a server does in two steps (Append, then WaitDurable
+// and waits, as a server does in two steps (Append, then WaitCommitted
 // before it answers).
 
-// write appends ops in order and waits until they are durable.
+// write appends ops in order and waits until they are committed, as a
+// server does before it answers.
 func (s *Store) write(ctx context.Context, ops ...Op) error {
 	lsn, err := s.Append(ops...)
 	if err != nil || len(ops) == 0 {
 		return err
 	}
-	return s.WaitDurable(ctx, lsn)
+	return s.WaitCommitted(ctx, lsn)
 }
 
-// Store records message id of queue, returning once it is durable. The
+// Store records message id of queue, returning once it is committed. The
 // store keeps payload and a's slices (to copy them forward): the caller
 // must not change them.
 func (s *Store) Store(ctx context.Context, queue string, id uint64, deliveries uint32, a Attrs, payload []byte) error {
@@ -39,11 +40,11 @@ func (s *Store) StoreFile(ctx context.Context, queue string, id uint64, deliveri
 		s.DiscardPayload(name) // no record names it
 		return err
 	}
-	return s.WaitDurable(ctx, lsn)
+	return s.WaitCommitted(ctx, lsn)
 }
 
 // Take records messages of queue gone (retrieved, acknowledged, moved),
-// returning once that is durable: they never come back.
+// returning once that is committed: they never come back.
 func (s *Store) Take(ctx context.Context, queue string, ids ...uint64) error {
 	ops := make([]Op, len(ids))
 	for i, id := range ids {

@@ -1,7 +1,9 @@
 // Package durable keeps machq's durable queues on disk: every message
 // stored in one, every message taken from one, every delivery in ack mode
 // and every queue deleted or purged is a record of the write-ahead log
-// (internal/journal), durable before the server answers. At start the
+// (internal/journal), durable before the server answers (under the
+// opt-in Options.SyncInterval, written before it answers and durable
+// within the interval). At start the
 // log is replayed into the queues it describes; segments whose messages
 // are all gone are deleted, and live messages pinning an old segment are
 // copied forward so it can be (compaction). The records are specified in
@@ -52,6 +54,15 @@ type Options struct {
 	// stores that would leave less are refused with ErrNoSpace. 0 means
 	// DefaultMinFree; a negative value disables the check.
 	MinFree int64
+	// SyncInterval is the sync policy (journal.Options.SyncInterval). 0,
+	// the default: a record is committed (WaitCommitted returns) only
+	// once synced, so nothing acknowledged is lost to a power loss. A
+	// positive interval commits records once written to the log and
+	// syncs every SyncInterval: a power loss may take what was committed
+	// in the last interval (a crash of the process takes nothing).
+	// Payload files are synced before their record under either policy,
+	// and nothing is deleted before what makes it unneeded is durable.
+	SyncInterval time.Duration
 }
 
 // Message is a message of a durable queue, as recovered.
@@ -130,15 +141,16 @@ type Store struct {
 	j     *journal.Journal
 	lock  *os.File
 	size  int64
-	files string // the payload directory; "" without a data directory
-	space *space // nil: no free-space check
+	sync  time.Duration // Options.SyncInterval
+	files string        // the payload directory; "" without a data directory
+	space *space        // nil: no free-space check
 
 	// mu orders the records appended with the live set they change: the
 	// log's order is the order of these changes.
 	mu     sync.Mutex
 	queues map[string]map[uint64]*entry
 	meta   map[string]*metaEntry
-	gone   []goneFile // payload files to delete once their removal is durable
+	gone   []goneFile // payload files to delete once their removal is durable, by record number
 }
 
 // metaEntry is a queue's description and the record holding it.
@@ -156,7 +168,10 @@ type goneFile struct {
 // Open locks the data directory, replays its log and returns the store
 // with every durable queue it holds.
 func Open(opts Options) (*Store, []Queue, Report, error) {
-	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), size: opts.SegmentSize}
+	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), size: opts.SegmentSize, sync: opts.SyncInterval}
+	if opts.SyncInterval < 0 {
+		return nil, nil, Report{}, fmt.Errorf("durable: negative sync interval %v", opts.SyncInterval)
+	}
 	if s.size <= 0 {
 		s.size = 64 << 20
 	}
@@ -183,7 +198,7 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		fs = journal.OSFS{Dir: opts.Dir}
 	}
 	last := map[string]uint64{}
-	j, jrep, err := journal.Open(journal.Options{FS: fs, SegmentSize: s.size, SkipCorrupt: opts.SkipCorrupt},
+	j, jrep, err := journal.Open(journal.Options{FS: fs, SegmentSize: s.size, SkipCorrupt: opts.SkipCorrupt, SyncInterval: opts.SyncInterval},
 		func(r journal.Record) error {
 			op, err := Decode(r.Type, r.Data)
 			if err != nil {
@@ -392,8 +407,8 @@ func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 }
 
 // Append appends ops' records in order and applies them, without
-// waiting: it returns the number of the last, for WaitDurable. An answer
-// that speaks of these records must wait for it.
+// waiting: it returns the number of the last, for WaitCommitted. An
+// answer that speaks of these records must wait for it.
 func (s *Store) Append(ops ...Op) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -434,33 +449,69 @@ func (s *Store) AppendStore(queue string, meta QueueMeta, m Op) (uint64, error) 
 }
 
 // WaitDurable waits until record lsn, and every one before it, is
-// durable, then deletes the payload files of messages those records
-// removed.
+// durable (synced), then deletes the payload files of messages those
+// records removed.
 func (s *Store) WaitDurable(ctx context.Context, lsn uint64) error {
 	if err := s.j.WaitDurable(ctx, lsn); err != nil {
 		// The files stay: if the records never reach the disk, their
 		// messages come back at the next start, with their payloads.
 		return err
 	}
-	s.mu.Lock()
-	var names []string
-	keep := s.gone[:0]
-	for _, g := range s.gone {
-		if g.lsn <= lsn {
-			names = append(names, g.name)
-		} else {
-			keep = append(keep, g)
-		}
+	s.collect(lsn)
+	return nil
+}
+
+// WaitCommitted waits until record lsn, and every one before it, is
+// committed as the sync policy says (Options.SyncInterval): an answer
+// that speaks of them may then be sent. Without an interval it is
+// WaitDurable. Under one, it deletes only the payload files whose
+// removal is already durable; the others wait for a later sync.
+func (s *Store) WaitCommitted(ctx context.Context, lsn uint64) error {
+	if s.sync == 0 {
+		return s.WaitDurable(ctx, lsn)
 	}
-	s.gone = keep
+	if err := s.j.WaitCommitted(ctx, lsn); err != nil {
+		return err
+	}
+	s.collect(s.j.LastDurable())
+	return nil
+}
+
+// collect deletes the payload files of the messages that records up to
+// lsn removed, which must be durable: a file whose removal a power loss
+// could take back would be needed again.
+func (s *Store) collect(lsn uint64) {
+	s.mu.Lock()
+	// Records are appended, and their files noted, in order under s.mu.
+	n := 0
+	for n < len(s.gone) && s.gone[n].lsn <= lsn {
+		n++
+	}
+	if n == 0 {
+		s.mu.Unlock()
+		return
+	}
+	names := make([]string, n)
+	for i, g := range s.gone[:n] {
+		names[i] = g.name
+	}
+	s.gone = slices.Delete(s.gone, 0, n)
 	s.mu.Unlock()
 	for _, name := range names {
 		// A file left by a failed removal is an orphan the next start
 		// removes.
 		os.Remove(filepath.Join(s.files, name))
 	}
-	return nil
 }
+
+// SyncInterval returns the sync policy: 0 when every record is synced
+// before it is committed, else the interval between syncs.
+func (s *Store) SyncInterval() time.Duration { return s.sync }
+
+// Unsynced returns the records committed and not yet synced, and their
+// bytes: under a sync interval, what a power loss now could take of what
+// was acknowledged (0 without one, but for a batch being synced).
+func (s *Store) Unsynced() (records uint64, bytes int64) { return s.j.Unsynced() }
 
 // Room reports ErrNoSpace, saying what to do, when storing a message of
 // size payload bytes would leave the data directory's file system below
@@ -614,9 +665,10 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	// Segments may go only once every record that emptied them (and the
 	// copies) is durable: a take still in the writer's hands must not
 	// outlive the store it removes.
+	// Under a sync interval that is up to an interval away.
 	through := s.j.LastAppended()
 	s.mu.Unlock()
-	if err := s.j.WaitDurable(ctx, through); err != nil {
+	if err := s.WaitDurable(ctx, through); err != nil {
 		return rep, err
 	}
 	n, err := s.j.Release(oldest)
@@ -624,10 +676,13 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	return rep, err
 }
 
-// Close writes what was appended, closes the log and releases the data
-// directory.
+// Close writes and syncs what was appended, closes the log, deletes the
+// payload files it no longer needs and releases the data directory.
 func (s *Store) Close() error {
 	err := s.j.Close()
+	if err == nil && errors.Is(s.j.Err(), journal.ErrClosed) {
+		s.collect(math.MaxUint64) // every record is durable
+	}
 	s.unlock()
 	return err
 }
