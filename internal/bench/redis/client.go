@@ -94,6 +94,19 @@ func (c *Client) RoundTrip(p []byte, got func([]byte)) error {
 	return c.readPopped(got)
 }
 
+// Push stores p with RPUSH and waits for the reply: the store alone. A
+// server with the append-only file synced always answers it only once the
+// command is on disk.
+func (c *Client) Push(p []byte) error {
+	if c.err != nil {
+		return c.err
+	}
+	if err := c.writePush(p, 1); err != nil {
+		return err
+	}
+	return c.readPushed()
+}
+
 // Pipeline sends depth RPUSHes of p in one write, reads the depth replies, then sends
 // depth LPOPs in one write and reads the depth payloads, calling got for each.
 // If some RPUSHes fail, it pops only as many as succeeded, so the list is

@@ -49,4 +49,16 @@
 // Its standard output and standard error, where it logs, go to DIR/redis.log.
 // Everything it writes stays in DIR, which the caller owns and removes.
 // The data lives in memory only, so Redis does no disk I/O while measured.
+//
+// StartWith with Options.AppendFsyncAlways gives the durable Redis the
+// benchmark's durable runs compare machq's data directory with:
+//
+//	--appendonly yes --appendfsync always     every write in the append-only
+//	                                          file, fsynced before the answer
+//	--dir DATADIR                             where the file goes (DIR unless given)
+//
+// Redis appends the commands of one pass of its event loop to the file and
+// syncs it (fdatasync) once before answering any of them: a group commit
+// over the clients that pass served. A Client's Push stores without taking
+// back, which is what a durable store costs.
 package redis

@@ -42,12 +42,32 @@ type Server struct {
 	stopErr error
 }
 
+// Options configures a server beyond what Start gives every one.
+type Options struct {
+	// AppendFsyncAlways turns the append-only file on with appendfsync
+	// always: every write command is appended to the file and the file
+	// fsynced before the command is answered (Redis syncs once per pass
+	// of its event loop, for every command that pass ran). Off, the
+	// server keeps nothing on disk.
+	AppendFsyncAlways bool
+	// DataDir, when set, is the server's working directory (--dir), where
+	// the append-only file goes; default the directory given to Start. It
+	// must exist.
+	DataDir string
+}
+
 // Start runs redis-server with its Unix socket, working directory and log
 // in dir, which must exist, and returns once it answers PING. ctx bounds
 // only the start: cancelling it later does not stop the server; Close does.
 // The server is also killed if the thread that started it exits, which for
-// a Go program means when the program ends.
+// a Go program means when the program ends. It keeps nothing on disk.
 func Start(ctx context.Context, dir string) (*Server, error) {
+	return StartWith(ctx, dir, Options{})
+}
+
+// StartWith is Start with options: with o.AppendFsyncAlways, a server
+// that answers a write only once it is on disk.
+func StartWith(ctx context.Context, dir string, o Options) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("%w (install it with: apt-get install redis-server): %v", ErrNotInstalled, err)
@@ -60,6 +80,16 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 	if len(sock) > maxSocketPath {
 		return nil, fmt.Errorf("redis: socket path %s is too long (%d bytes; a Unix socket allows %d): use a shorter directory", sock, len(sock), maxSocketPath)
 	}
+	dataDir := dir
+	if o.DataDir != "" {
+		if dataDir, err = filepath.Abs(o.DataDir); err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+	}
+	aof := []string{"--appendonly", "no"}
+	if o.AppendFsyncAlways {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
 	logPath := filepath.Join(dir, "redis.log")
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -67,17 +97,20 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 	}
 	defer logFile.Close()
 
-	cmd := exec.Command(bin,
+	args := []string{
 		"--port", "0",
 		"--unixsocket", sock,
 		"--unixsocketperm", "700",
 		"--save", "",
-		"--appendonly", "no",
-		"--dir", dir,
+	}
+	args = append(args, aof...)
+	args = append(args,
+		"--dir", dataDir,
 		"--daemonize", "no",
 		"--proto-max-bulk-len", "512mb",
 		"--client-query-buffer-limit", "1gb",
 	)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile

@@ -107,6 +107,70 @@ func TestServerConfig(t *testing.T) {
 	}
 }
 
+// TestServerAppendFsyncAlways starts a server with its append-only file
+// synced always, in a data directory of its own: Redis says so, and a
+// payload Push has stored is in a file of that directory when Push
+// returns.
+func TestServerAppendFsyncAlways(t *testing.T) {
+	startServer(t) // skips when not installed
+	dir, data := shortTempDir(t), t.TempDir()
+	s, err := StartWith(context.Background(), dir, Options{AppendFsyncAlways: true, DataDir: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	c := dial(t, s)
+	r, err := c.do("INFO", "persistence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(r.data, []byte("aof_enabled:1\r\n")) {
+		t.Errorf("INFO persistence lacks aof_enabled:1:\n%s", r.data)
+	}
+	r, err = c.do("CONFIG", "GET", "appendfsync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.kind != kindArray || r.n != 2 {
+		t.Fatalf("CONFIG GET appendfsync: a %q reply of %d", r.kind, r.n)
+	}
+	// The array's elements follow as replies of their own.
+	var got []string
+	for range 2 {
+		e, err := c.rd.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(e.data))
+	}
+	if got[1] != "always" {
+		t.Errorf("CONFIG GET appendfsync = %q, want always", got)
+	}
+	want := []byte("durable-payload-0123456789")
+	if err := c.Push(want); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	filepath.WalkDir(data, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if b, err := os.ReadFile(path); err == nil && bytes.Contains(b, want) {
+				found = true
+			}
+		}
+		return nil
+	})
+	if !found {
+		t.Errorf("no file of the data directory %s holds the payload Push stored", data)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "redis.sock")); err != nil {
+		t.Errorf("the socket is not in %s: %v", dir, err)
+	}
+}
+
 func TestServerCloseEndsProcess(t *testing.T) {
 	dir := shortTempDir(t)
 	s, err := Start(context.Background(), dir)
