@@ -22,8 +22,12 @@ run, interleaved, and reports each as a ratio to machq; and machq's ack
 mode (store + reserve + ack) against Redis Streams (XADD + XREADGROUP +
 XACK). Then the zero-copy view, where the time goes, digest costs,
 small-message throughput with many clients and with pipelining, and the
-server's memory with many messages stored. Every system runs as its own
-server process; redis-server is used when installed.`
+server's memory with many messages stored. Last, the durable runs: small
+durable stores per second with machqd --data-dir against Redis with
+appendfsync always, a 64 MiB durable store against a kernel copy into a
+file and its sync, and machqd's recovery of --recovery-messages stored
+messages, all in --durable-dir. Every system runs as its own server
+process; redis-server is used when installed.`
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var (
@@ -32,6 +36,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		clients, skip, dig string
 		asJSON, quiet      bool
 		plotFile, saveFile string
+		durableSize        string
 	)
 	cmd := newCommand("bench", benchSummary)
 	fs := cmd.fs
@@ -44,9 +49,13 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&clients, "clients", "1,8,64", "client `counts` of the throughput test")
 	fs.IntVar(&cfg.Depth, "depth", 16, "pipeline `depth` of the pipelined throughput test")
 	fs.StringVar(&dig, "digest", "none", "digest machq computes and verifies during the comparison: none (transport alone, like the other systems), sha256 or blake3")
-	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, phases, throughput, memory")
+	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, phases, throughput, memory, durable")
 	fs.IntVar(&cfg.SmallMessages, "small-messages", 1_000_000, "64-byte messages stored by the memory test")
 	fs.IntVar(&cfg.LargeMessages, "large-messages", 1000, "16 MiB messages stored by the memory test")
+	fs.StringVar(&cfg.DurableDir, "durable-dir", os.TempDir(), "`directory` on the disk to measure where the durable runs keep their data (in a temporary directory, removed at the end)")
+	fs.DurationVar(&cfg.DurableTime, "durable-time", 0, "time `budget` of each system at each producer count of the durable stores (0: 4 × --time)")
+	fs.StringVar(&durableSize, "durable-size", "64M", "payload `size` of the large durable store")
+	fs.IntVar(&cfg.RecoveryMessages, "recovery-messages", 0, "64-byte durable `messages` stored before timing machqd's recovery (0: --small-messages)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of tables")
 	fs.StringVar(&plotFile, "plot", "", "draw latency against size, log-log, to this `file` (.png, .svg or .pdf)")
 	fs.StringVar(&saveFile, "save", "", "also write the report as JSON to this `file`")
@@ -70,6 +79,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageErr("--small-messages %d: give 1 or more (or --skip memory)", cfg.SmallMessages)
 	case cfg.LargeMessages <= 0:
 		return usageErr("--large-messages %d: give 1 or more (or --skip memory)", cfg.LargeMessages)
+	case cfg.DurableTime < 0:
+		return usageErr("--durable-time %v: give a time budget above 0, or 0 for 4 × --time", cfg.DurableTime)
+	case cfg.RecoveryMessages < 0:
+		return usageErr("--recovery-messages %d: give 1 or more, or 0 for --small-messages", cfg.RecoveryMessages)
 	}
 	if cfg.Socket != "" {
 		p, err := socketPath(cfg.Socket)
@@ -85,6 +98,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if cfg.Clients, err = parseInts(clients); err != nil {
 		return usageErr("--clients: %v", err)
 	}
+	ds, err := parseSizes(durableSize)
+	if err != nil || len(ds) != 1 || ds[0] <= 0 {
+		return usageErr("--durable-size %s: give one size above 0, such as 64M", durableSize)
+	}
+	cfg.DurableLargeSize = ds[0]
 	if systems != "" {
 		cfg.Systems = strings.Split(systems, ",")
 		for _, name := range cfg.Systems {
@@ -107,8 +125,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			cfg.SkipThroughput = true
 		case "memory":
 			cfg.SkipMemory = true
+		case "durable":
+			cfg.SkipDurable = true
 		default:
-			return usageErr("--skip: unknown part %q; use zero-copy, phases, throughput or memory", part)
+			return usageErr("--skip: unknown part %q; use zero-copy, phases, throughput, memory or durable", part)
 		}
 	}
 	if plotFile != "" {

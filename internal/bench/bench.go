@@ -2,8 +2,10 @@
 // otherwise pick, in one run, so that drift of a shared machine cancels
 // out: the bare kernel mechanisms machq is built on (a sealed memfd passed
 // with SCM_RIGHTS, and bytes copied through a Unix stream socket), Redis
-// lists over a Unix socket, and POSIX message queues; and machq's ack mode
-// against Redis Streams read through a consumer group. It is the engine of
+// lists over a Unix socket, and POSIX message queues; machq's ack mode
+// against Redis Streams read through a consumer group; and machq's durable
+// queues against Redis with its append-only file synced always, and
+// against the bare cost of writing a page to a file and syncing it. It is the engine of
 // `machq bench`; docs/PERFORMANCE.md explains what each figure means.
 //
 // Every system runs as a separate server process, started by the
@@ -73,6 +75,31 @@ type Config struct {
 	// 64-byte and how many 16 MiB messages are stored; default 1,000,000
 	// and 1,000.
 	SmallMessages, LargeMessages int
+	// SkipDurable leaves out the durable runs: machq's durable queues
+	// (a machqd with a data directory) against Redis with its
+	// append-only file synced always, a large durable store against a
+	// kernel copy into a file and its sync, and recovery.
+	SkipDurable bool
+	// DurableDir is where the durable runs keep their data (machq's data
+	// directories, Redis's append-only file, the floor's file), in a
+	// temporary directory removed at the end; default os.TempDir(). It
+	// should be on the disk to measure: on tmpfs a sync costs nothing.
+	DurableDir string
+	// DurableTime is the time budget of each system at each producer
+	// count of the durable store runs, split over Rounds; default 4 ×
+	// Time (2 s).
+	DurableTime time.Duration
+	// DurableProducers are the producer counts of the durable store
+	// runs, each storing 64 bytes at a time; default Clients.
+	DurableProducers []int
+	// DurableLargeSize is the payload of the large durable store; default
+	// 64 MiB. DurableLargeIters is how many times machq and the floor
+	// each store it, spread over Rounds; default 2 × Rounds.
+	DurableLargeSize, DurableLargeIters int
+	// RecoveryMessages is how many 64-byte messages the recovery run
+	// stores before timing a machqd's start on them; default
+	// SmallMessages (1,000,000).
+	RecoveryMessages int
 	// PeerCommand returns the command that runs a peer process: the
 	// program must call RunPeer with args. Required.
 	PeerCommand func(args ...string) *exec.Cmd
@@ -109,6 +136,24 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LargeMessages <= 0 {
 		c.LargeMessages = 1000
+	}
+	if c.DurableDir == "" {
+		c.DurableDir = os.TempDir()
+	}
+	if c.DurableTime <= 0 {
+		c.DurableTime = 4 * c.Time
+	}
+	if len(c.DurableProducers) == 0 {
+		c.DurableProducers = c.Clients
+	}
+	if c.DurableLargeSize <= 0 {
+		c.DurableLargeSize = 64 << 20
+	}
+	if c.DurableLargeIters <= 0 {
+		c.DurableLargeIters = 2 * c.Rounds
+	}
+	if c.RecoveryMessages <= 0 {
+		c.RecoveryMessages = c.SmallMessages
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -168,6 +213,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if cfg.Socket != "" {
 			r.note("memory: skipped: --socket measures a server the benchmark did not start")
 		} else if err := env.memory(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.SkipDurable {
+		if cfg.Socket != "" {
+			r.note("durable: skipped: --socket measures a server the benchmark did not start; the durable runs start machqd with a data directory of their own")
+		} else if err := env.durable(ctx); err != nil {
 			return nil, err
 		}
 	}

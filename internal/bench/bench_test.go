@@ -172,6 +172,7 @@ func TestRunAckSystems(t *testing.T) {
 		SkipZeroCopy: true,
 		SkipPhases:   true,
 		SkipMemory:   true,
+		SkipDurable:  true,
 		PeerCommand:  peerCommand,
 	}
 	r, err := Run(context.Background(), cfg)
@@ -254,6 +255,167 @@ func TestRunAckSystems(t *testing.T) {
 	}
 	if !strings.Contains(text.String(), "redis-streams") {
 		t.Errorf("text report lacks redis-streams:\n%s", text.String())
+	}
+}
+
+// TestRunDurable runs the durable runs, small, against a real machqd
+// with a data directory and a real redis-server with its append-only file
+// synced always, and checks their figures: rates for every producer
+// count, the large store timed for machq and the floor, every stored
+// message recovered, and nothing left in the durable directory.
+func TestRunDurable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	_, noRedis := exec.LookPath("redis-server")
+	durableDir := t.TempDir()
+	const stored = 5000
+	cfg := Config{
+		Sizes:             []int{64},
+		Time:              20 * time.Millisecond,
+		Rounds:            2,
+		MinIters:          2,
+		Systems:           []string{sysMachq, sysRedis},
+		SkipThroughput:    true,
+		SkipZeroCopy:      true,
+		SkipPhases:        true,
+		SkipMemory:        true,
+		DurableDir:        durableDir,
+		DurableTime:       300 * time.Millisecond,
+		DurableProducers:  []int{1, 4},
+		DurableLargeSize:  1 << 20,
+		DurableLargeIters: 3,
+		RecoveryMessages:  stored,
+		PeerCommand:       peerCommand,
+	}
+	r, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := r.Durable
+	if d == nil {
+		t.Fatalf("no durable figures; notes %q", r.Notes)
+	}
+	if d.Dir != durableDir || d.FileSystem == "" || d.Size != 64 {
+		t.Errorf("durable runs in %q on %q of %d bytes", d.Dir, d.FileSystem, d.Size)
+	}
+
+	rates := map[string]int{}
+	for _, s := range d.Stores {
+		if s.Skipped != "" || s.Stores <= 0 || s.PerSecond <= 0 || s.Ratio <= 0 {
+			t.Errorf("durable stores row %+v", s)
+			continue
+		}
+		rates[s.System]++
+		if s.System == sysMachq && s.Ratio != 1 {
+			t.Errorf("machq's durable rate over itself is %v", s.Ratio)
+		}
+	}
+	if rates[sysMachq] != 2 {
+		t.Errorf("machq's durable stores measured with %d producer counts, want 2: %+v", rates[sysMachq], d.Stores)
+	}
+
+	if len(d.Large) != 2 {
+		t.Fatalf("large durable store rows: %+v", d.Large)
+	}
+	for i, want := range []string{sysMachq, sysFileSync} {
+		l := d.Large[i]
+		if l.System != want || l.Size != 1<<20 || l.N < 3 || l.Median <= 0 || l.P99 < l.Median || l.MBps <= 0 || l.RatioFloor <= 0 {
+			t.Errorf("large durable store row %d: %+v, want %s", i, l, want)
+		}
+	}
+	if d.Large[1].RatioFloor != 1 {
+		t.Errorf("the floor's ratio to itself is %v", d.Large[1].RatioFloor)
+	}
+
+	rc := d.Recovery
+	if rc == nil {
+		t.Fatal("no recovery figures")
+	}
+	if rc.Messages != stored || rc.Recovered != stored || rc.Served != stored {
+		t.Errorf("recovery: %d stored, %d recovered, %d served; want %d", rc.Messages, rc.Recovered, rc.Served, stored)
+	}
+	if rc.Queues < 1 || rc.Queues > recoveryQueues || rc.Segments < 1 || rc.Records < stored {
+		t.Errorf("recovery report: %d queues, %d segments, %d records", rc.Queues, rc.Segments, rc.Records)
+	}
+	if rc.Took <= 0 || rc.Serving < rc.Took || rc.StoreTime <= 0 {
+		t.Errorf("recovery took %v, served after %v, stored in %v", rc.Took, rc.Serving, rc.StoreTime)
+	}
+
+	left, err := os.ReadDir(durableDir)
+	if err != nil || len(left) != 0 {
+		t.Errorf("the durable directory holds %d entries after the run (%v)", len(left), err)
+	}
+
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, re := range []string{
+		`durable stores of 64 B per second`,
+		`producers +system +stores/s +x machq`,
+		`^ +1 +machq +\d+ +1\.00`,
+		`^ +4 +machq +\d+ +1\.00`,
+		`durable store of a 1 MiB page`,
+		`file\+sync +\S+ +\S+ +\S+ +1\.00 +\d+`,
+		fmt.Sprintf(`recovery of %d durable messages`, stored),
+		fmt.Sprintf(`^ +%d +\d+ +\d+ +\d+ +\S+ +\S+`, stored),
+	} {
+		if !matchLine(text.String(), re) {
+			t.Errorf("no line matches %q in:\n%s", re, text.String())
+		}
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Durable == nil || back.Durable.Recovery == nil || len(back.Durable.Stores) != len(d.Stores) || back.Durable.Recovery.Took != rc.Took {
+		t.Errorf("JSON report does not read back the durable figures")
+	}
+
+	if noRedis != nil {
+		testtool.Missing(t, "redis-server", "scripts/install-redis.sh, or apt-get install redis-server")
+	}
+	if rates[sysRedisAOF] != 2 {
+		t.Errorf("redis-aof's durable stores measured with %d producer counts, want 2 (notes %q)", rates[sysRedisAOF], r.Notes)
+	}
+	if !strings.Contains(strings.Join(r.Notes, "\n"), "appendfsync always") {
+		t.Errorf("no note says how Redis was run: %q", r.Notes)
+	}
+}
+
+// TestRunDurableSkipped checks that --skip durable and --socket leave the
+// durable runs out, the second with a note saying why.
+func TestRunDurableSkipped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	base := Config{
+		Sizes: []int{64}, Time: 10 * time.Millisecond, Rounds: 1, MinIters: 1, Systems: []string{sysMachq},
+		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, PeerCommand: peerCommand,
+		DurableDir: t.TempDir(),
+	}
+	skip := base
+	skip.SkipDurable = true
+	r, err := Run(context.Background(), skip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Durable != nil {
+		t.Errorf("SkipDurable ran the durable runs: %+v", r.Durable)
+	}
+	sock := base
+	sock.Socket = startServer(t)
+	r, err = Run(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Durable != nil || !strings.Contains(strings.Join(r.Notes, "\n"), "durable: skipped") {
+		t.Errorf("with a socket: durable %+v, notes %q", r.Durable, r.Notes)
 	}
 }
 

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/machq/machq/internal/bench/floor"
@@ -16,9 +19,10 @@ import (
 
 // Peer kinds, the first argument of RunPeer.
 const (
-	peerMachq = "machqd"
-	peerFloor = "floor"
-	peerMq    = "mqueue"
+	peerMachq        = "machqd"
+	peerMachqDurable = "machqd-durable"
+	peerFloor        = "floor"
+	peerMq           = "mqueue"
 )
 
 // RunPeer is the body of a peer process: it serves the kind of server
@@ -26,6 +30,9 @@ const (
 // exited) or SIGTERM arrives. It writes "ready" on stdout once serving.
 //
 //	machqd SOCKET        a machq server (inline limit 1 MiB, stored bytes unlimited)
+//	machqd-durable SOCKET DATADIR LOG
+//	                     the same with durable named queues in DATADIR
+//	                     (machqd --data-dir), logging to LOG as JSON
 //	floor copy|memfd SOCKET  a bare store/echo server
 //	mqueue CONTROL       a POSIX message queue store/echo server
 func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -44,7 +51,12 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		if len(args) != 2 {
 			return errors.New("bench peer: usage: machqd SOCKET")
 		}
-		return serveMachq(ctx, args[1], ready)
+		return serveMachq(ctx, args[1], server.Config{}, ready)
+	case peerMachqDurable:
+		if len(args) != 4 {
+			return errors.New("bench peer: usage: machqd-durable SOCKET DATADIR LOG")
+		}
+		return serveMachqDurable(ctx, args[1], args[2], args[3], ready)
 	case peerFloor:
 		if len(args) != 3 {
 			return errors.New("bench peer: usage: floor copy|memfd SOCKET")
@@ -60,13 +72,16 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	return fmt.Errorf("bench peer: unknown kind %q", args[0])
 }
 
-func serveMachq(ctx context.Context, path string, ready func()) error {
+// serveMachq serves a machq server configured by cfg (its Durable and
+// Logger) on path.
+func serveMachq(ctx context.Context, path string, cfg server.Config, ready func()) error {
 	// No limit on stored bytes: the memory test stores its large messages
 	// as one shared memfd sent again and again, which counts its size
 	// once per message against the byte limits (half of the machine's
 	// memory by default) while it takes its memory once. The limits are
 	// counters, so lifting them changes no other figure.
-	s, err := server.New(server.Config{MaxInline: wire.MaxInline, Limits: server.Limits{MaxStoredBytes: -1}})
+	cfg.MaxInline, cfg.Limits = wire.MaxInline, server.Limits{MaxStoredBytes: -1}
+	s, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -86,6 +101,47 @@ func serveMachq(ctx context.Context, path string, ready func()) error {
 	defer cancel()
 	s.Shutdown(sctx)
 	return nil
+}
+
+// serveMachqDurable serves a machq server with durable named queues in
+// dataDir, as machqd --data-dir does, logging to logPath: the records of
+// its start at info, among them the recovery report the benchmark reads,
+// then warnings and errors only (the info records of every request would
+// slow the server measured, and the other peers log nothing).
+func serveMachqDurable(ctx context.Context, path, dataDir, logPath string, ready func()) error {
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := &startLog{Handler: slog.NewJSONHandler(f, nil), started: new(atomic.Bool)}
+	cfg := server.Config{Logger: slog.New(h), Durable: &server.DurableConfig{Dir: dataDir}}
+	return serveMachq(ctx, path, cfg, func() {
+		h.started.Store(true)
+		ready()
+	})
+}
+
+// startLog passes on records at info and above until started is set,
+// then only warnings and errors.
+type startLog struct {
+	slog.Handler
+	started *atomic.Bool
+}
+
+func (h *startLog) Enabled(ctx context.Context, l slog.Level) bool {
+	if h.started.Load() && l < slog.LevelWarn {
+		return false
+	}
+	return h.Handler.Enabled(ctx, l)
+}
+
+func (h *startLog) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &startLog{Handler: h.Handler.WithAttrs(attrs), started: h.started}
+}
+
+func (h *startLog) WithGroup(name string) slog.Handler {
+	return &startLog{Handler: h.Handler.WithGroup(name), started: h.started}
 }
 
 func floorMechanism(name string) (floor.Mechanism, error) {

@@ -46,6 +46,7 @@ type Report struct {
 	Digests    []DigestCost `json:"digests,omitempty"`
 	Throughput []Throughput `json:"throughput,omitempty"`
 	Memory     []Memory     `json:"memory,omitempty"`
+	Durable    *Durable     `json:"durable,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -159,6 +160,71 @@ type Memory struct {
 	StoreTime  Duration `json:"store_ns"`
 }
 
+// Durable is the outcome of the durable runs.
+type Durable struct {
+	// Dir is where their data went, and FileSystem what it is on.
+	Dir        string `json:"dir"`
+	FileSystem string `json:"file_system"`
+	// Size is the payload of the durable stores and of recovery.
+	Size     int             `json:"size"`
+	Stores   []DurableStores `json:"stores,omitempty"`
+	Large    []DurableLarge  `json:"large,omitempty"`
+	Recovery *Recovery       `json:"recovery,omitempty"`
+}
+
+// DurableStores is one system's durable stores per second with some
+// producers, each storing one message at a time and waiting for the
+// answer, which comes once the message is on disk.
+type DurableStores struct {
+	System    string `json:"system"`
+	Size      int    `json:"size"`
+	Producers int    `json:"producers"`
+	// Skipped, when set, says why there are no figures.
+	Skipped   string  `json:"skipped,omitempty"`
+	Stores    int64   `json:"stores,omitempty"`
+	PerSecond float64 `json:"stores_per_s,omitempty"`
+	// Ratio is machq's rate over this system's (above 1: machq faster).
+	Ratio float64 `json:"ratio_to_machq,omitempty"`
+}
+
+// DurableLarge is one large page stored durably, by machq (sent to a
+// durable queue, answered once on disk) or by the floor (a kernel copy
+// into a new file, fdatasync and a sync of its directory).
+type DurableLarge struct {
+	System string   `json:"system"`
+	Size   int      `json:"size"`
+	N      int      `json:"n"`
+	Median Duration `json:"median_ns"`
+	P99    Duration `json:"p99_ns"`
+	// MBps is the size over the median, in 10^6 bytes/s.
+	MBps float64 `json:"mb_per_s"`
+	// RatioFloor is this median over the floor's (above 1: slower than
+	// the floor).
+	RatioFloor float64 `json:"ratio_to_floor"`
+}
+
+// Recovery is the start of a machqd on a data directory holding many
+// durable messages.
+type Recovery struct {
+	// Messages of Size bytes were stored, as Built says, in StoreTime.
+	Messages  int      `json:"messages"`
+	Size      int      `json:"size"`
+	Built     string   `json:"built"`
+	StoreTime Duration `json:"store_ns"`
+	// Recovered, Queues, Segments, Records and Took are the server's
+	// recovery report (its log record "durable queues recovered"): Took
+	// is the time reading the log and replaying it.
+	Recovered int      `json:"recovered"`
+	Queues    int      `json:"queues"`
+	Segments  int      `json:"segments"`
+	Records   int      `json:"records"`
+	Took      Duration `json:"took_ns"`
+	// Serving is from starting the process to a client's STATS
+	// answered, which counted Served messages.
+	Serving Duration `json:"serving_ns"`
+	Served  int64    `json:"served"`
+}
+
 // WriteJSON writes r as indented JSON.
 func (r *Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
@@ -178,6 +244,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.writeDigests(w)
 	r.writeThroughput(w)
 	r.writeMemory(w)
+	r.writeDurable(w)
 	if len(r.Notes) > 0 {
 		fmt.Fprintln(w, "\nnotes:")
 		for _, n := range r.Notes {
@@ -328,6 +395,52 @@ func (r *Report) writeMemory(w io.Writer) {
 			fmtSize(int(m.BaselineRSS)), fmtSize(int(m.RSS)), m.BaselineFDs, m.FDs, m.PerMessage)
 	}
 	tw.Flush()
+}
+
+func (r *Report) writeDurable(w io.Writer) {
+	d := r.Durable
+	if d == nil {
+		return
+	}
+	if len(d.Stores) > 0 {
+		fmt.Fprintf(w, "\ndurable stores of %s per second, each answered once on disk (%s, %s)\n", fmtSize(d.Size), d.Dir, d.FileSystem)
+		fmt.Fprintln(w, "each producer stores one message at a time; machq: a durable named queue of machqd --data-dir; redis-aof: RPUSH, appendfsync always")
+		fmt.Fprintln(w, "x machq: machq's rate over the system's; above 1, machq is faster")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "producers\tsystem\tstores/s\tx machq\t")
+		last := 0
+		for _, s := range d.Stores {
+			p := ""
+			if s.Producers != last {
+				p, last = fmt.Sprint(s.Producers), s.Producers
+			}
+			if s.Skipped != "" {
+				fmt.Fprintf(tw, "%s\t%s\t-\t-\t  %s\n", p, s.System, s.Skipped)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t\n", p, s.System, s.PerSecond, fmtRatio(s.Ratio))
+		}
+		tw.Flush()
+	}
+	if len(d.Large) > 0 {
+		fmt.Fprintf(w, "\ndurable store of a %s page, answered once on disk\n", fmtSize(d.Large[0].Size))
+		fmt.Fprintln(w, "machq: SendFile of a sealed memfd to a durable queue; file+sync: the floor, a kernel copy of it into a new file, fdatasync, and a sync of the directory")
+		fmt.Fprintln(w, "x floor: the system's median over the floor's; above 1, the floor is faster")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "system\tmedian\tp99\tMB/s\tx floor\tn\t")
+		for _, l := range d.Large {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t\n", l.System, l.Median, l.P99, fmtRate(l.MBps), fmtRatio(l.RatioFloor), l.N)
+		}
+		tw.Flush()
+	}
+	if rc := d.Recovery; rc != nil {
+		fmt.Fprintf(w, "\nrecovery of %d durable messages of %s (%s, in %s)\n", rc.Messages, fmtSize(rc.Size), rc.Built, rc.StoreTime)
+		fmt.Fprintln(w, "took: the server's recovery report (reading and replaying the log); serving: from starting machqd to a client's STATS answered")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "recovered\tqueues\tsegments\trecords\ttook\tserving\t")
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%s\t\n", rc.Recovered, rc.Queues, rc.Segments, rc.Records, rc.Took, rc.Serving)
+		tw.Flush()
+	}
 }
 
 // fmtSize formats n bytes with a binary unit.
