@@ -2,16 +2,12 @@ package integration_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/machq/machq"
@@ -133,137 +129,4 @@ func TestDurableQueuesSurviveSIGKILL(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "another server") {
 		t.Fatalf("a second server on the data directory: %v\n%s", err, out)
 	}
-}
-
-// TestDurableKillLoop SIGKILLs the server at random moments while
-// producers store and consumers take with acknowledgements, starting it
-// again each time on the same data directory: no acknowledged store is
-// lost, no acknowledged message comes back, and each producer's messages
-// stay in order. MACHQ_KILL_ROUNDS sets the rounds (default 5).
-func TestDurableKillLoop(t *testing.T) {
-	rounds := 5
-	if v, err := strconv.Atoi(os.Getenv("MACHQ_KILL_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
-	dir := filepath.Join(t.TempDir(), "data")
-	socket := filepath.Join(t.TempDir(), "machq.sock")
-	rng := rand.New(rand.NewPCG(7, 8))
-	queues := []string{"ka", "kb"}
-	var mu sync.Mutex
-	stored := map[string]bool{} // STORED answered
-	acked := map[string]bool{}  // ACK answered
-	acking := map[string]bool{} // ACK sent: its answer may have been lost
-	next := map[int]int{}       // per producer
-	for round := range rounds {
-		d := startDaemon(t, socket, "--data-dir", dir, "--log-level", "warn")
-		ctx, cancel := context.WithCancel(ctxT(t))
-		var wg sync.WaitGroup
-		for p := range 3 {
-			wg.Go(func() {
-				c, err := machq.Dial(ctx, socket)
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				for ctx.Err() == nil {
-					mu.Lock()
-					n := next[p]
-					next[p]++
-					mu.Unlock()
-					payload := fmt.Sprintf("p%d-%06d", p, n)
-					if _, err := c.Send(ctx, queues[p%2], []byte(payload)); err != nil {
-						return
-					}
-					mu.Lock()
-					stored[payload] = true
-					mu.Unlock()
-				}
-			})
-		}
-		for k := range 2 {
-			wg.Go(func() {
-				c, err := machq.Dial(ctx, socket)
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				for ctx.Err() == nil {
-					dv, err := c.ReserveWait(ctx, queues[k], nil)
-					if err != nil {
-						return
-					}
-					payload := string(dv.Bytes())
-					dv.Close()
-					mu.Lock()
-					acking[payload] = true
-					mu.Unlock()
-					if err := dv.Ack(ctx); err != nil {
-						return
-					}
-					mu.Lock()
-					acked[payload] = true
-					mu.Unlock()
-				}
-			})
-		}
-		// Kill once some more stores and acks have happened.
-		mu.Lock()
-		s0, a0 := len(stored), len(acked)
-		mu.Unlock()
-		wantS, wantA := 20+rng.IntN(200), 5+rng.IntN(50)
-		waitFor(t, "stores and acknowledgements before the kill", func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(stored)-s0 >= wantS && len(acked)-a0 >= wantA
-		})
-		d.kill()
-		cancel()
-		wg.Wait()
-		t.Logf("round %d: %d stored, %d acknowledged so far", round, len(stored), len(acked))
-	}
-	// Drain what is left, and check it against what the clients saw.
-	startDaemon(t, socket, "--data-dir", dir, "--log-level", "warn")
-	c := dial(t, socket)
-	ctx := ctxT(t)
-	left := map[string]bool{}
-	for _, q := range queues {
-		last := map[string]int{}
-		for {
-			m, err := c.Retrieve(ctx, q)
-			if errors.Is(err, machq.ErrEmpty) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			payload := string(m.Bytes())
-			m.Close()
-			if acked[payload] {
-				t.Errorf("%s: acknowledged message %s came back", q, payload)
-			}
-			if left[payload] {
-				t.Errorf("%s: message %s twice", q, payload)
-			}
-			left[payload] = true
-			prod, num, _ := strings.Cut(payload, "-")
-			n, _ := strconv.Atoi(num)
-			if prev, ok := last[prod]; ok && n < prev {
-				t.Errorf("%s: %s after %s-%06d: out of order", q, payload, prod, prev)
-			}
-			last[prod] = n
-		}
-	}
-	lost := 0
-	for payload := range stored {
-		if !acking[payload] && !left[payload] {
-			lost++
-			if lost <= 5 {
-				t.Errorf("stored message %s (STORED answered) lost", payload)
-			}
-		}
-	}
-	if lost > 0 {
-		t.Errorf("%d acknowledged stores lost of %d", lost, len(stored))
-	}
-	t.Logf("%d rounds: %d stored, %d acknowledged, %d left", rounds, len(stored), len(acked), len(left))
 }
