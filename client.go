@@ -414,7 +414,13 @@ func (c *Client) read(ctx context.Context, cl *call) bool {
 		}
 		if f.Op == wire.OpError && f.ID == 0 {
 			code, msg, _ := wire.ParseError(f.Body)
-			c.teardown(&ServerError{Code: ErrorCode(code), Message: msg})
+			var err error = &ServerError{Code: ErrorCode(code), Message: msg}
+			if ErrorCode(code) == CodeShuttingDown {
+				// The server answered all it read: the requests it did
+				// not answer were never read, and may be sent again.
+				err = &notSentError{err}
+			}
+			c.teardown(err)
 			break
 		}
 		c.dispatch(f)
@@ -446,6 +452,10 @@ func (c *Client) teardown(err error) {
 	pending := c.pending
 	c.pending = nil
 	cause := c.err
+	var ns *notSentError
+	if errors.As(err, &ns) {
+		cause = &notSentError{cause}
+	}
 	orphans := c.orphans
 	c.orphans = nil
 	c.mu.Unlock()
@@ -533,6 +543,11 @@ func (c *Client) dispatch(f wire.Frame) {
 			r.err = fmt.Errorf("%w: %v", ErrProtocol, err)
 		} else {
 			r.err = &ServerError{Code: ErrorCode(code), Message: msg}
+			if ErrorCode(code) == CodeShuttingDown {
+				// Refused unexecuted (a wait or a store waiting for
+				// room) by a server that is stopping: safe to resend.
+				r.err = &notSentError{fmt.Errorf("%w: %w", ErrClosed, r.err)}
+			}
 		}
 	default:
 		wire.CloseFDs(f.FDs)

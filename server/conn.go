@@ -179,6 +179,11 @@ func (c *conn) serve() {
 	}
 	c.cancelAllStores(code, msg)
 	c.mu.Lock()
+	if reason == stopReason && c.hello {
+		// Everything read is answered by now: say so, so that the client
+		// may send what was not answered again, to the next server.
+		c.out = wire.AppendError(c.out, 0, wire.CodeShuttingDown, "server stopping or restarting: every request not answered was not read, and may be sent again to the next server")
+	}
 	c.closed = true
 	c.cond.Broadcast()
 	c.mu.Unlock()
@@ -206,6 +211,9 @@ func (c *conn) serve() {
 	n, b := c.private.Drain()
 	c.log.Info("client gone; private queue freed", "reason", reason, "messages", n, "pages", pages, "bytes", b)
 }
+
+// stopReason is why readLoop returns when the server stops it.
+const stopReason = "server shutdown"
 
 // stopReading makes the reader finish the requests it has already
 // received and then stop, and bounds how long the writer may still block
@@ -250,7 +258,7 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 			}
 			if isPeerGone(err) {
 				if c.s.closing.Load() {
-					return "server shutdown"
+					return stopReason
 				}
 				return "disconnected"
 			}

@@ -132,6 +132,9 @@ type Server struct {
 	nextConn  atomic.Uint64
 	nextToken atomic.Uint64 // names each ack-mode delivery
 	closing   atomic.Bool
+	// keepListeners: closing for a handoff, listening sockets stay open
+	// (not accepting) and checked in, for the successor.
+	keepListeners atomic.Bool
 
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
@@ -247,6 +250,9 @@ func (s *Server) Serve(l *net.UnixListener) error {
 // closeListener closes l, which removes its socket file if Listen made
 // it, and gives up the path Listen checked in at.
 func (s *Server) closeListener(l *net.UnixListener) {
+	if s.keepListeners.Load() {
+		return // Handoff passes it on
+	}
 	s.mu.Lock()
 	delete(s.listeners, l)
 	reg := s.checkIns[l]
@@ -370,14 +376,19 @@ func (s *Server) beginClose() {
 		s.mu.Lock()
 		s.closing.Store(true)
 		close(s.done)
+		keep := s.keepListeners.Load()
 		for l := range s.listeners {
-			l.Close()
+			if keep {
+				l.SetDeadline(time.Now()) // Accept returns; the socket stays
+			} else {
+				l.Close()
+			}
 		}
 		// Sockets checked in by Listen but never served are given up
 		// too; those being served are, by Serve, as it returns.
 		var unserved []*net.UnixListener
 		for l := range s.checkIns {
-			if _, serving := s.listeners[l]; !serving {
+			if _, serving := s.listeners[l]; !serving && !keep {
 				unserved = append(unserved, l)
 			}
 		}

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/machq/machq/internal/activation"
+	"github.com/machq/machq/internal/handoff"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/ratelog"
 	"github.com/machq/machq/internal/sdnotify"
@@ -97,6 +98,9 @@ Flags:
 	dataDir := fs.String("data-dir", "", "keep durable named queues in this `directory` (created 0700, locked while the server runs): they survive a restart, a crash and a power loss, each store on disk before it is acknowledged (docs/STORAGE.md); without it every queue is in memory only")
 	durablePattern := fs.String("durable", "*", "with --data-dir, the named queues that are durable, as a `pattern` (* ? [...], as path.Match): others stay in memory")
 	skipCorrupt := fs.Bool("skip-corrupt", false, "with --data-dir, start past damage in the middle of the log, losing the messages in it (the report names them and keeps the bytes in a quarantine file); without it such damage refuses to start")
+	syncPolicy := fs.String("sync", "every-store", "with --data-dir, the `policy` of syncing durable queues to disk: every-store (each store on disk before it is answered: nothing answered is lost) or lossy-interval=DURATION (answered once written to the log, synced every DURATION, 1ms to 1m: a power loss may LOSE the stores answered in the last DURATION)")
+	checkRestart := fs.Bool(restartFlag, false, "check the flags, print which restart states this executable reads, and exit (what a machqd restarting into it on SIGUSR2 runs first)")
+	fdStore := fs.Int("fd-store", 0, "under systemd, the `descriptors` its file descriptor store keeps (FileDescriptorStoreMax=); 0: as $FDSTORE says (systemd 254 and later). With a store, SIGTERM parks the memory-only named queues there for the next start")
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
 	var ack server.AckConfig
 	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")
@@ -127,6 +131,14 @@ Flags:
 	}
 	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout, *frameTimeout); msg != "" {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
+		return 2
+	}
+	lossySync, err := server.ParseSync(*syncPolicy)
+	if err == nil && lossySync > 0 && *dataDir == "" {
+		err = errors.New("needs --data-dir: without it no queue is kept on disk")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "machqd: --sync %q: %v\n", *syncPolicy, err)
 		return 2
 	}
 	cfgInline := *maxInline
@@ -161,6 +173,12 @@ Flags:
 	}
 	log := slog.New(h)
 
+	if *checkRestart {
+		// The probe of a machqd about to restart into this executable:
+		// the flags are good; say which states it reads.
+		fmt.Printf("machqd reads restart states 1 to %d\n", handoff.Version)
+		return 0
+	}
 	nofile, err := server.RaiseDescriptorLimit()
 	if err != nil {
 		log.Warn("cannot raise the descriptor limit; fewer pages can be stored", "err", err)
@@ -171,19 +189,10 @@ Flags:
 	if *dataDir != "" {
 		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt}
 	}
-	srv, err := server.New(server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack, Durable: dur})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
-		return 2
+	if dur != nil {
+		dur.LossySyncInterval = lossySync
 	}
-
-	named := false // --name or --socket given
-	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
-	serve, err := listen(*name, *socket, named, srv, log)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
-		return 1
-	}
+	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack, Durable: dur}
 
 	// Under a service manager (Type=notify), say when the socket is
 	// served and when a shutdown begins.
@@ -191,67 +200,143 @@ Flags:
 	if err != nil {
 		log.Warn("cannot notify the service manager", "err", err)
 	}
+	passed, err := activation.Take()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
+		return 1
+	}
+	state, fromStore, err := inheritedState(&passed, log)
+	if err != nil {
+		log.Error("cannot take over what the previous machqd handed over; starting without its memory-only queues", "err", err)
+	}
+	named := false // --name or --socket given
+	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	errc := make(chan error, 1)
-	go func() { errc <- serve() }()
-	if err := notify.Ready("serving"); err != nil {
-		log.Warn("cannot notify the service manager", "err", err)
-	}
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2)
+	storeMax := fdStoreMax(*fdStore, notify)
 
-	select {
-	case err := <-errc:
-		log.Error("server stopped", "err", err)
-		ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
-		defer cancel()
-		srv.Shutdown(ctx) // whatever else it serves: stop cleanly
-		return 1
-	case sig := <-sigs:
-		log.Info("signal received; shutting down (signal again to stop at once)", "signal", sig.String())
-	}
-	if err := notify.Stopping("shutting down"); err != nil {
-		log.Warn("cannot notify the service manager", "err", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
-	defer cancel()
-	go func() {
-		// A second signal cuts the graceful shutdown short.
-		select {
-		case sig := <-sigs:
-			log.Warn("second signal; closing every connection now", "signal", sig.String())
-			cancel()
-		case <-ctx.Done():
+	for {
+		srv, err := server.New(cfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
+			return 2
 		}
-	}()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("shutdown cut short; connections closed", "err", err)
+		ls := passed.Listeners
+		passed.Listeners = nil
+		managed := len(ls) > 0
+		if state != nil {
+			adopted, err := srv.Adopt(state)
+			if err != nil {
+				log.Error("taking over from the previous machqd", "err", err)
+			}
+			if fromStore {
+				// Taken: the store must not pass it again.
+				notify.RemoveFDs(activation.StateName)
+				notify.RemoveFDs(activation.HandoffName)
+			}
+			ls = append(ls, adopted...)
+			state, fromStore = nil, false
+		}
+		if len(ls) == 0 {
+			l, err := listen(*name, *socket, srv, log)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
+				return 1
+			}
+			ls = append(ls, l)
+		} else {
+			if named && managed {
+				log.Warn("--name and --socket are ignored: the service manager passed the sockets to serve")
+			}
+			for _, l := range ls {
+				log.Info("serving a socket passed on", "socket", l.Addr().String(), "pid", os.Getpid())
+			}
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- serveAll(srv, ls) }()
+		if err := notify.Ready("serving"); err != nil {
+			log.Warn("cannot notify the service manager", "err", err)
+		}
+
+		var sig os.Signal
+		for sig == nil {
+			select {
+			case err := <-errc:
+				log.Error("server stopped", "err", err)
+				ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+				srv.Shutdown(ctx) // whatever else it serves: stop cleanly
+				cancel()
+				return 1
+			case s := <-sigs:
+				if s != syscall.SIGUSR2 {
+					sig = s
+					break
+				}
+				exe, err := os.Executable()
+				if err == nil {
+					err = probe(exe, args)
+				}
+				if err != nil {
+					log.Error("not restarting: the executable cannot take over", "err", err)
+					continue
+				}
+				log.Info("SIGUSR2: handing over to the executable on disk", "executable", exe)
+				notify.Status("restarting")
+				st, err := restartInPlace(srv, exe, args, *shutdownTimeout, log)
+				<-errc
+				if st == nil {
+					log.Error("restart failed; stopping", "err", err)
+					return 1
+				}
+				log.Error("restart failed; serving on", "err", err)
+				state = st
+				sig = syscall.SIGUSR2
+			}
+		}
+		if sig == syscall.SIGUSR2 {
+			continue // serve again what was handed over
+		}
+		log.Info("signal received; shutting down (signal again to stop at once)", "signal", sig.String())
+		if err := notify.Stopping("shutting down"); err != nil {
+			log.Warn("cannot notify the service manager", "err", err)
+		}
+		if storeMax > 0 {
+			err := park(srv, notify, storeMax, *shutdownTimeout, log)
+			<-errc
+			if err != nil {
+				log.Error("cannot park the memory-only queues in the service manager's store; they are lost", "err", err)
+				return 1
+			}
+			log.Info("stopped")
+			return 0
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+		go func() {
+			// A second signal cuts the graceful shutdown short.
+			select {
+			case sig := <-sigs:
+				log.Warn("second signal; closing every connection now", "signal", sig.String())
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		if err := srv.Shutdown(ctx); err != nil {
+			log.Warn("shutdown cut short; connections closed", "err", err)
+		}
+		cancel()
+		if err := <-errc; err != nil && !errors.Is(err, server.ErrServerClosed) {
+			log.Error("server stopped", "err", err)
+			return 1
+		}
+		log.Info("stopped")
+		return 0
 	}
-	if err := <-errc; err != nil && !errors.Is(err, server.ErrServerClosed) {
-		log.Error("server stopped", "err", err)
-		return 1
-	}
-	log.Info("stopped")
-	return 0
 }
 
-// listen picks the sockets: those passed by the service manager, else the
-// --socket path, else the service name's. It returns the function that
-// serves them.
-func listen(name, socket string, named bool, srv *server.Server, log *slog.Logger) (func() error, error) {
-	ls, err := activation.Listeners()
-	if err != nil {
-		return nil, err
-	}
-	if len(ls) > 0 {
-		if named {
-			log.Warn("--name and --socket are ignored: the service manager passed the sockets to serve")
-		}
-		for _, l := range ls {
-			log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
-		}
-		return func() error { return serveAll(srv, ls) }, nil
-	}
+// listen checks in at the --socket path, else at the service name's.
+func listen(name, socket string, srv *server.Server, log *slog.Logger) (*net.UnixListener, error) {
 	path := socket
+	var err error
 	if path == "" {
 		if path, err = naming.SocketPath(name); err != nil {
 			return nil, fmt.Errorf("--name: %w", err)
@@ -271,7 +356,7 @@ func listen(name, socket string, named bool, srv *server.Server, log *slog.Logge
 	} else {
 		log.Info("listening", "socket", path, "pid", os.Getpid())
 	}
-	return func() error { return srv.Serve(l) }, nil
+	return l, nil
 }
 
 // flagError rewords the flag package's parse errors for a user: flags

@@ -32,8 +32,9 @@ var ErrNotUnix = errors.New("activation: inherited descriptor is not a listening
 var ErrBadEnvironment = errors.New("activation: malformed LISTEN_FDS environment")
 
 // maxFDs bounds LISTEN_FDS, so a corrupt value cannot make the server
-// adopt every descriptor number it can count.
-const maxFDs = 1024
+// adopt every descriptor number it can count. The pages of a restart
+// parked in the file descriptor store come this way too: one each.
+const maxFDs = 1 << 20
 
 // Listeners returns the sockets passed by the service manager as Unix
 // listeners, in order, or nil and no error when LISTEN_PID does not name
@@ -54,13 +55,81 @@ func Listeners() ([]*net.UnixListener, error) {
 	return listeners(os.Getenv, os.Getpid(), ListenFDsStart)
 }
 
+// Names of the descriptors machqd parks in the service manager's file
+// descriptor store when it stops for a restart (docs/RESTART.md): the
+// state, and the descriptors it names.
+const (
+	StateName   = "machq-state"
+	HandoffName = "machq-handoff"
+)
+
+// Passed is what a service manager passed: listening sockets, and what a
+// previous machqd parked in its file descriptor store.
+type Passed struct {
+	Listeners []*net.UnixListener
+	State     *os.File   // the descriptor named StateName; nil if none
+	Handoff   []*os.File // those named HandoffName
+}
+
+// Take is Listeners, but descriptors named StateName and HandoffName
+// (LISTEN_FDNAMES) are returned as they are, not taken for sockets.
+func Take() (Passed, error) {
+	defer func() {
+		os.Unsetenv("LISTEN_PID")
+		os.Unsetenv("LISTEN_FDS")
+		os.Unsetenv("LISTEN_FDNAMES")
+	}()
+	return take(os.Getenv, os.Getpid(), ListenFDsStart)
+}
+
+// take is Take reading the environment from getenv, for process pid, with
+// the inherited descriptors numbered from first.
+func take(getenv func(string) string, pid, first int) (Passed, error) {
+	files, names, err := inheritedNamed(getenv, pid, first)
+	var p Passed
+	if err != nil || len(files) == 0 {
+		return p, err
+	}
+	var sockets []*os.File
+	for i, f := range files {
+		switch names[i] {
+		case StateName:
+			if p.State != nil {
+				p.State.Close()
+			}
+			p.State = f
+		case HandoffName:
+			p.Handoff = append(p.Handoff, f)
+		default:
+			sockets = append(sockets, f)
+		}
+	}
+	p.Listeners, err = listenersOf(sockets)
+	if err != nil {
+		if p.State != nil {
+			p.State.Close()
+		}
+		for _, f := range p.Handoff {
+			f.Close()
+		}
+		return Passed{}, err
+	}
+	return p, nil
+}
+
 // listeners is Listeners reading the environment from getenv, for process
 // pid, with the inherited descriptors numbered from first.
 func listeners(getenv func(string) string, pid, first int) ([]*net.UnixListener, error) {
-	files, err := inherited(getenv, pid, first)
+	files, _, err := inheritedNamed(getenv, pid, first)
 	if err != nil || len(files) == 0 {
 		return nil, err
 	}
+	return listenersOf(files)
+}
+
+// listenersOf takes each of files for a listening socket; on an error,
+// every one is closed.
+func listenersOf(files []*os.File) ([]*net.UnixListener, error) {
 	var ls []*net.UnixListener
 	for i, f := range files {
 		l, err := listener(f)
@@ -78,44 +147,56 @@ func listeners(getenv func(string) string, pid, first int) ([]*net.UnixListener,
 	return ls, nil
 }
 
-// inherited returns the descriptors LISTEN_PID and LISTEN_FDS describe,
-// as files named after LISTEN_FDNAMES, each marked close-on-exec.
-func inherited(getenv func(string) string, pid, first int) ([]*os.File, error) {
+// inheritedNamed returns the descriptors LISTEN_PID and LISTEN_FDS
+// describe, as files named after LISTEN_FDNAMES, each marked
+// close-on-exec, and their LISTEN_FDNAMES names ("" where none).
+func inheritedNamed(getenv func(string) string, pid, first int) ([]*os.File, []string, error) {
 	pidText, nText := getenv("LISTEN_PID"), getenv("LISTEN_FDS")
 	if pidText == "" || nText == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	to, err := strconv.Atoi(pidText)
 	if err != nil || to != pid {
 		// Meant for another process (a parent that exec'd us without
 		// clearing them): not ours to take.
-		return nil, nil
+		return nil, nil, nil
 	}
 	n, err := strconv.Atoi(nText)
 	if err != nil || n < 0 || n > maxFDs {
-		return nil, fmt.Errorf("%w: LISTEN_FDS=%q is not a count of descriptors", ErrBadEnvironment, nText)
+		return nil, nil, fmt.Errorf("%w: LISTEN_FDS=%q is not a count of descriptors", ErrBadEnvironment, nText)
 	}
 	var names []string
 	if v := getenv("LISTEN_FDNAMES"); v != "" {
 		names = strings.Split(v, ":")
 	}
 	files := make([]*os.File, 0, n)
+	fdNames := make([]string, n)
 	for i := range n {
 		fd := first + i
-		if err := unix.SetNonblock(fd, true); err != nil {
+		if i < len(names) {
+			fdNames[i] = names[i]
+		}
+		stored := fdNames[i] == StateName || fdNames[i] == HandoffName
+		var err error
+		if stored {
+			_, err = unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0) // open?
+		} else {
+			err = unix.SetNonblock(fd, true)
+		}
+		if err != nil {
 			for _, f := range files {
 				f.Close()
 			}
-			return nil, fmt.Errorf("%w: LISTEN_FDS=%d but descriptor %d is not open: %v", ErrBadEnvironment, n, fd, err)
+			return nil, nil, fmt.Errorf("%w: LISTEN_FDS=%d but descriptor %d is not open: %v", ErrBadEnvironment, n, fd, err)
 		}
 		unix.CloseOnExec(fd)
 		name := "descriptor " + strconv.Itoa(fd)
-		if i < len(names) && names[i] != "" {
-			name = fmt.Sprintf("descriptor %d (%s)", fd, names[i])
+		if fdNames[i] != "" {
+			name = fmt.Sprintf("descriptor %d (%s)", fd, fdNames[i])
 		}
 		files = append(files, os.NewFile(uintptr(fd), name))
 	}
-	return files, nil
+	return files, fdNames, nil
 }
 
 // listener checks that f is a listening Unix stream socket and returns it

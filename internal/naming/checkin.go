@@ -640,3 +640,72 @@ func listenerClosed(l *net.UnixListener) bool {
 	}
 	return rc.Control(func(uintptr) {}) != nil
 }
+
+// Handover is what a successor process needs to take a Registration
+// over: the listening socket, the lock that reserves the path and the
+// directory it is in, with the identities (device, inode) of the socket
+// file and the lock file that Release removes only while they are still
+// the same files.
+type Handover struct {
+	Path     string
+	Name     string            // the socket's file name in Dir
+	Listener *net.UnixListener // the Registration's own
+	Lock     *os.File          // the Registration's own
+	Dir      *os.File          // the Registration's own
+	SockID   [2]uint64
+	LockID   [2]uint64
+}
+
+// Handover describes r for a successor. Everything it names stays r's: r
+// must not be released while the successor may still take the
+// descriptors over (a successor across execve(2) inherits duplicates;
+// one started later gets them from wherever they were parked).
+func (r *Registration) Handover() (Handover, error) {
+	if r.dir == nil || r.lock == nil || r.Listener == nil {
+		return Handover{}, errors.New("naming: handover of a released registration")
+	}
+	return Handover{Path: r.Path, Name: r.name, Listener: r.Listener, Lock: r.lock, Dir: r.dir,
+		SockID: [2]uint64{r.sock.dev, r.sock.ino}, LockID: [2]uint64{r.lockID.dev, r.lockID.ino}}, nil
+}
+
+// Adopt takes over a registration handed over by a predecessor: the
+// listening socket, lock file and directory descriptors (adopted, closed
+// by Release or on an error) and what Handover described. It checks that
+// each descriptor is what it should be, takes the lock (held already by
+// the same open file, so this cannot block), and writes this process's
+// pid into it.
+func Adopt(path, name string, listener, lock, dir int, sockID, lockID [2]uint64) (*Registration, error) {
+	closeAll := func() {
+		unix.Close(listener)
+		unix.Close(lock)
+		unix.Close(dir)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		closeAll()
+		return nil, fmt.Errorf("naming: the directory handed over for %s is not one", path)
+	}
+	if err := unix.Fstat(lock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || idOf(st) != (fileID{lockID[0], lockID[1]}) {
+		closeAll()
+		return nil, fmt.Errorf("naming: the lock handed over for %s is not the lock file described", path)
+	}
+	if err := unix.Flock(lock, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("naming: take the lock handed over for %s: %w", path, os.NewSyscallError("flock", err))
+	}
+	unix.CloseOnExec(listener)
+	unix.CloseOnExec(lock)
+	unix.CloseOnExec(dir)
+	l, err := listenerOf(listener, path)
+	if err != nil {
+		unix.Close(lock)
+		unix.Close(dir)
+		return nil, fmt.Errorf("naming: the socket handed over for %s: %w", path, err)
+	}
+	lf := os.NewFile(uintptr(lock), path+".lock")
+	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
+	lf.WriteAt(pid, 0)
+	lf.Truncate(int64(len(pid)))
+	return &Registration{Path: path, Listener: l, dir: os.NewFile(uintptr(dir), filepath.Dir(path)), name: name,
+		sock: fileID{sockID[0], sockID[1]}, lock: lf, lockID: fileID{lockID[0], lockID[1]}}, nil
+}

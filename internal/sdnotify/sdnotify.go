@@ -97,16 +97,26 @@ func (n *Notifier) Status(status string) error {
 // StoreFDs asks the manager to keep fds under name in its file descriptor
 // store (the unit needs FileDescriptorStoreMax= above 0): it passes them
 // back, in LISTEN_FDS and LISTEN_FDNAMES, when it starts the service
-// again.
+// again. They go in messages of at most MaxFDsPerMessage descriptors,
+// with FDPOLL=0: the manager must not drop a file it cannot poll (a
+// memfd, a directory) for looking idle.
 func (n *Notifier) StoreFDs(name string, fds ...int) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	if len(fds) == 0 {
-		return nil
+	for len(fds) > 0 {
+		k := min(len(fds), MaxFDsPerMessage)
+		if err := n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds[:k]...); err != nil {
+			return err
+		}
+		fds = fds[k:]
 	}
-	return n.Send("FDSTORE=1\nFDNAME="+name, fds...)
+	return nil
 }
+
+// MaxFDsPerMessage is the most descriptors one message carries: the
+// kernel's limit on SCM_RIGHTS (SCM_MAX_FD) is 253.
+const MaxFDsPerMessage = 253
 
 // RemoveFDs asks the manager to close and forget the descriptors it keeps
 // under name.
