@@ -250,4 +250,3 @@ func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time
 	log.Info("parked in the service manager's file descriptor store for the next start", "queues", len(st.Queues.Queues), "messages", messages, "descriptors", len(fds)+1)
 	return nil
 }
-
