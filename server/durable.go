@@ -24,7 +24,10 @@ import (
 // queue's lock) and durable before the answer that speaks of it is
 // written: each connection's outbox carries the number of the last record
 // its contents depend on, and the writer waits for it (group commit makes
-// one sync serve every connection waiting).
+// one sync serve every connection waiting). Under the opt-in
+// lossy-interval policy (DurableConfig.LossySyncInterval) the writer
+// waits only for the record to be written to the log, which is synced
+// every interval.
 
 // DurableConfig turns durable named queues on.
 type DurableConfig struct {
@@ -40,6 +43,76 @@ type DurableConfig struct {
 	// MinFree is the free space kept in reserve on the data directory's
 	// file system (0: durable.DefaultMinFree).
 	MinFree int64
+	// LossySyncInterval chooses the sync policy. 0, the default
+	// (every-store): a store, take or other change of a durable queue is
+	// answered only once it is on disk, and nothing answered is lost to
+	// a power loss. Positive (lossy-interval): changes are answered once
+	// written to the log, which is synced every LossySyncInterval
+	// (MinSyncInterval to MaxSyncInterval): a crash of the server loses
+	// nothing, but a power loss or a crash of the kernel may lose the
+	// stores answered in the last interval, and bring back messages
+	// whose take or acknowledgement was answered in it. ParseSync reads
+	// machqd's --sync.
+	LossySyncInterval time.Duration
+}
+
+// The bounds of DurableConfig.LossySyncInterval.
+const (
+	MinSyncInterval = time.Millisecond
+	MaxSyncInterval = time.Minute
+)
+
+// ParseSync reads a sync policy as machqd's --sync gives it:
+// "every-store" (0, the default) or "lossy-interval=DURATION" (the
+// interval, a Go duration such as 100ms, from MinSyncInterval to
+// MaxSyncInterval). The error says what is accepted.
+func ParseSync(policy string) (time.Duration, error) {
+	const use = "use every-store (each store on disk before it is answered; the default) or lossy-interval=DURATION (stores answered before they are on disk, synced every DURATION such as 100ms: a power loss may lose what was answered in the last DURATION)"
+	if policy == stats.SyncEveryStore {
+		return 0, nil
+	}
+	v, ok := strings.CutPrefix(policy, stats.SyncLossyInterval)
+	if !ok || v != "" && v[0] != '=' {
+		return 0, fmt.Errorf("unknown sync policy; %s", use)
+	}
+	if v = strings.TrimPrefix(v, "="); v == "" {
+		return 0, fmt.Errorf("the lossy interval needs its DURATION, as in lossy-interval=100ms")
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration; use one such as 100ms or 1s", v)
+	}
+	if d <= 0 {
+		return 0, errSyncBounds(d)
+	}
+	if err := checkSyncInterval(d); err != nil {
+		return 0, err
+	}
+	return d, nil
+}
+
+// checkSyncInterval refuses a lossy sync interval out of bounds (0 is
+// every-store).
+func checkSyncInterval(d time.Duration) error {
+	if d < 0 || (d > 0 && d < MinSyncInterval) || d > MaxSyncInterval {
+		return errSyncBounds(d)
+	}
+	return nil
+}
+
+// errSyncBounds says that d is out of the bounds of a lossy interval.
+func errSyncBounds(d time.Duration) error {
+	short := func(d time.Duration) string { // 1m, not 1m0s
+		s := d.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return fmt.Errorf("the lossy sync interval %s is out of bounds: give %s to %s", short(d), short(MinSyncInterval), short(MaxSyncInterval))
 }
 
 // ErrDurable wraps a failure of the data directory: a failed write or
@@ -65,7 +138,10 @@ func (s *Server) openDurable() error {
 	if _, err := path.Match(d.Queues, ""); err != nil {
 		return fmt.Errorf("machq: durable queue pattern %q: %w", d.Queues, err)
 	}
-	st, queues, rep, err := durable.Open(durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree})
+	if err := checkSyncInterval(d.LossySyncInterval); err != nil {
+		return fmt.Errorf("machq: %w", err)
+	}
+	st, queues, rep, err := durable.Open(durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree, SyncInterval: d.LossySyncInterval})
 	if errors.Is(err, journal.ErrCorrupt) {
 		return fmt.Errorf("machq: data directory %s: %w (machqd --skip-corrupt starts without the damaged records, keeping their bytes in a quarantine file)", d.Dir, err)
 	}
@@ -103,6 +179,9 @@ func (s *Server) openDurable() error {
 	for _, q := range rep.Quarantined {
 		s.log.Error("durable log: DAMAGE skipped; the messages in it are lost", "segment", q.Segment, "from", q.From, "to", q.To, "kept_in", q.File, "lost_before_record", q.LostBefore)
 	}
+	if d.LossySyncInterval > 0 {
+		s.log.Warn("durable queues: sync policy lossy-interval: stores are answered before they are on disk; a power loss may lose those answered in the last interval", "dir", d.Dir, "interval", d.LossySyncInterval)
+	}
 	s.compacted = make(chan struct{})
 	go s.compactLoop()
 	return nil
@@ -118,13 +197,27 @@ func (s *Server) compactLoop() {
 	defer close(s.compacted)
 	t := time.NewTicker(compactInterval)
 	defer t.Stop()
+	// A compaction waits for its records to be durable, up to a lossy
+	// sync interval: the server's end does not wait for that.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-t.C:
 		}
-		rep, err := s.store.Compact(context.Background())
+		rep, err := s.store.Compact(ctx)
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			s.durableFailed(err)
 			return
@@ -319,12 +412,13 @@ func (s *Server) logDeliver(q *queue.Queue, m *queue.Message) {
 	}
 }
 
-// waitDurable waits until record lsn of the log is durable.
+// waitDurable waits until record lsn of the log may be answered: durable,
+// or under the lossy-interval policy written.
 func (s *Server) waitDurable(lsn uint64) error {
 	if lsn == failedLSN {
 		return fmt.Errorf("%w: a record could not be appended", ErrDurable)
 	}
-	if err := s.store.WaitDurable(context.Background(), lsn); err != nil {
+	if err := s.store.WaitCommitted(context.Background(), lsn); err != nil {
 		s.durableFailed(err)
 		return fmt.Errorf("%w: %w", ErrDurable, err)
 	}
@@ -398,8 +492,14 @@ func (s *Server) durableStats() *stats.Durable {
 	if s.store == nil {
 		return nil
 	}
-	d := &stats.Durable{Dir: s.cfg.Durable.Dir, Queues: s.durablePattern, Sync: "every-store",
+	d := &stats.Durable{Dir: s.cfg.Durable.Dir, Queues: s.durablePattern, Sync: stats.SyncEveryStore,
 		Segments: s.store.Segments(), Records: s.store.LastAppended()}
+	if iv := s.store.SyncInterval(); iv > 0 {
+		records, bytes := s.store.Unsynced()
+		d.Sync = stats.SyncLossyInterval
+		d.SyncIntervalMillis = int64((iv + time.Millisecond - 1) / time.Millisecond)
+		d.Unsynced = &stats.Unsynced{Records: records, Bytes: bytes}
+	}
 	if err := s.store.Err(); err != nil && !errors.Is(err, journal.ErrClosed) {
 		d.Failed = err.Error()
 	} else if s.durableBroken.Load() {

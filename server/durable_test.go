@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/machq/machq"
 	"github.com/machq/machq/server"
@@ -79,5 +80,103 @@ func TestDurableDataDirectoryIsLocked(t *testing.T) {
 	_, err := server.New(server.Config{Durable: &server.DurableConfig{Dir: dir}})
 	if err == nil || !strings.Contains(err.Error(), "another server") {
 		t.Fatalf("a second server on the data directory: %v", err)
+	}
+}
+
+// TestDurableSyncPolicyInStats: STATS names the sync policy; under
+// lossy-interval it gives the interval and what is answered and not yet
+// on disk (a store answered with a minute to its sync), and a graceful
+// shutdown syncs it.
+func TestDurableSyncPolicyInStats(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	srv, path := startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir, LossySyncInterval: time.Minute}})
+	c := dial(t, path)
+	if _, err := c.Send(ctx, "jobs", []byte("answered before its sync")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := st.Durable
+	if d == nil || d.Sync != "lossy-interval" || d.SyncIntervalMillis != 60000 || d.Unsynced == nil || d.Unsynced.Records == 0 || d.Unsynced.Bytes == 0 {
+		t.Fatalf("STATS durable under lossy-interval=1m after a store: %+v (unsynced %+v)", d, d.Unsynced)
+	}
+	raw, err := c.StatJSON(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"sync":"lossy-interval","sync_interval_ms":60000,"unsynced":{"records":`) {
+		t.Fatalf("STATS: %s", raw)
+	}
+	c.Close()
+	shutdown, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		t.Fatal(err)
+	}
+
+	// The default policy: every-store, no interval, nothing unsynced.
+	_, path = startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	c = dial(t, path)
+	st, err = c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.Durable; d == nil || d.Sync != "every-store" || d.SyncIntervalMillis != 0 || d.Unsynced != nil {
+		t.Fatalf("STATS durable by default: %+v", d)
+	}
+	raw, err = c.StatJSON(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "sync_interval_ms") || strings.Contains(string(raw), "unsynced") {
+		t.Fatalf("STATS under every-store gives the fields of lossy-interval: %s", raw)
+	}
+	// The store answered under lossy-interval was synced at shutdown.
+	m, err := c.Retrieve(ctx, "jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Bytes()) != "answered before its sync" {
+		t.Fatalf("after a restart: %q", m.Bytes())
+	}
+}
+
+// TestParseSync: machqd's --sync values, and the refusals saying what is
+// accepted; server.New refuses an interval out of bounds.
+func TestParseSync(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{"every-store", 0, ""},
+		{"lossy-interval=100ms", 100 * time.Millisecond, ""},
+		{"lossy-interval=1m", time.Minute, ""},
+		{"lossy-interval=1ms", time.Millisecond, ""},
+		{"lossy-interval", 0, "lossy-interval=100ms"},
+		{"lossy-interval=", 0, "lossy-interval=100ms"},
+		{"lossy-interval=soon", 0, "not a duration"},
+		{"lossy-interval=0s", 0, "out of bounds"},
+		{"lossy-interval=-1s", 0, "out of bounds"},
+		{"lossy-interval=500us", 0, "out of bounds"},
+		{"lossy-interval=2m", 0, "out of bounds"},
+		{"lossy-intervals=1s", 0, "unknown sync policy"},
+		{"always", 0, "use every-store"},
+		{"", 0, "use every-store"},
+	} {
+		got, err := server.ParseSync(tc.in)
+		switch {
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("ParseSync(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("ParseSync(%q) = %v, %v; want an error saying %q", tc.in, got, err, tc.err)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := server.New(server.Config{Durable: &server.DurableConfig{Dir: dir, LossySyncInterval: time.Hour}}); err == nil || !strings.Contains(err.Error(), "out of bounds") {
+		t.Fatalf("server.New with a lossy sync interval of an hour: %v", err)
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/machq/machq"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/stats"
 )
 
 // Exit statuses, documented in the README. A signal exits with 128 plus
@@ -691,6 +692,15 @@ func statCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if d := st.Durable; d != nil {
 		fmt.Fprintf(stdout, "durable  queues %q in %s, synced %s (%d segments, %d records)\n", d.Queues, d.Dir, d.Sync, d.Segments, d.Records)
+		if d.Sync == stats.SyncLossyInterval {
+			var records uint64
+			var bytes int64
+			if d.Unsynced != nil {
+				records, bytes = d.Unsynced.Records, d.Unsynced.Bytes
+			}
+			fmt.Fprintf(stdout, "         LOSSY: synced every %s; a power loss loses what was answered since the last sync (now %d records, %d bytes)\n",
+				time.Duration(d.SyncIntervalMillis)*time.Millisecond, records, bytes)
+		}
 		if d.Failed != "" {
 			fmt.Fprintf(stdout, "         FAILED: %s; durable stores are refused until the server is restarted\n", d.Failed)
 		}

@@ -105,9 +105,18 @@ type Durable struct {
 	Dir string `json:"dir"`
 	// Queues is the pattern selecting the durable named queues.
 	Queues string `json:"queues"`
-	// Sync is when stores are synced: "every-store" (each store is
-	// answered once on disk; nothing answered can be lost).
+	// Sync is when stores are synced: SyncEveryStore or
+	// SyncLossyInterval.
 	Sync string `json:"sync"`
+	// SyncIntervalMillis is, under SyncLossyInterval, the time between
+	// two syncs of the log in milliseconds (rounded up): the longest a
+	// store answered stays off the disk. 0 (absent) under
+	// SyncEveryStore.
+	SyncIntervalMillis int64 `json:"sync_interval_ms,omitempty"`
+	// Unsynced is, under SyncLossyInterval, what was answered and is
+	// not yet on disk at this instant: the most a power loss now would
+	// take. Nil (absent) under SyncEveryStore.
+	Unsynced *Unsynced `json:"unsynced,omitempty"`
 	// Segments is the number of the log's segment files, Records the
 	// records appended since the log began.
 	Segments int    `json:"segments"`
@@ -115,6 +124,27 @@ type Durable struct {
 	// Failed, when not empty, says why durable stores are refused until
 	// the server is restarted.
 	Failed string `json:"failed,omitempty"`
+}
+
+// The sync policies of Durable.Sync.
+const (
+	// SyncEveryStore: each store is answered once it is on disk
+	// (fdatasync, shared by the stores that arrive meanwhile); nothing
+	// answered is lost to a crash or a power loss.
+	SyncEveryStore = "every-store"
+	// SyncLossyInterval: a store is answered once written to the log
+	// (write(2), in the kernel's cache), and the log is synced every
+	// Durable.SyncIntervalMillis: a crash of the server loses nothing,
+	// a power loss (or a crash of the kernel) may lose what was
+	// answered since the last sync.
+	SyncLossyInterval = "lossy-interval"
+)
+
+// Unsynced is what the log has answered and not yet synced: records
+// (stores, takes, acknowledgements, ...) and their bytes in the log.
+type Unsynced struct {
+	Records uint64 `json:"records"`
+	Bytes   int64  `json:"bytes"`
 }
 
 // Group describes one consumer group of a queue: its own line, waiters,
