@@ -314,7 +314,7 @@ func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 		for _, f := range frames {
 			closeFD(f.fd)
 		}
-		return c.werr
+		return &notSentError{c.werr} // none of these frames went out
 	}
 	for _, f := range frames {
 		if f.fd >= 0 {
@@ -336,6 +336,18 @@ func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 		wire.CloseFDs(fds)
 		c.wmu.Lock()
 		c.spare = buf[:0]
+		if err != nil && ctx.Err() == nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+			// The server closed the connection. What it sent before
+			// closing is still to be read, and says what became of the
+			// requests sent (a stopping server's last ERROR says it read
+			// none it did not answer): the callers of this batch wait
+			// for the reader rather than fail now.
+			c.werr = c.connErr(err)
+			c.uc.CloseWrite()
+			wire.CloseFDs(c.wfds)
+			c.wbuf, c.wfds, c.wfdAt = nil, nil, nil
+			return nil
+		}
 		if err != nil {
 			c.werr = c.connErr(err)
 			c.uc.Close() // the reader fails every pending call
