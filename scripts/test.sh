@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check machq's CI runs: formatting, vet, staticcheck, the whole
-# test suite under the race detector, and each fuzz target for a bounded
-# number of executions (FUZZTIME, default 500000x; FUZZTIME=0 skips fuzzing).
+# test suite under the race detector, the durable queues' kill loop for
+# hundreds of rounds (KILL_ROUNDS, default 300; KILL_ROUNDS=0 skips it; the
+# suite itself runs 10), and each fuzz target for a bounded number of
+# executions (FUZZTIME, default 500000x; FUZZTIME=0 skips fuzzing).
 # The budget is a count, not a duration: with a duration, Go 1.26's fuzzing
 # coordinator can report a spurious "context deadline exceeded" failure when
 # the time runs out while a worker is mid-call (go.dev/issue/75804).
@@ -27,6 +29,15 @@ fi
 
 echo "== go test -race"
 go test -race -count=1 ./...
+
+# machqd SIGKILLed at random moments under load, started again each time
+# on the same data directory (docs/RELIABILITY.md, "Durable queues"); about
+# a quarter of a second a round.
+kill_rounds=${KILL_ROUNDS:-300}
+if [ "$kill_rounds" != "0" ]; then
+  echo "== kill loop ($kill_rounds rounds)"
+  MACHQ_KILL_ROUNDS=$kill_rounds go test -race -count=1 -v -timeout 30m -run '^TestDurableKillLoop$' ./internal/integration/
+fi
 
 fuzztime=${FUZZTIME:-500000x}
 if [ "$fuzztime" != "0" ]; then

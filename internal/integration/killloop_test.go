@@ -168,11 +168,11 @@ type killLoop struct {
 	ops      int           // operations answered this round
 	target   int           // the kill comes once ops reaches it
 	killNow  chan struct{} // closed then
-	failures []string      // client errors before the kill
+	failures []string      // client errors before the kill, wrong deliveries
 
 	// Figures for the summary.
 	storesAcked, acksAcked, naks, abandoned, pages int
-	verified, recoveryKills, tornTails             int
+	verified, drained, recoveryKills, tornTails    int
 	inDoubtFound, inDoubtGone                      int
 	took, ready                                    []time.Duration
 }
@@ -524,6 +524,11 @@ func (kl *killLoop) fail(who string, err error) {
 	if kl.killed.Load() {
 		return
 	}
+	kl.wrong(who, err)
+}
+
+// wrong records what a client found wrong, killed or not.
+func (kl *killLoop) wrong(who string, err error) {
 	kl.mu.Lock()
 	defer kl.mu.Unlock()
 	kl.failures = append(kl.failures, fmt.Sprintf("%s: %v", who, err))
@@ -656,7 +661,7 @@ func (kl *killLoop) consume(ctx context.Context, queue string, k int, rng *rand.
 		kl.mu.Unlock()
 		dv.Close()
 		if bad != "" {
-			kl.fail(who, fmt.Errorf("delivered %s", bad))
+			kl.wrong(who, fmt.Errorf("delivered %s", bad))
 			return
 		}
 		switch r := rng.IntN(100); {
@@ -735,6 +740,7 @@ func (kl *killLoop) drain() {
 			}
 			kl.mu.Lock()
 			kl.gone(m, "acknowledged")
+			kl.drained++
 			kl.mu.Unlock()
 		}
 	}
@@ -756,9 +762,9 @@ func (kl *killLoop) summary(rounds int, took time.Duration) {
 	recMed, recMax := med(kl.took)
 	readyMed, readyMax := med(kl.ready)
 	kl.t.Logf("%d rounds in %v: %d stores acknowledged (%d pages), %d acknowledgements answered, %d NAKs, %d deliveries left with their connection; "+
-		"%d messages verified in %d restarts (%d more killed while recovering); in doubt at a kill and then found: %d, gone: %d; torn tails: %d; "+
+		"%d messages verified in %d restarts (%d more killed while recovering), %d drained at the end; in doubt at a kill and then found: %d, gone: %d; torn tails: %d; "+
 		"recovery (report) median %v, max %v; start to answering median %v, max %v",
 		rounds, took.Round(time.Millisecond), kl.storesAcked, kl.pages, kl.acksAcked, kl.naks, kl.abandoned,
-		kl.verified, len(kl.took), kl.recoveryKills, kl.inDoubtFound, kl.inDoubtGone, kl.tornTails,
+		kl.verified, len(kl.took), kl.recoveryKills, kl.drained, kl.inDoubtFound, kl.inDoubtGone, kl.tornTails,
 		recMed, recMax, readyMed.Round(time.Millisecond), readyMax.Round(time.Millisecond))
 }
