@@ -75,6 +75,9 @@ func TestDaemonFlagErrors(t *testing.T) {
 		{[]string{"--shutdown-timeout", "soon"}, 2, "not a duration"},
 		{[]string{"--max-queues", "many"}, 2, "--max-queues \"many\": not a whole number"},
 		{[]string{"--socket", filepath.Join(missing, "s.sock")}, 1, "does not exist"},
+		{[]string{"--sync", "nope"}, 2, "unknown sync policy"},
+		{[]string{"--sync", "lossy-interval=2h", "--data-dir", t.TempDir()}, 2, "out of bounds"},
+		{[]string{"--check-restart", "--max-message", "0"}, 2, "--max-message 0"},
 	} {
 		cmd := exec.Command(bin.machqd, append([]string{"--log-level", "warn"}, tc.args...)...)
 		var stderr strings.Builder
