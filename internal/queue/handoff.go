@@ -148,17 +148,33 @@ func (q *Queue) savedLine(payload func(*Message) int) []SavedMessage {
 func (r *Registry) Load(sv Saved, account func(uid uint32) *quota.Account) error {
 	shares := make([]*shared, len(sv.Payloads))
 	used := make([]bool, len(sv.Payloads))
+	// A payload named more than once was shared by views: those of
+	// consumer groups, and dead letters of groups, which are views in
+	// their dead-letter queue's own line (one there while other groups
+	// still hold theirs, or two groups' dead letters of one message).
+	// Save describes a payload that is not a view's once per message.
+	refs := make([]int, len(sv.Payloads))
+	count := func(ms []SavedMessage) {
+		for _, sm := range ms {
+			if sm.Payload >= 0 && sm.Payload < len(refs) {
+				refs[sm.Payload]++
+			}
+		}
+	}
+	for _, s := range sv.Queues {
+		count(s.Messages)
+		for _, g := range s.Groups {
+			count(g.Views)
+		}
+	}
 	message := func(q *Queue, sm SavedMessage) (*Message, error) {
 		if sm.Payload < 0 || sm.Payload >= len(sv.Payloads) {
-			return nil, fmt.Errorf("queue %s: message %d names payload %d of %d", q.name, sm.Seq, sm.Payload, len(sv.Payloads))
-		}
-		if used[sm.Payload] && q.group == "" {
-			return nil, fmt.Errorf("queue %s: message %d shares payload %d outside consumer groups", q.name, sm.Seq, sm.Payload)
+			return nil, fmt.Errorf("message %d names payload %d of %d", sm.Seq, sm.Payload, len(sv.Payloads))
 		}
 		p := sv.Payloads[sm.Payload]
 		m := &Message{FD: p.FD, Inline: p.Inline, Size: p.Size, DigestAlg: p.DigestAlg, Digest: p.Digest}
 		if p.FD < 0 && int64(len(p.Inline)) != p.Size {
-			return nil, fmt.Errorf("queue %s: message %d has %d inline bytes for a size of %d", q.name, sm.Seq, len(p.Inline), p.Size)
+			return nil, fmt.Errorf("message %d has %d inline bytes for a size of %d", sm.Seq, len(p.Inline), p.Size)
 		}
 		first := !used[sm.Payload]
 		used[sm.Payload] = true
@@ -171,11 +187,15 @@ func (r *Registry) Load(sv Saved, account func(uid uint32) *quota.Account) error
 			}
 			m.Charge = acct
 		}
-		if q.group != "" {
+		if q.group != "" || refs[sm.Payload] > 1 {
 			sh := shares[sm.Payload]
 			if sh == nil {
 				m.Seq = sm.Seq
-				sh = q.parent.share(m)
+				counted := q // counted by a named queue, a group's parent
+				if q.parent != nil {
+					counted = q.parent
+				}
+				sh = counted.share(m)
 				shares[sm.Payload] = sh
 			}
 			m = sh.view()
