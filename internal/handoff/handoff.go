@@ -233,6 +233,9 @@ func Decode(b []byte) (*State, idTable, error) {
 	if v < 1 || v > Version {
 		return nil, ids, fmt.Errorf("%w: version %d, this machqd reads 1 to %d: start the newer machqd", ErrFormat, v, Version)
 	}
+	if f := binary.LittleEndian.Uint32(b[12:]); f != 0 {
+		return nil, ids, fmt.Errorf("%w: flags %#x, none of which this machqd knows", ErrFormat, f)
+	}
 	n := binary.LittleEndian.Uint64(b[16:])
 	if n > uint64(len(b)-headerSize-4) {
 		return nil, ids, fmt.Errorf("%w: body of %d bytes in %d", ErrFormat, n, len(b))
