@@ -38,7 +38,9 @@ import (
 //     each producer stored it; every acknowledged store not taken must be
 //     there.
 //
-// What a restart found settles what was in doubt at the kill (a store or
+// A third of the servers run --sync lossy-interval, which answers once
+// a record is written rather than synced: a SIGKILL must lose nothing
+// answered under it either. What a restart found settles what was in doubt at the kill (a store or
 // an acknowledgement sent and not answered), so each round's bounds are
 // exact but for that round's operations in flight. Consumers acknowledge
 // most deliveries, put some back with NAK, and sometimes close their
@@ -155,6 +157,7 @@ type killLoop struct {
 	rng    *rand.Rand // the main goroutine's
 	round  int
 	d      *daemon // the current machqd
+	sync   string  // its --sync
 
 	// killed is set before each SIGKILL: a client's error before it is
 	// a failure of the test.
@@ -173,6 +176,7 @@ type killLoop struct {
 	// Figures for the summary.
 	storesAcked, acksAcked, naks, abandoned, pages int
 	verified, drained, recoveryKills, tornTails    int
+	lossy                                          int // restarts under lossy-interval
 	inDoubtFound, inDoubtGone                      int
 	took, ready                                    []time.Duration
 }
@@ -207,10 +211,17 @@ func (k *killLogs) Write(p []byte) (int, error) {
 
 // spawn starts machqd on the loop's data directory without waiting for
 // it.
+// A third of them sync the log every 1, 10 or 100 ms rather than before
+// each answer: a crash of the process must lose nothing answered either
+// way.
 func (kl *killLoop) spawn() *daemon {
 	d := &daemon{t: kl.t, socket: kl.socket, logs: &syncBuffer{}, exited: make(chan struct{})}
+	kl.sync = "every-store"
+	if kl.rng.IntN(3) == 0 {
+		kl.sync = "lossy-interval=" + []string{"1ms", "10ms", "100ms"}[kl.rng.IntN(3)]
+	}
 	d.cmd = exec.Command(bin.machqd, "--socket", kl.socket, "--data-dir", kl.dir, "--log-format", "json",
-		"--max-deliveries", "1000000")
+		"--max-deliveries", "1000000", "--sync", kl.sync)
 	logs := &killLogs{out: d.logs}
 	d.cmd.Stdout, d.cmd.Stderr = logs, logs
 	if err := d.cmd.Start(); err != nil {
@@ -237,6 +248,9 @@ func (kl *killLoop) start() recovery {
 	d := kl.spawn()
 	d.waitReady()
 	kl.ready = append(kl.ready, time.Since(began))
+	if kl.sync != "every-store" {
+		kl.lossy++
+	}
 	rep := kl.report()
 	kl.took = append(kl.took, time.Duration(rep.Took))
 	kl.checkReport(rep)
@@ -412,8 +426,8 @@ func (kl *killLoop) checkContents(rep recovery) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Durable == nil || st.Durable.Failed != "" {
-		t.Fatalf("round %d: STATS durable: %+v", kl.round, st.Durable)
+	if policy, _, _ := strings.Cut(kl.sync, "="); st.Durable == nil || st.Durable.Failed != "" || st.Durable.Sync != policy {
+		t.Fatalf("round %d: STATS durable: %+v; want sync %s", kl.round, st.Durable, policy)
 	}
 	inLine, nonEmpty := map[string]int{}, 0
 	for _, q := range st.Queues {
@@ -762,9 +776,9 @@ func (kl *killLoop) summary(rounds int, took time.Duration) {
 	recMed, recMax := med(kl.took)
 	readyMed, readyMax := med(kl.ready)
 	kl.t.Logf("%d rounds in %v: %d stores acknowledged (%d pages), %d acknowledgements answered, %d NAKs, %d deliveries left with their connection; "+
-		"%d messages verified in %d restarts (%d more killed while recovering), %d drained at the end; in doubt at a kill and then found: %d, gone: %d; torn tails: %d; "+
+		"%d messages verified in %d restarts (%d under lossy-interval; %d more killed while recovering), %d drained at the end; in doubt at a kill and then found: %d, gone: %d; torn tails: %d; "+
 		"recovery (report) median %v, max %v; start to answering median %v, max %v",
 		rounds, took.Round(time.Millisecond), kl.storesAcked, kl.pages, kl.acksAcked, kl.naks, kl.abandoned,
-		kl.verified, len(kl.took), kl.recoveryKills, kl.drained, kl.inDoubtFound, kl.inDoubtGone, kl.tornTails,
+		kl.verified, len(kl.took), kl.lossy, kl.recoveryKills, kl.drained, kl.inDoubtFound, kl.inDoubtGone, kl.tornTails,
 		recMed, recMax, readyMed.Round(time.Millisecond), readyMax.Round(time.Millisecond))
 }
