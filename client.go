@@ -487,7 +487,7 @@ func (c *Client) describe(err error) error {
 	var se *ServerError
 	switch {
 	case errors.As(err, &se) && se.Code == CodeShuttingDown:
-		return fmt.Errorf("%w: %w", ErrClosed, se)
+		return fmt.Errorf("%w: %w; Dial again", ErrClosed, se)
 	case errors.As(err, &se):
 		return fmt.Errorf("%w: server closed the connection: %w", ErrClosed, se)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):

@@ -223,7 +223,7 @@ Flags:
 		}
 		ls := passed.Listeners
 		passed.Listeners = nil
-		managed := len(ls) > 0
+		fromManager := len(ls)
 		if state != nil {
 			adopted, err := srv.Adopt(state)
 			if err != nil {
@@ -245,11 +245,15 @@ Flags:
 			}
 			ls = append(ls, l)
 		} else {
-			if named && managed {
+			if named && fromManager > 0 {
 				log.Warn("--name and --socket are ignored: the service manager passed the sockets to serve")
 			}
-			for _, l := range ls {
-				log.Info("serving a socket passed on", "socket", l.Addr().String(), "pid", os.Getpid())
+			for i, l := range ls {
+				if i < fromManager {
+					log.Info("using the socket passed by the service manager", "socket", l.Addr().String())
+				} else {
+					log.Info("serving the socket handed over by the previous machqd", "socket", l.Addr().String(), "pid", os.Getpid())
+				}
 			}
 		}
 		errc := make(chan error, 1)
