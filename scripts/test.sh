@@ -31,8 +31,8 @@ echo "== go test -race"
 go test -race -count=1 ./...
 
 # machqd SIGKILLed at random moments under load, started again each time
-# on the same data directory (docs/RELIABILITY.md, "Durable queues"); about
-# a quarter of a second a round.
+# on the same data directory (docs/RELIABILITY.md, "Durable queues"); under
+# half a second a round.
 kill_rounds=${KILL_ROUNDS:-300}
 if [ "$kill_rounds" != "0" ]; then
   echo "== kill loop ($kill_rounds rounds)"
