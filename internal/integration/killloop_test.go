@@ -276,18 +276,25 @@ func (kl *killLoop) report() recovery {
 		}
 		return found
 	})
-	logs := d.logs.String()
-	if strings.Contains(logs, "DAMAGE") || strings.Contains(logs, "DATA RACE") || strings.Contains(logs, `"level":"ERROR"`) {
-		t.Fatalf("round %d: machqd's logs:\n%s", kl.round, logs)
-	}
-	if strings.Contains(logs, "torn tail cut") {
+	kl.checkLogs()
+	if strings.Contains(d.logs.String(), "torn tail cut") {
 		// The kernel may cut a write short when SIGKILL comes in the
-		// middle of it: records never synced, so never acknowledged (the
+		// middle of it: a write never finished, so never answered (the
 		// contents below show none was).
 		kl.tornTails++
 		t.Logf("round %d: %s", kl.round, rep.Report)
 	}
 	return rep
+}
+
+// checkLogs fails the test if the current machqd logged damage, an
+// error or a data race.
+func (kl *killLoop) checkLogs() {
+	kl.t.Helper()
+	logs := kl.d.logs.String()
+	if strings.Contains(logs, "DAMAGE") || strings.Contains(logs, "DATA RACE") || strings.Contains(logs, `"level":"ERROR"`) {
+		kl.t.Fatalf("round %d: machqd's logs:\n%s", kl.round, logs)
+	}
 }
 
 // bounds are the least and most a restart may find, from what the
@@ -598,6 +605,7 @@ func (kl *killLoop) load() {
 	kl.d.kill()
 	cancel()
 	wg.Wait()
+	kl.checkLogs()
 	if len(kl.failures) > 0 {
 		t.Fatalf("round %d: clients failed before the kill:\n%s", kl.round, strings.Join(kl.failures, "\n"))
 	}
