@@ -78,7 +78,10 @@ type Config struct {
 	// SkipDurable leaves out the durable runs: machq's durable queues
 	// (a machqd with a data directory) against Redis with its
 	// append-only file synced always, a large durable store against a
-	// kernel copy into a file and its sync, and recovery.
+	// kernel copy into a file and its sync, and recovery. They run when
+	// Systems selects machq, and compare with Redis when it selects
+	// redis; with Socket set they are skipped, since they need machqd
+	// processes of their own.
 	SkipDurable bool
 	// DurableDir is where the durable runs keep their data (machq's data
 	// directories, Redis's append-only file, the floor's file), in a
