@@ -38,20 +38,7 @@ import (
 func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
 	s.keepListeners.Store(true)
 	s.beginClose()
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.stopReading()
-	}
-	finished := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(finished)
-	}()
+	finished := s.stopConnections()
 	select {
 	case <-finished:
 	case <-ctx.Done():

@@ -330,6 +330,21 @@ func (s *Server) track(uc *net.UnixConn) bool {
 // at once and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginClose()
+	finished := s.stopConnections()
+	select {
+	case <-finished:
+		s.freeAll()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// stopConnections makes every connection stop reading, once closing is
+// set, and returns a channel closed when every goroutine of the server
+// has ended.
+func (s *Server) stopConnections() <-chan struct{} {
 	// No connection is added once closing is set; stop the ones there
 	// without holding s.mu, which is never held while taking conn.mu.
 	s.mu.Lock()
@@ -341,20 +356,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.stopReading()
 	}
-
 	finished := make(chan struct{})
 	go func() {
 		s.wg.Wait()
 		close(finished)
 	}()
-	select {
-	case <-finished:
-		s.freeAll()
-		return nil
-	case <-ctx.Done():
-		s.Close()
-		return ctx.Err()
-	}
+	return finished
 }
 
 // Close stops the server at once: listeners and connections are closed
