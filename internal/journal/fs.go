@@ -115,6 +115,7 @@ type MemFS struct {
 	// durable; a file created and not yet so is lost in a crash.
 	dirSynced map[string]bool
 	last      *memFile
+	syncs     int   // file syncs that succeeded
 	fail      error // returned by writes and syncs: a failing disk
 	failSync  error // returned by syncs: writes reach the cache, never the disk
 }
@@ -280,7 +281,15 @@ func (f *memFile) Sync() error {
 		return f.fs.failSync
 	}
 	f.synced = len(f.data)
+	f.fs.syncs++
 	return nil
+}
+
+// Syncs returns how many file syncs succeeded.
+func (m *MemFS) Syncs() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.syncs
 }
 
 func (f *memFile) Truncate(size int64) error {

@@ -83,6 +83,16 @@ type Journal struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	pending []*write // records to write, in order
+	// writing: a batch is being written (by the writer or a waiter that
+	// leads); waiters: goroutines in wait whose record is not committed.
+	writing bool
+	waiters int
+	// What the last batch a leader wrote held, and how long writing and
+	// syncing it took; arrived, when not nil, is closed at the next
+	// Append (gather).
+	lastBatch int
+	lastSync  time.Duration
+	arrived   chan struct{}
 	// Records below nextSynced are durable (written and synced), those
 	// below nextWritten written; bytesSynced and bytesWritten count the
 	// bytes of the records of this run each holds.
@@ -426,6 +436,10 @@ func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
 	w.lsn = j.nextApp
 	j.nextApp++
 	j.pending = append(j.pending, w)
+	if j.arrived != nil {
+		close(j.arrived) // a leader gathers a batch
+		j.arrived = nil
+	}
 	j.cond.Signal()
 	return Pending{w}, nil
 }
@@ -459,27 +473,32 @@ func (j *Journal) Close() error {
 	return j.closeErr
 }
 
-// writer writes and syncs what was appended, batch after batch: every
-// record appended while a sync runs shares the next one. Under
-// SyncInterval it only writes; the syncer syncs.
+// Group commit. Records are written, and synced, in batches: every
+// record appended while a batch is being written goes into the next one.
+// Whoever waits for a record that nobody is writing yet writes the batch
+// itself (it leads): a store that waits for its own record costs no
+// hand-off between goroutines, as in a single-threaded server. Records
+// nobody waits for (the writer goroutine sees no waiter) are written by
+// the writer goroutine. One batch is written at a time (writing).
+
+// writer writes the records appended that no waiter is about to write,
+// until the journal is closed or stopped. Under SyncInterval batches are
+// only written; the syncer syncs.
 func (j *Journal) writer() {
 	defer close(j.done)
 	for {
 		j.mu.Lock()
-		for len(j.pending) == 0 && !j.closed && j.err == nil {
+		for j.err == nil && (j.writing || !j.closed && (len(j.pending) == 0 || j.waiters > 0)) {
 			j.cond.Wait()
 		}
 		if j.err != nil {
-			// The syncer failed: nothing more is written.
+			// A write or sync failed: nothing more is written.
 			j.mu.Unlock()
 			j.stop()
 			return
 		}
-		batch := j.pending
-		j.pending = nil
-		closing := j.closed && len(batch) == 0
-		j.mu.Unlock()
-		if closing {
+		if len(j.pending) == 0 { // closed, nothing left to write
+			j.mu.Unlock()
 			// What was written is synced before the journal closes.
 			err := j.syncWritten()
 			j.mu.Lock()
@@ -492,27 +511,77 @@ func (j *Journal) writer() {
 			j.mu.Unlock()
 			return
 		}
-		err := j.writeBatch(batch)
-		if err != nil {
-			j.mu.Lock()
-			if j.err == nil {
-				j.err = fmt.Errorf("%w: %w", ErrFailed, err)
-			}
-			err = j.err
-			j.wake()
-			rest := j.pending
-			j.pending = nil
-			j.mu.Unlock()
-			batch = append(batch, rest...)
-		}
-		for _, w := range batch {
-			w.err = err
-			close(w.done)
-		}
-		if err != nil {
-			j.stop()
+		batch := j.takeBatch()
+		j.mu.Unlock()
+		j.endBatch(batch, j.writeBatch(batch))
+	}
+}
+
+// gather lets the writers of the last batch append again before a
+// leader takes the next: when the last batch held several records and
+// fewer are pending now, their writers are most likely on their way
+// (answered by the last sync, their next record follows), and a batch
+// that waits a little for them saves each of them a whole sync. It waits
+// until as many records are pending as the last batch held, for at most
+// half the last batch's write and sync, and not at all when one writer
+// is alone. j.mu is held, and the caller is the one writing.
+func (j *Journal) gather() {
+	if j.lastBatch < 2 || len(j.pending) >= j.lastBatch || j.closed {
+		return
+	}
+	deadline := time.Now().Add(min(j.lastSync/2, maxGather))
+	for len(j.pending) < j.lastBatch && !j.closed && j.err == nil {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return
 		}
+		ch := make(chan struct{})
+		j.arrived = ch
+		j.mu.Unlock()
+		t := time.NewTimer(left)
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
+		j.mu.Lock()
+		j.arrived = nil
+	}
+}
+
+// maxGather bounds gather's wait, whatever a sync took.
+const maxGather = time.Millisecond
+
+// takeBatch takes every record pending for writing; j.mu is held.
+func (j *Journal) takeBatch() []*write {
+	batch := j.pending
+	j.pending = nil
+	j.writing = true
+	return batch
+}
+
+// endBatch ends the writing of batch, which failed with err or not: it
+// wakes the waiters, one of whom may lead the next batch, or the writer,
+// and answers the batch's records.
+func (j *Journal) endBatch(batch []*write, err error) {
+	j.mu.Lock()
+	j.writing = false
+	if err != nil {
+		if j.err == nil {
+			j.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		}
+		err = j.err
+		// Nothing appended after a failure is written: the writer
+		// answers the rest (stop).
+		batch = append(batch, j.pending...)
+		j.pending = nil
+	}
+	j.wake()
+	j.cond.Signal()
+	j.mu.Unlock()
+	for _, w := range batch {
+		w.err = err
+		close(w.done)
 	}
 }
 
@@ -576,8 +645,7 @@ func (j *Journal) writeBatch(batch []*write) error {
 	if always {
 		j.nextSynced, j.bytesSynced = lsn, j.wBytes
 	}
-	j.wake()
-	return nil
+	return nil // endBatch wakes the waiters
 }
 
 // syncer syncs what was written every SyncInterval until the writer
@@ -676,13 +744,37 @@ func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 		case lsn >= j.nextApp:
 			j.mu.Unlock()
 			return fmt.Errorf("journal: record %d was never appended", lsn)
+		case !j.writing && len(j.pending) > 0 && j.pending[0].lsn <= lsn && ctx.Err() == nil:
+			// The record waits to be written and nobody is writing:
+			// write it, and everything pending with it, here.
+			j.writing = true
+			j.gather()
+			batch := j.takeBatch()
+			j.mu.Unlock()
+			start := time.Now()
+			err := j.writeBatch(batch)
+			j.lastSync = time.Since(start)
+			j.lastBatch = len(batch)
+			j.endBatch(batch, err)
+			continue
 		}
 		ch := j.synced
+		j.waiters++
 		j.mu.Unlock()
+		var err error
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		j.mu.Lock()
+		j.waiters--
+		if j.waiters == 0 {
+			j.cond.Signal() // records nobody waits for are the writer's
+		}
+		j.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
