@@ -523,13 +523,14 @@ func (j *Journal) writer() {
 // (answered by the last sync, their next record follows), and a batch
 // that waits a little for them saves each of them a whole sync. It waits
 // until as many records are pending as the last batch held, for at most
-// half the last batch's write and sync, and not at all when one writer
-// is alone. j.mu is held, and the caller is the one writing.
+// as long as the last batch's write and sync took (what each of them
+// would otherwise wait in addition), and not at all when one writer is
+// alone. j.mu is held, and the caller is the one writing.
 func (j *Journal) gather() {
 	if j.lastBatch < 2 || len(j.pending) >= j.lastBatch || j.closed {
 		return
 	}
-	deadline := time.Now().Add(min(j.lastSync/2, maxGather))
+	deadline := time.Now().Add(min(j.lastSync, maxGather))
 	for len(j.pending) < j.lastBatch && !j.closed && j.err == nil {
 		left := time.Until(deadline)
 		if left <= 0 {
