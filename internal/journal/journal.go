@@ -750,6 +750,15 @@ func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 			// write it, and everything pending with it, here.
 			j.writing = true
 			j.gather()
+			if j.err != nil || len(j.pending) == 0 {
+				// The journal stopped meanwhile (stop answered
+				// what was pending): nothing to write.
+				j.writing = false
+				j.wake()
+				j.cond.Signal()
+				j.mu.Unlock()
+				continue
+			}
 			batch := j.takeBatch()
 			j.mu.Unlock()
 			start := time.Now()
