@@ -252,7 +252,11 @@ func (s *Server) restoreQueue(dq durable.Queue) error {
 		return fmt.Errorf("machq: recovering queue %s: %w (raise --max-queues)", dq.Name, err)
 	}
 	defer s.named.Release(q)
-	if !q.Logged() {
+	if !q.Logged() && len(dq.Messages) == 0 {
+		// Only its owner or settings were kept, and the pattern no
+		// longer selects it: it is a memory-only queue now.
+		s.log.Info("a queue the durable queue pattern no longer selects keeps its owner and settings in memory only", "queue", dq.Name)
+	} else if !q.Logged() {
 		// The pattern no longer selects it: it stays a durable queue
 		// until it is empty, rather than lose what it holds.
 		return fmt.Errorf("machq: the data directory holds %d messages of queue %s, which the durable queue pattern %q does not select: widen it, or consume them first", len(dq.Messages), dq.Name, s.durablePattern)
@@ -370,22 +374,20 @@ func metaOf(q *queue.Queue) durable.QueueMeta {
 	return durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
 }
 
-// logMeta records the description of the durable queue q now (CONFIG
-// changed it).
+// logMeta records the description of the durable queue q now, unless
+// the log has it already: CONFIG changed it, or an owned queue was just
+// created, whose owner must survive a restart even before its first
+// message.
 func (s *Server) logMeta(q *queue.Queue) {
 	if s.store == nil || !q.Logged() {
 		return
 	}
-	creator := q.Creator()
-	owner, owned := q.Owner()
-	if owned {
-		creator = owner
-	}
-	p := q.Policy()
-	meta := durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
-	if _, err := s.store.Append(durable.Op{Type: durable.TypeQueue, Queue: q.Name(), Meta: meta}); err != nil {
-		s.durableFailed(err)
-	}
+	q.Describe(func(creator uint32, owned bool, p queue.Policy) {
+		meta := durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
+		if _, err := s.store.Describe(q.Name(), meta); err != nil {
+			s.durableFailed(err)
+		}
+	})
 }
 
 // logTake records m, of the durable queue q, gone, returning the record's

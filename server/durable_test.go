@@ -180,3 +180,87 @@ func TestParseSync(t *testing.T) {
 		t.Fatalf("server.New with a lossy sync interval of an hour: %v", err)
 	}
 }
+
+// TestDurableQueueKeepsItsOwnerAndSettingsWhenEmpty: a durable queue's
+// owner, and its own settings, outlive its last message across a
+// restart (else any user could take an owned queue's name after one);
+// an owned queue created without a message is recorded too, and a
+// disowned one is forgotten.
+func TestDurableQueueKeepsItsOwnerAndSettingsWhenEmpty(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	srv, path := startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	owner := dial(t, path, machq.WithOwnedQueues())
+	if _, err := owner.Send(ctx, "owned-emptied", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Retrieve(ctx, "owned-emptied"); err != nil {
+		t.Fatal(err)
+	}
+	// Owned by a wait that found nothing: never a message.
+	wait, stop := context.WithTimeout(ctx, 50*time.Millisecond)
+	if _, err := owner.RetrieveWait(wait, "owned-never-used"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a wait on an empty owned queue: %v", err)
+	}
+	stop()
+	if _, err := owner.Send(ctx, "disowned", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Retrieve(ctx, "disowned"); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Disown(ctx, "disowned"); err != nil {
+		t.Fatal(err)
+	}
+	plain := dial(t, path)
+	if err := plain.Configure(ctx, "configured", machq.QueueConfig{MaxDeliveries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	owner.Close()
+	plain.Close()
+	shutdown, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		t.Fatal(err)
+	}
+
+	_, path = startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	c := dial(t, path)
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]machq.QueueStats{}
+	for _, q := range st.Queues {
+		found[q.Name] = q
+	}
+	for _, name := range []string{"owned-emptied", "owned-never-used"} {
+		if q, ok := found[name]; !ok || q.Owner == nil || q.Messages != 0 {
+			t.Errorf("after a restart, queue %s: %+v (listed %v); want it empty and still owned", name, q, ok)
+		}
+	}
+	if q, ok := found["disowned"]; ok {
+		t.Errorf("a queue disowned before the restart came back: %+v", q)
+	}
+	// The configured queue's max deliveries, 1, still holds: one NAK and
+	// the message is a dead letter.
+	if _, err := c.Send(ctx, "configured", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Reserve(ctx, "configured", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Nak(ctx, 0, "no"); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	waitFor(t, "the NAKed message to be a dead letter", func() bool {
+		m, err := c.Peek(ctx, "configured.dlq", 0)
+		if err != nil {
+			return false
+		}
+		m.Close()
+		return true
+	})
+}

@@ -29,7 +29,10 @@ func (c *conn) queueFor(name []byte, flags uint8, create bool) (*queue.Queue, wi
 	var q *queue.Queue
 	if create {
 		var err error
-		if q, err = c.s.named.Acquire(name, uid, owned); err != nil {
+		if q, err = c.s.named.Acquire(name, uid, owned); err == nil && owned {
+			c.s.logMeta(q) // a durable queue's owner outlives a restart
+		}
+		if err != nil {
 			lim := &c.s.cfg.Limits
 			if errors.Is(err, queue.ErrTooManyQueuesForUID) {
 				return nil, wire.CodeLimit, limitError(fmt.Sprintf("cannot create queue %s: uid %d has created too many named queues", name, uid), int64(c.s.named.CreatedBy()[uid]), int64(lim.MaxQueuesPerUID), "max-queues-per-uid", "use fewer queue names, release owned ones (machq disown), or raise the limit")

@@ -40,6 +40,11 @@ type QueueMeta struct {
 	LeaseMillis   uint32
 }
 
+// Kept reports whether the description outlives the queue's last
+// message: an owned queue stays its owner's, and a configured one keeps
+// its settings, until deleted (DROP) or disowned.
+func (m QueueMeta) Kept() bool { return m.Owned || m.MaxDeliveries != 0 || m.LeaseMillis != 0 }
+
 // maxName is the longest queue name (naming.MaxName).
 const maxName = 255
 

@@ -96,7 +96,8 @@ type Queue struct {
 // Report says what opening the store found.
 type Report struct {
 	journal.Report
-	Queues       int
+	Queues       int // queues with messages
+	EmptyQueues  int // queues without, kept for their owner or settings (QueueMeta.Kept)
 	Messages     int
 	PayloadBytes int64
 	// PayloadFiles counts the messages whose payload is a file;
@@ -112,6 +113,9 @@ func (r Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d queues, %d messages (%d in payload files), %d payload bytes from %d records in %d segments, in %v",
 		r.Queues, r.Messages, r.PayloadFiles, r.PayloadBytes, r.Records, r.Segments, r.Took.Round(time.Millisecond))
+	if r.EmptyQueues > 0 {
+		fmt.Fprintf(&b, "; %d empty queues kept for their owner or settings", r.EmptyQueues)
+	}
 	if r.OrphansRemoved > 0 {
 		fmt.Fprintf(&b, "; %d unreferenced payload files removed", r.OrphansRemoved)
 	}
@@ -249,8 +253,15 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		rep.Messages += len(q.Messages)
 		queues = append(queues, q)
 	}
-	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
 	rep.Queues = len(queues)
+	// Empty queues whose description is kept: owned, or configured.
+	for name, m := range s.meta {
+		if _, ok := s.queues[name]; !ok {
+			queues = append(queues, Queue{Name: name, Meta: m.meta, LastID: last[name]})
+			rep.EmptyQueues++
+		}
+	}
+	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
 	if rep.OrphansRemoved, err = s.removeOrphans(); err != nil {
 		s.Close()
 		return nil, nil, rep, err
@@ -349,7 +360,7 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 			}
 			delete(live, op.ID)
 			if len(live) == 0 {
-				s.forget(op.Queue)
+				s.emptied(op.Queue)
 			}
 		}
 	case TypeDeliver:
@@ -370,19 +381,30 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 				}
 			}
 			if len(live) == 0 {
-				s.forget(op.Queue)
+				s.emptied(op.Queue)
 			}
 		}
 	case TypeQueue:
 		s.meta[op.Queue] = &metaEntry{lsn: lsn, meta: op.Meta}
+		if _, ok := s.queues[op.Queue]; !ok && !op.Meta.Kept() {
+			delete(s.meta, op.Queue) // an empty queue back to the defaults
+		}
 	}
 }
 
-// forget drops an empty or deleted queue: the log keeps nothing of a
-// queue without messages.
+// forget drops a deleted or disowned queue.
 func (s *Store) forget(queue string) {
 	delete(s.queues, queue)
 	delete(s.meta, queue)
+}
+
+// emptied drops the messages of a queue that has none left, and its
+// description unless it is one to keep (Kept).
+func (s *Store) emptied(queue string) {
+	delete(s.queues, queue)
+	if m := s.meta[queue]; m == nil || !m.meta.Kept() {
+		delete(s.meta, queue)
+	}
 }
 
 // appendLocked appends op's record and applies it, noting the payload
@@ -431,6 +453,26 @@ func (s *Store) appendOpsLocked(ops ...Op) (uint64, error) {
 		last = p.LSN()
 	}
 	return last, nil
+}
+
+// Describe records queue's description, unless it is the one recorded
+// last, and returns the record's number (0 if none was needed). An
+// empty queue's description is kept only if QueueMeta.Kept.
+func (s *Store) Describe(queue string, meta QueueMeta) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.meta[queue]
+	if e != nil && e.meta == meta {
+		return 0, nil
+	}
+	if _, live := s.queues[queue]; e == nil && !live && !meta.Kept() {
+		return 0, nil // nothing recorded, nothing to keep
+	}
+	p, err := s.appendLocked(Op{Type: TypeQueue, Queue: queue, Meta: meta})
+	if err != nil {
+		return 0, err
+	}
+	return p.LSN(), nil
 }
 
 // AppendStore is Append of a message stored in queue, described by meta:

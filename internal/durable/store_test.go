@@ -448,8 +448,9 @@ func BenchmarkStore(b *testing.B) {
 }
 
 // TestQueueDescriptionLastsWithItsMessages: a queue's description is
-// recorded with its first message, again when it changes, and forgotten
-// with its last.
+// recorded with its first message and again when it changes; with its
+// last message it is forgotten, unless it must be kept (an owned or
+// configured queue), which only a drop forgets.
 func TestQueueDescriptionLastsWithItsMessages(t *testing.T) {
 	dir := t.TempDir()
 	s, _, _ := mustOpen(t, Options{Dir: dir})
@@ -464,21 +465,40 @@ func TestQueueDescriptionLastsWithItsMessages(t *testing.T) {
 	lsn, err := s.AppendStore("mine", set, Op{ID: 4, Payload: []byte("x")})
 	must(t, err)
 	must(t, s.WaitDurable(ctx, lsn))
-	lsn, err = s.AppendStore("emptied", owned, Op{ID: 1, Payload: []byte("x")})
-	must(t, err)
-	must(t, s.WaitDurable(ctx, lsn))
-	must(t, s.Take(ctx, "emptied", 1))
+	open := QueueMeta{Creator: 7}
+	for _, q := range []struct {
+		name string
+		meta QueueMeta
+	}{{"emptied", open}, {"owned-emptied", owned}, {"configured-emptied", QueueMeta{Creator: 7, LeaseMillis: 500}}, {"dropped", owned}} {
+		lsn, err = s.AppendStore(q.name, q.meta, Op{ID: 1, Payload: []byte("x")})
+		must(t, err)
+		must(t, s.WaitDurable(ctx, lsn))
+		must(t, s.Take(ctx, q.name, 1))
+	}
+	must(t, s.Drop(ctx, "dropped"))
 	// Described once, and again on the change: not with every store.
-	if recs := s.LastAppended(); recs != 9 {
-		t.Errorf("%d records appended; want 9 (3 descriptions, 5 stores, 1 take)", recs)
+	if recs := s.LastAppended(); recs != 19 {
+		t.Errorf("%d records appended; want 19 (6 descriptions, 8 stores, 4 takes, 1 drop)", recs)
 	}
 	must(t, s.Close())
-	_, qs, _ := mustOpen(t, Options{Dir: dir})
+	_, qs, rep := mustOpen(t, Options{Dir: dir})
 	if got := qs["mine"].Meta; got != set {
 		t.Errorf("mine is described as %+v, want %+v", got, set)
 	}
 	if _, ok := qs["emptied"]; ok {
-		t.Error("a queue emptied before the restart came back")
+		t.Error("an unowned queue of default settings, emptied before the restart, came back")
+	}
+	if _, ok := qs["dropped"]; ok {
+		t.Error("a dropped owned queue came back")
+	}
+	if q, ok := qs["owned-emptied"]; !ok || q.Meta != owned || len(q.Messages) != 0 {
+		t.Errorf("an owned queue emptied before the restart: %+v, %v; want it back, empty, still owned", q, ok)
+	}
+	if q, ok := qs["configured-emptied"]; !ok || q.Meta.LeaseMillis != 500 || len(q.Messages) != 0 {
+		t.Errorf("a configured queue emptied before the restart: %+v, %v; want it back with its settings", q, ok)
+	}
+	if rep.Queues != 1 || rep.EmptyQueues != 2 {
+		t.Errorf("report: %d queues with messages and %d empty ones kept; want 1 and 2 (%s)", rep.Queues, rep.EmptyQueues, rep)
 	}
 }
 

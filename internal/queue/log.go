@@ -37,6 +37,15 @@ func (q *Queue) Described() (creator uint32, owned bool, p Policy) {
 	return creator, owned, q.policy
 }
 
+// Describe calls f with what Described returns, under q's lock: a log
+// that records the description from f records the changes in the order
+// they happen.
+func (q *Queue) Describe(f func(creator uint32, owned bool, p Policy)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	f(q.Described())
+}
+
 // Logged reports whether q's messages are logged.
 func (q *Queue) Logged() bool { return q.log != nil }
 

@@ -241,6 +241,9 @@ func (r *Registry) Disown(name []byte, uid uint32) error {
 		return ErrInUse
 	}
 	q.owner = nil
+	if q.log != nil {
+		q.log.Dropped(q) // its description, kept while owned, goes
+	}
 	r.remove(q, false)
 	return nil
 }
