@@ -334,6 +334,14 @@ func (w *writer) state(s *State) error {
 			w.messages(g.Views)
 		}
 	}
+	w.u64(s.Queues.NextStart)
+	w.u32(uint32(len(s.Queues.Removed)))
+	for _, r := range s.Queues.Removed {
+		w.str(r.Name)
+		w.u64(r.NextSeq)
+		w.u32(r.Policy.MaxDeliveries)
+		w.u32(r.Policy.LeaseMillis)
+	}
 	return w.err
 }
 
@@ -477,6 +485,13 @@ func (r *reader) state(ids *idTable) *State {
 			q.Groups = append(q.Groups, g)
 		}
 		s.Queues.Queues = append(s.Queues.Queues, q)
+	}
+	s.Queues.NextStart = r.u64()
+	nr := r.count(uint64(r.u32()), 4+8+4+4, "removed queues")
+	for range nr {
+		rq := queue.SavedRemoved{Name: r.str(), NextSeq: r.u64()}
+		rq.Policy.MaxDeliveries, rq.Policy.LeaseMillis = r.u32(), r.u32()
+		s.Queues.Removed = append(s.Queues.Removed, rq)
 	}
 	return s
 }

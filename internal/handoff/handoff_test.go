@@ -531,7 +531,8 @@ func TestDecodeRefuses(t *testing.T) {
 	twoPages = le.AppendUint32(twoPages, 0)
 	zeroPage := le.AppendUint64(le.AppendUint32(nil, 0), 1)
 	zeroPage = le.AppendUint32(pagePayload(zeroPage, ID{}), 0)
-	empty := le.AppendUint32(le.AppendUint64(le.AppendUint32(nil, 0), 0), 0)
+	// No listeners, payloads or queues; next start 0, nothing removed.
+	empty := le.AppendUint32(le.AppendUint64(le.AppendUint32(le.AppendUint64(le.AppendUint32(nil, 0), 0), 0), 0), 0)
 	for _, tc := range []struct {
 		name string
 		b    []byte

@@ -63,10 +63,25 @@ type SavedPayload struct {
 	UID       uint32 // the storer's user id, when Charged
 }
 
-// Saved is what Save describes: queues and the payloads they hold.
+// Saved is what Save describes: queues and the payloads they hold, and
+// what the registry remembers of queues it removed while idle.
 type Saved struct {
 	Queues   []SavedQueue
 	Payloads []SavedPayload
+	// NextStart is the first sequence number of a queue created anew:
+	// above every number a removed queue gave, so that none is given
+	// twice under one name.
+	NextStart uint64
+	// Removed are the queues removed while idle that come back as they
+	// were on their next use (sequence numbers, settings), oldest first.
+	Removed []SavedRemoved
+}
+
+// SavedRemoved is a queue removed while idle, remembered.
+type SavedRemoved struct {
+	Name    string
+	NextSeq uint64
+	Policy  Policy
 }
 
 // Save describes every named queue that keep selects, and what it holds,
@@ -118,6 +133,15 @@ func (r *Registry) Save(keep func(*Queue) bool) Saved {
 		q.mu.Unlock()
 		sv.Queues = append(sv.Queues, s)
 	}
+	r.mu.Lock()
+	sv.NextStart = r.nextStart
+	for i := range r.goneOrder {
+		e := r.goneOrder[(r.goneHead+i)%len(r.goneOrder)]
+		if was, ok := r.gone[e.name]; ok && was.n == e.n {
+			sv.Removed = append(sv.Removed, SavedRemoved{Name: e.name, NextSeq: was.nextSeq, Policy: was.policy})
+		}
+	}
+	r.mu.Unlock()
 	return sv
 }
 
@@ -203,6 +227,14 @@ func (r *Registry) Load(sv Saved, account func(uid uint32) *quota.Account) error
 		m.Seq, m.Deliveries, m.Dead, m.DiedAfter, m.Note, m.Group = sm.Seq, sm.Deliveries, sm.Dead, sm.DiedAfter, sm.Note, sm.Group
 		return m, nil
 	}
+	r.mu.Lock()
+	r.nextStart = max(r.nextStart, sv.NextStart)
+	for _, was := range sv.Removed {
+		if _, live := r.queues[was.Name]; !live && was.Name != "" {
+			r.remember(was.Name, removed{nextSeq: was.NextSeq, policy: was.Policy})
+		}
+	}
+	r.mu.Unlock()
 	var err error
 	for _, s := range sv.Queues {
 		if err = r.load(s, message); err != nil {

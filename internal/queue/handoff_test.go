@@ -547,3 +547,39 @@ func TestLoadErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestSaveLoadRemembersRemovedQueues: a queue removed while idle comes
+// back after a handoff as it would have before (its sequence numbers go
+// on, its settings stay), and a queue created anew starts above every
+// number given before.
+func TestSaveLoadRemembersRemovedQueues(t *testing.T) {
+	l := quota.New(quota.Config{})
+	r1 := queue.NewRegistry(nil, 0, 0)
+	q := acquire(t, r1, "idle", 7, false)
+	q.SetPolicy(queue.Policy{MaxDeliveries: 3})
+	for range 5 {
+		store(t, q, l, 7, "x", false)
+	}
+	for _, m := range popAll(q) {
+		m.Release()
+	}
+	r1.Snapshot() // sweeps the idle queue, remembering it
+	if r1.Lookup([]byte("idle")) != nil {
+		t.Fatal("the idle queue was not removed")
+	}
+	sv := r1.Save(func(*queue.Queue) bool { return true })
+	if len(sv.Removed) != 1 || sv.Removed[0].NextSeq != 6 || sv.NextStart < 1 {
+		t.Fatalf("saved removed queues %+v, next start %d", sv.Removed, sv.NextStart)
+	}
+	r2 := queue.NewRegistry(nil, 0, 0)
+	if err := r2.Load(sv, l.Account); err != nil {
+		t.Fatal(err)
+	}
+	back := acquire(t, r2, "idle", 7, false)
+	if seq := store(t, back, l, 7, "y", false); seq != 6 {
+		t.Errorf("the remembered queue's next message got seq %d, want 6", seq)
+	}
+	if p := back.Policy(); p.MaxDeliveries != 3 {
+		t.Errorf("the remembered queue's settings %+v, want max deliveries 3", p)
+	}
+}
