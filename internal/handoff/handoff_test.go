@@ -146,6 +146,8 @@ func newFixture(t testing.TB) fixture {
 		}},
 		{Name: "idle", Creator: 3, NextSeq: 1},
 	}
+	f.state.Queues.NextStart = 41
+	f.state.Queues.Removed = []queue.SavedRemoved{{Name: "gone", NextSeq: 17, Policy: queue.Policy{LeaseMillis: 100}}}
 	return f
 }
 
