@@ -105,6 +105,7 @@ func (c *conn) handleDisown(f wire.Frame) {
 	}
 	c.mu.Lock()
 	c.out = wire.AppendDisowned(c.out, f.ID)
+	c.durableMark(0) // a durable queue's DROP is on disk before the answer
 	c.signal()
 	c.mu.Unlock()
 }
