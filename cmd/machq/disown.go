@@ -7,7 +7,8 @@ import (
 )
 
 const disownSummary = `Gives up the name of an owned named queue (one created with --owned),
-which otherwise stays its owner's until the server restarts. The queue must
+which otherwise stays its owner's until the server stops (a restart keeps
+it, and so does a durable queue's data directory). The queue must
 be empty with no retrieve waiting on it; it is removed, and anyone may then
 create the name again. Only its owner, or root, may disown it.`
 

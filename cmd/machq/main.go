@@ -65,12 +65,13 @@ Commands:
   config    set --queue's own max deliveries and lease
   disown    give up an owned named queue (empty, nobody waiting) so anyone may create it
   kick      move dead letters of --queue (from QUEUE.dlq) back into it
+  restart   restart the server in place, keeping its memory-only named queues
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, peek, stat, purge, delete, group, config, disown and
-kick reach the server by --name NAME (service
+shell, send, retrieve, peek, stat, purge, delete, group, config, disown,
+kick and restart reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -87,7 +88,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -132,6 +133,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return disownCmd(ctx, args, stdout, stderr)
 	case "kick":
 		return kickCmd(ctx, args, stdout, stderr)
+	case "restart":
+		return restartCmd(ctx, args, stdout, stderr)
 	case "peek":
 		return peekCmd(ctx, args, stdout, stderr)
 	case "purge":

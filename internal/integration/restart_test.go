@@ -458,3 +458,49 @@ func TestRestartThroughTheFileDescriptorStore(t *testing.T) {
 		t.Errorf("the new machqd does not say it took over:\n%s", nextLogs)
 	}
 }
+
+// TestMachqRestart: machq restart restarts machqd in place and waits for
+// it, and what memory-only queues held is still there; against a machqd
+// that refuses (the executable on disk cannot take over), it fails
+// saying so, and the server goes on.
+func TestMachqRestart(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	c := dial(t, d.socket)
+	ctx := ctxT(t)
+	if _, err := c.Send(ctx, "kept", []byte("through the restart")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	r := runCLI(t, nil, "restart", "--socket", d.socket)
+	if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("machqd (pid %d) restarted in place", d.cmd.Process.Pid)) {
+		t.Fatalf("machq restart: exit %d\nstdout %s\nstderr %s\n%s", r.code, r.stdout, r.stderr, d.logs)
+	}
+	c = dial(t, d.socket)
+	defer c.Close()
+	if m, err := c.Retrieve(ctx, "kept"); err != nil || string(m.Bytes()) != "through the restart" {
+		t.Fatalf("after machq restart: %v", err)
+	}
+
+	// A machqd whose executable on disk is no longer one.
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "machqd")
+	copyFile(t, bin.machqd, exe, 0o755)
+	socket := filepath.Join(dir, "machq.sock")
+	cmd := exec.Command(exe, "--socket", socket, "--log-level", "warn")
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	dialWait(t, socket).Close()
+	os.Remove(exe)
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, nil, "restart", "--socket", socket, "--timeout", "2s")
+	if r.code != 1 || !strings.Contains(r.stderr, "refused to restart") {
+		t.Fatalf("machq restart of a machqd that refuses: exit %d, stderr %q", r.code, r.stderr)
+	}
+	dialWait(t, socket).Close() // still serving
+}
