@@ -44,18 +44,41 @@ func newNotifySocket(t *testing.T) *notifySocket {
 // next returns the next notification's assignments and its sender's pid.
 func (n *notifySocket) next(t *testing.T) (map[string]string, int) {
 	t.Helper()
+	kv, pid, fds := n.receive(t)
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	return kv, pid
+}
+
+// storedFDs returns the next notification's assignments and the
+// descriptors it carries.
+func (n *notifySocket) storedFDs(t *testing.T) (map[string]string, []int) {
+	t.Helper()
+	kv, _, fds := n.receive(t)
+	return kv, fds
+}
+
+// receive reads the next notification: its assignments, its sender's pid
+// and the descriptors it carries (FDSTORE=1).
+func (n *notifySocket) receive(t *testing.T) (map[string]string, int, []int) {
+	t.Helper()
 	n.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	b := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	oob := make([]byte, unix.CmsgSpace(253*4)+unix.CmsgSpace(unix.SizeofUcred))
 	k, oobn, _, _, err := n.c.ReadMsgUnix(b, oob)
 	if err != nil {
 		t.Fatalf("no notification from machqd: %v", err)
 	}
 	pid := 0
+	var fds []int
 	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
 		for _, m := range msgs {
 			if cred, err := unix.ParseUnixCredentials(&m); err == nil {
 				pid = int(cred.Pid)
+			}
+			if r, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, r...)
 			}
 		}
 	}
@@ -64,7 +87,7 @@ func (n *notifySocket) next(t *testing.T) (map[string]string, int) {
 		key, v, _ := strings.Cut(line, "=")
 		kv[key] = v
 	}
-	return kv, pid
+	return kv, pid, fds
 }
 
 // TestDaemonNotifiesTheServiceManager runs machqd as systemd runs a

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/machq/machq"
 )
 
@@ -332,33 +330,6 @@ func dialWait(t *testing.T, socket string) *machq.Client {
 		return err == nil
 	})
 	return c
-}
-
-// storedFDs receives the next notification and the descriptors it
-// carries.
-func (n *notifySocket) storedFDs(t *testing.T) (map[string]string, []int) {
-	t.Helper()
-	n.c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	b := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(253*4)+unix.CmsgSpace(unix.SizeofUcred))
-	k, oobn, _, _, err := n.c.ReadMsgUnix(b, oob)
-	if err != nil {
-		t.Fatalf("no notification from machqd: %v", err)
-	}
-	var fds []int
-	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-		for _, m := range msgs {
-			if r, err := unix.ParseUnixRights(&m); err == nil {
-				fds = append(fds, r...)
-			}
-		}
-	}
-	kv := map[string]string{}
-	for line := range strings.SplitSeq(string(b[:k]), "\n") {
-		key, v, _ := strings.Cut(line, "=")
-		kv[key] = v
-	}
-	return kv, fds
 }
 
 // TestRestartThroughTheFileDescriptorStore stops machqd as systemd does
