@@ -42,6 +42,12 @@ func main() {
 }
 
 func run(args []string) int {
+	// First of all: a SIGUSR2 or SIGTERM that comes while a restarted
+	// machqd is still taking over must not kill it (their default), only
+	// wait for the loop below.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	fs := flag.NewFlagSet("machqd", flag.ContinueOnError)
 	// Parse errors are reported in one line below; only --help prints
 	// the usage, to stdout.
@@ -211,8 +217,6 @@ Flags:
 	}
 	named := false // --name or --socket given
 	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2)
 	storeMax := fdStoreMax(*fdStore, notify)
 
 	for {
