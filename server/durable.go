@@ -171,6 +171,9 @@ func (s *Server) openDurable() error {
 			return err
 		}
 	}
+	// Numbers go on above every one the log says was given, in any
+	// queue, even by messages long gone.
+	s.named.RaiseNextSeq(st.NextSeq())
 	s.log.Info("durable queues recovered", "dir", d.Dir, "queues", rep.Queues, "messages", rep.Messages, "bytes", rep.PayloadBytes,
 		"payload_files", rep.PayloadFiles, "segments", rep.Segments, "records", rep.Records, "took", rep.Took, "report", rep.String())
 	if rep.TornTail != "" {

@@ -264,3 +264,39 @@ func TestDurableQueueKeepsItsOwnerAndSettingsWhenEmpty(t *testing.T) {
 		return true
 	})
 }
+
+// TestDurableSequenceNumbersGoOn: after a restart, a durable queue that
+// was emptied numbers its next message above every number it gave
+// before, not from 1 again.
+func TestDurableSequenceNumbersGoOn(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	srv, path := startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	c := dial(t, path)
+	var last uint64
+	for range 3 {
+		seq, err := c.Send(ctx, "numbered", []byte("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+		if _, err := c.Retrieve(ctx, "numbered"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	shutdown, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		t.Fatal(err)
+	}
+	_, path = startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	c = dial(t, path)
+	seq, err := c.Send(ctx, "numbered", []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq <= last {
+		t.Fatalf("after a restart the emptied queue numbered a message %d, not above %d", seq, last)
+	}
+}

@@ -19,6 +19,7 @@ func FuzzDecode(f *testing.F) {
 		{Type: TypeDrop, Queue: "jobs"},
 		{Type: TypePurge, Queue: "jobs", ID: 100},
 		{Type: TypeQueue, Queue: "jobs", Meta: QueueMeta{Creator: 1000, Owned: true, MaxDeliveries: 5, LeaseMillis: 30000}},
+		{Type: TypeSeq, ID: 123456},
 	} {
 		f.Add(op.Type, encode(nil, op))
 	}

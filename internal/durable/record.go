@@ -24,8 +24,13 @@ const (
 	TypePurge uint8 = 5
 	// TypeQueue: what a queue is besides its messages (its creator,
 	// whether it is its creator's alone, its delivery settings); it
-	// lasts as long as the queue holds messages.
+	// lasts as long as the queue holds messages, or until dropped when
+	// QueueMeta.Kept.
 	TypeQueue uint8 = 6
+	// TypeSeq (format version 2): every sequence number given so far, in
+	// any durable queue, is below ID. It names no queue. Compaction
+	// writes it before it deletes the stores that said so.
+	TypeSeq uint8 = 7
 )
 
 // QueueMeta is what the log keeps of a queue besides its messages.
@@ -118,6 +123,9 @@ func validFile(name string) bool {
 
 // encodedSize is the length of op's record data.
 func encodedSize(op Op) int {
+	if op.Type == TypeSeq {
+		return 1 + 8
+	}
 	a := op.Attrs
 	// name, id, flags, deliveries, seq, uid, digest, dead, died_after,
 	// note, group, and the file's size.
@@ -126,6 +134,9 @@ func encodedSize(op Op) int {
 
 // encode appends op's record data to b.
 func encode(b []byte, op Op) []byte {
+	if op.Type == TypeSeq {
+		return binary.LittleEndian.AppendUint64(append(b, 0), op.ID)
+	}
 	b = append(b, byte(len(op.Queue)))
 	b = append(b, op.Queue...)
 	if op.Type == TypeDrop {
@@ -174,8 +185,15 @@ func encode(b []byte, op Op) []byte {
 // of a Store aliases data.
 func Decode(typ uint8, data []byte) (Op, error) {
 	op := Op{Type: typ}
-	if typ < TypeStore || typ > TypeQueue {
+	if typ < TypeStore || typ > TypeSeq {
 		return op, fmt.Errorf("%w: unknown type %d", ErrBadRecord, typ)
+	}
+	if typ == TypeSeq {
+		if len(data) != 9 || data[0] != 0 {
+			return op, fmt.Errorf("%w: sequence record of %d bytes", ErrBadRecord, len(data))
+		}
+		op.ID = binary.LittleEndian.Uint64(data[1:])
+		return op, nil
 	}
 	if len(data) < 1 || int(data[0]) == 0 || len(data) < 1+int(data[0]) {
 		return op, fmt.Errorf("%w: type %d: bad queue name", ErrBadRecord, typ)

@@ -155,6 +155,9 @@ type Store struct {
 	queues map[string]map[uint64]*entry
 	meta   map[string]*metaEntry
 	gone   []goneFile // payload files to delete once their removal is durable, by record number
+	// nextSeq is above every sequence number a store of the log gave
+	// (TypeStore, TypeSeq); seqRecorded is the last TypeSeq's, at seqLSN.
+	nextSeq, seqRecorded, seqLSN uint64
 }
 
 // metaEntry is a queue's description and the record holding it.
@@ -340,6 +343,7 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 	}
 	switch op.Type {
 	case TypeStore:
+		s.nextSeq = max(s.nextSeq, op.Attrs.Seq+1)
 		live := s.queues[op.Queue]
 		if live == nil {
 			live = make(map[uint64]*entry)
@@ -384,6 +388,9 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 				s.emptied(op.Queue)
 			}
 		}
+	case TypeSeq:
+		s.nextSeq = max(s.nextSeq, op.ID)
+		s.seqLSN, s.seqRecorded = lsn, max(s.seqRecorded, op.ID)
 	case TypeQueue:
 		s.meta[op.Queue] = &metaEntry{lsn: lsn, meta: op.Meta}
 		if _, ok := s.queues[op.Queue]; !ok && !op.Meta.Kept() {
@@ -411,7 +418,7 @@ func (s *Store) emptied(queue string) {
 // files it makes unreferenced for deletion once it is durable; s.mu is
 // held.
 func (s *Store) appendLocked(op Op) (journal.Pending, error) {
-	if op.Queue == "" || len(op.Queue) > maxName {
+	if (op.Queue == "") != (op.Type == TypeSeq) || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
 	// The journal keeps the slice until it is written: a new one, of
@@ -453,6 +460,15 @@ func (s *Store) appendOpsLocked(ops ...Op) (uint64, error) {
 		last = p.LSN()
 	}
 	return last, nil
+}
+
+// NextSeq returns a number above every sequence number the log's stores
+// have given, in any queue, including stores long since taken and
+// compacted away: a server starting on the log numbers from there on.
+func (s *Store) NextSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nextSeq
 }
 
 // Describe records queue's description, unless it is the one recorded
@@ -695,6 +711,16 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		rep.Copied++
 		rep.CopiedBytes += int64(len(e.payload))
 	}
+	// The stores that gave the highest sequence numbers may be in the
+	// segments about to go: say how high they went first (and copy that
+	// forward like the rest), so that a restart never gives a number
+	// twice.
+	if s.nextSeq > 0 && (s.nextSeq > s.seqRecorded || s.seqLSN < upTo) {
+		if _, err := s.appendLocked(Op{Type: TypeSeq, ID: s.nextSeq}); err != nil {
+			s.mu.Unlock()
+			return rep, err
+		}
+	}
 	oldest := uint64(math.MaxUint64) // nothing live: all but the head may go
 	for _, live := range s.queues {
 		for _, e := range live {
@@ -703,6 +729,9 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	}
 	for _, m := range s.meta {
 		oldest = min(oldest, m.lsn)
+	}
+	if s.seqLSN > 0 {
+		oldest = min(oldest, s.seqLSN)
 	}
 	// Segments may go only once every record that emptied them (and the
 	// copies) is durable: a take still in the writer's hands must not

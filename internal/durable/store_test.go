@@ -551,3 +551,38 @@ func TestRecoveredOrderIsTheQueuesOrder(t *testing.T) {
 		t.Fatalf("recovered in the order %v, want [11 12 14 10 13] (by place, then id)", got)
 	}
 }
+
+// TestSequenceNumbersOutliveCompaction: the highest sequence number a
+// store gave is still known after compaction deleted every record of it
+// (a sequence record says it), and after a restart.
+func TestSequenceNumbersOutliveCompaction(t *testing.T) {
+	dir := t.TempDir()
+	const seg = 16 << 10
+	s, _, _ := mustOpen(t, Options{Dir: dir, SegmentSize: seg})
+	for id := uint64(1); id <= 50; id++ {
+		must(t, s.Store(ctx, "a", id, 0, Attrs{Seq: 1000 + id}, []byte("a")))
+		must(t, s.Take(ctx, "a", id))
+	}
+	last := s.LastAppended()
+	payload := bytes.Repeat([]byte("b"), 200)
+	for id := uint64(1); s.j.Segments()[0] <= last; id++ {
+		if id > 5000 {
+			t.Fatalf("compaction never released the segments of queue a: %v", s.j.Segments())
+		}
+		must(t, s.Store(ctx, "b", id, 0, Attrs{Seq: id}, payload))
+		must(t, s.Take(ctx, "b", id))
+		if id%50 == 0 {
+			if _, err := s.Compact(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := s.NextSeq(); got < 1051 {
+		t.Fatalf("NextSeq %d after compaction, want at least 1051", got)
+	}
+	must(t, s.Close())
+	s, _, _ = mustOpen(t, Options{Dir: dir, SegmentSize: seg})
+	if got := s.NextSeq(); got < 1051 {
+		t.Fatalf("NextSeq %d after a restart, want at least 1051: numbers queue a gave would be given again", got)
+	}
+}

@@ -18,9 +18,11 @@ import (
 const (
 	// Magic opens every segment file.
 	Magic = "MCHQJRNL"
-	// FormatVersion is the version of the format this package writes
-	// and reads.
-	FormatVersion = 1
+	// FormatVersion is the version of the format this package writes;
+	// it reads every version from 1 to it. Version 2 adds the durable
+	// queues' sequence record (docs/STORAGE.md): the journal's own
+	// layout is the same, but a reader of version 1 must not see it.
+	FormatVersion = 2
 	// HeaderSize is the size of a segment's header.
 	HeaderSize = 40
 	// RecordHeaderSize is the size of a record's header.
@@ -55,9 +57,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // segmentHeader is what a segment file starts with.
 type segmentHeader struct {
-	dirID uint64
-	salt  uint64
-	first uint64 // number of the segment's first record
+	version uint16 // as read; encode writes FormatVersion
+	dirID   uint64
+	salt    uint64
+	first   uint64 // number of the segment's first record
 }
 
 func (h segmentHeader) encode() []byte {
@@ -77,13 +80,14 @@ func decodeHeader(b []byte) (segmentHeader, error) {
 	if len(b) < HeaderSize || string(b[:8]) != Magic {
 		return segmentHeader{}, fmt.Errorf("%w: no %q magic", errHeader, Magic)
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != FormatVersion {
-		return segmentHeader{}, fmt.Errorf("%w: format version %d, this server reads %d", errHeader, v, FormatVersion)
+	if v := binary.LittleEndian.Uint16(b[8:]); v < 1 || v > FormatVersion {
+		return segmentHeader{}, fmt.Errorf("%w: format version %d, this server reads 1 to %d: start a machqd that reads it", errHeader, v, FormatVersion)
 	}
 	return segmentHeader{
-		dirID: binary.LittleEndian.Uint64(b[16:]),
-		salt:  binary.LittleEndian.Uint64(b[24:]),
-		first: binary.LittleEndian.Uint64(b[32:]),
+		version: binary.LittleEndian.Uint16(b[8:]),
+		dirID:   binary.LittleEndian.Uint64(b[16:]),
+		salt:    binary.LittleEndian.Uint64(b[24:]),
+		first:   binary.LittleEndian.Uint64(b[32:]),
 	}, nil
 }
 

@@ -116,13 +116,14 @@ type Journal struct {
 
 	// Owned by the writer goroutine; seg is also read by the syncer,
 	// with segMu held.
-	seg      File
-	segName  string
-	segSalt  uint64
-	segSize  int64
-	wBytes   int64     // bytes of records written in this run
-	segments []segInfo // every segment, oldest first
-	buf      []byte
+	seg         File
+	lastVersion uint16 // the format version of the last segment recovered
+	segName     string
+	segSalt     uint64
+	segSize     int64
+	wBytes      int64     // bytes of records written in this run
+	segments    []segInfo // every segment, oldest first
+	buf         []byte
 }
 
 type segInfo struct {
@@ -227,6 +228,23 @@ func (j *Journal) recover(replay func(Record) error) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	if j.lastVersion < FormatVersion {
+		// Written by an older version: records of this one go to a
+		// segment of this version, which older readers refuse whole,
+		// rather than after records they would read.
+		if j.segSize > HeaderSize {
+			f.Close()
+			return rep, nil // the next write starts a new segment
+		}
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return rep, err
+		}
+		if err := j.rewriteHeader(f, segs[len(segs)-1]); err != nil {
+			f.Close()
+			return rep, err
+		}
+	}
 	j.seg = f
 	return rep, nil
 }
@@ -303,7 +321,7 @@ func (j *Journal) recoverSegment(s segInfo, last bool, next *uint64, rep *Report
 		return 0, fmt.Errorf("%w: segment %s begins at record %d; %d was expected", ErrCorrupt, s.name, h.first, *next)
 	}
 	if last {
-		j.segSalt = h.salt
+		j.segSalt, j.lastVersion = h.salt, h.version
 	}
 	off := HeaderSize
 	for off < len(data) {

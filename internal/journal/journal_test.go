@@ -3,6 +3,7 @@ package journal
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -665,4 +666,77 @@ func TestGroupCommitUnderManyWriters(t *testing.T) {
 		t.Errorf("%d syncs for %d records from %d writers: no group commit", syncs, writers*each, writers)
 	}
 	t.Logf("%d records in %d syncs", writers*each, syncs)
+}
+
+// TestOlderFormatVersions: segments of version 1 are read; records
+// written after them go to a segment of this version (an older reader
+// refuses it whole instead of reading past records it does not know),
+// and a version this package does not know is refused, naming it.
+func TestOlderFormatVersions(t *testing.T) {
+	setVersion := func(fs *MemFS, name string, v uint16) {
+		fs.Corrupt(name, func(b []byte) []byte {
+			binary.LittleEndian.PutUint16(b[8:], v)
+			return b
+		})
+	}
+	version := func(fs *MemFS, name string) uint16 {
+		var v uint16
+		fs.Corrupt(name, func(b []byte) []byte {
+			v = binary.LittleEndian.Uint16(b[8:])
+			return b
+		})
+		return v
+	}
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{})
+	for i := range 3 {
+		if _, err := j.Write(context.Background(), 1, payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	first := segmentName(1)
+	setVersion(fs, first, 1)
+
+	j, _, got := open(t, fs, Options{})
+	if len(got) != 3 {
+		t.Fatalf("%d records read from a version-1 segment, want 3", len(got))
+	}
+	if _, err := j.Write(context.Background(), 1, payload(3)); err != nil {
+		t.Fatal(err)
+	}
+	if segs := j.Segments(); len(segs) != 2 || segs[1] != 4 {
+		t.Fatalf("segments %v after a write: want the version-1 one and a new one from record 4", segs)
+	}
+	j.Close()
+	if v := version(fs, segmentName(4)); v != FormatVersion {
+		t.Errorf("the new segment has version %d, want %d", v, FormatVersion)
+	}
+	if _, _, got := open(t, fs, Options{}); len(got) != 4 {
+		t.Fatalf("%d records read back, want 4", len(got))
+	}
+
+	// An empty last segment of version 1 is simply made this version's.
+	fs2 := NewMemFS()
+	j2, _, _ := open(t, fs2, Options{})
+	if _, err := j2.Write(context.Background(), 1, payload(0)); err != nil {
+		t.Fatal(err)
+	}
+	j2.Close()
+	fs2.Corrupt(first, func(b []byte) []byte { return b[:HeaderSize] }) // no records
+	setVersion(fs2, first, 1)
+	j2, _, _ = open(t, fs2, Options{})
+	if _, err := j2.Write(context.Background(), 1, payload(1)); err != nil {
+		t.Fatal(err)
+	}
+	j2.Close()
+	if v := version(fs2, first); v != FormatVersion {
+		t.Errorf("an empty version-1 segment was kept at version %d", v)
+	}
+
+	setVersion(fs, first, FormatVersion+1)
+	_, _, err := Open(Options{FS: fs}, func(Record) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("format version %d", FormatVersion+1)) {
+		t.Fatalf("a segment of a newer version: %v", err)
+	}
 }

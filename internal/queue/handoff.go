@@ -252,11 +252,22 @@ func (r *Registry) Load(sv Saved, account func(uid uint32) *quota.Account) error
 
 // load rebuilds one saved queue.
 func (r *Registry) load(s SavedQueue, message func(*Queue, SavedMessage) (*Message, error)) error {
+	existed := r.Lookup([]byte(s.Name))
+	if existed != nil {
+		r.Release(existed)
+	}
 	q, err := r.Acquire([]byte(s.Name), s.Creator, s.Owned)
 	if err != nil {
 		return err
 	}
 	defer r.Release(q)
+	if existed == nil {
+		// Its numbers go on exactly where they were, not from the
+		// registry's start for new queues.
+		q.mu.Lock()
+		q.nextSeq = 1
+		q.mu.Unlock()
+	}
 	q.SetPolicy(s.Policy)
 	for _, sm := range s.Messages {
 		m, err := message(q, sm)

@@ -202,6 +202,24 @@ func (r *Registry) create(s string, creator uint32, owned bool) *Queue {
 	return q
 }
 
+// RaiseNextSeq makes every queue of r, and every queue created from now
+// on, number its next message at least next: a server recovering durable
+// queues gives no number its log says was given.
+func (r *Registry) RaiseNextSeq(next uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextStart = max(r.nextStart, next)
+	for _, q := range r.queues {
+		q.mu.Lock()
+		q.nextSeq = max(q.nextSeq, next)
+		q.mu.Unlock()
+	}
+	for name, was := range r.gone {
+		was.nextSeq = max(was.nextSeq, next)
+		r.gone[name] = was
+	}
+}
+
 // Lookup returns the queue called name, held until Release, or nil when
 // there is none; it never creates one.
 func (r *Registry) Lookup(name []byte) *Queue {
