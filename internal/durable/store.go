@@ -257,12 +257,19 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		queues = append(queues, q)
 	}
 	rep.Queues = len(queues)
-	// Empty queues whose description is kept: owned, or configured.
+	// Empty queues whose description is kept: owned, or configured. A
+	// description not to keep, of a queue whose first store did not
+	// reach the log, is forgotten.
 	for name, m := range s.meta {
-		if _, ok := s.queues[name]; !ok {
-			queues = append(queues, Queue{Name: name, Meta: m.meta, LastID: last[name]})
-			rep.EmptyQueues++
+		if _, ok := s.queues[name]; ok {
+			continue
 		}
+		if !m.meta.Kept() {
+			delete(s.meta, name)
+			continue
+		}
+		queues = append(queues, Queue{Name: name, Meta: m.meta, LastID: last[name]})
+		rep.EmptyQueues++
 	}
 	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
 	if rep.OrphansRemoved, err = s.removeOrphans(); err != nil {
@@ -392,10 +399,10 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 		s.nextSeq = max(s.nextSeq, op.ID)
 		s.seqLSN, s.seqRecorded = lsn, max(s.seqRecorded, op.ID)
 	case TypeQueue:
+		// Recorded before a queue's first store, too: an empty queue's
+		// description goes only with a take or purge that empties it, or
+		// a drop.
 		s.meta[op.Queue] = &metaEntry{lsn: lsn, meta: op.Meta}
-		if _, ok := s.queues[op.Queue]; !ok && !op.Meta.Kept() {
-			delete(s.meta, op.Queue) // an empty queue back to the defaults
-		}
 	}
 }
 
@@ -481,8 +488,16 @@ func (s *Store) Describe(queue string, meta QueueMeta) (uint64, error) {
 	if e != nil && e.meta == meta {
 		return 0, nil
 	}
-	if _, live := s.queues[queue]; e == nil && !live && !meta.Kept() {
-		return 0, nil // nothing recorded, nothing to keep
+	if _, live := s.queues[queue]; !live && !meta.Kept() {
+		if e == nil {
+			return 0, nil // nothing recorded, nothing to keep
+		}
+		// An empty queue back to the defaults: forget it.
+		p, err := s.appendLocked(Op{Type: TypeDrop, Queue: queue})
+		if err != nil {
+			return 0, err
+		}
+		return p.LSN(), nil
 	}
 	p, err := s.appendLocked(Op{Type: TypeQueue, Queue: queue, Meta: meta})
 	if err != nil {

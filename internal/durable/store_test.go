@@ -586,3 +586,25 @@ func TestSequenceNumbersOutliveCompaction(t *testing.T) {
 		t.Fatalf("NextSeq %d after a restart, want at least 1051: numbers queue a gave would be given again", got)
 	}
 }
+
+// TestQueueDescriptionOfTheFirstStore: the description recorded with a
+// queue's first store (its creator) survives a restart, owned or not,
+// and is recorded once while the queue holds messages.
+func TestQueueDescriptionOfTheFirstStore(t *testing.T) {
+	dir := t.TempDir()
+	s, _, _ := mustOpen(t, Options{Dir: dir})
+	before := s.LastAppended()
+	for id := uint64(1); id <= 2; id++ {
+		lsn, err := s.AppendStore("plain", QueueMeta{Creator: 1000}, Op{ID: id, Payload: []byte("x")})
+		must(t, err)
+		must(t, s.WaitDurable(ctx, lsn))
+	}
+	if n := s.LastAppended() - before; n != 3 {
+		t.Errorf("%d records for two stores, want 3 (one description)", n)
+	}
+	must(t, s.Close())
+	_, qs, _ := mustOpen(t, Options{Dir: dir})
+	if got := qs["plain"].Meta; got.Creator != 1000 {
+		t.Errorf("a plain queue's creator after a restart: %+v, want 1000", got)
+	}
+}

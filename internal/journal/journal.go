@@ -451,6 +451,12 @@ func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
 	if j.err != nil {
 		return Pending{}, j.err
 	}
+	if j.closed {
+		// Close writes and syncs what was appended before it, and only
+		// that: a record appended during its last sync would be
+		// written by nobody, or by a waiter after that sync.
+		return Pending{}, ErrClosed
+	}
 	w.lsn = j.nextApp
 	j.nextApp++
 	j.pending = append(j.pending, w)

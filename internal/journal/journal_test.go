@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -738,5 +739,65 @@ func TestOlderFormatVersions(t *testing.T) {
 	_, _, err := Open(Options{FS: fs}, func(Record) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("format version %d", FormatVersion+1)) {
 		t.Fatalf("a segment of a newer version: %v", err)
+	}
+}
+
+// blockingFS makes the first Sync after arm wait until release: a Close
+// caught in its last sync.
+type blockingFS struct {
+	*MemFS
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+type blockingFile struct {
+	File
+	fs *blockingFS
+}
+
+func (b *blockingFS) Create(n string) (File, error) {
+	f, err := b.MemFS.Create(n)
+	return &blockingFile{f, b}, err
+}
+
+func (b *blockingFS) Open(n string) (File, error) {
+	f, err := b.MemFS.Open(n)
+	return &blockingFile{f, b}, err
+}
+
+func (f *blockingFile) Sync() error {
+	if f.fs.armed.CompareAndSwap(true, false) {
+		close(f.fs.entered)
+		<-f.fs.release
+	}
+	return f.File.Sync()
+}
+
+// TestAppendDuringCloseIsRefused: once Close has begun, a record can no
+// longer be appended (it would be written by nobody, or after Close's
+// last sync, which promises everything appended before it).
+func TestAppendDuringCloseIsRefused(t *testing.T) {
+	fs := &blockingFS{MemFS: NewMemFS(), entered: make(chan struct{}), release: make(chan struct{})}
+	j, _, err := Open(Options{FS: fs, SyncInterval: time.Hour}, func(Record) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Write(context.Background(), 1, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	fs.armed.Store(true)
+	closed := make(chan error, 1)
+	go func() { closed <- j.Close() }()
+	<-fs.entered // Close's last sync is under way
+	if _, err := j.Append(1, []byte("during")); !errors.Is(err, ErrClosed) {
+		t.Errorf("an append while Close syncs: %v, want ErrClosed", err)
+	}
+	close(fs.release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if j.LastDurable() != 1 {
+		t.Errorf("last durable record %d after Close, want 1", j.LastDurable())
 	}
 }
