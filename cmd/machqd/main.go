@@ -206,6 +206,8 @@ Flags:
 	if err != nil {
 		log.Warn("cannot notify the service manager", "err", err)
 	}
+	stopNow := pendingStop() // a stop signal that came while the predecessor handed over
+	storeReleased := false   // an unusable parked state was given back to the service manager
 	passed, err := activation.Take()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
@@ -214,6 +216,14 @@ Flags:
 	state, fromStore, err := inheritedState(&passed, log)
 	if err != nil {
 		log.Error("cannot take over what the previous machqd handed over; starting without its memory-only queues", "err", err)
+	}
+	if fromStore && state == nil {
+		// Unusable: the store must not pass it again, nor keep the
+		// parked lock of the socket (held by its open file) from the
+		// check-in below.
+		notify.RemoveFDs(activation.StateName)
+		notify.RemoveFDs(activation.HandoffName)
+		fromStore, storeReleased = false, true
 	}
 	named := false // --name or --socket given
 	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
@@ -243,6 +253,12 @@ Flags:
 		}
 		if len(ls) == 0 {
 			l, err := listen(*name, *socket, srv, log)
+			for deadline := time.Now().Add(5 * time.Second); errors.Is(err, naming.ErrNameInUse) && storeReleased && time.Now().Before(deadline); {
+				// The service manager lets go of the parked lock when it
+				// gets to our FDSTOREREMOVE.
+				time.Sleep(20 * time.Millisecond)
+				l, err = listen(*name, *socket, srv, log)
+			}
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 				return 1
@@ -264,6 +280,14 @@ Flags:
 		go func() { errc <- serveAll(srv, ls) }()
 		if err := notify.Ready("serving"); err != nil {
 			log.Warn("cannot notify the service manager", "err", err)
+		}
+		if stopNow != nil {
+			log.Info("a stop signal came during the restart; stopping now", "signal", stopNow.String())
+			select {
+			case sigs <- stopNow:
+			default: // another signal is there already
+			}
+			stopNow = nil
 		}
 
 		var sig os.Signal
@@ -290,7 +314,7 @@ Flags:
 				}
 				log.Info("SIGUSR2: handing over to the executable on disk", "executable", exe)
 				notify.Status("restarting")
-				st, err := restartInPlace(srv, exe, args, *shutdownTimeout, log)
+				st, err := restartInPlace(srv, exe, args, *shutdownTimeout, sigs, log)
 				<-errc
 				if st == nil {
 					log.Error("restart failed; stopping", "err", err)

@@ -39,8 +39,24 @@ import (
 //     activation.HandoffName), takes them over, and removes them from
 //     the store.
 
-// handoffEnv names the state's descriptor across execve(2).
-const handoffEnv = "MACHQ_HANDOFF_FD"
+// handoffEnv names the state's descriptor across execve(2); stopEnv, a
+// stop signal that came during the restart, for the successor to act on.
+const (
+	handoffEnv = "MACHQ_HANDOFF_FD"
+	stopEnv    = "MACHQ_HANDOFF_STOP"
+)
+
+// pendingStop returns the stop signal a predecessor passed on (stopEnv),
+// or nil.
+func pendingStop() os.Signal {
+	v, ok := os.LookupEnv(stopEnv)
+	os.Unsetenv(stopEnv)
+	n, err := strconv.Atoi(v)
+	if !ok || err != nil || (syscall.Signal(n) != syscall.SIGINT && syscall.Signal(n) != syscall.SIGTERM) {
+		return nil
+	}
+	return syscall.Signal(n)
+}
 
 // restartFlag makes machqd check its flags, print the state versions it
 // reads, and exit: the predecessor's probe.
@@ -74,6 +90,11 @@ func inheritedState(p *activation.Passed, log *slog.Logger) (st *handoff.State, 
 			}
 		}
 		st, _, err := handoff.Read(fd, fds) // the others are not the state's
+		if err != nil {
+			// Let go of what it names, the lock above all, so that this
+			// machqd can check in afresh.
+			handoff.Discard(fd, fds)
+		}
 		return st, false, err
 	}
 	if p.State == nil {
@@ -82,6 +103,7 @@ func inheritedState(p *activation.Passed, log *slog.Logger) (st *handoff.State, 
 		}
 		if len(p.Handoff) > 0 {
 			log.Warn("the service manager passed descriptors of a restart without its state; they are dropped", "descriptors", len(p.Handoff))
+			return nil, true, nil // the store must forget them
 		}
 		return nil, false, nil
 	}
@@ -150,7 +172,11 @@ func probe(exe string, args []string) error {
 // restartInPlace hands srv over to the executable at exe, run in this
 // process with args. It returns only if that failed: with the state to
 // take back.
-func restartInPlace(srv *server.Server, exe string, args []string, timeout time.Duration, log *slog.Logger) (*handoff.State, error) {
+//
+// A stop signal (SIGINT, SIGTERM) that came meanwhile, which execve would
+// discard, is passed on in stopEnv: the successor stops as soon as it
+// has taken over.
+func restartInPlace(srv *server.Server, exe string, args []string, timeout time.Duration, sigs chan os.Signal, log *slog.Logger) (*handoff.State, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	st, err := srv.Handoff(ctx)
@@ -170,15 +196,30 @@ func restartInPlace(srv *server.Server, exe string, args []string, timeout time.
 		}
 	}
 	env := []string{handoffEnv + "=" + strconv.Itoa(stateFD)}
+	var pending os.Signal
+	select {
+	case pending = <-sigs:
+		if s, ok := pending.(syscall.Signal); ok && s != syscall.SIGUSR2 {
+			env = append(env, stopEnv+"="+strconv.Itoa(int(s)))
+		}
+	default:
+	}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, handoffEnv+"=") {
+		if !strings.HasPrefix(kv, handoffEnv+"=") && !strings.HasPrefix(kv, stopEnv+"=") {
 			env = append(env, kv)
 		}
 	}
 	log.Info("restarting in place", "executable", exe, "descriptors", len(fds))
 	err = syscall.Exec(exe, append([]string{os.Args[0]}, args...), env)
-	// Still here: execve failed, and this process goes on.
+	// Still here: execve failed, and this process goes on, with the
+	// signal it took.
 	setCloseOnExec(fds)
+	if pending != nil {
+		select {
+		case sigs <- pending:
+		default:
+		}
+	}
 	return st, fmt.Errorf("execve %s: %w", exe, err)
 }
 

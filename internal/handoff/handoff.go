@@ -215,6 +215,48 @@ func Read(stateFD int, fds []int) (*State, []int, error) {
 	return s, unused, nil
 }
 
+// Discard closes every one of fds that the state in the memfd stateFD
+// names (its sockets, their locks and directories, its pages): what a
+// successor that cannot take the state over must let go of, so that the
+// lock it holds does not keep it from checking in afresh. It returns how
+// many it closed; if the state cannot be decoded at all, none.
+func Discard(stateFD int, fds []int) int {
+	size, err := page.Size(stateFD)
+	if err != nil {
+		return 0
+	}
+	b, err := page.MapReadOnly(stateFD, size, false)
+	if err != nil {
+		return 0
+	}
+	defer page.Unmap(b)
+	_, ids, err := Decode(b)
+	if err != nil {
+		return 0
+	}
+	named := make(map[ID]bool)
+	for _, l := range ids.listeners {
+		for _, id := range l {
+			if id != (ID{}) {
+				named[id] = true
+			}
+		}
+	}
+	for _, id := range ids.pages {
+		if id != (ID{}) {
+			named[id] = true
+		}
+	}
+	n := 0
+	for _, fd := range fds {
+		if id, err := IDOf(fd); err == nil && named[id] {
+			unix.Close(fd)
+			n++
+		}
+	}
+	return n
+}
+
 // idTable is what Decode read of the descriptors: per listener its
 // socket, lock and directory, per payload its page (zero if inline).
 type idTable struct {

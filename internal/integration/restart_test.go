@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/machq/machq"
 )
 
@@ -474,4 +476,107 @@ func TestMachqRestart(t *testing.T) {
 		t.Fatalf("machq restart of a machqd that refuses: exit %d, stderr %q", r.code, r.stderr)
 	}
 	dialWait(t, socket).Close() // still serving
+}
+
+// TestStopDuringRestart: a SIGTERM that comes while machqd restarts in
+// place (here, while the executable on disk is being checked) is not
+// lost across execve: the successor takes over, then stops, as asked.
+func TestStopDuringRestart(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "machqd")
+	copyFile(t, bin.machqd, exe, 0o755)
+	socket := filepath.Join(dir, "machq.sock")
+	cmd := exec.Command(exe, "--socket", socket)
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	dialWait(t, socket).Close()
+	// The executable on disk now holds its check until told to go on.
+	script := fmt.Sprintf(`#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = "--check-restart" ]; then
+    : > %[1]s/probing
+    while [ ! -e %[1]s/go ]; do sleep 0.01; done
+  fi
+done
+exec %[2]s "$@"
+`, dir, bin.machqd)
+	os.Remove(exe)
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGUSR2)
+	waitFor(t, "the restart's check of the executable", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "probing"))
+		return err == nil
+	})
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("machqd: %v\n%s", err, logs)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("machqd still runs a minute after a SIGTERM sent during its restart\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "a stop signal came during the restart") {
+		t.Errorf("the successor does not say it stops for the signal:\n%s", logs)
+	}
+}
+
+// TestUnusableParkedStateIsGivenBack: a state in the descriptor store
+// that cannot be read (here, not a state at all) is reported, the store
+// is told to forget it, and machqd starts afresh on its socket.
+func TestUnusableParkedStateIsGivenBack(t *testing.T) {
+	ns := newNotifySocket(t)
+	socket := filepath.Join(t.TempDir(), "machq.sock")
+	junk, err := unix.MemfdCreate("junk", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(junk, []byte("not a machq state")); err != nil {
+		t.Fatal(err)
+	}
+	state := os.NewFile(uintptr(junk), "junk")
+	defer state.Close()
+	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin.machqd, "--socket", socket)
+	next.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path, "LISTEN_FDS=1", "LISTEN_FDNAMES=machq-state")
+	next.ExtraFiles = []*os.File{state}
+	logs := &syncBuffer{}
+	next.Stderr = logs
+	if err := next.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { next.Process.Kill(); next.Wait() }()
+	removed := map[string]bool{}
+	for {
+		kv, _ := ns.next(t)
+		if kv["FDSTOREREMOVE"] == "1" {
+			removed[kv["FDNAME"]] = true
+			continue
+		}
+		if kv["READY"] != "1" {
+			t.Fatalf("unexpected notification %v\n%s", kv, logs)
+		}
+		break
+	}
+	if !removed["machq-state"] || !removed["machq-handoff"] {
+		t.Errorf("the store was asked to forget %v, want machq-state and machq-handoff", removed)
+	}
+	if !strings.Contains(logs.String(), "cannot take over") {
+		t.Errorf("machqd does not report the unusable state:\n%s", logs)
+	}
+	dial(t, socket).Close()
 }
