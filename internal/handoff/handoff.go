@@ -159,22 +159,25 @@ func Read(stateFD int, fds []int) (*State, []int, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	byID := make(map[ID]int, len(fds))
+	// Several descriptors may be of one file (two sockets checked in in
+	// one directory each bring it): each is taken once.
+	byID := make(map[ID][]int, len(fds))
 	for _, fd := range fds {
 		id, err := IDOf(fd)
 		if err != nil {
 			return nil, nil, fmt.Errorf("handoff: descriptor %d: %w", fd, err)
 		}
-		byID[id] = fd
+		byID[id] = append(byID[id], fd)
 	}
 	taken := make(map[int]bool)
 	take := func(id ID, what string) (int, error) {
-		fd, ok := byID[id]
-		if !ok || taken[fd] {
-			return -1, fmt.Errorf("handoff: the descriptor of %s (inode %d) was not passed on", what, id.Ino)
+		for _, fd := range byID[id] {
+			if !taken[fd] {
+				taken[fd] = true
+				return fd, nil
+			}
 		}
-		taken[fd] = true
-		return fd, nil
+		return -1, fmt.Errorf("handoff: the descriptor of %s (inode %d) was not passed on", what, id.Ino)
 	}
 	for i := range s.Listeners {
 		l := &s.Listeners[i]

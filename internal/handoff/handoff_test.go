@@ -642,3 +642,31 @@ func checkDecode(t *testing.T, b []byte) {
 		}
 	}
 }
+
+// TestTwoSocketsInOneDirectory: two sockets checked in in one directory
+// bring two descriptors of it; the state names it twice and takes both.
+func TestTwoSocketsInOneDirectory(t *testing.T) {
+	dir := t.TempDir()
+	st := &State{}
+	for _, name := range []string{"a.sock", "b.sock"} {
+		reg, err := naming.CheckInWith(filepath.Join(dir, name), naming.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(reg.Release)
+		h, err := reg.Handover()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Listeners = append(st.Listeners, Listener{Path: h.Path, FD: dup(t, h.Listener), LockFD: dup(t, h.Lock), DirFD: dup(t, h.Dir), Name: h.Name,
+			SockID: ID{h.SockID[0], h.SockID[1]}, LockID: ID{h.LockID[0], h.LockID[1]}})
+	}
+	fd := write(t, st)
+	got, unused, err := Read(fd, st.Descriptors())
+	if err != nil {
+		t.Fatalf("a state of two sockets in one directory: %v", err)
+	}
+	if len(unused) != 0 || got.Listeners[0].DirFD == got.Listeners[1].DirFD {
+		t.Fatalf("directories taken as %d and %d, %d unused", got.Listeners[0].DirFD, got.Listeners[1].DirFD, len(unused))
+	}
+}

@@ -84,7 +84,7 @@ type Journal struct {
 	cond    *sync.Cond
 	pending []*write // records to write, in order
 	// writing: a batch is being written (by the writer or a waiter that
-	// leads); waiters: goroutines in wait whose record is not committed.
+	// leads); waiters: goroutines in wait whose record is not yet written.
 	writing bool
 	waiters int
 	// What the last batch a leader wrote held, and how long writing and
@@ -793,7 +793,14 @@ func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 			continue
 		}
 		ch := j.synced
-		j.waiters++
+		// Only a waiter whose record is still to be written may lead
+		// and write what is pending; one waiting for the sync of a
+		// record written already (under SyncInterval) must not keep
+		// the writer from records nobody waits for.
+		mayLead := lsn >= j.nextWritten
+		if mayLead {
+			j.waiters++
+		}
 		j.mu.Unlock()
 		var err error
 		select {
@@ -802,9 +809,11 @@ func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 			err = ctx.Err()
 		}
 		j.mu.Lock()
-		j.waiters--
-		if j.waiters == 0 {
-			j.cond.Signal() // records nobody waits for are the writer's
+		if mayLead {
+			j.waiters--
+			if j.waiters == 0 {
+				j.cond.Signal() // records nobody waits for are the writer's
+			}
 		}
 		j.mu.Unlock()
 		if err != nil {
