@@ -34,29 +34,21 @@ import (
 //
 // The server cannot serve again. The descriptors the state names stay
 // open and the queues keep theirs: give the state to Adopt, here or in
-// the successor, or exit.
+// the successor, or exit. If Handoff fails, it does so before anything
+// stops: the server serves on.
 func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
-	s.keepListeners.Store(true)
-	s.beginClose()
-	finished := s.stopConnections()
-	select {
-	case <-finished:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.uc.Close()
-		}
-		s.mu.Unlock()
-		<-finished
-	}
-	s.closeDurable()
-
+	// What can fail is done first, while the server still serves: if
+	// it fails, nothing has stopped.
 	st := &handoff.State{}
 	fail := func(err error) (*handoff.State, error) {
 		closeListenerFDs(st)
 		return nil, err
 	}
 	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		return nil, ErrServerClosed
+	}
 	ls := make([]*net.UnixListener, 0, len(s.listeners)+len(s.checkIns))
 	for l := range s.listeners {
 		ls = append(ls, l)
@@ -97,6 +89,21 @@ func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
 		st.Listeners = append(st.Listeners, handoff.Listener{Path: h.Path, FD: fd, LockFD: lock, DirFD: dir, Name: h.Name,
 			SockID: handoff.ID{Dev: h.SockID[0], Ino: h.SockID[1]}, LockID: handoff.ID{Dev: h.LockID[0], Ino: h.LockID[1]}})
 	}
+
+	s.keepListeners.Store(true)
+	s.beginClose()
+	finished := s.stopConnections()
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.uc.Close()
+		}
+		s.mu.Unlock()
+		<-finished
+	}
+	s.closeDurable()
 	st.Queues = s.named.Save(func(q *queue.Queue) bool { return !q.Logged() })
 	messages := savedMessages(st)
 	s.log.Info("ready to hand over", "listeners", len(st.Listeners), "queues", len(st.Queues.Queues), "messages", messages, "payloads", len(st.Queues.Payloads))

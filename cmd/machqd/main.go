@@ -315,11 +315,12 @@ Flags:
 				log.Info("SIGUSR2: handing over to the executable on disk", "executable", exe)
 				notify.Status("restarting")
 				st, err := restartInPlace(srv, exe, args, *shutdownTimeout, sigs, log)
-				<-errc
 				if st == nil {
-					log.Error("restart failed; stopping", "err", err)
-					return 1
+					// Handoff fails before anything stops.
+					log.Error("not restarting: the server could not hand over; it serves on", "err", err)
+					continue
 				}
+				<-errc
 				log.Error("restart failed; serving on", "err", err)
 				state = st
 				sig = syscall.SIGUSR2
@@ -333,14 +334,17 @@ Flags:
 			log.Warn("cannot notify the service manager", "err", err)
 		}
 		if storeMax > 0 {
-			err := park(srv, notify, storeMax, *shutdownTimeout, log)
-			<-errc
-			if err != nil {
-				log.Error("cannot park the memory-only queues in the service manager's store; they are lost", "err", err)
-				return 1
+			stopped, err := park(srv, notify, storeMax, *shutdownTimeout, log)
+			if stopped {
+				<-errc
+				if err != nil {
+					log.Error("cannot park the memory-only queues in the service manager's store; they are lost", "err", err)
+					return 1
+				}
+				log.Info("stopped")
+				return 0
 			}
-			log.Info("stopped")
-			return 0
+			log.Error("cannot park the memory-only queues in the service manager's store; stopping without them", "err", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 		go func() {

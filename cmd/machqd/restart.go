@@ -245,15 +245,16 @@ func fdStoreMax(flagValue int, notify *sdnotify.Notifier) int {
 
 // park hands srv over to the service manager's file descriptor store,
 // which keeps at most limit descriptors. Sockets the manager passed are
-// not parked: it passes them again. On an error nothing is parked that
-// the next start would take (the state goes last), and what srv holds is
-// lost with this process.
-func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time.Duration, log *slog.Logger) error {
+// not parked: it passes them again. It reports whether srv stopped: if
+// the handoff itself failed, srv serves on (for a plain shutdown). On a
+// later error nothing is parked that the next start would take (the
+// state goes last), and what srv holds is lost with this process.
+func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time.Duration, log *slog.Logger) (stopped bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	st, err := srv.Handoff(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	own := st.Listeners[:0]
 	for _, l := range st.Listeners {
@@ -266,11 +267,11 @@ func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time
 	st.Listeners = own
 	fds := st.Descriptors()
 	if len(fds)+1 > limit {
-		return fmt.Errorf("%d descriptors to park (%d listening sockets and their locks, %d pages) and the state, but the store keeps %d: raise FileDescriptorStoreMax= above --max-stored-pages", len(fds), len(st.Listeners), len(fds)-3*len(st.Listeners), limit)
+		return true, fmt.Errorf("%d descriptors to park (%d listening sockets and their locks, %d pages) and the state, but the store keeps %d: raise FileDescriptorStoreMax= above --max-stored-pages", len(fds), len(st.Listeners), len(fds)-3*len(st.Listeners), limit)
 	}
 	stateFD, err := handoff.Write(st)
 	if err != nil {
-		return err
+		return true, err
 	}
 	defer unix.Close(stateFD)
 	// Whatever an earlier stop left is replaced.
@@ -278,16 +279,16 @@ func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time
 	notify.RemoveFDs(activation.StateName)
 	if err := notify.StoreFDs(activation.HandoffName, fds...); err != nil {
 		notify.RemoveFDs(activation.HandoffName)
-		return err
+		return true, err
 	}
 	if err := notify.StoreFDs(activation.StateName, stateFD); err != nil {
 		notify.RemoveFDs(activation.HandoffName)
-		return err
+		return true, err
 	}
 	var messages int
 	for _, q := range st.Queues.Queues {
 		messages += len(q.Messages)
 	}
 	log.Info("parked in the service manager's file descriptor store for the next start", "queues", len(st.Queues.Queues), "messages", messages, "descriptors", len(fds)+1)
-	return nil
+	return true, nil
 }
