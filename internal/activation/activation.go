@@ -36,25 +36,6 @@ var ErrBadEnvironment = errors.New("activation: malformed LISTEN_FDS environment
 // parked in the file descriptor store come this way too: one each.
 const maxFDs = 1 << 20
 
-// Listeners returns the sockets passed by the service manager as Unix
-// listeners, in order, or nil and no error when LISTEN_PID does not name
-// this process. Every one must be a listening Unix stream socket
-// (ListenStream= with a path, Accept=no): anything else is an error that
-// names the descriptor, and then every inherited descriptor is closed.
-//
-// The listeners do not remove their socket files on Close: the manager
-// owns them. Listeners unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES so
-// that children do not inherit them, and marks the descriptors
-// close-on-exec. Call it once.
-func Listeners() ([]*net.UnixListener, error) {
-	defer func() {
-		os.Unsetenv("LISTEN_PID")
-		os.Unsetenv("LISTEN_FDS")
-		os.Unsetenv("LISTEN_FDNAMES")
-	}()
-	return listeners(os.Getenv, os.Getpid(), ListenFDsStart)
-}
-
 // Names of the descriptors machqd parks in the service manager's file
 // descriptor store when it stops for a restart (docs/RESTART.md): the
 // state, and the descriptors it names.
@@ -71,8 +52,18 @@ type Passed struct {
 	Handoff   []*os.File // those named HandoffName
 }
 
-// Take is Listeners, but descriptors named StateName and HandoffName
-// (LISTEN_FDNAMES) are returned as they are, not taken for sockets.
+// Take returns what the service manager passed, or nothing and no error
+// when LISTEN_PID does not name this process. Descriptors named
+// StateName and HandoffName (LISTEN_FDNAMES) are returned as they are;
+// every other one must be a listening Unix stream socket (ListenStream=
+// with a path, Accept=no), returned as a listener in order: anything else
+// is an error that names the descriptor, and then every inherited
+// descriptor is closed.
+//
+// The listeners do not remove their socket files on Close: the manager
+// owns them. Take unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES so
+// that children do not inherit them, and marks the descriptors
+// close-on-exec. Call it once.
 func Take() (Passed, error) {
 	defer func() {
 		os.Unsetenv("LISTEN_PID")
@@ -85,7 +76,7 @@ func Take() (Passed, error) {
 // take is Take reading the environment from getenv, for process pid, with
 // the inherited descriptors numbered from first.
 func take(getenv func(string) string, pid, first int) (Passed, error) {
-	files, names, err := inheritedNamed(getenv, pid, first)
+	files, names, err := inherited(getenv, pid, first)
 	var p Passed
 	if err != nil || len(files) == 0 {
 		return p, err
@@ -117,16 +108,6 @@ func take(getenv func(string) string, pid, first int) (Passed, error) {
 	return p, nil
 }
 
-// listeners is Listeners reading the environment from getenv, for process
-// pid, with the inherited descriptors numbered from first.
-func listeners(getenv func(string) string, pid, first int) ([]*net.UnixListener, error) {
-	files, _, err := inheritedNamed(getenv, pid, first)
-	if err != nil || len(files) == 0 {
-		return nil, err
-	}
-	return listenersOf(files)
-}
-
 // listenersOf takes each of files for a listening socket; on an error,
 // every one is closed.
 func listenersOf(files []*os.File) ([]*net.UnixListener, error) {
@@ -147,10 +128,10 @@ func listenersOf(files []*os.File) ([]*net.UnixListener, error) {
 	return ls, nil
 }
 
-// inheritedNamed returns the descriptors LISTEN_PID and LISTEN_FDS
+// inherited returns the descriptors LISTEN_PID and LISTEN_FDS
 // describe, as files named after LISTEN_FDNAMES, each marked
 // close-on-exec, and their LISTEN_FDNAMES names ("" where none).
-func inheritedNamed(getenv func(string) string, pid, first int) ([]*os.File, []string, error) {
+func inherited(getenv func(string) string, pid, first int) ([]*os.File, []string, error) {
 	pidText, nText := getenv("LISTEN_PID"), getenv("LISTEN_FDS")
 	if pidText == "" || nText == "" {
 		return nil, nil, nil

@@ -241,12 +241,44 @@ func TestListenersUnsetsTheEnvironment(t *testing.T) {
 	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()+1))
 	t.Setenv("LISTEN_FDS", "1")
 	t.Setenv("LISTEN_FDNAMES", "machq")
-	if ls, err := Listeners(); ls != nil || err != nil {
-		t.Fatalf("got %v, %v for another process's sockets", ls, err)
+	if p, err := Take(); p.Listeners != nil || p.State != nil || err != nil {
+		t.Fatalf("got %+v, %v for another process's sockets", p, err)
 	}
 	for _, k := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
 		if v, ok := os.LookupEnv(k); ok {
 			t.Errorf("%s=%q still set; children would inherit it", k, v)
 		}
+	}
+}
+
+// listeners is take's listeners, for the tests of sockets alone.
+func listeners(getenv func(string) string, pid, first int) ([]*net.UnixListener, error) {
+	p, err := take(getenv, pid, first)
+	return p.Listeners, err
+}
+
+// TestTakeSetsParkedDescriptorsApart: descriptors a previous machqd
+// parked come back by their names, not taken for sockets; the others are
+// the listeners.
+func TestTakeSetsParkedDescriptorsApart(t *testing.T) {
+	sock, path := unixListener(t, "a.sock")
+	memfd := func(name string) *os.File {
+		fd, err := unix.MemfdCreate(name, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return os.NewFile(uintptr(fd), name)
+	}
+	inherit(t, memfd("page"), sock, memfd("state"))
+	p, err := take(env(os.Getpid(), "3", "machq-handoff:machq:machq-state"), os.Getpid(), firstFD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Listeners) != 1 || p.Listeners[0].Addr().String() != path {
+		t.Fatalf("listeners %v, want the one socket at %s", p.Listeners, path)
+	}
+	p.Listeners[0].Close()
+	if p.State == nil || int(p.State.Fd()) != firstFD+2 || len(p.Handoff) != 1 || int(p.Handoff[0].Fd()) != firstFD {
+		t.Fatalf("state %v, handoff %v: want descriptor %d named machq-state and %d named machq-handoff", p.State, p.Handoff, firstFD+2, firstFD)
 	}
 }
