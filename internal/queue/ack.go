@@ -2,6 +2,7 @@ package queue
 
 import (
 	"cmp"
+	"container/heap"
 	"slices"
 	"time"
 )
@@ -110,16 +111,40 @@ func (q *Queue) Delay(m *Message, d time.Duration, nacked bool) {
 		return
 	}
 	if q.delayed == nil {
-		q.delayed = make(map[*Message]delay)
+		q.delayed = make(map[*Message]*delay)
 	}
-	q.delayed[m] = delay{due: time.Now().Add(d), timer: time.AfterFunc(d, func() { q.undelay(m) })}
+	dl := &delay{m: m, due: time.Now().Add(d), timer: time.AfterFunc(d, func() { q.undelay(m) })}
+	q.delayed[m] = dl
+	heap.Push(&q.dueOrder, dl)
 	q.mu.Unlock()
 }
 
-// delay is a delayed message's timer and the time it is due back.
+// delay is a delayed message, the time it is due back and its timer.
 type delay struct {
+	m     *Message
 	due   time.Time
 	timer *time.Timer
+}
+
+// dueOrder is a heap of the delayed messages, the first due first (the
+// oldest sequence number first among those due together).
+type dueOrder []*delay
+
+func (h dueOrder) Len() int { return len(h) }
+func (h dueOrder) Less(i, j int) bool {
+	if c := h[i].due.Compare(h[j].due); c != 0 {
+		return c < 0
+	}
+	return h[i].m.Seq < h[j].m.Seq
+}
+func (h dueOrder) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *dueOrder) Push(x any)   { *h = append(*h, x.(*delay)) }
+func (h *dueOrder) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return x
 }
 
 // undelay brings a delayed message back, unless Drain freed it, and with
@@ -133,17 +158,17 @@ func (q *Queue) undelay(m *Message) {
 	if _, ok := q.delayed[m]; !ok {
 		return
 	}
+	// m is among them: its timer fires no earlier than it is due.
 	now := time.Now()
-	due := []*Message{m}
-	for o, d := range q.delayed {
-		if o != m && !d.due.After(now) {
-			due = append(due, o)
-		}
+	var due []*Message
+	for len(q.dueOrder) > 0 && !q.dueOrder[0].due.After(now) {
+		dl := heap.Pop(&q.dueOrder).(*delay)
+		dl.timer.Stop() // if it fires, it finds its message gone
+		delete(q.delayed, dl.m)
+		due = append(due, dl.m)
 	}
 	slices.SortFunc(due, func(a, b *Message) int { return cmp.Compare(a.Seq, b.Seq) })
 	for _, o := range due {
-		q.delayed[o].timer.Stop() // if it fires, it finds o gone
-		delete(q.delayed, o)
 		q.takeOut(o)
 		q.place(o, true)
 	}

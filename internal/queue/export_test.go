@@ -1,15 +1,18 @@
 package queue
 
-import "time"
+import (
+	"container/heap"
+	"time"
+)
 
 // FireDelayed makes every delayed message of q due now and runs m's timer
 // function, as if m's timer fired first of several due together.
 func (q *Queue) FireDelayed(m *Message) {
 	q.mu.Lock()
-	for o, d := range q.delayed {
+	for _, d := range q.delayed {
 		d.due = time.Now()
-		q.delayed[o] = d
 	}
+	heap.Init(&q.dueOrder)
 	q.mu.Unlock()
 	q.undelay(m)
 }

@@ -95,6 +95,7 @@ func (q *Queue) Drop(m *Message) {
 // returns how many. q.mu is held.
 func (q *Queue) drainLocked() int {
 	n := 0
+	q.dueOrder = nil
 	for m, d := range q.delayed {
 		d.timer.Stop() // a timer that fired finds m gone and does nothing
 		delete(q.delayed, m)

@@ -178,7 +178,8 @@ type Queue struct {
 	// limits as if they were in line.
 	out      int
 	outBytes int64
-	delayed  map[*Message]delay
+	delayed  map[*Message]*delay
+	dueOrder dueOrder // the delayed, by time due
 	counts   Counts
 	// purges counts the queue's purges: a message held in ack mode
 	// before the last one (its heldIn is smaller) is freed if it comes
