@@ -442,9 +442,10 @@ func (s *Server) durableFailed(err error) {
 	}
 }
 
-// durableRefusal says why a store of size bytes to the durable queue q
-// cannot be accepted now, or nil.
-func (s *Server) durableRefusal(q *queue.Queue, size int64) error {
+// durableRefusal says why a store of size bytes (a page, or inline) to
+// the durable queue q cannot be accepted now, or nil. A page's room is
+// made when its file is prepared (preparePage), not counted twice.
+func (s *Server) durableRefusal(q *queue.Queue, size int64, page bool) error {
 	if s.store == nil || !q.Logged() {
 		return nil
 	}
@@ -454,6 +455,9 @@ func (s *Server) durableRefusal(q *queue.Queue, size int64) error {
 	}
 	if s.durableBroken.Load() {
 		return fmt.Errorf("%w: the data directory %s failed; the server must be restarted to store durably again", ErrDurable, s.cfg.Durable.Dir)
+	}
+	if page {
+		return nil // preparePage makes room for its file, once
 	}
 	return s.store.Room(size)
 }

@@ -39,7 +39,7 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 		return false
 	}
 	defer c.release(q)
-	if err := c.s.durableRefusal(q, m.Size); err != nil {
+	if err := c.s.durableRefusal(q, m.Size, m.FD >= 0); err != nil {
 		m.Release()
 		c.sendError(f.ID, durableCode(err), err.Error())
 		return false
