@@ -336,7 +336,7 @@ func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 		wire.CloseFDs(fds)
 		c.wmu.Lock()
 		c.spare = buf[:0]
-		if err != nil && ctx.Err() == nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+		if err != nil && ctx.Err() == nil && peerGone(err) {
 			// The server closed the connection. What it sent before
 			// closing is still to be read, and says what became of the
 			// requests sent (a stopping server's last ERROR says it read

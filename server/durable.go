@@ -373,7 +373,11 @@ func (l *durableLog) Dropped(q *queue.Queue) {
 // metaOf describes q for the log; q's lock is held (in a queue.Log
 // method).
 func metaOf(q *queue.Queue) durable.QueueMeta {
-	creator, owned, p := q.Described()
+	return metaFrom(q.Described())
+}
+
+// metaFrom is what the log keeps of a queue described so.
+func metaFrom(creator uint32, owned bool, p queue.Policy) durable.QueueMeta {
 	return durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
 }
 
@@ -386,8 +390,7 @@ func (s *Server) logMeta(q *queue.Queue) {
 		return
 	}
 	q.Describe(func(creator uint32, owned bool, p queue.Policy) {
-		meta := durable.QueueMeta{Creator: creator, Owned: owned, MaxDeliveries: p.MaxDeliveries, LeaseMillis: p.LeaseMillis}
-		if _, err := s.store.Describe(q.Name(), meta); err != nil {
+		if _, err := s.store.Describe(q.Name(), metaFrom(creator, owned, p)); err != nil {
 			s.durableFailed(err)
 		}
 	})

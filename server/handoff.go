@@ -14,6 +14,7 @@ import (
 	"github.com/machq/machq/internal/handoff"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/wire"
 )
 
 // Restarts without a disk (docs/RESTART.md): Handoff stops a server the
@@ -83,7 +84,7 @@ func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
 		lock, err1 := dupConn(h.Lock)
 		dir, err2 := dupConn(h.Dir)
 		if err := errors.Join(err1, err2); err != nil {
-			closeFDs(fd, lock, dir)
+			wire.CloseFDs([]int{fd, lock, dir})
 			return fail(fmt.Errorf("machq: handoff of %s: %w", h.Path, err))
 		}
 		st.Listeners = append(st.Listeners, handoff.Listener{Path: h.Path, FD: fd, LockFD: lock, DirFD: dir, Name: h.Name,
@@ -96,11 +97,7 @@ func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
 	select {
 	case <-finished:
 	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.uc.Close()
-		}
-		s.mu.Unlock()
+		s.closeConns()
 		<-finished
 	}
 	s.closeDurable()
@@ -114,7 +111,7 @@ func (s *Server) Handoff(ctx context.Context) (*handoff.State, error) {
 // that goes no further.
 func closeListenerFDs(st *handoff.State) {
 	for _, l := range st.Listeners {
-		closeFDs(l.FD, l.LockFD, l.DirFD)
+		wire.CloseFDs([]int{l.FD, l.LockFD, l.DirFD})
 	}
 }
 
@@ -136,14 +133,6 @@ func dupConn(c syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("fcntl", err)
 	}
 	return dup, nil
-}
-
-func closeFDs(fds ...int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-	}
 }
 
 // Adopt takes over what a predecessor handed over (Handoff): its named

@@ -341,6 +341,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// closeConns closes every connection's socket at once.
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.uc.Close()
+	}
+}
+
 // stopConnections makes every connection stop reading, once closing is
 // set, and returns a channel closed when every goroutine of the server
 // has ended.
@@ -368,11 +377,7 @@ func (s *Server) stopConnections() <-chan struct{} {
 // without flushing responses, and every stored page is freed.
 func (s *Server) Close() error {
 	s.beginClose()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.uc.Close()
-	}
-	s.mu.Unlock()
+	s.closeConns()
 	s.wg.Wait()
 	s.freeAll()
 	return nil

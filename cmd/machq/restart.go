@@ -40,7 +40,7 @@ func restartCmd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	defer cl.Close()
 	pid := cl.ServerPID()
 	if pid <= 0 {
-		return fail(stderr, errors.New("restart: the server did not say its pid"))
+		return fail(stderr, errors.New("restart: the server did not say its pid at the handshake (an older machqd?): send it SIGUSR2 yourself"))
 	}
 	start := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {

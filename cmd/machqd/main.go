@@ -193,10 +193,7 @@ Flags:
 	}
 	var dur *server.DurableConfig
 	if *dataDir != "" {
-		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt}
-	}
-	if dur != nil {
-		dur.LossySyncInterval = lossySync
+		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt, LossySyncInterval: lossySync}
 	}
 	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack, Durable: dur}
 
@@ -221,8 +218,7 @@ Flags:
 		// Unusable: the store must not pass it again, nor keep the
 		// parked lock of the socket (held by its open file) from the
 		// check-in below.
-		notify.RemoveFDs(activation.StateName)
-		notify.RemoveFDs(activation.HandoffName)
+		forgetParked(notify)
 		fromStore, storeReleased = false, true
 	}
 	named := false // --name or --socket given
@@ -245,8 +241,7 @@ Flags:
 			}
 			if fromStore {
 				// Taken: the store must not pass it again.
-				notify.RemoveFDs(activation.StateName)
-				notify.RemoveFDs(activation.HandoffName)
+				forgetParked(notify)
 			}
 			ls = append(ls, adopted...)
 			state, fromStore = nil, false

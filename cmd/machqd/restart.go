@@ -17,6 +17,7 @@ import (
 	"github.com/machq/machq/internal/activation"
 	"github.com/machq/machq/internal/handoff"
 	"github.com/machq/machq/internal/sdnotify"
+	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
 
@@ -115,10 +116,10 @@ func inheritedState(p *activation.Passed, log *slog.Logger) (st *handoff.State, 
 	}
 	st, unused, err := handoff.Read(stateFD, fds)
 	if err != nil {
-		closeAll(fds)
+		wire.CloseFDs(fds)
 		return nil, true, err
 	}
-	closeAll(unused)
+	wire.CloseFDs(unused)
 	return st, true, nil
 }
 
@@ -130,14 +131,6 @@ func dupFile(f *os.File) int {
 		return -1
 	}
 	return fd
-}
-
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-	}
 }
 
 // probe runs the executable at exe with args and restartFlag, and checks
@@ -274,9 +267,7 @@ func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time
 		return true, err
 	}
 	defer unix.Close(stateFD)
-	// Whatever an earlier stop left is replaced.
-	notify.RemoveFDs(activation.HandoffName)
-	notify.RemoveFDs(activation.StateName)
+	forgetParked(notify) // whatever an earlier stop left is replaced
 	if err := notify.StoreFDs(activation.HandoffName, fds...); err != nil {
 		notify.RemoveFDs(activation.HandoffName)
 		return true, err
@@ -285,10 +276,13 @@ func park(srv *server.Server, notify *sdnotify.Notifier, limit int, timeout time
 		notify.RemoveFDs(activation.HandoffName)
 		return true, err
 	}
-	var messages int
-	for _, q := range st.Queues.Queues {
-		messages += len(q.Messages)
-	}
-	log.Info("parked in the service manager's file descriptor store for the next start", "queues", len(st.Queues.Queues), "messages", messages, "descriptors", len(fds)+1)
+	log.Info("parked in the service manager's file descriptor store for the next start", "descriptors", len(fds)+1)
 	return true, nil
+}
+
+// forgetParked asks the service manager to drop what a stop parked in its
+// store: taken over, unusable, or about to be replaced.
+func forgetParked(notify *sdnotify.Notifier) {
+	notify.RemoveFDs(activation.StateName)
+	notify.RemoveFDs(activation.HandoffName)
 }

@@ -63,7 +63,7 @@ func (e *environment) durable(ctx context.Context) error {
 	}
 	base, err := os.MkdirTemp(e.cfg.DurableDir, "machq-bench-durable-")
 	if err != nil {
-		return fmt.Errorf("bench: durable runs: %w", err)
+		return fmt.Errorf("bench: durable runs: --durable-dir %s: %w (give a writable directory on the disk to measure, or --skip durable)", e.cfg.DurableDir, err)
 	}
 	defer os.RemoveAll(base)
 	d := &Durable{Dir: e.cfg.DurableDir, FileSystem: fileSystem(base), Size: durableSize}

@@ -146,16 +146,7 @@ func Write(s *State) (int, error) {
 // fds the state does not name, for the caller to close. On an error
 // nothing is taken: every one of fds stays the caller's.
 func Read(stateFD int, fds []int) (*State, []int, error) {
-	size, err := page.Size(stateFD)
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := page.MapReadOnly(stateFD, size, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer page.Unmap(b)
-	s, ids, err := Decode(b)
+	s, ids, err := decodeFD(stateFD)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -224,16 +215,7 @@ func Read(stateFD int, fds []int) (*State, []int, error) {
 // lock it holds does not keep it from checking in afresh. It returns how
 // many it closed; if the state cannot be decoded at all, none.
 func Discard(stateFD int, fds []int) int {
-	size, err := page.Size(stateFD)
-	if err != nil {
-		return 0
-	}
-	b, err := page.MapReadOnly(stateFD, size, false)
-	if err != nil {
-		return 0
-	}
-	defer page.Unmap(b)
-	_, ids, err := Decode(b)
+	_, ids, err := decodeFD(stateFD)
 	if err != nil {
 		return 0
 	}
@@ -258,6 +240,20 @@ func Discard(stateFD int, fds []int) int {
 		}
 	}
 	return n
+}
+
+// decodeFD decodes the state in the memfd stateFD.
+func decodeFD(stateFD int) (*State, idTable, error) {
+	size, err := page.Size(stateFD)
+	if err != nil {
+		return nil, idTable{}, err
+	}
+	b, err := page.MapReadOnly(stateFD, size, true)
+	if err != nil {
+		return nil, idTable{}, err
+	}
+	defer page.Unmap(b)
+	return Decode(b)
 }
 
 // idTable is what Decode read of the descriptors: per listener its

@@ -82,10 +82,8 @@ func TestDurableQueuesSurviveSIGKILL(t *testing.T) {
 	if st.Durable == nil || st.Durable.Dir != dir || st.Durable.Sync != "every-store" || st.Durable.Failed != "" {
 		t.Errorf("STATS durable: %+v", st.Durable)
 	}
-	for _, q := range st.Queues {
-		if q.Name == "jobs" && (!q.Durable || q.Messages != 5) {
-			t.Errorf("STATS of jobs after the restart: %+v; want durable, 5 messages", q)
-		}
+	if q := queueStats(d, "jobs"); !q.Durable || q.Messages != 5 {
+		t.Errorf("STATS of jobs after the restart: %+v; want durable, 5 messages", q)
 	}
 	again, err := c.Reserve(ctx, "jobs", nil)
 	if err != nil || string(again.Bytes()) != "job 2" {

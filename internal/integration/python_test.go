@@ -314,19 +314,6 @@ func TestIntegrationPythonAckInterop(t *testing.T) {
 			t.Errorf("message %d: settled with outcome %d, want %d", i, o, outcome)
 		}
 	}
-	queueStats := func(t *testing.T, name string) machq.QueueStats {
-		t.Helper()
-		st, err := c.Stat(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range st.Queues {
-			if q.Name == name {
-				return q
-			}
-		}
-		return machq.QueueStats{Name: name} // empty, and removed
-	}
 
 	t.Run("PythonAcks", func(t *testing.T) {
 		payloads := send(t, "ack-py-acks")
@@ -334,7 +321,7 @@ func TestIntegrationPythonAckInterop(t *testing.T) {
 		for i, line := range lines {
 			check(t, i, line, payloads[i], 1, 0)
 		}
-		if q := queueStats(t, "ack-py-acks"); q.Messages != 0 || q.Pending != 0 || q.Delayed != 0 {
+		if q := queueStats(d, "ack-py-acks"); q.Messages != 0 || q.Pending != 0 || q.Delayed != 0 {
 			t.Errorf("after Python's ACKs the queue holds %+v, want nothing", q)
 		}
 		if _, err := c.Reserve(ctx, "ack-py-acks", nil); !errors.Is(err, machq.ErrEmpty) {

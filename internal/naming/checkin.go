@@ -517,14 +517,21 @@ func lockPath(dir *os.File, name, p string) (*os.File, fileID, error) {
 					return nil, fileID{}, fmt.Errorf("naming: set the mode of lock %s: %w", p, err)
 				}
 			}
-			pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
-			f.WriteAt(pid, 0)
-			f.Truncate(int64(len(pid)))
+			writePID(f)
 			return f, idOf(st), nil
 		}
 		f.Close()
 	}
 	return nil, fileID{}, fmt.Errorf("naming: lock %s keeps being replaced; is another server starting and stopping?", p)
+}
+
+// writePID records this process as the lock's holder, for the message of
+// a server refused the name (readPID). It is informative only: a failure
+// to write it changes nothing about the lock.
+func writePID(f *os.File) {
+	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
+	f.WriteAt(pid, 0)
+	f.Truncate(int64(len(pid)))
 }
 
 func readPID(f *os.File) int {
@@ -703,9 +710,7 @@ func Adopt(path, name string, listener, lock, dir int, sockID, lockID [2]uint64)
 		return nil, fmt.Errorf("naming: the socket handed over for %s: %w", path, err)
 	}
 	lf := os.NewFile(uintptr(lock), path+".lock")
-	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
-	lf.WriteAt(pid, 0)
-	lf.Truncate(int64(len(pid)))
+	writePID(lf)
 	return &Registration{Path: path, Listener: l, dir: os.NewFile(uintptr(dir), filepath.Dir(path)), name: name,
 		sock: fileID{sockID[0], sockID[1]}, lock: lf, lockID: fileID{lockID[0], lockID[1]}}, nil
 }
