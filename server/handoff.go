@@ -153,7 +153,13 @@ func (s *Server) Adopt(st *handoff.State) ([]*net.UnixListener, error) {
 				errs = append(errs, fmt.Errorf("machq: the socket %s handed over: %w", hl.Path, err))
 				continue
 			}
-			ls = append(ls, l.(*net.UnixListener))
+			ul, ok := l.(*net.UnixListener)
+			if !ok {
+				l.Close()
+				errs = append(errs, fmt.Errorf("machq: the socket %s handed over is not a Unix socket", hl.Path))
+				continue
+			}
+			ls = append(ls, ul)
 			continue
 		}
 		reg, err := naming.Adopt(hl.Path, hl.Name, hl.FD, hl.LockFD, hl.DirFD,

@@ -649,10 +649,9 @@ func (s *Store) Err() error { return s.j.Err() }
 
 // CompactReport says what a compaction did.
 type CompactReport struct {
-	Copied         int   // live messages written again at the head of the log
-	CopiedBytes    int64 // their payload bytes
-	SegmentsFreed  int
-	SegmentsBefore int
+	Copied        int   // live messages written again at the head of the log
+	CopiedBytes   int64 // their payload bytes
+	SegmentsFreed int
 }
 
 // Compact frees the log's space: segments whose messages are all gone are
@@ -663,7 +662,7 @@ type CompactReport struct {
 // and the segments are deleted.
 func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	segs := s.j.Segments()
-	rep := CompactReport{SegmentsBefore: len(segs)}
+	var rep CompactReport
 	if len(segs) < 2 {
 		return rep, nil
 	}

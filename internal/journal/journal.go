@@ -60,11 +60,10 @@ type Report struct {
 	NextLSN uint64
 	// TornTail names the segment and offset where a torn last write was
 	// cut off ("" if none), and how many bytes went.
-	TornTail      string
-	TornBytes     int64
-	Quarantined   []Quarantine
-	Took          time.Duration
-	SegmentsFound []string
+	TornTail    string
+	TornBytes   int64
+	Quarantined []Quarantine
+	Took        time.Duration
 }
 
 // Quarantine is a damaged range of a segment that recovery went past.
@@ -196,10 +195,6 @@ func (j *Journal) recover(replay func(Record) error) (Report, error) {
 		if first, ok := parseSegmentName(n); ok {
 			segs = append(segs, segInfo{name: n, first: first})
 		}
-	}
-	rep.SegmentsFound = make([]string, len(segs))
-	for i, s := range segs {
-		rep.SegmentsFound[i] = s.name
 	}
 	if err := j.loadID(hasID, len(segs) > 0); err != nil {
 		return rep, err
