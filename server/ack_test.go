@@ -472,7 +472,7 @@ func TestHostileAckAbuse(t *testing.T) {
 	ctx := testCtx(t)
 	mustSend(t, victim, "victim", []byte("keep me"))
 	held := mustReserve(t, victim, "victim", nil)
-	baseFDs := countFDs(t)
+	baseFDs := openFDs(t)
 	baseGoroutines := runtime.NumGoroutine()
 
 	raw := wiretest.DialHello(t, path)
@@ -559,7 +559,7 @@ func TestHostileAckAbuse(t *testing.T) {
 	d := mustReserve(t, victim, "leased", nil)
 	d.Ack(ctx)
 	d.Close()
-	waitFor(t, "every descriptor closed", func() bool { return countFDs(t) <= baseFDs })
+	waitFDsReleased(t, "every descriptor closed", baseFDs)
 	waitFor(t, "no goroutine left behind", func() bool { return runtime.NumGoroutine() <= baseGoroutines })
 	if err := held.Ack(ctx); err != nil {
 		t.Fatalf("the victim's own delivery after the abuse: %v", err)

@@ -250,7 +250,7 @@ func TestHostileGroupsByTheThousand(t *testing.T) {
 	srv, path := startServer(t, server.Config{Limits: server.Limits{MaxGroups: 1000}})
 	c := dial(t, path)
 	ctx := testCtx(t)
-	baseFDs := countFDs(t)
+	baseFDs := openFDs(t)
 	baseGoroutines := runtime.NumGoroutine()
 	var limitErr error
 	for i := range 300 {
@@ -296,7 +296,7 @@ func TestHostileGroupsByTheThousand(t *testing.T) {
 		t.Fatalf("a group once the others are gone: %v", err)
 	}
 	c.DeleteGroup(ctx, "again", "g")
-	waitFor(t, "every descriptor closed", func() bool { return countFDs(t) <= baseFDs })
+	waitFDsReleased(t, "every descriptor closed", baseFDs)
 	waitFor(t, "no goroutine left behind", func() bool { return runtime.NumGoroutine() <= baseGoroutines })
 	if st := srv.Stats(); st.Messages != 0 || len(st.Queues) != 0 {
 		t.Fatalf("the server still holds %d messages in %d queues", st.Messages, len(st.Queues))

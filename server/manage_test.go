@@ -170,7 +170,7 @@ func TestPeekerThatDoesNotRead(t *testing.T) {
 	srv, path := startServer(t, server.Config{})
 	c := dial(t, path)
 	mustSend(t, c, "pages", bytes.Repeat([]byte("p"), 200<<10))
-	base := countFDs(t)
+	base := openFDs(t)
 	raw := wiretest.DialHello(t, path)
 	const n = 200
 	var b []byte
@@ -197,7 +197,7 @@ func TestPeekerThatDoesNotRead(t *testing.T) {
 		t.Fatalf("%d peeks of a page by a client not reading: %d pages, %d refused", n, pages, refused)
 	}
 	raw.UC.Close()
-	waitFor(t, "every copy closed", func() bool { return countFDs(t) <= base })
+	waitFDsReleased(t, "every copy closed", base)
 	if st := srv.Stats(); st.Pages != 1 {
 		t.Fatalf("the server counts %d pages, want the one stored", st.Pages)
 	}

@@ -439,6 +439,44 @@ func countFDs(t testing.TB) int {
 	return len(ents)
 }
 
+// openFDs maps each descriptor open in this process to what it refers
+// to (the target of its /proc/self/fd link).
+func openFDs(t testing.TB) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := make(map[string]string, len(ents))
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own descriptor, gone by now
+		}
+		m[e.Name()] = target
+	}
+	return m
+}
+
+// waitFDsReleased waits until every descriptor open now was open, to the
+// same file, in base: a descriptor of an earlier test closed meanwhile
+// (by a finalizer, say) does not count, and what stays open is named.
+func waitFDsReleased(t testing.TB, what string, base map[string]string) {
+	t.Helper()
+	var extra []string
+	if !eventually(func() bool {
+		extra = extra[:0]
+		for fd, target := range openFDs(t) {
+			if base[fd] != target {
+				extra = append(extra, fd+" -> "+target)
+			}
+		}
+		return len(extra) == 0
+	}) {
+		t.Fatalf("timed out waiting for %s: still open %v", what, extra)
+	}
+}
+
 func TestBadPagesAreRefused(t *testing.T) {
 	srv, path := startServer(t, server.Config{})
 	raw := wiretest.DialHello(t, path)
@@ -706,7 +744,7 @@ func TestLargeInlineFramesInterleavedWithPages(t *testing.T) {
 
 func TestDescriptorsNotAtTheirFrameAreFatal(t *testing.T) {
 	srv, path := startServer(t, server.Config{})
-	base := countFDs(t)
+	base := openFDs(t)
 	cases := []struct {
 		name  string
 		build func() ([]byte, int)
@@ -748,7 +786,7 @@ func TestDescriptorsNotAtTheirFrameAreFatal(t *testing.T) {
 				t.Fatal("connection still open")
 			}
 			raw.UC.Close()
-			waitFor(t, "server to close the descriptors", func() bool { return countFDs(t) == base })
+			waitFDsReleased(t, "server to close the descriptors", base)
 		})
 	}
 	if st := srv.Stats(); st.Messages != 0 {
@@ -1183,7 +1221,7 @@ func TestStoredPrecedesDeliveryToAPrivateWaiter(t *testing.T) {
 
 func TestSecondHelloWithDescriptorLeaksNothing(t *testing.T) {
 	_, path := startServer(t, server.Config{})
-	base := countFDs(t)
+	base := openFDs(t)
 	for range 10 {
 		raw := wiretest.DialHello(t, path)
 		b := wire.AppendHello(nil, 0, wire.Hello{MinVersion: 1, MaxVersion: 1})
@@ -1194,7 +1232,7 @@ func TestSecondHelloWithDescriptorLeaksNothing(t *testing.T) {
 		raw.ExpectError(wire.CodeMalformed)
 		raw.UC.Close()
 	}
-	waitFor(t, "descriptors released", func() bool { return countFDs(t) == base })
+	waitFDsReleased(t, "descriptors released", base)
 }
 
 func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
@@ -1505,9 +1543,9 @@ func TestStoreQuotas(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectLimit(t, "600 more bytes in a 1000-byte queue", errOf(c.Send(ctx, "q", make([]byte, 600))), "max-queue-bytes")
-	base := countFDs(t)
+	base := openFDs(t)
 	expectLimit(t, "a 100 KiB page in a 1000-byte queue", errOf(c.Send(ctx, "q", make([]byte, 100<<10))), "max-queue-bytes")
-	waitFor(t, "the refused page closed", func() bool { return countFDs(t) == base })
+	waitFDsReleased(t, "the refused page closed", base)
 	if _, err := c.Send(ctx, "q", make([]byte, 400)); err != nil {
 		t.Fatalf("400 bytes filling the queue exactly: %v", err)
 	}
@@ -1588,9 +1626,9 @@ func TestPageLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	base := countFDs(t)
+	base := openFDs(t)
 	expectLimit(t, "a third page", errOf(c.Send(ctx, "p", []byte{2})), "max-stored-pages")
-	waitFor(t, "the refused page closed", func() bool { return countFDs(t) == base })
+	waitFDsReleased(t, "the refused page closed", base)
 	if err := c.SendBatch(ctx, "p", [][]byte{nil}); err != nil { // empty: no page
 		t.Fatalf("an empty payload with the pages at their limit: %v", err)
 	}
