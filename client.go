@@ -15,6 +15,7 @@ import (
 
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/pagepool"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -42,7 +43,7 @@ type Client struct {
 	path    string
 	opts    options
 	welcome wire.Welcome
-	next    *sparePage // the next large send's pages, allocated ahead
+	next    *pagepool.Pool // the next large sends' pages, allocated ahead
 
 	wmu      sync.Mutex // guards the write side below
 	wbuf     []byte
@@ -123,7 +124,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		opts:    o,
 		pending: make(map[uint64]*call),
 		orphans: make(map[string][]result),
-		next:    newSparePage(o.spare),
+		next:    pagepool.New("machq", o.spare, false),
 
 		readerFree: make(chan struct{}, 1),
 	}
@@ -247,7 +248,7 @@ func (c *Client) Close() error {
 	c.teardown(net.ErrClosed)
 	c.rmu.Unlock()
 	c.releaseReader()
-	c.next.close()
+	c.next.Close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}

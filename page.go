@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/machq/machq/internal/page"
+	"github.com/machq/machq/internal/pagepool"
 )
 
 // Page is a writable buffer backed by a memfd, for sending without a copy:
@@ -29,28 +30,30 @@ type Page struct {
 var ErrPageUsed = errors.New("machq: page already sent or closed")
 
 // NewPage returns a page of size bytes, zero-filled and mapped for
-// writing. The pages are faulted in by the kernel up front
-// (MAP_POPULATE), which costs far less than one fault per page on first
-// touch.
+// writing, with every page of it already allocated and mapped, so that
+// filling it never waits on a page fault.
+//
+// A producer that asks for pages in a stream (less than a second apart)
+// gets them from pages the library prepares in the background while it
+// fills and sends the previous ones: up to two pages of the size last
+// asked for, of at most DefaultSparePage bytes each, freed after a second
+// unused. An occasional NewPage allocates nothing ahead.
 func NewPage(size int) (*Page, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("machq: page size %d is negative", size)
 	}
-	fd, err := page.Create("machq-page")
+	if pg, ok := pagePool.Take(int64(size)); ok {
+		return &Page{fd: pg.FD, buf: pg.Buf, size: pg.Size}, nil
+	}
+	pg, err := pagepool.Allocate("machq-page", int64(size), true)
 	if err != nil {
 		return nil, fmt.Errorf("machq: %w", err)
 	}
-	if err := page.Truncate(fd, int64(size)); err != nil {
-		syscall.Close(fd)
-		return nil, fmt.Errorf("machq: %w", err)
-	}
-	buf, err := page.MapWritable(fd, int64(size), true)
-	if err != nil {
-		syscall.Close(fd)
-		return nil, fmt.Errorf("machq: %w", err)
-	}
-	return &Page{fd: fd, buf: buf, size: int64(size)}, nil
+	return &Page{fd: pg.FD, buf: pg.Buf, size: pg.Size}, nil
 }
+
+// pagePool prepares the pages of a stream of NewPage calls.
+var pagePool = pagepool.New("machq-page", DefaultSparePage, true)
 
 // Bytes returns the page's memory, to be written before SendPage. It is
 // nil once the page is sealed: after SendPage, or Close.

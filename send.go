@@ -43,8 +43,13 @@ func (c *Client) pageFor(data []byte) (int, error) {
 	if int64(len(data)) > c.MaxMessageSize() {
 		return -1, c.tooLarge(int64(len(data)))
 	}
-	fd := c.next.take(int64(len(data)))
-	if fd < 0 {
+	// A spare page, when a stream of sends has one ready, is allocated
+	// already; taking it starts the next one's allocation, in the
+	// background, while this one is filled and travels.
+	fd := -1
+	if pg, ok := c.next.Take(int64(len(data))); ok {
+		fd = pg.FD
+	} else {
 		var err error
 		if fd, err = page.Create("machq"); err != nil {
 			return -1, fmt.Errorf("machq: %w", err)
@@ -58,8 +63,6 @@ func (c *Client) pageFor(data []byte) (int, error) {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("machq: %w", err)
 	}
-	// Allocate the next send's pages while this one travels.
-	c.next.refill(int64(len(data)))
 	return fd, nil
 }
 
