@@ -15,6 +15,7 @@ package pagepool
 import (
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -197,7 +198,10 @@ func (p *Pool) Ready() int {
 
 // Allocate returns a fresh memfd of size bytes whose memory the kernel
 // has allocated and zeroed and, if mapped, a writable mapping of it with
-// every page-table entry in place (see MapPopulated).
+// every page-table entry in place (see MapPopulated). Where the kernel
+// gives shared memory huge pages only to mappings that ask for them
+// (HugePages is "advise"), the memory is allocated through a mapping,
+// unmapped again if not wanted; elsewhere by fallocate(2), the cheaper.
 func Allocate(name string, size int64, mapped bool) (Page, error) {
 	fd, err := page.Create(name)
 	if err != nil {
@@ -207,24 +211,47 @@ func Allocate(name string, size int64, mapped bool) (Page, error) {
 	if size == 0 {
 		return pg, nil
 	}
-	if mapped {
-		// Allocated through the mapping, where the kernel can choose
-		// huge pages if it is allowed to (fallocate would not).
-		if err := page.Truncate(fd, size); err != nil {
-			syscall.Close(fd)
-			return Page{}, err
-		}
-		if pg.Buf, err = MapPopulated(fd, size); err != nil {
-			syscall.Close(fd)
-			return Page{}, err
-		}
-		return pg, nil
+	if HugePages() == "advise" {
+		err = page.Truncate(fd, size)
+	} else if err = unix.Fallocate(fd, 0, 0, size); err != nil {
+		err = os.NewSyscallError("fallocate", err)
 	}
-	if err := unix.Fallocate(fd, 0, 0, size); err != nil {
+	if err == nil && (mapped || HugePages() == "advise") {
+		pg.Buf, err = MapPopulated(fd, size)
+		if err == nil && !mapped {
+			err = page.Unmap(pg.Buf)
+			pg.Buf = nil
+		}
+	}
+	if err != nil {
 		syscall.Close(fd)
-		return Page{}, os.NewSyscallError("fallocate", err)
+		return Page{}, err
 	}
 	return pg, nil
+}
+
+// HugePages returns the kernel's policy for transparent huge pages in
+// shared memory, the selected word of
+// /sys/kernel/mm/transparent_hugepage/shmem_enabled: "never" (also where
+// the file is missing or unreadable), "advise", "within_size", "always",
+// "deny" or "force".
+var HugePages = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+	if err != nil {
+		return "never"
+	}
+	return selected(string(b))
+})
+
+// selected returns the word in brackets of a sysfs choice list such as
+// "always within_size [advise] never", or "never" if none is.
+func selected(list string) string {
+	for _, w := range strings.Fields(list) {
+		if len(w) > 2 && w[0] == '[' && w[len(w)-1] == ']' {
+			return w[1 : len(w)-1]
+		}
+	}
+	return "never"
 }
 
 // MapPopulated maps the first size bytes of fd writable, with every page

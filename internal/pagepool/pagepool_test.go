@@ -218,3 +218,18 @@ func TestConcurrentTakes(t *testing.T) {
 		t.Fatalf("%d descriptors open after Close, want %d", n, base)
 	}
 }
+
+func TestSelected(t *testing.T) {
+	for in, want := range map[string]string{
+		"always within_size advise [never] deny force\n": "never",
+		"always within_size [advise] never deny force\n": "advise",
+		"[always] within_size advise never":              "always",
+		"always within_size advise never":                "never",
+		"":                                               "never",
+		"[] [x":                                          "never",
+	} {
+		if got := selected(in); got != want {
+			t.Errorf("selected(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
