@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq"
 	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/procfs"
+	"github.com/machq/machq/server"
 )
 
 // largeMessageSize is the payload of the memory test's large messages.
@@ -28,16 +32,69 @@ func (e *environment) memory(ctx context.Context) error {
 		return err
 	}
 	e.report.Memory = append(e.report.Memory, *small, *large)
-	e.report.note("memory: the %d messages of %s share one sealed memfd, sent again and again without a copy, so the test needs %s of RAM instead of %s; the server holds, counts and frees each one's descriptor alone, as it would distinct pages",
+	e.report.note("memory: the %d messages of %s share one sealed memfd, sent again and again without a copy, so the test needs %s of RAM instead of %s; the server holds, counts and frees each one's descriptor alone, as it would distinct pages, and its limits are sized to what the test stores rather than to the machine's memory",
 		e.cfg.LargeMessages, fmtSize(largeMessageSize), fmtSize(largeMessageSize), fmtSize(e.cfg.LargeMessages*largeMessageSize))
 	return nil
 }
 
-// memoryRun starts a fresh server, stores n messages of size bytes in
-// one client's private queue and reads the server's footprint.
+// memoryHeadroom is how many messages beyond the test's own the memory
+// server's limits leave room for: the warm-up's, each retrieved before
+// the next is sent, and no more than a few at once.
+const memoryHeadroom = 16
+
+// memoryLimits returns the limits, as machqd peer flags, of a server
+// that is to hold n messages of size bytes in one private queue: room for
+// them and memoryHeadroom more, whatever the machine. The server's
+// defaults would not do: its byte limit is half of the machine's memory,
+// which the declared sizes of the large messages pass on most machines
+// (they share one memfd, so the test needs their memory once, but the
+// server counts each message's size), and its message limits are below
+// what --small-messages may ask for.
+func memoryLimits(n, size int) []string {
+	held := int64(n) + memoryHeadroom
+	bytes := max(held*int64(size), 1) // 0 would mean the default
+	args := []string{
+		"--max-stored-messages", strconv.FormatInt(held, 10),
+		"--max-private-messages", strconv.FormatInt(held, 10),
+		"--max-stored-bytes", strconv.FormatInt(bytes, 10),
+		"--max-private-bytes", strconv.FormatInt(bytes, 10),
+	}
+	if size > machq.DefaultInlineThreshold {
+		args = append(args, "--max-stored-pages", strconv.FormatInt(held, 10))
+	}
+	return args
+}
+
+// checkDescriptors fails if a server holding pages out-of-line messages
+// would run out of descriptors: each holds one open, which no setting of
+// the benchmark's can lift above the descriptor limit (the hard
+// RLIMIT_NOFILE, which a Go program raises its own to).
+func checkDescriptors(pages int) error {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Max == unix.RLIM_INFINITY {
+		return nil
+	}
+	// The server's descriptor budget keeps server.DescriptorReserve back,
+	// and the test's connection and the server's listener take some.
+	need := uint64(pages) + memoryHeadroom + server.DescriptorReserve + 16
+	if need > rl.Max {
+		return fmt.Errorf("bench: the memory test's %d large messages each hold a descriptor in the server, which needs about %d; the descriptor limit is %d (ulimit -Hn): give --large-messages %d or fewer, or raise the limit",
+			pages, need, rl.Max, int64(rl.Max)-int64(need-uint64(pages)))
+	}
+	return nil
+}
+
+// memoryRun starts a fresh server whose limits fit the test, stores n
+// messages of size bytes in one client's private queue and reads the
+// server's footprint.
 func (e *environment) memoryRun(ctx context.Context, name string, n, size int) (*Memory, error) {
+	if size > machq.DefaultInlineThreshold {
+		if err := checkDescriptors(n); err != nil {
+			return nil, err
+		}
+	}
 	path := filepath.Join(e.dir, name+".sock")
-	p, err := e.startPeer(ctx, peerMachq, path)
+	p, err := e.startPeer(ctx, append([]string{peerMachq, path}, memoryLimits(n, size)...)...)
 	if err != nil {
 		return nil, err
 	}

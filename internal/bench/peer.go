@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,7 +30,13 @@ const (
 // args[0] names until ctx ends, stdin reaches end of file (the benchmark
 // exited) or SIGTERM arrives. It writes "ready" on stdout once serving.
 //
-//	machqd SOCKET        a machq server (inline limit 1 MiB, stored bytes unlimited)
+//	machqd SOCKET [LIMITS]
+//	                     a machq server (inline limit 1 MiB), with the
+//	                     server's default limits but for those LIMITS sets
+//	                     with machqd's own flags: --max-stored-messages,
+//	                     --max-stored-bytes, --max-stored-pages,
+//	                     --max-private-messages, --max-private-bytes,
+//	                     --max-queue-messages and --max-queue-bytes
 //	machqd-durable SOCKET DATADIR LOG
 //	                     the same with durable named queues in DATADIR
 //	                     (machqd --data-dir), logging to LOG as JSON
@@ -48,10 +55,14 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	ready := func() { fmt.Fprintln(stdout, "ready") }
 	switch args[0] {
 	case peerMachq:
-		if len(args) != 2 {
-			return errors.New("bench peer: usage: machqd SOCKET")
+		if len(args) < 2 {
+			return errors.New("bench peer: usage: machqd SOCKET [LIMITS]")
 		}
-		return serveMachq(ctx, args[1], server.Config{}, ready)
+		lim, err := parseLimits(args[2:])
+		if err != nil {
+			return err
+		}
+		return serveMachq(ctx, args[1], server.Config{Limits: lim}, ready)
 	case peerMachqDurable:
 		if len(args) != 4 {
 			return errors.New("bench peer: usage: machqd-durable SOCKET DATADIR LOG")
@@ -72,15 +83,32 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	return fmt.Errorf("bench peer: unknown kind %q", args[0])
 }
 
-// serveMachq serves a machq server configured by cfg (its Durable and
-// Logger) on path.
+// parseLimits reads the limits a machqd peer is given, with machqd's
+// flag names; those not given keep the server's defaults.
+func parseLimits(args []string) (server.Limits, error) {
+	var lim server.Limits
+	fs := flag.NewFlagSet("machqd peer", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Int64Var(&lim.MaxStoredMessages, "max-stored-messages", 0, "")
+	fs.Int64Var(&lim.MaxStoredBytes, "max-stored-bytes", 0, "")
+	fs.Int64Var(&lim.MaxStoredPages, "max-stored-pages", 0, "")
+	fs.Int64Var(&lim.MaxPrivateMessages, "max-private-messages", 0, "")
+	fs.Int64Var(&lim.MaxPrivateBytes, "max-private-bytes", 0, "")
+	fs.Int64Var(&lim.MaxQueueMessages, "max-queue-messages", 0, "")
+	fs.Int64Var(&lim.MaxQueueBytes, "max-queue-bytes", 0, "")
+	if err := fs.Parse(args); err != nil {
+		return lim, fmt.Errorf("bench peer: machqd limits: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return lim, fmt.Errorf("bench peer: machqd limits: unexpected %q", fs.Arg(0))
+	}
+	return lim, nil
+}
+
+// serveMachq serves a machq server configured by cfg (its Limits,
+// Durable and Logger) on path, with the largest inline limit.
 func serveMachq(ctx context.Context, path string, cfg server.Config, ready func()) error {
-	// No limit on stored bytes: the memory test stores its large messages
-	// as one shared memfd sent again and again, which counts its size
-	// once per message against the byte limits (half of the machine's
-	// memory by default) while it takes its memory once. The limits are
-	// counters, so lifting them changes no other figure.
-	cfg.MaxInline, cfg.Limits = wire.MaxInline, server.Limits{MaxStoredBytes: -1}
+	cfg.MaxInline = wire.MaxInline
 	s, err := server.New(cfg)
 	if err != nil {
 		return err
