@@ -20,9 +20,13 @@ mechanisms (a sealed memfd passed with SCM_RIGHTS, a copy through a stream
 socket), Redis lists over a Unix socket and POSIX message queues, in one
 run, interleaved, and reports each as a ratio to machq; and machq's ack
 mode (store + reserve + ack) against Redis Streams (XADD + XREADGROUP +
-XACK). Then the zero-copy view, where the time goes, digest costs,
-small-message throughput with many clients and with pipelining, and the
-server's memory with many messages stored. Last, the durable runs: small
+XACK). Then the zero-copy view; a stream of --stream-size frames from a
+producer process through a named queue to a consumer process reading
+every byte, in frames per second with NewPage + SendPage and with Send
+from a reused buffer, and the first over the second (target 1.3 or
+more); where the time goes, digest costs, small-message throughput with
+many clients and with pipelining, and the server's memory with many
+messages stored. Last, the durable runs: small
 durable stores per second with machqd --data-dir against Redis with
 appendfsync always, a 64 MiB durable store against a kernel copy into a
 file and its sync, and machqd's recovery of --recovery-messages stored
@@ -37,6 +41,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		asJSON, quiet      bool
 		plotFile, saveFile string
 		durableSize        string
+		streamSize         string
 	)
 	cmd := newCommand("bench", benchSummary)
 	fs := cmd.fs
@@ -49,7 +54,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&clients, "clients", "1,8,64", "client `counts` of the throughput test, and producer counts of the durable stores")
 	fs.IntVar(&cfg.Depth, "depth", 16, "pipeline `depth` of the pipelined throughput test")
 	fs.StringVar(&dig, "digest", "none", "digest machq computes and verifies during the comparison: none (transport alone, like the other systems), sha256 or blake3")
-	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, phases, throughput, memory, durable")
+	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, stream, phases, throughput, memory, durable")
+	fs.StringVar(&streamSize, "stream-size", "8M", "frame `size` of the streaming run")
+	fs.IntVar(&cfg.StreamFrames, "stream-frames", bench.DefaultStreamFrames, "`frames` each streaming run sends, per variant and round")
 	fs.IntVar(&cfg.SmallMessages, "small-messages", 1_000_000, "64-byte messages stored by the memory test (and by the recovery run, unless --recovery-messages)")
 	fs.IntVar(&cfg.LargeMessages, "large-messages", 1000, "16 MiB messages stored by the memory test")
 	fs.StringVar(&cfg.DurableDir, "durable-dir", os.TempDir(), "`directory` on the disk to measure where the durable runs keep their data (in a temporary directory, removed at the end)")
@@ -79,6 +86,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageErr("--small-messages %d: give 1 or more (or --skip memory)", cfg.SmallMessages)
 	case cfg.LargeMessages <= 0:
 		return usageErr("--large-messages %d: give 1 or more (or --skip memory)", cfg.LargeMessages)
+	case cfg.StreamFrames <= 0:
+		return usageErr("--stream-frames %d: give 1 or more (or --skip stream)", cfg.StreamFrames)
 	case cfg.DurableTime < 0:
 		return usageErr("--durable-time %v: give a time budget above 0, or 0 for 4 × --time", cfg.DurableTime)
 	case cfg.RecoveryMessages < 0:
@@ -103,6 +112,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageErr("--durable-size %s: give one size above 0, such as 64M", durableSize)
 	}
 	cfg.DurableLargeSize = ds[0]
+	ss, err := parseSizes(streamSize)
+	if err != nil || len(ss) != 1 || ss[0] <= 0 {
+		return usageErr("--stream-size %s: give one size above 0, such as 8M", streamSize)
+	}
+	cfg.StreamSize = ss[0]
 	if systems != "" {
 		cfg.Systems = strings.Split(systems, ",")
 		for _, name := range cfg.Systems {
@@ -119,6 +133,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		case "":
 		case "zero-copy":
 			cfg.SkipZeroCopy = true
+		case "stream":
+			cfg.SkipStream = true
 		case "phases":
 			cfg.SkipPhases = true
 		case "throughput":
@@ -128,7 +144,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		case "durable":
 			cfg.SkipDurable = true
 		default:
-			return usageErr("--skip: unknown part %q; use zero-copy, phases, throughput, memory or durable", part)
+			return usageErr("--skip: unknown part %q; use zero-copy, stream, phases, throughput, memory or durable", part)
 		}
 	}
 	if plotFile != "" {

@@ -17,6 +17,13 @@
 // measured in rounds that rotate through the systems at each size, and
 // each system's median is reported as a ratio to machq's and, for the
 // ack-mode systems, to machq-ack's.
+//
+// The streaming run sends a stream of large frames from a producer
+// process through a named queue to a consumer process, both started
+// through Config.PeerCommand like the servers, once filling pages made
+// with machq.NewPage and sending them with SendPage, once filling a
+// reused buffer and sending it with Send, and compares their frame
+// rates.
 package bench
 
 import (
@@ -68,9 +75,15 @@ type Config struct {
 	// Depth is the pipeline depth of the pipelined throughput test;
 	// default 16.
 	Depth int
-	// SkipThroughput, SkipZeroCopy, SkipPhases and SkipMemory leave out
-	// those parts of the run.
-	SkipThroughput, SkipZeroCopy, SkipPhases, SkipMemory bool
+	// SkipThroughput, SkipZeroCopy, SkipPhases, SkipMemory and
+	// SkipStream leave out those parts of the run.
+	SkipThroughput, SkipZeroCopy, SkipPhases, SkipMemory, SkipStream bool
+	// StreamSize and StreamFrames set the streaming run: a producer
+	// process sends StreamFrames frames of StreamSize bytes through a
+	// named queue to a consumer process, once with NewPage + SendPage and
+	// once with Send, in each of Rounds; default DefaultStreamSize (8
+	// MiB) and DefaultStreamFrames.
+	StreamSize, StreamFrames int
 	// SmallMessages and LargeMessages set the memory test: how many
 	// 64-byte and how many 16 MiB messages are stored; default 1,000,000
 	// and 1,000.
@@ -134,6 +147,12 @@ func (c *Config) setDefaults() error {
 	if c.Depth <= 0 {
 		c.Depth = 16
 	}
+	if c.StreamSize <= 0 {
+		c.StreamSize = DefaultStreamSize
+	}
+	if c.StreamFrames <= 0 {
+		c.StreamFrames = DefaultStreamFrames
+	}
 	if c.SmallMessages <= 0 {
 		c.SmallMessages = 1_000_000
 	}
@@ -176,6 +195,11 @@ func (c *Config) progress(format string, args ...any) {
 	fmt.Fprintf(c.Progress, format+"\n", args...)
 }
 
+// progress reports a step of the run.
+func (e *environment) progress(format string, args ...any) {
+	e.cfg.progress(format, args...)
+}
+
 // Run runs the benchmark and returns its report.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.setDefaults(); err != nil {
@@ -198,6 +222,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if !cfg.SkipZeroCopy {
 		if err := env.zeroCopy(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.SkipStream {
+		if cfg.Socket != "" {
+			r.note("stream: skipped: --socket measures a server the benchmark did not start; the stream runs on a machqd of its own, whose queue holds a bounded number of frames")
+		} else if err := env.stream(ctx); err != nil {
 			return nil, err
 		}
 	}

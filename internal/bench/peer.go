@@ -24,6 +24,10 @@ const (
 	peerMachqDurable = "machqd-durable"
 	peerFloor        = "floor"
 	peerMq           = "mqueue"
+	// The stream's producer and consumer: clients, not servers, which
+	// run once and report on a control socket (see runStreamPeer).
+	peerStreamProducer = "stream-producer"
+	peerStreamConsumer = "stream-consumer"
 )
 
 // RunPeer is the body of a peer process: it serves the kind of server
@@ -42,9 +46,15 @@ const (
 //	                     (machqd --data-dir), logging to LOG as JSON
 //	floor copy|memfd SOCKET  a bare store/echo server
 //	mqueue CONTROL       a POSIX message queue store/echo server
+//	stream-producer CTLFD SOCKET QUEUE SIZE FRAMES DIGEST VARIANT
+//	stream-consumer CTLFD SOCKET QUEUE SIZE FRAMES DIGEST
+//	                     the two ends of a stream of frames through a
+//	                     machq named queue: each says ready, waits for
+//	                     "go" on the socket CTLFD, streams, writes its
+//	                     result there and exits
 func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("bench peer: which kind? machqd, floor or mqueue")
+		return errors.New("bench peer: which kind? machqd, machqd-durable, floor, mqueue, stream-producer or stream-consumer")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -79,6 +89,8 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		return serveFloor(ctx, mech, args[2], ready)
 	case peerMq:
 		return serveMqueue(ctx, args[1:], ready)
+	case peerStreamProducer, peerStreamConsumer:
+		return runStreamPeer(ctx, args[0], args[1:], ready)
 	}
 	return fmt.Errorf("bench peer: unknown kind %q", args[0])
 }

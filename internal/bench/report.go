@@ -46,6 +46,7 @@ type Report struct {
 	Digests    []DigestCost `json:"digests,omitempty"`
 	Throughput []Throughput `json:"throughput,omitempty"`
 	Memory     []Memory     `json:"memory,omitempty"`
+	Stream     *Stream      `json:"stream,omitempty"`
 	Durable    *Durable     `json:"durable,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
@@ -145,6 +146,48 @@ type Throughput struct {
 	RatioAck float64 `json:"ratio_to_machq_ack,omitempty"`
 }
 
+// Stream is a stream of frames from a producer process through a machq
+// named queue to a consumer process that reads every byte of each, with
+// each variant of the zero-copy API.
+type Stream struct {
+	Size   int `json:"size"`
+	Frames int `json:"frames"`
+	// QueueDepth is the most frames the queue holds; a producer ahead
+	// of its consumer waits for room.
+	QueueDepth int `json:"queue_depth"`
+	Rounds     int `json:"rounds"`
+	// Variants are page (NewPage + SendPage) and send (Send from a
+	// reused buffer), in that order.
+	Variants []StreamVariant `json:"variants"`
+	// Ratio is page's frames per second over send's (above 1: page is
+	// faster); Target is what it should be at least.
+	Ratio  float64 `json:"ratio_page_to_send"`
+	Target float64 `json:"target_ratio"`
+}
+
+// StreamVariant is one variant's frame rate.
+type StreamVariant struct {
+	Variant string `json:"variant"`
+	API     string `json:"api"`
+	// PerSecond is the median over the rounds of frames per second,
+	// from the producer starting its first frame to the consumer having
+	// read every byte of its last; MBps is the same in 10^6 bytes/s.
+	PerSecond float64     `json:"frames_per_s"`
+	MBps      float64     `json:"mb_per_s"`
+	Runs      []StreamRun `json:"runs"`
+}
+
+// StreamRun is one variant's stream in one round.
+type StreamRun struct {
+	Round int `json:"round"`
+	// Elapsed is from the producer starting its first frame to the
+	// consumer having read its last; Producer is the producer's own
+	// time, to its last frame stored.
+	Elapsed   Duration `json:"elapsed_ns"`
+	Producer  Duration `json:"producer_ns"`
+	PerSecond float64  `json:"frames_per_s"`
+}
+
 // Memory is the server's footprint with many messages stored.
 type Memory struct {
 	Messages     int   `json:"messages"`
@@ -240,6 +283,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, view := range []string{EndToEnd, ZeroCopy} {
 		r.writeLatency(w, view)
 	}
+	r.writeStream(w)
 	r.writePhases(w)
 	r.writeDigests(w)
 	r.writeThroughput(w)
@@ -305,6 +349,31 @@ func ackColumn(ack bool, s string) string {
 		return ""
 	}
 	return s + "\t"
+}
+
+func (r *Report) writeStream(w io.Writer) {
+	s := r.Stream
+	if s == nil || len(s.Variants) != 2 {
+		return
+	}
+	fmt.Fprintf(w, "\nstreaming %d frames of %s: producer process -> machq named queue (at most %d frames) -> consumer process reading every byte\n",
+		s.Frames, fmtSize(s.Size), s.QueueDepth)
+	fmt.Fprintf(w, "frames/s from the producer starting its first frame to the consumer having read its last; median of %d rounds\n", s.Rounds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "variant\tAPI\tframes/s\tMB/s\tframes/s by round\t")
+	for _, v := range s.Variants {
+		rounds := make([]string, len(v.Runs))
+		for i, run := range v.Runs {
+			rounds[i] = fmt.Sprintf("%.0f", run.PerSecond)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t\n", v.Variant, v.API, v.PerSecond, fmtRate(v.MBps), strings.Join(rounds, " "))
+	}
+	tw.Flush()
+	verdict := "missed"
+	if s.Ratio >= s.Target {
+		verdict = "met"
+	}
+	fmt.Fprintf(w, "%s over %s: %s (target %.2f or more: %s)\n", s.Variants[0].Variant, s.Variants[1].Variant, fmtRatio(s.Ratio), s.Target, verdict)
 }
 
 func (r *Report) writePhases(w io.Writer) {
