@@ -16,6 +16,7 @@ import (
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/pagepool"
+	"github.com/machq/machq/internal/spin"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -128,7 +129,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 
 		readerFree: make(chan struct{}, 1),
 	}
-	c.rd = wire.NewReader(c.uc)
+	c.rd = wire.NewReader(spin.NewReader(c.uc, o.spin, nil))
 	if err := c.handshake(ctx, c.rd); err != nil {
 		c.rd.Close()
 		c.uc.Close()
@@ -367,6 +368,9 @@ func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 // write sends buf, abandoning the write if it is still blocked
 // writeGrace after ctx ends.
 func (c *Client) write(ctx context.Context, buf []byte, fds, fdAt []int) error {
+	if ctx.Done() == nil {
+		return wire.WriteFrames(c.uc, buf, fds, fdAt) // nothing to abandon it for
+	}
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		c.uc.SetWriteDeadline(time.Now().Add(writeGrace))

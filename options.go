@@ -2,6 +2,7 @@ package machq
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/machq/machq/internal/wire"
 )
@@ -22,6 +23,25 @@ type options struct {
 	owned      bool
 	serverUIDs []uint32 // WithServerUID
 	waitRoom   bool     // WithWaitForRoom
+	spin       time.Duration
+}
+
+// WithSpin makes a caller waiting for the server's answer keep trying to
+// read it, on its own CPU, for up to d before it parks: an answer that
+// comes within microseconds is then taken without the wake-up of a
+// parked goroutine, which costs more than the answer itself on small
+// requests (docs/PERFORMANCE.md). How long it spins adapts: to a few
+// times what the last answers took, less after spins that found nothing,
+// so a slow answer (a waiting retrieve, a busy machine) costs little
+// spinning. It trades CPU for latency; 0, the default, turns it off.
+func WithSpin(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("machq: spin %v is negative", d)
+		}
+		o.spin = d
+		return nil
+	}
 }
 
 // WithWaitForRoom makes every store into a full queue wait for room

@@ -15,6 +15,7 @@ import (
 	"github.com/machq/machq/internal/delivery"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/spin"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -147,7 +148,7 @@ func (c *conn) serve() {
 		c.writeLoop()
 	}()
 
-	rd := wire.NewReader(c.uc)
+	rd := wire.NewReader(spin.NewReader(c.uc, c.s.cfg.Spin, c.s.spin))
 	rd.OnPartial(c.startFrameDeadline)
 	c.mu.Lock()
 	if !c.stopping { // Shutdown's deadline must stand

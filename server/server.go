@@ -20,6 +20,7 @@ import (
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/spin"
 	"github.com/machq/machq/internal/stats"
 	"github.com/machq/machq/internal/wire"
 )
@@ -29,6 +30,9 @@ var ErrServerClosed = errors.New("machq: server closed")
 
 // DefaultMaxMessageSize is the default for Config.MaxMessageSize: 4 GiB.
 const DefaultMaxMessageSize = 4 << 30
+
+// DefaultSpin is the default for Config.Spin in machqd (--spin).
+const DefaultSpin = 0
 
 // DefaultFrameTimeout is the default for Config.FrameTimeout. A client
 // writes a frame with one sendmsg, and the server reads it as it comes: on
@@ -68,6 +72,18 @@ type Config struct {
 	// disconnected after it, so that partly received frames cannot pin
 	// the server's memory. Zero means DefaultFrameTimeout.
 	FrameTimeout time.Duration
+
+	// Spin is the longest a connection's reader keeps trying to read
+	// the next request, on its CPU, before it parks until the socket is
+	// readable: a client that answers within microseconds is served
+	// without the wake-up of a parked goroutine (see internal/spin). How
+	// long it spins adapts to how soon requests come, and at most
+	// SpinReaders connections spin at once. Zero turns spinning off.
+	Spin time.Duration
+
+	// SpinReaders bounds how many connections spin at once. Zero means
+	// half the CPUs the process may use, at least one.
+	SpinReaders int
 
 	// Limits bounds connections and what they may store.
 	Limits Limits
@@ -112,6 +128,12 @@ func (c *Config) setDefaults() error {
 	if c.FrameTimeout <= 0 {
 		c.FrameTimeout = DefaultFrameTimeout
 	}
+	if c.Spin < 0 {
+		return fmt.Errorf("machq: Spin %v is negative", c.Spin)
+	}
+	if c.SpinReaders <= 0 {
+		c.SpinReaders = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	c.Limits.setDefaults(c.Access.open())
 	return c.Ack.setDefaults()
 }
@@ -126,6 +148,7 @@ type Server struct {
 	ledger *quota.Ledger
 	pid    uint32
 	policy delivery.Policy
+	spin   *spin.Limiter // connections spinning for their next request
 
 	logState // durable queues; zero without Config.Durable
 
@@ -191,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 	s.named = queue.NewRegistry(&s.total, s.cfg.Limits.MaxQueues, s.cfg.Limits.MaxQueuesPerUID)
 	s.named.SetGroupLimits(s.cfg.Limits.MaxGroups, s.cfg.Limits.MaxGroupsPerUID)
 	s.policy = s.cfg.Ack.policy()
+	s.spin = spin.NewLimiter(s.cfg.SpinReaders)
 	s.ledger = newLedger(&s.cfg.Limits)
 	if cfg.Durable != nil {
 		if err := s.openDurable(); err != nil {

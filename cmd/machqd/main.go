@@ -108,6 +108,8 @@ Flags:
 	checkRestart := fs.Bool(restartFlag, false, "check the flags, print which restart states this executable reads, and exit (what a machqd restarting into it on SIGUSR2 runs first)")
 	fdStore := fs.Int("fd-store", 0, "under systemd, the `descriptors` its file descriptor store keeps (FileDescriptorStoreMax=); 0: as $FDSTORE says (systemd 254 and later). With a store, SIGTERM parks the memory-only named queues there for the next start")
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
+	spinFor := fs.Duration("spin", server.DefaultSpin, "longest `duration` a connection keeps reading for its next request on its CPU before it parks (adapting to how soon requests come; at most --spin-readers connections at once): lower latency for small requests for some CPU. 0 turns it off")
+	spinReaders := fs.Int("spin-readers", 0, "most `connections` spinning at once (0: half the CPUs, at least one)")
 	var ack server.AckConfig
 	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")
 	fs.DurationVar(&ack.Lease, "ack-lease", 0, "lease of an ack-mode retrieve that asks for none: a message held this `duration` without ACK, NAK or TOUCH goes back to its queue (0: no lease; it waits for its consumer's connection to end)")
@@ -135,7 +137,7 @@ Flags:
 		fmt.Fprintf(os.Stderr, "machqd: --max-pending and --max-deliveries must be at least 1, --nak-backoff and --nak-backoff-max positive, --ack-lease 0 or positive\n")
 		return 2
 	}
-	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout, *frameTimeout); msg != "" {
+	if msg := checkFlags(*maxMessage, *maxInline, *shutdownTimeout, *handshakeTimeout, *frameTimeout, *spinFor, *spinReaders); msg != "" {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
 		return 2
 	}
@@ -195,7 +197,7 @@ Flags:
 	if *dataDir != "" {
 		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt, LossySyncInterval: lossySync}
 	}
-	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Limits: lim, Access: access, Ack: ack, Durable: dur}
+	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Spin: *spinFor, SpinReaders: *spinReaders, Limits: lim, Access: access, Ack: ack, Durable: dur}
 
 	// Under a service manager (Type=notify), say when the socket is
 	// served and when a shutdown begins.
@@ -426,7 +428,7 @@ func valueHint(name string) string {
 
 // checkFlags checks the values the flag package cannot, and returns what
 // is wrong, or "".
-func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeout, frameTimeout time.Duration) string {
+func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeout, frameTimeout, spinFor time.Duration, spinReaders int) string {
 	switch {
 	case maxMessage < 1:
 		return fmt.Sprintf("--max-message %d: must be at least 1 byte", maxMessage)
@@ -440,6 +442,10 @@ func checkFlags(maxMessage int64, maxInline int, shutdownTimeout, handshakeTimeo
 		return fmt.Sprintf("--handshake-timeout %v: must be positive", handshakeTimeout)
 	case frameTimeout <= 0:
 		return fmt.Sprintf("--frame-timeout %v: must be positive", frameTimeout)
+	case spinFor < 0 || spinFor > time.Second:
+		return fmt.Sprintf("--spin %v: must be between 0 and 1s (spinning longer wastes a CPU; a few tens of microseconds catch a quick client)", spinFor)
+	case spinReaders < 0:
+		return fmt.Sprintf("--spin-readers %d: must not be negative", spinReaders)
 	}
 	return ""
 }
