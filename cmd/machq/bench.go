@@ -26,12 +26,14 @@ every byte, in frames per second with NewPage + SendPage and with Send
 from a reused buffer, and the first over the second (target 1.3 or
 more); where the time goes, digest costs, small-message throughput with
 many clients and with pipelining, and the server's memory with many
-messages stored. Last, the durable runs: small
-durable stores per second with machqd --data-dir against Redis with
-appendfsync always, a 64 MiB durable store against a kernel copy into a
-file and its sync, and machqd's recovery of --recovery-messages stored
-messages, all in --durable-dir. Every system runs as its own server
-process; redis-server is used when installed.`
+messages stored. The small-message comparison (round trips up to 4 KiB,
+throughput) runs unpinned and, with --pin both (the default on 2 CPUs or
+more), again with the servers on one CPU and the benchmark on another.
+Last, the durable runs: small durable stores per second with machqd
+--data-dir against Redis with appendfsync always, a 64 MiB durable store
+against a kernel copy into a file and its sync, and machqd's recovery of
+--recovery-messages stored messages, all in --durable-dir. Every system
+runs as its own server process; redis-server is used when installed.`
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var (
@@ -54,6 +56,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&clients, "clients", "1,8,64", "client `counts` of the throughput test, and producer counts of the durable stores")
 	fs.IntVar(&cfg.Depth, "depth", 16, "pipeline `depth` of the pipelined throughput test")
 	fs.StringVar(&dig, "digest", "none", "digest machq computes and verifies during the comparison: none (transport alone, like the other systems), sha256 or blake3")
+	fs.StringVar(&cfg.Pin, "pin", "", "`placement` of the small-message comparison (round trips up to 4K, throughput): unpinned (left to the scheduler), pinned (servers on one CPU, every thread of the benchmark on another) or both (default: both on 2 CPUs or more without --socket, else unpinned)")
 	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, stream, phases, throughput, memory, durable")
 	fs.StringVar(&streamSize, "stream-size", "8M", "frame `size` of the streaming run")
 	fs.IntVar(&cfg.StreamFrames, "stream-frames", bench.DefaultStreamFrames, "`frames` each streaming run sends, per variant and round")
@@ -127,6 +130,12 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if cfg.Digest, err = machq.ParseDigest(dig); err != nil {
 		return usageErr("--digest: %v", trimPrefix(err))
+	}
+	switch {
+	case cfg.Pin != "" && !slices.Contains(bench.PinModes(), cfg.Pin):
+		return usageErr("--pin %s: use %s", cfg.Pin, strings.Join(bench.PinModes(), ", "))
+	case cfg.Socket != "" && (cfg.Pin == bench.PinPinned || cfg.Pin == bench.PinBoth):
+		return usageErr("--pin %s: the benchmark cannot place a server it did not start (--socket); use --pin unpinned", cfg.Pin)
 	}
 	for part := range strings.SplitSeq(skip, ",") {
 		switch strings.TrimSpace(part) {

@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -116,6 +117,14 @@ type Config struct {
 	// stores before timing a machqd's start on them; default
 	// SmallMessages (1,000,000).
 	RecoveryMessages int
+	// Pin places the processes of the small-message comparison (the
+	// end-to-end round trips up to 4 KiB and the throughput test):
+	// PinUnpinned leaves them to the scheduler; PinPinned runs that
+	// comparison instead with the servers and peers on one CPU and every
+	// thread of the benchmark on another, against servers started for it;
+	// PinBoth runs it both ways. Default PinBoth when the benchmark may
+	// run on 2 CPUs or more and Socket is empty, PinUnpinned otherwise.
+	Pin string
 	// PeerCommand returns the command that runs a peer process: the
 	// program must call RunPeer with args. Required.
 	PeerCommand func(args ...string) *exec.Cmd
@@ -197,7 +206,7 @@ func (c *Config) progress(format string, args ...any) {
 
 // progress reports a step of the run.
 func (e *environment) progress(format string, args ...any) {
-	e.cfg.progress(format, args...)
+	e.cfg.progress(e.label+format, args...)
 }
 
 // Run runs the benchmark and returns its report.
@@ -211,13 +220,31 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	r := &Report{Machine: describeMachine(), Digest: cfg.Digest.String(), Started: time.Now().UTC()}
+	unpinned, pl, pinNote, err := cfg.choosePlacement()
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Machine: describeMachine(), Digest: cfg.Digest.String(), Started: time.Now().UTC(), Placement: PinUnpinned}
+	switch {
+	case pl != nil && unpinned:
+		r.Placement = PinBoth
+	case pl != nil:
+		r.Placement = PinPinned
+	}
+	if pinNote != "" {
+		r.note("%s", pinNote)
+	}
 	env := &environment{cfg: &cfg, dir: dir, report: r}
 	defer env.close()
 	if err := env.start(ctx); err != nil {
 		return nil, err
 	}
-	if err := env.latency(ctx); err != nil {
+	// Pinned alone, the small sizes are measured in the pinned part only.
+	sizes := cfg.Sizes
+	if !unpinned {
+		sizes = slices.DeleteFunc(slices.Clone(sizes), func(s int) bool { return s <= pinMaxSize })
+	}
+	if err := env.latency(ctx, sizes); err != nil {
 		return nil, err
 	}
 	if !cfg.SkipZeroCopy {
@@ -238,8 +265,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	env.digests()
-	if !cfg.SkipThroughput {
+	if !cfg.SkipThroughput && unpinned {
 		if err := env.throughput(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if pl != nil {
+		if err := env.pinned(ctx, pl); err != nil {
 			return nil, err
 		}
 	}

@@ -176,6 +176,7 @@ func TestRunAckSystems(t *testing.T) {
 		SkipPhases:   true,
 		SkipMemory:   true,
 		SkipStream:   true,
+		Pin:          PinUnpinned,
 		SkipDurable:  true,
 		PeerCommand:  peerCommand,
 	}
@@ -285,6 +286,7 @@ func TestRunDurable(t *testing.T) {
 		SkipPhases:        true,
 		SkipMemory:        true,
 		SkipStream:        true,
+		Pin:               PinUnpinned,
 		DurableDir:        durableDir,
 		DurableTime:       300 * time.Millisecond,
 		DurableProducers:  []int{1, 4},
@@ -401,7 +403,7 @@ func TestRunDurableSkipped(t *testing.T) {
 	}
 	base := Config{
 		Sizes: []int{64}, Time: 10 * time.Millisecond, Rounds: 1, MinIters: 1, Systems: []string{sysMachq},
-		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, SkipStream: true, PeerCommand: peerCommand,
+		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, SkipStream: true, Pin: PinUnpinned, PeerCommand: peerCommand,
 		DurableDir: t.TempDir(),
 	}
 	skip := base

@@ -60,9 +60,9 @@ type samples struct {
 	d   []time.Duration
 }
 
-// latency measures every system's end-to-end round trip at every size.
-func (e *environment) latency(ctx context.Context) error {
-	for _, size := range e.cfg.Sizes {
+// latency measures every system's end-to-end round trip at each size.
+func (e *environment) latency(ctx context.Context, sizes []int) error {
+	for _, size := range sizes {
 		want := payload(size)
 		var runs []*samples
 		var skipped []Latency
@@ -159,7 +159,7 @@ func (e *environment) measure(ctx context.Context, size int, runs []*samples, on
 				return ctx.Err()
 			}
 		}
-		e.cfg.progress("%s %s: round %d/%d", fmtSize(size), viewOf(runs), round+1, rounds)
+		e.progress("%s %s: round %d/%d", fmtSize(size), viewOf(runs), round+1, rounds)
 	}
 	return nil
 }

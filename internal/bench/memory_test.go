@@ -28,7 +28,7 @@ func TestMemoryBeyondDefaultByteLimit(t *testing.T) {
 	}
 	cfg := Config{
 		Sizes: []int{64}, Time: 10 * time.Millisecond, Rounds: 1, MinIters: 1, Systems: []string{sysMachq},
-		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipDurable: true, SkipStream: true,
+		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipDurable: true, SkipStream: true, Pin: PinUnpinned,
 		SmallMessages: 1000, LargeMessages: n, PeerCommand: peerCommand,
 	}
 	r, err := Run(context.Background(), cfg)

@@ -38,6 +38,10 @@ type Report struct {
 	Elapsed Duration  `json:"elapsed_ns"`
 	// Digest is the digest machq computed and verified in the comparison.
 	Digest string `json:"digest"`
+	// Placement is how the small-message comparison was placed:
+	// "unpinned" (Latency and Throughput), "pinned" (Pinned; Latency
+	// holds the larger sizes only) or "both".
+	Placement string `json:"placement"`
 	// Latency holds the round trips from a []byte in the sender to a
 	// []byte in the receiver ("end-to-end") and, for the memfd systems,
 	// from a filled page to the receiver's mapping ("zero-copy").
@@ -48,6 +52,9 @@ type Report struct {
 	Memory     []Memory     `json:"memory,omitempty"`
 	Stream     *Stream      `json:"stream,omitempty"`
 	Durable    *Durable     `json:"durable,omitempty"`
+	// Pinned is the small-message comparison with the servers on one
+	// CPU and the benchmark on another.
+	Pinned *Pinned `json:"pinned,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -144,6 +151,100 @@ type Throughput struct {
 	// RatioAck is, for a system whose receiver acknowledges each message
 	// (machq-ack, redis-streams), machq-ack's rate over its own.
 	RatioAck float64 `json:"ratio_to_machq_ack,omitempty"`
+}
+
+// Pinned is the small-message comparison measured again with each side
+// on a CPU of its own: the server processes (machq's, the floors',
+// Redis's, the message queue peer), started afresh on ServerCPU, and
+// every thread of the benchmark, which drives them, on ClientCPU with
+// GOMAXPROCS 1. A thread woken on the CPU it slept on is woken far
+// sooner than across CPUs, which small round trips are made of.
+type Pinned struct {
+	ServerCPU int `json:"server_cpu"`
+	ClientCPU int `json:"client_cpu"`
+	// MaxSize is the largest payload of Latency's round trips.
+	MaxSize int `json:"max_size"`
+	// Latency and Throughput are as the report's own, for the sizes up
+	// to MaxSize.
+	Latency    []Latency    `json:"latency,omitempty"`
+	Throughput []Throughput `json:"throughput,omitempty"`
+}
+
+// title says where the pinned processes ran.
+func (p *Pinned) title() string {
+	return fmt.Sprintf("pinned: servers on CPU %d, the benchmark (every thread, GOMAXPROCS 1) on CPU %d", p.ServerCPU, p.ClientCPU)
+}
+
+// summary returns a line per size and per throughput shape measured
+// both unpinned (in r) and pinned: each system's figure both ways.
+func (p *Pinned) summary(r *Report) []string {
+	var lines []string
+	var sizes []int
+	for _, l := range p.Latency {
+		if !slices.Contains(sizes, l.Size) {
+			sizes = append(sizes, l.Size)
+		}
+	}
+	for _, size := range sizes {
+		var parts []string
+		for _, pl := range p.Latency {
+			if pl.Size != size || pl.Skipped != "" {
+				continue
+			}
+			if u, ok := r.latency(EndToEnd, pl.System, size); ok {
+				parts = append(parts, fmt.Sprintf("%s %s -> %s", pl.System, u.Median, pl.Median))
+			}
+		}
+		if len(parts) > 0 {
+			lines = append(lines, fmt.Sprintf("placement %s, median round trip unpinned -> pinned: %s", fmtSize(size), strings.Join(parts, ", ")))
+		}
+	}
+	type shape struct{ c, d int }
+	var shapes []shape
+	for _, t := range p.Throughput {
+		if k := (shape{t.Clients, t.Depth}); !slices.Contains(shapes, k) {
+			shapes = append(shapes, k)
+		}
+	}
+	for _, sh := range shapes {
+		var parts []string
+		for _, pt := range p.Throughput {
+			if pt.Clients != sh.c || pt.Depth != sh.d || pt.Skipped != "" {
+				continue
+			}
+			if u, ok := r.throughput(pt.System, sh.c, sh.d); ok {
+				parts = append(parts, fmt.Sprintf("%s %.0f -> %.0f", pt.System, u.PerSecond, pt.PerSecond))
+			}
+		}
+		if len(parts) > 0 {
+			clients := fmt.Sprintf("%d clients", sh.c)
+			if sh.c == 1 {
+				clients = "1 client"
+			}
+			lines = append(lines, fmt.Sprintf("placement %s, depth %d, round trips/s unpinned -> pinned: %s", clients, sh.d, strings.Join(parts, ", ")))
+		}
+	}
+	return lines
+}
+
+// latency returns the measured row of system at size in view.
+func (r *Report) latency(view, system string, size int) (Latency, bool) {
+	for _, l := range r.Latency {
+		if l.View == view && l.System == system && l.Size == size && l.Skipped == "" && l.Median > 0 {
+			return l, true
+		}
+	}
+	return Latency{}, false
+}
+
+// throughput returns the measured row of system with clients and depth.
+func (r *Report) throughput(system string, clients, depth int) (Throughput, bool) {
+	for _, t := range r.Throughput {
+		if t.System == system && t.Clients == clients && t.Depth == depth && t.Skipped == "" && t.PerSecond > 0 {
+			return t, true
+		}
+	}
+	return Throughput{}, false
 }
 
 // Stream is a stream of frames from a producer process through a machq
@@ -280,6 +381,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	m := r.Machine
 	fmt.Fprintf(w, "machine: %s, %d CPUs, %s RAM, Linux %s, %s\n", m.CPU, m.CPUs, fmtSize(int(m.MemoryBytes)), m.Kernel, m.Go)
 	fmt.Fprintf(w, "machq digest during the comparison: %s\n", r.Digest)
+	if r.Pinned != nil {
+		fmt.Fprintf(w, "placement of the small-message comparison: %s (%s)\n", r.Placement, r.Pinned.title())
+	}
 	for _, view := range []string{EndToEnd, ZeroCopy} {
 		r.writeLatency(w, view)
 	}
@@ -287,6 +391,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.writePhases(w)
 	r.writeDigests(w)
 	r.writeThroughput(w)
+	r.writePinned(w)
 	r.writeMemory(w)
 	r.writeDurable(w)
 	if len(r.Notes) > 0 {
@@ -299,6 +404,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	return nil
 }
 
+// unpinnedLabel ends the title of a table measured unpinned when the
+// report also has the pinned figures.
+func (r *Report) unpinnedLabel() string {
+	if r.Pinned == nil {
+		return ""
+	}
+	return ", unpinned (the scheduler places every process)"
+}
+
 func (r *Report) writeLatency(w io.Writer, view string) {
 	var rows []Latency
 	for _, l := range r.Latency {
@@ -306,15 +420,20 @@ func (r *Report) writeLatency(w io.Writer, view string) {
 			rows = append(rows, l)
 		}
 	}
+	switch view {
+	case EndToEnd:
+		writeLatencyRows(w, "store + retrieve round trip, end to end ([]byte in the sender to []byte in the receiver)"+r.unpinnedLabel(), rows)
+	case ZeroCopy:
+		writeLatencyRows(w, "store + retrieve round trip, zero-copy (filled page to the receiver's mapping)"+r.unpinnedLabel(), rows)
+	}
+}
+
+// writeLatencyRows writes a table of round trips under title.
+func writeLatencyRows(w io.Writer, title string, rows []Latency) {
 	if len(rows) == 0 {
 		return
 	}
-	switch view {
-	case EndToEnd:
-		fmt.Fprintln(w, "\nstore + retrieve round trip, end to end ([]byte in the sender to []byte in the receiver)")
-	case ZeroCopy:
-		fmt.Fprintln(w, "\nstore + retrieve round trip, zero-copy (filled page to the receiver's mapping)")
-	}
+	fmt.Fprintf(w, "\n%s\n", title)
 	fmt.Fprintln(w, "x machq: the system's median over machq's; above 1, machq is faster")
 	ack := slices.ContainsFunc(rows, func(l Latency) bool { return l.RatioAck > 0 })
 	if ack {
@@ -423,12 +542,18 @@ func (r *Report) writeDigests(w io.Writer) {
 }
 
 func (r *Report) writeThroughput(w io.Writer) {
-	if len(r.Throughput) == 0 {
+	writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second)"+r.unpinnedLabel(), r.Throughput)
+}
+
+// writeThroughputRows writes a table of round trips per second under
+// title.
+func writeThroughputRows(w io.Writer, title string, rows []Throughput) {
+	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "\nsmall-message throughput (store + retrieve round trips per second)")
+	fmt.Fprintf(w, "\n%s\n", title)
 	fmt.Fprintln(w, "x machq: machq's rate over the system's; above 1, machq is faster")
-	ack := slices.ContainsFunc(r.Throughput, func(t Throughput) bool { return t.RatioAck > 0 })
+	ack := slices.ContainsFunc(rows, func(t Throughput) bool { return t.RatioAck > 0 })
 	if ack {
 		fmt.Fprintln(w, ackLegend)
 		fmt.Fprintln(w, "x ack: machq-ack's rate over the system's; above 1, machq-ack is faster")
@@ -437,7 +562,7 @@ func (r *Report) writeThroughput(w io.Writer) {
 	fmt.Fprintf(tw, "size\tclients\tdepth\tsystem\tround trips/s\tx machq\t%s\n", ackColumn(ack, "x ack"))
 	type key struct{ c, d int }
 	var last key
-	for i, t := range r.Throughput {
+	for i, t := range rows {
 		c, d := "", ""
 		if k := (key{t.Clients, t.Depth}); i == 0 || k != last {
 			c, d, last = fmt.Sprint(t.Clients), fmt.Sprint(t.Depth), k
@@ -450,6 +575,61 @@ func (r *Report) writeThroughput(w io.Writer) {
 			ackColumn(ack, fmtRatio(t.RatioAck)))
 	}
 	tw.Flush()
+}
+
+// writePinned writes the pinned tables, and each pinned figure beside
+// its unpinned one.
+func (r *Report) writePinned(w io.Writer) {
+	p := r.Pinned
+	if p == nil {
+		return
+	}
+	writeLatencyRows(w, fmt.Sprintf("store + retrieve round trip, end to end, up to %s, %s", fmtSize(p.MaxSize), p.title()), p.Latency)
+	writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second), "+p.title(), p.Throughput)
+
+	var lat [][]string
+	for _, pl := range p.Latency {
+		if u, ok := r.latency(EndToEnd, pl.System, pl.Size); ok && pl.Skipped == "" && pl.Median > 0 {
+			lat = append(lat, []string{fmtSize(pl.Size), pl.System, u.Median.String(), pl.Median.String(), fmtRatio(float64(pl.Median) / float64(u.Median))})
+		}
+	}
+	if len(lat) > 0 {
+		fmt.Fprintln(w, "\npinned against unpinned, median round trip (pinned/unpinned below 1: faster pinned)")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "size\tsystem\tunpinned\tpinned\tpinned/unpinned\t")
+		last := ""
+		for _, row := range lat {
+			if row[0] == last {
+				row[0] = ""
+			} else {
+				last = row[0]
+			}
+			fmt.Fprintf(tw, "%s\t\n", strings.Join(row, "\t"))
+		}
+		tw.Flush()
+	}
+	var tp [][]string
+	for _, pt := range p.Throughput {
+		if u, ok := r.throughput(pt.System, pt.Clients, pt.Depth); ok && pt.Skipped == "" && pt.PerSecond > 0 {
+			tp = append(tp, []string{fmt.Sprint(pt.Clients), fmt.Sprint(pt.Depth), pt.System, fmt.Sprintf("%.0f", u.PerSecond),
+				fmt.Sprintf("%.0f", pt.PerSecond), fmtRatio(pt.PerSecond / u.PerSecond)})
+		}
+	}
+	if len(tp) > 0 {
+		fmt.Fprintln(w, "\npinned against unpinned, small-message round trips per second (pinned/unpinned above 1: faster pinned)")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "clients\tdepth\tsystem\tunpinned\tpinned\tpinned/unpinned\t")
+		last := ""
+		for _, row := range tp {
+			if k := row[0] + "/" + row[1]; k == last {
+				row[0], row[1] = "", ""
+			} else {
+				last = k
+			}
+			fmt.Fprintf(tw, "%s\t\n", strings.Join(row, "\t"))
+		}
+		tw.Flush()
+	}
 }
 
 func (r *Report) writeMemory(w io.Writer) {

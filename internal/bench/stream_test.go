@@ -54,7 +54,7 @@ func TestStream(t *testing.T) {
 	cfg := Config{
 		Sizes: []int{64}, Time: 10 * time.Millisecond, Rounds: rounds, MinIters: 1, Systems: []string{sysMachq},
 		SkipThroughput: true, SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, SkipDurable: true,
-		StreamSize: 1 << 20, StreamFrames: frames, PeerCommand: peerCommand,
+		StreamSize: 1 << 20, StreamFrames: frames, Pin: PinUnpinned, PeerCommand: peerCommand,
 	}
 	var progress bytes.Buffer
 	cfg.Progress = &progress

@@ -82,6 +82,8 @@ type environment struct {
 	dir    string
 	report *Report
 	peers  []*peerproc.Process
+	// label starts each progress line: "pinned " for the pinned part.
+	label string
 
 	machqPath string
 	machqPID  int // 0 when measuring a server started elsewhere

@@ -87,7 +87,7 @@ func (e *environment) throughput(ctx context.Context) error {
 			}
 		}
 		e.report.Throughput = append(e.report.Throughput, rows...)
-		e.cfg.progress("throughput: %d clients, depth %d", sh.clients, sh.depth)
+		e.progress("throughput: %d clients, depth %d", sh.clients, sh.depth)
 	}
 	return nil
 }
