@@ -31,15 +31,24 @@ func (c *Client) SendBatch(ctx context.Context, queue string, payloads [][]byte)
 		}
 		fds[i] = fd
 	}
+	// One allocation each for the batch's calls and their digests.
+	callv := make([]call, len(payloads))
+	var sentv []sentDigest
+	if queue == "" {
+		sentv = make([]sentDigest, len(payloads))
+	}
 	calls := make([]*call, len(payloads))
 	ids := make([]uint64, len(payloads))
 	frames := make([]outFrame, len(payloads))
+	qname := []byte(queue)
 	for i, p := range payloads {
 		sum, err := c.opts.digest.Sum(p)
 		if err == nil {
-			cl := &call{op: wire.OpStore, queue: queue, ch: make(chan result, 1)}
+			cl := &callv[i]
+			*cl = call{op: wire.OpStore, queue: queue, ch: make(chan result, 1)}
 			if queue == "" {
-				cl.private = &sentDigest{alg: uint8(c.opts.digest), digest: sum}
+				sentv[i] = sentDigest{alg: uint8(c.opts.digest), digest: sum}
+				cl.private = &sentv[i]
 			}
 			calls[i] = cl
 			ids[i], err = c.register(ctx, cl)
@@ -53,12 +62,12 @@ func (c *Client) SendBatch(ctx context.Context, queue string, payloads [][]byte)
 			}
 			return err
 		}
-		st := wire.Store{Size: uint64(len(p)), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: []byte(queue), Owned: c.opts.owned}
-		inline, fd, id := p, fds[i], ids[i]
+		st := wire.Store{Size: uint64(len(p)), DigestAlg: uint8(c.opts.digest), Digest: sum, Queue: qname, Owned: c.opts.owned}
+		inline, fd := p, fds[i]
 		if fd >= 0 {
 			inline = nil
 		}
-		frames[i] = outFrame{fd: fd, encode: func(b []byte) []byte { return wire.AppendStore(b, id, st, inline, fd >= 0) }}
+		frames[i] = outFrame{fd: fd, op: wire.OpStore, id: ids[i], st: st, inline: inline, page: fd >= 0}
 	}
 	if err := c.enqueueFrames(ctx, frames); err != nil {
 		return err
@@ -134,11 +143,13 @@ func (c *Client) retrieveBatch(ctx context.Context, queue string, n int, req wir
 	if want <= 0 {
 		return got, nil, nil
 	}
+	callv := make([]call, want) // one allocation for the batch's calls
 	calls := make([]*call, want)
 	ids := make([]uint64, want)
 	frames := make([]outFrame, want)
 	for i := range calls {
-		cl := &call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), ack: req.Ack, orphan: key}
+		cl := &callv[i]
+		*cl = call{op: wire.OpRetrieve, queue: queue, ch: make(chan result, 1), ack: req.Ack, orphan: key}
 		id, err := c.register(ctx, cl)
 		if err != nil {
 			for _, id := range ids[:i] {
@@ -147,7 +158,7 @@ func (c *Client) retrieveBatch(ctx context.Context, queue string, n int, req wir
 			return got, nil, err
 		}
 		calls[i], ids[i] = cl, id
-		frames[i] = outFrame{fd: -1, encode: func(b []byte) []byte { return wire.AppendRetrieve(b, id, req) }}
+		frames[i] = outFrame{fd: -1, op: wire.OpRetrieve, id: id, req: req}
 	}
 	if err := c.enqueueFrames(ctx, frames); err != nil {
 		return got, nil, err

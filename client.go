@@ -301,10 +301,31 @@ func (c *Client) enqueue(ctx context.Context, fd int, encode func([]byte) []byte
 }
 
 // outFrame is one frame for enqueueFrames: encode appends it, and fd (or
-// -1) is the descriptor it carries.
+// -1) is the descriptor it carries. The frames of batches, many at a time,
+// are described instead (op OpStore or OpRetrieve, with id and st, inline
+// and page, or req), which costs no closure per frame.
 type outFrame struct {
 	fd     int
 	encode func([]byte) []byte
+
+	op     wire.Op
+	id     uint64
+	st     wire.Store
+	inline []byte
+	page   bool
+	req    wire.Retrieve
+}
+
+// appendTo appends the frame to b.
+func (f *outFrame) appendTo(b []byte) []byte {
+	switch {
+	case f.encode != nil:
+		return f.encode(b)
+	case f.op == wire.OpStore:
+		return wire.AppendStore(b, f.id, f.st, f.inline, f.page)
+	default:
+		return wire.AppendRetrieve(b, f.id, f.req)
+	}
 }
 
 // enqueueFrames is enqueue for several frames, which go out in order and
@@ -318,12 +339,13 @@ func (c *Client) enqueueFrames(ctx context.Context, frames []outFrame) error {
 		}
 		return &notSentError{c.werr} // none of these frames went out
 	}
-	for _, f := range frames {
+	for i := range frames {
+		f := &frames[i]
 		if f.fd >= 0 {
 			c.wfdAt = append(c.wfdAt, len(c.wbuf))
 			c.wfds = append(c.wfds, f.fd)
 		}
-		c.wbuf = f.encode(c.wbuf)
+		c.wbuf = f.appendTo(c.wbuf)
 	}
 	if c.flushing {
 		return nil
@@ -405,21 +427,15 @@ func (c *Client) read(ctx context.Context, cl *call) bool {
 	}
 	// Only a read that may block needs ctx to interrupt it: frames
 	// already buffered are taken without arming it.
-	var fired chan struct{}
-	var stop func() bool
+	var disarm func()
 	defer func() {
-		if stop != nil && !stop() {
-			<-fired
-			c.uc.SetReadDeadline(time.Time{})
+		if disarm != nil {
+			disarm()
 		}
 	}()
 	for len(cl.ch) == 0 {
-		if stop == nil && ctx.Done() != nil && !c.rd.Buffered() {
-			fired = make(chan struct{})
-			stop = context.AfterFunc(ctx, func() {
-				c.uc.SetReadDeadline(time.Now())
-				close(fired)
-			})
+		if disarm == nil && ctx.Done() != nil && !c.rd.Buffered() {
+			disarm = c.interruptRead(ctx)
 		}
 		f, err := c.rd.ReadFrame()
 		if err != nil {
@@ -443,6 +459,23 @@ func (c *Client) read(ctx context.Context, cl *call) bool {
 		c.dispatch(f)
 	}
 	return len(cl.ch) > 0
+}
+
+// interruptRead makes the end of ctx interrupt the reading of the
+// socket (a read deadline now), until the function it returns is called,
+// which also lifts that deadline if it was set.
+func (c *Client) interruptRead(ctx context.Context) func() {
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.uc.SetReadDeadline(time.Now())
+		close(fired)
+	})
+	return func() {
+		if !stop() {
+			<-fired
+			c.uc.SetReadDeadline(time.Time{})
+		}
+	}
 }
 
 // releaseReader tells waiting callers that nobody reads the socket now,
