@@ -53,37 +53,40 @@ func (l *Limiter) release() {
 }
 
 // Reader reads from a Unix stream socket like (*net.UnixConn).ReadMsgUnix,
-// but when nothing is there to read it keeps trying for a while before it
-// parks. How long adapts: a spin that ended with data found sets the next
-// budget to a few times what that took; a spin that found nothing halves
-// it, so a peer that answers slowly, or that cannot run because this
-// reader holds the CPU it was woken on, soon stops being waited for this
-// way; a reader whose budget fell to nothing tries again now and then.
-// Read deadlines set on the connection still apply (one that passes while
-// the reader spins takes effect when the spin ends), and so does closing
-// it.
+// but when nothing is there to read it keeps trying, for up to its
+// budget, before it parks. A reader whose spins keep finding nothing
+// (FailLimit in a row: a peer that answers slowly, or that cannot run
+// because this reader holds the CPU it was woken on) stops spinning, and
+// tries again once every Probe waits; one spin that finds data makes it
+// spin every time again. Read deadlines set on the connection still
+// apply (one that passes while the reader spins takes effect when the
+// spin ends), and so does closing it.
 type Reader struct {
 	uc    *net.UnixConn
 	rc    syscall.RawConn
 	rcErr error        // why uc has no RawConn (it is not a usable connection)
-	max   atomic.Int64 // the longest spin, in nanoseconds; 0: never spin
+	max   atomic.Int64 // the budget of a spin, in nanoseconds; 0: never spin
 	limit *Limiter
 
 	// Touched only by the one goroutine reading.
-	budget time.Duration // of the next spin
-	parked int           // waits without a spin since the budget fell to 0
-	op     readOp        // the read under way
+	fails  int    // spins in a row that found nothing
+	parked int    // waits without a spin since fails reached FailLimit
+	op     readOp // the read under way
 	try    func(uintptr) bool
 }
 
-// Probe is how many waits a Reader whose budget fell to nothing parks at
-// once before it tries to spin again.
-const Probe = 64
+// FailLimit is how many spins in a row may find nothing before a Reader
+// stops spinning; Probe is how many waits it then parks at once before
+// it tries a spin again.
+const (
+	FailLimit = 3
+	Probe     = 64
+)
 
 // NewReader returns a Reader of uc that spins for up to max before
 // parking, when limit lets it (nil: always).
 func NewReader(uc *net.UnixConn, max time.Duration, limit *Limiter) *Reader {
-	r := &Reader{uc: uc, limit: limit, budget: max}
+	r := &Reader{uc: uc, limit: limit}
 	r.rc, r.rcErr = uc.SyscallConn()
 	r.try = r.tryRead
 	r.max.Store(int64(max))
@@ -99,24 +102,22 @@ func (r *Reader) next() time.Duration {
 	if max <= 0 {
 		return 0
 	}
-	if r.budget <= 0 {
+	if r.fails >= FailLimit {
 		if r.parked++; r.parked <= Probe {
 			return 0
 		}
 		r.parked = 0
-		r.budget = max / 4
+		r.fails = FailLimit - 1 // a probe that finds nothing parks again
 	}
-	return min(r.budget, max)
+	return max
 }
 
-// adapt learns from a spin of budget that took took and found data or not.
-func (r *Reader) adapt(budget, took time.Duration, found bool) {
+// adapt learns from a spin that found data or not.
+func (r *Reader) adapt(found bool) {
 	if found {
-		r.budget = max(4*took, 2*time.Microsecond)
-		return
-	}
-	if r.budget = budget / 2; r.budget < time.Microsecond {
-		r.budget = 0
+		r.fails = 0
+	} else {
+		r.fails++
 	}
 }
 
@@ -168,14 +169,12 @@ func (r *Reader) tryRead(fd uintptr) bool {
 	for i := 0; ; i++ {
 		op.n, op.oobn, op.flags, op.err = recvmsg(int(fd), op.b, op.oob)
 		if op.err != unix.EAGAIN {
-			r.adapt(op.budget, time.Since(start), true)
+			r.adapt(true)
 			return true
 		}
-		if i%8 == 7 {
-			if took := time.Since(start); took >= op.budget {
-				r.adapt(op.budget, took, false)
-				return false
-			}
+		if i%8 == 7 && time.Since(start) >= op.budget {
+			r.adapt(false)
+			return false
 		}
 	}
 }

@@ -115,34 +115,46 @@ func TestErrorsAreThePeers(t *testing.T) {
 	}
 }
 
-// TestBudgetAdapts: a spin that found data sets the next budget from how
-// long it took, one that found nothing halves it, down to nothing, and a
-// reader without a budget tries again every Probe waits.
-func TestBudgetAdapts(t *testing.T) {
-	r := &Reader{budget: 40 * time.Microsecond}
-	r.max.Store(int64(40 * time.Microsecond))
-	if got := r.next(); got != 40*time.Microsecond {
-		t.Fatalf("first budget %v", got)
+// TestSpinningAdapts: a reader spins its whole budget while spins find
+// data; FailLimit spins in a row that find nothing stop it, it then parks
+// Probe waits and tries once more, parking again at once if that finds
+// nothing too, and one that finds data makes it spin every time again.
+func TestSpinningAdapts(t *testing.T) {
+	const max = 40 * time.Microsecond
+	r := &Reader{}
+	r.max.Store(int64(max))
+	for i := 0; i < 10; i++ {
+		if got := r.next(); got != max {
+			t.Fatalf("wait %d: budget %v, want %v", i, got, max)
+		}
+		r.adapt(i%2 == 1) // a failure now and then is forgiven
 	}
-	r.adapt(40*time.Microsecond, 3*time.Microsecond, true)
-	if got := r.next(); got != 12*time.Microsecond {
-		t.Fatalf("after a spin that took 3µs: budget %v, want 12µs", got)
+	for i := 0; i < FailLimit; i++ {
+		if got := r.next(); got != max {
+			t.Fatalf("failure %d: budget %v", i, got)
+		}
+		r.adapt(false)
 	}
-	r.adapt(30*time.Microsecond, 5*time.Microsecond, true)
-	r.adapt(40*time.Microsecond, 40*time.Microsecond, false)
-	if got := r.next(); got != 20*time.Microsecond {
-		t.Fatalf("after a spin that found nothing: budget %v, want 20µs", got)
-	}
-	for b := r.next(); b > 0; b = r.next() {
-		r.adapt(b, b, false)
-	}
-	for i := 1; i < Probe; i++ {
-		if got := r.next(); got != 0 {
-			t.Fatalf("wait %d after the budget fell to nothing spins %v", i, got)
+	probe := func() {
+		t.Helper()
+		for i := 0; i < Probe; i++ {
+			if got := r.next(); got != 0 {
+				t.Fatalf("wait %d after %d failures spins %v", i, FailLimit, got)
+			}
+		}
+		if got := r.next(); got != max {
+			t.Fatalf("the probe after %d waits: budget %v, want %v", Probe, got, max)
 		}
 	}
-	if got := r.next(); got != 10*time.Microsecond {
-		t.Fatalf("probe after %d waits: budget %v, want a quarter of the most", Probe, got)
+	probe()
+	r.adapt(false)
+	probe() // a failed probe parks again at once
+	r.adapt(true)
+	for i := 0; i < 5; i++ {
+		if got := r.next(); got != max {
+			t.Fatalf("after a probe that found data: budget %v", got)
+		}
+		r.adapt(true)
 	}
 	r.SetMax(0)
 	if got := r.next(); got != 0 {
