@@ -44,7 +44,7 @@ type Client struct {
 	path    string
 	opts    options
 	welcome wire.Welcome
-	next    *pagepool.Pool // the next large sends' pages, allocated ahead
+	next    *pagepool.Pool // the next large send's pages, allocated ahead
 
 	wmu      sync.Mutex // guards the write side below
 	wbuf     []byte
@@ -125,7 +125,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		opts:    o,
 		pending: make(map[uint64]*call),
 		orphans: make(map[string][]result),
-		next:    pagepool.New("machq", o.spare, false),
+		next:    pagepool.New("machq", o.spare),
 
 		readerFree: make(chan struct{}, 1),
 	}

@@ -30,20 +30,14 @@ type Page struct {
 var ErrPageUsed = errors.New("machq: page already sent or closed")
 
 // NewPage returns a page of size bytes, zero-filled and mapped for
-// writing, with every page of it already allocated and mapped, so that
-// filling it never waits on a page fault.
-//
-// A producer that asks for pages in a stream (less than a second apart)
-// gets them from pages the library prepares in the background while it
-// fills and sends the previous ones: up to two pages of the size last
-// asked for, of at most DefaultSparePage bytes each, freed after a second
-// unused. An occasional NewPage allocates nothing ahead.
+// writing, with every page of it already allocated and its page-table
+// entries in place (MADV_POPULATE_WRITE, or MAP_POPULATE on kernels
+// before 5.14), so that filling it never waits on a page fault. It asks
+// for transparent huge pages, which the kernel grants to shared memory
+// only where the administrator allows it (docs/PERFORMANCE.md).
 func NewPage(size int) (*Page, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("machq: page size %d is negative", size)
-	}
-	if pg, ok := pagePool.Take(int64(size)); ok {
-		return &Page{fd: pg.FD, buf: pg.Buf, size: pg.Size}, nil
 	}
 	pg, err := pagepool.Allocate("machq-page", int64(size), true)
 	if err != nil {
@@ -51,9 +45,6 @@ func NewPage(size int) (*Page, error) {
 	}
 	return &Page{fd: pg.FD, buf: pg.Buf, size: pg.Size}, nil
 }
-
-// pagePool prepares the pages of a stream of NewPage calls.
-var pagePool = pagepool.New("machq-page", DefaultSparePage, true)
 
 // Bytes returns the page's memory, to be written before SendPage. It is
 // nil once the page is sealed: after SendPage, or Close.

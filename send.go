@@ -44,8 +44,7 @@ func (c *Client) pageFor(data []byte) (int, error) {
 		return -1, c.tooLarge(int64(len(data)))
 	}
 	// A spare page, when a stream of sends has one ready, is allocated
-	// already; taking it starts the next one's allocation, in the
-	// background, while this one is filled and travels.
+	// already.
 	fd := -1
 	if pg, ok := c.next.Take(int64(len(data))); ok {
 		fd = pg.FD
@@ -63,6 +62,8 @@ func (c *Client) pageFor(data []byte) (int, error) {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("machq: %w", err)
 	}
+	// Allocate the next send's pages while this one travels.
+	c.next.Next(int64(len(data)))
 	return fd, nil
 }
 

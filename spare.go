@@ -4,20 +4,19 @@ import (
 	"fmt"
 )
 
-// DefaultSparePage is the default for WithSparePage, and what NewPage
-// keeps ready: 256 MiB of spare pages at most.
+// DefaultSparePage is the default for WithSparePage: the largest spare
+// page a client keeps ready, 256 MiB.
 const DefaultSparePage = 256 << 20
 
-// WithSparePage sets how many bytes of spare pages the client keeps ready
-// for out-of-line sends. Once a client sends payloads above the inline
-// threshold less than a second apart, it allocates, in the background,
-// memfds of the size last sent (up to two, at most maxBytes in all); the
-// next send of at most that size writes into those pages instead of
-// allocating and zeroing fresh ones while the caller waits, which is most
-// of the cost of a large send (docs/PERFORMANCE.md). Spares are freed
-// after a second without sends, and an occasional large send allocates
-// nothing ahead. 0 turns spare pages off; the default is
-// DefaultSparePage.
+// WithSparePage sets the largest spare page the client keeps ready for
+// out-of-line sends. Once a client sends payloads above the inline
+// threshold less than a second apart, it allocates, in the background, a
+// memfd of the size last sent; the next send of at most that size writes
+// into those pages instead of allocating and zeroing fresh ones while the
+// caller waits, which is most of the cost of a large send
+// (docs/PERFORMANCE.md). The spare is freed after a second without sends,
+// and an occasional large send allocates nothing ahead. 0 turns spare
+// pages off; the default is DefaultSparePage.
 func WithSparePage(maxBytes int64) Option {
 	return func(o *options) error {
 		if maxBytes < 0 {

@@ -1,15 +1,15 @@
-// Package pagepool allocates memfd pages ahead of a stream of large sends,
-// so that the sender does not wait for the kernel to allocate and zero
-// them.
+// Package pagepool allocates memfd pages: a spare page ahead of a stream
+// of large sends, so that the sender does not wait for the kernel to
+// allocate and zero it, and a page mapped for writing with all its memory
+// in place.
 //
 // A sealed memfd cannot be written again, so every out-of-line message
 // needs fresh pages, and allocating them is most of the cost of a large
 // send on the machines machq runs on (docs/PERFORMANCE.md). A Pool notices
 // a stream (requests less than Idle apart) and, in the background,
-// prepares the next pages at the size last asked for: fallocate(2) and,
-// for a pool of mapped pages, a writable mapping whose page-table entries
-// are filled (MADV_POPULATE_WRITE). An occasional request allocates
-// nothing ahead; ready pages not taken within Idle go back to the kernel.
+// prepares the next page at the size last asked for. An occasional
+// request allocates nothing ahead; a spare not taken within Idle goes
+// back to the kernel.
 package pagepool
 
 import (
@@ -29,12 +29,13 @@ import (
 // requests closer together than this are a stream.
 const Idle = time.Second
 
-// Depth is the most pages a pool keeps ready at once.
-const Depth = 2
+// Depth is the most pages a pool keeps ready at once. One keeps the
+// background allocation from running ahead of the sends: on two CPUs it
+// competes with them.
+const Depth = 1
 
-// Page is a fresh memfd of Size bytes, zero-filled, not sealed. Buf is
-// its writable mapping in a mapped pool, nil otherwise. The taker owns
-// both.
+// Page is a fresh memfd of Size bytes, zero-filled, not sealed; Buf is a
+// writable mapping of it, if one was asked for. The taker owns both.
 type Page struct {
 	FD   int
 	Size int64
@@ -46,7 +47,6 @@ type Page struct {
 type Pool struct {
 	name      string
 	limit     int64
-	mapped    bool
 	idleAfter time.Duration
 
 	mu      sync.Mutex
@@ -60,38 +60,53 @@ type Pool struct {
 }
 
 // New returns a pool of pages named name (as /proc/PID/fd shows them) of
-// at most limit bytes each, mapped writable if mapped. A limit of 0 makes
-// a pool that never allocates ahead.
-func New(name string, limit int64, mapped bool) *Pool {
-	p := &Pool{name: name, limit: limit, mapped: mapped, idleAfter: Idle}
+// at most limit bytes each, not mapped. A limit of 0 makes a pool that
+// never allocates ahead.
+func New(name string, limit int64) *Pool {
+	p := &Pool{name: name, limit: limit, idleAfter: Idle}
 	p.idle = time.AfterFunc(time.Hour, p.release)
 	p.idle.Stop()
 	return p
 }
 
-// Take returns a ready page of size bytes, or false if none is ready, and
-// counts the request: when it follows another within Idle, pages of size
-// bytes are prepared in the background for the next ones. A ready page
-// larger than size is cut down to it.
+// Take returns a ready page of at least size bytes, cut down to size, or
+// false if there is none.
 func (p *Pool) Take(size int64) (Page, bool) {
 	p.mu.Lock()
+	if len(p.ready) == 0 || p.ready[0].Size < size {
+		p.mu.Unlock()
+		return Page{}, false
+	}
+	pg := p.ready[0]
+	p.ready = p.ready[1:]
+	p.mu.Unlock()
+	if pg.Size > size {
+		if err := p.shrink(&pg, size); err != nil {
+			free(pg)
+			return Page{}, false
+		}
+	}
+	return pg, true
+}
+
+// Next counts a request for a page of size bytes, after the caller has
+// used what it took: when it follows the previous request within Idle, a
+// page of size bytes is prepared in the background, unless one at least
+// that large is ready, so that it is there for the next request.
+func (p *Pool) Next(size int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	now := time.Now()
 	stream := now.Sub(p.last) < p.idleAfter
 	p.last = now
-	var pg Page
-	found := false
-	if len(p.ready) > 0 && p.ready[0].Size >= size {
-		pg, found = p.ready[0], true
-		p.ready = p.ready[1:]
-	}
-	if size != p.want {
-		p.want = size
-		// Pages of another size are of no use to this stream.
+	if len(p.ready) > 0 && p.ready[0].Size < size {
+		// Pages smaller than the stream's are of no use to it.
 		for _, r := range p.ready {
 			free(r)
 		}
 		p.ready = nil
 	}
+	p.want = size
 	if stream && !p.closed && !p.busy && size > 0 && size <= p.limit && p.needsMore() {
 		p.busy = true
 		p.filling.Add(1)
@@ -100,14 +115,6 @@ func (p *Pool) Take(size int64) (Page, bool) {
 	if len(p.ready) > 0 || p.busy {
 		p.idle.Reset(p.idleAfter)
 	}
-	p.mu.Unlock()
-	if found && pg.Size > size {
-		if err := p.shrink(&pg, size); err != nil {
-			free(pg)
-			return Page{}, false
-		}
-	}
-	return pg, found
 }
 
 // needsMore says whether another page of the stream's size fits. The
@@ -128,9 +135,9 @@ func (p *Pool) refill() {
 		}
 		size := p.want
 		p.mu.Unlock()
-		pg, err := Allocate(p.name, size, p.mapped)
+		pg, err := Allocate(p.name, size, false)
 		p.mu.Lock()
-		if err != nil || p.closed || size != p.want || !p.needsMore() {
+		if err != nil || p.closed || size < p.want || !p.needsMore() {
 			p.busy = false
 			p.mu.Unlock()
 			if err == nil {
@@ -144,24 +151,10 @@ func (p *Pool) refill() {
 	}
 }
 
-// shrink cuts a ready page down to size bytes, unmapping what lies past
-// the last page of the mapping that is still in the file.
+// shrink cuts a ready page down to size bytes.
 func (p *Pool) shrink(pg *Page, size int64) error {
 	if err := unix.Ftruncate(pg.FD, size); err != nil {
 		return os.NewSyscallError("ftruncate", err)
-	}
-	if pg.Buf != nil {
-		if err := page.Unmap(pg.Buf); err != nil {
-			return err
-		}
-		pg.Buf = nil
-		if size > 0 {
-			b, err := MapPopulated(pg.FD, size)
-			if err != nil {
-				return err
-			}
-			pg.Buf = b
-		}
 	}
 	pg.Size = size
 	return nil

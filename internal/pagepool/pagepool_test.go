@@ -31,6 +31,13 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
+// isBusy reports whether a refill is under way.
+func (p *Pool) isBusy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.busy
+}
+
 // checkPage checks that pg is an unsealed memfd of size bytes, zero-filled,
 // and, when mapped, writable through Buf with what is written visible in
 // the file.
@@ -45,143 +52,138 @@ func checkPage(t *testing.T, pg Page, size int64, mapped bool) {
 	if s, err := page.Seals(pg.FD); err != nil || s&page.RequiredSeals != 0 {
 		t.Fatalf("a fresh page carries seals %#x (%v)", s, err)
 	}
+	got := make([]byte, size)
+	if _, err := page.ReadAt(pg.FD, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range got {
+		if b != 0 {
+			t.Fatalf("byte %d of a fresh page is %d", i, b)
+		}
+	}
 	if !mapped {
 		if pg.Buf != nil {
-			t.Fatal("an unmapped pool returned a mapping")
+			t.Fatal("an unmapped page came with a mapping")
 		}
 		return
 	}
 	if int64(len(pg.Buf)) != size {
 		t.Fatalf("mapping of %d bytes, want %d", len(pg.Buf), size)
 	}
-	for i, b := range pg.Buf {
-		if b != 0 {
-			t.Fatalf("byte %d of a fresh page is %d", i, b)
-		}
-	}
 	pg.Buf[size-1] = 7
-	got := make([]byte, 1)
-	if _, err := page.ReadAt(pg.FD, got, size-1); err != nil || got[0] != 7 {
-		t.Fatalf("a write through the mapping reads back %v (%v)", got, err)
+	last := make([]byte, 1)
+	if _, err := page.ReadAt(pg.FD, last, size-1); err != nil || last[0] != 7 {
+		t.Fatalf("a write through the mapping reads back %v (%v)", last, err)
+	}
+}
+
+// TestAllocate: pages come zero-filled, of the size asked, mapped
+// writable when asked, and a page of 0 bytes is an empty memfd.
+func TestAllocate(t *testing.T) {
+	for _, mapped := range []bool{true, false} {
+		for _, size := range []int64{0, 1, 4096, 3 << 20} {
+			pg, err := Allocate("test", size, mapped)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkPage(t, pg, size, mapped && size > 0)
+			free(pg)
+		}
 	}
 }
 
 // TestStreamIsPreparedAhead: one request allocates nothing ahead; a second
-// within the idle time makes the pool prepare Depth pages of that size,
-// which the next requests take, zero-filled and mapped.
+// within the idle time makes the pool prepare a page of that size, which
+// the next request takes, zero-filled.
 func TestStreamIsPreparedAhead(t *testing.T) {
-	for _, mapped := range []bool{true, false} {
-		const size = 1 << 20
-		p := New("test", 64<<20, mapped)
-		if _, ok := p.Take(size); ok {
-			t.Fatal("an empty pool had a page")
-		}
-		p.mu.Lock()
-		busy := p.busy
-		p.mu.Unlock()
-		if busy {
-			t.Fatal("a single request started allocating ahead")
-		}
-		p.Take(size)
-		waitFor(t, "pages prepared", func() bool { return p.Ready() == Depth })
-		for i := 0; i < Depth; i++ {
-			pg, ok := p.Take(size)
-			if !ok {
-				t.Fatalf("take %d: no ready page", i)
-			}
-			checkPage(t, pg, size, mapped)
-			free(pg)
-		}
-		p.Close()
+	const size = 1 << 20
+	p := New("test", 64<<20)
+	defer p.Close()
+	if _, ok := p.Take(size); ok {
+		t.Fatal("an empty pool had a page")
+	}
+	p.Next(size)
+	if p.isBusy() {
+		t.Fatal("a single request started allocating ahead")
+	}
+	p.Next(size)
+	waitFor(t, "a page prepared", func() bool { return p.Ready() == Depth })
+	pg, ok := p.Take(size)
+	if !ok {
+		t.Fatal("no ready page")
+	}
+	checkPage(t, pg, size, false)
+	free(pg)
+	// A request for more than is ready drops the smaller page.
+	p.Next(size)
+	waitFor(t, "a page prepared", func() bool { return p.Ready() == Depth })
+	if _, ok := p.Take(2 * size); ok {
+		t.Fatal("a smaller page was taken for a larger request")
+	}
+	p.Next(2 * size)
+	waitFor(t, "a larger page prepared", func() bool { return p.Ready() == Depth && !p.isBusy() })
+	if pg, ok := p.Take(2 * size); !ok {
+		t.Fatal("no page of the new size")
+	} else {
+		checkPage(t, pg, 2*size, false)
+		free(pg)
 	}
 }
 
-// TestLimitBoundsWhatIsPrepared: pages over the limit are never prepared,
-// and no more pages are prepared than fit in the limit together.
+// TestLimitBoundsWhatIsPrepared: pages over the limit are never prepared.
 func TestLimitBoundsWhatIsPrepared(t *testing.T) {
-	p := New("test", 1<<20, true)
+	p := New("test", 1<<20)
 	defer p.Close()
-	p.Take(2 << 20)
-	p.Take(2 << 20)
-	p.mu.Lock()
-	busy := p.busy
-	p.mu.Unlock()
-	if busy {
+	p.Next(2 << 20)
+	p.Next(2 << 20)
+	if p.isBusy() {
 		t.Fatal("a page over the limit is being prepared")
 	}
-	// 768 KiB pages: one fits in 1 MiB, two do not.
-	p.Take(768 << 10)
-	p.Take(768 << 10)
-	waitFor(t, "the refill to end", func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return !p.busy
-	})
-	if n := p.Ready(); n != 1 {
-		t.Fatalf("%d pages of 768 KiB ready under a 1 MiB limit, want 1", n)
-	}
-	off := New("test", 0, true)
-	off.Take(4096)
-	off.Take(4096)
-	off.mu.Lock()
-	busy = off.busy
-	off.mu.Unlock()
-	if busy {
+	off := New("test", 0)
+	defer off.Close()
+	off.Next(4096)
+	off.Next(4096)
+	if off.isBusy() {
 		t.Fatal("a pool with limit 0 allocates ahead")
 	}
-	off.Close()
 }
 
-// TestLargerPageIsCut: a ready page larger than asked for is cut down, its
-// mapping with it; a request of another size drops the pages prepared
-// for the old one.
+// TestLargerPageIsCut: a ready page larger than asked for is cut down.
 func TestLargerPageIsCut(t *testing.T) {
-	p := New("test", 64<<20, true)
+	p := New("test", 64<<20)
 	defer p.Close()
-	p.Take(2 << 20)
-	p.Take(2 << 20)
-	waitFor(t, "pages prepared", func() bool { return p.Ready() == Depth })
+	p.Next(2 << 20)
+	p.Next(2 << 20)
+	waitFor(t, "a page prepared", func() bool { return p.Ready() == Depth })
 	pg, ok := p.Take(100_000)
 	if !ok {
 		t.Fatal("a larger ready page was not used")
 	}
-	checkPage(t, pg, 100_000, true)
+	checkPage(t, pg, 100_000, false)
 	free(pg)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, r := range p.ready {
-		if r.Size != 100_000 {
-			t.Fatalf("a page of the old size, %d bytes, kept", r.Size)
-		}
-	}
 }
 
 // TestIdlePagesAreFreed: ready pages nobody takes go back to the kernel,
 // and Close frees everything and waits for a refill under way.
 func TestIdlePagesAreFreed(t *testing.T) {
 	base := openFDs(t)
-	p := New("test", 64<<20, true)
+	p := New("test", 64<<20)
 	p.idleAfter = 50 * time.Millisecond
-	p.Take(1 << 20)
-	p.Take(1 << 20)
-	waitFor(t, "pages prepared", func() bool { return p.Ready() == Depth })
-	waitFor(t, "idle pages freed", func() bool { return p.Ready() == 0 && openFDs(t) == base })
+	p.Next(1 << 20)
+	p.Next(1 << 20)
+	waitFor(t, "a page prepared", func() bool { return p.Ready() == Depth })
+	waitFor(t, "the idle page freed", func() bool { return p.Ready() == 0 && openFDs(t) == base })
 	p.Close()
 
-	q := New("test", 64<<20, true)
-	q.Take(1 << 20)
-	q.Take(1 << 20)
+	q := New("test", 64<<20)
+	q.Next(1 << 20)
+	q.Next(1 << 20)
 	q.Close()
 	if n := q.Ready(); n != 0 || openFDs(t) != base {
 		t.Fatalf("after Close: %d ready, %d descriptors (want %d)", n, openFDs(t), base)
 	}
-	if _, ok := q.Take(1 << 20); ok {
-		t.Fatal("a closed pool handed out a page")
-	}
-	q.mu.Lock()
-	busy := q.busy
-	q.mu.Unlock()
-	if busy {
+	q.Next(1 << 20)
+	if q.isBusy() {
 		t.Fatal("a closed pool allocates")
 	}
 }
@@ -190,24 +192,31 @@ func TestIdlePagesAreFreed(t *testing.T) {
 // none; nothing is handed out twice or leaked.
 func TestConcurrentTakes(t *testing.T) {
 	base := openFDs(t)
-	p := New("test", 64<<20, true)
+	p := New("test", 64<<20)
+	var mu sync.Mutex
+	held := map[uint64]bool{} // descriptors of the pages held now
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Go(func() {
-			mark := byte(g + 1)
 			for i := 0; i < 50; i++ {
 				pg, ok := p.Take(64 << 10)
+				p.Next(64 << 10)
 				if !ok {
 					continue
 				}
-				if pg.Buf[0] != 0 {
-					t.Error("a page handed out had been written to")
+				// Descriptor numbers are unique among open descriptors:
+				// two takers holding one number hold one page.
+				key := uint64(pg.FD)
+				mu.Lock()
+				if held[key] {
+					t.Error("one page handed out twice")
 				}
-				pg.Buf[0] = mark
+				held[key] = true
+				mu.Unlock()
 				runtime.Gosched()
-				if pg.Buf[0] != mark {
-					t.Error("a page was handed out to two takers")
-				}
+				mu.Lock()
+				delete(held, key)
+				mu.Unlock()
 				free(pg)
 			}
 		})
