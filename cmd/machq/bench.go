@@ -18,22 +18,25 @@ import (
 const benchSummary = `Measures machq's store + retrieve round trip against the bare kernel
 mechanisms (a sealed memfd passed with SCM_RIGHTS, a copy through a stream
 socket), Redis lists over a Unix socket and POSIX message queues, in one
-run, interleaved, and reports each as a ratio to machq; and machq's ack
-mode (store + reserve + ack) against Redis Streams (XADD + XREADGROUP +
-XACK). Then the zero-copy view; a stream of --stream-size frames from a
-producer process through a named queue to a consumer process reading
-every byte, in frames per second with NewPage + SendPage and with Send
-from a reused buffer, and the first over the second (target 1.3 or
-more); where the time goes, digest costs, small-message throughput with
-many clients and with pipelining, and the server's memory with many
-messages stored. The small-message comparison (round trips up to 4 KiB,
-throughput) runs unpinned and, with --pin both (the default on 2 CPUs or
-more), again with the servers on one CPU and the benchmark on another.
-Last, the durable runs: small durable stores per second with machqd
---data-dir against Redis with appendfsync always, a 64 MiB durable store
-against a kernel copy into a file and its sync, and machqd's recovery of
---recovery-messages stored messages, all in --durable-dir. Every system
-runs as its own server process; redis-server is used when installed.`
+run, interleaved, and reports each as a ratio to machq; machq-spin, machq
+whose server (a machqd of its own, --spin) and clients (WithSpin) spin for
+up to --spin on a read before they park, up to 64 KiB and in the
+small-message throughput; and machq's ack mode (store + reserve + ack)
+against Redis Streams (XADD + XREADGROUP + XACK). Then the zero-copy view;
+a stream of --stream-size frames from a producer process through a named
+queue to a consumer process reading every byte, in frames per second with
+NewPage + SendPage and with Send from a reused buffer, and the first over
+the second (target 1.3 or more); where the time goes, digest costs,
+small-message throughput with many clients and with pipelining, and the
+server's memory with many messages stored. The small-message comparison
+(round trips up to 4 KiB, throughput) runs unpinned and, with --pin both
+(the default on 2 CPUs or more), again with the servers on one CPU and the
+benchmark on another. Last, the durable runs: small durable stores per
+second with machqd --data-dir against Redis with appendfsync always, a
+64 MiB durable store against a kernel copy into a file and its sync, and
+machqd's recovery of --recovery-messages stored messages, all in
+--durable-dir. Every system runs as its own server process; redis-server
+is used when installed.`
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var (
@@ -56,6 +59,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&clients, "clients", "1,8,64", "client `counts` of the throughput test, and producer counts of the durable stores")
 	fs.IntVar(&cfg.Depth, "depth", 16, "pipeline `depth` of the pipelined throughput test")
 	fs.StringVar(&dig, "digest", "none", "digest machq computes and verifies during the comparison: none (transport alone, like the other systems), sha256 or blake3")
+	fs.DurationVar(&cfg.Spin, "spin", bench.DefaultSpin, "spin `budget` of machq-spin alone, machq spinning before it parks on a read: its machqd runs with --spin of it and its clients dial with WithSpin of it; the other systems do not spin")
 	fs.StringVar(&cfg.Pin, "pin", "", "`placement` of the small-message comparison (round trips up to 4K, throughput): unpinned (left to the scheduler), pinned (servers on one CPU, every thread of the benchmark on another) or both (default: both on 2 CPUs or more without --socket, else unpinned)")
 	fs.StringVar(&skip, "skip", "", "comma-separated `parts` to leave out: zero-copy, stream, phases, throughput, memory, durable")
 	fs.StringVar(&streamSize, "stream-size", "8M", "frame `size` of the streaming run")
@@ -89,6 +93,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageErr("--small-messages %d: give 1 or more (or --skip memory)", cfg.SmallMessages)
 	case cfg.LargeMessages <= 0:
 		return usageErr("--large-messages %d: give 1 or more (or --skip memory)", cfg.LargeMessages)
+	case cfg.Spin <= 0 || cfg.Spin > bench.MaxSpin:
+		return usageErr("--spin %v: give a budget above 0 and at most %v, such as 50µs (or leave machq-spin out with --systems)", cfg.Spin, bench.MaxSpin)
 	case cfg.StreamFrames <= 0:
 		return usageErr("--stream-frames %d: give 1 or more (or --skip stream)", cfg.StreamFrames)
 	case cfg.DurableTime < 0:

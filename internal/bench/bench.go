@@ -2,11 +2,13 @@
 // otherwise pick, in one run, so that drift of a shared machine cancels
 // out: the bare kernel mechanisms machq is built on (a sealed memfd passed
 // with SCM_RIGHTS, and bytes copied through a Unix stream socket), Redis
-// lists over a Unix socket, and POSIX message queues; machq's ack mode
-// against Redis Streams read through a consumer group; and machq's durable
-// queues against Redis with its append-only file synced always, and
-// against the bare cost of writing a page to a file and syncing it. It is the engine of
-// `machq bench`; docs/PERFORMANCE.md explains what each figure means.
+// lists over a Unix socket, and POSIX message queues; machq with its
+// server and clients spinning before they park on a read (machq-spin), at
+// the small sizes; machq's ack mode against Redis Streams read through a
+// consumer group; and machq's durable queues against Redis with its
+// append-only file synced always, and against the bare cost of writing a
+// page to a file and syncing it. It is the engine of `machq bench`;
+// docs/PERFORMANCE.md explains what each figure means.
 //
 // Every system runs as a separate server process, started by the
 // benchmark through Config.PeerCommand (machq re-executes itself), and is
@@ -41,6 +43,12 @@ import (
 	"github.com/machq/machq"
 )
 
+// DefaultSpin is the default of Config.Spin.
+const DefaultSpin = 50 * time.Microsecond
+
+// MaxSpin is the longest Config.Spin, as machqd's --spin allows.
+const MaxSpin = time.Second
+
 // Sizes are the payload sizes measured by default.
 var Sizes = []int{0, 64, 4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20}
 
@@ -60,9 +68,15 @@ type Config struct {
 	MinIters int
 	// Systems selects systems by name (see SystemNames); default all.
 	Systems []string
+	// Spin is the spin budget of machq-spin, its only difference from
+	// machq: its server, a machqd of its own, runs with server.Config.Spin
+	// set to it (machqd --spin; SpinReaders left to its default) and its
+	// clients dial with machq.WithSpin of it. The other systems do not
+	// spin. Default DefaultSpin; at most MaxSpin.
+	Spin time.Duration
 	// Socket, when set, is a running machq server to measure instead of
 	// one the benchmark starts. The memory figures need a server of their
-	// own and are skipped.
+	// own and are skipped, and so is machq-spin.
 	Socket string
 	// Digest is the digest machq computes and verifies during the
 	// comparison. The default, DigestNone, measures transport alone, as
@@ -155,6 +169,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Depth <= 0 {
 		c.Depth = 16
+	}
+	if c.Spin <= 0 {
+		c.Spin = DefaultSpin
+	}
+	if c.Spin > MaxSpin {
+		return fmt.Errorf("bench: spin %v is longer than %v", c.Spin, MaxSpin)
 	}
 	if c.StreamSize <= 0 {
 		c.StreamSize = DefaultStreamSize

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,7 +88,7 @@ func TestMachqAckTarget(t *testing.T) {
 	e := &environment{cfg: &Config{Digest: machq.DigestNone}, machqPath: startServer(t)}
 	for _, size := range []int{0, 64, 4 << 10, 100 << 10} {
 		t.Run(fmtSize(size), func(t *testing.T) {
-			tg, err := e.machqDialer(machq.DefaultInlineThreshold, true)(ctx, size)
+			tg, err := e.machqDialer(e.machqPath, machq.DefaultInlineThreshold, true)(ctx, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,7 +141,7 @@ func TestMachqAckTarget(t *testing.T) {
 func TestMachqAckTargetError(t *testing.T) {
 	ctx := context.Background()
 	e := &environment{cfg: &Config{Digest: machq.DigestNone}, machqPath: startServer(t)}
-	tg, err := e.machqDialer(machq.DefaultInlineThreshold, true)(ctx, 64)
+	tg, err := e.machqDialer(e.machqPath, machq.DefaultInlineThreshold, true)(ctx, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,5 +508,162 @@ func TestRedisMajor(t *testing.T) {
 		if got := redisMajor(v); got != want {
 			t.Errorf("redisMajor(%q) = %d, want %d", v, got, want)
 		}
+	}
+}
+
+// TestRunSpin runs a small benchmark of machq beside machq-spin and
+// checks that machq-spin runs a machqd of its own with the spin budget
+// given, is measured at the small sizes and in the throughput test with
+// ratios to plain machq, is skipped above 64 KiB saying why, and is
+// described in the notes and the tables.
+func TestRunSpin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	const budget = 20 * time.Microsecond
+	cfg := Config{
+		Sizes: []int{64, 64 << 10, 96 << 10}, Time: 30 * time.Millisecond, Rounds: 2, MinIters: 2,
+		Systems: []string{sysMachq, sysMachqSpin}, Clients: []int{2}, Depth: 4, Spin: budget,
+		SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, SkipStream: true, SkipDurable: true,
+		Pin: PinUnpinned, PeerCommand: peerCommand,
+	}
+	r, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range r.Latency {
+		switch {
+		case l.System == sysMachqSpin && l.Size > spinMaxSize:
+			if l.Skipped != spinLimit || l.N != 0 {
+				t.Errorf("machq-spin at %s: %+v; want skipped: %s", fmtSize(l.Size), l, spinLimit)
+			}
+		case l.Skipped != "" || l.N < 2 || l.Median <= 0 || l.Ratio <= 0:
+			t.Errorf("%s at %s: %+v", l.System, fmtSize(l.Size), l)
+		case l.System == sysMachq && l.Ratio != 1:
+			t.Errorf("machq's ratio to itself at %s is %v", fmtSize(l.Size), l.Ratio)
+		}
+	}
+	if len(r.Latency) != 6 {
+		t.Errorf("%d latency rows, want 6 (2 systems at 3 sizes): %+v", len(r.Latency), r.Latency)
+	}
+	rates := map[string]int{}
+	for _, tp := range r.Throughput {
+		if tp.Skipped != "" || tp.PerSecond <= 0 || tp.Ratio <= 0 {
+			t.Errorf("throughput row %+v", tp)
+			continue
+		}
+		rates[tp.System]++
+	}
+	if rates[sysMachq] != 2 || rates[sysMachqSpin] != 2 { // 2 clients, and depth 4
+		t.Errorf("throughput measured for %v; want machq and machq-spin with 2 shapes each", rates)
+	}
+	if r.Spin != Duration(budget) {
+		t.Errorf("report's spin %v, want %v", r.Spin, budget)
+	}
+	notes := strings.Join(r.Notes, "\n")
+	if !strings.Contains(notes, "machq-spin: machq as the machq system runs it") || !strings.Contains(notes, "--spin "+budget.String()) {
+		t.Errorf("notes do not say what machq-spin is: %q", r.Notes)
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	legend := r.spinLegend()
+	if !strings.Contains(legend, budget.String()) || strings.Count(text.String(), legend) != 2 {
+		t.Errorf("the latency and throughput tables do not both have the legend %q:\n%s", legend, text.String())
+	}
+	for _, re := range []string{
+		`^ +machq-spin +\S+ +\S+ +\S+ +\d+\.\d\d +\d+\s*$`,
+		`^ +machq-spin( +-){5} +not measured above 64 KiB: spinning is about the wake-up of small requests\s*$`,
+		`^ +64 B +machq-spin +\d+ +\d+\.\d\d\s*$`,
+	} {
+		if !matchLine(text.String(), re) {
+			t.Errorf("no line matches %q in:\n%s", re, text.String())
+		}
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(js.String(), `"system": "machq-spin"`) || !strings.Contains(js.String(), fmt.Sprintf(`"spin_ns": %d`, budget)) {
+		t.Errorf("JSON report lacks machq-spin or its spin:\n%s", js.String())
+	}
+}
+
+// TestSpinServer checks that machq-spin's server is a peer of its own,
+// started with the spin budget, that its clients work, and that with a
+// server started elsewhere (Socket) machq-spin is skipped with a note.
+func TestSpinServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	e := &environment{cfg: &Config{Systems: []string{sysMachq, sysMachqSpin}, SkipZeroCopy: true, PeerCommand: peerCommand},
+		dir: t.TempDir(), report: &Report{}}
+	defer e.close()
+	if err := e.cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if e.spinPath == "" || e.spinPath == e.machqPath || len(e.peers) != 2 {
+		t.Fatalf("machq-spin's socket %q, machq's %q, %d peers; want a machqd of its own", e.spinPath, e.machqPath, len(e.peers))
+	}
+	want := []string{peerMachq, e.spinPath, "--spin=" + DefaultSpin.String()}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.peers[1].PID()))
+	if args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"); err != nil || len(args) < 3 || !slices.Equal(args[len(args)-3:], want) {
+		t.Errorf("machq-spin's peer runs %q (%v); want it to end with %q", args, err, want)
+	}
+	var names []string
+	for _, s := range e.systems {
+		names = append(names, s.name)
+		if s.name != sysMachqSpin {
+			continue
+		}
+		if s.maxSize != spinMaxSize || s.limit != spinLimit {
+			t.Errorf("machq-spin carries up to %d (%q)", s.maxSize, s.limit)
+		}
+		tg, err := s.dial(context.Background(), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chk := newChecker(payload(64))
+		for range 3 {
+			if err := tg.RoundTrip(payload(64), chk.got); err != nil || chk.err != nil {
+				t.Errorf("round trip: %v, %v", err, chk.err)
+			}
+		}
+		if err := tg.Pipeline(payload(64), 4, chk.got); err != nil || chk.err != nil {
+			t.Errorf("pipeline: %v, %v", err, chk.err)
+		}
+		tg.Close()
+	}
+	if !slices.Equal(names, []string{sysMachq, sysMachqSpin}) {
+		t.Errorf("systems %q", names)
+	}
+
+	// Against a server started elsewhere.
+	se := &environment{cfg: &Config{Socket: startServer(t), Systems: []string{sysMachqSpin}, PeerCommand: peerCommand}, dir: t.TempDir(), report: &Report{}}
+	defer se.close()
+	if err := se.cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := se.start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(se.systems) != 0 || len(se.peers) != 0 || !strings.Contains(strings.Join(se.report.Notes, "\n"), "machq-spin: skipped: --socket") {
+		t.Errorf("with a socket: systems %d, peers %d, notes %q", len(se.systems), len(se.peers), se.report.Notes)
+	}
+}
+
+// TestSpinConfig checks the default spin budget and the longest allowed.
+func TestSpinConfig(t *testing.T) {
+	c := Config{PeerCommand: peerCommand}
+	if err := c.setDefaults(); err != nil || c.Spin != DefaultSpin || DefaultSpin != 50*time.Microsecond {
+		t.Errorf("default spin %v (%v)", c.Spin, err)
+	}
+	c = Config{PeerCommand: peerCommand, Spin: MaxSpin + 1}
+	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "spin") {
+		t.Errorf("spin %v accepted (%v)", c.Spin, err)
 	}
 }

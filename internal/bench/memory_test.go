@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machq/machq/server"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,25 +64,33 @@ func TestMemoryDescriptorLimit(t *testing.T) {
 	}
 }
 
-// TestPeerLimits checks the limits a machqd peer reads from its
-// arguments: those given are set, the rest keep their defaults, and an
-// unknown flag or a stray argument is refused.
+// TestPeerLimits checks the limits and the spin a machqd peer reads from
+// its arguments: those given are set, the rest keep their defaults, and
+// an unknown flag or a stray argument is refused.
 func TestPeerLimits(t *testing.T) {
-	lim, err := parseLimits(memoryLimits(10, 1<<20))
+	cfg, err := parseMachqdFlags(memoryLimits(10, 1<<20))
 	if err != nil {
 		t.Fatal(err)
+	}
+	lim := cfg.Limits
+	if cfg.Spin != 0 || cfg.SpinReaders != 0 {
+		t.Errorf("spin %v, %d readers, without --spin", cfg.Spin, cfg.SpinReaders)
 	}
 	held := int64(10 + memoryHeadroom)
 	if lim.MaxStoredMessages != held || lim.MaxPrivateMessages != held || lim.MaxStoredPages != held ||
 		lim.MaxStoredBytes != held<<20 || lim.MaxPrivateBytes != held<<20 || lim.MaxQueueMessages != 0 || lim.MaxConnections != 0 {
 		t.Errorf("limits %+v", lim)
 	}
-	if lim, err := parseLimits(memoryLimits(10, 0)); err != nil || lim.MaxStoredBytes != 1 || lim.MaxStoredPages != 0 {
-		t.Errorf("limits of empty messages: %+v, %v", lim, err)
+	if cfg, err := parseMachqdFlags(memoryLimits(10, 0)); err != nil || cfg.Limits.MaxStoredBytes != 1 || cfg.Limits.MaxStoredPages != 0 {
+		t.Errorf("limits of empty messages: %+v, %v", cfg.Limits, err)
 	}
-	for _, bad := range [][]string{{"--max-nothing", "1"}, {"--max-stored-bytes", "x"}, {"--max-queue-messages", "1", "extra"}} {
-		if _, err := parseLimits(bad); err == nil {
-			t.Errorf("limits %q accepted", bad)
+	if cfg, err := parseMachqdFlags([]string{"--spin=" + (50 * time.Microsecond).String(), "--spin-readers", "3"}); err != nil ||
+		cfg.Spin != 50*time.Microsecond || cfg.SpinReaders != 3 || cfg.Limits != (server.Limits{}) {
+		t.Errorf("--spin 50µs --spin-readers 3: %+v, %v", cfg, err)
+	}
+	for _, bad := range [][]string{{"--max-nothing", "1"}, {"--max-stored-bytes", "x"}, {"--max-queue-messages", "1", "extra"}, {"--spin", "soon"}} {
+		if _, err := parseMachqdFlags(bad); err == nil {
+			t.Errorf("flags %q accepted", bad)
 		}
 	}
 }

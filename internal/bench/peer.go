@@ -34,13 +34,14 @@ const (
 // args[0] names until ctx ends, stdin reaches end of file (the benchmark
 // exited) or SIGTERM arrives. It writes "ready" on stdout once serving.
 //
-//	machqd SOCKET [LIMITS]
+//	machqd SOCKET [FLAGS]
 //	                     a machq server (inline limit 1 MiB), with the
-//	                     server's default limits but for those LIMITS sets
-//	                     with machqd's own flags: --max-stored-messages,
+//	                     server's defaults but for those FLAGS sets with
+//	                     machqd's own flags: the limits --max-stored-messages,
 //	                     --max-stored-bytes, --max-stored-pages,
 //	                     --max-private-messages, --max-private-bytes,
-//	                     --max-queue-messages and --max-queue-bytes
+//	                     --max-queue-messages and --max-queue-bytes, and
+//	                     --spin and --spin-readers
 //	machqd-durable SOCKET DATADIR LOG
 //	                     the same with durable named queues in DATADIR
 //	                     (machqd --data-dir), logging to LOG as JSON
@@ -66,13 +67,13 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	switch args[0] {
 	case peerMachq:
 		if len(args) < 2 {
-			return errors.New("bench peer: usage: machqd SOCKET [LIMITS]")
+			return errors.New("bench peer: usage: machqd SOCKET [FLAGS]")
 		}
-		lim, err := parseLimits(args[2:])
+		cfg, err := parseMachqdFlags(args[2:])
 		if err != nil {
 			return err
 		}
-		return serveMachq(ctx, args[1], server.Config{Limits: lim}, ready)
+		return serveMachq(ctx, args[1], cfg, ready)
 	case peerMachqDurable:
 		if len(args) != 4 {
 			return errors.New("bench peer: usage: machqd-durable SOCKET DATADIR LOG")
@@ -95,10 +96,11 @@ func RunPeer(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	return fmt.Errorf("bench peer: unknown kind %q", args[0])
 }
 
-// parseLimits reads the limits a machqd peer is given, with machqd's
-// flag names; those not given keep the server's defaults.
-func parseLimits(args []string) (server.Limits, error) {
-	var lim server.Limits
+// parseMachqdFlags reads the limits and the spin a machqd peer is given,
+// with machqd's flag names; those not given keep the server's defaults.
+func parseMachqdFlags(args []string) (server.Config, error) {
+	var cfg server.Config
+	lim := &cfg.Limits
 	fs := flag.NewFlagSet("machqd peer", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Int64Var(&lim.MaxStoredMessages, "max-stored-messages", 0, "")
@@ -108,17 +110,19 @@ func parseLimits(args []string) (server.Limits, error) {
 	fs.Int64Var(&lim.MaxPrivateBytes, "max-private-bytes", 0, "")
 	fs.Int64Var(&lim.MaxQueueMessages, "max-queue-messages", 0, "")
 	fs.Int64Var(&lim.MaxQueueBytes, "max-queue-bytes", 0, "")
+	fs.DurationVar(&cfg.Spin, "spin", 0, "")
+	fs.IntVar(&cfg.SpinReaders, "spin-readers", 0, "")
 	if err := fs.Parse(args); err != nil {
-		return lim, fmt.Errorf("bench peer: machqd limits: %w", err)
+		return cfg, fmt.Errorf("bench peer: machqd flags: %w", err)
 	}
 	if fs.NArg() > 0 {
-		return lim, fmt.Errorf("bench peer: machqd limits: unexpected %q", fs.Arg(0))
+		return cfg, fmt.Errorf("bench peer: machqd flags: unexpected %q", fs.Arg(0))
 	}
-	return lim, nil
+	return cfg, nil
 }
 
-// serveMachq serves a machq server configured by cfg (its Limits,
-// Durable and Logger) on path, with the largest inline limit.
+// serveMachq serves a machq server configured by cfg (its Limits, Spin,
+// SpinReaders, Durable and Logger) on path, with the largest inline limit.
 func serveMachq(ctx context.Context, path string, cfg server.Config, ready func()) error {
 	cfg.MaxInline = wire.MaxInline
 	s, err := server.New(cfg)

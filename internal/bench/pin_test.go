@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -207,7 +208,7 @@ func TestRunPinned(t *testing.T) {
 	list, orig := needCPUs(t)
 	base := Config{
 		Sizes: []int{64, 64 << 10}, Time: 20 * time.Millisecond, Rounds: 2, MinIters: 2,
-		Systems: []string{sysMachq, sysCopy, sysRedis, sysMqueue}, Clients: []int{2}, Depth: 2,
+		Systems: []string{sysMachq, sysMachqSpin, sysCopy, sysRedis, sysMqueue}, Clients: []int{2}, Depth: 2,
 		SkipZeroCopy: true, SkipPhases: true, SkipMemory: true, SkipDurable: true, SkipStream: true,
 		PeerCommand: peerCommand,
 	}
@@ -235,7 +236,7 @@ func TestRunPinned(t *testing.T) {
 		return m
 	}
 	unpinned64, pinned64 := count(r.Latency, 64), count(p.Latency, 64)
-	if !unpinned64[sysMachq] || !unpinned64[sysCopy] || len(pinned64) != len(unpinned64) {
+	if !unpinned64[sysMachq] || !unpinned64[sysMachqSpin] || !unpinned64[sysCopy] || len(pinned64) != len(unpinned64) {
 		t.Errorf("64 B measured unpinned for %v, pinned for %v", unpinned64, pinned64)
 	}
 	if len(count(r.Latency, 64<<10)) == 0 || len(count(p.Latency, 64<<10)) != 0 {
@@ -243,6 +244,9 @@ func TestRunPinned(t *testing.T) {
 	}
 	if len(p.Throughput) != len(r.Throughput) || len(p.Throughput) == 0 {
 		t.Errorf("throughput rows: %d pinned, %d unpinned", len(p.Throughput), len(r.Throughput))
+	}
+	if !slices.ContainsFunc(p.Throughput, func(tp Throughput) bool { return tp.System == sysMachqSpin && tp.PerSecond > 0 }) {
+		t.Errorf("machq-spin's throughput not measured pinned: %+v", p.Throughput)
 	}
 	for _, tp := range p.Throughput {
 		if shape := [2]int{tp.Clients, tp.Depth}; tp.Skipped == "" && (tp.PerSecond <= 0 || shape != [2]int{2, 1} && shape != [2]int{1, 2}) {
@@ -264,6 +268,7 @@ func TestRunPinned(t *testing.T) {
 		`^small-message throughput \(store \+ retrieve round trips per second\), pinned: servers on CPU`,
 		`^ +64 B +machq +\S+ +\S+ +\d+\.\d\d *\n`,
 		`^ +2 +1 +machq +\d+ +\d+ +\d+\.\d\d *\n`,
+		`^ +machq-spin +\S+ +\S+ +\d+\.\d\d *\n`,
 	} {
 		if !matchLine(text.String(), re) {
 			t.Errorf("no line matches %q in:\n%s", re, text.String())

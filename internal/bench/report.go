@@ -38,6 +38,9 @@ type Report struct {
 	Elapsed Duration  `json:"elapsed_ns"`
 	// Digest is the digest machq computed and verified in the comparison.
 	Digest string `json:"digest"`
+	// Spin is the spin budget of machq-spin's server and clients, when
+	// machq-spin ran.
+	Spin Duration `json:"spin_ns,omitempty"`
 	// Placement is how the small-message comparison was placed:
 	// "unpinned" (Latency and Throughput), "pinned" (Pinned; Latency
 	// holds the larger sizes only) or "both".
@@ -422,19 +425,22 @@ func (r *Report) writeLatency(w io.Writer, view string) {
 	}
 	switch view {
 	case EndToEnd:
-		writeLatencyRows(w, "store + retrieve round trip, end to end ([]byte in the sender to []byte in the receiver)"+r.unpinnedLabel(), rows)
+		r.writeLatencyRows(w, "store + retrieve round trip, end to end ([]byte in the sender to []byte in the receiver)"+r.unpinnedLabel(), rows)
 	case ZeroCopy:
-		writeLatencyRows(w, "store + retrieve round trip, zero-copy (filled page to the receiver's mapping)"+r.unpinnedLabel(), rows)
+		r.writeLatencyRows(w, "store + retrieve round trip, zero-copy (filled page to the receiver's mapping)"+r.unpinnedLabel(), rows)
 	}
 }
 
 // writeLatencyRows writes a table of round trips under title.
-func writeLatencyRows(w io.Writer, title string, rows []Latency) {
+func (r *Report) writeLatencyRows(w io.Writer, title string, rows []Latency) {
 	if len(rows) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\n%s\n", title)
 	fmt.Fprintln(w, "x machq: the system's median over machq's; above 1, machq is faster")
+	if slices.ContainsFunc(rows, func(l Latency) bool { return l.System == sysMachqSpin }) {
+		fmt.Fprintln(w, r.spinLegend())
+	}
 	ack := slices.ContainsFunc(rows, func(l Latency) bool { return l.RatioAck > 0 })
 	if ack {
 		fmt.Fprintln(w, ackLegend)
@@ -456,6 +462,12 @@ func writeLatencyRows(w io.Writer, title string, rows []Latency) {
 			ackColumn(ack, fmtRatio(l.RatioAck)), l.N)
 	}
 	tw.Flush()
+}
+
+// spinLegend says what machq-spin is.
+func (r *Report) spinLegend() string {
+	return fmt.Sprintf("machq-spin: machq whose server and clients spin up to %s on a read before they park (machqd --spin, WithSpin); up to %s only",
+		r.Spin, fmtSize(spinMaxSize))
 }
 
 // ackLegend says what the round trip of the ack-mode systems is.
@@ -542,17 +554,20 @@ func (r *Report) writeDigests(w io.Writer) {
 }
 
 func (r *Report) writeThroughput(w io.Writer) {
-	writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second)"+r.unpinnedLabel(), r.Throughput)
+	r.writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second)"+r.unpinnedLabel(), r.Throughput)
 }
 
 // writeThroughputRows writes a table of round trips per second under
 // title.
-func writeThroughputRows(w io.Writer, title string, rows []Throughput) {
+func (r *Report) writeThroughputRows(w io.Writer, title string, rows []Throughput) {
 	if len(rows) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\n%s\n", title)
 	fmt.Fprintln(w, "x machq: machq's rate over the system's; above 1, machq is faster")
+	if slices.ContainsFunc(rows, func(t Throughput) bool { return t.System == sysMachqSpin }) {
+		fmt.Fprintln(w, r.spinLegend())
+	}
 	ack := slices.ContainsFunc(rows, func(t Throughput) bool { return t.RatioAck > 0 })
 	if ack {
 		fmt.Fprintln(w, ackLegend)
@@ -584,8 +599,8 @@ func (r *Report) writePinned(w io.Writer) {
 	if p == nil {
 		return
 	}
-	writeLatencyRows(w, fmt.Sprintf("store + retrieve round trip, end to end, up to %s, %s", fmtSize(p.MaxSize), p.title()), p.Latency)
-	writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second), "+p.title(), p.Throughput)
+	r.writeLatencyRows(w, fmt.Sprintf("store + retrieve round trip, end to end, up to %s, %s", fmtSize(p.MaxSize), p.title()), p.Latency)
+	r.writeThroughputRows(w, "small-message throughput (store + retrieve round trips per second), "+p.title(), p.Throughput)
 
 	var lat [][]string
 	for _, pl := range p.Latency {

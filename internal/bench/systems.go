@@ -21,6 +21,7 @@ import (
 // System names, in the order they are reported.
 const (
 	sysMachq        = "machq"
+	sysMachqSpin    = "machq-spin"
 	sysMachqInline  = "machq-inline"
 	sysMachqMemfd   = "machq-memfd"
 	sysMachqAck     = "machq-ack"
@@ -34,6 +35,9 @@ const (
 // SystemNames lists the systems a run can measure:
 //
 //	machq          machq as shipped: inline up to 64 KiB, memfd above
+//	machq-spin     machq with its server and clients spinning before they
+//	               park on a read (machqd --spin, WithSpin; Config.Spin),
+//	               up to 64 KiB
 //	machq-inline   machq with every payload inline (up to 1 MiB)
 //	machq-memfd    machq with every non-empty payload in a memfd
 //	machq-ack      machq in ack mode: Send + Reserve + Ack
@@ -43,7 +47,7 @@ const (
 //	redis-streams  Redis Streams XADD + XREADGROUP + XACK over a Unix socket
 //	mqueue         POSIX message queues between two processes
 func SystemNames() []string {
-	return []string{sysMachq, sysMachqInline, sysMachqMemfd, sysMachqAck, sysMemfd, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
+	return []string{sysMachq, sysMachqSpin, sysMachqInline, sysMachqMemfd, sysMachqAck, sysMemfd, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
 }
 
 // ackSystems are the systems whose round trip ends with the receiver
@@ -52,6 +56,14 @@ func SystemNames() []string {
 var ackSystems = []string{sysMachqAck, sysRedisStreams}
 
 func knownSystem(name string) bool { return slices.Contains(SystemNames(), name) }
+
+// spinMaxSize is the largest payload machq-spin carries: spinning is
+// about the wake-up of small requests, which the large ones do not wait
+// on long enough for it to show.
+const spinMaxSize = 64 << 10
+
+// spinLimit says why machq-spin is not measured above spinMaxSize.
+var spinLimit = fmt.Sprintf("not measured above %s: spinning is about the wake-up of small requests", fmtSize(spinMaxSize))
 
 // target is one client connection to a system under test.
 type target interface {
@@ -87,9 +99,12 @@ type environment struct {
 
 	machqPath string
 	machqPID  int // 0 when measuring a server started elsewhere
-	floors    map[floor.Mechanism]string
-	redis     *redis.Server
-	systems   []*system
+	// spinPath is the socket of machq-spin's server, a machqd of its own
+	// started with Config.Spin; "" when it does not run.
+	spinPath string
+	floors   map[floor.Mechanism]string
+	redis    *redis.Server
+	systems  []*system
 }
 
 func (e *environment) wanted(name string) bool {
@@ -117,15 +132,21 @@ func (e *environment) start(ctx context.Context) error {
 		c.Close()
 	}
 	e.systems = append(e.systems,
-		&system{name: sysMachq, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold, false)},
+		&system{name: sysMachq, maxSize: unlimited, dial: e.machqDialer(e.machqPath, machq.DefaultInlineThreshold, false)},
 		&system{name: sysMachqInline, maxSize: maxInline, limit: fmt.Sprintf("larger than the server's inline limit (%s)", fmtSize(maxInline)),
-			dial: e.machqDialer(maxInline, false)},
-		&system{name: sysMachqMemfd, maxSize: unlimited, dial: e.machqDialer(0, false)},
+			dial: e.machqDialer(e.machqPath, maxInline, false)},
+		&system{name: sysMachqMemfd, maxSize: unlimited, dial: e.machqDialer(e.machqPath, 0, false)},
 	)
 	if version >= wire.VersionAck {
-		e.systems = append(e.systems, &system{name: sysMachqAck, maxSize: unlimited, dial: e.machqDialer(machq.DefaultInlineThreshold, true)})
+		e.systems = append(e.systems, &system{name: sysMachqAck, maxSize: unlimited, dial: e.machqDialer(e.machqPath, machq.DefaultInlineThreshold, true)})
 	} else if e.wanted(sysMachqAck) {
 		e.report.note("machq-ack: skipped: the server speaks protocol version %d; ack mode needs %d", version, wire.VersionAck)
+	}
+
+	if e.wanted(sysMachqSpin) {
+		if err := e.startSpin(ctx); err != nil {
+			return err
+		}
 	}
 
 	e.floors = map[floor.Mechanism]string{}
@@ -210,18 +231,48 @@ func (e *environment) close() {
 	}
 }
 
+// startSpin starts machq-spin's server: a machqd like machq's but for
+// its spin (machqd --spin Config.Spin, --spin-readers left to its
+// default), whose clients spin as long (WithSpin).
+func (e *environment) startSpin(ctx context.Context) error {
+	if e.cfg.Socket != "" {
+		e.report.note("%s: skipped: --socket measures a server the benchmark did not start; machq-spin needs a machqd of its own, started with --spin", sysMachqSpin)
+		return nil
+	}
+	path := filepath.Join(e.dir, "machq-spin.sock")
+	if _, err := e.startPeer(ctx, peerMachq, path, "--spin="+e.cfg.Spin.String()); err != nil {
+		return err
+	}
+	e.spinPath = path
+	e.report.Spin = Duration(e.cfg.Spin)
+	e.report.note("%s: machq as the machq system runs it (same inline threshold, digest and limits) but spinning: its server, a machqd of its own, keeps reading a connection for up to %s before it parks (machqd --spin %s; --spin-readers left to its default, half the CPUs, at least 1), and so does each client waiting for an answer (WithSpin(%s)); x machq compares it with machq, which does not spin; %s",
+		sysMachqSpin, e.cfg.Spin, e.cfg.Spin, e.cfg.Spin, spinLimit)
+	e.systems = append(e.systems, &system{name: sysMachqSpin, maxSize: spinMaxSize, limit: spinLimit,
+		dial: e.machqDialer(path, machq.DefaultInlineThreshold, false, machq.WithSpin(e.cfg.Spin))})
+	return nil
+}
+
+// dialMachq connects to machq's server with the comparison's digest.
 func (e *environment) dialMachq(ctx context.Context, opts ...machq.Option) (*machq.Client, error) {
+	return e.dialMachqAt(ctx, e.machqPath, opts...)
+}
+
+// dialMachqAt connects to the machq server at path with the comparison's
+// digest.
+func (e *environment) dialMachqAt(ctx context.Context, path string, opts ...machq.Option) (*machq.Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	opts = append([]machq.Option{machq.WithDigest(e.cfg.Digest)}, opts...)
-	return machq.Dial(dctx, e.machqPath, opts...)
+	return machq.Dial(dctx, path, opts...)
 }
 
-// machqDialer returns the dial function of a machq system with the
-// inline threshold inline, in ack mode if ack.
-func (e *environment) machqDialer(inline int, ack bool) func(context.Context, int) (target, error) {
+// machqDialer returns the dial function of a machq system whose server
+// listens at path, with the inline threshold inline, in ack mode if ack,
+// and with the options opts besides.
+func (e *environment) machqDialer(path string, inline int, ack bool, opts ...machq.Option) func(context.Context, int) (target, error) {
+	opts = append([]machq.Option{machq.WithInlineThreshold(inline)}, opts...)
 	return func(ctx context.Context, _ int) (target, error) {
-		dial := func() (*machq.Client, error) { return e.dialMachq(ctx, machq.WithInlineThreshold(inline)) }
+		dial := func() (*machq.Client, error) { return e.dialMachqAt(ctx, path, opts...) }
 		c, err := dial()
 		if err != nil {
 			return nil, err
