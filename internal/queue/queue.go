@@ -23,25 +23,16 @@ type Message struct {
 	Size int64  // payload bytes
 	// FD is the sealed memfd holding the payload, or -1 for an inline
 	// payload. Set it to -1 explicitly: 0 is a valid descriptor.
-	FD        int
-	Inline    []byte // payload carried inline, when FD is -1
-	DigestAlg uint8
-	Digest    string
+	FD     int
+	Inline []byte // payload carried inline, when FD is -1
+	Digest string
 	// Charge is the account the message is charged to, from the moment
 	// the server accepted it until Release; nil if it is charged to none.
 	Charge *quota.Account
 
-	// Deliveries counts the message's deliveries in ack mode (Hold).
-	Deliveries uint32
-	// Dead says why a dead letter is one (wire.DeadTerm,
-	// wire.DeadMaxDeliveries), 0 for a live message; Note is the TERM
-	// reason or the text of the last NAK.
-	Dead uint8
+	// Note is, for a dead letter, the TERM reason or the text of the
+	// last NAK (see Dead).
 	Note string
-	// DiedAfter is, for a dead letter, its Deliveries when it became
-	// one; Deliveries then counts again in the dead-letter queue.
-	DiedAfter uint32
-
 	// Group is the consumer group the message was delivered through, for
 	// a dead letter of one: KICK gives it back to that group.
 	Group string
@@ -53,9 +44,19 @@ type Message struct {
 	LogID       uint64
 	PayloadFile string
 
-	sent   bool    // Sent closed the page, whose charge stays until Release
 	shared *shared // for a view: the payload it shares with other groups' views
-	heldIn uint32  // the queue's purges when it was last held in ack mode
+
+	// Deliveries counts the message's deliveries in ack mode (Hold).
+	Deliveries uint32
+	// DiedAfter is, for a dead letter, its Deliveries when it became
+	// one; Deliveries then counts again in the dead-letter queue.
+	DiedAfter uint32
+	heldIn    uint32 // the queue's purges when it was last held in ack mode
+	DigestAlg uint8
+	// Dead says why a dead letter is one (wire.DeadTerm,
+	// wire.DeadMaxDeliveries), 0 for a live message.
+	Dead uint8
+	sent bool // Sent closed the page, whose charge stays until Release
 }
 
 // Sent closes the message's page once a write to a socket has handed the
