@@ -46,12 +46,23 @@ type benchReport struct {
 		RSS      int64 `json:"rss_bytes"`
 		FDs      int   `json:"fds"`
 	} `json:"memory"`
+	Stream *struct {
+		Size     int `json:"size"`
+		Frames   int `json:"frames"`
+		Variants []struct {
+			Variant   string  `json:"variant"`
+			PerSecond float64 `json:"frames_per_s"`
+		} `json:"variants"`
+	} `json:"stream"`
+	Spin  int64    `json:"spin_ns"`
 	Notes []string `json:"notes"`
 }
 
 // TestBench runs a small machq bench end to end: every system it can
-// start, every part of the report, the JSON and the plot, and checks that
-// no peer process outlives it.
+// start, every part of the report (a short stream of small frames; the
+// comparison unpinned only, the pinned part being the same measurements
+// placed otherwise, which the bench package's tests cover), the JSON and
+// the plot, and checks that no peer process outlives it.
 func TestBench(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts several server processes")
@@ -61,6 +72,7 @@ func TestBench(t *testing.T) {
 	saved := filepath.Join(dir, "saved.json")
 	r := runCLI(t, nil, "bench", "--sizes", "0,64,96K", "--time", "40ms", "--rounds", "2", "--min-iters", "2",
 		"--clients", "1,3", "--depth", "4", "--small-messages", "3000", "--large-messages", "20",
+		"--stream-frames", "4", "--stream-size", "1M", "--pin", "unpinned", "--spin", "30us",
 		"--json", "--save", saved, "--plot", plot)
 	if r.code != 0 {
 		t.Fatalf("machq bench exited %d: %s", r.code, r.stderr)
@@ -83,7 +95,8 @@ func TestBench(t *testing.T) {
 			continue
 		}
 		if l.Skipped != "" {
-			if l.System != "mqueue" && l.System != "machq-inline" && l.System != "redis" {
+			spinLimit := l.System == "machq-spin" && l.Size > 64<<10 && strings.Contains(l.Skipped, "spinning is about the wake-up of small requests")
+			if l.System != "mqueue" && l.System != "machq-inline" && l.System != "redis" && !spinLimit {
 				t.Errorf("%s at %d skipped: %s", l.System, l.Size, l.Skipped)
 			}
 			continue
@@ -103,6 +116,12 @@ func TestBench(t *testing.T) {
 		if seen[sys] != 3 {
 			t.Errorf("%s measured at %d sizes, want 3", sys, seen[sys])
 		}
+	}
+	if seen["machq-spin"] != 2 { // not above 64 KiB
+		t.Errorf("machq-spin measured at %d sizes, want 2 (0 and 64 B)", seen["machq-spin"])
+	}
+	if rep.Spin != 30_000 || !strings.Contains(strings.Join(rep.Notes, "\n"), "machq-spin: machq as the machq system runs it") {
+		t.Errorf("machq-spin's spin %dns (want 30µs), notes %q", rep.Spin, rep.Notes)
 	}
 	zeroCopy := 0
 	for _, l := range rep.Latency {
@@ -130,14 +149,20 @@ func TestBench(t *testing.T) {
 	if !digests["sha256"] || !digests["blake3"] {
 		t.Errorf("digest costs: %+v", rep.Digests)
 	}
-	machqRates := 0
+	rates := map[string]int{}
 	for _, tp := range rep.Throughput {
-		if tp.System == "machq" && tp.PerSecond > 0 {
-			machqRates++
+		if tp.PerSecond > 0 {
+			rates[tp.System]++
 		}
 	}
-	if machqRates != 3 { // 1 and 3 clients, and depth 4
-		t.Errorf("machq throughput measured %d times, want 3: %+v", machqRates, rep.Throughput)
+	for _, sys := range []string{"machq", "machq-spin"} {
+		if rates[sys] != 3 { // 1 and 3 clients, and depth 4
+			t.Errorf("%s throughput measured %d times, want 3: %+v", sys, rates[sys], rep.Throughput)
+		}
+	}
+	if st := rep.Stream; st == nil || st.Size != 1<<20 || st.Frames != 4 || len(st.Variants) != 2 ||
+		st.Variants[0].PerSecond <= 0 || st.Variants[1].PerSecond <= 0 {
+		t.Errorf("stream of 4 frames of 1 MiB: %+v", st)
 	}
 	if len(rep.Memory) != 2 || rep.Memory[0].Messages != 3000 || rep.Memory[1].Messages != 20 {
 		t.Fatalf("memory rows: %+v", rep.Memory)
@@ -186,6 +211,8 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"--skip", "everything"}, "--skip"},
 		{[]string{"--plot", "chart.gif"}, "--plot"},
 		{[]string{"--clients", "0"}, "--clients"},
+		{[]string{"--spin", "0s"}, "--spin"},
+		{[]string{"--spin", "2s"}, "--spin"},
 	} {
 		r := runCLI(t, nil, append([]string{"bench"}, tc.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
