@@ -31,6 +31,9 @@ type Limiter struct {
 // NewLimiter returns a Limiter that lets n readers spin at once.
 func NewLimiter(n int) *Limiter { return &Limiter{max: int32(n)} }
 
+// Running returns how many readers are spinning now.
+func (l *Limiter) Running() int { return int(l.running.Load()) }
+
 func (l *Limiter) acquire() bool {
 	if l == nil {
 		return true

@@ -1,0 +1,4 @@
+package server
+
+// Spinning returns how many connections' readers are spinning now.
+func (s *Server) Spinning() int { return s.spin.Running() }
