@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -129,7 +130,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 
 		readerFree: make(chan struct{}, 1),
 	}
-	c.rd = wire.NewReader(spin.NewReader(c.uc, o.spin, nil))
+	c.rd = wire.NewReader(spin.NewReader(c.uc, o.spin, clientSpinners))
 	if err := c.handshake(ctx, c.rd); err != nil {
 		c.rd.Close()
 		c.uc.Close()
@@ -137,6 +138,11 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	}
 	return c, nil
 }
+
+// clientSpinners bounds the clients of this process spinning at once
+// (WithSpin): half the CPUs it may use, at least one, so that many clients
+// waiting at once do not take the CPUs their own work needs.
+var clientSpinners = spin.NewLimiter(max(1, runtime.GOMAXPROCS(0)/2))
 
 // SocketPath returns the socket path of the service called name: the file
 // NAME.sock in $MACHQ_RUNTIME_DIR, else $XDG_RUNTIME_DIR/machq, else

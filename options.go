@@ -30,10 +30,11 @@ type options struct {
 // read it, on its own CPU, for up to d before it parks: an answer that
 // comes within microseconds is then taken without the wake-up of a
 // parked goroutine, which costs more than the answer itself on small
-// requests (docs/PERFORMANCE.md). How long it spins adapts: to a few
-// times what the last answers took, less after spins that found nothing,
-// so a slow answer (a waiting retrieve, a busy machine) costs little
-// spinning. It trades CPU for latency; 0, the default, turns it off.
+// requests (docs/PERFORMANCE.md). A client whose spins found nothing
+// three times in a row (a slow server, a busy machine, a server woken on
+// this very CPU) stops spinning and tries again once every 64 waits, and
+// at most half as many of a process's clients as it has CPUs spin at
+// once. It trades CPU for latency; 0, the default, turns it off.
 func WithSpin(d time.Duration) Option {
 	return func(o *options) error {
 		if d < 0 {
