@@ -250,7 +250,7 @@ func selected(list string) string {
 // MapPopulated maps the first size bytes of fd writable, with every page
 // allocated and every page-table entry filled in advance:
 // MADV_POPULATE_WRITE (Linux 5.14), or MAP_POPULATE where the kernel lacks
-// it, which costs about twice as much on shared memory. It asks for
+// it, which costs more (BenchmarkMapWritable). It asks for
 // transparent huge pages (MADV_HUGEPAGE), which the kernel grants for
 // shared memory only if the administrator allows it
 // (/sys/kernel/mm/transparent_hugepage/shmem_enabled set to advise,
