@@ -148,4 +148,26 @@ func TestSteadyStateAllocs(t *testing.T) {
 			checkAllocs(t, "ReadFrame/"+tc.name, 0, read)
 		}
 	})
+
+	// A frame larger than the Reader's buffer is read into memory of
+	// its own, which the frame keeps (Owned): that is its one
+	// allocation; the reader goes back to the buffer it had.
+	t.Run("ReadFrame/large", func(t *testing.T) {
+		big := wire.AppendStore(nil, 1, benchStore, make([]byte, 64<<10), false)
+		small := wire.AppendStore(nil, 2, benchStore, benchPayload, false)
+		rd := wire.NewReader(&loopSource{stream: append(big, small...), max: 16 << 10})
+		read := func() {
+			for _, want := range []int{len(big), len(small)} {
+				f, err := rd.ReadFrame()
+				if err != nil || len(f.Body) != want-wire.HeaderSize {
+					t.Fatalf("ReadFrame: %d body bytes, %v; want %d", len(f.Body), err, want-wire.HeaderSize)
+				}
+				if f.Owned != (want == len(big)) {
+					t.Fatalf("frame of %d bytes: Owned %v", want, f.Owned)
+				}
+			}
+		}
+		read()
+		checkAllocs(t, "ReadFrame/large", 1, read)
+	})
 }

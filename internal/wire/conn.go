@@ -79,6 +79,7 @@ const (
 type Reader struct {
 	src     MsgReader
 	buf     []byte
+	spare   []byte // the buffer a large frame grew out of, for the next frame
 	r, w    int
 	off     int64 // stream position of buf[0]
 	oob     []byte
@@ -236,9 +237,12 @@ func (r *Reader) take(h Header) (Frame, error) {
 		r.r, r.w = 0, 0
 		if len(r.buf) > keepReadBuffer {
 			// A large inline frame grew the buffer: the frame keeps it,
-			// the reader starts a new one.
+			// the reader goes back to the one it grew out of.
 			f.Owned = true
-			r.buf = make([]byte, defaultReadBuffer)
+			r.buf, r.spare = r.spare, nil
+			if r.buf == nil {
+				r.buf = make([]byte, defaultReadBuffer)
+			}
 		}
 	}
 	return f, nil
@@ -250,6 +254,9 @@ func (r *Reader) makeRoom(n int) {
 	if n > len(r.buf) {
 		nb := make([]byte, n)
 		copy(nb, r.buf[r.r:r.w])
+		if len(r.buf) == defaultReadBuffer {
+			r.spare = r.buf
+		}
 		r.buf = nb
 	} else {
 		copy(r.buf, r.buf[r.r:r.w])
