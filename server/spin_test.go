@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/wiretest"
 	"github.com/machq/machq/server"
 )
 
@@ -77,4 +78,37 @@ func TestSpinIsBounded(t *testing.T) {
 		t.Fatal("no reader was ever seen spinning")
 	}
 	waitFor(t, "spinning to stop", func() bool { return srv.Spinning() == 0 })
+}
+
+// TestIdleConnectionsDoNotSpin: with --spin, 300 connections that
+// said HELLO and went quiet spin at most once each (their first wait),
+// bounded by SpinReaders, and then park: no reader spins while they idle,
+// and a busy client among them is still served.
+func TestIdleConnectionsDoNotSpin(t *testing.T) {
+	srv, path := startServer(t, server.Config{Spin: time.Millisecond, SpinReaders: 2})
+	for range 300 {
+		c := wiretest.DialHello(t, path)
+		t.Cleanup(func() { c.UC.Close() })
+	}
+	waitFor(t, "300 connections", func() bool { return srv.Stats().Clients >= 300 })
+	waitFor(t, "the idle readers parked", func() bool { return srv.Spinning() == 0 })
+	for range 100 {
+		if n := srv.Spinning(); n != 0 {
+			t.Fatalf("%d readers spinning among idle connections", n)
+		}
+		runtime.Gosched()
+	}
+	ctx := testCtx(t)
+	c := dial(t, path, machq.WithDigest(machq.DigestNone))
+	for i := range 100 {
+		want := []byte(fmt.Sprint(i))
+		if _, err := c.Send(ctx, "busy", want); err != nil {
+			t.Fatal(err)
+		}
+		m, err := c.Retrieve(ctx, "busy")
+		if err != nil || !bytes.Equal(m.Bytes(), want) {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		m.Close()
+	}
 }
