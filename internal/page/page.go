@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,13 +75,32 @@ func writeAt(fd int, data []byte, off int64) error {
 // Seal applies the write, grow, shrink and seal seals to fd. Every
 // writable shared mapping of fd must have been unmapped first, or the
 // kernel refuses with EBUSY.
+//
+// The kernel also refuses F_SEAL_WRITE with EBUSY while something holds
+// a page of the file for a moment beyond the ~75 ms it waits itself
+// (memory reclaim or compaction isolating it, a monitor such as DAMON
+// sampling it): Seal tries again sealRetries times, a few milliseconds
+// apart, before it gives up.
 func Seal(fd int) error {
-	_, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, RequiredSeals|unix.F_SEAL_SEAL)
+	var err error
+	for try := 0; ; try++ {
+		if _, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, RequiredSeals|unix.F_SEAL_SEAL); err != unix.EBUSY || try == sealRetries {
+			break
+		}
+		time.Sleep(time.Duration(1<<try) * time.Millisecond)
+	}
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("fcntl(F_ADD_SEALS): %w: the memfd is still mapped for writing, or the kernel kept its pages in use", err)
+	}
 	if err != nil {
 		return os.NewSyscallError("fcntl(F_ADD_SEALS)", err)
 	}
 	return nil
 }
+
+// sealRetries is how many more times Seal tries after EBUSY: 1 to 32 ms
+// apart, 63 ms in all.
+const sealRetries = 6
 
 // Check reports whether fd is a memfd carrying RequiredSeals whose size is
 // exactly size. It neither reads nor maps the page. The returned error

@@ -1022,3 +1022,31 @@ func TestCheckHugetlbAllocated(t *testing.T) {
 		t.Fatalf("Check of a fully allocated hugetlbfs memfd: %v", err)
 	}
 }
+
+// TestSealRefusedWhileMapped: a memfd still mapped for writing cannot be
+// sealed; Seal says why (after trying again, in case the kernel only held
+// a page for a moment), and succeeds once the mapping is gone.
+func TestSealRefusedWhileMapped(t *testing.T) {
+	fd, err := page.Create("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := page.Truncate(fd, 4096); err != nil {
+		t.Fatal(err)
+	}
+	b, err := page.MapWritable(fd, 4096, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = page.Seal(fd)
+	if !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "mapped for writing") {
+		t.Fatalf("sealing a mapped memfd: %v", err)
+	}
+	if err := page.Unmap(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Seal(fd); err != nil {
+		t.Fatalf("sealing once unmapped: %v", err)
+	}
+}
