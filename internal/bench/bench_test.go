@@ -355,11 +355,7 @@ func TestRunDurable(t *testing.T) {
 		t.Errorf("the durable directory holds %d entries after the run (%v)", len(left), err)
 	}
 
-	var text bytes.Buffer
-	if err := r.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	for _, re := range []string{
+	back, _ := checkReport(t, r,
 		`durable stores of 64 B per second`,
 		`producers +system +stores/s +x machq`,
 		`^ +1 +machq +\d+ +1\.00`,
@@ -368,19 +364,7 @@ func TestRunDurable(t *testing.T) {
 		`file\+sync +\S+ +\S+ +\S+ +1\.00 +\d+`,
 		fmt.Sprintf(`recovery of %d durable messages`, stored),
 		fmt.Sprintf(`^ +%d +\d+ +\d+ +\d+ +\S+ +\S+`, stored),
-	} {
-		if !matchLine(text.String(), re) {
-			t.Errorf("no line matches %q in:\n%s", re, text.String())
-		}
-	}
-	var js bytes.Buffer
-	if err := r.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
-		t.Fatal(err)
-	}
+	)
 	if back.Durable == nil || back.Durable.Recovery == nil || len(back.Durable.Stores) != len(d.Stores) || back.Durable.Recovery.Took != rc.Took {
 		t.Errorf("JSON report does not read back the durable figures")
 	}
@@ -478,6 +462,31 @@ func TestWriteTextAckColumn(t *testing.T) {
 
 // matchLine reports whether a line of s contains a match of the regular
 // expression re.
+// checkReport writes r as text, fails the test for each regular
+// expression no line of it matches, and returns r written as JSON and
+// read back, and that JSON.
+func checkReport(t *testing.T, r *Report, lines ...string) (Report, string) {
+	t.Helper()
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, re := range lines {
+		if !matchLine(text.String(), re) {
+			t.Errorf("no line matches %q in:\n%s", re, text.String())
+		}
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	return back, js.String()
+}
+
 func matchLine(s, re string) bool {
 	for line := range strings.Lines(s) {
 		if ok, _ := regexp.MatchString(re, line); ok {

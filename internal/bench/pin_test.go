@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -256,11 +255,7 @@ func TestRunPinned(t *testing.T) {
 	if !strings.Contains(progress.String(), "pinned 64 B [") || !strings.Contains(progress.String(), "placement 64 B, median round trip unpinned -> pinned: machq ") {
 		t.Errorf("progress lacks the pinned rounds or their summary:\n%s", progress.String())
 	}
-	var text bytes.Buffer
-	if err := r.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	for _, re := range []string{
+	back, _ := checkReport(t, r,
 		`^placement of the small-message comparison: both \(pinned: servers on CPU \d+, the benchmark \(every thread, GOMAXPROCS 1\) on CPU \d+\)`,
 		`^store \+ retrieve round trip, end to end .*, unpinned \(the scheduler places every process\)\n`,
 		`^small-message throughput .*, unpinned \(the scheduler places every process\)\n`,
@@ -269,19 +264,7 @@ func TestRunPinned(t *testing.T) {
 		`^ +64 B +machq +\S+ +\S+ +\d+\.\d\d *\n`,
 		`^ +2 +1 +machq +\d+ +\d+ +\d+\.\d\d *\n`,
 		`^ +machq-spin +\S+ +\S+ +\d+\.\d\d *\n`,
-	} {
-		if !matchLine(text.String(), re) {
-			t.Errorf("no line matches %q in:\n%s", re, text.String())
-		}
-	}
-	var js bytes.Buffer
-	if err := r.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
-		t.Fatal(err)
-	}
+	)
 	if back.Placement != PinBoth || back.Pinned == nil || len(back.Pinned.Latency) != len(p.Latency) || len(back.Pinned.Throughput) != len(p.Throughput) {
 		t.Errorf("JSON report does not read back the pinned figures")
 	}

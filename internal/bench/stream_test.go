@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -97,33 +96,17 @@ func TestStream(t *testing.T) {
 		t.Errorf("no summary line in the progress:\n%s", progress.String())
 	}
 
-	var text bytes.Buffer
-	if err := r.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	for _, re := range []string{
+	back, js := checkReport(t, r,
 		`streaming 12 frames of 1 MiB`,
 		`^ +page +NewPage \+ fill Bytes\(\) \+ SendPage +\d+ +\S+ +\d+ \d+ \d+`,
 		`^ +send +fill a reused \[\]byte \+ Send +\d+ +\S+ +\d+ \d+ \d+`,
 		`^page over send: \d+\.\d\d \(target 1\.30 or more: (met|missed)\)`,
-	} {
-		if !matchLine(text.String(), re) {
-			t.Errorf("no line matches %q in:\n%s", re, text.String())
-		}
-	}
-	var js bytes.Buffer
-	if err := r.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
-		t.Fatal(err)
-	}
+	)
 	if back.Stream == nil || back.Stream.Ratio != s.Ratio || len(back.Stream.Variants[1].Runs) != rounds {
 		t.Errorf("JSON report does not read back the stream")
 	}
 	for _, key := range []string{`"ratio_page_to_send"`, `"frames_per_s"`} {
-		if !strings.Contains(js.String(), key) {
+		if !strings.Contains(js, key) {
 			t.Errorf("JSON report lacks %s", key)
 		}
 	}
