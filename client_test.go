@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -262,4 +263,20 @@ func TestRetrieveBatchKeepsWhatArrivesAfterItsContextEnds(t *testing.T) {
 		t.Fatalf("next Retrieve = %v; want the message that arrived after the batch gave up", err)
 	}
 	m.Close()
+}
+
+// TestVersions: the library names its build, and a client learns the
+// server's from the handshake.
+func TestVersions(t *testing.T) {
+	if v := machq.Version(); !strings.Contains(v, "(go1.") {
+		t.Errorf("Version() = %q names no Go version", v)
+	}
+	c, err := machq.Dial(context.Background(), inProcessServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if v := c.ServerVersion(); !strings.HasPrefix(v, "machqd ") || !strings.Contains(v, "(go1.") {
+		t.Errorf("ServerVersion() = %q", v)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/spin"
+	"github.com/machq/machq/internal/version"
 	"github.com/machq/machq/internal/wire"
 )
 
@@ -374,11 +375,15 @@ func (c *conn) handleHello(f wire.Frame) bool {
 		MaxFrame:   wire.MaxFrameSize,
 		MaxMessage: uint64(c.s.cfg.MaxMessageSize),
 		ServerPID:  c.s.pid,
+		Software:   software,
 	})
 	c.signal()
 	c.mu.Unlock()
 	return false
 }
+
+// software is what the server says of its build in WELCOME.
+var software = "machqd " + version.String()
 
 // startFrameDeadline bounds the time the rest of a partly received frame
 // may take; the reader calls it before it waits for that rest.

@@ -68,10 +68,11 @@ Commands:
   restart   restart the server in place, keeping its memory-only named queues
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
+  version   print this machq's version and the server's (--version: this machq's only)
   help      show this list; "machq help COMMAND" shows the command's flags
 
 shell, send, retrieve, peek, stat, purge, delete, group, config, disown,
-kick and restart reach the server by --name NAME (service
+kick, restart and version reach the server by --name NAME (service
 name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
@@ -88,7 +89,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "version", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -99,6 +100,9 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "-h", "-help", "--help":
 			fmt.Fprint(stdout, usage)
+			return exitOK
+		case "-version", "--version":
+			fmt.Fprintln(stdout, versionLine())
 			return exitOK
 		case "help":
 			switch {
@@ -153,6 +157,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return loadCmd(ctx, args, stdout, stderr)
 	case "load-client":
 		return loadClientCmd(ctx, args, stdout, stderr)
+	case "version":
+		return versionCmd(ctx, args, stdout, stderr)
 	}
 	return printUsageError(stderr, &usageError{msg: fmt.Sprintf("unknown command %q", cmd), hint: true})
 }

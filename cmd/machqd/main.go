@@ -33,6 +33,7 @@ import (
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/ratelog"
 	"github.com/machq/machq/internal/sdnotify"
+	"github.com/machq/machq/internal/version"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
@@ -116,6 +117,10 @@ Flags:
 	fs.IntVar(&ack.MaxDeliveries, "max-deliveries", server.DefaultMaxDeliveries, "deliveries in ack mode after which a message not acknowledged becomes a dead letter in QUEUE.dlq")
 	fs.DurationVar(&ack.NakBackoff, "nak-backoff", server.DefaultNakBackoff, "delay of a NAK asking for none after a message's first delivery, doubled for each further one")
 	fs.DurationVar(&ack.NakBackoffMax, "nak-backoff-max", server.DefaultNakBackoffMax, "longest delay of a NAK asking for none")
+	showVersion := fs.Bool("version", false, "print machqd's version and exit")
+	if len(args) > 0 && args[0] == "version" {
+		args = append([]string{"--version"}, args[1:]...)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
@@ -127,6 +132,10 @@ Flags:
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "machqd: unexpected argument %q; see machqd --help\n", fs.Arg(0))
 		return 2
+	}
+	if *showVersion {
+		fmt.Println("machqd " + version.String())
+		return 0
 	}
 	inlineGiven := false
 	fs.Visit(func(f *flag.Flag) { inlineGiven = inlineGiven || f.Name == "max-inline" })

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -641,5 +642,34 @@ func expectFile(t *testing.T, path string, perm os.FileMode, want string) {
 	}
 	if b, err := os.ReadFile(path); err != nil || string(b) != want {
 		t.Errorf("%s holds %q (%v), want %q", path, b, err, want)
+	}
+}
+
+// TestIntegrationVersion: both binaries say which build they are, with
+// --version and as a version command; machq version also names the
+// server's build, from the handshake, and says when there is no server.
+func TestIntegrationVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		out, err := exec.Command(bin.machqd, args...).Output()
+		if err != nil || !regexp.MustCompile(`^machqd \S+.* \(go1\.\d+`).Match(out) {
+			t.Errorf("machqd %v: %q, %v", args, out, err)
+		}
+	}
+	r := runCLI(t, nil, "--version")
+	if r.code != 0 || !regexp.MustCompile(`^machq \S+.* \(go1\.\d+.*\)\n$`).MatchString(r.stdout) {
+		t.Errorf("machq --version: exit %d, %q, %q", r.code, r.stdout, r.stderr)
+	}
+	client := strings.TrimSpace(r.stdout)
+
+	socket := filepath.Join(t.TempDir(), "v.sock")
+	r = runCLI(t, nil, "version", "--socket", socket)
+	if r.code != 4 || !strings.HasPrefix(r.stdout, client+"\n") || !strings.Contains(r.stderr, "no server") {
+		t.Errorf("machq version without a server: exit %d, stdout %q, stderr %q; want its own version and exit 4", r.code, r.stdout, r.stderr)
+	}
+	d := startDaemon(t, socket)
+	r = runCLI(t, nil, "version", "--socket", socket)
+	want := regexp.MustCompile(fmt.Sprintf(`(?m)^server machqd \S+.* \(go1\.\d+.*\), protocol \d+, pid %d, at %s$`, d.pid(), regexp.QuoteMeta(socket)))
+	if r.code != 0 || !strings.HasPrefix(r.stdout, client+"\n") || !want.MatchString(r.stdout) {
+		t.Errorf("machq version: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"fmt"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -28,7 +29,14 @@ type Welcome struct {
 	MaxFrame   uint32 // largest frame the server accepts
 	MaxMessage uint64 // largest payload the server stores
 	ServerPID  uint32
+	// Software names the server's build (machqd's version), at most
+	// MaxSoftware bytes of printable UTF-8; empty from servers that do
+	// not say.
+	Software string
 }
+
+// MaxSoftware is the longest Welcome.Software.
+const MaxSoftware = 255
 
 // Store is the fixed part of a STORE body. Digest and Queue follow it;
 // for an inline store the payload fills the rest of the frame.
@@ -164,6 +172,10 @@ func AppendWelcome(b []byte, id uint64, w Welcome) []byte {
 	b = binary.LittleEndian.AppendUint32(b, w.MaxFrame)
 	b = binary.LittleEndian.AppendUint64(b, w.MaxMessage)
 	b = binary.LittleEndian.AppendUint32(b, w.ServerPID)
+	if sw := w.Software[:min(len(w.Software), MaxSoftware)]; sw != "" {
+		b = append(b, byte(len(sw)))
+		b = append(b, sw...)
+	}
 	return finish(b, s)
 }
 
@@ -176,13 +188,36 @@ func ParseWelcome(body []byte) (Welcome, error) {
 	if string(body[:4]) != Magic {
 		return Welcome{}, fmt.Errorf("%w: WELCOME does not start with %q: not a machq server", ErrMalformed, Magic)
 	}
-	return Welcome{
+	w := Welcome{
 		Version:    binary.LittleEndian.Uint16(body[4:]),
 		MaxInline:  binary.LittleEndian.Uint32(body[8:]),
 		MaxFrame:   binary.LittleEndian.Uint32(body[12:]),
 		MaxMessage: binary.LittleEndian.Uint64(body[16:]),
 		ServerPID:  binary.LittleEndian.Uint32(body[24:]),
-	}, nil
+	}
+	// The server's software, if it says: a length byte and that many
+	// bytes. Anything else there (a later version's fields, or text
+	// that is not printable) is ignored, never shown.
+	if rest := body[welcomeSize:]; len(rest) > 0 && len(rest) > int(rest[0]) {
+		if sw := string(rest[1 : 1+int(rest[0])]); printable(sw) {
+			w.Software = sw
+		}
+	}
+	return w, nil
+}
+
+// printable reports whether s is valid UTF-8 of printable characters
+// only, so that it cannot move a terminal's cursor or colour its text.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // AppendStore appends a STORE frame to b. With hasFD the frame declares one

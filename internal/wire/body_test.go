@@ -742,3 +742,41 @@ func TestErrorMessageCutKeepsCharacters(t *testing.T) {
 		})
 	}
 }
+
+// TestWelcomeSoftware: the server's software name travels after the
+// fixed fields, a WELCOME without it (an older server) parses with none,
+// and what is not a whole printable name is ignored, never an error.
+func TestWelcomeSoftware(t *testing.T) {
+	w := wire.Welcome{Version: 3, MaxInline: 1 << 16, MaxFrame: wire.MaxFrameSize, MaxMessage: 1 << 32, ServerPID: 42, Software: "machqd devel 1f4c724a9b3e (go1.26.8)"}
+	_, body := splitHeader(t, wire.AppendWelcome(nil, 1, w))
+	got, err := wire.ParseWelcome(body)
+	if err != nil || got != w {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, w)
+	}
+	old := w
+	old.Software = ""
+	_, body = splitHeader(t, wire.AppendWelcome(nil, 1, old))
+	if len(body) != 28 {
+		t.Fatalf("a WELCOME without software is %d bytes, want 28", len(body))
+	}
+	if got, err := wire.ParseWelcome(body); err != nil || got != old {
+		t.Fatalf("28-byte WELCOME: %+v, %v", got, err)
+	}
+	for name, tail := range map[string][]byte{
+		"truncated":       append([]byte{10}, "abc"...),
+		"escape sequence": append([]byte{4}, "\x1b[2J"...),
+		"not UTF-8":       {2, 0xff, 0xfe},
+		"empty":           {0},
+	} {
+		got, err := wire.ParseWelcome(append(append([]byte(nil), body...), tail...))
+		if err != nil || got.Software != "" || got.ServerPID != 42 {
+			t.Errorf("%s: %+v, %v; want the fixed fields and no software", name, got, err)
+		}
+	}
+	long := w
+	long.Software = strings.Repeat("x", 300)
+	_, body = splitHeader(t, wire.AppendWelcome(nil, 1, long))
+	if got, _ := wire.ParseWelcome(body); len(got.Software) != wire.MaxSoftware {
+		t.Fatalf("a 300-byte name arrives as %d bytes, want it cut to %d", len(got.Software), wire.MaxSoftware)
+	}
+}
