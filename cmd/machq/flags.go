@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/machq/machq/internal/cliflags"
 )
 
 // usageError is bad usage of a command: it is reported as one line and
@@ -170,33 +172,7 @@ func badValue(f *flag.Flag, value string, err error) string {
 // printUsage writes the command's usage: what it does and its flags.
 func (c *command) printUsage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: machq %s [flags]\n\n%s\n\nFlags:\n", c.name, c.summary)
-	c.fs.VisitAll(func(f *flag.Flag) {
-		name, usage := flag.UnquoteUsage(f)
-		line := "  --" + f.Name
-		if name != "" {
-			line += " " + name
-		}
-		usage = strings.ReplaceAll(usage, "\n", "\n    \t")
-		fmt.Fprintf(w, "%s\n    \t%s", line, usage)
-		if def := defaultText(f); def != "" {
-			fmt.Fprintf(w, " (default %s)", def)
-		}
-		fmt.Fprintln(w)
-	})
-}
-
-// defaultText is f's default as --help shows it, or "" for a zero value.
-func defaultText(f *flag.Flag) string {
-	switch f.DefValue {
-	case "", "0", "0s", "false":
-		return ""
-	}
-	if g, ok := f.Value.(flag.Getter); ok {
-		if _, isString := g.Get().(string); isString {
-			return fmt.Sprintf("%q", f.DefValue)
-		}
-	}
-	return f.DefValue
+	cliflags.PrintDefaults(w, c.fs)
 }
 
 // uidList is a flag.Value collecting user ids, given as repeated flags

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/machq/machq/internal/activation"
+	"github.com/machq/machq/internal/cliflags"
 	"github.com/machq/machq/internal/handoff"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/ratelog"
@@ -66,7 +67,7 @@ a shutdown begins.
 
 Flags:
 `)
-		fs.PrintDefaults()
+		cliflags.PrintDefaults(fs.Output(), fs)
 	}
 	name := fs.String("name", naming.DefaultService, "service `name` to check in under; the socket is NAME.sock in the runtime directory")
 	socket := fs.String("socket", "", "listen on this socket `path` instead of the service name's")

@@ -95,8 +95,11 @@ func TestDaemonFlagErrors(t *testing.T) {
 		t.Errorf("machqd created the directory of a --socket path: %v", err)
 	}
 	out, err := exec.Command(bin.machqd, "--help").Output()
-	if err != nil || !strings.Contains(string(out), "--max-queues") && !strings.Contains(string(out), "-max-queues") {
+	if err != nil || !strings.Contains(string(out), "\n  --max-queues N") && !strings.Contains(string(out), "\n  --max-queues ") {
 		t.Errorf("machqd --help: %v, %s", err, out)
+	}
+	if strings.Contains(string(out), "\n  -max-queues") {
+		t.Errorf("machqd --help writes flags as -flag, not --flag as the README does:\n%s", out)
 	}
 }
 
