@@ -189,13 +189,23 @@ type common struct {
 // --log-level.
 func (c *common) register(cmd *command, level string) {
 	fs := cmd.fs
+	c.digestName, c.inline = "sha256", machq.DefaultInlineThreshold
 	fs.StringVar(&c.name, "name", "machq", "service `name` of the server")
 	fs.StringVar(&c.socket, "socket", "", "socket `path` of the server (overrides --name)")
 	fs.StringVar(&c.level, "log-level", level, "least severe log `level` on stderr: debug, info, warn or error")
-	fs.StringVar(&c.digestName, "digest", "sha256", "`digest` for sent payloads: sha256, blake3 or none")
-	fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, fmt.Sprintf("largest payload in `bytes` sent inline, 0 to %d; larger ones travel as sealed memfds", maxInline))
-	fs.BoolVar(&c.owned, "owned", false, "a named queue this creates is your user's alone")
 	fs.Var(&c.serverUIDs, "server-uid", "also trust a server run by this `uid` (root and you are always trusted); repeat or separate with commas")
+}
+
+// registerSender defines the flags of the commands that store payloads.
+func (c *common) registerSender(cmd *command) {
+	cmd.fs.StringVar(&c.digestName, "digest", "sha256", "`digest` for sent payloads: sha256, blake3 or none")
+	cmd.fs.IntVar(&c.inline, "inline", machq.DefaultInlineThreshold, fmt.Sprintf("largest payload in `bytes` sent inline, 0 to %d; larger ones travel as sealed memfds", maxInline))
+}
+
+// registerOwned defines --owned, for the commands that may create a
+// named queue (by storing into it or waiting on it).
+func (c *common) registerOwned(cmd *command) {
+	cmd.fs.BoolVar(&c.owned, "owned", false, "a named queue this creates is your user's alone")
 }
 
 // registerConsumer defines the flags of the commands that retrieve.
@@ -340,6 +350,8 @@ func sendCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr 
 	var queue, file string
 	cmd := newCommand("send", sendSummary)
 	c.register(cmd, "warn")
+	c.registerSender(cmd)
+	c.registerOwned(cmd)
 	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to store into (required)")
 	cmd.fs.StringVar(&file, "file", "", "send this `file` instead of stdin")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
@@ -455,6 +467,7 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	var group string
 	cmd := newCommand("retrieve", retrieveSummary)
 	c.register(cmd, "warn")
+	c.registerOwned(cmd)
 	c.registerConsumer(cmd)
 	cmd.fs.StringVar(&queue, "queue", "", "named `queue` to take from (required)")
 	cmd.fs.DurationVar(&wait, "wait", 0, "wait up to this `duration` for a message (e.g. 500ms, 30s, 2m); 0 answers at once")

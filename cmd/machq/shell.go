@@ -54,6 +54,8 @@ func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr
 	sh := shell{out: stdout, stderr: stderr}
 	cmd := newCommand("shell", shellSummary)
 	sh.c.register(cmd, "info")
+	sh.c.registerSender(cmd)
+	sh.c.registerOwned(cmd)
 	sh.c.registerConsumer(cmd)
 	cmd.fs.StringVar(&sh.queue, "queue", "", "use this named `queue` instead of the connection's private queue")
 	cmd.fs.BoolVar(&sh.noAck, "no-ack", false, "take each message from the queue before showing it")
