@@ -396,7 +396,7 @@ func sendCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr 
 	// Read the whole payload first, in a goroutine: a read from a pipe or
 	// a terminal does not end on a signal, and a STORE goes out only
 	// once the payload is complete.
-	payload, err := await(ctx, func() (*os.File, error) { return readPayload(in, inName, cl.MaxMessageSize()) })
+	payload, err := await(ctx, func() (*os.File, error) { return readPayload(in, inName, cl.MaxMessageSize(), stderr) })
 	if ctx.Err() != nil {
 		return reportInterrupt(ctx, stderr, nothing)
 	}
@@ -418,8 +418,10 @@ func sendCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr 
 }
 
 // readPayload copies the rest of in into a new sealed memfd (a file that
-// already is one is used as it is), refusing more than limit bytes.
-func readPayload(in *os.File, name string, limit int64) (*os.File, error) {
+// already is one is used as it is), refusing more than limit bytes. A
+// regular file's copy shows its progress on stderr when that is a
+// terminal.
+func readPayload(in *os.File, name string, limit int64, stderr io.Writer) (*os.File, error) {
 	if seals, err := page.Seals(int(in.Fd())); err == nil && seals&page.RequiredSeals == page.RequiredSeals {
 		return in, nil
 	}
@@ -427,7 +429,15 @@ func readPayload(in *os.File, name string, limit int64) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	var total int64
+	if st, err := in.Stat(); err == nil && st.Mode().IsRegular() {
+		if off, err := in.Seek(0, io.SeekCurrent); err == nil {
+			total = st.Size() - off
+		}
+	}
+	done := showProgress(stderr, "reading "+name, total, func() int64 { return fileSize(fd) })
 	n, err := page.CopyFrom(fd, in, limit)
+	done(err == nil && n == total)
 	if err != nil {
 		closeFD(fd)
 		var pe *os.PathError
@@ -554,7 +564,9 @@ func retrieveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if ctx.Err() != nil {
 		wctx = context.Background()
 	}
+	done := out.progress(stderr, m.Len())
 	_, err = awaitGrace(wctx, writeGrace, func() (int64, error) { return m.WriteTo(out.w) })
+	done(err == nil)
 	if isInterrupt(err) {
 		// m is still being written from: it stays open until the exit.
 		return reportInterrupt(ctx, stderr, "the message was taken but not written whole")
@@ -627,7 +639,9 @@ func retrieveAcked(ctx context.Context, cl *machq.Client, queue, group string, w
 	if ctx.Err() != nil {
 		wctx = context.Background()
 	}
+	done := out.progress(stderr, d.Len())
 	_, err = awaitGrace(wctx, writeGrace, func() (int64, error) { return d.WriteTo(out.w) })
+	done(err == nil)
 	if isInterrupt(err) {
 		// d is still being written from: the exit ends the connection,
 		// which puts the message back.

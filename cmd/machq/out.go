@@ -192,3 +192,20 @@ func (o *output) abort() {
 		o.f.Close()
 	}
 }
+
+// progress shows the writing of size bytes to a regular --out file on
+// stderr, when that is a terminal (see showProgress), until the function
+// it returns is called. Nothing is shown for stdout, a FIFO or a device.
+func (o *output) progress(stderr io.Writer, size int64) func(ok bool) {
+	if o.tmp == nil {
+		return func(bool) {}
+	}
+	f := o.tmp
+	return showProgress(stderr, "writing "+o.target, size, func() int64 {
+		off, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return 0
+		}
+		return off
+	})
+}
