@@ -300,8 +300,7 @@ func (sh *shell) retrieve(ctx context.Context) {
 	case errors.Is(err, machq.ErrTampered):
 		sh.log.Warn("integrity check failed", "err", err)
 		if m != nil { // the payload itself, when it could be read at all
-			sh.out.Write(m.Bytes())
-			fmt.Fprintln(sh.out)
+			sh.writePayload(m.Bytes())
 		}
 		fmt.Fprintf(sh.out, "%s\n", trimPrefix(err))
 		sh.settle(d, false, err)
@@ -312,15 +311,26 @@ func (sh *shell) retrieve(ctx context.Context) {
 		return
 	}
 	sh.log.Info("received", "queue", label(sh.queue), "seq", m.Seq, "bytes", m.Len(), "out_of_line", m.OutOfLine())
-	_, werr := sh.out.Write(m.Bytes())
+	werr := sh.writePayload(m.Bytes())
 	alg, _ := m.Digest()
 	if alg == machq.DigestNone {
-		_, err = fmt.Fprintln(sh.out, "\nno digest was sent: integrity not checked")
+		_, err = fmt.Fprintln(sh.out, "no digest was sent: integrity not checked")
 	} else {
 		sh.log.Info("integrity confirmed", "seq", m.Seq, "digest", alg.String())
-		_, err = fmt.Fprintln(sh.out, "\nintegrity confirmed")
+		_, err = fmt.Fprintln(sh.out, "integrity confirmed")
 	}
 	sh.settle(d, werr == nil && err == nil, nil)
+}
+
+// writePayload writes a retrieved payload and ends its line if it does
+// not end one itself, before anything else is written or logged: a log
+// line on stderr never runs on from a payload on the same terminal.
+func (sh *shell) writePayload(b []byte) error {
+	_, err := sh.out.Write(b)
+	if err == nil && (len(b) == 0 || b[len(b)-1] != '\n') {
+		_, err = fmt.Fprintln(sh.out)
+	}
+	return err
 }
 
 // lost reports whether err says the connection to the server is gone,

@@ -640,3 +640,29 @@ func TestIntegrationSigtermUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d clients stopped by the shutdown", rep.Stopped)
 }
+
+// TestIntegrationShellNeverGluesLogsToPayloads: with the shell's stdout
+// and stderr one stream, as on a terminal, a payload that does not end
+// its line is ended before anything else is written or logged, and one
+// that does gets no blank line.
+func TestIntegrationShellNeverGluesLogsToPayloads(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn")
+	store(t, d.socket, "lines", []byte("no newline"))
+	store(t, d.socket, "lines", []byte("ends its line\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin.machq, "shell", "--socket", d.socket, "--queue", "lines", "--log-level", "info")
+	cmd.Stdin = strings.NewReader("2\n2\n3\n")
+	var both syncBuffer
+	cmd.Stdout, cmd.Stderr = &both, &both
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("shell: %v\n%s", err, both.String())
+	}
+	out := both.String()
+	if !strings.Contains(out, "no newline\n") {
+		t.Errorf("a payload without a newline was not ended before what follows:\n%s", out)
+	}
+	if !strings.Contains(out, "ends its line\n") || strings.Contains(out, "ends its line\n\n") {
+		t.Errorf("a payload ending its line was not followed by exactly its own newline:\n%s", out)
+	}
+}
