@@ -206,9 +206,14 @@ func FuzzParseBodies(f *testing.F) {
 		}
 
 		if w, err := wire.ParseWelcome(body); err == nil {
-			// Bytes past the known fields are an extension, and the two
-			// after the version are not checked.
-			checkReencode(t, "WELCOME", wire.AppendWelcome(nil, 0, w), zeroed(body[:28], 6, 8))
+			// The two bytes after the version are not checked; a
+			// software name, when one was taken, is its length byte
+			// and its bytes; whatever else follows is an extension.
+			want := zeroed(body[:28], 6, 8)
+			if w.Software != "" {
+				want = append(want, body[28:29+len(w.Software)]...)
+			}
+			checkReencode(t, "WELCOME", wire.AppendWelcome(nil, 0, w), want)
 		} else {
 			checkParseErr(t, "ParseWelcome", err)
 		}
