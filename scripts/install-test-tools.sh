@@ -4,6 +4,7 @@
 #   redis-server             the benchmark's Redis client is tested against it
 #   systemd-socket-activate  machqd is tested under real socket activation
 #   python3                  the example Python client is tested against machqd
+#   man (man-db)             the generated man pages are rendered
 # Without them those tests skip, unless MACHQ_TEST_REQUIRE_TOOLS=1 (CI).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +12,7 @@ cd "$(dirname "$0")"
 missing=()
 command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

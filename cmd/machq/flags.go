@@ -60,7 +60,11 @@ func newCommand(name, summary string) *command {
 	// Nothing is printed by package flag: parse reports errors itself.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	return &command{name: name, summary: summary, fs: fs}
+	c := &command{name: name, summary: summary, fs: fs}
+	if collected != nil {
+		*collected = append(*collected, c)
+	}
+	return c
 }
 
 // parse parses args. It returns a non-negative exit status when the

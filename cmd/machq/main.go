@@ -69,6 +69,8 @@ Commands:
   bench     compare machq with the bare kernel mechanisms, Redis and POSIX mq
   load      load test: many clients, some killed with SIGKILL; nothing may be lost
   version   print this machq's version and the server's (--version: this machq's only)
+  completion  print the completion script for bash, zsh or fish
+  man       print machq's man page
   help      show this list; "machq help COMMAND" shows the command's flags
 
 shell, send, retrieve, peek, stat, purge, delete, group, config, disown,
@@ -89,7 +91,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "version", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "version", "completion", "man", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -159,6 +161,10 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return loadClientCmd(ctx, args, stdout, stderr)
 	case "version":
 		return versionCmd(ctx, args, stdout, stderr)
+	case "completion":
+		return completionCmd(args, stdout, stderr)
+	case "man":
+		return manCmd(args, stdout, stderr)
 	}
 	return printUsageError(stderr, &usageError{msg: fmt.Sprintf("unknown command %q", cmd), hint: true})
 }

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/machq/machq/internal/activation"
+	"github.com/machq/machq/internal/clidoc"
 	"github.com/machq/machq/internal/cliflags"
 	"github.com/machq/machq/internal/handoff"
 	"github.com/machq/machq/internal/naming"
@@ -42,6 +43,13 @@ import (
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
+
+// daemonIntro is what machqd --help and its man page say it is.
+const daemonIntro = `machqd is the machq server. It listens on the socket of its service name
+(or the socket a service manager passes it) and keeps per-client and named
+FIFO queues of messages. Under a service manager that sets NOTIFY_SOCKET
+(systemd's Type=notify) it sends READY=1 once serving and STOPPING=1 when
+a shutdown begins.`
 
 func run(args []string) int {
 	// First of all: a SIGUSR2 or SIGTERM that comes while a restarted
@@ -57,16 +65,7 @@ func run(args []string) int {
 	fs.Usage = func() {}
 	usage := func() {
 		fs.SetOutput(os.Stdout)
-		fmt.Fprintf(fs.Output(), `Usage: machqd [flags]
-
-machqd is the machq server. It listens on the socket of its service name
-(or the socket a service manager passes it) and keeps per-client and named
-FIFO queues of messages. Under a service manager that sets NOTIFY_SOCKET
-(systemd's Type=notify) it sends READY=1 once serving and STOPPING=1 when
-a shutdown begins.
-
-Flags:
-`)
+		fmt.Fprintf(fs.Output(), "Usage: machqd [flags]\n\n%s\n\nFlags:\n", daemonIntro)
 		cliflags.PrintDefaults(fs.Output(), fs)
 	}
 	name := fs.String("name", naming.DefaultService, "service `name` to check in under; the socket is NAME.sock in the runtime directory")
@@ -119,6 +118,8 @@ Flags:
 	fs.DurationVar(&ack.NakBackoff, "nak-backoff", server.DefaultNakBackoff, "delay of a NAK asking for none after a message's first delivery, doubled for each further one")
 	fs.DurationVar(&ack.NakBackoffMax, "nak-backoff-max", server.DefaultNakBackoffMax, "longest delay of a NAK asking for none")
 	showVersion := fs.Bool("version", false, "print machqd's version and exit")
+	showMan := fs.Bool("man", false, "print machqd's man page (section 1, roff) and exit")
+	completion := fs.String("completion", "", "print machqd's completion script for this `shell` (bash, zsh or fish) and exit")
 	if len(args) > 0 && args[0] == "version" {
 		args = append([]string{"--version"}, args[1:]...)
 	}
@@ -136,6 +137,24 @@ Flags:
 	}
 	if *showVersion {
 		fmt.Println("machqd " + version.String())
+		return 0
+	}
+	if *showMan || *completion != "" {
+		prog := clidoc.Program{
+			Name:    "machqd",
+			Summary: "the machq message store server",
+			Intro:   daemonIntro,
+			Flags:   fs,
+			Tail:    []string{"signals\nSIGTERM, SIGINT  stop gracefully (a second one: at once)\nSIGUSR2         restart in place, keeping memory-only named queues"},
+		}
+		if *showMan {
+			clidoc.Man(os.Stdout, prog)
+			return 0
+		}
+		if err := clidoc.Completion(os.Stdout, prog, *completion); err != nil {
+			fmt.Fprintf(os.Stderr, "machqd: --completion: %v\n", err)
+			return 2
+		}
 		return 0
 	}
 	inlineGiven := false

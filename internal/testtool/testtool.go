@@ -1,5 +1,5 @@
 // Package testtool finds the programs outside this module that some tests
-// run: redis-server, systemd-socket-activate, python3. Where one is
+// run: redis-server, systemd-socket-activate, python3, man. Where one is
 // missing the test is skipped with the command that installs it, unless
 // the environment variable MACHQ_TEST_REQUIRE_TOOLS is 1 (as in CI, which
 // installs them), which makes a missing program a failure instead: a test
