@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 missing=()
 command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v man >/dev/null 2>&1 || missing+=(man-db)
+man --version >/dev/null 2>&1 || missing+=(man-db)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
