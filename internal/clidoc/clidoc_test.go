@@ -102,23 +102,7 @@ func TestMan(t *testing.T) {
 			t.Errorf("man page lacks %q:\n%s", want, page)
 		}
 	}
-	if out := render(t, page); !strings.Contains(out, "named queue to store into") {
+	if out := testtool.RenderMan(t, page); !strings.Contains(out, "named queue to store into") {
 		t.Errorf("the page renders as:\n%s", out)
 	}
-}
-
-// render renders a man page with man(1), failing t if it cannot.
-func render(t *testing.T, page string) string {
-	t.Helper()
-	man := testtool.Path(t, "man", "scripts/install-test-tools.sh installs man-db")
-	cmd := exec.Command(man, "-l", "-")
-	cmd.Stdin = strings.NewReader(page)
-	cmd.Env = append(cmd.Environ(), "MANPAGER=cat", "PAGER=cat", "MANWIDTH=80")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil || stderr.Len() > 0 {
-		t.Fatalf("man -l: %v\n%s", err, stderr.String())
-	}
-	return string(out)
 }

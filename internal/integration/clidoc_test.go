@@ -1,8 +1,6 @@
 package integration_test
 
 import (
-	"bytes"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -76,7 +74,6 @@ func TestIntegrationCompletionAndMan(t *testing.T) {
 		}
 	}
 
-	man := testtool.Path(t, "man", "scripts/install-test-tools.sh installs man-db")
 	for _, tc := range []struct {
 		bin  string
 		args []string
@@ -85,18 +82,9 @@ func TestIntegrationCompletionAndMan(t *testing.T) {
 		{bin.machq, []string{"man"}, []string{"MACHQ(1)", "retrieve", "--require-digest", "EXIT STATUS"}},
 		{bin.machqd, []string{"--man"}, []string{"MACHQD(1)", "--max-stored-bytes", "--spin", "SIGNALS"}},
 	} {
-		page := output(tc.bin, tc.args...)
-		cmd := exec.Command(man, "-l", "-")
-		cmd.Stdin = strings.NewReader(page)
-		cmd.Env = append(os.Environ(), "MANPAGER=cat", "PAGER=cat", "MANWIDTH=100")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil || stderr.Len() > 0 {
-			t.Fatalf("man -l of %s %v: %v\n%s", filepath.Base(tc.bin), tc.args, err, stderr.String())
-		}
+		out := testtool.RenderMan(t, output(tc.bin, tc.args...))
 		for _, want := range tc.want {
-			if !strings.Contains(string(out), want) {
+			if !strings.Contains(out, want) {
 				t.Errorf("the man page of %s lacks %q", filepath.Base(tc.bin), want)
 			}
 		}

@@ -7,8 +7,10 @@
 package testtool
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -37,4 +39,21 @@ func Missing(t testing.TB, program, install string) {
 		t.Fatalf("%s is not installed and %s=1 requires it: %s", program, RequireEnv, install)
 	}
 	t.Skipf("%s is not installed (%s); skipping", program, install)
+}
+
+// RenderMan renders the roff man page with man(1) and returns the text,
+// failing t if man reports anything on stderr or fails.
+func RenderMan(t testing.TB, page string) string {
+	t.Helper()
+	man := Path(t, "man", "scripts/install-test-tools.sh installs man-db")
+	cmd := exec.Command(man, "-l", "-")
+	cmd.Stdin = strings.NewReader(page)
+	cmd.Env = append(os.Environ(), "MANPAGER=cat", "PAGER=cat", "MANWIDTH=100")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("man -l: %v\n%s", err, stderr.String())
+	}
+	return string(out)
 }
