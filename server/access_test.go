@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,9 +58,18 @@ func serveToOthers(t *testing.T, access server.Access) (*server.Server, string) 
 		srv.Close()
 		<-errc
 	})
-	waitFor(t, "the socket open to everyone", func() bool {
+	// The file exists, with its mode, a moment before it listens (bind,
+	// then listen): wait until a connection gets through too.
+	waitFor(t, "the socket open to everyone and listening", func() bool {
 		fi, err := os.Stat(path)
-		return err == nil && fi.Mode().Perm() == 0o666
+		if err != nil || fi.Mode().Perm() != 0o666 {
+			return false
+		}
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
 	})
 	return srv, path
 }
