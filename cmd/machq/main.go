@@ -441,7 +441,10 @@ func readPayload(in *os.File, name string, limit int64, stderr io.Writer) (*os.F
 			total = st.Size() - off
 		}
 	}
-	done := showProgress(stderr, "reading "+name, total, func() int64 { return fileSize(fd) })
+	done := showProgress(stderr, "reading "+name, total, func() int64 {
+		n, _ := page.Size(fd)
+		return n
+	})
 	n, err := page.CopyFrom(fd, in, limit)
 	done(err == nil && n == total)
 	if err != nil {

@@ -71,12 +71,3 @@ func showProgress(stderr io.Writer, what string, total int64, count func() int64
 		bar.Clear()
 	}
 }
-
-// fileSize returns the size of the file open as fd, 0 if unknown.
-func fileSize(fd int) int64 {
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil {
-		return 0
-	}
-	return st.Size
-}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/machq/machq"
 )
 
@@ -72,8 +70,7 @@ func shellCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr
 		return fail(stderr, err)
 	}
 	sh.in = bufio.NewReaderSize(stdin, 64<<10)
-	_, terr := unix.IoctlGetTermios(int(stdin.Fd()), unix.TCGETS)
-	sh.prompt = terr == nil
+	sh.prompt = isTerminal(stdin)
 	if sh.cl, err = sh.c.dial(ctx); err != nil {
 		if ctx.Err() != nil {
 			return reportInterrupt(ctx, stderr, "")
