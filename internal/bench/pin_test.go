@@ -255,7 +255,7 @@ func TestRunPinned(t *testing.T) {
 	if !strings.Contains(progress.String(), "pinned 64 B [") || !strings.Contains(progress.String(), "placement 64 B, median round trip unpinned -> pinned: machq ") {
 		t.Errorf("progress lacks the pinned rounds or their summary:\n%s", progress.String())
 	}
-	back, _ := checkReport(t, r,
+	back, _, _ := checkReport(t, r,
 		`^placement of the small-message comparison: both \(pinned: servers on CPU \d+, the benchmark \(every thread, GOMAXPROCS 1\) on CPU \d+\)`,
 		`^store \+ retrieve round trip, end to end .*, unpinned \(the scheduler places every process\)\n`,
 		`^small-message throughput .*, unpinned \(the scheduler places every process\)\n`,

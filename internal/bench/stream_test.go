@@ -96,7 +96,7 @@ func TestStream(t *testing.T) {
 		t.Errorf("no summary line in the progress:\n%s", progress.String())
 	}
 
-	back, js := checkReport(t, r,
+	back, _, js := checkReport(t, r,
 		`streaming 12 frames of 1 MiB`,
 		`^ +page +NewPage \+ fill Bytes\(\) \+ SendPage +\d+ +\S+ +\d+ \d+ \d+`,
 		`^ +send +fill a reused \[\]byte \+ Send +\d+ +\S+ +\d+ \d+ \d+`,
