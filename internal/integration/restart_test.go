@@ -409,21 +409,7 @@ func TestRestartThroughTheFileDescriptorStore(t *testing.T) {
 		f.Close() // the double's copies; the store would keep them until told
 	}
 	defer func() { next.Process.Kill(); next.Wait() }()
-	removed := map[string]bool{}
-	for {
-		kv, _ := ns.storedFDs(t)
-		if kv["FDSTOREREMOVE"] == "1" {
-			removed[kv["FDNAME"]] = true
-			continue
-		}
-		if kv["READY"] != "1" {
-			t.Fatalf("unexpected notification %v\n%s", kv, nextLogs)
-		}
-		break
-	}
-	if !removed["machq-state"] || !removed["machq-handoff"] {
-		t.Errorf("before READY=1 the store was asked to forget %v, want machq-state and machq-handoff", removed)
-	}
+	readyForgetting(t, func() map[string]string { kv, _ := ns.storedFDs(t); return kv }, nextLogs)
 	c = dial(t, socket)
 	defer c.Close()
 	check(c)
@@ -560,9 +546,21 @@ func TestUnusableParkedStateIsGivenBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { next.Process.Kill(); next.Wait() }()
+	readyForgetting(t, func() map[string]string { kv, _ := ns.next(t); return kv }, logs)
+	if !strings.Contains(logs.String(), "cannot take over") {
+		t.Errorf("machqd does not report the unusable state:\n%s", logs)
+	}
+	dial(t, socket).Close()
+}
+
+// readyForgetting reads a restarted machqd's notifications, from recv,
+// up to READY=1, and checks that before it the descriptor store was asked
+// to forget both parked descriptors, machq-state and machq-handoff.
+func readyForgetting(t *testing.T, recv func() map[string]string, logs fmt.Stringer) {
+	t.Helper()
 	removed := map[string]bool{}
 	for {
-		kv, _ := ns.next(t)
+		kv := recv()
 		if kv["FDSTOREREMOVE"] == "1" {
 			removed[kv["FDNAME"]] = true
 			continue
@@ -573,10 +571,6 @@ func TestUnusableParkedStateIsGivenBack(t *testing.T) {
 		break
 	}
 	if !removed["machq-state"] || !removed["machq-handoff"] {
-		t.Errorf("the store was asked to forget %v, want machq-state and machq-handoff", removed)
+		t.Errorf("before READY=1 the store was asked to forget %v, want machq-state and machq-handoff", removed)
 	}
-	if !strings.Contains(logs.String(), "cannot take over") {
-		t.Errorf("machqd does not report the unusable state:\n%s", logs)
-	}
-	dial(t, socket).Close()
 }
