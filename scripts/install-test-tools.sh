@@ -5,6 +5,8 @@
 #   systemd-socket-activate  machqd is tested under real socket activation
 #   python3                  the example Python client is tested against machqd
 #   man (man-db)             the generated man pages are rendered
+#   tmux                     machq top is driven in a real terminal
+#   prometheus               a real Prometheus scrapes machqd --metrics
 # Without them those tests skip, unless MACHQ_TEST_REQUIRE_TOOLS=1 (CI).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,6 +15,8 @@ missing=()
 command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 man --version >/dev/null 2>&1 || missing+=(man-db)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
