@@ -5,6 +5,7 @@
 //	machq send --queue Q [--file F]              store stdin or F
 //	machq retrieve --queue Q [--wait D] [--out F] take the oldest message
 //	machq stat [--json]                          server statistics
+//	machq top [--interval D] [--count N]         a live view of the server
 //	machq disown --queue Q                       give up an owned queue
 //	machq peek --queue Q [--list] [-n N]         look without taking
 //	machq purge --queue Q                        free every message of Q
@@ -59,6 +60,7 @@ Commands:
   retrieve  take the oldest message of --queue and write it to stdout, or --out
   peek      show the oldest message of --queue (or list the first ones) without taking it
   stat      show clients, stored messages and bytes, and the named queues
+  top       a live view of the server: queues by depth with rates, users, limits
   purge     free every message of --queue
   delete    remove --queue with everything it holds
   group     create or delete a consumer group of --queue (fan-out: each group gets every message)
@@ -73,9 +75,9 @@ Commands:
   man       print machq's man page
   help      show this list; "machq help COMMAND" shows the command's flags
 
-shell, send, retrieve, peek, stat, purge, delete, group, config, disown,
-kick, restart and version reach the server by --name NAME (service
-name, default "machq") or --socket PATH. bench and load start servers of
+shell, send, retrieve, peek, stat, top, purge, delete, group, config,
+disown, kick, restart and version reach the server by --name NAME
+(service name, default "machq") or --socket PATH. bench and load start servers of
 their own unless given --socket PATH. "machq COMMAND --help" lists a
 command's flags.
 
@@ -91,7 +93,7 @@ Exit status:
 `
 
 // commands are the commands machq help lists, and help itself.
-var commands = []string{"shell", "send", "retrieve", "peek", "stat", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "version", "completion", "man", "help"}
+var commands = []string{"shell", "send", "retrieve", "peek", "stat", "top", "purge", "delete", "group", "config", "disown", "kick", "restart", "bench", "load", "version", "completion", "man", "help"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -135,6 +137,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return retrieveCmd(ctx, args, stdout, stderr)
 	case "stat":
 		return statCmd(ctx, args, stdout, stderr)
+	case "top":
+		return topCmd(ctx, args, stdin, stdout, stderr)
 	case "disown":
 		return disownCmd(ctx, args, stdout, stderr)
 	case "kick":
