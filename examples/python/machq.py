@@ -63,6 +63,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
+__version__ = "0.1.0"   # of this client; the protocol versions are MIN_VERSION to VERSION
+
 __all__ = [
     "Client", "Message", "Delivery", "Peeked", "connect", "socket_path",
     "MachqError", "ProtocolError", "ConnectionClosed", "ServerError", "StaleError",

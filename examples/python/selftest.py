@@ -3,6 +3,12 @@
     python3 selftest.py SOCKET_PATH
     python3 selftest.py --max-queue-messages N SOCKET_PATH
 
+It tests whichever module machq Python imports: the machq.py beside it
+(a script's directory comes first on sys.path), or, copied where no
+machq.py lies beside it, the installed package. The first line it prints
+names the module's file. test_machq.py runs it under unittest, taking
+the socket from the environment.
+
 Prints one line per check ("ok" or "FAIL", the check, details) and exits
 with status 1 if any check failed (2 on a usage error). Each check states
 what docs/PROTOCOL.md says should happen; a failure means the client, the
@@ -1014,7 +1020,12 @@ class SelfTest:
 
     # -- driver -------------------------------------------------------------
 
+    def client(self):
+        """Say which machq module is under test."""
+        print("client machq %s from %s" % (machq.__version__, machq.__file__), flush=True)
+
     def run(self):
+        self.client()
         if not self.check("handshake", self.handshake):
             return 1
         named = self.queue("trip")
@@ -1093,6 +1104,7 @@ class SelfTest:
         """The checks of STORE's WAIT flag, against a server started with
         --max-queue-messages `limit`."""
         self.limit = limit
+        self.client()
         if not self.check("handshake", self.handshake):
             return 1
         self.check("WAIT: a store into a full queue waits, stored once one is retrieved",

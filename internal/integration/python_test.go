@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -8,9 +9,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,8 +24,9 @@ import (
 )
 
 // The Python client in examples/python was written from docs/PROTOCOL.md
-// alone. These tests run it against a real machqd: its self-test, and
-// messages passed between it and the Go library in both directions.
+// alone. These tests run it against a real machqd: its self-test, from
+// the source tree and as a package installed into a virtual environment,
+// and messages passed between it and the Go library in both directions.
 
 // pythonTimeout bounds each Python program; the self-test moves 34 MiB
 // through a race-enabled server.
@@ -47,21 +51,35 @@ func pythonExamples(t *testing.T) string {
 // with that output if the program fails or overruns pythonTimeout.
 func runPython(t *testing.T, python, dir string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), pythonTimeout)
-	defer cancel()
 	// -B: write no __pycache__ into the source tree.
-	cmd := exec.CommandContext(ctx, python, append([]string{"-B"}, args...)...)
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+dir, "PYTHONDONTWRITEBYTECODE=1")
-	cmd.WaitDelay = 10 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (killed after %v)", err, pythonTimeout)
-		}
-		t.Fatalf("python3 %s: %v; output:\n%s", strings.Join(args, " "), err, out.String())
+	env := append(pythonEnv(), "PYTHONPATH="+dir, "PYTHONDONTWRITEBYTECODE=1")
+	return runCommand(t, "", env, append([]string{python, "-B"}, args...)...)
+}
+
+// checkSelfTest fails t unless out, what examples/python/selftest.py
+// printed (run as a script or under unittest), reports every check passed
+// and says it tested the module machq at the path module. It returns the
+// number of checks that passed.
+func checkSelfTest(t *testing.T, out, module string) int {
+	t.Helper()
+	lines := "\n" + out
+	if !strings.Contains(lines, "\n0 failure(s)\n") || strings.Contains(lines, "\nFAIL") {
+		t.Fatalf("the self-test exited 0 but did not report success:\n%s", out)
 	}
-	return out.String()
+	// "client machq VERSION from PATH"; under unittest -v it follows the
+	// test's name on its line.
+	_, tested, _ := strings.Cut(out, "client machq ")
+	tested, _, _ = strings.Cut(tested, "\n")
+	_, file, ok := strings.Cut(tested, " from ")
+	if !ok {
+		t.Fatalf("the self-test did not say which module machq it tested:\n%s", out)
+	}
+	fi1, err1 := os.Stat(file)
+	fi2, err2 := os.Stat(module)
+	if err1 != nil || err2 != nil || !os.SameFile(fi1, fi2) {
+		t.Fatalf("the self-test tested machq %s, want the one from %s", tested, module)
+	}
+	return strings.Count(lines, "\nok ")
 }
 
 // TestIntegrationPythonClient runs examples/python/selftest.py, which
@@ -75,11 +93,7 @@ func TestIntegrationPythonClient(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "warn")
 
 	out := runPython(t, python, dir, filepath.Join(dir, "selftest.py"), d.socket)
-	lines := "\n" + out
-	if !strings.Contains(lines, "\n0 failure(s)\n") || strings.Contains(lines, "\nFAIL") {
-		t.Fatalf("selftest.py exited 0 but did not report success:\n%s", out)
-	}
-	t.Logf("selftest.py: %d checks passed", strings.Count(lines, "\nok "))
+	t.Logf("selftest.py: %d checks passed", checkSelfTest(t, out, filepath.Join(dir, "machq.py")))
 }
 
 // TestIntegrationPythonWaitingStore runs the checks of examples/python/
@@ -88,23 +102,315 @@ func TestIntegrationPythonClient(t *testing.T) {
 // into a full queue waits for room and is stored once a message leaves,
 // in the order the stores came; a cancelled one, one whose queue is
 // deleted and one whose connection ends store nothing; with consumer
-// groups a store waits while any group is full.
+// groups a store waits while any group is full. It runs them as its
+// README says, through unittest's discovery in examples/python, which
+// finds test_machq.py.
 func TestIntegrationPythonWaitingStore(t *testing.T) {
 	python := testtool.Path(t, "python3", "apt-get install python3")
 	dir := pythonExamples(t)
 	const limit = "2"
 	d := startDaemon(t, "", "--log-level", "warn", "--max-queue-messages", limit)
 
-	out := runPython(t, python, dir, filepath.Join(dir, "selftest.py"),
-		"--max-queue-messages", limit, d.socket)
+	env := append(pythonEnv(), "PYTHONDONTWRITEBYTECODE=1",
+		"MACHQ_TEST_SOCKET="+d.socket, "MACHQ_TEST_MAX_QUEUE_MESSAGES="+limit)
+	out := runCommand(t, dir, env, python, "-B", "-m", "unittest", "-v")
+	checkUnittest(t, out)
+	n := checkSelfTest(t, out, filepath.Join(dir, "machq.py"))
+	if w := strings.Count("\n"+out, "\nok    WAIT:"); w < 5 {
+		t.Fatalf("the self-test ran %d checks of the WAIT flag, want 5:\n%s", w, out)
+	}
+	t.Logf("python3 -m unittest, MACHQ_TEST_MAX_QUEUE_MESSAGES=%s: %d checks passed", limit, n)
+}
+
+// checkUnittest fails t unless out, what python -m unittest printed, says
+// it ran the one test, test_machq.py's, and that it passed.
+func checkUnittest(t *testing.T, out string) {
+	t.Helper()
 	lines := "\n" + out
-	if !strings.Contains(lines, "\n0 failure(s)\n") || strings.Contains(lines, "\nFAIL") {
-		t.Fatalf("selftest.py --max-queue-messages %s exited 0 but did not report success:\n%s", limit, out)
+	if !strings.Contains(lines, "\nRan 1 test in ") || !strings.Contains(lines, "\nOK\n") {
+		t.Fatalf("python -m unittest exited 0 but did not run and pass test_machq.py:\n%s", out)
 	}
-	if n := strings.Count(lines, "\nok    WAIT:"); n < 5 {
-		t.Fatalf("selftest.py ran %d checks of the WAIT flag, want 5:\n%s", n, out)
+}
+
+// pythonEnv returns the environment for the Python programs and pip
+// without what would change where modules come from, or how pip behaves:
+// PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, and every PIP_ setting.
+func pythonEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "PYTHONPATH", name == "PYTHONHOME", name == "PYTHONSTARTUP",
+			strings.HasPrefix(name, "PIP_"):
+			continue
+		}
+		env = append(env, kv)
 	}
-	t.Logf("selftest.py --max-queue-messages %s: %d checks passed", limit, strings.Count(lines, "\nok "))
+	return env
+}
+
+// runCommand runs the program args[0] with the other args in dir with the
+// environment env, and returns what it printed. It fails t with that
+// output if the program fails or overruns pythonTimeout.
+func runCommand(t *testing.T, dir string, env []string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), pythonTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Dir, cmd.Env = dir, env
+	cmd.WaitDelay = 10 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (killed after %v)", err, pythonTimeout)
+		}
+		t.Fatalf("%s: %v; output:\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// pythonBuildProbe prints what a Python lacks to build and install the
+// package in examples/python offline, without build isolation (an empty
+// line if nothing): pip, and setuptools 61 or later (the first to read
+// PEP 621 metadata from pyproject.toml), which before 70.1 builds wheels
+// with the package wheel. It looks modules up without importing them.
+const pythonBuildProbe = `
+import importlib.util, re, sys
+missing = []
+if sys.version_info < (3, 9):
+    missing.append("Python 3.9 or later (this is %d.%d)" % sys.version_info[:2])
+else:
+    from importlib.metadata import version
+    for m in ("pip", "setuptools"):
+        if importlib.util.find_spec(m) is None:
+            missing.append(m)
+    if importlib.util.find_spec("setuptools") is not None:
+        v = version("setuptools")
+        n = tuple(int(x) for x in re.findall(r"[0-9]+", v)[:2])
+        if n < (61,):
+            missing.append("setuptools 61 or later (this is %s)" % v)
+        elif n < (70, 1) and importlib.util.find_spec("wheel") is None:
+            missing.append("wheel (setuptools %s builds wheels with it)" % v)
+print(", ".join(missing))
+`
+
+// pythonVenv creates a virtual environment in dir, from the first python3
+// on PATH that can build and install the package in examples/python
+// offline, and returns the path of the environment's python. The
+// environment sees the system's site-packages: its pip, setuptools and
+// wheel build the package (a new environment's own pip would need
+// ensurepip, and on Python 3.12 and later has no setuptools); what is
+// installed into it goes into its own. Without such a python3, t is
+// skipped (failed with MACHQ_TEST_REQUIRE_TOOLS=1).
+func pythonVenv(t *testing.T, dir string) string {
+	t.Helper()
+	testtool.Path(t, "python3", "apt-get install python3")
+	var lacks []string
+	seen := make(map[string]bool)
+	for _, bindir := range filepath.SplitList(os.Getenv("PATH")) {
+		python := filepath.Join(bindir, "python3")
+		if fi, err := os.Stat(python); bindir == "" || err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+			continue
+		}
+		if real, err := filepath.EvalSymlinks(python); err != nil || seen[real] {
+			continue
+		} else {
+			seen[real] = true
+		}
+		venv := filepath.Join(dir, fmt.Sprintf("venv%d", len(seen)))
+		cmd := exec.Command(python, "-m", "venv", "--system-site-packages", "--without-pip", venv)
+		cmd.Env = pythonEnv()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			lacks = append(lacks, fmt.Sprintf("%s -m venv: %v: %s", python, err, bytes.TrimSpace(out)))
+			continue
+		}
+		vpython := filepath.Join(venv, "bin", "python")
+		cmd = exec.Command(vpython, "-c", pythonBuildProbe)
+		cmd.Env = pythonEnv()
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s -c pythonBuildProbe: %v", vpython, err)
+		}
+		if missing := strings.TrimSpace(string(out)); missing != "" {
+			lacks = append(lacks, python+" lacks "+missing)
+			continue
+		}
+		for _, l := range lacks {
+			t.Logf("passed over %s", l)
+		}
+		t.Logf("building with %s", python)
+		return vpython
+	}
+	testtool.Missing(t, "a python3 with pip, setuptools and wheel",
+		"apt-get install python3-pip, which brings python3-setuptools and python3-wheel; "+
+			strings.Join(lacks, "; "))
+	return ""
+}
+
+// pythonArtefacts lists what building or installing the package, or
+// running Python, may write into dir: build/, dist/, *.egg-info and
+// __pycache__, at any depth.
+func pythonArtefacts(t *testing.T, dir string) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := e.Name()
+		if path != dir && (name == "build" || name == "dist" || name == "__pycache__" ||
+			strings.HasSuffix(name, ".egg-info")) {
+			found = append(found, path)
+			if e.IsDir() {
+				return filepath.SkipDir
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// copyPythonSources copies the files of src into dst, leaving out what
+// pythonArtefacts lists.
+func copyPythonSources(t *testing.T, src, dst string) {
+	t.Helper()
+	skip := make(map[string]bool)
+	for _, p := range pythonArtefacts(t, src) {
+		skip[p] = true
+	}
+	err := filepath.WalkDir(src, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if skip[path] {
+			if e.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		switch {
+		case e.IsDir():
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		case e.Type().IsRegular():
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIntegrationPythonPackage builds examples/python as a package, a
+// wheel, offline (pip wheel --no-index --no-build-isolation, from a copy:
+// setuptools writes build/ and machq.egg-info/ where it builds), installs
+// the wheel into a fresh virtual environment, and runs the self-test
+// with the environment's python, through unittest, from a directory
+// holding only selftest.py and test_machq.py: the module machq it tests
+// must be the one installed in the environment.
+func TestIntegrationPythonPackage(t *testing.T) {
+	dir := pythonExamples(t)
+	before := pythonArtefacts(t, dir)
+	tmp := t.TempDir()
+	python := pythonVenv(t, tmp)
+	venv := filepath.Dir(filepath.Dir(python))
+	d := startDaemon(t, "", "--log-level", "warn")
+
+	src, wheels := filepath.Join(tmp, "src"), filepath.Join(tmp, "wheels")
+	copyPythonSources(t, dir, src)
+	env := append(pythonEnv(), "PIP_CONFIG_FILE="+os.DevNull, "PIP_NO_INPUT=1",
+		"PIP_DISABLE_PIP_VERSION_CHECK=1")
+	runCommand(t, tmp, env, python, "-m", "pip", "wheel", "--no-index", "--no-deps",
+		"--no-build-isolation", "--no-cache-dir", "--wheel-dir", wheels, src)
+	built, err := filepath.Glob(filepath.Join(wheels, "*.whl"))
+	if err != nil || len(built) != 1 {
+		t.Fatalf("pip wheel built %v, want one wheel (%v)", built, err)
+	}
+	checkWheel(t, built[0])
+	runCommand(t, tmp, env, python, "-m", "pip", "install", "--no-index", "--no-deps",
+		"--no-cache-dir", built[0])
+
+	tests := filepath.Join(tmp, "tests")
+	if err := os.Mkdir(tests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"selftest.py", "test_machq.py"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tests, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := runCommand(t, tests, append(pythonEnv(), "MACHQ_TEST_SOCKET="+d.socket),
+		python, "-m", "unittest", "-v")
+	checkUnittest(t, out)
+	site, err := filepath.Glob(filepath.Join(venv, "lib", "python3*", "site-packages", "machq.py"))
+	if err != nil || len(site) != 1 {
+		t.Fatalf("installed machq.py in %s: %v (%v)", venv, site, err)
+	}
+	n := checkSelfTest(t, out, site[0])
+	t.Logf("installed %s; its self-test: %d checks passed", filepath.Base(built[0]), n)
+
+	if after := pythonArtefacts(t, dir); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Errorf("the test left %v in %s (before it: %v)", after, dir, before)
+	}
+}
+
+// checkWheel fails t unless the wheel at path holds the module machq.py
+// and its metadata, nothing else (not the tests), and its metadata asks
+// for Python 3.9 and no other package.
+func checkWheel(t *testing.T, path string) {
+	t.Helper()
+	z, err := zip.OpenReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.Close()
+	var names []string
+	var metadata string
+	for _, f := range z.File {
+		names = append(names, f.Name)
+		dist, file, _ := strings.Cut(f.Name, "/")
+		switch {
+		case f.Name == "machq.py":
+		case strings.HasPrefix(dist, "machq-") && strings.HasSuffix(dist, ".dist-info"):
+			if file == "METADATA" {
+				r, err := f.Open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := io.ReadAll(r)
+				r.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				metadata = string(b)
+			}
+		default:
+			t.Errorf("wheel %s holds %s", filepath.Base(path), f.Name)
+		}
+	}
+	if !slices.Contains(names, "machq.py") || metadata == "" {
+		t.Fatalf("wheel %s lacks machq.py or its METADATA: %v", filepath.Base(path), names)
+	}
+	header, _, _ := strings.Cut(metadata, "\n\n")
+	if !strings.Contains(header+"\n", "\nRequires-Python: >=3.9\n") || strings.Contains(header, "\nRequires-Dist:") {
+		t.Errorf("wheel %s: its metadata asks for other than Python 3.9 and nothing else:\n%s", filepath.Base(path), header)
+	}
 }
 
 // pyStore stores each size given after the socket and queue: a payload of
