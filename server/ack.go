@@ -62,6 +62,9 @@ func (c *conn) appendDelivery(id uint64, q *queue.Queue, m *queue.Message, mode 
 	token := c.s.nextToken.Add(1)
 	c.acks.Add(&delivery.Entry{Token: token, Queue: q, Msg: m, Lease: mode.lease})
 	c.s.logDeliver(q, m)
+	if c.s.obs != nil {
+		c.s.obs.Delivered(true, m.Deliveries > 1)
+	}
 	if c.info {
 		c.log.Info("dequeued", "mode", "ack", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id, "token", token, "deliveries", m.Deliveries)
 	}
@@ -200,6 +203,7 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	m.Dead = why
 	if q.Name() == "" {
 		q.TakeOut(m)
+		s.deadLettered(why)
 		s.log.Info("private-queue message dropped: a private queue has no dead-letter queue", "seq", m.Seq, "deliveries", m.Deliveries, "note", m.Note)
 		m.Release()
 		return wire.OutcomeDropped
@@ -241,6 +245,7 @@ func (s *Server) deadLetter(q *queue.Queue, m *queue.Message, why uint8) wire.Ou
 	dlq.Append(m)
 	s.moved(q, dlq, was, failures)
 	s.named.Release(dlq)
+	s.deadLettered(why)
 	s.log.Info("message dead-lettered", "queue", queueLabel(q), "dead_letter_queue", name, "seq", m.Seq, "deliveries", m.DiedAfter, "reason", deadReason(why), "note", m.Note)
 	return wire.OutcomeDeadLettered
 }

@@ -275,7 +275,15 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 		if out {
 			c.refreshReceived()
 		}
-		if fatal := c.handle(f); fatal {
+		var start time.Time
+		if c.s.obs != nil {
+			start = time.Now()
+		}
+		fatal := c.handle(f)
+		if c.s.obs != nil {
+			c.s.obs.Handled(uint8(f.Op), time.Since(start))
+		}
+		if fatal {
 			return "protocol violation"
 		}
 		c.backpressure()
@@ -426,6 +434,7 @@ func (c *conn) sendError(id uint64, code wire.Code, msg string) {
 		}
 	}
 	c.mu.Unlock()
+	c.s.failed(code, msg)
 	switch {
 	case warn && suppressed > 0:
 		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg, "failures_not_logged", suppressed)

@@ -141,7 +141,11 @@ func (s *Server) openDurable() error {
 	if err := checkSyncInterval(d.LossySyncInterval); err != nil {
 		return fmt.Errorf("machq: %w", err)
 	}
-	st, queues, rep, err := durable.Open(durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree, SyncInterval: d.LossySyncInterval})
+	opts := durable.Options{Dir: d.Dir, SkipCorrupt: d.SkipCorrupt, MinFree: d.MinFree, SyncInterval: d.LossySyncInterval}
+	if s.obs != nil {
+		opts.OnSync = s.obs.Synced
+	}
+	st, queues, rep, err := durable.Open(opts)
 	if errors.Is(err, journal.ErrCorrupt) {
 		return fmt.Errorf("machq: data directory %s: %w (machqd --skip-corrupt starts without the damaged records, keeping their bytes in a quarantine file)", d.Dir, err)
 	}

@@ -36,6 +36,9 @@ func (c *conn) appendMessage(id uint64, q *queue.Queue, m *queue.Message) {
 		c.log.Info("dequeued", "queue", queueLabel(q), "seq", m.Seq, "bytes", m.Size, "page", m.FD >= 0, "id", id)
 	}
 	wm := wire.Message{Seq: m.Seq, Size: uint64(m.Size), DigestAlg: m.DigestAlg, Digest: []byte(m.Digest)}
+	if c.s.obs != nil {
+		c.s.obs.Delivered(false, false)
+	}
 	if m.LogID != 0 {
 		// Taken from a durable queue: the answer waits until that is
 		// on disk, so the message never comes back once received.

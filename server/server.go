@@ -99,6 +99,10 @@ type Config struct {
 	// Durable, if not nil, makes named queues durable in a data
 	// directory (docs/STORAGE.md).
 	Durable *DurableConfig
+
+	// Observer, if not nil, is told of requests, errors, deliveries and
+	// syncs as they happen (machqd --metrics).
+	Observer Observer
 }
 
 func (c *Config) setDefaults() error {
@@ -149,6 +153,7 @@ type Server struct {
 	pid    uint32
 	policy delivery.Policy
 	spin   *spin.Limiter // connections spinning for their next request
+	obs    Observer      // Config.Observer; nil: nobody is told
 
 	logState // durable queues; zero without Config.Durable
 
@@ -205,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		obs:       cfg.Observer,
 		pid:       uint32(os.Getpid()),
 		listeners: make(map[*net.UnixListener]struct{}),
 		checkIns:  make(map[*net.UnixListener]*naming.Registration),
@@ -330,6 +336,7 @@ func (s *Server) track(uc *net.UnixConn) bool {
 		// does not block, and the deadline makes sure of it.
 		uc.SetWriteDeadline(time.Now().Add(time.Second))
 		uc.Write(wire.AppendError(nil, 0, code, refusal))
+		s.failed(code, refusal)
 		uc.Close()
 		return true
 	}

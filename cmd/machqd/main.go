@@ -32,6 +32,7 @@ import (
 	"github.com/machq/machq/internal/clidoc"
 	"github.com/machq/machq/internal/cliflags"
 	"github.com/machq/machq/internal/handoff"
+	"github.com/machq/machq/internal/metrics"
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/ratelog"
 	"github.com/machq/machq/internal/sdnotify"
@@ -111,6 +112,8 @@ func run(args []string) int {
 	frameTimeout := fs.Duration("frame-timeout", server.DefaultFrameTimeout, "longest `duration` the rest of a frame may take to arrive once its first byte has; a client stalling mid-frame is disconnected")
 	spinFor := fs.Duration("spin", server.DefaultSpin, "longest `duration` a connection keeps reading for its next request on its CPU before it parks (adapting to how soon requests come; at most --spin-readers connections at once): lower latency for small requests for some CPU. 0 turns it off")
 	spinReaders := fs.Int("spin-readers", 0, "most `connections` spinning at once (0: half the CPUs, at least one)")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at /metrics on this `address`: a loopback host:port (127.0.0.1:9477) or a Unix socket path; every local user can read them on TCP. Off when empty")
+	metricsQueues := fs.Int("metrics-max-queues", metrics.DefaultMaxQueues, "most named `queues` (the deepest), and separately most users, with metric series of their own; the rest are summed into one series")
 	var ack server.AckConfig
 	fs.IntVar(&ack.MaxPending, "max-pending", server.DefaultMaxPending, "most `messages` one connection may hold delivered in ack mode and not yet settled; caps a retrieve's credit")
 	fs.DurationVar(&ack.Lease, "ack-lease", 0, "lease of an ack-mode retrieve that asks for none: a message held this `duration` without ACK, NAK or TOUCH goes back to its queue (0: no lease; it waits for its consumer's connection to end)")
@@ -170,6 +173,16 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "machqd: %s\n", msg)
 		return 2
 	}
+	if *metricsAddr != "" {
+		if err := metrics.CheckAddr(*metricsAddr); err != nil {
+			fmt.Fprintf(os.Stderr, "machqd: --metrics %q: %v\n", *metricsAddr, err)
+			return 2
+		}
+	}
+	if *metricsQueues < 1 {
+		fmt.Fprintf(os.Stderr, "machqd: --metrics-max-queues %d: give 1 or more\n", *metricsQueues)
+		return 2
+	}
 	lossySync, err := server.ParseSync(*syncPolicy)
 	if err == nil && lossySync > 0 && *dataDir == "" {
 		err = errors.New("needs --data-dir: without it no queue is kept on disk")
@@ -227,6 +240,14 @@ func run(args []string) int {
 		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt, LossySyncInterval: lossySync}
 	}
 	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Spin: *spinFor, SpinReaders: *spinReaders, Limits: lim, Access: access, Ack: ack, Durable: dur}
+	var met *metrics.Metrics
+	if *metricsAddr != "" {
+		met = metrics.New(metrics.Options{MaxQueues: *metricsQueues, Durable: dur != nil, Version: version.String()})
+		cfg.Observer = met
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		go serveMetrics(ctx, met, *metricsAddr, log)
+	}
 
 	// Under a service manager (Type=notify), say when the socket is
 	// served and when a shutdown begins.
@@ -261,6 +282,9 @@ func run(args []string) int {
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "machqd: %v\n", err)
 			return 2
+		}
+		if met != nil {
+			met.Watch(srv.Stats)
 		}
 		ls := passed.Listeners
 		passed.Listeners = nil
@@ -538,4 +562,33 @@ func lookupGID(name string) (string, error) {
 		return "", err
 	}
 	return g.Gid, nil
+}
+
+// serveMetrics serves met on addr until ctx ends. While the address is
+// in use (a machqd restarting in place into this one has just let it go,
+// or another program holds it) it tries again, more slowly each time, up
+// to every 5s: the message store itself never waits for its metrics.
+func serveMetrics(ctx context.Context, met *metrics.Metrics, addr string, log *slog.Logger) {
+	wait := 50 * time.Millisecond
+	warned := false
+	for {
+		l, err := metrics.Listen(addr)
+		if err == nil {
+			log.Info("serving metrics", "address", l.Addr().String(), "path", "/metrics")
+			if err := met.Serve(ctx, l, log); err != nil {
+				log.Error("metrics server stopped", "address", addr, "err", err)
+			}
+			return
+		}
+		if !warned {
+			log.Warn("cannot serve metrics yet; trying again", "address", addr, "err", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }

@@ -63,6 +63,9 @@ type Options struct {
 	// Payload files are synced before their record under either policy,
 	// and nothing is deleted before what makes it unneeded is durable.
 	SyncInterval time.Duration
+	// OnSync, if not nil, is told of each sync of the log
+	// (journal.Options.OnSync).
+	OnSync func(took time.Duration, records int)
 }
 
 // Message is a message of a durable queue, as recovered.
@@ -205,7 +208,7 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		fs = journal.OSFS{Dir: opts.Dir}
 	}
 	last := map[string]uint64{}
-	j, jrep, err := journal.Open(journal.Options{FS: fs, SegmentSize: s.size, SkipCorrupt: opts.SkipCorrupt, SyncInterval: opts.SyncInterval},
+	j, jrep, err := journal.Open(journal.Options{FS: fs, SegmentSize: s.size, SkipCorrupt: opts.SkipCorrupt, SyncInterval: opts.SyncInterval, OnSync: opts.OnSync},
 		func(r journal.Record) error {
 			op, err := Decode(r.Type, r.Data)
 			if err != nil {

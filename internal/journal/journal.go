@@ -49,6 +49,11 @@ type Options struct {
 	// suffix of them, never one without those before it). Negative is
 	// refused.
 	SyncInterval time.Duration
+	// OnSync, if not nil, is called after each sync of the log made
+	// records durable: how long the sync took and how many records it
+	// covered. It runs on the journal's writer (or syncer): it must be
+	// quick and must not call the Journal.
+	OnSync func(took time.Duration, records int)
 }
 
 // Report says what recovery found.
@@ -648,8 +653,12 @@ func (j *Journal) writeBatch(batch []*write) error {
 		j.segSize += int64(len(j.buf))
 		j.wBytes += int64(len(j.buf))
 		if always {
+			start := time.Now()
 			if err := j.seg.Sync(); err != nil {
 				return err
+			}
+			if j.opts.OnSync != nil {
+				j.opts.OnSync(time.Since(start), n)
 			}
 		}
 		batch = batch[n:]
@@ -704,7 +713,9 @@ func (j *Journal) syncWritten() error {
 	}
 	// Records below lsn are in j.seg, or in segments synced before they
 	// were closed: rotate holds segMu.
+	start := time.Now()
 	err := j.seg.Sync()
+	took := time.Since(start)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err != nil {
@@ -714,6 +725,9 @@ func (j *Journal) syncWritten() error {
 		j.wake()
 		j.cond.Signal() // the writer stops
 		return err
+	}
+	if j.opts.OnSync != nil {
+		j.opts.OnSync(took, int(lsn-j.nextSynced))
 	}
 	j.nextSynced, j.bytesSynced = max(j.nextSynced, lsn), max(j.bytesSynced, bytes)
 	j.wake()
@@ -851,10 +865,15 @@ func (j *Journal) rotate(first uint64) error {
 	j.segMu.Lock()
 	defer j.segMu.Unlock()
 	if j.seg != nil && j.opts.SyncInterval > 0 {
+		start := time.Now()
 		if err := j.seg.Sync(); err != nil {
 			return err
 		}
+		took := time.Since(start)
 		j.mu.Lock()
+		if j.opts.OnSync != nil && first > j.nextSynced {
+			j.opts.OnSync(took, int(first-j.nextSynced))
+		}
 		j.nextWritten, j.bytesWritten = first, j.wBytes
 		j.nextSynced, j.bytesSynced = first, j.wBytes
 		j.wake()
