@@ -4,6 +4,7 @@
 #   redis-server             the benchmark's Redis client is tested against it
 #   systemd-socket-activate  machqd is tested under real socket activation
 #   python3                  the example Python client is tested against machqd
+#   pip, setuptools, wheel   the Python client is built and installed as a package
 #   man (man-db)             the generated man pages are rendered
 #   tmux                     machq top is driven in a real terminal
 #   prometheus               a real Prometheus scrapes machqd --metrics
@@ -14,6 +15,17 @@ cd "$(dirname "$0")"
 missing=()
 command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Some python3 on PATH must build a wheel offline, as the test looks for
+# one. The modules are looked up, not imported: under some Python
+# installations importing pip and then setuptools fails.
+python_builds() {
+  local py
+  for py in $(type -ap python3); do
+    "$py" -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("pip", "setuptools", "wheel")))' >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+python_builds || missing+=(python3-pip)
 man --version >/dev/null 2>&1 || missing+=(man-db)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

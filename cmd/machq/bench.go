@@ -21,7 +21,9 @@ socket), Redis lists over a Unix socket and POSIX message queues, in one
 run, interleaved, and reports each as a ratio to machq; machq-spin, machq
 whose server (a machqd of its own, --spin) and clients (WithSpin) spin for
 up to --spin on a read before they park, up to 64 KiB and in the
-small-message throughput; and machq's ack mode (store + reserve + ack)
+small-message throughput; machq-metrics, machq whose server counts
+Prometheus metrics as machqd --metrics does and gathers them every second,
+likewise; and machq's ack mode (store + reserve + ack)
 against Redis Streams (XADD + XREADGROUP + XACK). Then the zero-copy view;
 a stream of --stream-size frames from a producer process through a named
 queue to a consumer process reading every byte, in frames per second with

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/machq/machq/internal/bench/floor"
+	"github.com/machq/machq/internal/metrics"
 	"github.com/machq/machq/internal/peerproc"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
@@ -40,8 +41,10 @@ const (
 //	                     machqd's own flags: the limits --max-stored-messages,
 //	                     --max-stored-bytes, --max-stored-pages,
 //	                     --max-private-messages, --max-private-bytes,
-//	                     --max-queue-messages and --max-queue-bytes, and
-//	                     --spin and --spin-readers
+//	                     --max-queue-messages and --max-queue-bytes,
+//	                     --spin and --spin-readers; and --metrics-scrape
+//	                     DURATION, counting metrics as machqd --metrics
+//	                     does and gathering them every DURATION
 //	machqd-durable SOCKET DATADIR LOG
 //	                     the same with durable named queues in DATADIR
 //	                     (machqd --data-dir), logging to LOG as JSON
@@ -112,8 +115,12 @@ func parseMachqdFlags(args []string) (server.Config, error) {
 	fs.Int64Var(&lim.MaxQueueBytes, "max-queue-bytes", 0, "")
 	fs.DurationVar(&cfg.Spin, "spin", 0, "")
 	fs.IntVar(&cfg.SpinReaders, "spin-readers", 0, "")
+	scrape := fs.Duration("metrics-scrape", 0, "")
 	if err := fs.Parse(args); err != nil {
 		return cfg, fmt.Errorf("bench peer: machqd flags: %w", err)
+	}
+	if *scrape > 0 {
+		cfg.Observer = peerMetrics{metrics.New(metrics.Options{}), *scrape}
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("bench peer: machqd flags: unexpected %q", fs.Arg(0))
@@ -132,6 +139,10 @@ func serveMachq(ctx context.Context, path string, cfg server.Config, ready func(
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return err
+	}
+	if pm, ok := cfg.Observer.(peerMetrics); ok {
+		pm.Watch(s.Stats)
+		go pm.gather(ctx)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(l) }()
@@ -186,6 +197,28 @@ func (h *startLog) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *startLog) WithGroup(name string) slog.Handler {
 	return &startLog{Handler: h.Handler.WithGroup(name), started: h.started}
+}
+
+// peerMetrics are the metrics of a machqd peer given --metrics-scrape:
+// counted as machqd --metrics counts them, and gathered every interval as
+// a Prometheus server scraping them would have them gathered.
+type peerMetrics struct {
+	*metrics.Metrics
+	every time.Duration
+}
+
+// gather gathers the metrics every pm.every until ctx ends.
+func (pm peerMetrics) gather(ctx context.Context) {
+	t := time.NewTicker(pm.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pm.Registry().Gather()
+		}
+	}
 }
 
 func floorMechanism(name string) (floor.Mechanism, error) {

@@ -22,6 +22,7 @@ import (
 const (
 	sysMachq        = "machq"
 	sysMachqSpin    = "machq-spin"
+	sysMachqMetrics = "machq-metrics"
 	sysMachqInline  = "machq-inline"
 	sysMachqMemfd   = "machq-memfd"
 	sysMachqAck     = "machq-ack"
@@ -38,6 +39,8 @@ const (
 //	machq-spin     machq with its server and clients spinning before they
 //	               park on a read (machqd --spin, WithSpin; Config.Spin),
 //	               up to 64 KiB
+//	machq-metrics  machq with its server counting Prometheus metrics
+//	               (machqd --metrics), gathered every second, up to 64 KiB
 //	machq-inline   machq with every payload inline (up to 1 MiB)
 //	machq-memfd    machq with every non-empty payload in a memfd
 //	machq-ack      machq in ack mode: Send + Reserve + Ack
@@ -47,7 +50,7 @@ const (
 //	redis-streams  Redis Streams XADD + XREADGROUP + XACK over a Unix socket
 //	mqueue         POSIX message queues between two processes
 func SystemNames() []string {
-	return []string{sysMachq, sysMachqSpin, sysMachqInline, sysMachqMemfd, sysMachqAck, sysMemfd, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
+	return []string{sysMachq, sysMachqSpin, sysMachqMetrics, sysMachqInline, sysMachqMemfd, sysMachqAck, sysMemfd, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
 }
 
 // ackSystems are the systems whose round trip ends with the receiver
@@ -145,6 +148,11 @@ func (e *environment) start(ctx context.Context) error {
 
 	if e.wanted(sysMachqSpin) {
 		if err := e.startSpin(ctx); err != nil {
+			return err
+		}
+	}
+	if e.wanted(sysMachqMetrics) {
+		if err := e.startMetrics(ctx); err != nil {
 			return err
 		}
 	}
@@ -249,6 +257,38 @@ func (e *environment) startSpin(ctx context.Context) error {
 		sysMachqSpin, e.cfg.Spin, e.cfg.Spin, e.cfg.Spin, spinLimit)
 	e.systems = append(e.systems, &system{name: sysMachqSpin, maxSize: spinMaxSize, limit: spinLimit,
 		dial: e.machqDialer(path, machq.DefaultInlineThreshold, false, machq.WithSpin(e.cfg.Spin))})
+	return nil
+}
+
+// metricsMaxSize is the largest payload machq-metrics carries: what
+// metrics cost is per request, and shows where requests are cheapest.
+const metricsMaxSize = 64 << 10
+
+// metricsLimit says why machq-metrics is not measured above
+// metricsMaxSize.
+var metricsLimit = fmt.Sprintf("not measured above %s: metrics cost per request, and show most on small ones", fmtSize(metricsMaxSize))
+
+// metricsScrape is how often machq-metrics's server gathers its metrics,
+// as a Prometheus server scraping it would (more often than the usual
+// 15 s or more, so that its cost is not understated).
+const metricsScrape = time.Second
+
+// startMetrics starts machq-metrics's server: a machqd like machq's but
+// counting its metrics, as machqd --metrics does, and gathering them
+// every metricsScrape.
+func (e *environment) startMetrics(ctx context.Context) error {
+	if e.cfg.Socket != "" {
+		e.report.note("%s: skipped: --socket measures a server the benchmark did not start; machq-metrics needs a machqd of its own, counting metrics", sysMachqMetrics)
+		return nil
+	}
+	path := filepath.Join(e.dir, "machq-metrics.sock")
+	if _, err := e.startPeer(ctx, peerMachq, path, "--metrics-scrape="+metricsScrape.String()); err != nil {
+		return err
+	}
+	e.report.note("%s: machq as the machq system runs it (same inline threshold, digest and limits, no spinning) but its server, a machqd of its own, counts Prometheus metrics as machqd --metrics does (every request's latency, errors, deliveries) and gathers them all every %s, as a Prometheus server scraping it would; x machq compares it with machq, which counts none; %s",
+		sysMachqMetrics, metricsScrape, metricsLimit)
+	e.systems = append(e.systems, &system{name: sysMachqMetrics, maxSize: metricsMaxSize, limit: metricsLimit,
+		dial: e.machqDialer(path, machq.DefaultInlineThreshold, false)})
 	return nil
 }
 

@@ -14,7 +14,7 @@ const throughputSize = 64
 
 // throughputSystems are the systems the throughput test compares: machq,
 // machq spinning, and the systems its small-message targets name.
-var throughputSystems = []string{sysMachq, sysMachqSpin, sysMachqAck, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
+var throughputSystems = []string{sysMachq, sysMachqSpin, sysMachqMetrics, sysMachqAck, sysCopy, sysRedis, sysRedisStreams, sysMqueue}
 
 // throughput measures small-message round trips per second: with each
 // client count in Config.Clients one request at a time, and with one
