@@ -3,6 +3,7 @@
 # some tests run, when they are missing:
 #   redis-server             the benchmark's Redis client is tested against it
 #   systemd-socket-activate  machqd is tested under real socket activation
+#   systemd-nspawn           the systemd units run in a container booting systemd
 #   python3                  the example Python client is tested against machqd
 #   pip, setuptools, wheel   the Python client is built and installed as a package
 #   man (man-db)             the generated man pages are rendered
@@ -14,6 +15,7 @@ cd "$(dirname "$0")"
 ./install-redis.sh
 missing=()
 command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Some python3 on PATH must build a wheel offline, as the test looks for
 # one. The modules are looked up, not imported: under some Python

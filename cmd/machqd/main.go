@@ -354,20 +354,24 @@ func run(args []string) int {
 					sig = s
 					break
 				}
+				// systemctl reload waits from here until the READY=1 of
+				// the executable taking over, or of this one serving on.
+				notify.Reloading("restarting in place")
 				exe, err := os.Executable()
 				if err == nil {
 					err = probe(exe, args)
 				}
 				if err != nil {
 					log.Error("not restarting: the executable cannot take over", "err", err)
+					notify.Ready("serving; the restart was refused: " + err.Error())
 					continue
 				}
 				log.Info("SIGUSR2: handing over to the executable on disk", "executable", exe)
-				notify.Status("restarting")
 				st, err := restartInPlace(srv, exe, args, *shutdownTimeout, sigs, log)
 				if st == nil {
 					// Handoff fails before anything stops.
 					log.Error("not restarting: the server could not hand over; it serves on", "err", err)
+					notify.Ready("serving; the restart failed: " + err.Error())
 					continue
 				}
 				<-errc

@@ -130,3 +130,54 @@ func TestDaemonNotifiesTheServiceManager(t *testing.T) {
 	}
 	exited <- nil
 }
+
+// TestDaemonNotifiesReload restarts machqd in place (SIGUSR2, what the
+// unit's ExecReload sends) under a notification socket: RELOADING=1, with
+// the MONOTONIC_USEC Type=notify-reload requires, comes before the
+// restart, and READY=1 from the same pid once the executable taking over
+// serves, so systemctl reload returns only then.
+func TestDaemonNotifiesReload(t *testing.T) {
+	ns := newNotifySocket(t)
+	socket := filepath.Join(t.TempDir(), "machq.sock")
+	cmd := exec.Command(bin.machqd, "--socket", socket)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	if kv, _ := ns.next(t); kv["READY"] != "1" {
+		t.Fatalf("first notification %v, want READY=1\n%s", kv, logs)
+	}
+	before := time.Now()
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	cmd.Process.Signal(syscall.SIGUSR2)
+	kv, pid := ns.next(t)
+	usec, err := strconv.ParseInt(kv["MONOTONIC_USEC"], 10, 64)
+	if kv["RELOADING"] != "1" || err != nil || usec < ts.Sec*1e6+ts.Nsec/1e3 || pid != cmd.Process.Pid {
+		t.Fatalf("after SIGUSR2 machqd sent %v from pid %d, want RELOADING=1 and MONOTONIC_USEC of now\n%s", kv, pid, logs)
+	}
+	for {
+		kv, pid = ns.next(t)
+		if kv["READY"] == "1" {
+			break
+		}
+		if time.Since(before) > 30*time.Second {
+			t.Fatalf("no READY=1 after the restart\n%s", logs)
+		}
+	}
+	if pid != cmd.Process.Pid || kv["MAINPID"] != strconv.Itoa(cmd.Process.Pid) {
+		t.Fatalf("READY=1 after the restart from pid %d (MAINPID %s), want machqd's %d", pid, kv["MAINPID"], cmd.Process.Pid)
+	}
+	c := dial(t, socket)
+	if _, err := c.Send(ctxT(t), "after-reload", []byte("x")); err != nil {
+		t.Fatalf("a store after the reload's READY=1: %v", err)
+	}
+}

@@ -84,6 +84,18 @@ func (n *Notifier) Ready(status string) error {
 	return n.Send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()) + "\nSTATUS=" + oneLine(status))
 }
 
+// Reloading says the service is reloading (for machqd, restarting in
+// place): the manager holds systemctl reload until the next Ready.
+// MONOTONIC_USEC, which Type=notify-reload requires, is sent with it.
+func (n *Notifier) Reloading(status string) error {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return err
+	}
+	usec := ts.Sec*1_000_000 + ts.Nsec/1_000
+	return n.Send("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(usec, 10) + "\nSTATUS=" + oneLine(status))
+}
+
 // Stopping says a shutdown began.
 func (n *Notifier) Stopping(status string) error {
 	return n.Send("STOPPING=1\nSTATUS=" + oneLine(status))
