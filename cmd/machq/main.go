@@ -77,9 +77,9 @@ Commands:
 
 shell, send, retrieve, peek, stat, top, purge, delete, group, config,
 disown, kick, restart and version reach the server by --name NAME
-(service name, default "machq") or --socket PATH. bench and load start servers of
-their own unless given --socket PATH. "machq COMMAND --help" lists a
-command's flags.
+(service name, default "machq") or --socket PATH. bench and load start
+servers of their own unless given --socket PATH. "machq COMMAND --help"
+lists a command's flags.
 
 Exit status:
   0    success

@@ -51,7 +51,7 @@ func topCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr i
 	cmd := newCommand("top", topSummary)
 	c.register(cmd, "warn")
 	cmd.fs.DurationVar(&interval, "interval", time.Second, "time between refreshes, a `duration` such as 500ms or 2s")
-	cmd.fs.IntVar(&count, "count", 0, "stop after this many refreshes (`n`); 0 runs until q, ^C or a signal")
+	cmd.fs.IntVar(&count, "count", 0, "stop after `n` refreshes; 0 runs until q, ^C or a signal")
 	if st := cmd.parse(args, stdout, stderr); st >= 0 {
 		return st
 	}
@@ -66,7 +66,13 @@ func topCmd(ctx context.Context, args []string, stdin *os.File, stdout, stderr i
 	}
 	src := &topSource{c: &c}
 	defer src.close()
-	v := &topView{frame: topFrame{Interval: interval, Server: topServer{Path: c.target()}}, names: map[uint32]string{}}
+	path := c.target()
+	if c.socket == "" {
+		if p, err := machq.SocketPath(c.name); err == nil {
+			path = p
+		}
+	}
+	v := &topView{frame: topFrame{Interval: interval, Server: topServer{Path: path}}, names: map[uint32]string{}}
 	if f, ok := stdout.(*os.File); ok && isTerminal(f) {
 		return topTerminal(ctx, src, v, count, stdin, f, stderr)
 	}

@@ -199,8 +199,13 @@ func TestRenderTopFits(t *testing.T) {
 		f.Cur.Users = append(f.Cur.Users, stats.User{UID: uint32(2000 + i)})
 	}
 	full := renderTop(f, 0, 0)
-	for _, size := range []struct{ w, h int }{{120, 40}, {80, 24}, {40, 12}, {20, 5}, {200, 200}, {10, 1}} {
+	head := len(topHeader(f))
+	for _, size := range []struct{ w, h int }{{120, 40}, {80, 24}, {40, 12}, {60, 9}, {60, 8}, {20, 5}, {200, 200}, {10, 1}} {
 		lines := renderTop(f, size.w, size.h)
+		// Room for a cut section: the deepest queue is shown.
+		if size.h-head >= minSection && !strings.Contains(lines[head+2].Text, "149") {
+			t.Errorf("%dx%d: the row after the queues' header is %q, want the deepest queue's", size.w, size.h, lines[head+2].Text)
+		}
 		if len(lines) > size.h {
 			t.Errorf("%dx%d: %d lines", size.w, size.h, len(lines))
 		}

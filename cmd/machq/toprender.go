@@ -91,10 +91,13 @@ func renderTop(f *topFrame, width, height int) []topLine {
 			head = head[:height]
 		}
 		room := height - len(head)
-		// The users get at most a third of what the queues leave them
-		// when both do not fit, and neither section is shown with less
-		// than its header and one row.
+		// The users get at most a third of the room when both do not
+		// fit, and neither section is shown with less than its header
+		// and one row.
 		ub := min(len(users), room/3)
+		if ub < min(len(users), minSection) {
+			ub = 0
+		}
 		qb := min(len(queues), room-ub)
 		ub = min(len(users), room-qb)
 		lines = slices.Concat(head, cutSection(queues, qb, "rows of queues"), cutSection(users, ub, "users"))
@@ -107,6 +110,11 @@ func renderTop(f *topFrame, width, height int) []topLine {
 	return lines
 }
 
+// minSection is the fewest lines a section that must be cut is shown
+// in: a blank line, the column header, one row and the line saying how
+// many rows are left out.
+const minSection = 4
+
 // cutSection returns at most n lines of s, a section (a blank line, a
 // column header, rows); when it must cut, its last line says how many
 // rows of what are left out. A section that cannot show one row is
@@ -115,7 +123,7 @@ func cutSection(s []topLine, n int, what string) []topLine {
 	if n >= len(s) {
 		return s
 	}
-	if n < 3 {
+	if n < minSection {
 		return nil
 	}
 	return append(s[:n-1:n-1], topLine{Text: fmt.Sprintf("  ... %d more %s (the window is too small)", len(s)-(n-1), what)})
