@@ -66,6 +66,9 @@ func indexOf(t *testing.T, lines []topLine, prefix string) int {
 	return -1
 }
 
+// TestRenderTopSortsByDepth: queues deepest first (a queue with groups
+// by its deepest line), then by name, each followed by its groups;
+// users by uid; no alert on a quiet server.
 func TestRenderTopSortsByDepth(t *testing.T) {
 	lines := renderTop(topTestFrame(), 0, 0)
 	// beta 30, events (its group holds 20), alpha 5; the group right
@@ -96,6 +99,8 @@ func TestRenderTopSortsByDepth(t *testing.T) {
 	}
 }
 
+// TestRenderTopRates: rates per second between two snapshots, none
+// for a queue new or with counters that went back.
 func TestRenderTopRates(t *testing.T) {
 	f := topTestFrame()
 	prev := topTestFrame().Cur
@@ -137,6 +142,8 @@ func TestRenderTopRates(t *testing.T) {
 	}
 }
 
+// TestRenderTopAlerts: what is at or near a limit, or failed, is marked
+// "!" and as an alert, and nothing else is.
 func TestRenderTopAlerts(t *testing.T) {
 	f := topTestFrame()
 	f.Cur.Descriptors = 799
@@ -173,6 +180,8 @@ func TestRenderTopAlerts(t *testing.T) {
 	}
 }
 
+// TestRenderTopDown: a server gone is said first, with where the
+// figures shown come from.
 func TestRenderTopDown(t *testing.T) {
 	f := topTestFrame()
 	f.Down, f.DownSince = errors.New("machq: no server at /run/machq/machq.sock"), f.Now
@@ -190,6 +199,8 @@ func TestRenderTopDown(t *testing.T) {
 	}
 }
 
+// TestRenderTopFits: the view fits any window, deepest queues kept,
+// saying what it leaves out.
 func TestRenderTopFits(t *testing.T) {
 	f := topTestFrame()
 	for i := range 50 {
@@ -246,6 +257,7 @@ func TestRenderTopFits(t *testing.T) {
 	}
 }
 
+// TestTopFormats: rates, byte counts and the escape sequences drawn.
 func TestTopFormats(t *testing.T) {
 	for _, tc := range []struct {
 		v    float64
