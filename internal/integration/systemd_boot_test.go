@@ -38,7 +38,8 @@ import (
 // --fd-store (systemd before 254 does not set $FDSTORE): a memory-only
 // queue must survive systemctl reload (handed across execve) and
 // systemctl restart (parked in the file descriptor store), still
-// sandboxed.
+// sandboxed. Last, the drop-in contrib/systemd/metrics.conf serves
+// metrics on loopback, which a client in the container scrapes.
 //
 // It needs root, systemd-nspawn (Debian's systemd-container) and nsenter.
 func TestIntegrationSystemdBoot(t *testing.T) {
@@ -79,7 +80,7 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 		"CapabilityBoundingSet": "", "UMask": "0077", "StateDirectory": "machq",
 	})
 	pid := c.mainPID()
-	c.checkSandbox(pid)
+	c.checkSandbox(pid, true)
 
 	c.machq("durable-1", "send", "--queue", "jobs")
 	c.reload(pid)
@@ -107,9 +108,9 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 	c.machq("mem-1", "send", "--queue", "mem")
 	c.machq("durable-2", "send", "--queue", "d-jobs")
 	pid = c.mainPID()
-	c.checkSandbox(pid)
+	c.checkSandbox(pid, true)
 	c.reload(pid)
-	c.checkSandbox(pid)
+	c.checkSandbox(pid, true)
 	c.machq("mem-2", "send", "--queue", "mem")
 	c.run("systemctl", "restart", "machqd.service")
 	c.expect("machqd.service", map[string]string{"ActiveState": "active", "StatusText": "serving"})
@@ -121,6 +122,37 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 			t.Fatalf("after systemctl reload and restart, retrieve from %s gave %q, want %q", q.queue, got, q.want)
 		}
 	}
+	c.run("systemctl", "stop", "machqd.service")
+	c.expectStopped()
+
+	// Metrics with the shipped drop-in, on loopback only, still
+	// sandboxed but for the network.
+	b, err := os.ReadFile(filepath.Join("..", "..", "contrib", "systemd", "metrics.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dropIn, "fd-store.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dropIn, "metrics.conf"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.run("systemctl", "daemon-reload")
+	c.machq("metered", "send", "--queue", "metered")
+	c.expect("machqd.service", map[string]string{"ActiveState": "active", "StatusText": "serving",
+		"PrivateNetwork": "no", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "NoNewPrivileges": "yes"})
+	var page string
+	waitFor(t, "machqd's metrics in the container", func() bool {
+		out, err := c.command(10*time.Second, "", "python3", "-c",
+			"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9477/metrics', timeout=5).read().decode())")
+		page = out
+		return err == nil
+	})
+	if !strings.Contains(page, "\nmachq_queue_messages{queue=\"metered\"} 1\n") {
+		t.Fatalf("the metrics served in the container lack machq_queue_messages of queue metered:\n%s", page)
+	}
+	c.checkSandbox(c.mainPID(), false)
+
 	c.run("systemctl", "stop", "machqd.service", "machqd.socket")
 	c.expectStopped()
 	c.expect("machqd.socket", map[string]string{"ActiveState": "inactive"})
@@ -453,8 +485,9 @@ func (m mount) readOnly() bool { return slices.Contains(strings.Split(m.opts, ",
 // RestrictAddressFamilies, RestrictNamespaces, RestrictRealtime,
 // RestrictSUIDSGID, LockPersonality, SystemCallArchitectures, and in part
 // ProtectClock, ProtectHostname, ProtectKernelModules, ProtectKernelLogs)
-// show as filters installed.
-func (c *container) checkSandbox(pid int) {
+// show as filters installed. privateNet says it has a network namespace
+// of its own (PrivateNetwork=yes).
+func (c *container) checkSandbox(pid int, privateNet bool) {
 	c.t.Helper()
 	b, err := os.ReadFile(c.proc(pid, "status"))
 	if err != nil {
@@ -481,8 +514,13 @@ func (c *container) checkSandbox(pid int) {
 		c.t.Errorf("machqd has %q seccomp filters", status["Seccomp_filters"])
 	}
 	// PrivateNetwork, ProtectHostname: namespaces of its own; the mount
-	// namespace of the rest.
-	for _, ns := range []string{"net", "uts", "mnt"} {
+	// namespace of the rest. The metrics drop-in lets it have the
+	// network.
+	own := []string{"uts", "mnt"}
+	if privateNet {
+		own = append(own, "net")
+	}
+	for _, ns := range own {
 		mine, err1 := os.Readlink(c.proc(pid, "ns/"+ns))
 		init, err2 := os.Readlink(c.proc(1, "ns/"+ns))
 		if err1 != nil || err2 != nil || mine == init {
