@@ -81,7 +81,13 @@ func TestIntegrationMetricsUnixSocket(t *testing.T) {
 	if r := runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "nothing"); r.code == 0 {
 		t.Fatal("retrieve of an empty queue succeeded")
 	}
-	f := scrapeWhenUp(t, sock)
+	// What the server holds is read at most once a second.
+	var f metricstest.Families
+	waitFor(t, "the metrics to show queue jobs", func() bool {
+		f = scrapeWhenUp(t, sock)
+		v, _ := f.Value("machq_queue_messages", "queue", "jobs")
+		return v == 2
+	})
 	wantMetric(t, f, 3, "machq_request_duration_seconds", "op", "STORE")
 	wantMetric(t, f, 1, "machq_request_duration_seconds", "op", "RETRIEVE")
 	wantMetric(t, f, 1, "machq_errors_total", "code", "LIMIT")

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,9 +14,26 @@ import (
 // holdings collects, at each scrape, what the server holds: a
 // prometheus.Collector reading its statistics.
 type holdings struct {
-	max  int // queues, groups and users with series of their own
-	mu   sync.Mutex
-	read func() stats.Stats
+	max   int           // queues, groups and users with series of their own
+	fresh time.Duration // Options.StatsInterval
+	mu    sync.Mutex
+	read  func() stats.Stats
+	last  stats.Stats // read at when
+	when  time.Time
+}
+
+// snapshot returns the statistics, read again only if the last reading
+// is older than h.fresh; false before Watch.
+func (h *holdings) snapshot() (stats.Stats, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.read == nil {
+		return stats.Stats{}, false
+	}
+	if now := time.Now(); h.when.IsZero() || now.Sub(h.when) >= h.fresh {
+		h.last, h.when = h.read(), now
+	}
+	return h.last, true
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -84,13 +102,10 @@ func (h *holdings) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (h *holdings) Collect(ch chan<- prometheus.Metric) {
-	h.mu.Lock()
-	read := h.read
-	h.mu.Unlock()
-	if read == nil {
+	st, ok := h.snapshot()
+	if !ok {
 		return
 	}
-	st := read()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}

@@ -45,7 +45,16 @@ type Options struct {
 	Durable bool
 	// Version is the server's version, served as machq_build_info.
 	Version string
+	// StatsInterval is the least time between two readings of the
+	// server's statistics: scrapes closer together are served the last
+	// reading, so that no one scraping in a loop can make the server
+	// walk every queue and connection more often. 0:
+	// DefaultStatsInterval; negative: every scrape reads them.
+	StatsInterval time.Duration
 }
+
+// DefaultStatsInterval is the default of Options.StatsInterval.
+const DefaultStatsInterval = time.Second
 
 // Metrics counts a server's events and gathers its statistics for
 // Prometheus. Create one with New, give it to the server as its
@@ -139,7 +148,10 @@ func New(opts Options) *Metrics {
 		})
 		m.reg.MustRegister(m.syncTook, m.syncSize)
 	}
-	m.held = &holdings{max: opts.MaxQueues}
+	if opts.StatsInterval == 0 {
+		opts.StatsInterval = DefaultStatsInterval
+	}
+	m.held = &holdings{max: opts.MaxQueues, fresh: max(opts.StatsInterval, 0)}
 	m.reg.MustRegister(m.held)
 	return m
 }
@@ -149,7 +161,7 @@ func New(opts Options) *Metrics {
 // served.
 func (m *Metrics) Watch(stats func() stats.Stats) {
 	m.held.mu.Lock()
-	m.held.read = stats
+	m.held.read, m.held.when = stats, time.Time{}
 	m.held.mu.Unlock()
 }
 

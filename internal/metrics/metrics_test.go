@@ -226,3 +226,24 @@ func TestServeUnix(t *testing.T) {
 		t.Error("socket file left after Serve returned")
 	}
 }
+
+// TestStatsReadAtMostOncePerInterval checks that scrapes in a loop make
+// the server build its statistics once per interval, not once each.
+func TestStatsReadAtMostOncePerInterval(t *testing.T) {
+	for _, tc := range []struct {
+		interval time.Duration
+		want     int
+	}{{time.Hour, 1}, {-1, 3}} {
+		m := metrics.New(metrics.Options{StatsInterval: tc.interval})
+		reads := 0
+		m.Watch(func() stats.Stats { reads++; return stats.Stats{Clients: reads} })
+		var f metricstest.Families
+		for range 3 {
+			f = scrape(t, m)
+		}
+		if reads != tc.want {
+			t.Errorf("interval %v: 3 scrapes read the statistics %d times, want %d", tc.interval, reads, tc.want)
+		}
+		want(t, f, float64(tc.want), "machq_connections")
+	}
+}
