@@ -30,6 +30,9 @@ type GroupStats = stats.Group
 // DurableStats describes a server's data directory (machqd --data-dir).
 type DurableStats = stats.Durable
 
+// LimitStats are a server's limits (machqd's --max-* flags), -1 for none.
+type LimitStats = stats.Limits
+
 // Stat returns the server's statistics.
 func (c *Client) Stat(ctx context.Context) (*Stats, error) {
 	raw, err := c.StatJSON(ctx)

@@ -469,6 +469,9 @@ type DurableStats = stats.Durable
 // GroupStats describes one consumer group of a queue.
 type GroupStats = stats.Group
 
+// LimitStats are the server's limits as Stats reports them, -1 for none.
+type LimitStats = stats.Limits
+
 // Stats returns the server's current counts.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
@@ -515,7 +518,31 @@ func (s *Server) Stats() Stats {
 	}
 	slices.SortFunc(st.Users, func(a, b UserStats) int { return cmp.Compare(a.UID, b.UID) })
 	st.Durable = s.durableStats()
+	st.Limits = s.limitStats()
 	return st
+}
+
+// limitStats reports the limits, -1 for none.
+func (s *Server) limitStats() *stats.Limits {
+	l := &s.cfg.Limits
+	v := func(n int64) int64 {
+		if n >= unlimited {
+			return -1
+		}
+		return n
+	}
+	i := func(n int) int64 { return v(int64(n)) }
+	return &stats.Limits{
+		MaxConnections: i(l.MaxConnections), MaxConnectionsPerUID: i(l.MaxConnectionsPerUID),
+		MaxStoredMessages: v(l.MaxStoredMessages), MaxStoredBytes: v(l.MaxStoredBytes), MaxStoredPages: v(l.MaxStoredPages),
+		MaxStoredMessagesPerUID: v(l.MaxStoredMessagesPerUID), MaxStoredBytesPerUID: v(l.MaxStoredBytesPerUID), MaxStoredPagesPerUID: v(l.MaxStoredPagesPerUID),
+		MaxQueueMessages: v(l.MaxQueueMessages), MaxQueueBytes: v(l.MaxQueueBytes),
+		MaxPrivateMessages: v(l.MaxPrivateMessages), MaxPrivateBytes: v(l.MaxPrivateBytes),
+		MaxQueues: i(l.MaxQueues), MaxQueuesPerUID: i(l.MaxQueuesPerUID),
+		MaxWaiting: i(l.MaxWaiting), MaxWaitingTotal: v(l.MaxWaitingTotal), MaxWaitingPerUID: v(l.MaxWaitingPerUID),
+		MaxGroups: i(l.MaxGroups), MaxGroupsPerUID: i(l.MaxGroupsPerUID),
+		MaxPending: i(s.cfg.Ack.MaxPending),
+	}
 }
 
 // isPeerGone reports errors that only mean the client went away.

@@ -39,6 +39,10 @@ type Stats struct {
 	Users []User `json:"users"`
 	// Durable describes the data directory; absent without one.
 	Durable *Durable `json:"durable,omitempty"`
+	// Limits are the server's limits (machqd's --max-* flags), so that
+	// what it holds can be judged against them; absent from servers
+	// before they reported them.
+	Limits *Limits `json:"limits,omitempty"`
 }
 
 // Held counts messages, their payload bytes and the pages among them.
@@ -160,4 +164,31 @@ type Group struct {
 	// delivers, 0 when its line is empty.
 	Position uint64 `json:"position"`
 	Counts
+}
+
+// Limits are a server's limits, each named after the machqd flag that sets
+// it (--max-stored-bytes is MaxStoredBytes, "max_stored_bytes"); -1 means
+// no limit. The descriptor limit is Stats.DescriptorLimit; the largest
+// message and inline payload are in WELCOME.
+type Limits struct {
+	MaxConnections          int64 `json:"max_connections"`
+	MaxConnectionsPerUID    int64 `json:"max_connections_per_uid"`
+	MaxStoredMessages       int64 `json:"max_stored_messages"`
+	MaxStoredBytes          int64 `json:"max_stored_bytes"`
+	MaxStoredPages          int64 `json:"max_stored_pages"`
+	MaxStoredMessagesPerUID int64 `json:"max_stored_messages_per_uid"`
+	MaxStoredBytesPerUID    int64 `json:"max_stored_bytes_per_uid"`
+	MaxStoredPagesPerUID    int64 `json:"max_stored_pages_per_uid"`
+	MaxQueueMessages        int64 `json:"max_queue_messages"`
+	MaxQueueBytes           int64 `json:"max_queue_bytes"`
+	MaxPrivateMessages      int64 `json:"max_private_messages"`
+	MaxPrivateBytes         int64 `json:"max_private_bytes"`
+	MaxQueues               int64 `json:"max_queues"`
+	MaxQueuesPerUID         int64 `json:"max_queues_per_uid"`
+	MaxWaiting              int64 `json:"max_waiting"`
+	MaxWaitingTotal         int64 `json:"max_waiting_total"`
+	MaxWaitingPerUID        int64 `json:"max_waiting_per_uid"`
+	MaxGroups               int64 `json:"max_groups"`
+	MaxGroupsPerUID         int64 `json:"max_groups_per_uid"`
+	MaxPending              int64 `json:"max_pending"`
 }
