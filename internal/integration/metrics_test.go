@@ -96,6 +96,7 @@ func TestIntegrationMetricsUnixSocket(t *testing.T) {
 	wantMetric(t, f, 2, "machq_queue_messages", "queue", "jobs")
 	wantMetric(t, f, 2, "machq_messages", "state", "in_line")
 	wantMetric(t, f, 1, "machq_queues")
+	wantMetric(t, f, 2, "machq_limit", "limit", "max-queue-messages")
 	wantMetric(t, f, 0, "machq_journal_failed")
 	if n, _ := f.Value("machq_journal_sync_duration_seconds"); n < 2 {
 		t.Errorf("%v syncs of the durable log after 2 durable stores", n)

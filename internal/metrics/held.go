@@ -80,6 +80,8 @@ var (
 	userQueuesDesc      = desc("machq_user_queues", "Named queues a user id created that exist.", "uid")
 	userWaitingDesc     = desc("machq_user_waiting", "A user id's RETRIEVEs and STOREs waiting.", "uid")
 
+	limitDesc = desc("machq_limit", "A limit of the server, by the machqd flag that sets it (as machq_limit_refusals_total names them); limits not set have no series.", "limit")
+
 	journalSegmentsDesc = desc("machq_journal_segments", "Segment files of the durable queues' log.")
 	journalRecordsDesc  = desc("machq_journal_records_total", "Records appended to the durable queues' log since it began.")
 	journalFailedDesc   = desc("machq_journal_failed", "1 when a write of the durable queues' log failed: durable stores are refused until a restart.")
@@ -94,7 +96,7 @@ func (h *holdings) Describe(ch chan<- *prometheus.Desc) {
 		queueDeliveredDesc, queueRedelivDesc, queueAckedDesc, queueNackedDesc, queueDeadDesc,
 		groupsUnlabelledDesc, groupMessagesDesc, groupPendingDesc, groupWaitingDesc, groupDeliveredDesc, groupAckedDesc,
 		userConnectionsDesc, userMessagesDesc, userBytesDesc, userPagesDesc, userQueuesDesc, userWaitingDesc,
-		journalSegmentsDesc, journalRecordsDesc, journalFailedDesc, journalUnsyncedDesc,
+		journalSegmentsDesc, journalRecordsDesc, journalFailedDesc, journalUnsyncedDesc, limitDesc,
 	} {
 		ch <- d
 	}
@@ -134,6 +136,25 @@ func (h *holdings) Collect(ch chan<- prometheus.Metric) {
 	h.collectQueues(st.Queues, gauge, counter)
 	h.collectUsers(st.Users, gauge)
 
+	if l := st.Limits; l != nil {
+		for _, lim := range []struct {
+			flag string
+			v    int64
+		}{
+			{"max-connections", l.MaxConnections}, {"max-connections-per-uid", l.MaxConnectionsPerUID},
+			{"max-stored-messages", l.MaxStoredMessages}, {"max-stored-bytes", l.MaxStoredBytes}, {"max-stored-pages", l.MaxStoredPages},
+			{"max-stored-messages-per-uid", l.MaxStoredMessagesPerUID}, {"max-stored-bytes-per-uid", l.MaxStoredBytesPerUID}, {"max-stored-pages-per-uid", l.MaxStoredPagesPerUID},
+			{"max-queue-messages", l.MaxQueueMessages}, {"max-queue-bytes", l.MaxQueueBytes},
+			{"max-private-messages", l.MaxPrivateMessages}, {"max-private-bytes", l.MaxPrivateBytes},
+			{"max-queues", l.MaxQueues}, {"max-queues-per-uid", l.MaxQueuesPerUID},
+			{"max-waiting", l.MaxWaiting}, {"max-waiting-total", l.MaxWaitingTotal}, {"max-waiting-per-uid", l.MaxWaitingPerUID},
+			{"max-groups", l.MaxGroups}, {"max-groups-per-uid", l.MaxGroupsPerUID}, {"max-pending", l.MaxPending},
+		} {
+			if lim.v >= 0 {
+				gauge(limitDesc, float64(lim.v), lim.flag)
+			}
+		}
+	}
 	if d := st.Durable; d != nil {
 		gauge(journalSegmentsDesc, float64(d.Segments))
 		counter(journalRecordsDesc, d.Records)

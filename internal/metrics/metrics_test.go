@@ -113,6 +113,7 @@ func TestHoldings(t *testing.T) {
 			{UID: 1001, Connections: 1, Messages: 0},
 		},
 		Durable: &stats.Durable{Segments: 2, Records: 40, Failed: "disk on fire", Unsynced: &stats.Unsynced{Records: 3}},
+		Limits:  &stats.Limits{MaxStoredBytes: 1 << 30, MaxQueueMessages: -1, MaxPending: 1024},
 	}
 	f := scrape(t, m)
 	if f.Series("machq_connections") != 0 {
@@ -157,6 +158,11 @@ func TestHoldings(t *testing.T) {
 	want(t, f, 40, "machq_journal_records_total")
 	want(t, f, 1, "machq_journal_failed")
 	want(t, f, 3, "machq_journal_unsynced_records")
+	want(t, f, 1<<30, "machq_limit", "limit", "max-stored-bytes")
+	want(t, f, 1024, "machq_limit", "limit", "max-pending")
+	if _, ok := f.Value("machq_limit", "limit", "max-queue-messages"); ok {
+		t.Error("a limit not set (-1) has a series")
+	}
 }
 
 // TestManyQueuesBounded checks that ten thousand queues give no more
