@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -251,5 +252,54 @@ func TestStatsReadAtMostOncePerInterval(t *testing.T) {
 			t.Errorf("interval %v: 3 scrapes read the statistics %d times, want %d", tc.interval, reads, tc.want)
 		}
 		want(t, f, float64(tc.want), "machq_connections")
+	}
+}
+
+// TestStalledScrapersAreClosed opens connections to the metrics server
+// that send half a request and stall: a scrape still gets through, and
+// the stalled connections are closed within the header timeout.
+func TestStalledScrapersAreClosed(t *testing.T) {
+	l, err := metrics.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(metrics.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx, l, slogDiscard()) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	addr := l.Addr().String()
+	var stalled []net.Conn
+	for range 50 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		stalled = append(stalled, c)
+	}
+	if _, err := metricstest.Scrape(context.Background(), addr); err != nil {
+		t.Fatalf("a scrape beside 50 stalled connections: %v", err)
+	}
+	for _, c := range stalled {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b := make([]byte, 512)
+		for {
+			_, err := c.Read(b)
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatal("a stalled connection was not closed within 20s")
+				}
+				break // closed by the server (after a 408 if any)
+			}
+		}
 	}
 }
