@@ -24,9 +24,16 @@ directory; the named queues, deepest first, each followed by its consumer
 groups, with rates per second since the previous refresh (IN/S: messages
 stored, estimated from the change in depth and the first deliveries;
 OUT/S: deliveries; ACK/S: acknowledgements); and what each user id holds.
-Lines starting with "!" (highlighted on a terminal) show a failure or a
-limit near: descriptors at 80% of machqd --max-descriptors or more, stores
-waiting for room in a full queue, dead letters, a failed data directory.
+Where the server reports its limits (machqd's --max-* flags), the totals
+are shown against them ("clients 3 of 4096 (0%)"), with the number of
+named queues and consumer groups. Lines starting with "!" (highlighted on
+a terminal) show a failure or a limit near: descriptors at 80% of machqd
+--max-descriptors or more, stores waiting for room in a full queue, dead
+letters, a failed data directory; and at 80% or more of its limit, each
+naming the flag: the server's messages, bytes, pages, clients, waiting
+retrieves, named queues and consumer groups, a queue's or consumer
+group's messages (counting pending and delayed) and bytes, and what a
+user id holds, its clients, queues and waiting retrieves.
 
 On a terminal the view fills the window (the alternate screen, left on
 exit) and follows its size; q quits (status 0), ^C too (status 130). If

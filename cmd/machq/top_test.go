@@ -249,6 +249,28 @@ func TestRenderTopFits(t *testing.T) {
 			t.Errorf("%dx%d: first queue row %q, want the deepest (149 messages)", size.w, size.h, lines[i].Text)
 		}
 	}
+	// With limits, and marks in the header and on queues and users:
+	// every line still fits.
+	f.Cur.Limits = topTestLimits()
+	f.Cur.Limits.MaxStoredMessages, f.Cur.Limits.MaxQueueMessages, f.Cur.Limits.MaxConnectionsPerUID = 60, 120, 2
+	for _, size := range []struct{ w, h int }{{120, 40}, {80, 24}, {40, 12}, {20, 5}} {
+		lines := renderTop(f, size.w, size.h)
+		if len(lines) > size.h {
+			t.Errorf("with limits, %dx%d: %d lines", size.w, size.h, len(lines))
+		}
+		marks := 0
+		for _, l := range lines {
+			if n := utf8.RuneCountInString(l.Text); n > size.w {
+				t.Errorf("with limits, %dx%d: a line of %d characters: %q", size.w, size.h, n, l.Text)
+			}
+			if l.Alert {
+				marks++
+			}
+		}
+		if size.h >= 24 && marks < 3 {
+			t.Errorf("with limits, %dx%d: %d marks, want the total, queues and a user:\n%s", size.w, size.h, marks, joinLines(lines))
+		}
+	}
 	if got := truncate("abcdef", 4); got != "abc~" {
 		t.Errorf("truncate: %q", got)
 	}
@@ -281,5 +303,215 @@ func TestTopFormats(t *testing.T) {
 	want := "\x1b[1;1H\x1b[2Ka\x1b[2;1H\x1b[2K" + escAlert + "! b" + escReset + "\x1b[3;1H\x1b[J"
 	if got != want {
 		t.Errorf("drawLines = %q, want %q", got, want)
+	}
+}
+
+// topTestLimits returns limits far above what topTestFrame holds: 1<<40
+// each.
+func topTestLimits() *stats.Limits {
+	const n = 1 << 40
+	return &stats.Limits{
+		MaxConnections: n, MaxConnectionsPerUID: n,
+		MaxStoredMessages: n, MaxStoredBytes: n, MaxStoredPages: n,
+		MaxStoredMessagesPerUID: n, MaxStoredBytesPerUID: n, MaxStoredPagesPerUID: n,
+		MaxQueueMessages: n, MaxQueueBytes: n,
+		MaxPrivateMessages: n, MaxPrivateBytes: n,
+		MaxQueues: n, MaxQueuesPerUID: n,
+		MaxWaiting: n, MaxWaitingTotal: n, MaxWaitingPerUID: n,
+		MaxGroups: n, MaxGroupsPerUID: n,
+		MaxPending: n,
+	}
+}
+
+// TestRenderTopLimitsShown: a server's totals are shown against its
+// limits, with the named queues and consumer groups; a limit of -1 is
+// not shown, and the view of a server that reports no limits is as it
+// was.
+func TestRenderTopLimitsShown(t *testing.T) {
+	f := topTestFrame()
+	f.Cur.Waiting, f.Cur.Pages = 5, 2
+	f.Cur.Limits = topTestLimits()
+	l := f.Cur.Limits
+	l.MaxConnections, l.MaxWaitingTotal = 4096, 100
+	l.MaxStoredMessages, l.MaxStoredBytes, l.MaxStoredPages = 1000, 64<<20, 10
+	l.MaxQueues, l.MaxGroups = 300, 10
+	lines := renderTop(f, 0, 0)
+	for _, want := range []string{
+		"clients 3 of 4096 (0%)  waiting 5 of 100 (5%)  goroutines 9  max message 4.0GiB",
+		"messages 60 (-/s) of 1000 (6%)  bytes 5.9KiB of 64MiB (0%)  pages 2 of 10 (20%)  pending 0",
+		"descriptors 10 of 1000 (1%)  named queues 3 of 300 (1%)  consumer groups 1 of 10 (10%)",
+	} {
+		if lines[indexOf(t, lines, want)].Alert {
+			t.Errorf("%q is marked", want)
+		}
+	}
+	// Queues left out of the answer count; their groups are unknown.
+	f.Cur.QueuesOmitted = 4
+	lines = renderTop(f, 0, 0)
+	indexOf(t, lines, "descriptors 10 of 1000 (1%)  named queues 7 of 300 (2%)  consumer groups 1+ of 10 (10%)")
+	f.Cur.QueuesOmitted = 0
+	// When the descriptors' line is an alert, the counts have a line of
+	// their own, not marked.
+	f.Cur.Descriptors = 900
+	lines = renderTop(f, 0, 0)
+	if l := lines[indexOf(t, lines, "descriptors 900 of 1000 (90%): ")]; !l.Alert || strings.Contains(l.Text, "named queues") {
+		t.Errorf("descriptors near their limit: %q", l.Text)
+	}
+	if l := lines[indexOf(t, lines, "named queues 3 of 300 (1%)  consumer groups 1 of 10 (10%)")]; l.Alert {
+		t.Errorf("%q is marked", l.Text)
+	}
+	f.Cur.Descriptors = 10
+
+	// -1: no limit, none shown.
+	l.MaxConnections, l.MaxStoredMessages, l.MaxGroups = -1, -1, -1
+	lines = renderTop(f, 0, 0)
+	indexOf(t, lines, "clients 3  waiting 5 of 100 (5%)")
+	indexOf(t, lines, "messages 60 (-/s)  bytes 5.9KiB of 64MiB")
+	if l := lines[indexOf(t, lines, "descriptors ")].Text; l != "descriptors 10 of 1000 (1%)  named queues 3 of 300 (1%)  consumer groups 1" {
+		t.Errorf("without a limit on groups: %q", l)
+	}
+
+	// No limits reported (an older server): the view as before limits.
+	f.Cur.Limits = nil
+	lines = renderTop(f, 0, 0)
+	indexOf(t, lines, "clients 3  waiting 5  goroutines 9")
+	indexOf(t, lines, "messages 60 (-/s)  bytes 5.9KiB  pages 2  pending 0  unsent 0")
+	for _, l := range lines {
+		if strings.Contains(l.Text, " of ") && l.Text != "descriptors 10 of 1000 (1%)" || strings.Contains(l.Text, "named queues") {
+			t.Errorf("limits shown without limits reported: %q", l.Text)
+		}
+	}
+}
+
+// topLimitCase is one figure of the view judged against one limit.
+type topLimitCase struct {
+	flag string // the limit's machqd flag, named in the mark
+	row  string // the table row marked; "": an alert line of the header
+	// set sets the figure judged to n, limit the limit it is judged
+	// against: 100 times scale, the figure n times scale.
+	set   func(st *stats.Stats, n int64)
+	limit func(l *stats.Limits) *int64
+	scale int64
+}
+
+// mebi is the scale of the cases on bytes: above what topTestFrame's
+// queues hold.
+const mebi = 1 << 20
+
+var topLimitCases = []topLimitCase{
+	{"max-stored-messages", "", func(st *stats.Stats, n int64) { st.Messages = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredMessages }, 1},
+	{"max-stored-bytes", "", func(st *stats.Stats, n int64) { st.Bytes = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredBytes }, mebi},
+	{"max-stored-pages", "", func(st *stats.Stats, n int64) { st.Pages = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredPages }, 1},
+	{"max-connections", "", func(st *stats.Stats, n int64) { st.Clients = int(n) },
+		func(l *stats.Limits) *int64 { return &l.MaxConnections }, 1},
+	{"max-waiting-total", "", func(st *stats.Stats, n int64) { st.Waiting = n },
+		func(l *stats.Limits) *int64 { return &l.MaxWaitingTotal }, 1},
+	// Named queues: the 3 listed, and those left out of the answer.
+	{"max-queues", "", func(st *stats.Stats, n int64) {
+		for i := range 10 {
+			st.Queues = append(st.Queues, stats.Queue{Name: fmt.Sprintf("more-%d", i)})
+		}
+		st.QueuesOmitted = int(n) - len(st.Queues)
+	}, func(l *stats.Limits) *int64 { return &l.MaxQueues }, 1},
+	// Consumer groups: events' one and those of another queue.
+	{"max-groups", "", func(st *stats.Stats, n int64) {
+		q := stats.Queue{Name: "fanned"}
+		for i := range n - 1 {
+			q.Groups = append(q.Groups, stats.Group{Name: fmt.Sprint(i)})
+		}
+		st.Queues = append(st.Queues, q)
+	}, func(l *stats.Limits) *int64 { return &l.MaxGroups }, 1},
+	// A queue's line counts its pending and delayed messages.
+	{"max-queue-messages", "alpha", func(st *stats.Stats, n int64) {
+		q := &st.Queues[0]
+		q.Messages, q.Pending, q.Delayed = 50, 20, int(n)-70
+	}, func(l *stats.Limits) *int64 { return &l.MaxQueueMessages }, 1},
+	{"max-queue-bytes", "alpha", func(st *stats.Stats, n int64) { st.Queues[0].Bytes = n },
+		func(l *stats.Limits) *int64 { return &l.MaxQueueBytes }, mebi},
+	// A consumer group's line is held to the queue's limits.
+	{"max-queue-messages", "group", func(st *stats.Stats, n int64) {
+		g := &st.Queues[2].Groups[0]
+		g.Messages, g.Pending = int(n)-1, 1
+	}, func(l *stats.Limits) *int64 { return &l.MaxQueueMessages }, 1},
+	{"max-queue-bytes", "group", func(st *stats.Stats, n int64) { st.Queues[2].Groups[0].Bytes = n },
+		func(l *stats.Limits) *int64 { return &l.MaxQueueBytes }, mebi},
+	{"max-connections-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Connections = n },
+		func(l *stats.Limits) *int64 { return &l.MaxConnectionsPerUID }, 1},
+	{"max-stored-messages-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Messages = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredMessagesPerUID }, 1},
+	{"max-stored-bytes-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Bytes = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredBytesPerUID }, mebi},
+	{"max-stored-pages-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Pages = n },
+		func(l *stats.Limits) *int64 { return &l.MaxStoredPagesPerUID }, 1},
+	{"max-queues-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Queues = int(n) },
+		func(l *stats.Limits) *int64 { return &l.MaxQueuesPerUID }, 1},
+	{"max-waiting-per-uid", "1000", func(st *stats.Stats, n int64) { st.Users[0].Waiting = n },
+		func(l *stats.Limits) *int64 { return &l.MaxWaitingPerUID }, 1},
+}
+
+// TestRenderTopLimitMarks: each figure at 80% of its limit or more is
+// marked "!", naming the limit's flag (in the header an alert line of its
+// own, in a table the figure's row with a note); at 79% it is not, nor
+// with no limit (-1) or no limits reported.
+func TestRenderTopLimitMarks(t *testing.T) {
+	for _, c := range topLimitCases {
+		t.Run(c.flag+"/"+c.row, func(t *testing.T) {
+			// render returns the view with the figure at n and the
+			// limit at limit; nil limits: none reported.
+			scale := c.scale
+			render := func(n, limit int64, reported bool) []topLine {
+				f := topTestFrame()
+				f.Cur.Limits = topTestLimits()
+				*c.limit(f.Cur.Limits) = max(limit*scale, -1)
+				c.set(f.Cur, n*scale)
+				if !reported {
+					f.Cur.Limits = nil
+				}
+				return renderTop(f, 0, 0)
+			}
+			named := "machqd --" + c.flag + ")"
+			// marked returns the lines naming the flag, failing if one
+			// is not an alert, or is in the wrong place.
+			marked := func(lines []topLine) []string {
+				t.Helper()
+				var got []string
+				for _, l := range lines {
+					if !strings.Contains(l.Text, named) {
+						continue
+					}
+					got = append(got, l.Text)
+					if !l.Alert || !strings.HasPrefix(l.Text, "!") {
+						t.Errorf("%q names the limit and is not marked", l.Text)
+					}
+					if f := strings.Fields(strings.TrimPrefix(l.Text, "!")); c.row != "" && f[0] != c.row {
+						t.Errorf("%q: want the mark in row %s", l.Text, c.row)
+					}
+				}
+				return got
+			}
+			lines := render(80, 100, true)
+			if got := marked(lines); len(got) != 1 || !strings.Contains(got[0], "(80%") {
+				t.Errorf("at 80%%: lines naming --%s: %q, want one saying 80%%\n%s", c.flag, got, joinLines(lines))
+			}
+			if c.row != "" && !lines[indexOf(t, lines, c.row+" ")].Alert {
+				t.Errorf("at 80%%: row %s not marked", c.row)
+			}
+			for _, tc := range []struct {
+				what     string
+				n, limit int64
+				reported bool
+			}{{"at 79%", 79, 100, true}, {"without a limit (-1)", 1000, -1, true}, {"without limits reported", 1000, 100, false}} {
+				lines := render(tc.n, tc.limit, tc.reported)
+				if got := marked(lines); len(got) != 0 {
+					t.Errorf("%s: lines naming --%s: %q", tc.what, c.flag, got)
+				}
+				if c.row != "" && lines[indexOf(t, lines, c.row+" ")].Alert {
+					t.Errorf("%s: row %s marked", tc.what, c.row)
+				}
+			}
+		})
 	}
 }

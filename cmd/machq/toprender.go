@@ -73,9 +73,12 @@ const (
 // The view is a header (the server, its totals, descriptors against
 // their limit, the data directory, and alerts), then the named queues,
 // deepest first, each followed by its consumer groups, with rates per
-// second between Prev and Cur, then the users. When the window is too
-// short, the queues and the users are cut, each ending with a line that
-// says how many rows are not shown.
+// second between Prev and Cur, then the users. A server that reports its
+// limits has its totals shown against them, with the number of named
+// queues and consumer groups, and what is at topNearLimit of a limit or
+// more marked: in the header, in a queue's or group's row, in a user's
+// row. When the window is too short, the queues and the users are cut,
+// each ending with a line that says how many rows are not shown.
 func renderTop(f *topFrame, width, height int) []topLine {
 	head := topHeader(f)
 	var queues, users []topLine
@@ -183,23 +186,70 @@ func topHeader(f *topFrame) []topLine {
 		return lines
 	}
 	prev := f.Prev
-	lines = append(lines, linef("clients %d  waiting %d  goroutines %d  max message %s  max inline %s",
-		st.Clients, st.Waiting, st.Goroutines, fmtBytes(s.MaxMessage), fmtBytes(int64(s.MaxInline))))
+	lim := limitsOf(st)
+	lines = append(lines, linef("clients %d%s  waiting %d%s  goroutines %d  max message %s  max inline %s",
+		st.Clients, ofLimit(int64(st.Clients), lim.MaxConnections, fmtCount),
+		st.Waiting, ofLimit(st.Waiting, lim.MaxWaitingTotal, fmtCount),
+		st.Goroutines, fmtBytes(s.MaxMessage), fmtBytes(int64(s.MaxInline))))
+	lines = appendLimitAlert(lines, "clients", int64(st.Clients), lim.MaxConnections, fmtCount,
+		"new connections are refused", "max-connections")
+	lines = appendLimitAlert(lines, "waiting", st.Waiting, lim.MaxWaitingTotal, fmtCount,
+		"retrieves that would wait are refused", "max-waiting-total")
 	msgRate := "-"
 	if prev != nil {
 		msgRate = fmtSigned(perSecond(float64(st.Messages-prev.Messages), f.Elapsed))
 	}
-	lines = append(lines, linef("messages %d (%s/s)  bytes %s  pages %d  pending %d  unsent %d",
-		st.Messages, msgRate, fmtBytes(st.Bytes), st.Pages, st.Pending.Messages, st.Unsent.Messages))
+	lines = append(lines, linef("messages %d (%s/s)%s  bytes %s%s  pages %d%s  pending %d  unsent %d",
+		st.Messages, msgRate, ofLimit(st.Messages, lim.MaxStoredMessages, fmtCount),
+		fmtBytes(st.Bytes), ofLimit(st.Bytes, lim.MaxStoredBytes, fmtBytes),
+		st.Pages, ofLimit(st.Pages, lim.MaxStoredPages, fmtCount),
+		st.Pending.Messages, st.Unsent.Messages))
+	lines = appendLimitAlert(lines, "messages", st.Messages, lim.MaxStoredMessages, fmtCount,
+		"new stores are refused", "max-stored-messages")
+	lines = appendLimitAlert(lines, "bytes", st.Bytes, lim.MaxStoredBytes, fmtBytes,
+		"new stores are refused", "max-stored-bytes")
+	lines = appendLimitAlert(lines, "pages", st.Pages, lim.MaxStoredPages, fmtCount,
+		"new stores of pages are refused", "max-stored-pages")
+	// From a server that reports its limits, the named queues and the
+	// consumer groups follow the descriptors, on their line unless that
+	// is an alert: the header keeps its height, and the view of an older
+	// server stays as it was. Queues left out of the answer count as
+	// queues; their groups are unknown, so the groups counted are then
+	// the fewest there are ("+").
+	var counts string
+	var queues, groups int64
+	if st.Limits != nil {
+		queues = int64(len(st.Queues) + st.QueuesOmitted)
+		for _, q := range st.Queues {
+			groups += int64(len(q.Groups))
+		}
+		more := ""
+		if st.QueuesOmitted > 0 {
+			more = "+"
+		}
+		counts = fmt.Sprintf("named queues %d%s  consumer groups %d%s%s", queues, ofLimit(queues, lim.MaxQueues, fmtCount),
+			groups, more, ofLimit(groups, lim.MaxGroups, fmtCount))
+	}
 	switch {
 	case st.DescriptorLimit <= 0:
 		lines = append(lines, linef("descriptors %d", st.Descriptors))
 	case nearLimit(st.Descriptors, st.DescriptorLimit):
 		lines = append(lines, alertf("descriptors %d of %d (%d%%): new pages and connections are refused at the limit (machqd --max-descriptors)",
 			st.Descriptors, st.DescriptorLimit, percent(st.Descriptors, st.DescriptorLimit)))
+		if counts != "" {
+			lines = append(lines, topLine{Text: counts})
+			counts = ""
+		}
 	default:
 		lines = append(lines, linef("descriptors %d of %d (%d%%)", st.Descriptors, st.DescriptorLimit, percent(st.Descriptors, st.DescriptorLimit)))
 	}
+	if counts != "" {
+		lines[len(lines)-1].Text += "  " + counts
+	}
+	lines = appendLimitAlert(lines, "named queues", queues, lim.MaxQueues, fmtCount,
+		"new named queues are refused", "max-queues")
+	lines = appendLimitAlert(lines, "consumer groups", groups, lim.MaxGroups, fmtCount,
+		"new consumer groups are refused", "max-groups")
 	if d := st.Durable; d != nil {
 		recRate := "-"
 		if prev != nil && prev.Durable != nil && d.Records >= prev.Durable.Records {
@@ -223,6 +273,76 @@ func topHeader(f *topFrame) []topLine {
 		lines = append(lines, alertf("%d named queues not listed: the server's answer holds only the first %d by name", st.QueuesOmitted, len(st.Queues)))
 	}
 	return lines
+}
+
+// noLimits stands for the limits of a server that does not report them
+// (STATS before limits): nothing is judged against them, and the view
+// is as it was.
+var noLimits = stats.Limits{
+	MaxConnections: -1, MaxConnectionsPerUID: -1,
+	MaxStoredMessages: -1, MaxStoredBytes: -1, MaxStoredPages: -1,
+	MaxStoredMessagesPerUID: -1, MaxStoredBytesPerUID: -1, MaxStoredPagesPerUID: -1,
+	MaxQueueMessages: -1, MaxQueueBytes: -1,
+	MaxPrivateMessages: -1, MaxPrivateBytes: -1,
+	MaxQueues: -1, MaxQueuesPerUID: -1,
+	MaxWaiting: -1, MaxWaitingTotal: -1, MaxWaitingPerUID: -1,
+	MaxGroups: -1, MaxGroupsPerUID: -1,
+	MaxPending: -1,
+}
+
+// limitsOf returns st's limits, or noLimits when the server did not
+// report them.
+//
+// Of the limits, the view judges those STATS has figures for: the
+// server's totals, each named queue's line (and each consumer group's)
+// and each user id's share. Not judged, for want of figures: the limits
+// of one connection (--max-waiting, --max-pending, the private queue's
+// --max-private-*) and --max-groups-per-uid.
+func limitsOf(st *stats.Stats) *stats.Limits {
+	if st.Limits == nil {
+		return &noLimits
+	}
+	return st.Limits
+}
+
+// ofLimit returns what follows figure n when it has a limit: " of
+// LIMIT (P%)", both formatted by format; "" without a limit (-1).
+func ofLimit(n, limit int64, format func(int64) string) string {
+	if limit <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" of %s (%d%%)", format(limit), percent(n, limit))
+}
+
+// appendLimitAlert appends to lines, when figure n (named what) is at
+// topNearLimit of its limit or more, an alert saying so, what the server
+// refuses at the limit, and the machqd flag that sets it (flag, without
+// its dashes).
+func appendLimitAlert(lines []topLine, what string, n, limit int64, format func(int64) string, refused, flag string) []topLine {
+	if !nearLimit(n, limit) {
+		return lines
+	}
+	return append(lines, alertf("%s %s of %s (%d%%): %s at the limit (machqd --%s)",
+		what, format(n), format(limit), percent(n, limit), refused, flag))
+}
+
+// limitNote returns the note of a table row on figure n (named what),
+// at topNearLimit of its limit or more: what, how near, and the machqd
+// flag that sets the limit; "" when it is not near.
+func limitNote(what string, n, limit int64, format func(int64) string, flag string) string {
+	if !nearLimit(n, limit) {
+		return ""
+	}
+	return fmt.Sprintf("%s %s of %s (%d%%, machqd --%s)", what, format(n), format(limit), percent(n, limit), flag)
+}
+
+// appendNote appends note to notes unless it is "", and reports whether
+// it did.
+func appendNote(notes []string, note string) ([]string, bool) {
+	if note == "" {
+		return notes, false
+	}
+	return append(notes, note), true
 }
 
 // The queue table's columns after the name, and their widths.
@@ -257,6 +377,7 @@ func queueDepth(q *stats.Queue) int {
 // (then by name).
 func topQueues(f *topFrame, width int) []topLine {
 	st := f.Cur
+	lim := limitsOf(st)
 	lines := []topLine{{}}
 	if len(st.Queues) == 0 {
 		return append(lines, linef("  no named queues"))
@@ -325,10 +446,11 @@ func topQueues(f *topFrame, width int) []topLine {
 		if nearLimit(int64(len(q.Groups)), topMaxGroups) {
 			notes = append(notes, fmt.Sprintf("%d of %d consumer groups", len(q.Groups), topMaxGroups))
 		}
+		notes, full := queueLimitNotes(notes, q.Messages, q.Pending, q.Delayed, q.Bytes, lim)
 		if q.Durable {
 			notes = append(notes, "durable")
 		}
-		alert := q.Blocked > 0 || (strings.HasSuffix(q.Name, ".dlq") && q.Messages > 0) || nearLimit(int64(len(q.Groups)), topMaxGroups)
+		alert := q.Blocked > 0 || (strings.HasSuffix(q.Name, ".dlq") && q.Messages > 0) || nearLimit(int64(len(q.Groups)), topMaxGroups) || full
 		lines = append(lines, row(alert, q.Name, []string{
 			fmt.Sprint(q.Messages), in, out, ack, fmtBytes(q.Bytes),
 			fmt.Sprint(q.Pending), fmt.Sprint(q.Delayed), fmt.Sprint(q.Waiting), fmt.Sprint(q.Blocked), fmt.Sprint(q.DeadLettered),
@@ -344,13 +466,37 @@ func topQueues(f *topFrame, width int) []topLine {
 				}
 			}
 			in, out, ack := lineRates(f, g.Messages, &g.Counts, pm, pc)
-			lines = append(lines, row(false, "  group "+g.Name, []string{
+			// Each group's line is held to the queue's limits.
+			gnotes, full := queueLimitNotes(nil, g.Messages, g.Pending, g.Delayed, g.Bytes, lim)
+			lines = append(lines, row(full, "  group "+g.Name, []string{
 				fmt.Sprint(g.Messages), in, out, ack, fmtBytes(g.Bytes),
 				fmt.Sprint(g.Pending), fmt.Sprint(g.Delayed), fmt.Sprint(g.Waiting), "", fmt.Sprint(g.DeadLettered),
-			}, nil))
+			}, gnotes))
 		}
 	}
 	return lines
+}
+
+// queueLimitNotes appends to notes those on a named queue's line (or a
+// consumer group's) near --max-queue-messages or --max-queue-bytes, and
+// reports whether there is one. The line holds msgs messages of bytes
+// bytes, with pending and delayed messages out of it.
+//
+// The server counts against these limits the messages in line with
+// those pending and delayed, and their bytes (queue.Queue.fits, and
+// queueFullError in server/store.go, which says which is full). STATS
+// gives the bytes of the line only, not those of its pending and
+// delayed messages: the bytes judged are those in line, fewer than the
+// server counts while messages are pending or delayed.
+func queueLimitNotes(notes []string, msgs, pending, delayed int, bytes int64, lim *stats.Limits) ([]string, bool) {
+	held := int64(msgs + pending + delayed)
+	what := "messages"
+	if pending+delayed > 0 {
+		what = "messages with pending and delayed"
+	}
+	notes, fullMsgs := appendNote(notes, limitNote(what, held, lim.MaxQueueMessages, fmtCount, "max-queue-messages"))
+	notes, fullBytes := appendNote(notes, limitNote("bytes", bytes, lim.MaxQueueBytes, fmtBytes, "max-queue-bytes"))
+	return notes, fullMsgs || fullBytes
 }
 
 // lineRates returns the rates per second of a line (a queue's own, or a
@@ -383,20 +529,55 @@ func topUsers(f *topFrame) []topLine {
 	}
 	users := slices.Clone(st.Users)
 	slices.SortStableFunc(users, func(a, b stats.User) int { return cmp.Compare(a.UID, b.UID) })
+	lim := limitsOf(st)
 	for _, u := range users {
 		name := f.UserNames[u.UID]
 		if name == "" {
 			name = "-"
 		}
-		lines = append(lines, linef("  %-10d %-12s %7d %9d %9s %7d %7d %8d", u.UID, truncate(name, 12), u.Connections, u.Messages, fmtBytes(u.Bytes), u.Pages, u.Queues, u.Waiting))
+		notes := userLimitNotes(&u, lim)
+		mark := " "
+		if len(notes) > 0 {
+			mark = "!"
+		}
+		l := fmt.Sprintf("%s %-10d %-12s %7d %9d %9s %7d %7d %8d", mark, u.UID, truncate(name, 12), u.Connections, u.Messages, fmtBytes(u.Bytes), u.Pages, u.Queues, u.Waiting)
+		if len(notes) > 0 {
+			l += "  " + strings.Join(notes, "; ")
+		}
+		lines = append(lines, topLine{Text: l, Alert: len(notes) > 0})
 	}
 	return lines
+}
+
+// userLimitNotes returns the notes on what user u holds near the per-uid
+// limits (--max-*-per-uid).
+func userLimitNotes(u *stats.User, lim *stats.Limits) []string {
+	var notes []string
+	for _, c := range []struct {
+		what   string
+		n, max int64
+		format func(int64) string
+		flag   string
+	}{
+		{"clients", u.Connections, lim.MaxConnectionsPerUID, fmtCount, "max-connections-per-uid"},
+		{"messages", u.Messages, lim.MaxStoredMessagesPerUID, fmtCount, "max-stored-messages-per-uid"},
+		{"bytes", u.Bytes, lim.MaxStoredBytesPerUID, fmtBytes, "max-stored-bytes-per-uid"},
+		{"pages", u.Pages, lim.MaxStoredPagesPerUID, fmtCount, "max-stored-pages-per-uid"},
+		{"queues", int64(u.Queues), lim.MaxQueuesPerUID, fmtCount, "max-queues-per-uid"},
+		{"waiting", u.Waiting, lim.MaxWaitingPerUID, fmtCount, "max-waiting-per-uid"},
+	} {
+		notes, _ = appendNote(notes, limitNote(c.what, c.n, c.max, c.format, c.flag))
+	}
+	return notes
 }
 
 // nearLimit reports whether n is at topNearLimit of limit or more.
 func nearLimit(n, limit int64) bool {
 	return limit > 0 && float64(n) >= topNearLimit*float64(limit)
 }
+
+// fmtCount formats a count as the view's figures are: in decimal.
+func fmtCount(n int64) string { return fmt.Sprint(n) }
 
 func perSecond(n float64, d time.Duration) float64 {
 	if d <= 0 {

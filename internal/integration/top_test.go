@@ -319,3 +319,45 @@ func TestIntegrationTopPlain(t *testing.T) {
 		t.Errorf("top to a pipe wrote escape sequences:\n%q", top.stdout)
 	}
 }
+
+// TestIntegrationTopLimits: machq top judges what a server holds against
+// the limits it reports: a queue near --max-queue-messages is marked,
+// naming the queue and the flag, and the totals are shown against
+// --max-stored-messages, which is not near.
+func TestIntegrationTopLimits(t *testing.T) {
+	d := startDaemon(t, "", "--log-level", "warn", "--max-queue-messages", "10", "--max-stored-messages", "20")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := machq.Dial(ctx, d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 9 {
+		if _, err := c.Send(ctx, "near-full", []byte("job")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runCLI(t, nil, "top", "--socket", d.socket, "--count", "1")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("top --count 1: exit %d, stderr %q", r.code, r.stderr)
+	}
+	var marked []string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if strings.HasPrefix(l, "!") {
+			marked = append(marked, l)
+		}
+	}
+	// 9 of 10: the queue's row, and nothing else.
+	if len(marked) != 1 || strings.Fields(strings.TrimPrefix(marked[0], "!"))[0] != "near-full" ||
+		!strings.Contains(marked[0], "messages 9 of 10 (90%, machqd --max-queue-messages)") {
+		t.Errorf("want one mark, on near-full, naming --max-queue-messages; marked %q in\n%s", marked, r.stdout)
+	}
+	// 9 of 20 (45%): shown, not marked.
+	if !strings.Contains(r.stdout, "\nmessages 9 (-/s) of 20 (45%)  bytes ") || strings.Contains(r.stdout, "--max-stored-messages") {
+		t.Errorf("want the total shown against --max-stored-messages and not marked:\n%s", r.stdout)
+	}
+	if !strings.Contains(r.stdout, "  named queues 1 of ") {
+		t.Errorf("want the named queues counted against --max-queues:\n%s", r.stdout)
+	}
+}
