@@ -5,3 +5,10 @@ func (s *Server) Spinning() int { return s.spin.Running() }
 
 // LimitNamed is limitNamed, for tests.
 var LimitNamed = limitNamed
+
+// Hang holds the server's lock, as a deadlock would, until the returned
+// function is called.
+func (s *Server) Hang() (release func()) {
+	s.mu.Lock()
+	return s.mu.Unlock
+}

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -192,5 +193,26 @@ func TestLimitNamesAreKnown(t *testing.T) {
 	}
 	if seen < 20 {
 		t.Fatalf("found only %d limit names in the sources; has the message format changed?", seen)
+	}
+}
+
+// TestResponsive checks what machqd's watchdog asks: a serving server
+// responds, one whose lock is stuck does not, within the time given.
+func TestResponsive(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	dial(t, path)
+	if !srv.Responsive(testCtx(t)) {
+		t.Fatal("a serving server is not responsive")
+	}
+	release := srv.Hang()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	stuck := srv.Responsive(ctx)
+	release()
+	if stuck {
+		t.Fatal("a server whose lock is held is responsive")
+	}
+	if !srv.Responsive(testCtx(t)) {
+		t.Fatal("the server is not responsive again once its lock is free")
 	}
 }

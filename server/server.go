@@ -472,6 +472,26 @@ type GroupStats = stats.Group
 // LimitStats are the server's limits as Stats reports them, -1 for none.
 type LimitStats = stats.Limits
 
+// Responsive reports whether the server's own lock and its named queues'
+// registry can be taken before ctx ends: a deadlocked server is not. It
+// is what machqd's watchdog checks before it tells the service manager
+// the server is alive.
+func (s *Server) Responsive(ctx context.Context) bool {
+	done := make(chan struct{})
+	go func() {
+		s.mu.Lock()
+		s.mu.Unlock()
+		s.named.Len()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // Stats returns the server's current counts.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()

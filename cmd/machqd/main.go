@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -276,6 +277,12 @@ func run(args []string) int {
 	named := false // --name or --socket given
 	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "name" || f.Name == "socket" })
 	storeMax := fdStoreMax(*fdStore, notify)
+	var current atomic.Pointer[server.Server] // the server the watchdog checks
+	if every := sdnotify.WatchdogInterval(); every > 0 && notify.Enabled() {
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		go watchdog(ctx, notify, every, &current, log)
+	}
 
 	for {
 		srv, err := server.New(cfg)
@@ -286,6 +293,7 @@ func run(args []string) int {
 		if met != nil {
 			met.Watch(srv.Stats)
 		}
+		current.Store(srv)
 		ls := passed.Listeners
 		passed.Listeners = nil
 		fromManager := len(ls)
@@ -594,5 +602,38 @@ func serveMetrics(ctx context.Context, met *metrics.Metrics, addr string, log *s
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// watchdog sends WATCHDOG=1 every interval (half the unit's WatchdogSec=)
+// while the current server is responsive: a server that stops responding
+// stops the pings, and the service manager kills and restarts it.
+func watchdog(ctx context.Context, notify *sdnotify.Notifier, every time.Duration, current *atomic.Pointer[server.Server], log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	stuck := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		srv := current.Load()
+		check, cancel := context.WithTimeout(ctx, every)
+		ok := srv == nil || srv.Responsive(check)
+		cancel()
+		switch {
+		case ok:
+			if stuck {
+				log.Warn("watchdog: the server responds again")
+				stuck = false
+			}
+			if err := notify.Watchdog(); err != nil {
+				log.Warn("cannot notify the service manager", "err", err)
+			}
+		case !stuck && ctx.Err() == nil:
+			log.Error("watchdog: the server does not respond; not telling the service manager it is alive", "waited", every)
+			stuck = true
+		}
 	}
 }

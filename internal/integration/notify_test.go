@@ -181,3 +181,48 @@ func TestDaemonNotifiesReload(t *testing.T) {
 		t.Fatalf("a store after the reload's READY=1: %v", err)
 	}
 }
+
+// TestDaemonWatchdog runs machqd as systemd runs a unit with
+// WatchdogSec=: it sends WATCHDOG=1 every half of WATCHDOG_USEC while it
+// responds, and none when WATCHDOG_PID names another process.
+func TestDaemonWatchdog(t *testing.T) {
+	for _, forOther := range []bool{false, true} {
+		ns := newNotifySocket(t)
+		socket := filepath.Join(t.TempDir(), "machq.sock")
+		cmd := exec.Command(bin.machqd, "--socket", socket)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=100000")
+		if forOther {
+			cmd.Env = append(cmd.Env, "WATCHDOG_PID=1")
+		}
+		logs := &syncBuffer{}
+		cmd.Stderr = logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		if kv, _ := ns.next(t); kv["READY"] != "1" {
+			t.Fatalf("first notification %v, want READY=1", kv)
+		}
+		if !forOther {
+			for range 3 {
+				if kv, pid := ns.next(t); kv["WATCHDOG"] != "1" || pid != cmd.Process.Pid {
+					t.Fatalf("machqd sent %v from pid %d, want WATCHDOG=1 every 50ms", kv, pid)
+				}
+			}
+		} else {
+			// Ten intervals without a ping, then the STOPPING=1 of a
+			// SIGTERM: nothing came in between.
+			deadline := time.Now().Add(500 * time.Millisecond)
+			ns.c.SetReadDeadline(deadline)
+			b := make([]byte, 512)
+			if n, _, err := ns.c.ReadFrom(b); err == nil {
+				t.Fatalf("machqd sent %q for a watchdog of another process", b[:n])
+			}
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Fatalf("machqd: %v\n%s", err, logs)
+		}
+	}
+}

@@ -78,6 +78,7 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 		"ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "ProtectClock": "yes",
 		"ProtectHostname": "yes", "SystemCallArchitectures": "native",
 		"CapabilityBoundingSet": "", "UMask": "0077", "StateDirectory": "machq",
+		"WatchdogUSec": "30s", "Restart": "on-failure",
 	})
 	pid := c.mainPID()
 	c.checkSandbox(pid, true)

@@ -3,8 +3,10 @@
 // KEY=VALUE assignments sent to the Unix datagram socket NOTIFY_SOCKET
 // names, with descriptors attached for the manager to keep (the file
 // descriptor store). Under systemd a unit of Type=notify learns from
-// READY=1 that the socket is served, and from STOPPING=1 that a shutdown
-// began; without NOTIFY_SOCKET every call does nothing.
+// READY=1 that the socket is served, from RELOADING=1 that a restart in
+// place began, from STOPPING=1 that a shutdown began, and from WATCHDOG=1
+// that the server still responds; without NOTIFY_SOCKET every call does
+// nothing.
 package sdnotify
 
 import (
@@ -14,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -158,4 +161,23 @@ func checkName(name string) error {
 func oneLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	return s
+}
+
+// WatchdogInterval returns how often the service manager wants to hear
+// WATCHDOG=1 (WatchdogSec=): half the timeout WATCHDOG_USEC gives, when
+// WATCHDOG_PID is unset or names this process; 0 when it wants nothing.
+func WatchdogInterval() time.Duration {
+	if p := os.Getenv("WATCHDOG_PID"); p != "" && p != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || usec <= 0 {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond / 2
+}
+
+// Watchdog tells the manager the service is alive (WATCHDOG=1).
+func (n *Notifier) Watchdog() error {
+	return n.Send("WATCHDOG=1")
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -158,5 +159,49 @@ func TestWithoutAManagerNothingHappens(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "vsock:2:1234")
 	if _, err := FromEnv(); !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("a vsock address: %v, want ErrUnsupported", err)
+	}
+}
+
+func TestReloadingAndWatchdog(t *testing.T) {
+	m := newManager(t, filepath.Join(t.TempDir(), "notify"))
+	n, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	if err := n.Reloading("restarting"); err != nil {
+		t.Fatal(err)
+	}
+	kv, _ := m.next(t)
+	usec, err := strconv.ParseInt(kv["MONOTONIC_USEC"], 10, 64)
+	if kv["RELOADING"] != "1" || kv["STATUS"] != "restarting" || err != nil || usec < ts.Sec*1e6+ts.Nsec/1e3 {
+		t.Fatalf("reloading sent %v, want MONOTONIC_USEC of now", kv)
+	}
+	if err := n.Watchdog(); err != nil {
+		t.Fatal(err)
+	}
+	if kv, _ := m.next(t); kv["WATCHDOG"] != "1" {
+		t.Fatalf("watchdog sent %v", kv)
+	}
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	for _, tc := range []struct {
+		usec, pid string
+		want      time.Duration
+	}{
+		{"", "", 0},
+		{"30000000", "", 15 * time.Second},
+		{"30000000", strconv.Itoa(os.Getpid()), 15 * time.Second},
+		{"30000000", strconv.Itoa(os.Getpid() + 1), 0}, // meant for another process
+		{"0", "", 0},
+		{"garbage", "", 0},
+	} {
+		t.Setenv("WATCHDOG_USEC", tc.usec)
+		t.Setenv("WATCHDOG_PID", tc.pid)
+		if got := WatchdogInterval(); got != tc.want {
+			t.Errorf("WATCHDOG_USEC=%q WATCHDOG_PID=%q: %v, want %v", tc.usec, tc.pid, got, tc.want)
+		}
 	}
 }
