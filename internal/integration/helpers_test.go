@@ -93,11 +93,20 @@ type daemon struct {
 // with SIGTERM when the test ends, and must then exit 0.
 func startDaemon(t testing.TB, socket string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, nil, socket, args...)
+}
+
+// startDaemonEnv is startDaemon with env added to machqd's environment.
+func startDaemonEnv(t testing.TB, env []string, socket string, args ...string) *daemon {
+	t.Helper()
 	if socket == "" {
 		socket = filepath.Join(t.TempDir(), "machq.sock")
 	}
 	d := &daemon{t: t, socket: socket, logs: &syncBuffer{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(bin.machqd, append([]string{"--socket", socket}, args...)...)
+	if env != nil {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	d.cmd.Stderr = d.logs
 	d.cmd.Stdout = d.logs
 	if err := d.cmd.Start(); err != nil {
