@@ -480,6 +480,7 @@ func (s *Server) Responsive(ctx context.Context) bool {
 	done := make(chan struct{})
 	go func() {
 		s.mu.Lock()
+		//lint:ignore SA2001 taking the lock is the check
 		s.mu.Unlock()
 		s.named.Len()
 		close(done)
