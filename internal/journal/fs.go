@@ -31,6 +31,9 @@ type FS interface {
 // File is an open journal file.
 type File interface {
 	io.ReaderAt
+	// Write writes at the file's write position, which it advances:
+	// after Create, 0; after Open, the file's length; after Truncate,
+	// the size cut to.
 	io.Writer
 	// Sync makes what was written durable (fdatasync).
 	Sync() error
@@ -41,25 +44,40 @@ type File interface {
 	Close() error
 }
 
+// Preallocator is a File that can give itself its blocks ahead of the
+// writes: its length becomes size, read as zeros past what was written,
+// and the write position stays. Overwriting blocks a file already has
+// makes a sync flush the data alone, where appending makes it also
+// commit the file's new length to the file system's journal: about
+// twice as long on ext4. OSFS's files are Preallocators.
+type Preallocator interface {
+	Preallocate(size int64) error
+}
+
 // OSFS is the journal's directory on the real file system.
 type OSFS struct{ Dir string }
 
 // Create implements FS.
 func (f OSFS) Create(name string) (File, error) {
-	fh, err := os.OpenFile(filepath.Join(f.Dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	fh, err := os.OpenFile(filepath.Join(f.Dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	return osFile{fh}, nil
+	return &osFile{File: fh}, nil
 }
 
 // Open implements FS.
 func (f OSFS) Open(name string) (File, error) {
-	fh, err := os.OpenFile(filepath.Join(f.Dir, name), os.O_RDWR|os.O_APPEND, 0)
+	fh, err := os.OpenFile(filepath.Join(f.Dir, name), os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
-	return osFile{fh}, nil
+	st, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, err
+	}
+	return &osFile{File: fh, off: st.Size()}, nil
 }
 
 // Remove implements FS.
@@ -91,9 +109,28 @@ func (f OSFS) SyncDir() error {
 	return d.Sync()
 }
 
-type osFile struct{ *os.File }
+// osFile writes at its own position (pwrite), not with O_APPEND: a
+// preallocated segment is longer than what was written to it.
+type osFile struct {
+	*os.File
+	off int64 // where the next Write goes
+}
 
-func (f osFile) Size() (int64, error) {
+func (f *osFile) Write(p []byte) (int, error) {
+	n, err := f.File.WriteAt(p, f.off)
+	f.off += int64(n)
+	return n, err
+}
+
+func (f *osFile) Truncate(size int64) error {
+	if err := f.File.Truncate(size); err != nil {
+		return err
+	}
+	f.off = size
+	return nil
+}
+
+func (f *osFile) Size() (int64, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return 0, err
@@ -102,7 +139,13 @@ func (f osFile) Size() (int64, error) {
 }
 
 // Sync is fdatasync(2): the data and what is needed to read it back.
-func (f osFile) Sync() error { return fdatasync(f.File) }
+func (f *osFile) Sync() error { return fdatasync(f.File) }
+
+// Preallocate implements Preallocator with fallocate(2). A file system
+// that cannot (EOPNOTSUPP) is left as it is: the journal appends there.
+func (f *osFile) Preallocate(size int64) error {
+	return preallocate(f.File, size)
+}
 
 // MemFS is an in-memory FS for tests that can simulate a power loss:
 // Crash keeps of each file only what was synced, plus, for the file

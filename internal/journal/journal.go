@@ -125,6 +125,7 @@ type Journal struct {
 	segName     string
 	segSalt     uint64
 	segSize     int64
+	segAlloc    bool      // seg is preallocated (Preallocator): longer than segSize
 	wBytes      int64     // bytes of records written in this run
 	segments    []segInfo // every segment, oldest first
 	buf         []byte
@@ -245,7 +246,23 @@ func (j *Journal) recover(replay func(Record) error) (Report, error) {
 			return rep, err
 		}
 	}
-	j.seg = f
+	// Writes go on after the valid records: cut a torn or preallocated
+	// rest, then preallocate again.
+	if size, err := f.Size(); err != nil || size != j.segSize {
+		if err == nil {
+			err = f.Truncate(j.segSize)
+		}
+		if err != nil {
+			f.Close()
+			return rep, err
+		}
+	}
+	alloc, err := j.preallocate(f, j.segSize)
+	if err != nil {
+		f.Close()
+		return rep, err
+	}
+	j.seg, j.segAlloc = f, alloc
 	return rep, nil
 }
 
@@ -336,6 +353,11 @@ func (j *Journal) recoverSegment(s segInfo, last bool, next *uint64, rep *Report
 			off += n
 			continue
 		}
+		if allZero(data[off:]) {
+			// The preallocated rest of the segment (Preallocator),
+			// never written: the end of its records, not damage.
+			return int64(off), nil
+		}
 		// Damaged, or torn. Is there a valid record after it?
 		at, found := findRecord(data, off+1, h.salt, *next)
 		if !found && last {
@@ -372,11 +394,44 @@ func (j *Journal) recoverSegment(s segInfo, last bool, next *uint64, rep *Report
 // least next: the first valid one after damage.
 func findRecord(data []byte, from int, salt, next uint64) (int, bool) {
 	for at := from; at+RecordHeaderSize <= len(data); at++ {
+		// A record's number (8 bytes from 8) is not 0, nor its type
+		// (at 16): where those 9 bytes are all zero no record starts,
+		// so zeros, a preallocated segment's rest, are skipped at once
+		// to the first place whose number or type could hold the next
+		// nonzero byte.
+		if data[at+16] == 0 && allZero(data[at+8:at+16]) {
+			nz := firstNonZero(data[at+8:])
+			if nz < 0 {
+				return 0, false
+			}
+			at = max(at, at+8+nz-17) // the loop's at++ makes it the first such place
+			continue
+		}
 		if r, _, ok := decodeRecord(data[at:], salt); ok && r.LSN >= next {
 			return at, true
 		}
 	}
 	return 0, false
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool { return firstNonZero(b) < 0 }
+
+// firstNonZero returns the index of b's first byte that is not zero, -1
+// if there is none. It reads eight bytes at a time.
+func firstNonZero(b []byte) int {
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:]) != 0 {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		if b[i] != 0 {
+			return i
+		}
+	}
+	return -1
 }
 
 // quarantine keeps damaged bytes of a segment in a file of their own.
@@ -490,6 +545,12 @@ func (j *Journal) Close() error {
 		<-j.syncDone
 	}
 	if j.seg != nil {
+		// A journal that failed touches its files no more.
+		if err := j.Err(); err == nil || errors.Is(err, ErrClosed) {
+			if err := j.finishSegment(); err != nil && j.closeErr == nil {
+				j.closeErr = err
+			}
+		}
 		if err := j.seg.Close(); err != nil && j.closeErr == nil {
 			return err
 		}
@@ -879,6 +940,9 @@ func (j *Journal) rotate(first uint64) error {
 		j.wake()
 		j.mu.Unlock()
 	}
+	if err := j.finishSegment(); err != nil {
+		return err
+	}
 	name := segmentName(first)
 	f, err := j.opts.FS.Create(name)
 	if err != nil {
@@ -886,6 +950,11 @@ func (j *Journal) rotate(first uint64) error {
 	}
 	salt := random64()
 	if _, err := f.Write(segmentHeader{dirID: j.dirID, salt: salt, first: first}.encode()); err != nil {
+		f.Close()
+		return err
+	}
+	alloc, err := j.preallocate(f, HeaderSize)
+	if err != nil {
 		f.Close()
 		return err
 	}
@@ -900,11 +969,43 @@ func (j *Journal) rotate(first uint64) error {
 	if j.seg != nil {
 		j.seg.Close()
 	}
-	j.seg, j.segName, j.segSalt, j.segSize = f, name, salt, HeaderSize
+	j.seg, j.segName, j.segSalt, j.segSize, j.segAlloc = f, name, salt, HeaderSize, alloc
 	j.mu.Lock()
 	j.segments = append(j.segments, segInfo{name: name, first: first})
 	j.mu.Unlock()
 	return nil
+}
+
+// preallocate gives the segment f, written up to written bytes, its
+// blocks up to the segment size, where the file system can: each sync
+// then flushes the records alone (see Preallocator). It reports whether
+// f is now longer than what was written.
+func (j *Journal) preallocate(f File, written int64) (bool, error) {
+	p, ok := f.(Preallocator)
+	if !ok {
+		return false, nil
+	}
+	if err := p.Preallocate(j.opts.SegmentSize); err != nil {
+		return false, err
+	}
+	size, err := f.Size()
+	return err == nil && size > written, err
+}
+
+// finishSegment cuts the preallocated rest off the segment being
+// written, and makes that durable, before another begins or the journal
+// closes: only the last segment may end in unwritten zeros (which
+// recovery reads as its end), and a reader from before preallocation
+// reads the others as they always were.
+func (j *Journal) finishSegment() error {
+	if j.seg == nil || !j.segAlloc {
+		return nil
+	}
+	if err := j.seg.Truncate(j.segSize); err != nil {
+		return err
+	}
+	j.segAlloc = false
+	return j.seg.Sync()
 }
 
 // Release deletes the segments all of whose records are numbered below

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -254,15 +256,35 @@ func TestTornTailIsCut(t *testing.T) {
 	if len(got) != 9 || rep.TornTail == "" || rep.TornBytes == 0 {
 		t.Fatalf("a torn tail: %d records, report %+v", len(got), rep)
 	}
-	// A zeroed tail after the last record is cut too.
+	// Zeros after the last record are the end of the records, as in a
+	// preallocated segment: not damage, not a torn tail, and writes go
+	// on after the last record.
 	fs2 := NewMemFS()
 	j, _, _ = open(t, fs2, Options{})
 	j.Write(context.Background(), 1, []byte("one"))
 	j.Close()
 	fs2.Corrupt(seg, func(b []byte) []byte { return append(b, make([]byte, 4096)...) })
-	_, rep, got = open(t, fs2, Options{})
-	if len(got) != 1 || rep.TornBytes != 4096 {
+	j, rep, got = open(t, fs2, Options{})
+	if len(got) != 1 || rep.TornBytes != 0 || rep.TornTail != "" {
 		t.Fatalf("a zeroed tail: %d records, report %+v", len(got), rep)
+	}
+	if lsn, err := j.Write(context.Background(), 1, []byte("two")); err != nil || lsn != 2 {
+		t.Fatalf("write after a zeroed tail: %d, %v", lsn, err)
+	}
+	j.Close()
+	if _, _, got = open(t, fs2, Options{}); len(got) != 2 || string(got[1].Data) != "two" {
+		t.Fatalf("after writing past a zeroed tail: %d records", len(got))
+	}
+	// A torn record followed by zeros is a torn tail, found at once.
+	fs3 := NewMemFS()
+	j, _, _ = open(t, fs3, Options{})
+	j.Write(context.Background(), 1, []byte("one"))
+	j.Write(context.Background(), 1, []byte("two"))
+	j.Close()
+	fs3.Corrupt(seg, func(b []byte) []byte { return append(b[:len(b)-2], make([]byte, 1<<20)...) })
+	_, rep, got = open(t, fs3, Options{})
+	if len(got) != 1 || rep.TornTail == "" || rep.TornBytes != 1<<20+RecordHeaderSize+1 {
+		t.Fatalf("a torn record then zeros: %d records, report %+v", len(got), rep)
 	}
 }
 
@@ -799,5 +821,78 @@ func TestAppendDuringCloseIsRefused(t *testing.T) {
 	}
 	if j.LastDurable() != 1 {
 		t.Errorf("last durable record %d after Close, want 1", j.LastDurable())
+	}
+}
+
+// TestOSFSPreallocates checks, on the real file system, that the segment
+// being written is preallocated to the segment size (so that a sync
+// flushes records alone), that the others and a closed journal's last are
+// cut to their records, and that a copy taken while the journal runs, as
+// a power loss would leave it, recovers every record synced, without a
+// torn tail, and is written on after them.
+func TestOSFSPreallocates(t *testing.T) {
+	const segSize, n = 64 << 10, 1500
+	dir := t.TempDir()
+	j, _, _ := open(t, OSFS{Dir: dir}, Options{SegmentSize: segSize})
+	for i := range n { // several segments
+		if _, err := j.Write(context.Background(), 1, payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := j.Segments()
+	if len(segs) < 3 {
+		t.Fatalf("%d segments; want several", len(segs))
+	}
+	sizes := func(dir string) []int64 {
+		var s []int64
+		for _, first := range segs {
+			fi, err := os.Stat(filepath.Join(dir, segmentName(first)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s = append(s, fi.Size())
+		}
+		return s
+	}
+	running := sizes(dir)
+	if last := running[len(running)-1]; last != segSize {
+		t.Errorf("the segment being written is %d bytes; want it preallocated to %d", last, segSize)
+	}
+	for i, s := range running[:len(running)-1] {
+		if s >= segSize+MaxRecord || s == segSize {
+			t.Errorf("closed segment %d is %d bytes: its preallocated rest was not cut", i, s)
+		}
+	}
+	// What the disk holds now, every write having returned (synced).
+	crashed := t.TempDir()
+	names, _ := os.ReadDir(dir)
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(dir, n.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(crashed, n.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j2, rep, got := open(t, OSFS{Dir: crashed}, Options{SegmentSize: segSize})
+	if len(got) != n || rep.TornTail != "" || len(rep.Quarantined) != 0 {
+		t.Fatalf("recovered %d of %d records, report %+v", len(got), n, rep)
+	}
+	if lsn, err := j2.Write(context.Background(), 1, []byte("after")); err != nil || lsn != n+1 {
+		t.Fatalf("write after recovery: %d, %v", lsn, err)
+	}
+	if s := sizes(crashed); s[len(s)-1] != segSize {
+		t.Errorf("after recovery the last segment is %d bytes; want it preallocated again", s[len(s)-1])
+	}
+	j2.Close()
+	_, _, got = open(t, OSFS{Dir: crashed}, Options{SegmentSize: segSize})
+	if len(got) != n+1 || string(got[n].Data) != "after" {
+		t.Fatalf("after writing on: %d records", len(got))
+	}
+	j.Close()
+	closed := sizes(dir)
+	if last := closed[len(closed)-1]; last >= segSize {
+		t.Errorf("a closed journal's last segment is %d bytes: its preallocated rest was not cut", last)
 	}
 }
