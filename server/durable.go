@@ -323,6 +323,9 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 		}
 		op.File, op.Size = name, m.Size
 	}
+	// Whatever stored it, a client's STORE or a move, answers on a
+	// durable server wait for every record appended (durableMark), so
+	// the waiting connection writes this one.
 	if _, err := s.store.AppendStore(q.Name(), metaOf(q), op); err != nil {
 		s.storedFailed(q, m, err)
 	}
@@ -406,7 +409,9 @@ func (s *Server) logTake(q *queue.Queue, logID uint64) uint64 {
 	if s.store == nil || logID == 0 || !q.Logged() {
 		return 0
 	}
-	lsn, err := s.store.Append(durable.Op{Type: durable.TypeTake, Queue: q.Name(), ID: logID})
+	// The answer handing the message over waits for this record
+	// (durableMark), and so writes it.
+	lsn, err := s.store.AppendWaited(durable.Op{Type: durable.TypeTake, Queue: q.Name(), ID: logID})
 	if err != nil {
 		s.durableFailed(err)
 		return failedLSN

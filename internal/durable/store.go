@@ -428,12 +428,25 @@ func (s *Store) emptied(queue string) {
 // files it makes unreferenced for deletion once it is durable; s.mu is
 // held.
 func (s *Store) appendLocked(op Op) (journal.Pending, error) {
+	return s.appendWaitedLocked(op, false)
+}
+
+// appendWaitedLocked is appendLocked; waited says the caller is about to
+// wait for the record (journal.AppendWaited).
+func (s *Store) appendWaitedLocked(op Op, waited bool) (journal.Pending, error) {
 	if (op.Queue == "") != (op.Type == TypeSeq) || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
 	// The journal keeps the slice until it is written: a new one, of
 	// the record's size, so the payload is copied once here.
-	p, err := s.j.Append(op.Type, encode(make([]byte, 0, encodedSize(op)), op))
+	rec := encode(make([]byte, 0, encodedSize(op)), op)
+	var p journal.Pending
+	var err error
+	if waited {
+		p, err = s.j.AppendWaited(op.Type, rec)
+	} else {
+		p, err = s.j.Append(op.Type, rec)
+	}
 	if err != nil {
 		return p, err
 	}
@@ -451,11 +464,20 @@ func (s *Store) appendLocked(op Op) (journal.Pending, error) {
 func (s *Store) Append(ops ...Op) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.appendOpsLocked(ops...)
+	return s.appendOpsLocked(false, ops...)
 }
 
-// appendOpsLocked is Append with s.mu held.
-func (s *Store) appendOpsLocked(ops ...Op) (uint64, error) {
+// AppendWaited is Append of records the caller is about to wait for
+// (WaitCommitted or WaitDurable), as an answer that speaks of them does:
+// the caller's wait writes them (journal.AppendWaited).
+func (s *Store) AppendWaited(ops ...Op) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendOpsLocked(true, ops...)
+}
+
+// appendOpsLocked is Append (or, waited, AppendWaited) with s.mu held.
+func (s *Store) appendOpsLocked(waited bool, ops ...Op) (uint64, error) {
 	var last uint64
 	for _, op := range ops {
 		if op.Type == TypeStore {
@@ -463,7 +485,7 @@ func (s *Store) appendOpsLocked(ops ...Op) (uint64, error) {
 				return last, err
 			}
 		}
-		p, err := s.appendLocked(op)
+		p, err := s.appendWaitedLocked(op, waited)
 		if err != nil {
 			return last, err
 		}
@@ -509,9 +531,9 @@ func (s *Store) Describe(queue string, meta QueueMeta) (uint64, error) {
 	return p.LSN(), nil
 }
 
-// AppendStore is Append of a message stored in queue, described by meta:
-// a description differing from the one recorded (or none) is recorded
-// first.
+// AppendStore is AppendWaited of a message stored in queue, described
+// by meta (the store's answer waits for it): a description differing
+// from the one recorded (or none) is recorded first.
 func (s *Store) AppendStore(queue string, meta QueueMeta, m Op) (uint64, error) {
 	// One critical section: a take emptying the queue meanwhile would
 	// otherwise forget the description this store relies on.
@@ -519,9 +541,9 @@ func (s *Store) AppendStore(queue string, meta QueueMeta, m Op) (uint64, error) 
 	defer s.mu.Unlock()
 	m.Type, m.Queue = TypeStore, queue
 	if e := s.meta[queue]; e == nil || e.meta != meta {
-		return s.appendOpsLocked(Op{Type: TypeQueue, Queue: queue, Meta: meta}, m)
+		return s.appendOpsLocked(true, Op{Type: TypeQueue, Queue: queue, Meta: meta}, m)
 	}
-	return s.appendOpsLocked(m)
+	return s.appendOpsLocked(true, m)
 }
 
 // WaitDurable waits until record lsn, and every one before it, is

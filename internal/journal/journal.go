@@ -141,8 +141,6 @@ type write struct {
 	typ  uint8
 	data []byte
 	lsn  uint64
-	err  error
-	done chan struct{}
 }
 
 // Open recovers the journal in opts.FS, calling replay for every record in
@@ -465,7 +463,7 @@ func (j *Journal) rewriteHeader(f File, s segInfo) error {
 // written. Records of concurrent calls share syncs. If ctx ends first,
 // Write returns ctx's error; the record may still be committed.
 func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, error) {
-	w, err := j.Append(typ, data)
+	w, err := j.AppendWaited(typ, data)
 	if err != nil {
 		return 0, err
 	}
@@ -473,7 +471,10 @@ func (j *Journal) Write(ctx context.Context, typ uint8, data []byte) (uint64, er
 }
 
 // Pending is a record appended and perhaps not yet committed.
-type Pending struct{ w *write }
+type Pending struct {
+	w *write
+	j *Journal
+}
 
 // LSN returns the number the record gets once written: records are
 // numbered in the order appended.
@@ -481,26 +482,41 @@ func (p Pending) LSN() uint64 { return p.w.lsn }
 
 // Wait waits until the record is committed (durable, or under
 // Options.SyncInterval written) and returns its number, or the error
-// that stopped the journal.
+// that stopped the journal. If nobody is writing it, Wait writes it,
+// with every record pending (WaitCommitted).
 func (p Pending) Wait(ctx context.Context) (uint64, error) {
-	select {
-	case <-p.w.done:
-		return p.w.lsn, p.w.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	if err := p.j.WaitCommitted(ctx, p.w.lsn); err != nil {
+		return 0, err
 	}
+	return p.w.lsn, nil
 }
 
 // Append queues a record for the writer and returns at once; Wait on the
 // result for its commit. Records are written in the order appended.
 func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
+	return j.append(typ, data, false)
+}
+
+// AppendWaited is Append of a record its caller is about to wait for
+// (Pending.Wait, WaitCommitted or WaitDurable): the writer goroutine is
+// not woken for it, since the waiter writes it, with whatever else is
+// pending, as it leads a batch. Where the writer was woken, it would
+// race the caller to write the record alone, and the caller would wait
+// for the writer across CPUs. A record nobody waits for after all is
+// written with the next batch anyone leads or the writer writes, or at
+// Close.
+func (j *Journal) AppendWaited(typ uint8, data []byte) (Pending, error) {
+	return j.append(typ, data, true)
+}
+
+func (j *Journal) append(typ uint8, data []byte, waited bool) (Pending, error) {
 	if typ == 0 {
 		return Pending{}, errors.New("journal: record type 0 is reserved")
 	}
 	if len(data) > MaxRecord {
 		return Pending{}, fmt.Errorf("journal: record of %d bytes exceeds %d", len(data), MaxRecord)
 	}
-	w := &write{typ: typ, data: data, done: make(chan struct{})}
+	w := &write{typ: typ, data: data}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil {
@@ -519,8 +535,13 @@ func (j *Journal) Append(typ uint8, data []byte) (Pending, error) {
 		close(j.arrived) // a leader gathers a batch
 		j.arrived = nil
 	}
-	j.cond.Signal()
-	return Pending{w}, nil
+	// The writer writes what nobody waits for: not while a batch is
+	// written (endBatch wakes it if need be), nor while a waiter is
+	// about to lead one, which takes every record pending.
+	if !waited && !j.writing && j.waiters == 0 {
+		j.cond.Signal()
+	}
+	return Pending{w, j}, nil
 }
 
 // Err returns the error that stopped the journal, if one did.
@@ -598,7 +619,7 @@ func (j *Journal) writer() {
 		}
 		batch := j.takeBatch()
 		j.mu.Unlock()
-		j.endBatch(batch, j.writeBatch(batch))
+		j.endBatch(j.writeBatch(batch))
 	}
 }
 
@@ -646,41 +667,37 @@ func (j *Journal) takeBatch() []*write {
 	return batch
 }
 
-// endBatch ends the writing of batch, which failed with err or not: it
-// wakes the waiters, one of whom may lead the next batch, or the writer,
-// and answers the batch's records.
-func (j *Journal) endBatch(batch []*write, err error) {
+// endBatch ends the writing of a batch, which failed with err or not: it
+// wakes the waiters, who see their records committed or the failure and
+// one of whom may lead the next batch, and the writer if records wait
+// that no waiter will write.
+func (j *Journal) endBatch(err error) {
 	j.mu.Lock()
 	j.writing = false
 	if err != nil {
 		if j.err == nil {
 			j.err = fmt.Errorf("%w: %w", ErrFailed, err)
 		}
-		err = j.err
-		// Nothing appended after a failure is written: the writer
-		// answers the rest (stop).
-		batch = append(batch, j.pending...)
+		// Nothing appended after a failure is written: waiters see
+		// the failure (wait), and so does every Append after it.
 		j.pending = nil
 	}
 	j.wake()
-	j.cond.Signal()
-	j.mu.Unlock()
-	for _, w := range batch {
-		w.err = err
-		close(w.done)
+	// The writer has work only if records wait that no waiter will
+	// lead (or the journal stopped or closes).
+	if j.err != nil || j.closed || len(j.pending) > 0 && j.waiters == 0 {
+		j.cond.Signal()
 	}
+	j.mu.Unlock()
 }
 
-// stop answers every record appended with the error that stopped the
-// journal until it is closed: nothing more is written or acknowledged.
+// stop drops every record appended (their waiters see the error that
+// stopped the journal) until it is closed: nothing more is written or
+// acknowledged.
 func (j *Journal) stop() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
-		for _, w := range j.pending {
-			w.err = j.err
-			close(w.done)
-		}
 		j.pending = nil
 		if j.closed {
 			return
@@ -859,7 +876,7 @@ func (j *Journal) wait(ctx context.Context, lsn uint64, written bool) error {
 			err := j.writeBatch(batch)
 			j.lastSync = time.Since(start)
 			j.lastBatch = len(batch)
-			j.endBatch(batch, err)
+			j.endBatch(err)
 			continue
 		}
 		ch := j.synced

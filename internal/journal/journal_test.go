@@ -896,3 +896,46 @@ func TestOSFSPreallocates(t *testing.T) {
 		t.Errorf("a closed journal's last segment is %d bytes: its preallocated rest was not cut", last)
 	}
 }
+
+// TestAppendWaited checks that a record appended for its caller to wait
+// for is written by that wait, by a later record the writer writes, or
+// at Close, and never lost or reordered.
+func TestAppendWaited(t *testing.T) {
+	ctx := context.Background()
+	fs := NewMemFS()
+	j, _, _ := open(t, fs, Options{})
+	p, err := j.AppendWaited(1, []byte("waited"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Wait(ctx); err != nil {
+		t.Fatalf("the wait for a waited record: %v", err)
+	}
+	// Nobody waits for the next; a plain record after it wakes the
+	// writer, which writes both, in order.
+	if _, err := j.AppendWaited(1, []byte("forgotten")); err != nil {
+		t.Fatal(err)
+	}
+	q, err := j.Append(1, []byte("plain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.WaitDurable(ctx, q.LSN()); err != nil {
+		t.Fatal(err)
+	}
+	// One more nobody waits for: Close writes it.
+	if _, err := j.AppendWaited(1, []byte("at close")); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, got := open(t, fs, Options{})
+	var data []string
+	for _, r := range got {
+		data = append(data, string(r.Data))
+	}
+	if strings.Join(data, ",") != "waited,forgotten,plain,at close" {
+		t.Fatalf("recovered %q", data)
+	}
+}
