@@ -79,6 +79,7 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 		"ProtectHostname": "yes", "SystemCallArchitectures": "native",
 		"CapabilityBoundingSet": "", "UMask": "0077", "StateDirectory": "machq",
 		"WatchdogUSec": "30s", "Restart": "on-failure",
+		"RuntimeDirectory": "machq", "RuntimeDirectoryPreserve": "yes", "RuntimeDirectoryMode": "0700",
 	})
 	pid := c.mainPID()
 	c.checkSandbox(pid, true)
