@@ -1,7 +1,6 @@
 package integration_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,7 +11,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/machq/machq"
 	"github.com/machq/machq/internal/testtool"
 )
 
@@ -155,13 +153,7 @@ func checkRestored(t *testing.T, p *tmuxPane, want int, viewText string) {
 // window, and q ends it with status 0, the terminal restored.
 func TestIntegrationTopTerminal(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "warn")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := machq.Dial(ctx, d.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := ctxT(t), dial(t, d.socket)
 	names, depths := []string{"top-high", "top-mid", "top-low"}, []int{9, 5, 2}
 	for i := len(names) - 1; i >= 0; i-- {
 		for range depths[i] {
@@ -326,13 +318,7 @@ func TestIntegrationTopPlain(t *testing.T) {
 // --max-stored-messages, which is not near.
 func TestIntegrationTopLimits(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "warn", "--max-queue-messages", "10", "--max-stored-messages", "20")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := machq.Dial(ctx, d.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := ctxT(t), dial(t, d.socket)
 	for range 9 {
 		if _, err := c.Send(ctx, "near-full", []byte("job")); err != nil {
 			t.Fatal(err)
