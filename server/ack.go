@@ -347,7 +347,7 @@ func (c *conn) handleKick(f wire.Frame) {
 	}
 	dlq, code, err := c.queueFor([]byte(dlqName), 0, false)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return
 	}
 	moved := 0
@@ -355,7 +355,7 @@ func (c *conn) handleKick(f wire.Frame) {
 		defer c.release(dlq)
 		q, code, err := c.queueFor(k.Queue, 0, true)
 		if err != nil {
-			c.sendError(f.ID, code, err.Error())
+			c.fail(f.ID, code, err)
 			return
 		}
 		defer c.release(q)

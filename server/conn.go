@@ -421,6 +421,18 @@ func (c *conn) endFrameDeadline() {
 const warnEvery = time.Second
 
 func (c *conn) sendError(id uint64, code wire.Code, msg string) {
+	c.answerError(id, code, msg, "")
+}
+
+// fail answers request id with an ERROR of code saying err; the
+// Observer learns the limit a LIMIT names (limitOf).
+func (c *conn) fail(id uint64, code wire.Code, err error) {
+	c.answerError(id, code, err.Error(), limitOf(err))
+}
+
+// answerError queues an ERROR, logs it (boundedly, warnEvery) and tells
+// the Observer, with the limit a LIMIT is for.
+func (c *conn) answerError(id uint64, code wire.Code, msg, limit string) {
 	warn, suppressed := false, 0
 	c.mu.Lock()
 	c.out = wire.AppendError(c.out, id, code, msg)
@@ -434,7 +446,7 @@ func (c *conn) sendError(id uint64, code wire.Code, msg string) {
 		}
 	}
 	c.mu.Unlock()
-	c.s.failed(code, msg)
+	c.s.failed(code, limit)
 	switch {
 	case warn && suppressed > 0:
 		c.log.Warn("request failed", "id", id, "code", code.String(), "err", msg, "failures_not_logged", suppressed)

@@ -3,8 +3,11 @@ package server
 // Spinning returns how many connections' readers are spinning now.
 func (s *Server) Spinning() int { return s.spin.Running() }
 
-// LimitNamed is limitNamed, for tests.
-var LimitNamed = limitNamed
+// LimitOf and RefusalError are limitOf and refusalError, for tests.
+var (
+	LimitOf      = limitOf
+	RefusalError = refusalError
+)
 
 // Hang holds the server's lock, as a deadlock would, until the returned
 // function is called.

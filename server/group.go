@@ -50,7 +50,7 @@ func (c *conn) groupLimitError(name []byte, uid uint32) error {
 	case byUID[uid] >= lim.MaxGroupsPerUID:
 		return limitError(fmt.Sprintf("uid %d has created too many consumer groups", uid), int64(byUID[uid]), int64(lim.MaxGroupsPerUID), "max-groups-per-uid", "delete some, or raise the limit")
 	}
-	return fmt.Errorf("queue %s has %d consumer groups, the most one queue may have; delete some", name, queue.MaxGroups)
+	return limitf("groups-per-queue", "queue %s has %d consumer groups, the most one queue may have; delete some", name, queue.MaxGroups)
 }
 
 // handleGroup serves a GROUP: creates or deletes a consumer group.
@@ -78,7 +78,7 @@ func (c *conn) handleGroup(f wire.Frame) {
 	case wire.GroupCreate, wire.GroupCreateFromOldest:
 		q, code, err := c.queueFor(req.Queue, f.Flags&wire.FlagOwned, true)
 		if err != nil {
-			c.sendError(f.ID, code, err.Error())
+			c.fail(f.ID, code, err)
 			return
 		}
 		if q.Logged() {
@@ -92,7 +92,7 @@ func (c *conn) handleGroup(f wire.Frame) {
 		switch {
 		case errors.Is(err, queue.ErrGroupExists):
 		case errors.Is(err, queue.ErrTooManyGroups):
-			c.sendError(f.ID, wire.CodeLimit, c.groupLimitError(req.Queue, uid).Error())
+			c.fail(f.ID, wire.CodeLimit, c.groupLimitError(req.Queue, uid))
 			return
 		case err != nil:
 			c.sendError(f.ID, wire.CodeInternal, err.Error())
@@ -104,7 +104,7 @@ func (c *conn) handleGroup(f wire.Frame) {
 	case wire.GroupDelete:
 		q, code, err := c.queueFor(req.Queue, 0, false)
 		if err != nil {
-			c.sendError(f.ID, code, err.Error())
+			c.fail(f.ID, code, err)
 			return
 		}
 		if q == nil {

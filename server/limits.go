@@ -1,11 +1,14 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/machq/machq/internal/durable"
 )
 
 // Limits bounds what clients may make the server hold. In each field, zero
@@ -211,8 +214,33 @@ func halfOfMemory() int64 {
 	return unlimited
 }
 
-// limitError is a refusal because of a limit: the message says which,
-// how full it is and what to do.
+// limitErr is a refusal because of a limit: its message says which, how
+// full it is and what to do; limit names it for the Observer, by the
+// machqd flag that sets it (or, for the few no flag sets, a name of its
+// own: see limitf's callers).
+type limitErr struct{ msg, limit string }
+
+func (e *limitErr) Error() string { return e.msg }
+
+// limitError is a refusal because of the limit the machqd flag flag
+// sets: the message says which, how full it is and what to do.
 func limitError(what string, have, max int64, flag, advice string) error {
-	return fmt.Errorf("%s: %d of %d (machqd --%s); %s", what, have, max, flag, advice)
+	return &limitErr{fmt.Sprintf("%s: %d of %d (machqd --%s); %s", what, have, max, flag, advice), flag}
+}
+
+// limitf is a refusal because of limit, with a message of its own.
+func limitf(limit, format string, args ...any) error {
+	return &limitErr{fmt.Sprintf(format, args...), limit}
+}
+
+// limitOf returns the limit err is a refusal for, "" if it is none.
+func limitOf(err error) string {
+	var e *limitErr
+	switch {
+	case errors.As(err, &e):
+		return e.limit
+	case errors.Is(err, durable.ErrNoSpace):
+		return "disk-space"
+	}
+	return ""
 }

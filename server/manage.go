@@ -26,7 +26,7 @@ func (c *conn) handlePeek(f wire.Frame) {
 	}
 	q, code, err := c.queueFor(op.Queue, 0, false)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return
 	}
 	if q == nil {
@@ -46,14 +46,14 @@ func (c *conn) handlePeek(f wire.Frame) {
 		n := c.pagesUnreceived()
 		c.mu.Unlock()
 		if n >= maxOutboxPages {
-			c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("%d pages are on their way to this connection and not yet received, as many as one connection may have; read them before peeking more", n))
+			c.fail(f.ID, wire.CodeLimit, limitf("connection-outbox", "%d pages are on their way to this connection and not yet received, as many as one connection may have; read them before peeking more", n))
 			return
 		}
 	}
 	p, ok, err := q.Peek(int(op.Index))
 	switch {
 	case err != nil:
-		c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("cannot duplicate the page's descriptor to pass it: %v; retrieve some pages, or raise the descriptor limit", err))
+		c.fail(f.ID, wire.CodeLimit, limitf("max-descriptors", "cannot duplicate the page's descriptor to pass it: %v; retrieve some pages, or raise the descriptor limit", err))
 		return
 	case !ok:
 		n, _ := q.Len()
@@ -66,7 +66,7 @@ func (c *conn) handlePeek(f wire.Frame) {
 		if isPage {
 			unix.Close(p.FD)
 		}
-		c.sendError(f.ID, wire.CodeLimit, refusalError(err, 0).Error())
+		c.fail(f.ID, wire.CodeLimit, refusalError(err, 0))
 		return
 	}
 	held := &queue.Message{FD: p.FD, Charge: c.acct}
@@ -100,7 +100,7 @@ func (c *conn) handlePurge(f wire.Frame) {
 	}
 	q, code, err := c.queueFor(op.Queue, 0, false)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return
 	}
 	var d wire.Dropped
@@ -141,7 +141,7 @@ func (c *conn) handleDelete(f wire.Frame) {
 	// The caller must be allowed to use the queue at all.
 	q, code, err := c.queueFor(op.Queue, 0, false)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return
 	}
 	if q != nil {
@@ -213,7 +213,7 @@ func (c *conn) handleConfig(f wire.Frame) {
 	}
 	q, code, err := c.queueFor(cfg.Queue, f.Flags&wire.FlagOwned, true)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return
 	}
 	q.SetPolicy(queue.Policy{MaxDeliveries: cfg.MaxDeliveries, LeaseMillis: cfg.LeaseMillis})

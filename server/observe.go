@@ -1,7 +1,6 @@
 package server
 
 import (
-	"strings"
 	"time"
 
 	"github.com/machq/machq/internal/wire"
@@ -35,58 +34,19 @@ type Observer interface {
 	Synced(took time.Duration, records int)
 }
 
-// failed tells the observer, if any, of an ERROR sent.
-func (s *Server) failed(code wire.Code, msg string) {
+// failed tells the observer, if any, of an ERROR sent; limit is the
+// limit a LIMIT is for (limitOf), "other" if it names none.
+func (s *Server) failed(code wire.Code, limit string) {
 	if s.obs == nil {
 		return
 	}
-	limit := ""
-	if code == wire.CodeLimit {
-		limit = limitNamed(msg)
+	switch {
+	case code != wire.CodeLimit:
+		limit = ""
+	case limit == "":
+		limit = "other"
 	}
 	s.obs.Failed(code.String(), limit)
-}
-
-// limitNamed returns the limit a LIMIT error's message names, one of a
-// fixed set whatever the message holds (a queue's name is the client's
-// choice). Every limit of a flag is named by it: "(machqd --max-waiting)",
-// "(machqd --max-pending caps it)"; the last such mention counts, since a
-// queue name may come before it but only fixed advice after. The others
-// are the data directory's reserve of free space, the descriptors of the
-// process, and the pages one connection may have on their way.
-func limitNamed(msg string) string {
-	const flag = "(machqd --"
-	if i := strings.LastIndex(msg, flag); i >= 0 {
-		name := msg[i+len(flag):]
-		if end := strings.IndexFunc(name, func(r rune) bool { return (r < 'a' || r > 'z') && r != '-' }); end >= 0 {
-			name = name[:end]
-		}
-		if limitFlags[name] {
-			return name
-		}
-	}
-	switch {
-	case strings.Contains(msg, "kept in reserve"):
-		return "disk-space"
-	case strings.Contains(msg, "descriptor"):
-		return "max-descriptors"
-	case strings.Contains(msg, "the most one queue may have"):
-		return "groups-per-queue"
-	}
-	return "connection-outbox"
-}
-
-// limitFlags are the machqd flags of limits a LIMIT error may name.
-var limitFlags = map[string]bool{
-	"max-connections": true, "max-connections-per-uid": true,
-	"max-stored-messages": true, "max-stored-bytes": true, "max-stored-pages": true,
-	"max-stored-messages-per-uid": true, "max-stored-bytes-per-uid": true, "max-stored-pages-per-uid": true,
-	"max-queue-messages": true, "max-queue-bytes": true,
-	"max-private-messages": true, "max-private-bytes": true,
-	"max-queues": true, "max-queues-per-uid": true,
-	"max-groups": true, "max-groups-per-uid": true,
-	"max-waiting": true, "max-waiting-total": true, "max-waiting-per-uid": true,
-	"max-descriptors": true, "max-pending": true,
 }
 
 // deadLettered tells the observer, if any, of a dead letter.

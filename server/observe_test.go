@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/durable"
+	"github.com/machq/machq/internal/quota"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/server"
 )
@@ -158,41 +161,41 @@ func TestObserverSeesSyncs(t *testing.T) {
 	}
 }
 
-// TestLimitNamesAreKnown checks that every limit the server's LIMIT
-// errors name by flag is one the observer's label set knows: a new limit
-// must be added there.
-func TestLimitNamesAreKnown(t *testing.T) {
+// TestLimitAnswersNameTheirLimit checks that every LIMIT answer tells
+// the observer its limit: no LIMIT is sent as a bare message, and each
+// refusal of the ledger names the machqd flag its message names.
+func TestLimitAnswersNameTheirLimit(t *testing.T) {
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	flag := regexp.MustCompile(`"(max-[a-z-]+)"|"max-"\+which\+"-(messages|bytes)"|machqd --(max-[a-z-]+)`)
-	seen := 0
 	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
 		src, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range flag.FindAllStringSubmatch(string(src), -1) {
-			names := []string{m[1], m[3]}
-			if m[2] != "" {
-				names = []string{"max-queue-" + m[2], "max-private-" + m[2]}
-			}
-			for _, n := range names {
-				// observe.go names dead-letter reasons; a payload over
-				// max-message is TOO_LARGE, not LIMIT.
-				if n == "" || f == "observe_test.go" || f == "observe.go" || n == "max-message" {
-					continue
-				}
-				seen++
-				if got := server.LimitNamed("(machqd --" + n + ")"); got != n {
-					t.Errorf("%s names limit %s, the observer's label would be %q", f, n, got)
-				}
+		for i, line := range strings.Split(string(src), "\n") {
+			if strings.Contains(line, "sendError(") && strings.Contains(line, "CodeLimit") {
+				t.Errorf("%s:%d answers LIMIT with a bare message; use fail with a limitError or limitf: %s", f, i+1, strings.TrimSpace(line))
 			}
 		}
 	}
-	if seen < 20 {
-		t.Fatalf("found only %d limit names in the sources; has the message format changed?", seen)
+	flag := regexp.MustCompile(`\(machqd --([a-z-]+)\)`)
+	for kind := quota.TotalMessages; kind <= quota.Descriptors; kind++ {
+		err := server.RefusalError(&quota.Exceeded{Kind: kind, UID: 1000, Have: 2, Max: 2}, 10)
+		m := flag.FindStringSubmatch(err.Error())
+		if m == nil || server.LimitOf(err) != m[1] {
+			t.Errorf("refusal %q: limit %q, want the flag it names", err, server.LimitOf(err))
+		}
+	}
+	if got := server.LimitOf(fmt.Errorf("store: %w", durable.ErrNoSpace)); got != "disk-space" {
+		t.Errorf("a full data directory's limit is %q, want disk-space", got)
+	}
+	if got := server.LimitOf(errors.New("not a limit")); got != "" {
+		t.Errorf("an error that is no refusal has limit %q", got)
 	}
 }
 

@@ -91,7 +91,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 		defer c.release(q)
 	}
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return false
 	}
 	if mode != nil {
@@ -103,7 +103,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			held, ok := c.acks.Len(), c.creditLeft(mode)
 			c.mu.Unlock()
 			if !ok {
-				c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
+				c.fail(f.ID, wire.CodeLimit, limitf("max-pending", "this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
 				return false
 			}
 		}
@@ -125,7 +125,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			held := c.acks.Len()
 			c.mu.Unlock()
 			q.Unhold(m)
-			c.sendError(f.ID, wire.CodeLimit, fmt.Sprintf("this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
+			c.fail(f.ID, wire.CodeLimit, limitf("max-pending", "this connection holds %d unsettled deliveries, as many as this retrieve's credit (%d) allows (machqd --max-pending caps it); ACK, NAK or TERM some first", held, mode.credit))
 			return false
 		}
 		if mode != nil {
@@ -142,7 +142,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 	if max := c.s.cfg.Limits.MaxWaiting; len(c.waits)+len(c.blocked) >= max {
 		n := len(c.waits) + len(c.blocked)
 		c.mu.Unlock()
-		c.sendError(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
+		c.fail(f.ID, wire.CodeLimit, limitError("too many retrieves waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit"))
 		return false
 	}
 	if _, dup := c.waits[f.ID]; dup || c.blocked[f.ID] != nil {
@@ -158,7 +158,7 @@ func (c *conn) handleRetrieve(f wire.Frame) (fatal bool) {
 			c.sendError(f.ID, wire.CodeInternal, err.Error())
 			return false
 		}
-		c.sendError(f.ID, wire.CodeLimit, refusalError(err, 0).Error())
+		c.fail(f.ID, wire.CodeLimit, refusalError(err, 0))
 		return false
 	}
 	c.waits[f.ID] = w

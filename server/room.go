@@ -32,7 +32,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 		c.mu.Unlock()
 		c.s.discardPage(m)
 		m.Release()
-		c.sendError(id, wire.CodeLimit, limitError("too many requests waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit").Error())
+		c.fail(id, wire.CodeLimit, limitError("too many requests waiting on this connection", int64(n), int64(max), "max-waiting", "cancel some, or raise the limit"))
 		return false
 	}
 	if _, dup := c.blocked[id]; dup || c.waits[id] != nil {
@@ -51,7 +51,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 			c.sendError(id, wire.CodeInternal, err.Error())
 			return false
 		}
-		c.sendError(id, wire.CodeLimit, refusalError(err, 0).Error())
+		c.fail(id, wire.CodeLimit, refusalError(err, 0))
 		return false
 	}
 	b := &blockedStore{q: q}
@@ -98,7 +98,7 @@ func (c *conn) storeOrWait(id uint64, q *queue.Queue, m *queue.Message, maxMessa
 		c.mu.Unlock()
 		c.s.discardPage(m)
 		m.Release()
-		c.sendError(id, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, which).Error())
+		c.fail(id, wire.CodeLimit, queueFullError(q, size, maxMessages, maxBytes, which))
 	}
 	return false
 }

@@ -310,24 +310,24 @@ func (s *Server) track(uc *net.UnixConn) bool {
 		return false
 	}
 	lim := &s.cfg.Limits
-	var refusal string
+	var refusal error
 	code := wire.CodeLimit
 	if ok, why := s.cfg.Access.admits(cred); !ok {
-		refusal, code = why, wire.CodeDenied
+		refusal, code = errors.New(why), wire.CodeDenied
 	}
 	switch {
-	case refusal != "":
+	case refusal != nil:
 	case len(s.conns) >= lim.MaxConnections:
-		refusal = limitError("too many connections", int64(len(s.conns)), int64(lim.MaxConnections), "max-connections", "close idle clients or raise the limit").Error()
+		refusal = limitError("too many connections", int64(len(s.conns)), int64(lim.MaxConnections), "max-connections", "close idle clients or raise the limit")
 	case acct.Connections() >= int64(lim.MaxConnectionsPerUID):
-		refusal = limitError(fmt.Sprintf("too many connections for uid %d", uid), acct.Connections(), int64(lim.MaxConnectionsPerUID), "max-connections-per-uid", "close idle clients or raise the limit").Error()
+		refusal = limitError(fmt.Sprintf("too many connections for uid %d", uid), acct.Connections(), int64(lim.MaxConnectionsPerUID), "max-connections-per-uid", "close idle clients or raise the limit")
 	default:
 		if err := acct.Connect(); err != nil {
-			refusal = refusalError(err, 0).Error()
+			refusal = refusalError(err, 0)
 		}
 	}
-	if refusal != "" {
-		attrs := []any{"err", refusal}
+	if refusal != nil {
+		attrs := []any{"err", refusal.Error()}
 		if cred != nil {
 			attrs = append(attrs, "pid", cred.Pid, "uid", cred.Uid)
 		}
@@ -335,8 +335,8 @@ func (s *Server) track(uc *net.UnixConn) bool {
 		// The socket buffer of a new connection is empty: this write
 		// does not block, and the deadline makes sure of it.
 		uc.SetWriteDeadline(time.Now().Add(time.Second))
-		uc.Write(wire.AppendError(nil, 0, code, refusal))
-		s.failed(code, refusal)
+		uc.Write(wire.AppendError(nil, 0, code, refusal.Error()))
+		s.failed(code, limitOf(refusal))
 		uc.Close()
 		return true
 	}

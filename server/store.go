@@ -20,7 +20,7 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 	}
 	m, code, err := c.admit(f, st, inline)
 	if err != nil {
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return false
 	}
 	isPage := m.FD >= 0
@@ -28,25 +28,25 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 	// user's limits, wherever it is, until it is released.
 	if err := c.acct.Hold(m.Size, isPage); err != nil {
 		m.Release()
-		c.sendError(f.ID, wire.CodeLimit, refusalError(err, m.Size).Error())
+		c.fail(f.ID, wire.CodeLimit, refusalError(err, m.Size))
 		return false
 	}
 	m.Charge = c.acct
 	q, code, err := c.queueFor(st.Queue, f.Flags, true)
 	if err != nil {
 		m.Release()
-		c.sendError(f.ID, code, err.Error())
+		c.fail(f.ID, code, err)
 		return false
 	}
 	defer c.release(q)
 	if err := c.s.durableRefusal(q, m.Size, m.FD >= 0); err != nil {
 		m.Release()
-		c.sendError(f.ID, durableCode(err), err.Error())
+		c.fail(f.ID, durableCode(err), err)
 		return false
 	}
 	if err := c.s.preparePage(q, m); err != nil {
 		m.Release()
-		c.sendError(f.ID, durableCode(err), err.Error())
+		c.fail(f.ID, durableCode(err), err)
 		return false
 	}
 	lim := &c.s.cfg.Limits
@@ -76,7 +76,7 @@ func (c *conn) handleStore(f wire.Frame) (fatal bool) {
 		} else {
 			err = refusalError(err, size) // the views of a queue with groups
 		}
-		c.sendError(f.ID, wire.CodeLimit, err.Error())
+		c.fail(f.ID, wire.CodeLimit, err)
 		return false
 	}
 	if c.info {
