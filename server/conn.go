@@ -249,13 +249,13 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 			if c.frameDeadline && c.hello && errors.Is(err, os.ErrDeadlineExceeded) && !c.s.closing.Load() {
 				msg := fmt.Sprintf("a frame did not arrive whole within %s of its first byte; send each frame at once (machqd --frame-timeout)", c.s.cfg.FrameTimeout)
 				c.log.Warn("closing connection: stalled frame", "err", msg)
-				c.sendError(0, wire.CodeMalformed, msg)
+				c.closeWith(wire.CodeMalformed, msg)
 				return "stalled frame"
 			}
 			if !c.hello && errors.Is(err, os.ErrDeadlineExceeded) && !c.s.closing.Load() {
 				msg := fmt.Sprintf("no HELLO within %s of connecting; a connection must start with HELLO", c.s.cfg.HandshakeTimeout)
 				c.log.Warn("closing connection: silent client", "err", msg)
-				c.sendError(0, wire.CodeMalformed, msg)
+				c.closeWith(wire.CodeMalformed, msg)
 				return "no handshake"
 			}
 			if isPeerGone(err) {
@@ -265,7 +265,7 @@ func (c *conn) readLoop(rd *wire.Reader) string {
 				return "disconnected"
 			}
 			c.log.Warn("closing connection: protocol violation", "err", err)
-			c.sendError(0, wire.CodeMalformed, err.Error())
+			c.closeWith(wire.CodeMalformed, err.Error())
 			return "protocol violation"
 		}
 		c.mu.Lock()
@@ -355,9 +355,15 @@ var laterOps = [256]struct {
 // noFDs closes descriptors sent with a request that takes none. The
 // request itself is still served.
 func (c *conn) noFDs(f wire.Frame) {
-	if len(f.FDs) > 0 {
-		c.log.Warn("closed descriptors sent with a request that takes none", "op", f.Op.String(), "id", f.ID, "fds", len(f.FDs))
-		wire.CloseFDs(f.FDs)
+	if len(f.FDs) == 0 {
+		return
+	}
+	wire.CloseFDs(f.FDs)
+	c.mu.Lock()
+	warn, suppressed := c.admitWarning()
+	c.mu.Unlock()
+	if warn {
+		c.log.Warn("closed descriptors sent with a request that takes none", "op", f.Op.String(), "id", f.ID, "fds", len(f.FDs), "warnings_not_logged", suppressed)
 	}
 }
 
@@ -388,6 +394,31 @@ func (c *conn) handleHello(f wire.Frame) bool {
 	c.signal()
 	c.mu.Unlock()
 	return false
+}
+
+// admitWarning reports whether the connection may log a warning now (at
+// most one per warnEvery), and how many it left out since the last one
+// it logged. c.mu is held.
+func (c *conn) admitWarning() (bool, int) {
+	now := time.Now()
+	if now.Sub(c.lastWarn) < warnEvery {
+		c.suppressed++
+		return false, 0
+	}
+	n := c.suppressed
+	c.lastWarn, c.suppressed = now, 0
+	return true, n
+}
+
+// closeWith queues the ERROR of code saying msg (for no request: id 0)
+// with which the server closes the connection, and tells the Observer;
+// the caller has logged why, once.
+func (c *conn) closeWith(code wire.Code, msg string) {
+	c.mu.Lock()
+	c.out = wire.AppendError(c.out, 0, code, msg)
+	c.signal()
+	c.mu.Unlock()
+	c.s.failed(code, "")
 }
 
 // software is what the server says of its build in WELCOME.
@@ -438,12 +469,7 @@ func (c *conn) answerError(id uint64, code wire.Code, msg, limit string) {
 	c.out = wire.AppendError(c.out, id, code, msg)
 	c.signal()
 	if code != wire.CodeEmpty && code != wire.CodeCancelled {
-		if now := time.Now(); now.Sub(c.lastWarn) >= warnEvery {
-			warn, suppressed = true, c.suppressed
-			c.lastWarn, c.suppressed = now, 0
-		} else {
-			c.suppressed++
-		}
+		warn, suppressed = c.admitWarning()
 	}
 	c.mu.Unlock()
 	c.s.failed(code, limit)

@@ -20,6 +20,7 @@ import (
 	"github.com/machq/machq/internal/naming"
 	"github.com/machq/machq/internal/queue"
 	"github.com/machq/machq/internal/quota"
+	"github.com/machq/machq/internal/ratelog"
 	"github.com/machq/machq/internal/spin"
 	"github.com/machq/machq/internal/stats"
 	"github.com/machq/machq/internal/wire"
@@ -40,12 +41,22 @@ const DefaultSpin = 0
 // milliseconds.
 const DefaultFrameTimeout = 3 * time.Second
 
+// DefaultLogRate is the most records of one level and message the server
+// logs per second (Config.LogRate).
+const DefaultLogRate = 100
+
 // Config configures a Server. The zero value is ready to use.
 type Config struct {
 	// Logger receives the server's structured logs. Every step of every
 	// request is logged at slog.LevelInfo, connections and failures at
 	// Info and Warn. Nil discards them.
 	Logger *slog.Logger
+	// LogRate bounds what the server logs, so that hostile clients
+	// cannot flood the log: at most LogRate records of one level and
+	// message per second, the rest counted in a summary record
+	// (internal/ratelog). Zero means DefaultLogRate; a negative value
+	// means no bound (for a Logger that is bounded already).
+	LogRate int
 
 	// MaxMessageSize is the largest payload, in bytes, the server stores.
 	// Zero means DefaultMaxMessageSize.
@@ -108,6 +119,12 @@ type Config struct {
 func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	} else if c.LogRate >= 0 {
+		rate := c.LogRate
+		if rate == 0 {
+			rate = DefaultLogRate
+		}
+		c.Logger = slog.New(ratelog.New(c.Logger.Handler(), rate))
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize

@@ -240,7 +240,9 @@ func run(args []string) int {
 	if *dataDir != "" {
 		dur = &server.DurableConfig{Dir: *dataDir, Queues: *durablePattern, SkipCorrupt: *skipCorrupt, LossySyncInterval: lossySync}
 	}
-	cfg := server.Config{Logger: log, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Spin: *spinFor, SpinReaders: *spinReaders, Limits: lim, Access: access, Ack: ack, Durable: dur}
+	// LogRate -1: log is bounded already (--log-rate), with what
+	// machqd logs itself.
+	cfg := server.Config{Logger: log, LogRate: -1, MaxMessageSize: *maxMessage, MaxInline: cfgInline, HandshakeTimeout: *handshakeTimeout, FrameTimeout: *frameTimeout, Spin: *spinFor, SpinReaders: *spinReaders, Limits: lim, Access: access, Ack: ack, Durable: dur}
 	var met *metrics.Metrics
 	if *metricsAddr != "" {
 		met = metrics.New(metrics.Options{MaxQueues: *metricsQueues, Durable: dur != nil, Version: version.String()})

@@ -29,6 +29,9 @@ type key struct {
 type state struct {
 	burst int
 	now   func() time.Time
+	root  slog.Handler // where a summary goes when no record brings it
+
+	armed bool // a timer will write the summary of this second
 
 	mu         sync.Mutex
 	window     time.Time // start of the current second
@@ -49,7 +52,7 @@ func New(inner slog.Handler, burst int) *Handler {
 
 func newWithClock(inner slog.Handler, burst int, now func() time.Time) *Handler {
 	return &Handler{inner: inner, st: &state{
-		burst: burst, now: now,
+		burst: burst, now: now, root: inner,
 		seen: make(map[key]int), suppressed: make(map[key]int),
 	}}
 }
@@ -79,14 +82,7 @@ func (s *state) admit(k key) (bool, []slog.Record) {
 	now := s.now()
 	var summary []slog.Record
 	if now.Sub(s.window) >= time.Second {
-		for sk, n := range s.suppressed {
-			r := slog.NewRecord(now, slog.LevelWarn, "log records left out: more than the most per second of one message", 0)
-			r.AddAttrs(slog.String("message", sk.msg), slog.String("level", sk.level.String()), slog.Int("left_out", n), slog.Int("per_second", s.burst))
-			summary = append(summary, r)
-		}
-		clear(s.seen)
-		clear(s.suppressed)
-		s.window = now
+		summary = s.summarize(now)
 	}
 	n, ok := s.seen[k]
 	if !ok && len(s.seen) >= maxKeys {
@@ -97,7 +93,50 @@ func (s *state) admit(k key) (bool, []slog.Record) {
 		return true, summary
 	}
 	s.suppressed[k]++
+	if !s.armed {
+		// If nothing is logged after the flood, the summary still
+		// comes, once its second is over.
+		s.armed = true
+		time.AfterFunc(s.window.Add(time.Second).Sub(now), s.late)
+	}
 	return false, summary
+}
+
+// summarize returns the summaries of the second that ended and begins
+// the next at now; s.mu is held.
+func (s *state) summarize(now time.Time) []slog.Record {
+	var summary []slog.Record
+	for sk, n := range s.suppressed {
+		r := slog.NewRecord(now, slog.LevelWarn, "log records left out: more than the most per second of one message", 0)
+		r.AddAttrs(slog.String("message", sk.msg), slog.String("level", sk.level.String()), slog.Int("left_out", n), slog.Int("per_second", s.burst))
+		summary = append(summary, r)
+	}
+	clear(s.seen)
+	clear(s.suppressed)
+	s.window = now
+	return summary
+}
+
+// late writes the summary of a second that ended with records left out
+// and no record since.
+func (s *state) late() {
+	s.mu.Lock()
+	s.armed = false
+	var summary []slog.Record
+	if now := s.now(); len(s.suppressed) > 0 {
+		if now.Sub(s.window) >= time.Second {
+			summary = s.summarize(now)
+		} else {
+			// A record began another second, which left out
+			// records in its turn.
+			s.armed = true
+			time.AfterFunc(s.window.Add(time.Second).Sub(now), s.late)
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range summary {
+		s.root.Handle(context.Background(), r)
+	}
 }
 
 // WithAttrs returns a Handler whose records carry attrs, sharing h's
