@@ -83,6 +83,10 @@ type Limits struct {
 	// error from ever failing for want of a descriptor: near the limit,
 	// new pages and connections are refused with LIMIT instead.
 	MaxDescriptors int64
+	// MaxDescriptorsPerUID bounds those one user id's pages and
+	// connections take. Default half of MaxDescriptors when other users
+	// are admitted, else all of it.
+	MaxDescriptorsPerUID int64
 	// MaxGroups bounds the consumer groups of all queues together, and
 	// MaxGroupsPerUID those one user id created. Default 65,536 in all
 	// (a queue has at most 256).
@@ -149,6 +153,7 @@ func (l *Limits) setDefaults(shared bool) {
 	pick(&l.MaxPrivateBytes, l.MaxStoredBytes)
 	pick(&l.MaxStoredPages, pagesForDescriptorLimit())
 	pick(&l.MaxDescriptors, descriptorBudget())
+	pick(&l.MaxDescriptorsPerUID, share(l.MaxDescriptors))
 	pick(&l.MaxStoredMessagesPerUID, share(l.MaxStoredMessages))
 	pick(&l.MaxStoredBytesPerUID, share(l.MaxStoredBytes))
 	pick(&l.MaxStoredPagesPerUID, share(l.MaxStoredPages))

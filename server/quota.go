@@ -33,6 +33,7 @@ func newLedger(lim *Limits) *quota.Ledger {
 			Waiting:  lim.MaxWaitingPerUID,
 		},
 		Descriptors:           lim.MaxDescriptors,
+		DescriptorsPerUID:     lim.MaxDescriptorsPerUID,
 		ConnectionDescriptors: connectionDescriptors,
 	})
 }
@@ -63,6 +64,8 @@ func refusalError(err error, size int64) error {
 		return limitError(fmt.Sprintf("uid %d holds too many pages", e.UID), e.Have, e.Max, "max-stored-pages-per-uid", "retrieve some, send small payloads inline, or raise the limit")
 	case quota.UIDWaiting:
 		return limitError(fmt.Sprintf("too many retrieves of uid %d wait", e.UID), e.Have, e.Max, "max-waiting-per-uid", "cancel some, or raise the limit")
+	case quota.UIDDescriptors:
+		return limitError(fmt.Sprintf("uid %d's pages and connections take too many of the server's descriptors", e.UID), e.Have, e.Max, "max-descriptors-per-uid", "retrieve some pages, close idle connections, or raise the limit")
 	case quota.Descriptors:
 		return limitError("the server is near its descriptor limit: no descriptor is left for another page or connection", e.Have, e.Max, "max-descriptors", "retrieve some pages, close idle connections, or raise the descriptor limit (ulimit -n, LimitNOFILE=)")
 	}

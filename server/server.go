@@ -548,7 +548,7 @@ func (s *Server) Stats() Stats {
 	}
 	created := s.named.CreatedBy()
 	for _, u := range s.ledger.Users() {
-		st.Users = append(st.Users, UserStats{UID: u.UID, Connections: u.Connections, Messages: u.Messages, Bytes: u.Bytes, Pages: u.Pages, Waiting: u.Waiting, Queues: created[u.UID]})
+		st.Users = append(st.Users, UserStats{UID: u.UID, Connections: u.Connections, Messages: u.Messages, Bytes: u.Bytes, Pages: u.Pages, Waiting: u.Waiting, Descriptors: u.Descriptors, Queues: created[u.UID]})
 		delete(created, u.UID)
 	}
 	for uid, n := range created {
@@ -579,7 +579,8 @@ func (s *Server) limitStats() *stats.Limits {
 		MaxQueues: i(l.MaxQueues), MaxQueuesPerUID: i(l.MaxQueuesPerUID),
 		MaxWaiting: i(l.MaxWaiting), MaxWaitingTotal: v(l.MaxWaitingTotal), MaxWaitingPerUID: v(l.MaxWaitingPerUID),
 		MaxGroups: i(l.MaxGroups), MaxGroupsPerUID: i(l.MaxGroupsPerUID),
-		MaxPending: i(s.cfg.Ack.MaxPending),
+		MaxPending:           i(s.cfg.Ack.MaxPending),
+		MaxDescriptorsPerUID: v(l.MaxDescriptorsPerUID),
 	}
 }
 

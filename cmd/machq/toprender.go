@@ -287,7 +287,7 @@ var noLimits = stats.Limits{
 	MaxQueues: -1, MaxQueuesPerUID: -1,
 	MaxWaiting: -1, MaxWaitingTotal: -1, MaxWaitingPerUID: -1,
 	MaxGroups: -1, MaxGroupsPerUID: -1,
-	MaxPending: -1,
+	MaxPending: -1, MaxDescriptorsPerUID: -1,
 }
 
 // limitsOf returns st's limits, or noLimits when the server did not
@@ -565,6 +565,7 @@ func userLimitNotes(u *stats.User, lim *stats.Limits) []string {
 		{"pages", u.Pages, lim.MaxStoredPagesPerUID, fmtCount, "max-stored-pages-per-uid"},
 		{"queues", int64(u.Queues), lim.MaxQueuesPerUID, fmtCount, "max-queues-per-uid"},
 		{"waiting", u.Waiting, lim.MaxWaitingPerUID, fmtCount, "max-waiting-per-uid"},
+		{"descriptors", u.Descriptors, lim.MaxDescriptorsPerUID, fmtCount, "max-descriptors-per-uid"},
 	} {
 		notes, _ = appendNote(notes, limitNote(c.what, c.n, c.max, c.format, c.flag))
 	}

@@ -103,6 +103,7 @@ func run(args []string) int {
 	fs.IntVar(&lim.MaxQueuesPerUID, "max-queues-per-uid", 0, "most named `queues` one user id has created at once, owned ones included until disowned"+perUID)
 	fs.Int64Var(&lim.MaxWaitingPerUID, "max-waiting-per-uid", 0, "most `retrieves` of one user id waiting at once"+perUID)
 	fs.IntVar(&lim.MaxGroups, "max-groups", server.DefaultMaxGroups, "most consumer `groups` of all queues together (a queue has at most 256; -1: no limit)")
+	fs.Int64Var(&lim.MaxDescriptorsPerUID, "max-descriptors-per-uid", 0, "most `descriptors` one user id's pages and connections take of --max-descriptors"+perUID)
 	fs.IntVar(&lim.MaxGroupsPerUID, "max-groups-per-uid", 0, "most consumer `groups` one user id has created at once"+perUID)
 	dataDir := fs.String("data-dir", "", "keep durable named queues in this `directory` (created 0700, locked while the server runs): they survive a restart, a crash and a power loss, each store on disk before it is acknowledged (docs/STORAGE.md); without it every queue is in memory only")
 	durablePattern := fs.String("durable", "*", "with --data-dir, the named queues that are durable, as a `pattern` (* ? [...], as path.Match): others stay in memory")

@@ -79,6 +79,7 @@ var (
 	userPagesDesc       = desc("machq_user_pages", "Pages a user id's stores make the server hold.", "uid")
 	userQueuesDesc      = desc("machq_user_queues", "Named queues a user id created that exist.", "uid")
 	userWaitingDesc     = desc("machq_user_waiting", "A user id's RETRIEVEs and STOREs waiting.", "uid")
+	userDescsDesc       = desc("machq_user_descriptors", "Descriptors a user id's pages and connections take.", "uid")
 
 	limitDesc = desc("machq_limit", "A limit of the server, by the machqd flag that sets it (as machq_limit_refusals_total names them); limits not set have no series.", "limit")
 
@@ -95,7 +96,7 @@ func (h *holdings) Describe(ch chan<- *prometheus.Desc) {
 		queueMessagesDesc, queueBytesDesc, queueWaitingDesc, queuePendingDesc, queueDelayedDesc, queueBlockedDesc, queueGroupsDesc,
 		queueDeliveredDesc, queueRedelivDesc, queueAckedDesc, queueNackedDesc, queueDeadDesc,
 		groupsUnlabelledDesc, groupMessagesDesc, groupPendingDesc, groupWaitingDesc, groupDeliveredDesc, groupAckedDesc,
-		userConnectionsDesc, userMessagesDesc, userBytesDesc, userPagesDesc, userQueuesDesc, userWaitingDesc,
+		userConnectionsDesc, userMessagesDesc, userBytesDesc, userPagesDesc, userQueuesDesc, userWaitingDesc, userDescsDesc,
 		journalSegmentsDesc, journalRecordsDesc, journalFailedDesc, journalUnsyncedDesc, limitDesc,
 	} {
 		ch <- d
@@ -149,6 +150,7 @@ func (h *holdings) Collect(ch chan<- prometheus.Metric) {
 			{"max-queues", l.MaxQueues}, {"max-queues-per-uid", l.MaxQueuesPerUID},
 			{"max-waiting", l.MaxWaiting}, {"max-waiting-total", l.MaxWaitingTotal}, {"max-waiting-per-uid", l.MaxWaitingPerUID},
 			{"max-groups", l.MaxGroups}, {"max-groups-per-uid", l.MaxGroupsPerUID}, {"max-pending", l.MaxPending},
+			{"max-descriptors-per-uid", l.MaxDescriptorsPerUID},
 		} {
 			if lim.v >= 0 {
 				gauge(limitDesc, float64(lim.v), lim.flag)
@@ -261,6 +263,7 @@ func (h *holdings) collectUsers(users []stats.User, gauge gaugeFunc) {
 		gauge(userPagesDesc, float64(u.Pages), uid)
 		gauge(userQueuesDesc, float64(u.Queues), uid)
 		gauge(userWaitingDesc, float64(u.Waiting), uid)
+		gauge(userDescsDesc, float64(u.Descriptors), uid)
 	}
 	n := min(len(order), h.max)
 	for i := range order[:n] {
@@ -275,6 +278,7 @@ func (h *holdings) collectUsers(users []stats.User, gauge gaugeFunc) {
 			rest.Pages += u.Pages
 			rest.Queues += u.Queues
 			rest.Waiting += u.Waiting
+			rest.Descriptors += u.Descriptors
 		}
 		send(&rest, "")
 	}

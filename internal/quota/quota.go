@@ -37,6 +37,9 @@ type Config struct {
 	// use together; <= 0 means no limit. The server keeps the rest of
 	// its descriptor limit as headroom for everything else.
 	Descriptors int64
+	// DescriptorsPerUID is how many of them one user id's pages and
+	// connections may use; <= 0 means no limit.
+	DescriptorsPerUID int64
 	// ConnectionDescriptors is what one connection takes from
 	// Descriptors: its socket and the most descriptors it may have in
 	// flight, received but not yet stored or closed. Zero means 1.
@@ -57,6 +60,7 @@ const (
 	UIDPages
 	UIDWaiting
 	Descriptors
+	UIDDescriptors
 )
 
 // Exceeded reports a charge refused because it would pass a limit.
@@ -74,7 +78,7 @@ func (e *Exceeded) Error() string {
 
 // PerUID reports whether the limit passed is one user's.
 func (e *Exceeded) PerUID() bool {
-	return e.Kind >= UIDMessages && e.Kind <= UIDWaiting
+	return e.Kind >= UIDMessages && e.Kind <= UIDWaiting || e.Kind == UIDDescriptors
 }
 
 // counters is one set of held amounts.
@@ -84,6 +88,7 @@ type counters struct {
 	pages       atomic.Int64
 	waiting     atomic.Int64
 	connections atomic.Int64
+	fds         atomic.Int64 // descriptors of pages and connections
 }
 
 // Usage is a snapshot of counters.
@@ -93,6 +98,7 @@ type Usage struct {
 	Pages       int64 `json:"pages"`
 	Waiting     int64 `json:"waiting"`
 	Connections int64 `json:"connections"`
+	Descriptors int64 `json:"descriptors"`
 }
 
 func (c *counters) usage() Usage {
@@ -102,6 +108,7 @@ func (c *counters) usage() Usage {
 		Pages:       c.pages.Load(),
 		Waiting:     c.waiting.Load(),
 		Connections: c.connections.Load(),
+		Descriptors: c.fds.Load(),
 	}
 }
 
@@ -138,7 +145,11 @@ func (l *Ledger) Account(uid uint32) *Account {
 }
 
 // Total returns what all users hold.
-func (l *Ledger) Total() Usage { return l.total.usage() }
+func (l *Ledger) Total() Usage {
+	u := l.total.usage()
+	u.Descriptors = l.fds.Load()
+	return u
+}
 
 // DescriptorsUsed returns the descriptors taken by pages and connections,
 // and the most they may take (<= 0: no limit).
@@ -217,6 +228,7 @@ func (a *Account) Hold(size int64, page bool) error {
 		{&a.c.messages, 1, l.cfg.PerUID.Messages, UIDMessages},
 		{&a.c.bytes, size, l.cfg.PerUID.Bytes, UIDBytes},
 		{&a.c.pages, pages, l.cfg.PerUID.Pages, UIDPages},
+		{&a.c.fds, pages, l.cfg.DescriptorsPerUID, UIDDescriptors},
 		{&l.fds, pages, l.cfg.Descriptors, Descriptors},
 	}
 	for i, s := range steps {
@@ -246,6 +258,7 @@ func (a *Account) ForceHold(size int64, page bool) {
 	if page {
 		l.total.pages.Add(1)
 		a.c.pages.Add(1)
+		a.c.fds.Add(1)
 		l.fds.Add(1)
 	}
 }
@@ -260,6 +273,7 @@ func (a *Account) Unhold(size int64, page bool) {
 	if page {
 		l.total.pages.Add(-1)
 		a.c.pages.Add(-1)
+		a.c.fds.Add(-1)
 		l.fds.Add(-1)
 	}
 }
@@ -312,12 +326,17 @@ func (a *Account) Unwait(n int) {
 }
 
 // Connect charges a connection's descriptors, or returns an *Exceeded of
-// kind Descriptors. Connection counts themselves are the server's to
-// limit; the account only shows them.
+// kind UIDDescriptors or Descriptors. Connection counts themselves are
+// the server's to limit; the account only shows them.
 func (a *Account) Connect() error {
 	l := a.l
-	if have, ok := take(&l.fds, l.cfg.ConnectionDescriptors, l.cfg.Descriptors); !ok {
-		return &Exceeded{Kind: Descriptors, UID: a.uid, Have: have, Max: l.cfg.Descriptors, Want: l.cfg.ConnectionDescriptors}
+	n := l.cfg.ConnectionDescriptors
+	if have, ok := take(&a.c.fds, n, l.cfg.DescriptorsPerUID); !ok {
+		return &Exceeded{Kind: UIDDescriptors, UID: a.uid, Have: have, Max: l.cfg.DescriptorsPerUID, Want: n}
+	}
+	if have, ok := take(&l.fds, n, l.cfg.Descriptors); !ok {
+		a.c.fds.Add(-n)
+		return &Exceeded{Kind: Descriptors, UID: a.uid, Have: have, Max: l.cfg.Descriptors, Want: n}
 	}
 	a.c.connections.Add(1)
 	return nil
@@ -326,6 +345,7 @@ func (a *Account) Connect() error {
 // Disconnect discharges what Connect charged.
 func (a *Account) Disconnect() {
 	a.l.fds.Add(-a.l.cfg.ConnectionDescriptors)
+	a.c.fds.Add(-a.l.cfg.ConnectionDescriptors)
 	a.c.connections.Add(-1)
 }
 

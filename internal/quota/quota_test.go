@@ -103,6 +103,45 @@ func TestDescriptorsShareOneBudget(t *testing.T) {
 	}
 }
 
+// TestDescriptorsPerUID: one user's pages and connections take at most
+// its share of the descriptors, and another user still gets the rest.
+func TestDescriptorsPerUID(t *testing.T) {
+	l := quota.New(quota.Config{Descriptors: 12, DescriptorsPerUID: 7, ConnectionDescriptors: 3})
+	a, b := l.Account(7), l.Account(8)
+	for range 2 {
+		if err := a.Connect(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Hold(1, true); err != nil {
+		t.Fatalf("uid 7's seventh descriptor: %v", err)
+	}
+	var e *quota.Exceeded
+	if err := a.Connect(); !errors.As(err, &e) || e.Kind != quota.UIDDescriptors || e.UID != 7 || !e.PerUID() {
+		t.Errorf("a connection past uid 7's share: %v", err)
+	}
+	if err := a.Hold(1, true); !errors.As(err, &e) || e.Kind != quota.UIDDescriptors {
+		t.Errorf("a page past uid 7's share: %v", err)
+	}
+	if err := b.Connect(); err != nil {
+		t.Errorf("uid 8 locked out by uid 7: %v", err)
+	}
+	if u := a.Usage(); u.Descriptors != 7 {
+		t.Errorf("uid 7's descriptors = %d, want 7", u.Descriptors)
+	}
+	if u := l.Total(); u.Descriptors != 10 {
+		t.Errorf("total descriptors = %d, want 10", u.Descriptors)
+	}
+	a.Unhold(1, true)
+	a.Disconnect()
+	if u := a.Usage(); u.Descriptors != 3 {
+		t.Errorf("after a page and a connection went, uid 7's descriptors = %d, want 3", u.Descriptors)
+	}
+	if used, _ := l.DescriptorsUsed(); used != 6 {
+		t.Errorf("descriptors used = %d, want 6", used)
+	}
+}
+
 // TestConcurrentHoldsNeverPassALimit charges from many goroutines at once:
 // the limit is never passed and every charge is discharged.
 func TestConcurrentHoldsNeverPassALimit(t *testing.T) {

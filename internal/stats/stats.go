@@ -64,6 +64,9 @@ type User struct {
 	Pages       int64  `json:"pages"`
 	Queues      int    `json:"queues"`
 	Waiting     int64  `json:"waiting"`
+	// Descriptors is what the user's pages and connections take of
+	// the server's descriptors (--max-descriptors-per-uid).
+	Descriptors int64 `json:"descriptors"`
 }
 
 // Counts are the deliveries and settlements of a queue or consumer
@@ -191,4 +194,5 @@ type Limits struct {
 	MaxGroups               int64 `json:"max_groups"`
 	MaxGroupsPerUID         int64 `json:"max_groups_per_uid"`
 	MaxPending              int64 `json:"max_pending"`
+	MaxDescriptorsPerUID    int64 `json:"max_descriptors_per_uid"`
 }

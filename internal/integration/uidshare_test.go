@@ -1,0 +1,92 @@
+package integration_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/machq/machq"
+	"github.com/machq/machq/internal/asuser"
+	"github.com/machq/machq/internal/clienttest"
+)
+
+// TestIntegrationDescriptorShareOfAUser: when other users are admitted,
+// one user's connections take at most its share of the server's
+// descriptors (machqd --max-descriptors-per-uid, half by default), so
+// under a low descriptor limit that user cannot lock the others out.
+func TestIntegrationDescriptorShareOfAUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as other users")
+	}
+	const victim, mallory = 65534, 65533
+	socket := filepath.Join(sharedDir(t, 0o755), "machq.sock")
+	logs := &syncBuffer{}
+	cmd := exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" --socket "$1" --log-level warn --allow-uid 65534 --allow-uid 65533`, bin.machqd, socket)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, cmd: cmd, socket: socket, logs: logs, exited: make(chan struct{})}
+	go func() { d.err = cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() {
+		if d.running() {
+			d.stop()
+		}
+		if t.Failed() {
+			t.Logf("machqd logs:\n%s", logs)
+		}
+	})
+	d.waitReady()
+	ctx := ctxT(t)
+
+	// 256 descriptors less the 64 kept back, 3 per connection: mallory
+	// gets half, 32 connections.
+	var held []*machq.Client
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	refused := false
+	for range 100 {
+		c, err := dialUserErr(socket, mallory)
+		if err != nil {
+			if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "max-descriptors-per-uid") {
+				t.Fatalf("mallory's connection %d: %v; want a LIMIT naming --max-descriptors-per-uid", len(held)+1, err)
+			}
+			refused = true
+			break
+		}
+		held = append(held, c)
+	}
+	if !refused || len(held) != 32 {
+		t.Fatalf("mallory holds %d connections (refused: %v), want 32 of the 64 the descriptors allow", len(held), refused)
+	}
+	// The other user still connects, as often as its own share allows,
+	// and is served.
+	for i := range 10 {
+		v := dialUser(t, socket, victim)
+		if _, err := v.Send(ctx, "victim", []byte("still served")); err != nil {
+			t.Fatalf("victim's connection %d: %v", i+1, err)
+		}
+		clienttest.ExpectMessage(t, ctx, v, "victim", "still served", "victim after mallory's flood")
+	}
+}
+
+// dialUserErr connects as user uid and returns the error, if any.
+func dialUserErr(socket string, uid int) (*machq.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var c *machq.Client
+	err := asuser.Do(uid, uid, func() error {
+		var err error
+		c, err = machq.Dial(ctx, socket)
+		return err
+	})
+	return c, err
+}
