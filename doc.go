@@ -35,6 +35,22 @@
 // memfd. For many small messages, SendBatch and RetrieveBatch send a
 // whole batch of requests in one write and wait once.
 //
+// Acknowledged delivery: Reserve and ReserveWait take a message in ack
+// mode and return a Delivery, which stays the queue's until its Ack; Nak
+// puts it back at its place (after a delay), Term sends it to the
+// queue's dead-letter queue (QUEUE.dlq), Touch renews its lease. If the
+// consumer's connection ends first, the message is redelivered at once.
+// ReserveBatch and AckBatch do the same for many. A named queue may have
+// consumer groups (CreateGroup, DeleteGroup; AckOptions.Group), each of
+// which receives every message; a large payload fanned out to several
+// groups is one sealed memfd passed to each. Peek, Purge, Delete, Kick
+// and Configure manage queues.
+//
+// DialReconnecting returns a Reconnecting client, which dials again after
+// the server restarts and reports a call whose outcome it cannot know
+// with ErrUnknownOutcome rather than guessing. WithWaitForRoom makes a store
+// into a full queue wait for room instead of failing with ErrLimit.
+//
 // docs/PROTOCOL.md in the source repository describes the wire protocol
 // for clients in other languages.
 package machq
