@@ -5,15 +5,15 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq"
 )
@@ -77,83 +77,149 @@ func TestIntegrationRetrieveIntoClosedPipeLeavesTheMessage(t *testing.T) {
 	}
 }
 
+// holderEnv, when set in the environment of this test binary, makes it
+// a consumer process instead (see holdDeliveries): SOCKET|QUEUE|N.
+const holderEnv = "MACHQ_INTEGRATION_HOLDER"
+
+func init() {
+	if spec := os.Getenv(holderEnv); spec != "" {
+		os.Exit(holdDeliveries(spec))
+	}
+}
+
+// holdDeliveries is a consumer process: it takes N messages of QUEUE in
+// ack mode (credit N, no lease), says "holding SEQ" for each and "held",
+// and then holds them, unsettled, until stdin ends or it is killed.
+func holdDeliveries(spec string) int {
+	parts := strings.Split(spec, "|")
+	if len(parts) != 3 {
+		fmt.Fprintf(os.Stderr, "%s=%q: want SOCKET|QUEUE|N\n", holderEnv, spec)
+		return 2
+	}
+	n, err := strconv.Atoi(parts[2])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := machq.Dial(ctx, parts[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	for range n {
+		d, err := c.Reserve(ctx, parts[1], &machq.AckOptions{Credit: n, Lease: -1})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Printf("holding %d\n", d.Seq)
+	}
+	fmt.Println("held")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
 // TestIntegrationSIGKILLedConsumerRedeliveredAtOnce: a consumer process
-// killed while it holds a message in ack mode gives it back the instant
-// its connection ends, to a consumer already waiting, with its delivery
-// count raised.
+// killed while it holds messages in ack mode (three, with a credit of
+// three) gives every one of them back the instant its connection ends,
+// to a consumer already waiting, each within 500 ms of the kill and with
+// its delivery count raised.
 func TestIntegrationSIGKILLedConsumerRedeliveredAtOnce(t *testing.T) {
 	d := startDaemon(t, "", "--log-level", "warn")
-	store(t, d.socket, "jobs", []byte("the job"))
-
-	// The consumer takes the message and blocks writing it into a FIFO
-	// nobody reads: it holds the message, unacknowledged.
-	fifo := filepath.Join(t.TempDir(), "fifo")
-	if err := unix.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Open the FIFO's read end without reading, so that the consumer's
-	// open succeeds and its write blocks once the pipe is full; a
-	// payload larger than the pipe makes sure it does.
-	big := make([]byte, 1<<20)
+	big := make([]byte, 1<<20) // a page among inline messages
 	rand.Read(big)
-	store(t, d.socket, "jobs", big)
-	rd, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	payloads := map[uint64][]byte{}
+	c := dial(t, d.socket)
+	for _, p := range [][]byte{[]byte("first job"), big, []byte("third job")} {
+		seq, err := c.Send(ctxT(t), "jobs", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payloads[seq] = p
+	}
+
+	// The consumer: this test binary, taking all three and holding them.
+	holder := exec.Command(os.Args[0])
+	holder.Env = append(os.Environ(), fmt.Sprintf("%s=%s|jobs|3", holderEnv, d.socket))
+	stdin, err := holder.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rd.Close()
-	consumer := exec.Command(bin.machq, "retrieve", "--socket", d.socket, "--queue", "jobs", "--out", fifo)
-	done, _, _ := started(t, consumer)
-	// The first message is small: it is written whole and acknowledged.
-	waitFor(t, "the consumer to finish the first message", func() bool {
+	defer stdin.Close()
+	done, out, errb := started(t, holder)
+	waitFor(t, "the consumer to hold three messages", func() bool {
 		select {
 		case <-done:
-			return true
+			t.Fatalf("the consumer exited: %s", errb)
 		default:
-			return false
 		}
+		return strings.Contains(out.String(), "held\n")
 	})
-	buf := make([]byte, 64)
-	n, _ := rd.Read(buf)
-	if string(buf[:n]) != "the job" {
-		t.Fatalf("the FIFO got %q", buf[:n])
+	held := map[uint64]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if s, ok := strings.CutPrefix(l, "holding "); ok {
+			seq, _ := strconv.ParseUint(s, 10, 64)
+			held[seq] = true
+		}
 	}
-	if q := queueStats(d, "jobs"); q.Messages != 1 || q.Acked != 1 {
-		t.Fatalf("after the first consumer: %+v", q)
+	if q := queueStats(d, "jobs"); q.Pending != 3 || q.Messages != 0 || len(held) != 3 {
+		t.Fatalf("with the consumer holding %v: %+v; want three pending", held, q)
 	}
-	// The second consumer blocks on the 1 MiB message.
-	consumer = exec.Command(bin.machq, "retrieve", "--socket", d.socket, "--queue", "jobs", "--out", fifo)
-	done, _, _ = started(t, consumer)
-	waitFor(t, "the consumer to hold the big message", func() bool { return queueStats(d, "jobs").Pending == 1 })
 
+	// Another consumer waits, three retrieves at once on one connection.
 	waiter := dial(t, d.socket)
-	got := make(chan *machq.Delivery, 1)
-	go func() {
-		dl, err := waiter.ReserveWait(ctxT(t), "jobs", nil)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- dl
-	}()
-	waitFor(t, "a consumer waiting on jobs", func() bool { return queueStats(d, "jobs").Waiting == 1 })
+	type receipt struct {
+		dl  *machq.Delivery
+		err error
+		at  time.Time
+	}
+	got := make(chan receipt, 3)
+	for range 3 {
+		go func() {
+			dl, err := waiter.ReserveWait(ctxT(t), "jobs", &machq.AckOptions{Credit: 3, Lease: -1})
+			got <- receipt{dl, err, time.Now()}
+		}()
+	}
+	waitFor(t, "three retrieves waiting on jobs", func() bool { return queueStats(d, "jobs").Waiting == 3 })
+
 	killed := time.Now()
-	consumer.Process.Signal(syscall.SIGKILL)
+	if err := holder.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(10 * time.Second)
+	for range 3 {
+		select {
+		case r := <-got:
+			if r.err != nil {
+				t.Fatalf("waiting consumer: %v", r.err)
+			}
+			dl := r.dl
+			defer dl.Close()
+			took := r.at.Sub(killed)
+			t.Logf("seq %d (%d bytes) redelivered %v after SIGKILL", dl.Seq, dl.Len(), took)
+			if took >= 500*time.Millisecond {
+				t.Errorf("seq %d reached the waiting consumer %v after the kill; want under 500ms", dl.Seq, took)
+			}
+			if !held[dl.Seq] || !bytes.Equal(dl.Bytes(), payloads[dl.Seq]) {
+				t.Errorf("redelivered seq %d (%d bytes) is not one the killed consumer held (%v) or its payload differs", dl.Seq, dl.Len(), held)
+			}
+			delete(held, dl.Seq)
+			if dl.Deliveries() != 2 || !dl.Redelivered() {
+				t.Errorf("seq %d: deliveries %d, redelivered %v; want 2, true", dl.Seq, dl.Deliveries(), dl.Redelivered())
+			}
+			if err := dl.Ack(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+		case <-timeout:
+			t.Fatalf("messages %v held by the killed consumer were not redelivered", held)
+		}
+	}
 	<-done
-	select {
-	case dl := <-got:
-		if dl == nil {
-			t.Fatal("no delivery")
-		}
-		defer dl.Close()
-		t.Logf("redelivered %s after SIGKILL", time.Since(killed))
-		if !bytes.Equal(dl.Bytes(), big) || dl.Deliveries() != 2 || !dl.Redelivered() {
-			t.Fatalf("redelivery: %d bytes, deliveries %d", dl.Len(), dl.Deliveries())
-		}
-		if err := dl.Ack(ctxT(t)); err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the killed consumer's message was not redelivered")
+	if q := counts(t, d, "jobs"); q.Messages != 0 || q.Delivered != 6 || q.Redelivered != 3 || q.Acked != 3 {
+		t.Fatalf("after the redeliveries: %+v; want six deliveries, three of them redeliveries, acknowledged", q)
 	}
 }
 

@@ -546,12 +546,37 @@ func TestIntegrationShellWarnsOfTampering(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "tampered\nWARNING: integrity check failed") || strings.Contains(r.stdout, "integrity confirmed") {
 		t.Fatalf("shell on a tampered message: exit %d\n%s", r.code, r.stdout)
 	}
+	// Not acknowledged, not lost: a dead letter, with its reason.
+	if !strings.Contains(r.stdout, "the message was moved to the dead-letter queue shared.dlq") {
+		t.Errorf("the shell does not say where the tampered message went:\n%s", r.stdout)
+	}
+	deadLetters := func(n int) {
+		t.Helper()
+		q := counts(t, d, "shared")
+		dlq, ok := cliQueue(t, d, "shared.dlq")
+		if q.Messages != 0 || q.Delivered != uint64(n) || q.Acked != 0 || q.DeadLettered != uint64(n) || !ok || dlq.Messages != n {
+			t.Fatalf("after %d tampered messages: shared %+v, shared.dlq %+v (listed %v); want each dead-lettered, none acknowledged", n, q, dlq, ok)
+		}
+		p := runCLI(t, nil, "peek", "--socket", d.socket, "--queue", "shared.dlq", "--list")
+		if got := strings.Count(p.stdout, "terminated (after 1)"); got != n || strings.Count(p.stdout, "integrity check failed") != n {
+			t.Fatalf("peek --list of shared.dlq shows %d terminated messages, want %d, each saying its integrity check failed:\n%s", got, n, p.stdout)
+		}
+	}
+	deadLetters(1)
 	// The scriptable retrieve refuses it with its own exit status.
 	raw.Write(wire.AppendStore(nil, 2, wire.Store{Size: 8, DigestAlg: wire.DigestSHA256, Digest: bogus, Queue: []byte("shared")}, []byte("tampered"), false))
 	raw.Read()
 	r = runCLI(t, nil, "retrieve", "--socket", d.socket, "--queue", "shared")
-	if r.code != 5 || r.stdout != "" || !strings.Contains(r.stderr, "WARNING") {
-		t.Fatalf("retrieve of a tampered message: exit %d, stdout %q, stderr %q; want 5, nothing, a warning", r.code, r.stdout, r.stderr)
+	if r.code != 5 || r.stdout != "" || !strings.Contains(r.stderr, "WARNING") || !strings.Contains(r.stderr, "moved to the dead-letter queue shared.dlq") {
+		t.Fatalf("retrieve of a tampered message: exit %d, stdout %q, stderr %q; want 5, nothing, a warning saying where it went", r.code, r.stdout, r.stderr)
+	}
+	deadLetters(2)
+	// Both go back to the queue from the dead-letter queue.
+	if r := runCLI(t, nil, "kick", "--socket", d.socket, "--queue", "shared"); r.code != 0 || !strings.Contains(r.stdout, "2 dead letters moved") {
+		t.Fatalf("kick: %+v", r)
+	}
+	if r := runCLI(t, nil, "peek", "--socket", d.socket, "--queue", "shared", "--list"); r.code != 0 || strings.Count(r.stdout, "\n") != 3 {
+		t.Fatalf("peek --list after the kick: %+v; want both messages back", r)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/asuser"
 	"github.com/machq/machq/internal/clienttest"
 )
 
@@ -47,6 +48,29 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	}
 	socket := filepath.Join(dir, "machq.sock")
 	impostor(t, mallory, shared, socket)
+
+	// The library says so with its sentinel, to root's client (which
+	// trusts only root) and to the victim's.
+	if c, err := machq.Dial(ctxT(t), socket); !errors.Is(err, machq.ErrUntrustedServer) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("root's Dial of uid %d's server: %v; want ErrUntrustedServer", mallory, err)
+	}
+	if err := asuser.Do(victim, victim, func() error {
+		c, err := machq.Dial(ctxT(t), socket)
+		if c != nil {
+			c.Close()
+		}
+		return err
+	}); !errors.Is(err, machq.ErrUntrustedServer) || !strings.Contains(err.Error(), fmt.Sprint("uid ", mallory)) {
+		t.Fatalf("uid %d's Dial of uid %d's server: %v; want ErrUntrustedServer naming the server's uid", victim, mallory, err)
+	}
+	c, err := machq.Dial(ctxT(t), socket, machq.WithServerUID(mallory))
+	if err != nil {
+		t.Fatalf("Dial with WithServerUID(%d): %v", mallory, err)
+	}
+	c.Close()
 
 	run := func(env []string, args ...string) (string, int) {
 		c := exec.Command(filepath.Join(shared, "machq"), args...)
@@ -105,6 +129,80 @@ func TestIntegrationClientRefusesImpostor(t *testing.T) {
 	if out, code := run(append(os.Environ(), "MACHQ_RUNTIME_DIR="+writable), "stat", "--name", "machq"); code == 0 || !strings.Contains(out, "writable by other users") {
 		t.Fatalf("runtime directory writable by others: exit %d: %s", code, out)
 	}
+}
+
+// TestIntegrationImpostorPrecreatesTempRuntimeDir is the case first
+// reported: a user with neither XDG_RUNTIME_DIR nor MACHQ_RUNTIME_DIR,
+// whose service sockets therefore live in $TMPDIR/machq-UID, and another
+// user who got there first, creating that directory with a server
+// listening on machq.sock in it. The victim's machq send (by the default
+// service name) must refuse it, exit 1 with one line saying it is an
+// untrusted server, whose directory it is and that nothing was sent, and
+// the impostor must receive nothing; the library refuses it with
+// ErrUntrustedServer.
+func TestIntegrationImpostorPrecreatesTempRuntimeDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run processes as other users")
+	}
+	// The victim must not be root: root's runtime directory is
+	// /run/machq, never under TMPDIR.
+	const mallory, victim = 65534, 65533
+	tmp := sharedDir(t, os.ModeSticky|0o777) // a TMPDIR like /tmp
+	dir := filepath.Join(tmp, fmt.Sprint("machq-", victim))
+	plantAs(t, mallory, `mkdir -m 0755 "$1"`, dir)
+	socket := filepath.Join(dir, "machq.sock")
+	srv := exec.Command(filepath.Join(tmp, "machqd"), "--socket", socket, "--log-level", "info", "--allow-uid", fmt.Sprint(victim))
+	srv.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: mallory, Gid: mallory}}
+	logs := runUntilLogged(t, srv, "msg=serving")
+
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MACHQ_RUNTIME_DIR=") && !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") && !strings.HasPrefix(kv, "TMPDIR=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "TMPDIR="+tmp)
+	const secret = "the victim's secret"
+	send := exec.Command(filepath.Join(tmp, "machq"), "send", "--queue", "q")
+	send.Env = env
+	send.Stdin = strings.NewReader(secret)
+	out, code := runAs(t, send, victim)
+	for _, want := range []string{"untrusted server", "runtime directory " + dir, fmt.Sprint("belongs to uid ", mallory), "nothing was sent"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("machq send's refusal does not say %q", want)
+		}
+	}
+	if code != 1 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.HasPrefix(out, "machq: ") {
+		t.Errorf("machq send to the impostor: exit %d, output:\n%s\nwant exit 1 and one line", code, out)
+	}
+
+	// The library, as the victim with the same environment.
+	t.Setenv("MACHQ_RUNTIME_DIR", "")
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv("TMPDIR", tmp)
+	err := asuser.Do(victim, victim, func() error {
+		c, err := machq.Dial(ctxT(t), "machq")
+		if c != nil {
+			c.Send(ctxT(t), "q", []byte(secret))
+			c.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, machq.ErrUntrustedServer) {
+		t.Errorf("the victim's Dial by service name: %v; want ErrUntrustedServer", err)
+	}
+
+	// The impostor saw no client, and holds nothing.
+	if l := logs.String(); strings.Contains(l, "client connected") || strings.Contains(l, secret) {
+		t.Fatalf("the impostor was reached:\n%s", l)
+	}
+	st := (&daemon{t: t, socket: socket}).stats(machq.WithServerUID(mallory))
+	if st.Messages != 0 || len(st.Queues) != 0 || st.Clients != 1 {
+		t.Fatalf("the impostor's server: %+v; want nothing stored and only this client", st)
+	}
+	// It does log a client that reaches it: the check above means something.
+	waitFor(t, "the impostor to log the stat client", func() bool { return strings.Contains(logs.String(), "client connected") })
+	t.Logf("the victim was told: %s", out)
 }
 
 // TestIntegrationRequireDigest: a consumer requiring a digest refuses a
