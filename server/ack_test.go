@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq"
+	"github.com/machq/machq/internal/page"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/internal/wiretest"
 	"github.com/machq/machq/server"
@@ -699,5 +701,225 @@ func TestReserveAndAckInBatches(t *testing.T) {
 	}
 	for _, d := range append(append(ds, short...), rest...) {
 		d.Close()
+	}
+}
+
+// TestDeadLetterPassesTheSamePage checks that a page made a dead letter
+// travels as the one sealed memfd its producer stored, never a copy: the
+// delivery, the dead letter read from Q.dlq, a PEEK of it, and the
+// message kicked back into Q all pass a descriptor of the stored file
+// (same inode on the same device), and the server holds one page
+// throughout.
+func TestDeadLetterPassesTheSamePage(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	raw := wiretest.DialHello(t, path)
+	payload := bytes.Repeat([]byte("d"), 256<<10)
+	fd := memfd(t, payload, int(page.RequiredSeals))
+	var stored unix.Stat_t
+	if err := unix.Fstat(fd, &stored); err != nil {
+		t.Fatal(err)
+	}
+	raw.Write(wire.AppendStore(nil, 1, wire.Store{Size: uint64(len(payload)), Queue: []byte("pages")}, nil, true), fd)
+	unix.Close(fd) // the server's reference keeps the file, and its inode, alive
+	if f := raw.Read(); f.Op != wire.OpStored {
+		t.Fatalf("STORE of a page answered %s", f.Op)
+	}
+	same := func(what string, f wire.Frame) wire.Message {
+		t.Helper()
+		if f.Op != wire.OpMessage || len(f.FDs) != 1 {
+			t.Fatalf("%s: got %s with %d descriptors, want a page", what, f.Op, len(f.FDs))
+		}
+		defer unix.Close(f.FDs[0])
+		m, _, err := wire.ParseMessage(f.Header, f.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(f.FDs[0], &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ino != stored.Ino || st.Dev != stored.Dev || st.Size != int64(len(payload)) {
+			t.Fatalf("%s passed inode %d on device %d (%d bytes); the stored page is inode %d on device %d: a copy", what, st.Ino, st.Dev, st.Size, stored.Ino, stored.Dev)
+		}
+		return m
+	}
+	take := func(id uint64, queue string) wire.Message {
+		t.Helper()
+		raw.Write(wire.AppendRetrieve(nil, id, wire.Retrieve{Queue: []byte(queue), Ack: true}))
+		return same("ack-mode RETRIEVE of "+queue, raw.Read())
+	}
+	settle := func(id uint64, op wire.Op, s wire.Settle) wire.Outcome {
+		t.Helper()
+		raw.Write(wire.AppendSettle(nil, op, id, s))
+		f := raw.Read()
+		if f.Op != wire.OpSettled {
+			t.Fatalf("%s answered %s", op, f.Op)
+		}
+		res, err := wire.ParseSettled(f.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Outcome
+	}
+
+	m := take(2, "pages")
+	if out := settle(3, wire.OpTerm, wire.Settle{Token: m.Token, Text: []byte("unreadable")}); out != wire.OutcomeDeadLettered {
+		t.Fatalf("TERM: outcome %s, want dead-lettered", out)
+	}
+	if dq, _ := queueStats(srv, "pages.dlq"); dq.Messages != 1 {
+		t.Fatalf("pages.dlq after the TERM: %+v", dq)
+	}
+	if st := srv.Stats(); st.Pages != 1 || st.Messages != 1 {
+		t.Fatalf("the dead letter is %d pages, %d messages in the server; want the one page", st.Pages, st.Messages)
+	}
+	raw.Write(wire.AppendQueueOp(nil, wire.OpPeek, 4, wire.QueueOp{Queue: []byte("pages.dlq")}))
+	if p := same("PEEK of pages.dlq", raw.Read()); p.Dead != wire.DeadTerm || p.Token != 0 {
+		t.Fatalf("PEEK of the dead letter: dead %d, token %d", p.Dead, p.Token)
+	}
+	dl := take(5, "pages.dlq")
+	if dl.Seq != m.Seq || dl.Dead != wire.DeadTerm || dl.DiedAfter != 1 || string(dl.Note) != "unreadable" || dl.Deliveries != 1 || dl.Size != uint64(len(payload)) {
+		t.Fatalf("dead letter: seq %d (was %d), dead %d after %d, note %q, deliveries %d, size %d", dl.Seq, m.Seq, dl.Dead, dl.DiedAfter, dl.Note, dl.Deliveries, dl.Size)
+	}
+	if out := settle(6, wire.OpNak, wire.Settle{Token: dl.Token, DelayMillis: 1}); out != wire.OutcomeRequeued {
+		t.Fatalf("NAK in pages.dlq: outcome %s", out)
+	}
+	waitFor(t, "the dead letter back in pages.dlq", func() bool { q, _ := queueStats(srv, "pages.dlq"); return q.Messages == 1 })
+	raw.Write(wire.AppendKick(nil, 7, wire.Kick{Queue: []byte("pages")}))
+	f := raw.Read()
+	if f.Op != wire.OpKicked {
+		t.Fatalf("KICK answered %s", f.Op)
+	}
+	if n, err := wire.ParseKicked(f.Body); err != nil || n != 1 {
+		t.Fatalf("KICK moved %d, %v", n, err)
+	}
+	back := take(8, "pages")
+	if back.Seq != m.Seq || back.Dead != wire.DeadNone || back.Deliveries != 1 {
+		t.Fatalf("kicked back: seq %d, dead %d, deliveries %d", back.Seq, back.Dead, back.Deliveries)
+	}
+	if out := settle(9, wire.OpAck, wire.Settle{Token: back.Token}); out != wire.OutcomeAcked {
+		t.Fatalf("ACK: outcome %s", out)
+	}
+	waitFor(t, "the page freed", func() bool { st := srv.Stats(); return st.Pages == 0 && st.Messages == 0 })
+}
+
+// TestDeadLetterAfterConsumersVanish: a message whose consumers'
+// connections end, again and again, becomes a dead letter once its
+// queue's max deliveries (CONFIG) are used up, with no NAK at all: it is
+// in Q.dlq marked as delivered the most times allowed, after exactly that
+// many deliveries, with the reason the server records, and Q's counters
+// say so. The message behind it is untouched.
+func TestDeadLetterAfterConsumersVanish(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	const most = 3
+	if err := c.Configure(ctx, "vanish", machq.QueueConfig{MaxDeliveries: most}); err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, c, "vanish", []byte("fragile"))
+	mustSend(t, c, "vanish", []byte("next"))
+	for i := 1; i <= most; i++ {
+		consumer := dial(t, path)
+		d := mustReserve(t, consumer, "vanish", &machq.AckOptions{Lease: -1})
+		if string(d.Bytes()) != "fragile" || d.Deliveries() != i || d.DeadReason() != machq.NotDead {
+			t.Fatalf("delivery %d: %q, deliveries %d, %s", i, d.Bytes(), d.Deliveries(), d.DeadReason())
+		}
+		if err := consumer.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if i < most {
+			waitFor(t, "the message back in its queue", func() bool {
+				q, _ := queueStats(srv, "vanish")
+				return q.Pending == 0 && q.Messages == 2
+			})
+			if _, ok := queueStats(srv, "vanish.dlq"); ok {
+				t.Fatalf("after %d of %d deliveries the message is a dead letter", i, most)
+			}
+		}
+	}
+	waitFor(t, "the dead letter in vanish.dlq", func() bool { q, _ := queueStats(srv, "vanish.dlq"); return q.Messages == 1 })
+	qs, _ := queueStats(srv, "vanish")
+	if qs.Messages != 1 || qs.Pending != 0 || qs.Delayed != 0 || qs.DeadLettered != 1 ||
+		qs.Delivered != most || qs.Redelivered != most-1 || qs.Acked != 0 || qs.Nacked != 0 {
+		t.Fatalf("vanish after the dead letter: %+v", qs)
+	}
+	p, err := c.Peek(ctx, "vanish.dlq", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(p.Bytes()) != "fragile" || p.DeadReason() != machq.DeadMaxDeliveries || p.DiedAfter() != most || p.Deliveries() != 0 || !strings.Contains(p.Note(), "consumer gone") {
+		t.Fatalf("PEEK of the dead letter: %q, %s after %d, deliveries %d, note %q", p.Bytes(), p.DeadReason(), p.DiedAfter(), p.Deliveries(), p.Note())
+	}
+	p.Close()
+	dl := mustReserve(t, c, "vanish.dlq", nil)
+	if string(dl.Bytes()) != "fragile" || dl.DeadReason() != machq.DeadMaxDeliveries || dl.DiedAfter() != most || dl.Deliveries() != 1 {
+		t.Fatalf("dead letter: %q, %s after %d, deliveries %d", dl.Bytes(), dl.DeadReason(), dl.DiedAfter(), dl.Deliveries())
+	}
+	if err := dl.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := mustReserve(t, c, "vanish", nil)
+	if string(n.Bytes()) != "next" || n.Deliveries() != 1 {
+		t.Fatalf("the message behind: %q, deliveries %d", n.Bytes(), n.Deliveries())
+	}
+	if err := n.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeadLetterAfterLeasesRunOut: a message whose deliveries' leases
+// (the queue's own, CONFIG) run out, with its consumer connected and
+// silent, becomes a dead letter once its max deliveries are used up; the
+// consumer's late ACKs are STALE and settle nothing. The message behind
+// it is untouched.
+func TestDeadLetterAfterLeasesRunOut(t *testing.T) {
+	srv, path := startServer(t, server.Config{})
+	c := dial(t, path)
+	ctx := testCtx(t)
+	const most = 2
+	if err := c.Configure(ctx, "leased", machq.QueueConfig{MaxDeliveries: most, Lease: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, c, "leased", []byte("slow"))
+	mustSend(t, c, "leased", []byte("next"))
+	var ds []*machq.Delivery
+	for i := 1; i <= most; i++ {
+		waitFor(t, "the message in line", func() bool {
+			q, _ := queueStats(srv, "leased")
+			return q.Pending == 0 && q.Messages == 2
+		})
+		d := mustReserve(t, c, "leased", nil)
+		if string(d.Bytes()) != "slow" || d.Deliveries() != i {
+			t.Fatalf("delivery %d: %q, deliveries %d", i, d.Bytes(), d.Deliveries())
+		}
+		ds = append(ds, d)
+	}
+	waitFor(t, "the dead letter in leased.dlq", func() bool { q, _ := queueStats(srv, "leased.dlq"); return q.Messages == 1 })
+	for i, d := range ds {
+		if err := d.Ack(ctx); !errors.Is(err, machq.ErrStale) {
+			t.Fatalf("ACK of delivery %d after its lease: %v, want ErrStale", i+1, err)
+		}
+	}
+	qs, _ := queueStats(srv, "leased")
+	if qs.Messages != 1 || qs.Pending != 0 || qs.Delayed != 0 || qs.DeadLettered != 1 ||
+		qs.Delivered != most || qs.Redelivered != most-1 || qs.Acked != 0 || qs.Nacked != 0 {
+		t.Fatalf("leased after the dead letter: %+v", qs)
+	}
+	dl := mustReserve(t, c, "leased.dlq", &machq.AckOptions{Lease: -1})
+	if string(dl.Bytes()) != "slow" || dl.DeadReason() != machq.DeadMaxDeliveries || dl.DiedAfter() != most || !strings.Contains(dl.Note(), "ran out") {
+		t.Fatalf("dead letter: %q, %s after %d, note %q", dl.Bytes(), dl.DeadReason(), dl.DiedAfter(), dl.Note())
+	}
+	if err := dl.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := mustReserve(t, c, "leased", &machq.AckOptions{Lease: -1})
+	if string(n.Bytes()) != "next" || n.Deliveries() != 1 {
+		t.Fatalf("the message behind: %q, deliveries %d", n.Bytes(), n.Deliveries())
+	}
+	if err := n.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Messages != 0 || st.Pending.Messages != 0 {
+		t.Fatalf("the server still holds %d messages (%d pending)", st.Messages, st.Pending.Messages)
 	}
 }

@@ -2,17 +2,20 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/machq/machq"
 	"github.com/machq/machq/internal/queue"
+	"github.com/machq/machq/internal/stats"
 	"github.com/machq/machq/internal/wire"
 	"github.com/machq/machq/internal/wiretest"
 	"github.com/machq/machq/server"
@@ -245,11 +248,33 @@ func TestGroupDeadLettersKickBackToTheGroup(t *testing.T) {
 // TestHostileGroupsByTheThousand: a client creating consumer groups by
 // the thousand meets the per-queue bound (256) and --max-groups, with a
 // LIMIT naming them; a store into a queue of 256 groups still works; all
-// of it goes when deleted, leaving nothing behind.
+// of it goes when deleted, leaving nothing behind. Another client's
+// data stored before (a message and a page in a queue, a message in a
+// consumer group of its own) is intact throughout and retrievable
+// afterwards.
 func TestHostileGroupsByTheThousand(t *testing.T) {
 	srv, path := startServer(t, server.Config{Limits: server.Limits{MaxGroups: 1000}})
 	c := dial(t, path)
 	ctx := testCtx(t)
+	other := dial(t, path)
+	otherPage := randomBytes(t, 200<<10)
+	mustSend(t, other, "others", []byte("keep me"))
+	mustSend(t, other, "others", otherPage)
+	const otherGroups = 1 // counted against --max-groups like the attacker's
+	if _, created, err := other.CreateGroup(ctx, "others-g", "keep", false); err != nil || !created {
+		t.Fatalf("the other client's group: %v", err)
+	}
+	mustSend(t, other, "others-g", []byte("grouped"))
+	otherIntact := func(when string) {
+		t.Helper()
+		q, _ := queueStats(srv, "others")
+		g, _ := queueStats(srv, "others-g")
+		if q.Messages != 2 || q.Bytes != int64(len("keep me")+len(otherPage)) || q.Pending != 0 ||
+			len(g.Groups) != 1 || g.Groups[0].Name != "keep" || g.Groups[0].Messages != 1 || g.Groups[0].Pending != 0 {
+			t.Fatalf("%s, the other client's queues are %+v and %+v", when, q, g)
+		}
+	}
+	otherIntact("before the attack")
 	baseFDs := openFDs(t)
 	baseGoroutines := runtime.NumGoroutine()
 	var limitErr error
@@ -267,27 +292,28 @@ func TestHostileGroupsByTheThousand(t *testing.T) {
 		t.Fatal("300 groups on one queue were all created")
 	}
 	mustSend(t, c, "wide", bytes.Repeat([]byte("x"), 300<<10))
-	if st := srv.Stats(); st.Pages != 1 {
-		t.Fatalf("one page to %d groups: %d pages held", queue.MaxGroups, st.Pages)
+	if st := srv.Stats(); st.Pages != 2 {
+		t.Fatalf("one page to %d groups, and the other client's: %d pages held", queue.MaxGroups, st.Pages)
 	}
 	created := queue.MaxGroups
 	for q := 0; created < 2000; q++ {
 		_, _, err := c.CreateGroup(ctx, fmt.Sprint("q", q), "g", false)
 		if err != nil {
-			if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "--max-groups") || created != 1000 {
+			if !errors.Is(err, machq.ErrLimit) || !strings.Contains(err.Error(), "--max-groups") || created != 1000-otherGroups {
 				t.Fatalf("after %d groups: %v", created, err)
 			}
 			break
 		}
 		created++
 	}
-	if created != 1000 {
-		t.Fatalf("%d groups created under --max-groups 1000", created)
+	if created != 1000-otherGroups {
+		t.Fatalf("%d groups created under --max-groups 1000, with %d of another client's", created, otherGroups)
 	}
+	otherIntact("at the height of the attack")
 	if _, err := c.Delete(ctx, "wide"); err != nil {
 		t.Fatal(err)
 	}
-	for q := range 1000 - queue.MaxGroups {
+	for q := range created - queue.MaxGroups {
 		if _, err := c.DeleteGroup(ctx, fmt.Sprint("q", q), "g"); err != nil {
 			t.Fatal(err)
 		}
@@ -296,9 +322,168 @@ func TestHostileGroupsByTheThousand(t *testing.T) {
 		t.Fatalf("a group once the others are gone: %v", err)
 	}
 	c.DeleteGroup(ctx, "again", "g")
+
+	// The other client's data came through whole.
+	otherIntact("after the attack")
+	expectMessage(t, ctx, other, "others", "keep me", "the other client's message after the attack")
+	m, err := other.Retrieve(ctx, "others")
+	if err != nil {
+		t.Fatalf("the other client's page after the attack: %v", err)
+	}
+	if !bytes.Equal(m.Bytes(), otherPage) {
+		t.Fatal("the other client's page came back changed")
+	}
+	m.Close()
+	d := mustReserve(t, other, "others-g", &machq.AckOptions{Group: "keep"})
+	if string(d.Bytes()) != "grouped" || d.Deliveries() != 1 {
+		t.Fatalf("the other client's group delivered %q (deliveries %d)", d.Bytes(), d.Deliveries())
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if _, err := other.DeleteGroup(ctx, "others-g", "keep"); err != nil {
+		t.Fatal(err)
+	}
 	waitFDsReleased(t, "every descriptor closed", baseFDs)
 	waitFor(t, "no goroutine left behind", func() bool { return runtime.NumGoroutine() <= baseGoroutines })
 	if st := srv.Stats(); st.Messages != 0 || len(st.Queues) != 0 {
 		t.Fatalf("the server still holds %d messages in %d queues", st.Messages, len(st.Queues))
 	}
+}
+
+// groupStat returns, through a STAT request, the STATS entry of the
+// consumer group group of queue.
+func groupStat(t *testing.T, c *machq.Client, queue, group string) machq.GroupStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range st.Queues {
+		if q.Name != queue {
+			continue
+		}
+		for _, g := range q.Groups {
+			if g.Name == group {
+				return g
+			}
+		}
+	}
+	t.Fatalf("STATS lists no group %s of queue %s", group, queue)
+	return machq.GroupStats{}
+}
+
+// TestGroupCountersAreExact: after a known sequence of deliveries, ACKs,
+// NAKs, a TERM, a delivery held and a consumer gone, each consumer
+// group's STATS (delivered, redelivered, acked, nacked, dead_lettered,
+// pending, delayed, messages, position) are exactly what happened in
+// that group, and a group nobody read is untouched by the other's.
+func TestGroupCountersAreExact(t *testing.T) {
+	_, path := startServer(t, server.Config{})
+	c, holder := dial(t, path), dial(t, path)
+	ctx := testCtx(t)
+	for _, g := range []string{"a", "b"} {
+		if _, created, err := c.CreateGroup(ctx, "events", g, false); err != nil || !created {
+			t.Fatalf("create %s: %v", g, err)
+		}
+	}
+	var seqs []uint64
+	for i := 1; i <= 5; i++ {
+		seq, err := c.Send(ctx, "events", []byte(fmt.Sprint(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, seq)
+	}
+	want := func(what string, got, exp machq.GroupStats) {
+		t.Helper()
+		exp.Name = got.Name
+		exp.Bytes = int64(exp.Messages) // every payload is one byte
+		if got != exp {
+			t.Fatalf("%s: group %s is\n%+v\nwant\n%+v", what, got.Name, got, exp)
+		}
+	}
+	untouched := machq.GroupStats{Messages: 5, Position: seqs[0]}
+	want("before any delivery", groupStat(t, c, "events", "a"), untouched)
+
+	a := &machq.AckOptions{Group: "a", Lease: -1}
+	reserve := func(cl *machq.Client, payload string, deliveries int) *machq.Delivery {
+		t.Helper()
+		d := mustReserve(t, cl, "events", a)
+		if string(d.Bytes()) != payload || d.Deliveries() != deliveries {
+			t.Fatalf("group a delivered %q (deliveries %d), want %q (deliveries %d)", d.Bytes(), d.Deliveries(), payload, deliveries)
+		}
+		return d
+	}
+	// 1: delivered, acked.
+	if err := reserve(c, "1", 1).Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 2: delivered, NAKed, back, delivered again, acked.
+	if err := reserve(c, "2", 1).Nak(ctx, time.Millisecond, "later"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the NAKed message back in group a", func() bool {
+		g := groupStat(t, c, "events", "a")
+		return g.Delayed == 0 && g.Messages == 4
+	})
+	if err := reserve(c, "2", 2).Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 3: delivered, TERMed.
+	if err := reserve(c, "3", 1).Term(ctx, "bad"); err != nil {
+		t.Fatal(err)
+	}
+	// 4: delivered to the holder, which keeps it.
+	reserve(holder, "4", 1)
+	// 5: delivered, NAKed for an hour.
+	if err := reserve(c, "5", 1).Nak(ctx, time.Hour, ""); err != nil {
+		t.Fatal(err)
+	}
+	want("after 6 deliveries, 2 ACKs, 2 NAKs, a TERM, one held", groupStat(t, c, "events", "a"), machq.GroupStats{
+		Pending: 1, Delayed: 1,
+		Counts: stats.Counts{Delivered: 6, Redelivered: 1, Acked: 2, Nacked: 2, DeadLettered: 1},
+	})
+	want("group b, which nobody read", groupStat(t, c, "events", "b"), untouched)
+
+	// The holder leaves: its delivery comes back, counted as no NAK.
+	holder.Close()
+	waitFor(t, "the holder's delivery back in group a", func() bool { return groupStat(t, c, "events", "a").Pending == 0 })
+	want("after the holder left", groupStat(t, c, "events", "a"), machq.GroupStats{
+		Messages: 1, Delayed: 1, Position: seqs[3],
+		Counts: stats.Counts{Delivered: 6, Redelivered: 1, Acked: 2, Nacked: 2, DeadLettered: 1},
+	})
+	if err := reserve(c, "4", 2).Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want("after the redelivery acked", groupStat(t, c, "events", "a"), machq.GroupStats{
+		Delayed: 1,
+		Counts:  stats.Counts{Delivered: 7, Redelivered: 2, Acked: 3, Nacked: 2, DeadLettered: 1},
+	})
+
+	// Group b reads everything in one batch and acknowledges it; group
+	// a's counts do not move.
+	ds, err := c.ReserveBatch(ctx, "events", 5, &machq.AckOptions{Group: "b", Lease: -1})
+	if err != nil || len(ds) != 5 {
+		t.Fatalf("group b's batch: %d deliveries, %v", len(ds), err)
+	}
+	want("group b with 5 pending", groupStat(t, c, "events", "b"), machq.GroupStats{
+		Pending: 5, Counts: stats.Counts{Delivered: 5},
+	})
+	if err := c.AckBatch(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		d.Close()
+	}
+	want("group b after its ACKs", groupStat(t, c, "events", "b"), machq.GroupStats{
+		Counts: stats.Counts{Delivered: 5, Acked: 5},
+	})
+	want("group a after group b's reading", groupStat(t, c, "events", "a"), machq.GroupStats{
+		Delayed: 1,
+		Counts:  stats.Counts{Delivered: 7, Redelivered: 2, Acked: 3, Nacked: 2, DeadLettered: 1},
+	})
 }
