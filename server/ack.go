@@ -351,7 +351,19 @@ func (c *conn) handleKick(f wire.Frame) {
 		return
 	}
 	moved := 0
-	if dlq != nil {
+	if dlq == nil {
+		// Nothing to move; still, the answer about another user's
+		// queue is that it is not this user's, not that it has no dead
+		// letters.
+		q, code, err := c.queueFor(k.Queue, 0, false)
+		if err != nil {
+			c.fail(f.ID, code, err)
+			return
+		}
+		if q != nil {
+			c.release(q)
+		}
+	} else {
 		defer c.release(dlq)
 		q, code, err := c.queueFor(k.Queue, 0, true)
 		if err != nil {
