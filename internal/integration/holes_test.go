@@ -193,14 +193,13 @@ func TestIntegrationSlowConsumerPagesCount(t *testing.T) {
 	}
 }
 
-// TestIntegrationDescriptorHeadroom runs machqd with a descriptor limit
-// of 256 and fills it with pages and connections: new ones are refused
-// with LIMIT naming the limit, the server never runs out of descriptors,
-// and a client already connected is never dropped for it.
-func TestIntegrationDescriptorHeadroom(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "machq.sock")
+// startDaemonNoFile starts machqd on socket, logging warnings, with args,
+// under a descriptor limit of nofile (ulimit -n), and waits until it
+// serves; it is stopped when the test ends.
+func startDaemonNoFile(t *testing.T, nofile int, socket string, args ...string) *daemon {
+	t.Helper()
 	logs := &syncBuffer{}
-	cmd := exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" --socket "$1" --log-level warn`, bin.machqd, socket)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, fmt.Sprint(nofile), bin.machqd, "--socket", socket, "--log-level", "warn"}, args...)...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -216,6 +215,16 @@ func TestIntegrationDescriptorHeadroom(t *testing.T) {
 		}
 	})
 	d.waitReady()
+	return d
+}
+
+// TestIntegrationDescriptorHeadroom runs machqd with a descriptor limit
+// of 256 and fills it with pages and connections: new ones are refused
+// with LIMIT naming the limit, the server never runs out of descriptors,
+// and a client already connected is never dropped for it.
+func TestIntegrationDescriptorHeadroom(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "machq.sock")
+	d := startDaemonNoFile(t, 256, socket)
 	ctx := ctxT(t)
 
 	innocent := dial(t, socket)
@@ -269,8 +278,8 @@ func TestIntegrationDescriptorHeadroom(t *testing.T) {
 	if _, err := innocent.Send(ctx, "innocent", []byte("inline still works")); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(logs.String(), "too many open files") {
-		t.Errorf("the server ran out of descriptors:\n%s", logs)
+	if strings.Contains(d.logs.String(), "too many open files") {
+		t.Errorf("the server ran out of descriptors:\n%s", d.logs)
 	}
 	// Freeing pages makes room again.
 	for range pages {

@@ -3,8 +3,8 @@ package integration_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,23 +25,7 @@ func TestIntegrationDescriptorShareOfAUser(t *testing.T) {
 	}
 	const victim, mallory = 65534, 65533
 	socket := filepath.Join(sharedDir(t, 0o755), "machq.sock")
-	logs := &syncBuffer{}
-	cmd := exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" --socket "$1" --log-level warn --allow-uid 65534 --allow-uid 65533`, bin.machqd, socket)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{t: t, cmd: cmd, socket: socket, logs: logs, exited: make(chan struct{})}
-	go func() { d.err = cmd.Wait(); close(d.exited) }()
-	t.Cleanup(func() {
-		if d.running() {
-			d.stop()
-		}
-		if t.Failed() {
-			t.Logf("machqd logs:\n%s", logs)
-		}
-	})
-	d.waitReady()
+	startDaemonNoFile(t, 256, socket, "--allow-uid", fmt.Sprint(victim), "--allow-uid", fmt.Sprint(mallory))
 	ctx := ctxT(t)
 
 	// 256 descriptors less the 64 kept back, 3 per connection: mallory
