@@ -20,9 +20,15 @@ func FuzzDecode(f *testing.F) {
 		{Type: TypePurge, Queue: "jobs", ID: 100},
 		{Type: TypeQueue, Queue: "jobs", Meta: QueueMeta{Creator: 1000, Owned: true, MaxDeliveries: 5, LeaseMillis: 30000}},
 		{Type: TypeSeq, ID: 123456},
+		{Type: TypeStore, Queue: "jobs", Group: "billing", ID: 8, Attrs: Attrs{Seq: 7}, Payload: []byte("view")},
+		{Type: TypeTake, Queue: "jobs", Group: "billing", ID: 8},
+		{Type: TypeDrop, Queue: "jobs", Group: "billing"},
+		{Type: TypeQueue, Queue: "jobs", Group: "billing", Meta: QueueMeta{Creator: 1000}},
 	} {
-		f.Add(op.Type, encode(nil, op))
+		f.Add(RecordType(op), encode(nil, op))
 	}
+	f.Add(TypeGroup, []byte{1, 'g', TypeGroup, 1, 'g', TypeTake})
+	f.Add(TypeGroup, []byte{1, 'g', TypeSeq, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(uint8(0), []byte{})
 	f.Add(uint8(1), []byte{0})
 	f.Add(uint8(4), []byte{5, 'a'})

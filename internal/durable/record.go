@@ -31,6 +31,12 @@ const (
 	// any durable queue, is below ID. It names no queue. Compaction
 	// writes it before it deletes the stores that said so.
 	TypeSeq uint8 = 7
+	// TypeGroup: a record of a consumer group of a queue (Op.Group): a
+	// Store, Take, Deliver, Purge or Drop of the group's own messages
+	// (its views of the queue's), or a Queue record saying the group
+	// exists (QueueMeta.Creator is who created it). It wraps the record
+	// of that type: the group's name, the inner type, the inner data.
+	TypeGroup uint8 = 8
 )
 
 // QueueMeta is what the log keeps of a queue besides its messages.
@@ -62,6 +68,9 @@ var ErrBadRecord = errors.New("durable: record does not decode")
 type Op struct {
 	Type  uint8
 	Queue string
+	// Group is the consumer group of Queue the record is about, "" for
+	// the queue itself; such a record is written as a TypeGroup.
+	Group string
 	// ID is the message (Store, Take, Deliver) or the bound (Purge: ids
 	// below it are gone).
 	ID uint64
@@ -121,8 +130,22 @@ func validFile(name string) bool {
 	return true
 }
 
+// RecordType is the type of op's journal record: op.Type, or TypeGroup
+// for a record of a consumer group.
+func RecordType(op Op) uint8 {
+	if op.Group != "" {
+		return TypeGroup
+	}
+	return op.Type
+}
+
 // encodedSize is the length of op's record data.
 func encodedSize(op Op) int {
+	if op.Group != "" {
+		inner := op
+		inner.Group = ""
+		return 1 + len(op.Group) + 1 + encodedSize(inner)
+	}
 	if op.Type == TypeSeq {
 		return 1 + 8
 	}
@@ -134,6 +157,12 @@ func encodedSize(op Op) int {
 
 // encode appends op's record data to b.
 func encode(b []byte, op Op) []byte {
+	if op.Group != "" {
+		b = append(b, byte(len(op.Group)))
+		b = append(b, op.Group...)
+		b = append(b, op.Type)
+		op.Group = ""
+	}
 	if op.Type == TypeSeq {
 		return binary.LittleEndian.AppendUint64(append(b, 0), op.ID)
 	}
@@ -184,6 +213,9 @@ func encode(b []byte, op Op) []byte {
 // Decode decodes the data of a journal record of type typ. The payload
 // of a Store aliases data.
 func Decode(typ uint8, data []byte) (Op, error) {
+	if typ == TypeGroup {
+		return decodeGroup(data)
+	}
 	op := Op{Type: typ}
 	if typ < TypeStore || typ > TypeSeq {
 		return op, fmt.Errorf("%w: unknown type %d", ErrBadRecord, typ)
@@ -279,4 +311,22 @@ func Decode(typ uint8, data []byte) (Op, error) {
 		return op, fmt.Errorf("%w: store to %q: unknown flags %#x", ErrBadRecord, op.Queue, flags)
 	}
 	return op, nil
+}
+
+// decodeGroup decodes the data of a TypeGroup record.
+func decodeGroup(data []byte) (Op, error) {
+	if len(data) < 1 || data[0] == 0 || len(data) < 2+int(data[0]) {
+		return Op{Type: TypeGroup}, fmt.Errorf("%w: group record: bad group name", ErrBadRecord)
+	}
+	n := int(data[0])
+	group := string(data[1 : 1+n])
+	inner := data[1+n]
+	switch inner {
+	case TypeStore, TypeTake, TypeDeliver, TypeDrop, TypePurge, TypeQueue:
+	default:
+		return Op{Type: TypeGroup}, fmt.Errorf("%w: group %q: record of type %d", ErrBadRecord, group, inner)
+	}
+	op, err := Decode(inner, data[2+n:])
+	op.Group = group
+	return op, err
 }

@@ -94,6 +94,10 @@ type Queue struct {
 	LastID uint64
 	// Meta is the queue's description, as last recorded.
 	Meta QueueMeta
+	// Groups are the queue's consumer groups, by name, each with its
+	// own messages (its views of the queue's: a page shared by several
+	// groups has one payload file) and, in Meta, its creator.
+	Groups []Queue
 }
 
 // Report says what opening the store found.
@@ -158,6 +162,9 @@ type Store struct {
 	queues map[string]map[uint64]*entry
 	meta   map[string]*metaEntry
 	gone   []goneFile // payload files to delete once their removal is durable, by record number
+	// refs counts the live messages referring to each payload file:
+	// the views of one page in several consumer groups share it.
+	refs map[string]int
 	// nextSeq is above every sequence number a store of the log gave
 	// (TypeStore, TypeSeq); seqRecorded is the last TypeSeq's, at seqLSN.
 	nextSeq, seqRecorded, seqLSN uint64
@@ -178,7 +185,7 @@ type goneFile struct {
 // Open locks the data directory, replays its log and returns the store
 // with every durable queue it holds.
 func Open(opts Options) (*Store, []Queue, Report, error) {
-	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), size: opts.SegmentSize, sync: opts.SyncInterval}
+	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), refs: make(map[string]int), size: opts.SegmentSize, sync: opts.SyncInterval}
 	if opts.SyncInterval < 0 {
 		return nil, nil, Report{}, fmt.Errorf("durable: negative sync interval %v", opts.SyncInterval)
 	}
@@ -216,7 +223,8 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			}
 			s.apply(op, r.LSN, true, nil)
 			if op.Type == TypeStore || op.Type == TypeTake || op.Type == TypeDeliver {
-				last[op.Queue] = max(last[op.Queue], op.ID)
+				k := key(op.Queue, op.Group)
+				last[k] = max(last[k], op.ID)
 			}
 			return nil
 		})
@@ -227,6 +235,7 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 	}
 	s.j = j
 	queues := make([]Queue, 0, len(s.queues))
+	var groups []Queue // of every queue, Name the group's key
 	for name, live := range s.queues {
 		q := Queue{Name: name, LastID: last[name], Messages: make([]Message, 0, len(live))}
 		if m := s.meta[name]; m != nil {
@@ -257,6 +266,10 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 			q.Messages = append(q.Messages, m)
 		}
 		rep.Messages += len(q.Messages)
+		if _, group := splitKey(name); group != "" {
+			groups = append(groups, q)
+			continue
+		}
 		queues = append(queues, q)
 	}
 	rep.Queues = len(queues)
@@ -267,13 +280,19 @@ func Open(opts Options) (*Store, []Queue, Report, error) {
 		if _, ok := s.queues[name]; ok {
 			continue
 		}
-		if !m.meta.Kept() {
+		if _, group := splitKey(name); group != "" {
+			// A group lasts until dropped, with or without messages.
+			groups = append(groups, Queue{Name: name, Meta: m.meta, LastID: last[name]})
+			continue
+		}
+		if !m.meta.Kept() && !s.hasGroups(name) {
 			delete(s.meta, name)
 			continue
 		}
 		queues = append(queues, Queue{Name: name, Meta: m.meta, LastID: last[name]})
 		rep.EmptyQueues++
 	}
+	queues = attachGroups(queues, groups)
 	slices.SortFunc(queues, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
 	if rep.OrphansRemoved, err = s.removeOrphans(); err != nil {
 		s.Close()
@@ -346,48 +365,62 @@ func (s *Store) unlock() {
 // of the messages it removes. In replay the payload is copied out of the
 // journal's buffer.
 func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
+	k := key(op.Queue, op.Group)
+	// drop releases e's payload file: once no live message refers to
+	// it, it is deleted when the record removing the last is durable.
 	drop := func(e *entry) {
-		if e.file != "" && gone != nil {
+		if e.file != "" && s.unref(e.file) && gone != nil {
 			*gone = append(*gone, e.file)
 		}
 	}
 	switch op.Type {
 	case TypeStore:
 		s.nextSeq = max(s.nextSeq, op.Attrs.Seq+1)
-		live := s.queues[op.Queue]
+		live := s.queues[k]
 		if live == nil {
 			live = make(map[uint64]*entry)
-			s.queues[op.Queue] = live
+			s.queues[k] = live
 		}
 		p, a := op.Payload, op.Attrs
 		if replay {
 			p = append([]byte(nil), p...)
 		}
-		if old := live[op.ID]; old != nil && old.file != op.File {
+		old := live[op.ID]
+		if op.File != "" && (old == nil || old.file != op.File) {
+			s.refs[op.File]++
+		}
+		if old != nil && old.file != op.File {
 			drop(old)
 		}
 		live[op.ID] = &entry{lsn: lsn, deliveries: op.Deliveries, attrs: a, payload: p, file: op.File, size: op.Size}
 	case TypeTake:
-		if live := s.queues[op.Queue]; live != nil {
+		if live := s.queues[k]; live != nil {
 			if e := live[op.ID]; e != nil {
 				drop(e)
 			}
 			delete(live, op.ID)
 			if len(live) == 0 {
-				s.emptied(op.Queue)
+				s.emptied(k)
 			}
 		}
 	case TypeDeliver:
-		if e := s.queues[op.Queue][op.ID]; e != nil {
+		if e := s.queues[k][op.ID]; e != nil {
 			e.deliveries++
 		}
 	case TypeDrop:
-		for _, e := range s.queues[op.Queue] {
-			drop(e)
+		// Dropping a queue drops its groups with it.
+		keys := []string{k}
+		if op.Group == "" {
+			keys = append(keys, s.groupKeys(op.Queue)...)
 		}
-		s.forget(op.Queue)
+		for _, k := range keys {
+			for _, e := range s.queues[k] {
+				drop(e)
+			}
+			s.forget(k)
+		}
 	case TypePurge:
-		if live := s.queues[op.Queue]; live != nil {
+		if live := s.queues[k]; live != nil {
 			for id, e := range live {
 				if id < op.ID {
 					drop(e)
@@ -395,7 +428,7 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 				}
 			}
 			if len(live) == 0 {
-				s.emptied(op.Queue)
+				s.emptied(k)
 			}
 		}
 	case TypeSeq:
@@ -404,23 +437,104 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 	case TypeQueue:
 		// Recorded before a queue's first store, too: an empty queue's
 		// description goes only with a take or purge that empties it, or
-		// a drop.
-		s.meta[op.Queue] = &metaEntry{lsn: lsn, meta: op.Meta}
+		// a drop. A group's says it exists, until it is dropped.
+		s.meta[k] = &metaEntry{lsn: lsn, meta: op.Meta}
 	}
 }
 
-// forget drops a deleted or disowned queue.
-func (s *Store) forget(queue string) {
-	delete(s.queues, queue)
-	delete(s.meta, queue)
+// unref drops a reference to the payload file name and reports whether
+// it was the last.
+func (s *Store) unref(name string) bool {
+	if s.refs[name]--; s.refs[name] > 0 {
+		return false
+	}
+	delete(s.refs, name)
+	return true
 }
 
-// emptied drops the messages of a queue that has none left, and its
-// description unless it is one to keep (Kept).
-func (s *Store) emptied(queue string) {
-	delete(s.queues, queue)
-	if m := s.meta[queue]; m == nil || !m.meta.Kept() {
-		delete(s.meta, queue)
+// key names a queue, or a consumer group of one, in the store's maps: a
+// queue by its name, a group by the queue's name, a NUL (which no queue
+// name holds) and the group's.
+func key(queue, group string) string {
+	if group == "" {
+		return queue
+	}
+	return queue + "\x00" + group
+}
+
+// splitKey is the inverse of key.
+func splitKey(k string) (queue, group string) {
+	queue, group, _ = strings.Cut(k, "\x00")
+	return queue, group
+}
+
+// groupKeys returns the keys of queue's consumer groups that have
+// messages or a description; s.mu is held (or the store is being
+// opened).
+func (s *Store) groupKeys(queue string) []string {
+	var keys []string
+	prefix := queue + "\x00"
+	for k := range s.queues {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	for k := range s.meta {
+		if _, live := s.queues[k]; !live && strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// hasGroups reports whether queue has consumer groups.
+func (s *Store) hasGroups(queue string) bool {
+	return len(s.groupKeys(queue)) > 0
+}
+
+// attachGroups gives each queue of queues its groups, by name; a queue
+// with groups and nothing else recorded is added.
+func attachGroups(queues, groups []Queue) []Queue {
+	if len(groups) == 0 {
+		return queues
+	}
+	at := make(map[string]int, len(queues))
+	for i, q := range queues {
+		at[q.Name] = i
+	}
+	for _, g := range groups {
+		qn, gn := splitKey(g.Name)
+		g.Name = gn
+		i, ok := at[qn]
+		if !ok {
+			i = len(queues)
+			at[qn] = i
+			queues = append(queues, Queue{Name: qn})
+		}
+		queues[i].Groups = append(queues[i].Groups, g)
+	}
+	for i := range queues {
+		slices.SortFunc(queues[i].Groups, func(a, b Queue) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return queues
+}
+
+// forget drops a deleted or disowned queue, or a deleted group.
+func (s *Store) forget(k string) {
+	delete(s.queues, k)
+	delete(s.meta, k)
+}
+
+// emptied drops the messages of a queue or group that has none left,
+// and a queue's description unless it is one to keep (Kept) or the
+// queue has groups; a group's stays until the group is dropped.
+func (s *Store) emptied(k string) {
+	delete(s.queues, k)
+	if queue, group := splitKey(k); group != "" || s.hasGroups(queue) {
+		return
+	}
+	if m := s.meta[k]; m == nil || !m.meta.Kept() {
+		delete(s.meta, k)
 	}
 }
 
@@ -437,15 +551,18 @@ func (s *Store) appendWaitedLocked(op Op, waited bool) (journal.Pending, error) 
 	if (op.Queue == "") != (op.Type == TypeSeq) || len(op.Queue) > maxName {
 		return journal.Pending{}, fmt.Errorf("durable: queue name of %d bytes", len(op.Queue))
 	}
+	if len(op.Group) > maxName || strings.IndexByte(op.Group, 0) >= 0 || op.Group != "" && op.Type == TypeSeq {
+		return journal.Pending{}, fmt.Errorf("durable: bad group name %q", op.Group)
+	}
 	// The journal keeps the slice until it is written: a new one, of
 	// the record's size, so the payload is copied once here.
 	rec := encode(make([]byte, 0, encodedSize(op)), op)
 	var p journal.Pending
 	var err error
 	if waited {
-		p, err = s.j.AppendWaited(op.Type, rec)
+		p, err = s.j.AppendWaited(RecordType(op), rec)
 	} else {
-		p, err = s.j.Append(op.Type, rec)
+		p, err = s.j.Append(RecordType(op), rec)
 	}
 	if err != nil {
 		return p, err
@@ -513,7 +630,7 @@ func (s *Store) Describe(queue string, meta QueueMeta) (uint64, error) {
 	if e != nil && e.meta == meta {
 		return 0, nil
 	}
-	if _, live := s.queues[queue]; !live && !meta.Kept() {
+	if _, live := s.queues[queue]; !live && !meta.Kept() && !s.hasGroups(queue) {
 		if e == nil {
 			return 0, nil // nothing recorded, nothing to keep
 		}
@@ -525,6 +642,23 @@ func (s *Store) Describe(queue string, meta QueueMeta) (uint64, error) {
 		return p.LSN(), nil
 	}
 	p, err := s.appendLocked(Op{Type: TypeQueue, Queue: queue, Meta: meta})
+	if err != nil {
+		return 0, err
+	}
+	return p.LSN(), nil
+}
+
+// DescribeGroup records that queue has the consumer group called group,
+// created by creator, and returns the record's number. The group lasts,
+// with or without messages, until a Drop of it (Op.Group) or of its
+// queue.
+func (s *Store) DescribeGroup(queue, group string, creator uint32) (uint64, error) {
+	if group == "" {
+		return 0, errors.New("durable: a consumer group needs a name")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.appendLocked(Op{Type: TypeQueue, Queue: queue, Group: group, Meta: QueueMeta{Creator: creator}})
 	if err != nil {
 		return 0, err
 	}
@@ -730,9 +864,10 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 	if need > 0 && s.space.room(need) != nil {
 		upTo = 0
 	}
-	for q, m := range s.meta {
+	for k, m := range s.meta {
 		if m.lsn < upTo {
-			if _, err := s.appendLocked(Op{Type: TypeQueue, Queue: q, Meta: m.meta}); err != nil {
+			q, g := splitKey(k)
+			if _, err := s.appendLocked(Op{Type: TypeQueue, Queue: q, Group: g, Meta: m.meta}); err != nil {
 				s.mu.Unlock()
 				return rep, err
 			}
@@ -743,7 +878,8 @@ func (s *Store) Compact(ctx context.Context) (CompactReport, error) {
 		if e.lsn >= upTo {
 			continue
 		}
-		if _, err := s.appendLocked(Op{Type: TypeStore, Queue: r.queue, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size}); err != nil {
+		q, g := splitKey(r.queue)
+		if _, err := s.appendLocked(Op{Type: TypeStore, Queue: q, Group: g, ID: r.id, Deliveries: e.deliveries, Attrs: e.attrs, Payload: e.payload, File: e.file, Size: e.size}); err != nil {
 			s.mu.Unlock()
 			return rep, err
 		}
