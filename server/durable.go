@@ -1,10 +1,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -163,9 +165,11 @@ func (s *Server) openDurable() error {
 	})
 	var last uint64
 	for _, dq := range queues {
-		last = max(last, dq.LastID)
-		for _, m := range dq.Messages {
-			last = max(last, m.ID)
+		for _, q := range append([]durable.Queue{dq}, dq.Groups...) {
+			last = max(last, q.LastID)
+			for _, m := range q.Messages {
+				last = max(last, m.ID)
+			}
 		}
 	}
 	s.logIDs.Store(last)
@@ -285,11 +289,53 @@ func (s *Server) restoreQueue(dq durable.Queue) error {
 				return fmt.Errorf("machq: recovering message %d of queue %s: %w", dm.ID, dq.Name, err)
 			}
 			m.FD, m.Size, m.Inline = fd, size, nil
+			m.LogFile = filepath.Base(dm.File)
 		}
 		acct := s.ledger.Account(a.UID)
 		acct.ForceHold(m.Size, m.FD >= 0)
 		m.Charge = acct
 		q.Restore(m)
+	}
+	return s.restoreGroups(q, dq)
+}
+
+// restoreGroups puts the recovered consumer groups of q back, each with
+// its views: the views of one message in several groups (one place in
+// the queue) share one payload, one page, as they did before.
+func (s *Server) restoreGroups(q *queue.Queue, dq durable.Queue) error {
+	payloads := make(map[uint64]*queue.Payload) // by place in the queue
+	for _, dg := range dq.Groups {
+		g, err := s.named.RestoreGroup(q, dg.Name, dg.Meta.Creator)
+		if err != nil {
+			return fmt.Errorf("machq: recovering consumer group %s of queue %s: %w", dg.Name, dq.Name, err)
+		}
+		for _, dm := range dg.Messages {
+			a := dm.Attrs
+			seq := cmp.Or(a.Seq, dm.ID)
+			p := payloads[seq]
+			acct := s.ledger.Account(a.UID)
+			if p == nil {
+				m := &queue.Message{Seq: seq, FD: -1, Inline: dm.Payload, Size: int64(len(dm.Payload)), DigestAlg: a.DigestAlg, Digest: a.Digest}
+				if dm.File != "" {
+					fd, size, err := durable.OpenPayload(dm.File)
+					if err != nil {
+						return fmt.Errorf("machq: recovering message %d of group %s of queue %s: %w", dm.ID, dg.Name, dq.Name, err)
+					}
+					m.FD, m.Size, m.Inline = fd, size, nil
+					m.LogFile = filepath.Base(dm.File)
+				}
+				acct.ForceHold(m.Size, m.FD >= 0)
+				m.Charge = acct
+				p = q.SharePayload(m)
+				payloads[seq] = p
+			} else {
+				acct.ForceHoldMessages(1) // every view beyond the first
+			}
+			v := p.View()
+			v.LogID, v.Deliveries = dm.ID, dm.Deliveries
+			v.Dead, v.Note, v.DiedAfter, v.Group = a.Dead, a.Note, a.DiedAfter, a.Group
+			g.Restore(v)
+		}
 	}
 	return nil
 }
@@ -302,7 +348,7 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 	if m.Charge != nil {
 		uid = m.Charge.UID()
 	}
-	op := durable.Op{ID: m.LogID, Deliveries: m.Deliveries, Attrs: durable.Attrs{
+	op := durable.Op{Group: q.GroupName(), ID: m.LogID, Deliveries: m.Deliveries, Attrs: durable.Attrs{
 		Seq: m.Seq, UID: uid, DigestAlg: m.DigestAlg, Digest: m.Digest,
 		Dead: m.Dead, DiedAfter: m.DiedAfter, Note: m.Note, Group: m.Group,
 	}}
@@ -311,7 +357,12 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 		op.Payload = m.Inline
 	case m.PayloadFile != "":
 		op.File, op.Size = m.PayloadFile, m.Size
-		m.PayloadFile = ""
+		m.LogFile, m.PayloadFile = m.PayloadFile, ""
+	case m.LogFile != "":
+		// A view of a page in another group, or a page moving between
+		// durable queues: its payload file is the one logged already,
+		// which the store counts the references to.
+		op.File, op.Size = m.LogFile, m.Size
 	default:
 		// A page that reached this queue without a payload file (a dead
 		// letter or a kicked one of a queue whose file is gone): copy it
@@ -322,6 +373,16 @@ func (l *durableLog) Stored(q *queue.Queue, m *queue.Message) {
 			return
 		}
 		op.File, op.Size = name, m.Size
+		m.LogFile = name
+	}
+	if op.Group != "" {
+		// A group's view: its queue's description is recorded with the
+		// queue's own stores.
+		op.Type, op.Queue = durable.TypeStore, q.Name()
+		if _, err := s.store.AppendWaited(op); err != nil {
+			s.storedFailed(q, m, err)
+		}
+		return
 	}
 	// Whatever stored it, a client's STORE or a move, answers on a
 	// durable server wait for every record appended (durableMark), so
@@ -365,14 +426,30 @@ func (s *Server) moved(from, to *queue.Queue, was, failures uint64) {
 // Purged implements queue.Log: every message stored so far is gone.
 func (l *durableLog) Purged(q *queue.Queue) {
 	s := l.s
-	if _, err := s.store.Append(durable.Op{Type: durable.TypePurge, Queue: q.Name(), ID: s.logIDs.Load() + 1}); err != nil {
+	if _, err := s.store.Append(durable.Op{Type: durable.TypePurge, Queue: q.Name(), Group: q.GroupName(), ID: s.logIDs.Load() + 1}); err != nil {
 		s.durableFailed(err)
 	}
 }
 
 // Dropped implements queue.Log.
 func (l *durableLog) Dropped(q *queue.Queue) {
-	if _, err := l.s.store.Append(durable.Op{Type: durable.TypeDrop, Queue: q.Name()}); err != nil {
+	if _, err := l.s.store.Append(durable.Op{Type: durable.TypeDrop, Queue: q.Name(), Group: q.GroupName()}); err != nil {
+		l.s.durableFailed(err)
+	}
+}
+
+// GroupCreated implements queue.Log.
+func (l *durableLog) GroupCreated(g *queue.Queue) {
+	creator, _, _ := g.Described()
+	if _, err := l.s.store.DescribeGroup(g.Name(), g.GroupName(), creator); err != nil {
+		l.s.durableFailed(err)
+	}
+}
+
+// Left implements queue.Log: the message is gone from q's own line (it
+// is in q's groups now, each view recorded there).
+func (l *durableLog) Left(q *queue.Queue, logID uint64) {
+	if _, err := l.s.store.Append(durable.Op{Type: durable.TypeTake, Queue: q.Name(), ID: logID}); err != nil {
 		l.s.durableFailed(err)
 	}
 }
@@ -411,7 +488,7 @@ func (s *Server) logTake(q *queue.Queue, logID uint64) uint64 {
 	}
 	// The answer handing the message over waits for this record
 	// (durableMark), and so writes it.
-	lsn, err := s.store.AppendWaited(durable.Op{Type: durable.TypeTake, Queue: q.Name(), ID: logID})
+	lsn, err := s.store.AppendWaited(durable.Op{Type: durable.TypeTake, Queue: q.Name(), Group: q.GroupName(), ID: logID})
 	if err != nil {
 		s.durableFailed(err)
 		return failedLSN
@@ -424,7 +501,7 @@ func (s *Server) logDeliver(q *queue.Queue, m *queue.Message) {
 	if s.store == nil || m.LogID == 0 || !q.Logged() {
 		return
 	}
-	if _, err := s.store.Append(durable.Op{Type: durable.TypeDeliver, Queue: q.Name(), ID: m.LogID}); err != nil {
+	if _, err := s.store.Append(durable.Op{Type: durable.TypeDeliver, Queue: q.Name(), Group: q.GroupName(), ID: m.LogID}); err != nil {
 		s.durableFailed(err)
 	}
 }

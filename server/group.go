@@ -81,11 +81,6 @@ func (c *conn) handleGroup(f wire.Frame) {
 			c.fail(f.ID, code, err)
 			return
 		}
-		if q.Logged() {
-			c.release(q)
-			c.sendError(f.ID, wire.CodeBadRequest, fmt.Sprintf("queue %s is durable, and consumer groups of durable queues are not supported yet: use a queue the server's durable pattern (machqd --durable) does not select", req.Queue))
-			return
-		}
 		uid := c.acct.UID()
 		adopted, err := c.s.named.AddGroup(q, string(req.Group), uid, req.Action == wire.GroupCreateFromOldest)
 		c.release(q)
@@ -140,6 +135,7 @@ func (c *conn) handleGroup(f wire.Frame) {
 	}
 	c.mu.Lock()
 	c.out = wire.AppendGrouped(c.out, f.ID, res)
+	c.durableMark(0) // a durable queue's group is on disk before it is confirmed
 	c.signal()
 	c.mu.Unlock()
 }

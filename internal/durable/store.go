@@ -387,6 +387,9 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 		}
 		old := live[op.ID]
 		if op.File != "" && (old == nil || old.file != op.File) {
+			if s.refs[op.File] == 0 {
+				s.revive(op.File)
+			}
 			s.refs[op.File]++
 		}
 		if old != nil && old.file != op.File {
@@ -440,6 +443,12 @@ func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 		// a drop. A group's says it exists, until it is dropped.
 		s.meta[k] = &metaEntry{lsn: lsn, meta: op.Meta}
 	}
+}
+
+// revive keeps the payload file name, which a record removed the last
+// message of, from deletion: a record since refers to it again.
+func (s *Store) revive(name string) {
+	s.gone = slices.DeleteFunc(s.gone, func(g goneFile) bool { return g.name == name })
 }
 
 // unref drops a reference to the payload file name and reports whether

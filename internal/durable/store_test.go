@@ -134,7 +134,10 @@ func TestCrashPoints(t *testing.T) {
 		iterations = 50
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
-	queues := []string{"a", "b", "c"}
+	// Two queues, and a consumer group of one of them.
+	type target struct{ queue, group string }
+	queues := []target{{"a", ""}, {"b", ""}, {"a", "g"}}
+	name := func(q target) string { return q.queue + ":" + q.group }
 	for it := range iterations {
 		fs := journal.NewMemFS()
 		var mu sync.Mutex
@@ -147,7 +150,16 @@ func TestCrashPoints(t *testing.T) {
 		for c := range crashes {
 			s, qs, _ := mustOpen(t, Options{FS: fs, SegmentSize: int64(512 + rng.IntN(8192))})
 			seen := map[string]bool{}
+			var recovered []Queue
 			for _, q := range qs {
+				q.Name += ":"
+				recovered = append(recovered, q)
+				for _, g := range q.Groups {
+					g.Name = q.Name + g.Name
+					recovered = append(recovered, g)
+				}
+			}
+			for _, q := range recovered {
 				for _, m := range q.Messages {
 					key := fmt.Sprintf("%s/%d", q.Name, m.ID)
 					seen[key] = true
@@ -184,13 +196,13 @@ func TestCrashPoints(t *testing.T) {
 				wg.Go(func() {
 					for k := range per {
 						mu.Lock()
-						nextID[q]++
-						id := nextID[q]
-						key := fmt.Sprintf("%s/%d", q, id)
+						nextID[name(q)]++
+						id := nextID[name(q)]
+						key := fmt.Sprintf("%s/%d", name(q), id)
 						payload := fmt.Appendf(nil, "it %d %s %d", it, key, k)
 						tried[key] = payload
 						mu.Unlock()
-						if err := s.Store(ctx, q, id, 0, Attrs{}, payload); err != nil {
+						if err := s.write(ctx, Op{Type: TypeStore, Queue: q.queue, Group: q.group, ID: id, Payload: payload}); err != nil {
 							return
 						}
 						mu.Lock()
@@ -200,7 +212,7 @@ func TestCrashPoints(t *testing.T) {
 							mu.Lock()
 							taking[key] = true
 							mu.Unlock()
-							if err := s.Take(ctx, q, id); err != nil {
+							if err := s.write(ctx, Op{Type: TypeTake, Queue: q.queue, Group: q.group, ID: id}); err != nil {
 								return
 							}
 							mu.Lock()

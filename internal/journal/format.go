@@ -20,9 +20,10 @@ const (
 	Magic = "MCHQJRNL"
 	// FormatVersion is the version of the format this package writes;
 	// it reads every version from 1 to it. Version 2 adds the durable
-	// queues' sequence record (docs/STORAGE.md): the journal's own
-	// layout is the same, but a reader of version 1 must not see it.
-	FormatVersion = 2
+	// queues' sequence record, version 3 their consumer groups' records
+	// (docs/STORAGE.md): the journal's own layout is the same, but a
+	// reader of an earlier version must not see them.
+	FormatVersion = 3
 	// HeaderSize is the size of a segment's header.
 	HeaderSize = 40
 	// RecordHeaderSize is the size of a record's header.

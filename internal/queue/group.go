@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"errors"
 	"slices"
 	"sort"
@@ -57,6 +58,7 @@ type shared struct {
 	alg     uint8
 	charge  *quota.Account
 	counter Counter // told once, for every view together
+	file    string  // the payload file of a logged page (Message.LogFile)
 }
 
 // share turns m, accepted for q, into a shared payload with no view yet,
@@ -68,12 +70,12 @@ func (q *Queue) share(m *Message) *shared {
 	}
 	sh := &shared{
 		seq: m.Seq, fd: m.FD, inline: m.Inline, size: m.Size, digest: m.Digest, alg: m.DigestAlg,
-		charge: m.Charge, counter: q.counter,
+		charge: m.Charge, counter: q.counter, file: cmp.Or(m.PayloadFile, m.LogFile),
 	}
 	if sh.counter != nil {
 		sh.counter.Add(1, m.pages(), m.Size)
 	}
-	m.FD, m.Inline, m.Charge = -1, nil, nil
+	m.FD, m.Inline, m.Charge, m.PayloadFile = -1, nil, nil, ""
 	return sh
 }
 
@@ -82,7 +84,7 @@ func (q *Queue) share(m *Message) *shared {
 // the first is charged as one more message by extraViews.
 func (sh *shared) view() *Message {
 	sh.refs.Add(1)
-	return &Message{Seq: sh.seq, Size: sh.size, FD: sh.fd, Inline: sh.inline, DigestAlg: sh.alg, Digest: sh.digest, shared: sh}
+	return &Message{Seq: sh.seq, Size: sh.size, FD: sh.fd, Inline: sh.inline, DigestAlg: sh.alg, Digest: sh.digest, LogFile: sh.file, shared: sh}
 }
 
 // release drops one view; the last frees the payload, each other one
@@ -151,13 +153,27 @@ func (q *Queue) createGroup(name string, fromOldest bool, creator uint32) (adopt
 	g.group = name
 	g.parent = q
 	g.creator = creator
+	g.log = q.log
+	if g.log != nil {
+		g.log.GroupCreated(g)
+	}
 	if fromOldest {
-		views := q.adoptable()
+		views, left := q.adoptable()
 		g.mu.Lock()
 		for _, v := range views {
+			if g.log != nil {
+				g.log.Stored(g, v)
+			}
 			g.append(v)
 		}
 		g.mu.Unlock()
+		if q.log != nil {
+			// Only now that the views name their payload files may the
+			// messages that held them go.
+			for _, id := range left {
+				q.log.Left(q, id)
+			}
+		}
 		adopted = len(views)
 	}
 	if q.groups == nil {
@@ -171,11 +187,14 @@ func (q *Queue) createGroup(name string, fromOldest bool, creator uint32) (adopt
 // messages of q's own line, taken from it (a view there, a dead letter of
 // a group since deleted, is used as it is), and one of each payload in
 // the other groups' lines, once whatever the number of groups holding
-// it. q.mu is held.
-func (q *Queue) adoptable() []*Message {
-	var views []*Message
+// it; and the log's names of the messages taken from q's own line.
+// q.mu is held.
+func (q *Queue) adoptable() (views []*Message, left []uint64) {
 	seen := make(map[*shared]bool)
 	for m := q.pop(); m != nil; m = q.pop() {
+		if m.LogID != 0 {
+			left = append(left, m.LogID)
+		}
 		if m.shared == nil {
 			m = q.share(m).view() // its first view: charged already
 		}
@@ -203,7 +222,7 @@ func (q *Queue) adoptable() []*Message {
 		g.mu.Unlock()
 	}
 	sort.Slice(views, func(i, j int) bool { return views[i].Seq < views[j].Seq })
-	return views
+	return views, left
 }
 
 // deleteGroup removes the group called name: its line is freed, its
@@ -217,6 +236,9 @@ func (q *Queue) deleteGroup(name string) (freed, pending int, waiters []Waiter, 
 	delete(q.groups, name)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.log != nil && !q.deleted {
+		g.log.Dropped(g) // a queue's deletion drops its groups
+	}
 	g.deleted = true
 	freed = g.drainLocked()
 	waiters = append(append(waiters, g.waiters...), g.parked...)
@@ -258,6 +280,9 @@ func (q *Queue) fanOut(m *Message, stored func(seq uint64), charged bool) uint64
 	i := 0
 	for _, g := range q.sortedGroups() {
 		g.mu.Lock()
+		if g.log != nil {
+			g.log.Stored(g, views[i])
+		}
 		g.place(views[i], false)
 		g.mu.Unlock()
 		i++
@@ -343,3 +368,45 @@ type groupState struct {
 	group  string            // for a group: its name
 	parent *Queue            // for a group: its queue
 }
+
+// RestoreGroup gives q, a queue the caller holds, the consumer group
+// called name, created by creator, as recovered from q's log: nothing is
+// logged, and the registry's group limits are not applied (the groups
+// were within them when created). Its views are restored with Restore.
+func (r *Registry) RestoreGroup(q *Queue, name string, creator uint32) (*Queue, error) {
+	q.mu.Lock()
+	if q.groups[name] != nil {
+		q.mu.Unlock()
+		return nil, ErrGroupExists
+	}
+	g := New(q.name, nil)
+	g.group, g.parent, g.creator, g.log = name, q, creator, q.log
+	if q.groups == nil {
+		q.groups = make(map[string]*Queue)
+	}
+	q.groups[name] = g
+	q.mu.Unlock()
+	r.mu.Lock()
+	r.groupCount++
+	r.groupsBy[creator]++
+	r.mu.Unlock()
+	return g, nil
+}
+
+// Payload is the payload of a recovered message that the views of
+// several consumer groups share.
+type Payload struct{ sh *shared }
+
+// SharePayload makes the payload of m, a recovered message of q charged
+// as one message (its bytes, its page), shareable by views: m must not
+// be used afterwards.
+func (q *Queue) SharePayload(m *Message) *Payload {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return &Payload{q.share(m)}
+}
+
+// View returns a new view of p, to Restore into a group. Every view
+// beyond the first is to be charged as one more message to the account
+// p's message was charged to (quota.Account.ForceHoldMessages).
+func (p *Payload) View() *Message { return p.sh.view() }

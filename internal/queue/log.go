@@ -13,9 +13,23 @@ type Log interface {
 	// Purged: every message q holds, in line, pending or delayed, is
 	// gone.
 	Purged(q *Queue)
-	// Dropped: q is deleted with what it holds.
+	// Dropped: q is deleted with what it holds (with its consumer
+	// groups), or q is a consumer group, deleted.
 	Dropped(q *Queue)
+	// GroupCreated: g, a consumer group of a logged queue, was just
+	// created (its first views, adopted from the oldest, are Stored
+	// next).
+	GroupCreated(g *Queue)
+	// Left: the message the log names logID left q's own line for the
+	// consumer groups of q (a group created from the oldest adopted it),
+	// where it is Stored as views.
+	Left(q *Queue, logID uint64)
 }
+
+// Methods of a logged queue's consumer groups log as a queue's do, each
+// group in its own name (GroupName): the views of one message in several
+// groups are Stored once per group, and share the payload file of a page
+// (Message.LogFile).
 
 // SetLog makes the registry give every queue it creates from now on the
 // log logFor returns for its name (nil: the queue is not logged).
@@ -28,7 +42,7 @@ func (r *Registry) SetLog(logFor func(name string) Log) {
 // Described returns what a log keeps of q besides its messages: the user
 // id that created it or owns it, whether it is owned, and its own
 // settings. It is for a Log's methods, which run with q's lock held (q
-// is not a consumer group: those are not logged).
+// or, for a consumer group, the user id that created it).
 func (q *Queue) Described() (creator uint32, owned bool, p Policy) {
 	creator = q.creator
 	if q.owner != nil {

@@ -43,6 +43,10 @@ type Message struct {
 	// queue, for Log.Stored to name.
 	LogID       uint64
 	PayloadFile string
+	// LogFile is the payload file of the data directory holding a page's
+	// bytes once a log recorded it (Log.Stored sets it): the views of
+	// the page in other groups, and its dead letter, name the same file.
+	LogFile string
 
 	shared *shared // for a view: the payload it shares with other groups' views
 
