@@ -263,14 +263,18 @@ func (s *Server) restoreQueue(dq durable.Queue) error {
 		return fmt.Errorf("machq: recovering queue %s: %w (raise --max-queues)", dq.Name, err)
 	}
 	defer s.named.Release(q)
-	if !q.Logged() && len(dq.Messages) == 0 {
-		// Only its owner or settings were kept, and the pattern no
-		// longer selects it: it is a memory-only queue now.
-		s.log.Info("a queue the durable queue pattern no longer selects keeps its owner and settings in memory only", "queue", dq.Name)
+	held := len(dq.Messages)
+	for _, g := range dq.Groups {
+		held += len(g.Messages)
+	}
+	if !q.Logged() && held == 0 {
+		// Only its owner, settings or groups were kept, and the pattern
+		// no longer selects it: it is a memory-only queue now.
+		s.log.Info("a queue the durable queue pattern no longer selects keeps its owner, settings and consumer groups in memory only", "queue", dq.Name)
 	} else if !q.Logged() {
 		// The pattern no longer selects it: it stays a durable queue
 		// until it is empty, rather than lose what it holds.
-		return fmt.Errorf("machq: the data directory holds %d messages of queue %s, which the durable queue pattern %q does not select: widen it, or consume them first", len(dq.Messages), dq.Name, s.durablePattern)
+		return fmt.Errorf("machq: the data directory holds %d messages of queue %s (its consumer groups' included), which the durable queue pattern %q does not select: widen it, or consume them first", held, dq.Name, s.durablePattern)
 	}
 	q.SetPolicy(queue.Policy{MaxDeliveries: dq.Meta.MaxDeliveries, LeaseMillis: dq.Meta.LeaseMillis})
 	for _, dm := range dq.Messages {
