@@ -59,6 +59,9 @@ func (q *Queue) Purge() (freed, pending int) {
 	pending = q.out
 	for _, g := range q.groups {
 		g.mu.Lock()
+		if g.log != nil {
+			g.log.Purged(g)
+		}
 		g.purges++
 		freed += g.drainLocked()
 		pending += g.out
