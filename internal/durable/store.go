@@ -165,6 +165,9 @@ type Store struct {
 	// refs counts the live messages referring to each payload file:
 	// the views of one page in several consumer groups share it.
 	refs map[string]int
+	// groups names, by queue, the consumer groups with messages or a
+	// description.
+	groups map[string]map[string]bool
 	// nextSeq is above every sequence number a store of the log gave
 	// (TypeStore, TypeSeq); seqRecorded is the last TypeSeq's, at seqLSN.
 	nextSeq, seqRecorded, seqLSN uint64
@@ -185,7 +188,7 @@ type goneFile struct {
 // Open locks the data directory, replays its log and returns the store
 // with every durable queue it holds.
 func Open(opts Options) (*Store, []Queue, Report, error) {
-	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), refs: make(map[string]int), size: opts.SegmentSize, sync: opts.SyncInterval}
+	s := &Store{queues: make(map[string]map[uint64]*entry), meta: make(map[string]*metaEntry), refs: make(map[string]int), groups: make(map[string]map[string]bool), size: opts.SegmentSize, sync: opts.SyncInterval}
 	if opts.SyncInterval < 0 {
 		return nil, nil, Report{}, fmt.Errorf("durable: negative sync interval %v", opts.SyncInterval)
 	}
@@ -366,6 +369,14 @@ func (s *Store) unlock() {
 // journal's buffer.
 func (s *Store) apply(op Op, lsn uint64, replay bool, gone *[]string) {
 	k := key(op.Queue, op.Group)
+	if op.Group != "" && (op.Type == TypeStore || op.Type == TypeQueue) {
+		gs := s.groups[op.Queue]
+		if gs == nil {
+			gs = make(map[string]bool)
+			s.groups[op.Queue] = gs
+		}
+		gs[op.Group] = true
+	}
 	// drop releases e's payload file: once no live message refers to
 	// it, it is deleted when the record removing the last is durable.
 	drop := func(e *entry) {
@@ -482,23 +493,15 @@ func splitKey(k string) (queue, group string) {
 // opened).
 func (s *Store) groupKeys(queue string) []string {
 	var keys []string
-	prefix := queue + "\x00"
-	for k := range s.queues {
-		if strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
-	}
-	for k := range s.meta {
-		if _, live := s.queues[k]; !live && strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
+	for g := range s.groups[queue] {
+		keys = append(keys, key(queue, g))
 	}
 	return keys
 }
 
 // hasGroups reports whether queue has consumer groups.
 func (s *Store) hasGroups(queue string) bool {
-	return len(s.groupKeys(queue)) > 0
+	return len(s.groups[queue]) > 0
 }
 
 // attachGroups gives each queue of queues its groups, by name; a queue
@@ -532,6 +535,12 @@ func attachGroups(queues, groups []Queue) []Queue {
 func (s *Store) forget(k string) {
 	delete(s.queues, k)
 	delete(s.meta, k)
+	if queue, group := splitKey(k); group != "" {
+		delete(s.groups[queue], group)
+		if len(s.groups[queue]) == 0 {
+			delete(s.groups, queue)
+		}
+	}
 }
 
 // emptied drops the messages of a queue or group that has none left,
@@ -539,7 +548,14 @@ func (s *Store) forget(k string) {
 // queue has groups; a group's stays until the group is dropped.
 func (s *Store) emptied(k string) {
 	delete(s.queues, k)
-	if queue, group := splitKey(k); group != "" || s.hasGroups(queue) {
+	queue, group := splitKey(k)
+	if group != "" {
+		if s.meta[k] == nil {
+			s.forget(k) // a group whose creation no record says
+		}
+		return
+	}
+	if s.hasGroups(queue) {
 		return
 	}
 	if m := s.meta[k]; m == nil || !m.meta.Kept() {

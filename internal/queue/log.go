@@ -41,8 +41,8 @@ func (r *Registry) SetLog(logFor func(name string) Log) {
 
 // Described returns what a log keeps of q besides its messages: the user
 // id that created it or owns it, whether it is owned, and its own
-// settings. It is for a Log's methods, which run with q's lock held (q
-// or, for a consumer group, the user id that created it).
+// settings (for a consumer group: the user id that created it). It is
+// for a Log's methods, which run with q's lock held.
 func (q *Queue) Described() (creator uint32, owned bool, p Policy) {
 	creator = q.creator
 	if q.owner != nil {
