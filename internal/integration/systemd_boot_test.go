@@ -158,8 +158,20 @@ func TestIntegrationSystemdBoot(t *testing.T) {
 	c.run("systemctl", "stop", "machqd.service", "machqd.socket")
 	c.expectStopped()
 	c.expect("machqd.socket", map[string]string{"ActiveState": "inactive"})
-	if out := c.run("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "machqd.service"); strings.TrimSpace(out) != "" {
-		t.Errorf("the journal has warnings about machqd.service:\n%s", out)
+	var warnings []string
+	for line := range strings.Lines(c.run("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "machqd.service")) {
+		// systemd in a container sometimes cannot write its cgroup's
+		// cgroup.kill (EIO) after the service has exited, and says it
+		// ignores that: the container's, not machqd's.
+		if strings.Contains(line, "Failed to kill control group") && strings.Contains(line, "ignoring") {
+			continue
+		}
+		if strings.TrimSpace(line) != "" {
+			warnings = append(warnings, line)
+		}
+	}
+	if len(warnings) > 0 {
+		t.Errorf("the journal has warnings about machqd.service:\n%s", strings.Join(warnings, ""))
 	}
 }
 
