@@ -301,3 +301,47 @@ func TestDurableGroupDeadLettersPurgeAndDelete(t *testing.T) {
 		t.Fatalf("reserve through a deleted queue's group: %v, want ErrNoGroup", err)
 	}
 }
+
+// TestDurableDeadLetterPageKeepsItsFile: a page of a durable queue
+// dead-lettered and kicked back names its one payload file throughout,
+// across restarts, and the file goes with the message.
+func TestDurableDeadLetterPageKeepsItsFile(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	payloads := filepath.Join(dir, "payloads")
+	srv, path := startServer(t, server.Config{Durable: &server.DurableConfig{Dir: dir}})
+	c := dial(t, path)
+	page := bytes.Repeat([]byte("d"), 300<<10)
+	mustSend(t, c, "plain", page)
+	d, err := c.Reserve(ctx, "plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, d.Term(ctx, "later"))
+	d.Close()
+	if n := countFiles(t, payloads); n != 1 {
+		t.Fatalf("%d payload files after the page was dead-lettered, want its one", n)
+	}
+	c.Close()
+	srv, path = restartDurable(t, srv, dir)
+	c = dial(t, path)
+	if n, err := c.Kick(ctx, "plain", 0); err != nil || n != 1 {
+		t.Fatalf("kick after a restart: %d, %v", n, err)
+	}
+	c.Close()
+	_, path = restartDurable(t, srv, dir)
+	c = dial(t, path)
+	if n := countFiles(t, payloads); n != 1 {
+		t.Fatalf("%d payload files after the kick and a restart, want the page's one", n)
+	}
+	d, err = c.Reserve(ctx, "plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.Bytes(), page) {
+		t.Fatal("the kicked page came back with other bytes")
+	}
+	must(t, d.Ack(ctx))
+	d.Close()
+	waitFor(t, "the acknowledged page's payload file to go", func() bool { return countFiles(t, payloads) == 0 })
+}
