@@ -223,6 +223,23 @@ func expectForbidden(t *testing.T, what string, err error) {
 	}
 }
 
+// ownerAndStranger starts a server admitting uids 4242 and 4343, and
+// returns it, its socket, a client of uid 4242 whose named queues are
+// its own (WithOwnedQueues) and a client of uid 4343.
+func ownerAndStranger(t *testing.T) (*server.Server, string, *machq.Client, *machq.Client) {
+	t.Helper()
+	srv, path := serveToOthers(t, server.Access{AllowUIDs: []uint32{4242, 4343}})
+	owner, err := dialAs(t, path, 4242, 4242, machq.WithOwnedQueues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := dialAs(t, path, 4343, 4343)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, path, owner, stranger
+}
+
 // TestOwnedQueueRefusesOthersEveryOperation checks that the operations of
 // protocol version 3 respect an owned queue as STORE and RETRIEVE do:
 // another user's PEEK, PURGE, DELETE, GROUP (create and delete), KICK,
@@ -235,16 +252,8 @@ func TestOwnedQueueRefusesOthersEveryOperation(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to connect as other users")
 	}
-	srv, path := serveToOthers(t, server.Access{AllowUIDs: []uint32{4242, 4343}})
+	srv, path, owner, stranger := ownerAndStranger(t)
 	ctx := testCtx(t)
-	owner, err := dialAs(t, path, 4242, 4242, machq.WithOwnedQueues())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := dialAs(t, path, 4343, 4343)
-	if err != nil {
-		t.Fatal(err)
-	}
 	strangerOwned, err := dialAs(t, path, 4343, 4343, machq.WithOwnedQueues())
 	if err != nil {
 		t.Fatal(err)
@@ -519,16 +528,8 @@ func TestKickOfAnotherUsersQueueWithoutDeadLetters(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to connect as other users")
 	}
-	_, path := serveToOthers(t, server.Access{AllowUIDs: []uint32{4242, 4343}})
+	_, _, owner, stranger := ownerAndStranger(t)
 	ctx := testCtx(t)
-	owner, err := dialAs(t, path, 4242, 4242, machq.WithOwnedQueues())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := dialAs(t, path, 4343, 4343)
-	if err != nil {
-		t.Fatal(err)
-	}
 	mustSend(t, owner, "mine", []byte("x"))
 	n, err := stranger.Kick(ctx, "mine", 0)
 	if n != 0 {
