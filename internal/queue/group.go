@@ -266,9 +266,6 @@ func (q *Queue) fanOut(m *Message, stored func(seq uint64), charged bool) uint64
 	}
 	m.Seq = q.nextSeq
 	q.nextSeq++
-	if stored != nil {
-		stored(m.Seq)
-	}
 	sh := q.share(m)
 	// Every view exists before any is delivered: a consumer that takes
 	// and acknowledges one at once must not free the payload under the
@@ -277,15 +274,24 @@ func (q *Queue) fanOut(m *Message, stored func(seq uint64), charged bool) uint64
 	for range q.groups {
 		views = append(views, sh.view())
 	}
-	i := 0
-	for _, g := range q.sortedGroups() {
-		g.mu.Lock()
+	gs := q.sortedGroups()
+	// Logged before stored is told, as a queue's own store is: the
+	// answer that speaks of the message waits for the records appended
+	// until then.
+	for i, g := range gs {
 		if g.log != nil {
+			g.mu.Lock()
 			g.log.Stored(g, views[i])
+			g.mu.Unlock()
 		}
+	}
+	if stored != nil {
+		stored(m.Seq)
+	}
+	for i, g := range gs {
+		g.mu.Lock()
 		g.place(views[i], false)
 		g.mu.Unlock()
-		i++
 	}
 	return m.Seq
 }
