@@ -42,6 +42,8 @@ kill_rounds=${KILL_ROUNDS:-300}
 if [ "$kill_rounds" != "0" ]; then
   echo "== kill loop ($kill_rounds rounds)"
   MACHQ_KILL_ROUNDS=$kill_rounds go test -race -count=1 -v -timeout 30m -run '^TestDurableKillLoop$' ./internal/integration/
+  # The same for a durable queue's consumer groups, a third as many rounds.
+  MACHQ_KILL_ROUNDS=$(( (kill_rounds + 2) / 3 )) go test -race -count=1 -timeout 30m -run '^TestDurableGroupsKillLoop$' ./internal/integration/
 fi
 
 fuzztime=${FUZZTIME:-500000x}
