@@ -150,34 +150,9 @@ func TestDurableGroupsKillLoop(t *testing.T) {
 	for round := range rounds {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		wg.Go(func() {
-			c, err := machq.Dial(ctx, socket)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				mu.Lock()
-				next++
-				id := fmt.Sprintf("m%d", next)
-				page := next%8 == 0
-				tried[id] = true
-				mu.Unlock()
-				if _, err := c.Send(ctx, "kq", payload(id, page)); err != nil {
-					return
-				}
-				mu.Lock()
-				stored[id] = true
-				mu.Unlock()
-			}
-		})
-		for _, g := range groups {
-			r := rand.New(rand.NewPCG(rng.Uint64(), 1))
+		// each runs step on a connection of its own until the round
+		// stops or step fails.
+		each := func(step func(c *machq.Client) bool) {
 			wg.Go(func() {
 				c, err := machq.Dial(ctx, socket)
 				if err != nil {
@@ -190,32 +165,56 @@ func TestDurableGroupsKillLoop(t *testing.T) {
 						return
 					default:
 					}
-					wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-					dv, err := c.ReserveWait(wait, "kq", &machq.AckOptions{Group: g, Credit: 4})
-					cancel()
-					if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, machq.ErrEmpty) {
-						continue
-					}
-					if err != nil {
+					if !step(c) {
 						return
 					}
-					id := idOf(dv.Bytes())
-					switch n := r.IntN(10); {
-					case n < 8:
-						mu.Lock()
-						acking[g][id] = true
-						mu.Unlock()
-						if err := dv.Ack(ctx); err == nil {
-							mu.Lock()
-							acked[g][id] = true
-							mu.Unlock()
-						}
-					case n < 9:
-						dv.Nak(ctx, 0, "later")
-					}
-					// else: held until the connection ends
-					dv.Close()
 				}
+			})
+		}
+		each(func(c *machq.Client) bool {
+			mu.Lock()
+			next++
+			id := fmt.Sprintf("m%d", next)
+			page := next%8 == 0
+			tried[id] = true
+			mu.Unlock()
+			if _, err := c.Send(ctx, "kq", payload(id, page)); err != nil {
+				return false
+			}
+			mu.Lock()
+			stored[id] = true
+			mu.Unlock()
+			return true
+		})
+		for _, g := range groups {
+			r := rand.New(rand.NewPCG(rng.Uint64(), 1))
+			each(func(c *machq.Client) bool {
+				wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+				dv, err := c.ReserveWait(wait, "kq", &machq.AckOptions{Group: g, Credit: 4})
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, machq.ErrEmpty) {
+					return true
+				}
+				if err != nil {
+					return false
+				}
+				id := idOf(dv.Bytes())
+				switch n := r.IntN(10); {
+				case n < 8:
+					mu.Lock()
+					acking[g][id] = true
+					mu.Unlock()
+					if err := dv.Ack(ctx); err == nil {
+						mu.Lock()
+						acked[g][id] = true
+						mu.Unlock()
+					}
+				case n < 9:
+					dv.Nak(ctx, 0, "later")
+				}
+				// else: held until the connection ends
+				dv.Close()
+				return true
 			})
 		}
 		// Kill once some more stores were answered, at a random count.
