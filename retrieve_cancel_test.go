@@ -20,14 +20,6 @@ import (
 func TestCancelledRetrievesLoseNothing(t *testing.T) {
 	const messages, clients, perClient = 5000, 4, 8
 	path := inProcessServer(t)
-	dial := func() *machq.Client {
-		c, err := machq.Dial(context.Background(), path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
 	var mu sync.Mutex
 	seen := make(map[uint64]int)
 	record := func(m *machq.Message) {
@@ -42,69 +34,33 @@ func TestCancelledRetrievesLoseNothing(t *testing.T) {
 		defer mu.Unlock()
 		return len(seen)
 	}
-	unexpected := func(what string, ctx context.Context, err error) {
-		if err != nil && !errors.Is(err, machq.ErrEmpty) && ctx.Err() == nil {
-			t.Errorf("%s: %v", what, err)
-		}
-	}
-
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	consumers := make([]*machq.Client, clients)
-	for ci := range consumers {
-		c := dial()
-		consumers[ci] = c
-		for g := range perClient {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r := rand.New(rand.NewPCG(uint64(ci), uint64(g)))
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					d := time.Duration(r.IntN(3000)) * time.Microsecond
-					ctx, cancel := context.WithTimeout(context.Background(), d)
-					if r.IntN(4) == 0 { // ended by cancel, not by a deadline
-						cancel()
-						ctx, cancel = context.WithCancel(context.Background())
-						time.AfterFunc(d, cancel)
-					}
-					switch r.IntN(4) {
-					case 0:
-						m, err := c.Retrieve(ctx, "s")
-						if m != nil {
-							record(m)
-						}
-						unexpected("Retrieve", ctx, err)
-					case 1, 2:
-						m, err := c.RetrieveWait(ctx, "s")
-						if m != nil {
-							record(m)
-						}
-						unexpected("RetrieveWait", ctx, err)
-					case 3:
-						ms, err := c.RetrieveBatch(ctx, "s", 1+r.IntN(8))
-						for _, m := range ms {
-							record(m)
-						}
-						unexpected("RetrieveBatch", ctx, err)
-					}
-					cancel()
-				}
-			}()
+	consumers := giveUpLoops(t, path, clients, perClient, 0, 4, 0, stop, &wg, func(ctx context.Context, c *machq.Client, r *rand.Rand, op int) {
+		switch op {
+		case 0:
+			m, err := c.Retrieve(ctx, "s")
+			if m != nil {
+				record(m)
+			}
+			unexpectedErr(t, "Retrieve", ctx, err)
+		case 1, 2:
+			m, err := c.RetrieveWait(ctx, "s")
+			if m != nil {
+				record(m)
+			}
+			unexpectedErr(t, "RetrieveWait", ctx, err)
+		case 3:
+			ms, err := c.RetrieveBatch(ctx, "s", 1+r.IntN(8))
+			for _, m := range ms {
+				record(m)
+			}
+			unexpectedErr(t, "RetrieveBatch", ctx, err)
 		}
-	}
-	producer := dial()
+	})
+	producer := cancelDial(t, path)
 	for i := range messages {
-		b := make([]byte, 8)
-		if i%97 == 0 {
-			b = make([]byte, 70<<10) // a page
-		}
-		binary.LittleEndian.PutUint64(b, uint64(i))
-		if _, err := producer.Send(context.Background(), "s", b); err != nil {
+		if _, err := producer.Send(context.Background(), "s", numbered(i)); err != nil {
 			t.Fatal(err)
 		}
 		if i%64 == 0 {
@@ -153,14 +109,6 @@ func TestCancelledRetrievesLoseNothing(t *testing.T) {
 func TestCancelledReservesLoseNothing(t *testing.T) {
 	const messages, clients, perClient, window = 5000, 4, 8, 64
 	path := inProcessServer(t)
-	dial := func(opts ...machq.Option) *machq.Client {
-		c, err := machq.Dial(context.Background(), path, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
 	var mu sync.Mutex
 	delivered := make(map[uint64]int)
 	acked := make(map[uint64]int)
@@ -193,74 +141,40 @@ func TestCancelledReservesLoseNothing(t *testing.T) {
 		default:
 		}
 	}
-	unexpected := func(what string, ctx context.Context, err error) {
-		if err != nil && !errors.Is(err, machq.ErrEmpty) && ctx.Err() == nil {
-			t.Errorf("%s: %v", what, err)
-		}
-	}
 
 	// The queue is owned, so that it is never removed while idle and
 	// STATS keeps its counters in view; the consumers are its owner's.
-	producer := dial(machq.WithOwnedQueues())
+	producer := cancelDial(t, path, machq.WithOwnedQueues())
 	if err := producer.Configure(context.Background(), "s", machq.QueueConfig{}); err != nil {
 		t.Fatalf("creating the owned queue: %v", err)
 	}
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	consumers := make([]*machq.Client, clients)
-	for ci := range consumers {
-		c := dial()
-		consumers[ci] = c
-		for g := range perClient {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r := rand.New(rand.NewPCG(uint64(ci), uint64(g)+100))
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					op := r.IntN(8)
-					d := time.Duration(r.IntN(3000)) * time.Microsecond
-					if op < 2 {
-						// A reserve without a wait is answered at once:
-						// give up within its round trip.
-						d /= 30
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), d)
-					if r.IntN(4) == 0 { // ended by cancel, not by a deadline
-						cancel()
-						ctx, cancel = context.WithCancel(context.Background())
-						time.AfterFunc(d, cancel)
-					}
-					switch op {
-					case 0:
-						dl, err := c.Reserve(ctx, "s", nil)
-						if dl != nil {
-							handle(dl)
-						}
-						unexpected("Reserve", ctx, err)
-					case 1:
-						ds, err := c.ReserveBatch(ctx, "s", 1+r.IntN(8), nil)
-						for _, dl := range ds {
-							handle(dl)
-						}
-						unexpected("ReserveBatch", ctx, err)
-					default:
-						dl, err := c.ReserveWait(ctx, "s", nil)
-						if dl != nil {
-							handle(dl)
-						}
-						unexpected("ReserveWait", ctx, err)
-					}
-					cancel()
-				}
-			}()
+	// Reserves without a wait (ops 0 and 1) are answered at once: they
+	// give up within their round trip.
+	consumers := giveUpLoops(t, path, clients, perClient, 100, 8, 2, stop, &wg, func(ctx context.Context, c *machq.Client, r *rand.Rand, op int) {
+		switch op {
+		case 0:
+			dl, err := c.Reserve(ctx, "s", nil)
+			if dl != nil {
+				handle(dl)
+			}
+			unexpectedErr(t, "Reserve", ctx, err)
+		case 1:
+			ds, err := c.ReserveBatch(ctx, "s", 1+r.IntN(8), nil)
+			for _, dl := range ds {
+				handle(dl)
+			}
+			unexpectedErr(t, "ReserveBatch", ctx, err)
+		default:
+			dl, err := c.ReserveWait(ctx, "s", nil)
+			if dl != nil {
+				handle(dl)
+			}
+			unexpectedErr(t, "ReserveWait", ctx, err)
 		}
-	}
+	})
 	// The producer stores in bursts of random length and waits, after
 	// each, until the consumers have caught up: so that messages arrive
 	// both while reserves wait and give up (the queue often empty) and
@@ -275,12 +189,7 @@ func TestCancelledReservesLoseNothing(t *testing.T) {
 	pr := rand.New(rand.NewPCG(7, 7))
 	for i := 0; i < messages; {
 		for burst := 1 + pr.IntN(window); burst > 0 && i < messages; burst-- {
-			b := make([]byte, 8)
-			if i%97 == 0 {
-				b = make([]byte, 70<<10) // a page
-			}
-			binary.LittleEndian.PutUint64(b, uint64(i))
-			if _, err := producer.Send(context.Background(), "s", b); err != nil {
+			if _, err := producer.Send(context.Background(), "s", numbered(i)); err != nil {
 				abort("store %d: %v", i, err)
 			}
 			i++
@@ -347,4 +256,77 @@ func TestCancelledReservesLoseNothing(t *testing.T) {
 	if st.Messages != 0 || st.Pending.Messages != 0 || st.Unsent.Messages != 0 {
 		t.Fatalf("the server still holds %d messages (%d pending, %d unsent)", st.Messages, st.Pending.Messages, st.Unsent.Messages)
 	}
+}
+
+// cancelDial connects a client to path, closed when the test ends.
+func cancelDial(t *testing.T, path string, opts ...machq.Option) *machq.Client {
+	t.Helper()
+	c, err := machq.Dial(context.Background(), path, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// giveUpLoops starts perClient goroutines on each of clients new clients
+// of path, which call step with their client, a context that ends at a
+// random moment (by its deadline, or one time in four by a cancel) and
+// their own random source, until stop is closed; wg counts them. op is
+// drawn first, from [0, ops): step's choice, which it receives and which
+// shortens the context to a thirtieth for op below short (a request
+// answered at once given up within its round trip). It returns the
+// clients.
+func giveUpLoops(t *testing.T, path string, clients, perClient int, seed uint64, ops, short int, stop <-chan struct{}, wg *sync.WaitGroup,
+	step func(ctx context.Context, c *machq.Client, r *rand.Rand, op int)) []*machq.Client {
+	consumers := make([]*machq.Client, clients)
+	for ci := range consumers {
+		c := cancelDial(t, path)
+		consumers[ci] = c
+		for g := range perClient {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(ci), uint64(g)+seed))
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					op := r.IntN(ops)
+					d := time.Duration(r.IntN(3000)) * time.Microsecond
+					if op < short {
+						d /= 30
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), d)
+					if r.IntN(4) == 0 { // ended by cancel, not by a deadline
+						cancel()
+						ctx, cancel = context.WithCancel(context.Background())
+						time.AfterFunc(d, cancel)
+					}
+					step(ctx, c, r, op)
+					cancel()
+				}
+			})
+		}
+	}
+	return consumers
+}
+
+// unexpectedErr reports err unless it is ErrEmpty or the end of ctx,
+// which a request given up at a random moment may meet.
+func unexpectedErr(t *testing.T, what string, ctx context.Context, err error) {
+	if err != nil && !errors.Is(err, machq.ErrEmpty) && ctx.Err() == nil {
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
+// numbered returns the payload of message i: its number, in a page for
+// every 97th.
+func numbered(i int) []byte {
+	b := make([]byte, 8)
+	if i%97 == 0 {
+		b = make([]byte, 70<<10)
+	}
+	binary.LittleEndian.PutUint64(b, uint64(i))
+	return b
 }
