@@ -22,17 +22,25 @@ import (
 // would.
 func dialUser(t *testing.T, socket string, uid int, opts ...machq.Option) *machq.Client {
 	t.Helper()
-	var c *machq.Client
-	err := asuser.Do(uid, uid, func() error {
-		var err error
-		c, err = machq.Dial(ctxT(t), socket, opts...)
-		return err
-	})
+	c, err := dialUserErr(socket, uid, opts...)
 	if err != nil {
 		t.Fatalf("connect as uid %d: %v", uid, err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// dialUserErr connects as user uid and returns the error, if any.
+func dialUserErr(socket string, uid int, opts ...machq.Option) (*machq.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var c *machq.Client
+	err := asuser.Do(uid, uid, func() error {
+		var err error
+		c, err = machq.Dial(ctx, socket, opts...)
+		return err
+	})
+	return c, err
 }
 
 // rawUser is wiretest.DialHello as user uid.

@@ -1,17 +1,14 @@
 package integration_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/machq/machq"
-	"github.com/machq/machq/internal/asuser"
 	"github.com/machq/machq/internal/clienttest"
 )
 
@@ -60,17 +57,4 @@ func TestIntegrationDescriptorShareOfAUser(t *testing.T) {
 		}
 		clienttest.ExpectMessage(t, ctx, v, "victim", "still served", "victim after mallory's flood")
 	}
-}
-
-// dialUserErr connects as user uid and returns the error, if any.
-func dialUserErr(socket string, uid int) (*machq.Client, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var c *machq.Client
-	err := asuser.Do(uid, uid, func() error {
-		var err error
-		c, err = machq.Dial(ctx, socket)
-		return err
-	})
-	return c, err
 }
